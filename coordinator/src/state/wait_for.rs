@@ -1,0 +1,222 @@
+//! The wait-for graph: an edge from each waiting owner to each owner blocking it.
+//!
+//! The edge sets (`edges`) are replicated state. Beside them sits a dense mirror — owners
+//! numbered by slot, adjacency in vectors — rebuilt from `edges` on restore and used only to
+//! walk the graph fast. Every walk visits neighbours in `OwnerId` order, never slot order, so
+//! the cycle found (and so the victim) is the same on every replica, restored or not.
+//!
+//! Cycle detection is incremental: only an owner whose edge set *gained* a target can close a
+//! cycle, and every new cycle passes through such an owner, so a depth-first search from each
+//! of them back to itself finds every cycle in the apply that closes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::types::OwnerId;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct WaitFor {
+    edges: BTreeMap<OwnerId, BTreeSet<OwnerId>>,
+    #[serde(skip)]
+    dense: Dense,
+}
+
+impl PartialEq for WaitFor {
+    fn eq(&self, other: &Self) -> bool {
+        self.edges == other.edges
+    }
+}
+
+impl Eq for WaitFor {}
+
+#[derive(Clone, Debug, Default)]
+struct Dense {
+    slot_of: BTreeMap<OwnerId, u32>,
+    owner_of: Vec<OwnerId>,
+    /// Out-neighbours by slot, ordered by `OwnerId`.
+    adj: Vec<Vec<u32>>,
+    free: Vec<u32>,
+    mark: Vec<u32>,
+    epoch: u32,
+}
+
+impl Dense {
+    fn slot(&mut self, owner: OwnerId) -> u32 {
+        if let Some(slot) = self.slot_of.get(&owner) {
+            return *slot;
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.owner_of[slot as usize] = owner;
+                slot
+            }
+            None => {
+                self.owner_of.push(owner);
+                self.adj.push(Vec::new());
+                self.mark.push(0);
+                (self.owner_of.len() - 1) as u32
+            }
+        };
+        self.slot_of.insert(owner, slot);
+        slot
+    }
+}
+
+impl WaitFor {
+    pub(crate) fn edges(&self) -> &BTreeMap<OwnerId, BTreeSet<OwnerId>> {
+        &self.edges
+    }
+
+    pub(crate) fn targets(&self, owner: OwnerId) -> Option<&BTreeSet<OwnerId>> {
+        self.edges.get(&owner)
+    }
+
+
+    /// Replaces `owner`'s out-edges; returns whether it gained a target it did not have.
+    pub(crate) fn set(&mut self, owner: OwnerId, targets: BTreeSet<OwnerId>) -> bool {
+        let gained = match self.edges.get(&owner) {
+            Some(old) => targets.iter().any(|t| !old.contains(t)),
+            None => !targets.is_empty(),
+        };
+        if !gained && self.edges.get(&owner).map_or(targets.is_empty(), |old| *old == targets) {
+            return false;
+        }
+        let from = self.dense.slot(owner);
+        let adj: Vec<u32> = targets.iter().map(|t| self.dense.slot(*t)).collect();
+        self.dense.adj[from as usize] = adj;
+        if targets.is_empty() {
+            self.edges.remove(&owner);
+        } else {
+            self.edges.insert(owner, targets);
+        }
+        gained
+    }
+
+    /// Drops `owner`'s out-edges (it no longer waits).
+    pub(crate) fn clear(&mut self, owner: OwnerId) {
+        if self.edges.remove(&owner).is_some() {
+            let slot = self.dense.slot_of[&owner];
+            self.dense.adj[slot as usize].clear();
+        }
+    }
+
+    /// Forgets an owner that neither waits nor holds (no edge can point at it any more).
+    pub(crate) fn forget(&mut self, owner: OwnerId) {
+        debug_assert!(!self.edges.contains_key(&owner));
+        if let Some(slot) = self.dense.slot_of.remove(&owner) {
+            self.dense.adj[slot as usize].clear();
+            self.dense.free.push(slot);
+        }
+    }
+
+    /// Rebuilds the dense mirror from the replicated edges (after restore).
+    pub(crate) fn rebuild(&mut self) {
+        self.dense = Dense::default();
+        let edges = std::mem::take(&mut self.edges);
+        for (owner, targets) in edges {
+            self.set(owner, targets);
+        }
+    }
+
+    /// A cycle through `start`, as the owners on it starting with `start`, if one exists.
+    /// Iterative DFS; neighbours in `OwnerId` order; each owner expanded at most once.
+    pub(crate) fn find_cycle(&mut self, start: OwnerId) -> Option<Vec<OwnerId>> {
+        let d = &mut self.dense;
+        let s = *d.slot_of.get(&start)?;
+        d.epoch = d.epoch.wrapping_add(1);
+        if d.epoch == 0 {
+            d.mark.iter_mut().for_each(|m| *m = 0);
+            d.epoch = 1;
+        }
+        let epoch = d.epoch;
+        d.mark[s as usize] = epoch;
+        let mut stack: Vec<(u32, usize)> = vec![(s, 0)];
+        while let Some((node, next)) = stack.last_mut() {
+            let adj = &d.adj[*node as usize];
+            if *next == adj.len() {
+                stack.pop();
+                continue;
+            }
+            let child = adj[*next];
+            *next += 1;
+            if child == s {
+                return Some(stack.iter().map(|(slot, _)| d.owner_of[*slot as usize]).collect());
+            }
+            if d.mark[child as usize] != epoch {
+                d.mark[child as usize] = epoch;
+                stack.push((child, 0));
+            }
+        }
+        None
+    }
+
+    /// Whether the whole graph is acyclic (for invariant checks; O(V + E)).
+    pub(crate) fn is_acyclic(&self) -> bool {
+        // Kahn's algorithm over the replicated edges.
+        let mut indegree: BTreeMap<OwnerId, usize> = BTreeMap::new();
+        for (from, targets) in &self.edges {
+            indegree.entry(*from).or_default();
+            for t in targets {
+                *indegree.entry(*t).or_default() += 1;
+            }
+        }
+        let mut ready: Vec<OwnerId> = indegree.iter().filter(|(_, d)| **d == 0).map(|(o, _)| *o).collect();
+        let mut seen = 0;
+        while let Some(o) = ready.pop() {
+            seen += 1;
+            for t in self.edges.get(&o).into_iter().flatten() {
+                let d = indegree.get_mut(t).expect("target counted");
+                *d -= 1;
+                if *d == 0 {
+                    ready.push(*t);
+                }
+            }
+        }
+        seen == indegree.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(g: &mut WaitFor, from: u64, to: &[u64]) -> bool {
+        g.set(OwnerId(from), to.iter().map(|t| OwnerId(*t)).collect())
+    }
+
+    #[test]
+    fn finds_the_cycle_through_the_owner_that_closed_it() {
+        let mut g = WaitFor::default();
+        assert!(set(&mut g, 1, &[2]));
+        assert!(set(&mut g, 2, &[3]));
+        assert_eq!(g.find_cycle(OwnerId(1)), None);
+        assert!(set(&mut g, 3, &[1, 4]));
+        assert_eq!(g.find_cycle(OwnerId(3)), Some(vec![OwnerId(3), OwnerId(1), OwnerId(2)]));
+        assert!(!g.is_acyclic());
+        g.clear(OwnerId(3));
+        assert!(g.is_acyclic());
+        assert_eq!(g.find_cycle(OwnerId(1)), None);
+    }
+
+    #[test]
+    fn setting_the_same_edges_again_gains_nothing() {
+        let mut g = WaitFor::default();
+        assert!(set(&mut g, 1, &[2, 3]));
+        assert!(!set(&mut g, 1, &[3, 2]));
+        assert!(!set(&mut g, 1, &[2]));
+        assert!(set(&mut g, 1, &[2, 5]));
+    }
+
+    #[test]
+    fn restore_rebuilds_the_same_walks() {
+        let mut g = WaitFor::default();
+        for (from, to) in [(5, 9), (9, 7), (7, 5), (1, 9)] {
+            set(&mut g, from, &[to]);
+        }
+        g.forget(OwnerId(42));
+        let mut restored = WaitFor { edges: g.edges.clone(), dense: Dense::default() };
+        restored.rebuild();
+        assert_eq!(g.find_cycle(OwnerId(7)), restored.find_cycle(OwnerId(7)));
+    }
+}

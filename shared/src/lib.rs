@@ -1,0 +1,17 @@
+//! The shared crate: what every Quartermaster crate speaks.
+//!
+//! * [`pb`]: the generated `qm.v1` protocol types and service stubs (compiled from
+//!   `proto/qm/v1/*.proto` at build time with protox; no system `protoc`).
+//! * [`resource`]: resource paths and lock modes, the lock table's vocabulary.
+//! * [`limits`]: every bound, as named constants with units last.
+//! * [`validate`]: the checks the edge and the core share, and the error naming field and bound.
+//!
+//! Domain types never mix with `pb::` types; conversions live beside the client library.
+
+pub mod limits;
+pub mod resource;
+pub mod validate;
+pub mod pb;
+
+pub use resource::{LockMode, Mode, ResourcePath, RowRange};
+pub use validate::Invalid;

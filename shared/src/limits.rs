@@ -1,0 +1,75 @@
+//! Every bound Quartermaster enforces, in one place.
+//!
+//! Names carry their unit last (`_ms`, `_bytes`, `_max`). The edge (gRPC, CLI) and the pure
+//! core validate against the same constants, so a request the edge accepts is one the core
+//! accepts. Relations between limits are checked at compile time at the bottom of the file.
+
+/// Longest resource path, in bytes of its canonical text.
+pub const PATH_LEN_MAX_BYTES: usize = 512;
+/// Most segments in one resource path (`pg:staging/schema:public/...`).
+pub const PATH_SEGMENTS_MAX: usize = 8;
+/// Longest segment kind (`pg`, `schema`, `table`, `rows`, `gpu`, `api` ...).
+pub const SEGMENT_KIND_LEN_MAX_BYTES: usize = 32;
+/// Longest segment name (`staging`, `orders`, `box-7` ...).
+pub const SEGMENT_NAME_LEN_MAX_BYTES: usize = 128;
+/// Longest owner name (`agent-7/WI-123`).
+pub const OWNER_LEN_MAX_BYTES: usize = 128;
+/// Longest session label.
+pub const SESSION_LABEL_LEN_MAX_BYTES: usize = 128;
+/// Most resources in one atomic acquire set.
+pub const SET_SIZE_MAX: usize = 32;
+
+/// Shortest reservation lease a client may ask for.
+pub const LEASE_MS_MIN: u64 = 1_000;
+/// The lease a reservation gets when the request names none.
+pub const LEASE_MS_DEFAULT: u64 = 5 * 60 * 1_000;
+/// Longest single lease (one extend renews up to this much).
+pub const LEASE_MS_MAX: u64 = 60 * 60 * 1_000;
+/// Longest total lifetime of a reservation, counted from its grant, across all extends.
+pub const LIFETIME_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
+
+/// Session TTL bounds: a session not kept alive for this long is dead.
+pub const SESSION_TTL_MS_MIN: u64 = 1_000;
+pub const SESSION_TTL_MS_DEFAULT: u64 = 10_000;
+pub const SESSION_TTL_MS_MAX: u64 = 5 * 60 * 1_000;
+
+/// Longest time a `wait` acquire may wait before it times out.
+pub const WAIT_TIMEOUT_MS_MAX: u64 = 60 * 60 * 1_000;
+
+/// Priorities run from 0 (lowest) to `PRIORITY_MAX` (highest).
+pub const PRIORITY_MAX: u32 = 1_000;
+/// Default priority for requests that name none.
+pub const PRIORITY_DEFAULT: u32 = 500;
+
+/// Most requests that may wait on one resource; more are refused with backpressure.
+pub const QUEUE_LEN_MAX: u32 = 1_024;
+/// Largest declared capacity of a counted resource.
+pub const CAPACITY_MAX: u32 = 1_000_000;
+
+/// Most open sessions, held reservations and pending requests in the whole state.
+pub const SESSIONS_MAX: usize = 1_000_000;
+pub const RESERVATIONS_MAX: usize = 4_000_000;
+pub const REQUESTS_MAX: usize = 1_000_000;
+
+/// Preemption grace bounds.
+pub const PREEMPT_GRACE_MS_MIN: u64 = 100;
+pub const PREEMPT_GRACE_MS_DEFAULT: u64 = 10_000;
+pub const PREEMPT_GRACE_MS_MAX: u64 = 10 * 60 * 1_000;
+
+/// Aging: a waiter's effective priority rises by one step every `aging_interval_ms`.
+pub const AGING_INTERVAL_MS_DEFAULT: u64 = 1_000;
+/// Priority points gained per aging step.
+pub const AGING_STEP_DEFAULT: u32 = 10;
+
+/// A waiter at least this many priority points above a holder may preempt it
+/// (on resources whose policy is `preempt`).
+pub const PREEMPT_GAP_DEFAULT: u32 = 100;
+
+const _: () = assert!(LEASE_MS_MIN <= LEASE_MS_DEFAULT && LEASE_MS_DEFAULT <= LEASE_MS_MAX);
+const _: () = assert!(LEASE_MS_MAX <= LIFETIME_MS_MAX);
+const _: () = assert!(SESSION_TTL_MS_MIN <= SESSION_TTL_MS_DEFAULT);
+const _: () = assert!(SESSION_TTL_MS_DEFAULT <= SESSION_TTL_MS_MAX);
+const _: () = assert!(PRIORITY_DEFAULT <= PRIORITY_MAX);
+const _: () = assert!(PREEMPT_GRACE_MS_MIN <= PREEMPT_GRACE_MS_DEFAULT);
+const _: () = assert!(PREEMPT_GRACE_MS_DEFAULT <= PREEMPT_GRACE_MS_MAX);
+const _: () = assert!(PATH_SEGMENTS_MAX * (SEGMENT_KIND_LEN_MAX_BYTES + 1 + SEGMENT_NAME_LEN_MAX_BYTES + 1) >= PATH_LEN_MAX_BYTES);
