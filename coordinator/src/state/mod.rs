@@ -106,7 +106,10 @@ pub struct State {
     config: Config,
     last_index: LogIndex,
     last_now: Millis,
-    next_id: u64,
+    next_session: u64,
+    next_reservation: u64,
+    next_request: u64,
+    next_owner: u64,
     next_seq: u64,
     last_token: u64,
     sessions: BTreeMap<SessionId, Session>,
@@ -207,7 +210,7 @@ pub fn validate_command(cmd: &Command) -> Result<(), Invalid> {
 
 impl State {
     pub fn new(config: Config) -> State {
-        State { config, next_id: 1, next_seq: 1, ..State::default() }
+        State { config, next_session: 1, next_reservation: 1, next_request: 1, next_owner: 1, next_seq: 1, ..State::default() }
     }
 
     pub fn config(&self) -> &Config {
@@ -284,7 +287,7 @@ impl State {
         if self.sessions.len() >= SESSIONS_MAX {
             return Response::Refused(Refusal::Exhausted { what: "sessions".into(), max: SESSIONS_MAX as u64 });
         }
-        let id = SessionId(self.take_id());
+        let id = SessionId(take(&mut self.next_session));
         let expires_at = ctx.now + ttl_ms;
         self.sessions.insert(id, Session { id, label, ttl_ms, expires_at, owners: BTreeSet::new() });
         self.session_timers.insert((expires_at, id));
@@ -375,6 +378,7 @@ impl State {
             Wait::Try => {
                 return Response::Refused(Refusal::Conflict {
                     holders: self.holder_infos(&a.items, &blockers),
+                    waiting_ahead: blockers.waiters.iter().map(|o| self.owner_ref(*o)).collect(),
                     queue_position: blockers.ahead + 1,
                     estimated_wait_ms,
                 });
@@ -396,7 +400,7 @@ impl State {
         }
 
         let owner = self.owner_for(a.session, &a.owner, ctx.now);
-        let id = RequestId(self.take_id());
+        let id = RequestId(take(&mut self.next_request));
         self.next_seq += 1;
         let timeout_at = timeout_ms.map(|t| ctx.now + t);
         let next_aging_at = (effective < PRIORITY_MAX).then(|| ctx.now + self.config.aging_interval_ms);
@@ -439,7 +443,7 @@ impl State {
         if let Some(id) = self.owner_ids.get(&(session, name.to_string())) {
             return *id;
         }
-        let id = OwnerId(self.take_id());
+        let id = OwnerId(take(&mut self.next_owner));
         self.owner_ids.insert((session, name.to_string()), id);
         self.owners.insert(
             id,
@@ -457,12 +461,6 @@ impl State {
         id
     }
 
-    fn take_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
-    }
-
     /// Grants `items` in canonical (sorted) order, one token each.
     fn grant_items(
         &mut self,
@@ -476,7 +474,7 @@ impl State {
         let mut infos = Vec::with_capacity(items.len());
         let session = self.owners[&owner].session;
         for item in items {
-            let id = ReservationId(self.take_id());
+            let id = ReservationId(take(&mut self.next_reservation));
             let token = ctx.index.max(self.last_token + 1);
             self.last_token = token;
             let units = match (item.mode, self.capacity(item.path.as_str())) {
@@ -846,14 +844,30 @@ impl State {
         held.unwrap_or(0) + ahead
     }
 
-    /// The blocking holders' reservations on the same line as some item.
+    /// Whether `grant` (of another owner) stands in the way of `item`: their modes conflict on
+    /// the node they share, on overlapping row ranges, or on a counted resource.
+    fn grant_blocks(&self, grant: &Grant, item: &Item) -> bool {
+        let (g, i) = (&grant.path, &item.path);
+        if g == i {
+            return !grant.mode.lock_mode().compatible(item.mode.lock_mode()) || self.capacity(i.as_str()).is_some();
+        }
+        if i.is_within(g.as_str()) {
+            return !grant.mode.lock_mode().compatible(item.mode.intention());
+        }
+        if g.is_within(i.as_str()) {
+            return !grant.mode.intention().compatible(item.mode.lock_mode());
+        }
+        same_line(g, i) && !grant.mode.lock_mode().compatible(item.mode.lock_mode())
+    }
+
+    /// The blocking holders' reservations that stand in the way of some item.
     fn holder_infos(&self, items: &[Item], blockers: &Blockers) -> Vec<HolderInfo> {
         let mut infos = BTreeSet::new();
         for owner in &blockers.holders {
             let o = &self.owners[owner];
             for g in &o.grants {
                 let grant = &self.grants[g];
-                if items.iter().any(|item| same_line(&item.path, &grant.path)) {
+                if items.iter().any(|item| self.grant_blocks(grant, item)) {
                     infos.insert(HolderInfo {
                         owner: o.name.clone(),
                         session: o.session,
@@ -972,13 +986,7 @@ impl State {
         for holder in &blockers.holders {
             for g in &self.owners[holder].grants {
                 let grant = &self.grants[g];
-                let conflicts = request.items.iter().any(|item| {
-                    same_line(&item.path, &grant.path)
-                        && (item.mode == Mode::Exclusive
-                            || grant.mode == Mode::Exclusive
-                            || (item.path == grant.path && self.capacity(item.path.as_str()).is_some()))
-                });
-                if !conflicts {
+                if !request.items.iter().any(|item| self.grant_blocks(grant, item)) {
                     continue;
                 }
                 match self.resource_config(&grant.path) {
@@ -1071,15 +1079,16 @@ impl State {
 
     /// The wait-for graph as owner-name edges `(waiter, blocker)`.
     pub fn wait_for_edges(&self) -> Vec<(OwnerRef, OwnerRef)> {
-        let name = |o: &OwnerId| {
-            let o = &self.owners[o];
-            OwnerRef { name: o.name.clone(), session: o.session }
-        };
         self.wait_for
             .edges()
             .iter()
-            .flat_map(|(from, targets)| targets.iter().map(move |t| (name(from), name(t))))
+            .flat_map(|(from, targets)| targets.iter().map(move |t| (self.owner_ref(*from), self.owner_ref(*t))))
             .collect()
+    }
+
+    fn owner_ref(&self, owner: OwnerId) -> OwnerRef {
+        let o = &self.owners[&owner];
+        OwnerRef { name: o.name.clone(), session: o.session }
     }
 
     pub fn session_count(&self) -> usize {
@@ -1110,6 +1119,13 @@ pub struct WaiterInfo {
 pub struct OwnerRef {
     pub name: String,
     pub session: SessionId,
+}
+
+/// Returns the counter's value and advances it.
+fn take(counter: &mut u64) -> u64 {
+    let id = *counter;
+    *counter += 1;
+    id
 }
 
 fn mark_dirty(ctx: &mut Ctx, key: &str) {

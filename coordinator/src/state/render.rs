@@ -29,7 +29,17 @@ impl State {
     fn render_sessions(&self, out: &mut String) {
         out.push_str("sessions:\n");
         for s in self.sessions.values() {
-            let owners: Vec<&str> = s.owners.iter().map(|o| self.owners[o].name.as_str()).collect();
+            let owners: Vec<String> = s
+                .owners
+                .iter()
+                .map(|o| {
+                    let o = &self.owners[o];
+                    match o.inherited {
+                        0 => o.name.clone(),
+                        p => format!("{}(inherits {p})", o.name),
+                    }
+                })
+                .collect();
             writeln!(out, "  {} ttl={} expires_at={} owners=[{}]", s.id, s.ttl_ms, s.expires_at, owners.join(" "))
                 .expect("write to String");
         }

@@ -162,7 +162,13 @@ pub struct HolderInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
     /// `try` found the resources held or queued ahead.
-    Conflict { holders: Vec<HolderInfo>, queue_position: u32, estimated_wait_ms: u64 },
+    Conflict {
+        holders: Vec<HolderInfo>,
+        /// Owners queued ahead whose requests conflict (no barging past them).
+        waiting_ahead: Vec<super::OwnerRef>,
+        queue_position: u32,
+        estimated_wait_ms: u64,
+    },
     /// The resource's wait queue is full: back off and retry.
     QueueFull { resource: ResourcePath, queue_len: u32, retry_after_ms: u64 },
     /// This wait request closed a wait-for cycle and was chosen as the victim.
