@@ -211,6 +211,7 @@ fn describe_response(r: &Response) -> String {
         Response::LeasesRestarted { reservations, sessions } => {
             format!("leases restarted reservations={reservations} sessions={sessions}")
         }
+        Response::Configured => "configured".to_string(),
         Response::Refused(refusal) => format!("REFUSED {}", describe_refusal(refusal)),
     }
 }

@@ -76,13 +76,9 @@ impl State {
             }
         }
         for r in self.requests.values() {
-            for item in &r.items {
-                let d = item.path.depth();
-                for n in 1..=d {
-                    let mode = if n == d { item.mode.lock_mode() } else { item.mode.intention() };
-                    let entry = super::QueueEntry { request: r.id, owner: r.owner, mode, target: n == d };
-                    expect.entry(item.path.prefix(n).to_string()).or_default().enqueue(r.key(), entry);
-                }
+            for (key, (mode, target, _)) in super::queue_touches(&r.items) {
+                let entry = super::QueueEntry { request: r.id, owner: r.owner, mode, target };
+                expect.entry(key).or_default().enqueue(r.key(), entry);
             }
         }
         let paths: Vec<_> = self.grants.values().map(|g| g.path.clone()).chain(
@@ -180,6 +176,8 @@ impl State {
             assert_eq!(actual, expect, "wait-for edges of {} ({})", r.owner, r.id);
             assert!(!expect.is_empty(), "{} waits although nothing blocks it", r.id);
         }
-        assert!(self.wait_for.is_acyclic(), "wait-for graph has a cycle after apply");
+        if self.config.deadlock_detection {
+            assert!(self.wait_for.is_acyclic(), "wait-for graph has a cycle after apply");
+        }
     }
 }

@@ -58,6 +58,9 @@ pub struct Config {
     pub preempt_gap: u32,
     /// Most requests that may wait on one resource.
     pub queue_len_max: u32,
+    /// Break wait-for cycles as they close (the default). Off, cycles are left to wait
+    /// timeouts, as with `innodb_deadlock_detect = OFF`; used to study detection itself.
+    pub deadlock_detection: bool,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             aging_step: AGING_STEP_DEFAULT,
             preempt_gap: PREEMPT_GAP_DEFAULT,
             queue_len_max: QUEUE_LEN_MAX,
+            deadlock_detection: true,
         }
     }
 }
@@ -199,6 +203,12 @@ pub fn validate_command(cmd: &Command) -> Result<(), Invalid> {
             }
             validate::check_range("grace_ms", *grace_ms, PREEMPT_GRACE_MS_MIN, PREEMPT_GRACE_MS_MAX)
         }
+        Command::Configure { config } => {
+            validate::check_range("aging_interval_ms", config.aging_interval_ms, 1, 3_600_000)?;
+            validate::check_range("aging_step", config.aging_step.into(), 1, PRIORITY_MAX.into())?;
+            validate::check_range("preempt_gap", config.preempt_gap.into(), 0, PRIORITY_MAX.into())?;
+            validate::check_range("queue_len_max", config.queue_len_max.into(), 1, QUEUE_LEN_MAX.into())
+        }
         Command::KeepAlive { .. }
         | Command::CloseSession { .. }
         | Command::Release { .. }
@@ -278,6 +288,10 @@ impl State {
                 Response::Ticked
             }
             Command::RestartLeases => self.apply_restart_leases(ctx),
+            Command::Configure { config } => {
+                self.config = config;
+                Response::Configured
+            }
         }
     }
 
@@ -371,8 +385,23 @@ impl State {
             return Response::Granted { grants };
         }
 
+        for (i, item) in a.items.iter().enumerate() {
+            if let Some(capacity) = self.capacity(item.path.as_str()) {
+                if item.units > capacity {
+                    return Response::Refused(Refusal::Invalid(Invalid::new(
+                        format!("resources[{i}].units"),
+                        format!("{} is above the capacity {capacity} of {}", item.units, item.path),
+                    )));
+                }
+            }
+        }
         let mut blockers = Blockers::default();
         self.blockers(owner, key, &a.items, &mut blockers);
+        if blockers.holders.is_empty() && blockers.waiters.is_empty() {
+            // Blocked by nothing but the owner's own units on a counted resource: it would
+            // wait for itself.
+            return Response::Refused(Refusal::Deadlock { cycle: vec![a.owner] });
+        }
         let estimated_wait_ms = self.estimate_wait(&a.items, &blockers, ctx.now);
         let timeout_ms = match a.wait {
             Wait::Try => {
@@ -403,7 +432,7 @@ impl State {
         let id = RequestId(take(&mut self.next_request));
         self.next_seq += 1;
         let timeout_at = timeout_ms.map(|t| ctx.now + t);
-        let next_aging_at = (effective < PRIORITY_MAX).then(|| ctx.now + self.config.aging_interval_ms);
+        let next_aging_at = (a.priority < PRIORITY_MAX).then(|| ctx.now + self.config.aging_interval_ms);
         let request = Request {
             id,
             owner,
@@ -578,27 +607,20 @@ impl State {
 
     fn enqueue(&mut self, request: &Request, ctx: &mut Ctx) {
         let key = request.key();
-        for item in &request.items {
-            let depth = item.path.depth();
-            for n in 1..=depth {
-                let node_key = item.path.prefix(n);
-                let target = n == depth;
-                let mode = if target { item.mode.lock_mode() } else { item.mode.intention() };
-                let entry = QueueEntry { request: request.id, owner: request.owner, mode, target };
-                self.node_mut(node_key, &item.path, target).enqueue(key, entry);
-                mark_dirty(ctx, node_key);
-            }
+        for (node_key, (mode, target, path)) in queue_touches(&request.items) {
+            let entry = QueueEntry { request: request.id, owner: request.owner, mode, target };
+            self.node_mut(&node_key, path, target).enqueue(key, entry);
+            mark_dirty(ctx, &node_key);
         }
     }
 
     fn dequeue(&mut self, request: &Request, ctx: &mut Ctx) {
         let key = request.key();
+        for (node_key, _) in queue_touches(&request.items) {
+            self.nodes.get_mut(&node_key).expect("queued node exists").dequeue(&key);
+            mark_dirty(ctx, &node_key);
+        }
         for item in &request.items {
-            for n in 1..=item.path.depth() {
-                let node_key = item.path.prefix(n);
-                self.nodes.get_mut(node_key).expect("queued node exists").dequeue(&key);
-                mark_dirty(ctx, node_key);
-            }
             self.prune(&item.path);
         }
     }
@@ -713,10 +735,10 @@ impl State {
             let steps = (now - request.enqueued_at) / interval;
             let aged = u64::from(request.priority) + steps * u64::from(self.config.aging_step);
             let inherited = self.owners[&request.owner].inherited;
-            let effective = aged.min(u64::from(PRIORITY_MAX)) as u32;
-            let effective = effective.max(inherited.min(PRIORITY_MAX));
-            request.next_aging_at =
-                (effective < PRIORITY_MAX).then(|| request.enqueued_at + (steps + 1) * interval);
+            let aged = aged.min(u64::from(PRIORITY_MAX)) as u32;
+            let effective = aged.max(inherited.min(PRIORITY_MAX));
+            // Aging goes on under inherited priority: inheritance ends, aging does not.
+            request.next_aging_at = (aged < PRIORITY_MAX).then(|| request.enqueued_at + (steps + 1) * interval);
             if let Some(t) = request.next_aging_at {
                 self.aging_timers.insert((t, id));
             }
@@ -901,10 +923,19 @@ impl State {
                 self.set_effective(r, aged, ctx);
             }
         }
+        // Owners whose edges gained a target; checked for cycles once a round leaves the
+        // graph settled (inheritance may re-order queues and dissolve a transient cycle).
+        let mut unchecked: BTreeSet<OwnerId> = BTreeSet::new();
         for round in 0.. {
             assert!(round < SETTLE_ROUNDS_MAX, "settle did not converge");
             if ctx.dirty.is_empty() {
-                break;
+                if unchecked.is_empty() || !self.config.deadlock_detection {
+                    break;
+                }
+                for owner in std::mem::take(&mut unchecked) {
+                    self.break_cycles(owner, ctx);
+                }
+                continue;
             }
             let dirty = std::mem::take(&mut ctx.dirty);
             let candidates: BTreeSet<(QueueKey, RequestId)> = dirty
@@ -918,19 +949,22 @@ impl State {
                     self.grant_request(*id, ctx);
                 }
             }
-            let mut gained = BTreeSet::new();
             for (_, id) in &candidates {
                 let Some(r) = self.requests.get(id) else { continue };
                 let mut b = Blockers::default();
                 self.blockers(r.owner, r.key(), &r.items, &mut b);
                 let owner = r.owner;
                 let targets: BTreeSet<OwnerId> = b.holders.union(&b.waiters).copied().collect();
-                if self.wait_for.set(owner, targets) {
-                    gained.insert(owner);
+                if targets.is_empty() {
+                    // Nobody else stands in the way, yet it is blocked: only its own units on
+                    // a counted resource (or a capacity lowered under it) do. It would wait
+                    // for itself forever, a cycle of one.
+                    self.abort_victim(owner, vec![owner], ctx);
+                    continue;
                 }
-            }
-            for owner in gained {
-                self.break_cycles(owner, ctx);
+                if self.wait_for.set(owner, targets) {
+                    unchecked.insert(owner);
+                }
             }
             for (_, id) in &candidates {
                 if self.requests.contains_key(id) {
@@ -952,18 +986,23 @@ impl State {
         while self.owners.get(&start).is_some_and(|o| o.pending.is_some()) {
             let Some(cycle) = self.wait_for.find_cycle(start) else { break };
             let victim = *cycle.iter().min_by_key(|o| self.victim_key(**o, ctx.now)).expect("cycle is not empty");
-            let names: Vec<String> = cycle.iter().map(|o| self.owners[o].name.clone()).collect();
-            let request = self.owners[&victim].pending.expect("every owner on a cycle waits");
-            let removed = self.remove_request(request, ctx);
-            self.stats.deadlocks_total += 1;
-            ctx.effects.push(Effect::DeadlockVictim {
-                request,
-                owner: self.owners[&victim].name.clone(),
-                session: removed.session,
-                cycle: names.clone(),
-            });
-            ctx.aborted.insert(request, names);
+            self.abort_victim(victim, cycle, ctx);
         }
+    }
+
+    /// Aborts `victim`'s pending request to break `cycle`; its held leases stay.
+    fn abort_victim(&mut self, victim: OwnerId, cycle: Vec<OwnerId>, ctx: &mut Ctx) {
+        let names: Vec<String> = cycle.iter().map(|o| self.owners[o].name.clone()).collect();
+        let request = self.owners[&victim].pending.expect("every owner on a cycle waits");
+        let removed = self.remove_request(request, ctx);
+        self.stats.deadlocks_total += 1;
+        ctx.effects.push(Effect::DeadlockVictim {
+            request,
+            owner: self.owners[&victim].name.clone(),
+            session: removed.session,
+            cycle: names.clone(),
+        });
+        ctx.aborted.insert(request, names);
     }
 
     /// Victim order: lowest effective priority, then least sunk work (time its leases have
@@ -1132,6 +1171,34 @@ fn mark_dirty(ctx: &mut Ctx, key: &str) {
     if !ctx.dirty.contains(key) {
         ctx.dirty.insert(key.to_string());
     }
+}
+
+/// The queue entries of a request: one per node it touches, with the join of the modes its
+/// items need there (an item's mode on its own node, the intention on ancestors), whether
+/// some item names the node, and a path through it (for registering row-range nodes).
+pub(crate) fn queue_touches(items: &[Item]) -> BTreeMap<String, (LockMode, bool, &ResourcePath)> {
+    let mut touches: BTreeMap<String, (LockMode, bool, &ResourcePath)> = BTreeMap::new();
+    for item in items {
+        let depth = item.path.depth();
+        for n in 1..=depth {
+            let target = n == depth;
+            let mode = if target { item.mode.lock_mode() } else { item.mode.intention() };
+            let key = item.path.prefix(n);
+            match touches.get_mut(key) {
+                Some((m, t, p)) => {
+                    *m = m.join(mode);
+                    if target {
+                        *t = true;
+                        *p = &item.path;
+                    }
+                }
+                None => {
+                    touches.insert(key.to_string(), (mode, target, &item.path));
+                }
+            }
+        }
+    }
+    touches
 }
 
 /// Holders of `node` and waiters ahead of `key` that conflict with `mode` for `owner`.

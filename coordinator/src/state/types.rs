@@ -128,6 +128,8 @@ pub enum Command {
     DeclareResource { path: ResourcePath, capacity: Option<u32>, policy: Policy, grace_ms: u64 },
     /// The leader's timer: expiries, grace ends, wait timeouts and aging.
     Tick,
+    /// Change the replicated tunables (aging, preemption gap, queue bound, deadlock detection).
+    Configure { config: super::Config },
     /// Proposed first by a new leader: every lease and session restarts with a full TTL, so a
     /// failover never expires anything early.
     RestartLeases,
@@ -198,6 +200,7 @@ pub enum Response {
     ResourceDeclared { path: ResourcePath },
     Ticked,
     LeasesRestarted { reservations: u32, sessions: u32 },
+    Configured,
     Refused(Refusal),
 }
 

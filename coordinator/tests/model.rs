@@ -1,0 +1,472 @@
+//! Model-based property test of the pure core.
+//!
+//! Random command sequences run against the real [`State`] and a twin that is snapshotted
+//! and restored at random points. A small reference model, written from the definitions in
+//! DESIGN.md and sharing no code with the lock table, watches every response and effect and
+//! checks after every apply:
+//!
+//! * no two conflicting holders ever coexist (own statement of the conflict rules, counted
+//!   capacity included), and the holders the effects announced are exactly the state's;
+//! * fencing tokens strictly increase per resource;
+//! * the wait-for graph equals the model's own (holders and conflicting waiters ahead), has no
+//!   cycle after any apply, and every deadlock victim lay on a real cycle: the same command on
+//!   a copy with detection off leaves a cycle through it;
+//! * no waiter at the top priority is overtaken by a later conflicting request, and aging
+//!   lifts every waiter at least as fast as the configured rate, so nothing waits past the
+//!   aging bound while its resource keeps being granted;
+//! * the twin, restored from snapshots midway, gives the same responses, effects and bytes.
+//!
+//! 10,000 cases run in the normal test run (`QM_MODEL_CASES` overrides); the seed is fixed so
+//! a failure reproduces, and `QM_MODEL_SEED` picks another.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::{Config as PropConfig, RngSeed, TestRunner};
+
+use qm_coordinator::state::{
+    Acquire, Command, Config, Effect, GrantInfo, Item, Policy, Response, SessionId, State, Wait, WaiterInfo,
+};
+use qm_shared::limits::PRIORITY_MAX;
+use qm_shared::{Mode, ResourcePath};
+
+const PATHS: &[&str] = &[
+    "pg:db",
+    "pg:db/table:t1",
+    "pg:db/table:t2",
+    "pg:db/table:t1/rows:[0,10)",
+    "pg:db/table:t1/rows:[5,15)",
+    "pg:db/table:t1/rows:[10,20)",
+    "pg:db/table:t2/rows:[0,100)",
+    "gpu:g",
+    "api:x",
+];
+const OWNERS: &[&str] = &["a", "b", "c", "d", "e"];
+const PRIORITIES: &[u32] = &[0, 100, 500, 900, 1000];
+/// Counted resources of the universe and their capacity.
+const CAPACITY: &[(&str, u32)] = &[("gpu:g", 2)];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Acquire { session: usize, owner: usize, items: Vec<(usize, bool, u32)>, wait: u8, priority: usize, lease_s: u64 },
+    Release { pick: Index },
+    Cancel { pick: Index },
+    Extend { pick: Index, lease_s: u64 },
+    KeepAlive { session: usize },
+    Close { session: usize },
+    Open { ttl_s: u64 },
+    Advance { ms: u64 },
+    Restart,
+    SnapshotTwin,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let item = (0..PATHS.len(), any::<bool>(), 1u32..=2);
+    prop_oneof![
+        10 => (0..3usize, 0..OWNERS.len(), prop::collection::vec(item, 1..=3), 0u8..4, 0..PRIORITIES.len(), 1u64..=30)
+            .prop_map(|(session, owner, items, wait, priority, lease_s)| Op::Acquire { session, owner, items, wait, priority, lease_s }),
+        4 => any::<Index>().prop_map(|pick| Op::Release { pick }),
+        1 => any::<Index>().prop_map(|pick| Op::Cancel { pick }),
+        1 => (any::<Index>(), 1u64..=30).prop_map(|(pick, lease_s)| Op::Extend { pick, lease_s }),
+        2 => (0..3usize).prop_map(|session| Op::KeepAlive { session }),
+        1 => (0..3usize).prop_map(|session| Op::Close { session }),
+        1 => (1u64..=20).prop_map(|ttl_s| Op::Open { ttl_s }),
+        4 => (0u64..8_000).prop_map(|ms| Op::Advance { ms }),
+        1 => Just(Op::Restart),
+        1 => Just(Op::SnapshotTwin),
+    ]
+}
+
+/// Whether two resource claims by different owners conflict, stated from the definitions:
+/// same resource or overlapping row ranges under one parent: unless both shared; an ancestor
+/// and a descendant: when the ancestor is exclusive, or it is shared and the descendant
+/// exclusive; unrelated paths never.
+fn claims_conflict(a: &str, am: Mode, b: &str, bm: Mode) -> bool {
+    let (pa, pb) = (ResourcePath::parse(a).unwrap(), ResourcePath::parse(b).unwrap());
+    let both_shared = am == Mode::Shared && bm == Mode::Shared;
+    if a == b {
+        return !both_shared;
+    }
+    if let (Some(ra), Some(rb)) = (pa.rows(), pb.rows()) {
+        if pa.parent() == pb.parent() && ra.lo < rb.hi && rb.lo < ra.hi {
+            return !both_shared;
+        }
+    }
+    let below = |x: &str, y: &str| x.starts_with(y) && x.as_bytes().get(y.len()) == Some(&b'/');
+    if below(b, a) {
+        return am == Mode::Exclusive || (am == Mode::Shared && bm == Mode::Exclusive);
+    }
+    if below(a, b) {
+        return bm == Mode::Exclusive || (bm == Mode::Shared && am == Mode::Exclusive);
+    }
+    false
+}
+
+fn capacity(path: &str) -> Option<u32> {
+    CAPACITY.iter().find(|(p, _)| *p == path).map(|(_, c)| *c)
+}
+
+type OwnerKey = (SessionId, String);
+
+struct Harness {
+    state: State,
+    twin: State,
+    index: u64,
+    now: u64,
+    sessions: Vec<SessionId>,
+    /// Holders as announced by effects: reservation id → grant.
+    holders: BTreeMap<u64, GrantInfo>,
+    last_token: BTreeMap<String, u64>,
+    config: Config,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let config = Config { aging_interval_ms: 1_000, aging_step: 100, ..Config::default() };
+        let mut h = Harness {
+            state: State::new(config.clone()),
+            twin: State::new(config.clone()),
+            index: 0,
+            now: 0,
+            sessions: Vec::new(),
+            holders: BTreeMap::new(),
+            last_token: BTreeMap::new(),
+            config,
+        };
+        for (path, cap) in CAPACITY {
+            let path = ResourcePath::parse(path).unwrap();
+            h.apply(Command::DeclareResource { path, capacity: Some(*cap), policy: Policy::Preempt, grace_ms: 2_000 });
+        }
+        h.apply(Command::DeclareResource {
+            path: ResourcePath::parse("api:x").unwrap(),
+            capacity: None,
+            policy: Policy::Inherit,
+            grace_ms: 1_000,
+        });
+        for _ in 0..3 {
+            h.open(20_000);
+        }
+        h
+    }
+
+    fn open(&mut self, ttl_ms: u64) {
+        if let Response::SessionOpened { session, .. } = self.apply(Command::OpenSession { label: "t".into(), ttl_ms }) {
+            self.sessions.push(session);
+        }
+    }
+
+    fn session(&self, i: usize) -> SessionId {
+        self.sessions[self.sessions.len().saturating_sub(3) + i % self.sessions.len().min(3)]
+    }
+
+    fn run(&mut self, op: Op) {
+        match op {
+            Op::Acquire { session, owner, items, wait, priority, lease_s } => {
+                let mut seen = BTreeSet::new();
+                let items: Vec<Item> = items
+                    .into_iter()
+                    .filter(|(p, _, _)| seen.insert(*p))
+                    .map(|(p, exclusive, units)| Item {
+                        path: ResourcePath::parse(PATHS[p]).unwrap(),
+                        mode: if exclusive { Mode::Exclusive } else { Mode::Shared },
+                        units,
+                    })
+                    .collect();
+                let wait = match wait {
+                    0 => Wait::Try,
+                    1 => Wait::Wait { timeout_ms: Some(3_000) },
+                    _ => Wait::Wait { timeout_ms: None },
+                };
+                let session = self.session(session);
+                let owner = OWNERS[owner].to_string();
+                self.apply(Command::Acquire(Acquire {
+                    session,
+                    owner,
+                    items,
+                    wait,
+                    priority: PRIORITIES[priority],
+                    lease_ms: lease_s * 1_000,
+                }));
+            }
+            Op::Release { pick } => {
+                let grants: Vec<GrantInfo> = self.state.grants().collect();
+                if !grants.is_empty() {
+                    let g = pick.get(&grants);
+                    self.apply(Command::Release { session: g.session, reservation: g.id });
+                }
+            }
+            Op::Cancel { pick } => {
+                let waiters: Vec<WaiterInfo> = self.state.waiters().collect();
+                if !waiters.is_empty() {
+                    let w = pick.get(&waiters);
+                    self.apply(Command::Cancel { session: w.session, request: w.request });
+                }
+            }
+            Op::Extend { pick, lease_s } => {
+                let grants: Vec<GrantInfo> = self.state.grants().collect();
+                if !grants.is_empty() {
+                    let g = pick.get(&grants);
+                    self.apply(Command::Extend { session: g.session, reservation: g.id, lease_ms: lease_s * 1_000 });
+                }
+            }
+            Op::KeepAlive { session } => {
+                let session = self.session(session);
+                self.apply(Command::KeepAlive { session });
+            }
+            Op::Close { session } => {
+                let session = self.session(session);
+                self.apply(Command::CloseSession { session });
+                self.open(20_000);
+            }
+            Op::Open { ttl_s } => self.open(ttl_s * 1_000),
+            Op::Advance { ms } => {
+                self.now += ms;
+                self.apply(Command::Tick);
+            }
+            Op::Restart => {
+                self.apply(Command::RestartLeases);
+            }
+            Op::SnapshotTwin => {
+                let bytes = self.twin.snapshot();
+                self.twin = State::restore(&bytes).expect("restore");
+                assert_eq!(self.twin.snapshot(), bytes, "restore round-trips byte for byte");
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Command) -> Response {
+        self.index += 1;
+        let before_waiters: Vec<WaiterInfo> = self.state.waiters().collect();
+        let shadow = matches!(cmd, Command::Acquire(_)).then(|| {
+            let mut copy = State::restore(&self.state.snapshot()).expect("restore");
+            let config = Config { deadlock_detection: false, ..copy.config().clone() };
+            copy.apply(self.index, self.now, Command::Configure { config });
+            copy
+        });
+        let (response, effects) = self.state.apply(self.index, self.now, cmd.clone());
+        let (twin_response, twin_effects) = self.twin.apply(self.index, self.now, cmd.clone());
+        assert_eq!(response, twin_response, "twin diverged on {cmd:?}");
+        assert_eq!(effects, twin_effects, "twin effects diverged on {cmd:?}");
+
+        self.check_effects(&effects, &before_waiters);
+        self.check_holders();
+        self.check_wait_for();
+        self.check_victims(&effects, shadow, cmd.clone());
+        if matches!(cmd, Command::Tick) {
+            self.check_aging();
+        }
+        response
+    }
+
+    /// Effects announce every grant and every end of one; tokens increase per resource;
+    /// a top-priority waiter is never overtaken by a later conflicting grant.
+    fn check_effects(&mut self, effects: &[Effect], before: &[WaiterInfo]) {
+        for e in effects {
+            match e {
+                Effect::Granted { grant, request } => {
+                    let path = grant.resource.as_str().to_string();
+                    let last = self.last_token.get(&path).copied().unwrap_or(0);
+                    assert!(grant.fencing_token > last, "token {} on {path} after {last}", grant.fencing_token);
+                    self.last_token.insert(path, grant.fencing_token);
+                    self.holders.insert(grant.id.0, grant.clone());
+
+                    let seq = request.and_then(|r| before.iter().find(|w| w.request == r).map(|w| w.seq));
+                    for w in before.iter().filter(|w| w.effective_priority == PRIORITY_MAX) {
+                        let still = self.state.waiters().any(|x| x.request == w.request);
+                        let earlier = seq.is_none_or(|s| w.seq < s);
+                        if still && earlier && (w.owner != grant.owner || w.session != grant.session) {
+                            for item in &w.items {
+                                assert!(
+                                    !claims_conflict(item.path.as_str(), item.mode, grant.resource.as_str(), grant.mode)
+                                        && !(capacity(item.path.as_str()).is_some() && item.path == grant.resource),
+                                    "{} overtook top-priority waiter {} on {}",
+                                    grant.owner,
+                                    w.request,
+                                    item.path
+                                );
+                            }
+                        }
+                    }
+                }
+                Effect::Released { reservation, .. }
+                | Effect::Expired { reservation, .. }
+                | Effect::Revoked { reservation, .. } => {
+                    assert!(self.holders.remove(&reservation.0).is_some(), "end of unknown {reservation}");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The announced holders are the state's, and no two of them conflict.
+    fn check_holders(&self) {
+        let actual: BTreeMap<u64, GrantInfo> = self.state.grants().map(|g| (g.id.0, g)).collect();
+        let announced: BTreeSet<u64> = self.holders.keys().copied().collect();
+        assert_eq!(actual.keys().copied().collect::<BTreeSet<_>>(), announced, "holders differ from effects");
+        let grants: Vec<&GrantInfo> = actual.values().collect();
+        for (i, a) in grants.iter().enumerate() {
+            for b in &grants[i + 1..] {
+                if a.owner == b.owner && a.session == b.session {
+                    continue;
+                }
+                assert!(
+                    !claims_conflict(a.resource.as_str(), a.mode, b.resource.as_str(), b.mode),
+                    "conflicting holders: {} {:?} {} and {} {:?} {}",
+                    a.owner,
+                    a.mode,
+                    a.resource,
+                    b.owner,
+                    b.mode,
+                    b.resource
+                );
+            }
+        }
+        for (path, cap) in CAPACITY {
+            let used: u32 = grants.iter().filter(|g| g.resource.as_str() == *path).map(|g| g.units).sum();
+            assert!(used <= *cap, "{path} holds {used} units of {cap}");
+        }
+    }
+
+    /// The model's own wait-for graph: holders whose claims conflict (or fill a counted
+    /// resource) and conflicting waiters ahead in priority-then-arrival order.
+    fn model_edges(state: &State) -> BTreeSet<(OwnerKey, OwnerKey)> {
+        let grants: Vec<GrantInfo> = state.grants().collect();
+        let waiters: Vec<WaiterInfo> = state.waiters().collect();
+        let mut edges = BTreeSet::new();
+        for w in &waiters {
+            let me: OwnerKey = (w.session, w.owner.clone());
+            for item in &w.items {
+                let path = item.path.as_str();
+                let counted = capacity(path);
+                let used: u32 = grants.iter().filter(|g| g.resource.as_str() == path).map(|g| g.units).sum();
+                let need = match (item.mode, counted) {
+                    (Mode::Exclusive, Some(c)) => c,
+                    _ => item.units,
+                };
+                for g in &grants {
+                    let other: OwnerKey = (g.session, g.owner.clone());
+                    if other == me {
+                        continue;
+                    }
+                    let full = counted.is_some_and(|c| g.resource.as_str() == path && used + need > c);
+                    if full || claims_conflict(path, item.mode, g.resource.as_str(), g.mode) {
+                        edges.insert((me.clone(), other));
+                    }
+                }
+                for x in &waiters {
+                    let other: OwnerKey = (x.session, x.owner.clone());
+                    let ahead = (PRIORITY_MAX - x.effective_priority, x.seq) < (PRIORITY_MAX - w.effective_priority, w.seq);
+                    if other == me || !ahead {
+                        continue;
+                    }
+                    let conflict = x.items.iter().any(|xi| {
+                        claims_conflict(path, item.mode, xi.path.as_str(), xi.mode)
+                            || (counted.is_some() && xi.path == item.path)
+                    });
+                    if conflict {
+                        edges.insert((me.clone(), other));
+                    }
+                }
+            }
+        }
+        edges
+    }
+
+    fn check_wait_for(&self) {
+        let model = Self::model_edges(&self.state);
+        let actual: BTreeSet<(OwnerKey, OwnerKey)> = self
+            .state
+            .wait_for_edges()
+            .into_iter()
+            .map(|(a, b)| ((a.session, a.name), (b.session, b.name)))
+            .collect();
+        assert_eq!(actual, model, "wait-for graph differs from the model's");
+        assert!(find_cycle(&model).is_none(), "a cycle survived the apply: {model:?}");
+    }
+
+    /// Every victim lay on a cycle the command really closed; every cycle it closed was broken.
+    fn check_victims(&self, effects: &[Effect], shadow: Option<State>, cmd: Command) {
+        let victims: Vec<(OwnerKey, usize)> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::DeadlockVictim { owner, session, cycle, .. } => Some(((*session, owner.clone()), cycle.len())),
+                _ => None,
+            })
+            .collect();
+        let Some(mut shadow) = shadow else {
+            return;
+        };
+        shadow.apply(self.index + 1, self.now, cmd);
+        let edges = Self::model_edges(&shadow);
+        let cycle = find_cycle(&edges);
+        match (victims.first(), cycle) {
+            (None, None) => {}
+            (None, Some(c)) => panic!("the command closed a cycle {c:?} and nothing was aborted"),
+            (Some((victim, len)), _) => {
+                let on_cycle = *len == 1 || reaches(&edges, victim, victim);
+                assert!(on_cycle, "victim {victim:?} is on no cycle of {edges:?}");
+            }
+        }
+    }
+
+    /// After a Tick every waiter has gained at least the configured aging since it queued.
+    fn check_aging(&self) {
+        for w in self.state.waiters() {
+            let steps = (self.now - w.enqueued_at) / self.config.aging_interval_ms;
+            let floor = (u64::from(w.priority) + steps * u64::from(self.config.aging_step)).min(PRIORITY_MAX.into());
+            assert!(u64::from(w.effective_priority) >= floor, "{} aged too slowly", w.request);
+        }
+    }
+}
+
+fn reaches(edges: &BTreeSet<(OwnerKey, OwnerKey)>, from: &OwnerKey, to: &OwnerKey) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![from.clone()];
+    while let Some(n) = stack.pop() {
+        for (_, next) in edges.range((n.clone(), (SessionId(0), String::new()))..).take_while(|(a, _)| *a == n) {
+            if next == to {
+                return true;
+            }
+            if seen.insert(next.clone()) {
+                stack.push(next.clone());
+            }
+        }
+    }
+    false
+}
+
+fn find_cycle(edges: &BTreeSet<(OwnerKey, OwnerKey)>) -> Option<OwnerKey> {
+    let nodes: BTreeSet<&OwnerKey> = edges.iter().map(|(a, _)| a).collect();
+    nodes.into_iter().find(|n| reaches(edges, n, n)).cloned()
+}
+
+fn cases() -> u32 {
+    std::env::var("QM_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
+}
+
+fn seed() -> u64 {
+    std::env::var("QM_MODEL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x51_4d_2026)
+}
+
+#[test]
+fn the_core_agrees_with_the_model() {
+    let config = PropConfig {
+        cases: cases(),
+        rng_seed: RngSeed::Fixed(seed()),
+        failure_persistence: None,
+        max_shrink_iters: 2_000,
+        ..PropConfig::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&prop::collection::vec(op(), 1..60), |ops| {
+        let mut h = Harness::new();
+        for op in ops {
+            h.run(op);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}\nreproduce with: QM_MODEL_SEED={} cargo test -p qm-coordinator --test model", seed());
+    }
+}
