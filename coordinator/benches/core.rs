@@ -1,1 +1,217 @@
-fn main(){}
+//! Benchmarks of the pure core (criterion).
+//!
+//! * `acquire_release/held=100000`: one acquire + one release of an exclusive reservation,
+//!   single-threaded, with 100,000 reservations held under the same root (so the root node
+//!   counts 100k holders and every ancestor check sees them).
+//! * `deadlock_check/*`: the apply that adds a waiter to 10,000 waiters in long chains, both
+//!   when it closes a 10k-long cycle (detect + choose victim + abort) and when it does not
+//!   (the search walks the whole chain and finds nothing).
+//! * memory per held reservation: heap bytes and snapshot bytes, printed before the timings.
+//!
+//! Run: `cargo bench -p qm-coordinator --bench core`. The machine, commit and parameters are
+//! printed first.
+
+// A counting global allocator is the one place unsafe code is needed: it only forwards to the
+// system allocator and counts bytes.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
+
+use qm_coordinator::state::{Acquire, Command, Config, Item, Response, SessionId, State, Wait};
+use qm_shared::{Mode, ResourcePath};
+
+/// Counts live heap bytes so the memory figure is measured, not estimated.
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const HELD: usize = 100_000;
+const WAITERS: usize = 10_000;
+const LEASE_MS: u64 = 600_000;
+
+struct Driver {
+    state: State,
+    index: u64,
+    session: SessionId,
+}
+
+impl Driver {
+    fn new() -> Driver {
+        let mut state = State::new(Config::default());
+        let (r, _) = state.apply(1, 0, Command::OpenSession { label: "bench".into(), ttl_ms: 300_000 });
+        let Response::SessionOpened { session, .. } = r else { panic!("open: {r:?}") };
+        Driver { state, index: 1, session }
+    }
+
+    fn acquire(&mut self, owner: &str, path: &ResourcePath, mode: Mode) -> Response {
+        self.index += 1;
+        let cmd = Command::Acquire(Acquire {
+            session: self.session,
+            owner: owner.to_string(),
+            items: vec![Item { path: path.clone(), mode, units: 1 }],
+            wait: Wait::Wait { timeout_ms: None },
+            priority: 500,
+            lease_ms: LEASE_MS,
+        });
+        self.state.apply(self.index, 1, cmd).0
+    }
+
+    fn release(&mut self, reservation: qm_coordinator::state::ReservationId) {
+        self.index += 1;
+        let cmd = Command::Release { session: self.session, reservation };
+        let (r, _) = self.state.apply(self.index, 1, cmd);
+        assert!(matches!(r, Response::Released { .. }), "{r:?}");
+    }
+
+    /// `HELD` exclusive reservations on `pg:bench/table:tN`, one owner each.
+    fn with_held(n: usize) -> Driver {
+        let mut d = Driver::new();
+        for i in 0..n {
+            let path = ResourcePath::parse(&format!("pg:bench/table:t{i}")).unwrap();
+            let r = d.acquire(&format!("holder-{i}"), &path, Mode::Exclusive);
+            assert!(matches!(r, Response::Granted { .. }), "{r:?}");
+        }
+        d
+    }
+
+    /// `chains` chains of `len` owners: owner k of a chain holds `c/k` and waits for `c/k+1`.
+    /// The last owner of each chain holds its resource and does not wait.
+    fn with_chains(chains: usize, len: usize) -> Driver {
+        let mut d = Driver::new();
+        let path = |c: usize, k: usize| ResourcePath::parse(&format!("chain:c{c}/link:l{k}")).unwrap();
+        for c in 0..chains {
+            for k in 0..len {
+                d.acquire(&format!("o{c}-{k}"), &path(c, k), Mode::Exclusive);
+            }
+            for k in 0..len - 1 {
+                let r = d.acquire(&format!("o{c}-{k}"), &path(c, k + 1), Mode::Exclusive);
+                assert!(matches!(r, Response::Queued { .. }), "{r:?}");
+            }
+        }
+        d
+    }
+}
+
+fn print_context() {
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    eprintln!("machine: {cpu}, {cores} cores, {}", std::env::consts::ARCH);
+    eprintln!("commit: {commit}");
+    eprintln!("parameters: held={HELD} waiters={WAITERS} lease_ms={LEASE_MS}");
+}
+
+fn print_memory() {
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let d = Driver::with_held(HELD);
+    let after = LIVE_BYTES.load(Ordering::Relaxed);
+    let heap = (after - before) as f64 / HELD as f64;
+    let snapshot = d.state.snapshot().len() as f64 / HELD as f64;
+    eprintln!(
+        "memory per held reservation: {heap:.0} bytes of heap, {snapshot:.0} bytes of snapshot \
+         ({HELD} held, paths like pg:bench/table:t12345)"
+    );
+}
+
+fn acquire_release(c: &mut Criterion) {
+    let mut group = c.benchmark_group("acquire_release");
+    group.throughput(Throughput::Elements(1));
+    let mut d = Driver::with_held(HELD);
+    let hot = ResourcePath::parse("pg:bench/table:hot").unwrap();
+    group.bench_function(format!("held={HELD}"), |b| {
+        b.iter(|| {
+            let Response::Granted { grants } = d.acquire("worker", &hot, Mode::Exclusive) else {
+                panic!("not granted")
+            };
+            d.release(grants[0].id);
+        })
+    });
+    group.finish();
+}
+
+fn deadlock_check(c: &mut Criterion) {
+    let mut group = c.benchmark_group("deadlock_check");
+    group.sample_size(20);
+    // One chain of 10k: the last owner asks for the first link and closes a 10k cycle.
+    let closing = Driver::with_chains(1, WAITERS + 1);
+    let first = ResourcePath::parse("chain:c0/link:l0").unwrap();
+    group.bench_function(format!("close_cycle/chain={}", WAITERS + 1), |b| {
+        b.iter_batched(
+            || Driver { state: closing.state.clone(), index: closing.index, session: closing.session },
+            |mut d| {
+                let r = d.acquire(&format!("o0-{WAITERS}"), &first, Mode::Exclusive);
+                assert!(matches!(r, Response::Refused(_)), "{r:?}");
+                d
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // The same chain, plus a newcomer that waits on the chain's head: the search from it
+    // walks all 10k owners and finds no cycle.
+    let open = Driver::with_chains(1, WAITERS + 1);
+    group.bench_function(format!("no_cycle/chain={}", WAITERS + 1), |b| {
+        b.iter_batched(
+            || Driver { state: open.state.clone(), index: open.index, session: open.session },
+            |mut d| {
+                let r = d.acquire("newcomer", &first, Mode::Exclusive);
+                assert!(matches!(r, Response::Queued { .. }), "{r:?}");
+                d
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // 100 chains of 100 waiters: one closes its cycle.
+    let many = Driver::with_chains(100, 101);
+    let head = ResourcePath::parse("chain:c42/link:l0").unwrap();
+    group.bench_function("close_cycle/chains=100x101", |b| {
+        b.iter_batched(
+            || Driver { state: many.state.clone(), index: many.index, session: many.session },
+            |mut d| {
+                let r = d.acquire("o42-100", &head, Mode::Exclusive);
+                assert!(matches!(r, Response::Refused(_)), "{r:?}");
+                d
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, acquire_release, deadlock_check);
+
+fn main() {
+    print_context();
+    print_memory();
+    benches();
+    criterion::Criterion::default().configure_from_args().final_summary();
+}

@@ -312,11 +312,13 @@ impl Harness {
                 }
                 assert!(
                     !claims_conflict(a.resource.as_str(), a.mode, b.resource.as_str(), b.mode),
-                    "conflicting holders: {} {:?} {} and {} {:?} {}",
+                    "conflicting holders: {}@{} {:?} {} and {}@{} {:?} {}",
                     a.owner,
+                    a.session,
                     a.mode,
                     a.resource,
                     b.owner,
+                    b.session,
                     b.mode,
                     b.resource
                 );

@@ -137,14 +137,32 @@ struct Ctx {
     index: LogIndex,
     now: Millis,
     effects: Vec<Effect>,
-    /// Nodes whose holders or queues changed: their waiters are looked at again.
-    dirty: BTreeSet<String>,
+    /// Nodes where a claim changed, with the modes that changed: waiters there whose mode
+    /// conflicts with a changed one are looked at again.
+    dirty: BTreeMap<String, Change>,
+    /// Requests looked at again whatever changed (new or re-ordered).
+    recheck: BTreeSet<RequestId>,
     granted: BTreeMap<RequestId, Vec<GrantInfo>>,
     aborted: BTreeMap<RequestId, Vec<String>>,
     /// Owners that may have nothing left (collected at the end of the apply).
     gc: BTreeSet<OwnerId>,
     /// Owners whose inherited priority is re-derived (they released something).
     reset_inherit: BTreeSet<OwnerId>,
+}
+
+/// What changed at a node during one apply: a set of modes (bit = `LockMode::index`), or
+/// everything (a capacity was redeclared).
+#[derive(Clone, Copy, Debug, Default)]
+struct Change {
+    modes: u8,
+    all: bool,
+}
+
+impl Change {
+    /// Whether a waiter holding `mode` at this node may be affected.
+    fn affects(self, mode: LockMode, counted: bool) -> bool {
+        self.all || counted || LockMode::ALL.iter().any(|m| self.modes & (1 << m.index()) != 0 && !mode.compatible(*m))
+    }
 }
 
 /// Who blocks a request: owners holding something incompatible, and owners waiting ahead.
@@ -250,7 +268,8 @@ impl State {
             index,
             now,
             effects: Vec::new(),
-            dirty: BTreeSet::new(),
+            dirty: BTreeMap::new(),
+            recheck: BTreeSet::new(),
             granted: BTreeMap::new(),
             aborted: BTreeMap::new(),
             gc: BTreeSet::new(),
@@ -280,7 +299,7 @@ impl State {
             }
             Command::DeclareResource { path, capacity, policy, grace_ms } => {
                 self.resources.insert(path.as_str().to_string(), ResourceConfig { capacity, policy, grace_ms });
-                ctx.dirty.insert(path.as_str().to_string());
+                self.touch(ctx, path.as_str(), None);
                 Response::ResourceDeclared { path }
             }
             Command::Tick => {
@@ -534,8 +553,8 @@ impl State {
                     node.grants.insert(id);
                     node.units += u64::from(units);
                 }
-                mark_dirty(ctx, node_key);
             }
+            self.touch_claim(ctx, &item.path, item.mode);
             self.lease_timers.insert((grant.expires_at, id));
             let info = grant.info(&self.owners[&owner].name);
             self.owners.get_mut(&owner).expect("owner exists").grants.insert(id);
@@ -589,9 +608,9 @@ impl State {
                 node.grants.remove(&id);
                 node.units -= u64::from(grant.units);
             }
-            mark_dirty(ctx, key);
         }
         self.prune(&grant.path);
+        self.touch_claim(ctx, &grant.path, grant.mode);
         self.lease_timers.remove(&(grant.expires_at, id));
         if let Some(deadline) = grant.preempt_deadline {
             self.grace_timers.remove(&(deadline, id));
@@ -610,18 +629,21 @@ impl State {
         for (node_key, (mode, target, path)) in queue_touches(&request.items) {
             let entry = QueueEntry { request: request.id, owner: request.owner, mode, target };
             self.node_mut(&node_key, path, target).enqueue(key, entry);
-            mark_dirty(ctx, &node_key);
         }
+        for item in &request.items {
+            self.touch_claim(ctx, &item.path, item.mode);
+        }
+        ctx.recheck.insert(request.id);
     }
 
     fn dequeue(&mut self, request: &Request, ctx: &mut Ctx) {
         let key = request.key();
         for (node_key, _) in queue_touches(&request.items) {
             self.nodes.get_mut(&node_key).expect("queued node exists").dequeue(&key);
-            mark_dirty(ctx, &node_key);
         }
         for item in &request.items {
             self.prune(&item.path);
+            self.touch_claim(ctx, &item.path, item.mode);
         }
     }
 
@@ -914,9 +936,11 @@ impl State {
             let Some(o) = self.owners.get_mut(&owner) else { continue };
             o.inherited = 0;
             let pending = o.pending;
-            let grant_paths: Vec<String> =
-                o.grants.iter().map(|g| self.grants[g].path.as_str().to_string()).collect();
-            ctx.dirty.extend(grant_paths);
+            let claims: Vec<(ResourcePath, Mode)> =
+                o.grants.iter().map(|g| (self.grants[g].path.clone(), self.grants[g].mode)).collect();
+            for (path, mode) in claims {
+                self.touch_claim(ctx, &path, mode);
+            }
             if let Some(r) = pending {
                 let request = &self.requests[&r];
                 let aged = self.aged_priority(request, ctx.now);
@@ -928,7 +952,7 @@ impl State {
         let mut unchecked: BTreeSet<OwnerId> = BTreeSet::new();
         for round in 0.. {
             assert!(round < SETTLE_ROUNDS_MAX, "settle did not converge");
-            if ctx.dirty.is_empty() {
+            if ctx.dirty.is_empty() && ctx.recheck.is_empty() {
                 if unchecked.is_empty() || !self.config.deadlock_detection {
                     break;
                 }
@@ -937,12 +961,7 @@ impl State {
                 }
                 continue;
             }
-            let dirty = std::mem::take(&mut ctx.dirty);
-            let candidates: BTreeSet<(QueueKey, RequestId)> = dirty
-                .iter()
-                .filter_map(|k| self.nodes.get(k))
-                .flat_map(|n| n.queue.iter().map(|(k, e)| (*k, e.request)))
-                .collect();
+            let candidates = self.candidates(ctx);
             for (_, id) in &candidates {
                 let Some(r) = self.requests.get(id) else { continue };
                 if !self.is_blocked(r.owner, r.key(), &r.items) {
@@ -972,6 +991,65 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Records that a claim of `mode` changed at `key` (`None`: everything changed), if any
+    /// waiter there could be affected.
+    fn touch(&self, ctx: &mut Ctx, key: &str, mode: Option<LockMode>) {
+        let Some(node) = self.nodes.get(key) else { return };
+        let counted = self.capacity(key).is_some();
+        if node.queue.is_empty() || mode.is_some_and(|m| !counted && !node.queue_may_conflict(m)) {
+            return;
+        }
+        let change = match ctx.dirty.get_mut(key) {
+            Some(change) => change,
+            None => ctx.dirty.entry(key.to_string()).or_default(),
+        };
+        match mode {
+            Some(m) => change.modes |= 1 << m.index(),
+            None => change.all = true,
+        }
+    }
+
+    /// A claim (held or waiting) of `mode` on `path` changed: touch every node it lies on,
+    /// and the row ranges overlapping it.
+    fn touch_claim(&self, ctx: &mut Ctx, path: &ResourcePath, mode: Mode) {
+        let depth = path.depth();
+        for n in 1..depth {
+            self.touch(ctx, path.prefix(n), Some(mode.intention()));
+        }
+        self.touch(ctx, path.as_str(), Some(mode.lock_mode()));
+        if let (Some(range), Some(parent)) = (path.rows(), path.parent()) {
+            if let Some(p) = self.nodes.get(parent) {
+                for sibling in p.rows.iter().take_while(|r| r.lo < range.hi) {
+                    if *sibling != range && sibling.overlaps(&range) {
+                        let key = format!("{parent}/rows:[{},{})", sibling.lo, sibling.hi);
+                        self.touch(ctx, &key, Some(mode.lock_mode()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The waiters to look at again, in queue order: those whose mode conflicts with a change
+    /// at their node, and those named for a recheck.
+    fn candidates(&self, ctx: &mut Ctx) -> BTreeSet<(QueueKey, RequestId)> {
+        let mut out = BTreeSet::new();
+        for (key, change) in std::mem::take(&mut ctx.dirty) {
+            let Some(node) = self.nodes.get(&key) else { continue };
+            let counted = self.capacity(&key).is_some();
+            for (k, e) in &node.queue {
+                if change.affects(e.mode, counted && e.target) {
+                    out.insert((*k, e.request));
+                }
+            }
+        }
+        for id in std::mem::take(&mut ctx.recheck) {
+            if let Some(r) = self.requests.get(&id) {
+                out.insert((r.key(), id));
+            }
+        }
+        out
     }
 
     fn aged_priority(&self, request: &Request, now: Millis) -> u32 {
@@ -1165,12 +1243,6 @@ fn take(counter: &mut u64) -> u64 {
     let id = *counter;
     *counter += 1;
     id
-}
-
-fn mark_dirty(ctx: &mut Ctx, key: &str) {
-    if !ctx.dirty.contains(key) {
-        ctx.dirty.insert(key.to_string());
-    }
 }
 
 /// The queue entries of a request: one per node it touches, with the join of the modes its
