@@ -16,6 +16,7 @@
 //! on ancestors (multi-granularity locking, Gray et al.), see [`LockMode`].
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,9 +42,12 @@ impl RowRange {
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ResourcePath {
-    text: String,
-    /// Byte offset of the end of each segment in `text`; the last equals `text.len()`.
-    ends: Vec<u16>,
+    /// Canonical text, shared: cloning a path (into grants, effects, responses) is a
+    /// reference-count increment.
+    text: Arc<str>,
+    /// Byte offset of the end of each segment in `text`; `ends[depth - 1] == text.len()`.
+    ends: [u16; PATH_SEGMENTS_MAX],
+    depth: u8,
     rows: Option<RowRange>,
 }
 
@@ -68,7 +72,7 @@ impl ResourcePath {
             ));
         }
         let mut canonical = String::with_capacity(text.len());
-        let mut ends = Vec::with_capacity(raw.len());
+        let mut ends = [0u16; PATH_SEGMENTS_MAX];
         let mut rows = None;
         for (i, segment) in raw.iter().enumerate() {
             let Some((kind, name)) = segment.split_once(':') else {
@@ -97,9 +101,9 @@ impl ResourcePath {
                 check_name(name)?;
                 canonical.push_str(name);
             }
-            ends.push(canonical.len() as u16);
+            ends[i] = canonical.len() as u16;
         }
-        Ok(ResourcePath { text: canonical, ends, rows })
+        Ok(ResourcePath { text: canonical.into(), ends, depth: raw.len() as u8, rows })
     }
 
     pub fn as_str(&self) -> &str {
@@ -108,7 +112,7 @@ impl ResourcePath {
 
     /// Number of segments.
     pub fn depth(&self) -> usize {
-        self.ends.len()
+        usize::from(self.depth)
     }
 
     /// The prefix made of the first `n` segments (`1..=depth`).
@@ -133,7 +137,7 @@ impl ResourcePath {
 
     /// True when `self` equals `other` or lies under it.
     pub fn is_within(&self, other: &str) -> bool {
-        self.text == other
+        &*self.text == other
             || (self.text.starts_with(other) && self.text.as_bytes().get(other.len()) == Some(&b'/'))
     }
 }
@@ -209,7 +213,7 @@ impl TryFrom<String> for ResourcePath {
 
 impl From<ResourcePath> for String {
     fn from(path: ResourcePath) -> String {
-        path.text
+        path.text.to_string()
     }
 }
 

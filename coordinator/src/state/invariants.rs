@@ -27,14 +27,14 @@ impl State {
     fn check_records(&self) {
         for (id, s) in &self.sessions {
             assert_eq!(s.id, *id);
-            for o in &s.owners {
+            for (name, o) in &s.owners {
                 assert_eq!(self.owners[o].session, *id, "session {id} lists owner {o} of another session");
+                assert_eq!(&self.owners[o].name, name, "session {id} lists {o} under another name");
             }
         }
         for (id, o) in &self.owners {
             assert_eq!(o.id, *id);
-            assert!(self.sessions[&o.session].owners.contains(id), "owner {id} missing from its session");
-            assert_eq!(self.owner_ids.get(&(o.session, o.name.clone())), Some(id));
+            assert_eq!(self.sessions[&o.session].owners.get(&o.name), Some(id), "owner {id} missing from its session");
             assert!(!o.grants.is_empty() || o.pending.is_some(), "owner {id} holds and waits for nothing");
             for g in &o.grants {
                 assert_eq!(self.grants[g].owner, *id);
@@ -43,7 +43,7 @@ impl State {
                 assert_eq!(self.requests[&r].owner, *id);
             }
         }
-        assert_eq!(self.owner_ids.len(), self.owners.len());
+        assert_eq!(self.sessions.values().map(|s| s.owners.len()).sum::<usize>(), self.owners.len());
         let mut tokens = BTreeSet::new();
         for (id, g) in &self.grants {
             assert_eq!(g.id, *id);

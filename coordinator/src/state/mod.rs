@@ -118,7 +118,6 @@ pub struct State {
     last_token: u64,
     sessions: BTreeMap<SessionId, Session>,
     owners: BTreeMap<OwnerId, Owner>,
-    owner_ids: BTreeMap<(SessionId, String), OwnerId>,
     grants: BTreeMap<ReservationId, Grant>,
     requests: BTreeMap<RequestId, Request>,
     nodes: BTreeMap<String, Node>,
@@ -200,14 +199,13 @@ pub fn validate_command(cmd: &Command) -> Result<(), Invalid> {
                     format!("has {} entries, 1..={SET_SIZE_MAX} allowed", a.items.len()),
                 ));
             }
-            let mut seen = BTreeSet::new();
             for (i, item) in a.items.iter().enumerate() {
-                let field = format!("resources[{i}]");
                 validate::check_range("units", item.units.into(), 1, CAPACITY_MAX.into())
-                    .map_err(|e| e.within(&field))?;
-                if !seen.insert(item.path.as_str()) {
+                    .map_err(|e| e.within(&format!("resources[{i}]")))?;
+                // Sets are small (SET_SIZE_MAX), so a pairwise check beats allocating a set.
+                if a.items[..i].iter().any(|other| other.path == item.path) {
                     return Err(Invalid::new(
-                        format!("{field}.resource"),
+                        format!("resources[{i}].resource"),
                         format!("{} appears twice in one set", item.path),
                     ));
                 }
@@ -322,7 +320,7 @@ impl State {
         }
         let id = SessionId(take(&mut self.next_session));
         let expires_at = ctx.now + ttl_ms;
-        self.sessions.insert(id, Session { id, label, ttl_ms, expires_at, owners: BTreeSet::new() });
+        self.sessions.insert(id, Session { id, label, ttl_ms, expires_at, owners: BTreeMap::new() });
         self.session_timers.insert((expires_at, id));
         ctx.effects.push(Effect::SessionOpened { session: id });
         Response::SessionOpened { session: id, ttl_ms, expires_at }
@@ -353,7 +351,7 @@ impl State {
             ctx.effects.push(Effect::SessionExpired { session: id });
         }
         let (mut released, mut cancelled) = (0, 0);
-        for owner in &session.owners {
+        for owner in session.owners.values() {
             let o = &self.owners[owner];
             let grants: Vec<ReservationId> = o.grants.iter().copied().collect();
             if let Some(request) = o.pending {
@@ -379,7 +377,7 @@ impl State {
             return Response::Refused(Refusal::SessionUnknown { session: a.session });
         }
         a.items.sort();
-        let existing = self.owner_ids.get(&(a.session, a.owner.clone())).copied();
+        let existing = self.sessions[&a.session].owners.get(&a.owner).copied();
         // A newcomer owner holds nothing yet; this id never matches a real holder.
         let owner = existing.unwrap_or(OwnerId(u64::MAX));
         let inherited = existing.map_or(0, |o| self.owners[&o].inherited);
@@ -488,11 +486,10 @@ impl State {
     }
 
     fn owner_for(&mut self, session: SessionId, name: &str, now: Millis) -> OwnerId {
-        if let Some(id) = self.owner_ids.get(&(session, name.to_string())) {
+        if let Some(id) = self.sessions[&session].owners.get(name) {
             return *id;
         }
         let id = OwnerId(take(&mut self.next_owner));
-        self.owner_ids.insert((session, name.to_string()), id);
         self.owners.insert(
             id,
             Owner {
@@ -505,7 +502,7 @@ impl State {
                 inherited: 0,
             },
         );
-        self.sessions.get_mut(&session).expect("session exists").owners.insert(id);
+        self.sessions.get_mut(&session).expect("session exists").owners.insert(name.to_string(), id);
         id
     }
 
@@ -1161,9 +1158,8 @@ impl State {
                 continue;
             }
             let o = self.owners.remove(&owner).expect("owner exists");
-            self.owner_ids.remove(&(o.session, o.name));
             if let Some(s) = self.sessions.get_mut(&o.session) {
-                s.owners.remove(&owner);
+                s.owners.remove(&o.name);
             }
             self.wait_for.forget(owner);
         }

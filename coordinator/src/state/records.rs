@@ -1,7 +1,7 @@
 //! The records the state machine keeps: sessions, owners, grants (held reservations) and
 //! pending requests. Plain data; every transition lives in `apply_*` methods on `State`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +16,8 @@ pub(crate) struct Session {
     pub(crate) label: String,
     pub(crate) ttl_ms: u64,
     pub(crate) expires_at: Millis,
-    pub(crate) owners: BTreeSet<OwnerId>,
+    /// The session's owners by name.
+    pub(crate) owners: BTreeMap<String, OwnerId>,
 }
 
 /// One `(session, name)` pair: what holds and waits. A node of the wait-for graph.

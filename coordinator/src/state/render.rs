@@ -31,7 +31,7 @@ impl State {
         for s in self.sessions.values() {
             let owners: Vec<String> = s
                 .owners
-                .iter()
+                .values()
                 .map(|o| {
                     let o = &self.owners[o];
                     match o.inherited {
