@@ -38,8 +38,10 @@ impl RowRange {
     }
 }
 
-/// A parsed, validated resource path in canonical form.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A parsed, validated resource path in canonical form. Equality, order and hash are those
+/// of the canonical text (everything else is derived from it), so a map keyed by paths can
+/// be searched with a `&str`.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ResourcePath {
     /// Canonical text, shared: cloning a path (into grants, effects, responses) is a
@@ -130,6 +132,17 @@ impl ResourcePath {
         (self.depth() > 1).then(|| self.prefix(self.depth() - 1))
     }
 
+    /// The path made of the first `n` segments (`1..=depth`), without re-parsing.
+    pub fn ancestor(&self, n: usize) -> ResourcePath {
+        assert!((1..=self.depth()).contains(&n), "ancestor depth {n} of {}", self.depth());
+        if n == self.depth() {
+            return self.clone();
+        }
+        let mut ends = [0u16; PATH_SEGMENTS_MAX];
+        ends[..n].copy_from_slice(&self.ends[..n]);
+        ResourcePath { text: self.prefix(n).into(), ends, depth: n as u8, rows: None }
+    }
+
     /// The row range, when the last segment is `rows:[lo,hi)`.
     pub fn rows(&self) -> Option<RowRange> {
         self.rows
@@ -190,6 +203,38 @@ fn parse_rows(spec: &str) -> Result<RowRange, Invalid> {
         return Err(bad());
     }
     Ok(RowRange { lo, hi })
+}
+
+impl PartialEq for ResourcePath {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for ResourcePath {}
+
+impl PartialOrd for ResourcePath {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ResourcePath {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl std::hash::Hash for ResourcePath {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state)
+    }
+}
+
+impl std::borrow::Borrow<str> for ResourcePath {
+    fn borrow(&self) -> &str {
+        &self.text
+    }
 }
 
 impl fmt::Display for ResourcePath {
@@ -356,6 +401,9 @@ mod tests {
         );
         assert_eq!(p.rows(), Some(RowRange { lo: 1000, hi: 2000 }));
         assert!(p.is_within("pg:staging/schema:public"));
+        let a = p.ancestor(2);
+        assert_eq!((a.as_str(), a.depth(), a.rows()), ("pg:staging/schema:public", 2, None));
+        assert_eq!(a, ResourcePath::parse("pg:staging/schema:public").unwrap());
         assert!(!p.is_within("pg:stag"));
     }
 

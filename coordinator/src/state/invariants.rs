@@ -10,10 +10,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use qm_shared::{LockMode, Mode};
+use qm_shared::{LockMode, Mode, RowRange};
 
-use super::lock_table::{ModeCounts, Node};
-use super::{Blockers, State};
+use super::lock_table::{join_counts, ModeCounts, QueueEntry, QueueKey};
+use super::{Blockers, OwnerId, ReservationId, State};
 
 impl State {
     pub fn check_invariants(&self) {
@@ -60,52 +60,110 @@ impl State {
         }
     }
 
-    /// Recounts every node from the grants and requests and compares.
+    /// Recounts every node from the grants and requests, by path text alone, and compares;
+    /// checks the links between nodes, grants and requests.
     fn check_nodes(&self) {
-        let mut expect: BTreeMap<String, Node> = BTreeMap::new();
+        #[derive(Default, Debug)]
+        struct Expect {
+            held: BTreeMap<OwnerId, ModeCounts>,
+            grants: BTreeSet<ReservationId>,
+            units: u64,
+            queue: BTreeMap<QueueKey, QueueEntry>,
+            rows: BTreeSet<RowRange>,
+        }
+        let mut expect: BTreeMap<String, Expect> = BTreeMap::new();
         for g in self.grants.values() {
             let d = g.path.depth();
             for n in 1..=d {
                 let mode = if n == d { g.mode.lock_mode() } else { g.mode.intention() };
-                let node = expect.entry(g.path.prefix(n).to_string()).or_default();
-                node.hold(g.owner, mode);
+                let e = expect.entry(g.path.prefix(n).to_string()).or_default();
+                e.held.entry(g.owner).or_default()[mode.index()] += 1;
                 if n == d {
-                    node.grants.insert(g.id);
-                    node.units += u64::from(g.units);
+                    e.grants.insert(g.id);
+                    e.units += u64::from(g.units);
                 }
             }
+            assert_eq!(self.table.lookup(g.path.as_str()), Some(g.node), "{} points at another node", g.id);
         }
         for r in self.requests.values() {
-            for (key, (mode, target, _)) in super::queue_touches(&r.items) {
-                let entry = super::QueueEntry { request: r.id, owner: r.owner, mode, target };
-                expect.entry(key).or_default().enqueue(r.key(), entry);
+            // One entry per touched node, with the join of the modes the items need there.
+            let mut touches: BTreeMap<String, (LockMode, bool)> = BTreeMap::new();
+            for item in &r.items {
+                let d = item.path.depth();
+                for n in 1..=d {
+                    let mode = if n == d { item.mode.lock_mode() } else { item.mode.intention() };
+                    let t = touches.entry(item.path.prefix(n).to_string()).or_insert((mode, n == d));
+                    t.0 = t.0.join(mode);
+                    t.1 |= n == d;
+                }
+            }
+            for (key, (mode, target)) in touches {
+                let entry = QueueEntry { request: r.id, owner: r.owner, mode, target };
+                expect.entry(key).or_default().queue.insert(r.key(), entry);
+            }
+            assert_eq!(r.targets.len(), r.items.len());
+            for (item, node) in r.items.iter().zip(&r.targets) {
+                assert_eq!(self.table.lookup(item.path.as_str()), Some(*node), "{} points at another node", r.id);
             }
         }
-        let paths: Vec<_> = self.grants.values().map(|g| g.path.clone()).chain(
-            self.requests.values().flat_map(|r| r.items.iter().map(|i| i.path.clone())),
-        ).collect();
+        let paths: Vec<_> = self
+            .grants
+            .values()
+            .map(|g| g.path.clone())
+            .chain(self.requests.values().flat_map(|r| r.items.iter().map(|i| i.path.clone())))
+            .collect();
         for path in paths {
             if let (Some(range), Some(parent)) = (path.rows(), path.parent()) {
                 expect.entry(parent.to_string()).or_default().rows.insert(range);
             }
+            // Every prefix of a held or queued path is a node.
+            for n in 1..path.depth() {
+                expect.entry(path.prefix(n).to_string()).or_default();
+            }
         }
-        assert_eq!(self.nodes.len(), expect.len(), "node set differs from a recount");
-        for (key, node) in &self.nodes {
-            let e = &expect[key];
+        assert_eq!(self.table.len(), expect.len(), "node set differs from a recount");
+        let mut children: BTreeMap<_, u32> = BTreeMap::new();
+        for (_, node) in self.table.iter() {
+            if let Some(p) = node.parent {
+                *children.entry(p).or_default() += 1;
+            }
+        }
+        for (id, node) in self.table.iter() {
+            let key = node.path.as_str();
+            let e = expect.get(key).unwrap_or_else(|| panic!("node {key} should not exist"));
             assert_eq!(node.held, e.held, "held modes at {key}");
-            assert_eq!(node.held_total, e.held_total, "held totals at {key}");
+            let mut total: ModeCounts = [0; 5];
+            for counts in node.held.values() {
+                assert!(counts.iter().any(|c| *c > 0), "an owner holds nothing at {key}");
+                for m in LockMode::ALL {
+                    total[m.index()] += counts[m.index()];
+                }
+            }
+            assert_eq!(node.held_total, total, "held totals at {key}");
             assert_eq!(node.grants, e.grants, "grants at {key}");
             assert_eq!(node.units, e.units, "units at {key}");
             assert_eq!(node.queue, e.queue, "queue at {key}");
-            assert_eq!(node.queued_total, e.queued_total, "queued totals at {key}");
-            assert_eq!(node.targeted, e.targeted, "targeted count at {key}");
-            assert_eq!(node.rows, e.rows, "row children at {key}");
+            let mut queued: ModeCounts = [0; 5];
+            for entry in node.queue.values() {
+                queued[entry.mode.index()] += 1;
+            }
+            assert_eq!(node.queued_total, queued, "queued totals at {key}");
+            assert_eq!(node.targeted as usize, node.queue.values().filter(|e| e.target).count(), "targeted at {key}");
+            assert_eq!(node.rows.keys().copied().collect::<BTreeSet<_>>(), e.rows, "row children at {key}");
+            for (range, child) in &node.rows {
+                let c = self.table.node(*child);
+                assert_eq!((c.path.rows(), c.parent), (Some(*range), Some(id)), "row child link at {key}");
+            }
+            let parent = node.path.parent().map(|p| self.table.lookup(p).expect("parent node exists"));
+            assert_eq!(node.parent, parent, "parent link of {key}");
+            assert_eq!(node.children, children.get(&id).copied().unwrap_or(0), "child count of {key}");
         }
     }
 
     /// No two owners hold incompatible modes anywhere.
     fn check_conflicts(&self) {
-        for (key, node) in &self.nodes {
+        for (_, node) in self.table.iter() {
+            let key = node.path.as_str();
             for (owner, mine) in &node.held {
                 let others: ModeCounts = std::array::from_fn(|i| node.held_total[i] - mine[i]);
                 for m in LockMode::ALL.iter().filter(|m| mine[m.index()] > 0) {
@@ -114,29 +172,24 @@ impl State {
                     }
                 }
             }
-            if let Some(capacity) = self.capacity(key) {
+            if self.capacity(key).is_some() {
                 let exclusive = node.grants.iter().filter(|g| self.grants[g].mode == Mode::Exclusive).count();
                 assert!(exclusive == 0 || node.grants.len() == 1, "exclusive beside others on counted {key}");
-                // Capacity may be lowered under existing holders; it can never be exceeded by
-                // a grant, which `check_grant_capacity` in the property tests observes.
-                let _ = capacity;
             }
             // Overlapping row ranges under this node.
             let ranges: Vec<_> = node.rows.iter().collect();
-            for (i, a) in ranges.iter().enumerate() {
-                for b in ranges[i + 1..].iter().take_while(|b| b.lo < a.hi) {
+            for (i, (a, ida)) in ranges.iter().enumerate() {
+                for (b, idb) in ranges[i + 1..].iter().take_while(|(b, _)| b.lo < a.hi) {
                     if !a.overlaps(b) {
                         continue;
                     }
-                    let na = &self.nodes[&format!("{key}/rows:[{},{})", a.lo, a.hi)];
-                    let nb = &self.nodes[&format!("{key}/rows:[{},{})", b.lo, b.hi)];
+                    let (na, nb) = (self.table.node(**ida), self.table.node(**idb));
                     for (oa, ma) in &na.held {
                         for (ob, mb) in &nb.held {
                             if oa == ob {
                                 continue;
                             }
-                            let (ja, jb) = (super::lock_table::join_counts(ma), super::lock_table::join_counts(mb));
-                            if let (Some(ja), Some(jb)) = (ja, jb) {
+                            if let (Some(ja), Some(jb)) = (join_counts(ma), join_counts(mb)) {
                                 assert!(ja.compatible(jb), "{oa} {ja} and {ob} {jb} on overlapping rows under {key}");
                             }
                         }
@@ -170,7 +223,7 @@ impl State {
         }
         for r in self.requests.values() {
             let mut b = Blockers::default();
-            self.blockers(r.owner, r.key(), &r.items, &mut b);
+            self.blockers(r.owner, r.key(), &r.items, Some(&r.targets), &mut b);
             let expect: BTreeSet<_> = b.holders.union(&b.waiters).copied().collect();
             let actual = self.wait_for.targets(r.owner).cloned().unwrap_or_default();
             assert_eq!(actual, expect, "wait-for edges of {} ({})", r.owner, r.id);

@@ -17,12 +17,18 @@
 //!
 //! Per-node mode counts make the common "nothing conflicts" answer O(depth · log n) even when
 //! an ancestor is shared by 100k holders.
+//!
+//! Nodes live in a slab addressed by [`NodeId`], each linked to its parent, with an index
+//! from path text to id. A held grant or a queued request remembers its node, so releasing
+//! and re-scanning walk parent links instead of searching the index by string. The slab
+//! reuses freed slots last-in first-out: ids depend only on the command history, so every
+//! replica (restored or not) numbers its nodes identically.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use qm_shared::{LockMode, RowRange};
+use qm_shared::{LockMode, ResourcePath, RowRange};
 
 use super::types::{OwnerId, RequestId, ReservationId};
 
@@ -46,8 +52,14 @@ pub(crate) struct QueueEntry {
     pub(crate) target: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A node's slot in the lock table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) struct NodeId(u32);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Node {
+    pub(crate) path: ResourcePath,
+    pub(crate) parent: Option<NodeId>,
     /// Modes held here, per owner.
     pub(crate) held: BTreeMap<OwnerId, ModeCounts>,
     /// Sum of `held` over owners.
@@ -63,12 +75,30 @@ pub(crate) struct Node {
     /// Queue entries whose request names this node (bounded by `queue_len_max`).
     pub(crate) targeted: u32,
     /// Row-range children that exist as nodes.
-    pub(crate) rows: BTreeSet<RowRange>,
+    pub(crate) rows: BTreeMap<RowRange, NodeId>,
+    /// Child nodes that exist (row ranges included); a node with children is never freed.
+    pub(crate) children: u32,
 }
 
 impl Node {
+    pub(crate) fn new(path: ResourcePath, parent: Option<NodeId>) -> Node {
+        Node {
+            path,
+            parent,
+            held: BTreeMap::new(),
+            held_total: [0; 5],
+            grants: BTreeSet::new(),
+            units: 0,
+            queue: BTreeMap::new(),
+            queued_total: [0; 5],
+            targeted: 0,
+            rows: BTreeMap::new(),
+            children: 0,
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
-        self.held.is_empty() && self.queue.is_empty() && self.rows.is_empty()
+        self.held.is_empty() && self.queue.is_empty() && self.children == 0
     }
 
     pub(crate) fn hold(&mut self, owner: OwnerId, mode: LockMode) {
@@ -138,4 +168,102 @@ pub(crate) fn join_counts(counts: &ModeCounts) -> Option<LockMode> {
         .filter(|m| counts[m.index()] > 0)
         .copied()
         .reduce(LockMode::join)
+}
+
+/// The nodes, by id and by path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LockTable {
+    index: BTreeMap<ResourcePath, NodeId>,
+    slab: Vec<Option<Node>>,
+    free: Vec<NodeId>,
+}
+
+impl LockTable {
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub(crate) fn lookup(&self, path: &str) -> Option<NodeId> {
+        self.index.get(path).copied()
+    }
+
+    pub(crate) fn get(&self, path: &str) -> Option<&Node> {
+        self.lookup(path).map(|id| self.node(id))
+    }
+
+    /// The node in slot `id`, if the slot is in use.
+    pub(crate) fn try_node(&self, id: NodeId) -> Option<&Node> {
+        self.slab.get(id.0 as usize).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn node(&self, id: NodeId) -> &Node {
+        self.try_node(id).expect("node id in use")
+    }
+
+    pub(crate) fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        self.slab[id.0 as usize].as_mut().expect("node id in use")
+    }
+
+    /// The node for `path`, created with any missing ancestors; a new row-range node
+    /// registers with its parent.
+    pub(crate) fn ensure(&mut self, path: &ResourcePath) -> NodeId {
+        if let Some(id) = self.lookup(path.as_str()) {
+            return id;
+        }
+        let parent = (path.depth() > 1).then(|| self.ensure(&path.ancestor(path.depth() - 1)));
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.slab.push(None);
+                NodeId((self.slab.len() - 1) as u32)
+            }
+        };
+        self.slab[id.0 as usize] = Some(Node::new(path.clone(), parent));
+        self.index.insert(path.clone(), id);
+        if let Some(parent) = parent {
+            let p = self.node_mut(parent);
+            p.children += 1;
+            if let Some(range) = path.rows() {
+                p.rows.insert(range, id);
+            }
+        }
+        id
+    }
+
+    /// The deepest existing node on `path` and its depth (`1..=path.depth()`).
+    pub(crate) fn deepest(&self, path: &ResourcePath) -> Option<(NodeId, usize)> {
+        (1..=path.depth()).rev().find_map(|n| self.lookup(path.prefix(n)).map(|id| (id, n)))
+    }
+
+    /// Frees `id` and then its ancestors, as long as each is empty.
+    pub(crate) fn prune(&mut self, id: NodeId) {
+        let mut current = Some(id);
+        while let Some(id) = current {
+            let node = self.node(id);
+            if !node.is_empty() {
+                return;
+            }
+            let node = self.slab[id.0 as usize].take().expect("node id in use");
+            self.index.remove(node.path.as_str());
+            self.free.push(id);
+            if let Some(parent) = node.parent {
+                let p = self.node_mut(parent);
+                p.children -= 1;
+                if let Some(range) = node.path.rows() {
+                    p.rows.remove(&range);
+                }
+            }
+            current = node.parent;
+        }
+    }
+
+    /// `id` and its ancestors, leaf first.
+    pub(crate) fn chain(&self, id: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        std::iter::successors(Some(id), |id| self.node(*id).parent)
+    }
+
+    /// Every node in path order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (NodeId, &Node)> + '_ {
+        self.index.values().map(|id| (*id, self.node(*id)))
+    }
 }

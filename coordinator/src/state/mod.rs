@@ -37,7 +37,7 @@ use qm_shared::limits::{
 };
 use qm_shared::{validate, Invalid, LockMode, Mode, ResourcePath};
 
-use lock_table::{Node, QueueEntry, QueueKey};
+use lock_table::{LockTable, Node, NodeId, QueueEntry, QueueKey};
 use records::{Grant, Owner, Request, Session};
 use wait_for::WaitFor;
 
@@ -120,7 +120,7 @@ pub struct State {
     owners: BTreeMap<OwnerId, Owner>,
     grants: BTreeMap<ReservationId, Grant>,
     requests: BTreeMap<RequestId, Request>,
-    nodes: BTreeMap<String, Node>,
+    table: LockTable,
     resources: BTreeMap<String, ResourceConfig>,
     session_timers: BTreeSet<(Millis, SessionId)>,
     lease_timers: BTreeSet<(Millis, ReservationId)>,
@@ -138,7 +138,7 @@ struct Ctx {
     effects: Vec<Effect>,
     /// Nodes where a claim changed, with the modes that changed: waiters there whose mode
     /// conflicts with a changed one are looked at again.
-    dirty: BTreeMap<String, Change>,
+    dirty: BTreeMap<NodeId, Change>,
     /// Requests looked at again whatever changed (new or re-ordered).
     recheck: BTreeSet<RequestId>,
     granted: BTreeMap<RequestId, Vec<GrantInfo>>,
@@ -297,7 +297,9 @@ impl State {
             }
             Command::DeclareResource { path, capacity, policy, grace_ms } => {
                 self.resources.insert(path.as_str().to_string(), ResourceConfig { capacity, policy, grace_ms });
-                self.touch(ctx, path.as_str(), None);
+                if let Some(id) = self.table.lookup(path.as_str()) {
+                    self.touch(ctx, id, None);
+                }
                 Response::ResourceDeclared { path }
             }
             Command::Tick => {
@@ -389,7 +391,7 @@ impl State {
         let effective = a.priority.max(inherited).min(PRIORITY_MAX);
         let key = QueueKey { inv_priority: PRIORITY_MAX - effective, seq: self.next_seq };
 
-        if !self.is_blocked(owner, key, &a.items) {
+        if !self.is_blocked(owner, key, &a.items, None) {
             if self.grants.len() + a.items.len() > RESERVATIONS_MAX {
                 return Response::Refused(Refusal::Exhausted {
                     what: "reservations".into(),
@@ -413,7 +415,7 @@ impl State {
             }
         }
         let mut blockers = Blockers::default();
-        self.blockers(owner, key, &a.items, &mut blockers);
+        self.blockers(owner, key, &a.items, None, &mut blockers);
         if blockers.holders.is_empty() && blockers.waiters.is_empty() {
             // Blocked by nothing but the owner's own units on a counted resource: it would
             // wait for itself.
@@ -432,7 +434,7 @@ impl State {
             Wait::Wait { timeout_ms } => timeout_ms,
         };
         for item in &a.items {
-            let queue_len = self.nodes.get(item.path.as_str()).map_or(0, |n| n.targeted);
+            let queue_len = self.table.get(item.path.as_str()).map_or(0, |n| n.targeted);
             if queue_len >= self.config.queue_len_max {
                 return Response::Refused(Refusal::QueueFull {
                     resource: item.path.clone(),
@@ -450,11 +452,12 @@ impl State {
         self.next_seq += 1;
         let timeout_at = timeout_ms.map(|t| ctx.now + t);
         let next_aging_at = (a.priority < PRIORITY_MAX).then(|| ctx.now + self.config.aging_interval_ms);
-        let request = Request {
+        let mut request = Request {
             id,
             owner,
             session: a.session,
             items: a.items,
+            targets: Vec::new(),
             priority: a.priority,
             effective,
             seq: key.seq,
@@ -469,7 +472,7 @@ impl State {
         if let Some(t) = next_aging_at {
             self.aging_timers.insert((t, id));
         }
-        self.enqueue(&request, ctx);
+        self.enqueue(&mut request, ctx);
         self.owners.get_mut(&owner).expect("owner exists").pending = Some(id);
         self.requests.insert(id, request);
         let position = blockers.ahead + 1;
@@ -526,11 +529,13 @@ impl State {
                 (Mode::Exclusive, Some(capacity)) => capacity,
                 _ => item.units,
             };
+            let node = self.table.ensure(&item.path);
             let grant = Grant {
                 id,
                 owner,
                 session,
                 path: item.path.clone(),
+                node,
                 mode: item.mode,
                 units,
                 token,
@@ -541,17 +546,19 @@ impl State {
                 cap_at: ctx.now + LIFETIME_MS_MAX,
                 preempt_deadline: None,
             };
-            for (n, node_key) in (1..=item.path.depth()).map(|n| (n, item.path.prefix(n))) {
-                let target = n == item.path.depth();
-                let mode = if target { item.mode.lock_mode() } else { item.mode.intention() };
-                let node = self.node_mut(node_key, &item.path, target);
-                node.hold(owner, mode);
+            let (mut current, mut target) = (Some(node), true);
+            while let Some(nid) = current {
+                let n = self.table.node_mut(nid);
                 if target {
-                    node.grants.insert(id);
-                    node.units += u64::from(units);
+                    n.hold(owner, item.mode.lock_mode());
+                    n.grants.insert(id);
+                    n.units += u64::from(units);
+                } else {
+                    n.hold(owner, item.mode.intention());
                 }
+                (current, target) = (n.parent, false);
             }
-            self.touch_claim(ctx, &item.path, item.mode);
+            self.touch_claim(ctx, node, item.mode);
             self.lease_timers.insert((grant.expires_at, id));
             let info = grant.info(&self.owners[&owner].name);
             self.owners.get_mut(&owner).expect("owner exists").grants.insert(id);
@@ -563,51 +570,22 @@ impl State {
         infos
     }
 
-    /// The node for `key`, created if missing; a new row-range node registers with its parent.
-    fn node_mut(&mut self, key: &str, path: &ResourcePath, target: bool) -> &mut Node {
-        if !self.nodes.contains_key(key) {
-            if let (true, Some(range), Some(parent)) = (target, path.rows(), path.parent()) {
-                self.nodes.entry(parent.to_string()).or_default().rows.insert(range);
-            }
-            self.nodes.insert(key.to_string(), Node::default());
-        }
-        self.nodes.get_mut(key).expect("node exists")
-    }
-
-    /// Drops empty nodes along `path`, leaf first.
-    fn prune(&mut self, path: &ResourcePath) {
-        for n in (1..=path.depth()).rev() {
-            let key = path.prefix(n);
-            if !self.nodes.get(key).is_some_and(Node::is_empty) {
-                continue;
-            }
-            self.nodes.remove(key);
-            if n == path.depth() {
-                if let (Some(range), Some(parent)) = (path.rows(), path.parent()) {
-                    if let Some(p) = self.nodes.get_mut(parent) {
-                        p.rows.remove(&range);
-                    }
-                }
-            }
-        }
-    }
-
     fn remove_grant(&mut self, id: ReservationId, ctx: &mut Ctx) -> Grant {
         let grant = self.grants.remove(&id).expect("grant exists");
-        let depth = grant.path.depth();
-        for n in 1..=depth {
-            let key = grant.path.prefix(n);
-            let target = n == depth;
-            let mode = if target { grant.mode.lock_mode() } else { grant.mode.intention() };
-            let node = self.nodes.get_mut(key).expect("held node exists");
-            node.unhold(grant.owner, mode);
+        let (mut current, mut target) = (Some(grant.node), true);
+        while let Some(nid) = current {
+            let n = self.table.node_mut(nid);
             if target {
-                node.grants.remove(&id);
-                node.units -= u64::from(grant.units);
+                n.unhold(grant.owner, grant.mode.lock_mode());
+                n.grants.remove(&id);
+                n.units -= u64::from(grant.units);
+            } else {
+                n.unhold(grant.owner, grant.mode.intention());
             }
+            (current, target) = (n.parent, false);
         }
-        self.prune(&grant.path);
-        self.touch_claim(ctx, &grant.path, grant.mode);
+        self.touch_claim(ctx, grant.node, grant.mode);
+        self.table.prune(grant.node);
         self.lease_timers.remove(&(grant.expires_at, id));
         if let Some(deadline) = grant.preempt_deadline {
             self.grace_timers.remove(&(deadline, id));
@@ -621,27 +599,51 @@ impl State {
         grant
     }
 
-    fn enqueue(&mut self, request: &Request, ctx: &mut Ctx) {
+    /// Enters `request` into the queue of every node it touches (creating nodes as needed)
+    /// and records its target nodes.
+    fn enqueue(&mut self, request: &mut Request, ctx: &mut Ctx) {
+        request.targets = request.items.iter().map(|item| self.table.ensure(&item.path)).collect();
         let key = request.key();
-        for (node_key, (mode, target, path)) in queue_touches(&request.items) {
+        for (nid, (mode, target)) in self.queue_touches(request) {
             let entry = QueueEntry { request: request.id, owner: request.owner, mode, target };
-            self.node_mut(&node_key, path, target).enqueue(key, entry);
+            self.table.node_mut(nid).enqueue(key, entry);
         }
-        for item in &request.items {
-            self.touch_claim(ctx, &item.path, item.mode);
+        for (item, node) in request.items.iter().zip(&request.targets) {
+            self.touch_claim(ctx, *node, item.mode);
         }
         ctx.recheck.insert(request.id);
     }
 
     fn dequeue(&mut self, request: &Request, ctx: &mut Ctx) {
         let key = request.key();
-        for (node_key, _) in queue_touches(&request.items) {
-            self.nodes.get_mut(&node_key).expect("queued node exists").dequeue(&key);
+        for (nid, _) in self.queue_touches(request) {
+            self.table.node_mut(nid).dequeue(&key);
         }
-        for item in &request.items {
-            self.prune(&item.path);
-            self.touch_claim(ctx, &item.path, item.mode);
+        for (item, node) in request.items.iter().zip(&request.targets) {
+            self.touch_claim(ctx, *node, item.mode);
         }
+        for node in &request.targets {
+            if self.table.try_node(*node).is_some() {
+                self.table.prune(*node);
+            }
+        }
+    }
+
+    /// The queue entries of a request: one per node it touches, with the join of the modes its
+    /// items need there (an item's mode on its own node, the intention on ancestors) and
+    /// whether some item names the node.
+    pub(crate) fn queue_touches(&self, request: &Request) -> BTreeMap<NodeId, (LockMode, bool)> {
+        let mut touches: BTreeMap<NodeId, (LockMode, bool)> = BTreeMap::new();
+        for (item, node) in request.items.iter().zip(&request.targets) {
+            for (i, nid) in self.table.chain(*node).enumerate() {
+                let target = i == 0;
+                let mode = if target { item.mode.lock_mode() } else { item.mode.intention() };
+                let entry = touches.entry(nid).or_insert((mode, target));
+                entry.0 = entry.0.join(mode);
+                entry.1 |= target;
+            }
+        }
+        touches
     }
 
     /// Removes a pending request everywhere (granted, cancelled, timed out or aborted).
@@ -674,8 +676,8 @@ impl State {
             return;
         }
         self.dequeue(&request, ctx);
-        let request = Request { effective, ..request };
-        self.enqueue(&request, ctx);
+        let mut request = Request { effective, ..request };
+        self.enqueue(&mut request, ctx);
         self.requests.insert(id, request);
     }
 
@@ -803,27 +805,44 @@ impl State {
         (1..=path.depth()).rev().find_map(|n| self.resources.get(path.prefix(n)))
     }
 
-    fn is_blocked(&self, owner: OwnerId, key: QueueKey, items: &[Item]) -> bool {
-        items.iter().any(|item| self.scan_item(owner, key, item, None))
+    /// Whether `items` are blocked for `owner` at queue position `key`. `targets` are the
+    /// items' nodes when the request is queued (and so they exist).
+    fn is_blocked(&self, owner: OwnerId, key: QueueKey, items: &[Item], targets: Option<&[NodeId]>) -> bool {
+        items.iter().enumerate().any(|(i, item)| self.scan_item(owner, key, item, targets.map(|t| t[i]), None))
     }
 
-    fn blockers(&self, owner: OwnerId, key: QueueKey, items: &[Item], out: &mut Blockers) {
-        for item in items {
-            self.scan_item(owner, key, item, Some(out));
+    fn blockers(&self, owner: OwnerId, key: QueueKey, items: &[Item], targets: Option<&[NodeId]>, out: &mut Blockers) {
+        for (i, item) in items.iter().enumerate() {
+            self.scan_item(owner, key, item, targets.map(|t| t[i]), Some(out));
         }
     }
 
     /// Whether `item`, asked by `owner` at queue position `key`, is blocked; with `out`,
-    /// also collects who blocks it.
-    fn scan_item(&self, owner: OwnerId, key: QueueKey, item: &Item, mut out: Option<&mut Blockers>) -> bool {
-        let mut blocked = false;
+    /// also collects who blocks it. Walks from the item's node (or the deepest existing
+    /// ancestor) up to the root, then the overlapping row ranges beside it.
+    fn scan_item(
+        &self,
+        owner: OwnerId,
+        key: QueueKey,
+        item: &Item,
+        target: Option<NodeId>,
+        mut out: Option<&mut Blockers>,
+    ) -> bool {
         let depth = item.path.depth();
-        for n in 1..=depth {
-            let target = n == depth;
-            let Some(node) = self.nodes.get(item.path.prefix(n)) else { continue };
-            let mode = if target { item.mode.lock_mode() } else { item.mode.intention() };
+        let (start, start_depth) = match target {
+            Some(t) => (t, depth),
+            None => match self.table.deepest(&item.path) {
+                Some(found) => found,
+                None => return false,
+            },
+        };
+        let mut blocked = false;
+        for (i, nid) in self.table.chain(start).enumerate() {
+            let node = self.table.node(nid);
+            let is_target = i == 0 && start_depth == depth;
+            let mode = if is_target { item.mode.lock_mode() } else { item.mode.intention() };
             blocked |= scan_node(node, owner, key, mode, out.as_deref_mut());
-            if target {
+            if is_target {
                 if let Some(capacity) = self.capacity(item.path.as_str()) {
                     let needed = if item.mode == Mode::Exclusive { capacity } else { item.units };
                     if node.units + u64::from(needed) > u64::from(capacity) {
@@ -853,18 +872,20 @@ impl State {
                 return true;
             }
         }
-        if let (Some(range), Some(parent)) = (item.path.rows(), item.path.parent()) {
-            if let Some(p) = self.nodes.get(parent) {
-                for sibling in p.rows.iter().take_while(|r| r.lo < range.hi) {
-                    if *sibling == range || !sibling.overlaps(&range) {
-                        continue;
-                    }
-                    let key_text = format!("{parent}/rows:[{},{})", sibling.lo, sibling.hi);
-                    let node = &self.nodes[&key_text];
-                    blocked |= scan_node(node, owner, key, item.mode.lock_mode(), out.as_deref_mut());
-                    if blocked && out.is_none() {
-                        return true;
-                    }
+        let parent = match (start_depth == depth, start_depth + 1 == depth) {
+            (true, _) => self.table.node(start).parent,
+            (false, true) => Some(start),
+            _ => None,
+        };
+        if let (Some(range), Some(parent)) = (item.path.rows(), parent) {
+            let p = self.table.node(parent);
+            for (sibling, sid) in p.rows.iter().take_while(|(r, _)| r.lo < range.hi) {
+                if *sibling == range || !sibling.overlaps(&range) {
+                    continue;
+                }
+                blocked |= scan_node(self.table.node(*sid), owner, key, item.mode.lock_mode(), out.as_deref_mut());
+                if blocked && out.is_none() {
+                    return true;
                 }
             }
         }
@@ -933,10 +954,10 @@ impl State {
             let Some(o) = self.owners.get_mut(&owner) else { continue };
             o.inherited = 0;
             let pending = o.pending;
-            let claims: Vec<(ResourcePath, Mode)> =
-                o.grants.iter().map(|g| (self.grants[g].path.clone(), self.grants[g].mode)).collect();
-            for (path, mode) in claims {
-                self.touch_claim(ctx, &path, mode);
+            let claims: Vec<(NodeId, Mode)> =
+                o.grants.iter().map(|g| (self.grants[g].node, self.grants[g].mode)).collect();
+            for (node, mode) in claims {
+                self.touch_claim(ctx, node, mode);
             }
             if let Some(r) = pending {
                 let request = &self.requests[&r];
@@ -961,14 +982,14 @@ impl State {
             let candidates = self.candidates(ctx);
             for (_, id) in &candidates {
                 let Some(r) = self.requests.get(id) else { continue };
-                if !self.is_blocked(r.owner, r.key(), &r.items) {
+                if !self.is_blocked(r.owner, r.key(), &r.items, Some(&r.targets)) {
                     self.grant_request(*id, ctx);
                 }
             }
             for (_, id) in &candidates {
                 let Some(r) = self.requests.get(id) else { continue };
                 let mut b = Blockers::default();
-                self.blockers(r.owner, r.key(), &r.items, &mut b);
+                self.blockers(r.owner, r.key(), &r.items, Some(&r.targets), &mut b);
                 let owner = r.owner;
                 let targets: BTreeSet<OwnerId> = b.holders.union(&b.waiters).copied().collect();
                 if targets.is_empty() {
@@ -990,39 +1011,36 @@ impl State {
         }
     }
 
-    /// Records that a claim of `mode` changed at `key` (`None`: everything changed), if any
-    /// waiter there could be affected.
-    fn touch(&self, ctx: &mut Ctx, key: &str, mode: Option<LockMode>) {
-        let Some(node) = self.nodes.get(key) else { return };
-        let counted = self.capacity(key).is_some();
-        if node.queue.is_empty() || mode.is_some_and(|m| !counted && !node.queue_may_conflict(m)) {
+    /// Records that a claim of `mode` changed at node `id` (`None`: everything changed), if
+    /// any waiter there could be affected.
+    fn touch(&self, ctx: &mut Ctx, id: NodeId, mode: Option<LockMode>) {
+        let Some(node) = self.table.try_node(id) else { return };
+        if node.queue.is_empty() {
             return;
         }
-        let change = match ctx.dirty.get_mut(key) {
-            Some(change) => change,
-            None => ctx.dirty.entry(key.to_string()).or_default(),
-        };
+        let counted = self.capacity(node.path.as_str()).is_some();
+        if mode.is_some_and(|m| !counted && !node.queue_may_conflict(m)) {
+            return;
+        }
+        let change = ctx.dirty.entry(id).or_default();
         match mode {
             Some(m) => change.modes |= 1 << m.index(),
             None => change.all = true,
         }
     }
 
-    /// A claim (held or waiting) of `mode` on `path` changed: touch every node it lies on,
-    /// and the row ranges overlapping it.
-    fn touch_claim(&self, ctx: &mut Ctx, path: &ResourcePath, mode: Mode) {
-        let depth = path.depth();
-        for n in 1..depth {
-            self.touch(ctx, path.prefix(n), Some(mode.intention()));
+    /// A claim (held or waiting) of `mode` on node `target` changed: touch every node up to
+    /// the root, and the row ranges overlapping it.
+    fn touch_claim(&self, ctx: &mut Ctx, target: NodeId, mode: Mode) {
+        for (i, nid) in self.table.chain(target).enumerate() {
+            let m = if i == 0 { mode.lock_mode() } else { mode.intention() };
+            self.touch(ctx, nid, Some(m));
         }
-        self.touch(ctx, path.as_str(), Some(mode.lock_mode()));
-        if let (Some(range), Some(parent)) = (path.rows(), path.parent()) {
-            if let Some(p) = self.nodes.get(parent) {
-                for sibling in p.rows.iter().take_while(|r| r.lo < range.hi) {
-                    if *sibling != range && sibling.overlaps(&range) {
-                        let key = format!("{parent}/rows:[{},{})", sibling.lo, sibling.hi);
-                        self.touch(ctx, &key, Some(mode.lock_mode()));
-                    }
+        let node = self.table.node(target);
+        if let (Some(range), Some(parent)) = (node.path.rows(), node.parent) {
+            for (sibling, sid) in self.table.node(parent).rows.iter().take_while(|(r, _)| r.lo < range.hi) {
+                if *sibling != range && sibling.overlaps(&range) {
+                    self.touch(ctx, *sid, Some(mode.lock_mode()));
                 }
             }
         }
@@ -1032,9 +1050,9 @@ impl State {
     /// at their node, and those named for a recheck.
     fn candidates(&self, ctx: &mut Ctx) -> BTreeSet<(QueueKey, RequestId)> {
         let mut out = BTreeSet::new();
-        for (key, change) in std::mem::take(&mut ctx.dirty) {
-            let Some(node) = self.nodes.get(&key) else { continue };
-            let counted = self.capacity(&key).is_some();
+        for (id, change) in std::mem::take(&mut ctx.dirty) {
+            let Some(node) = self.table.try_node(id) else { continue };
+            let counted = self.capacity(node.path.as_str()).is_some();
             for (k, e) in &node.queue {
                 if change.affects(e.mode, counted && e.target) {
                     out.insert((*k, e.request));
@@ -1094,7 +1112,7 @@ impl State {
         let request = &self.requests[&id];
         let (owner, effective) = (request.owner, request.effective);
         let mut blockers = Blockers::default();
-        self.blockers(owner, request.key(), &request.items, &mut blockers);
+        self.blockers(owner, request.key(), &request.items, Some(&request.targets), &mut blockers);
         let mut preempt = Vec::new();
         let mut inherit = BTreeSet::new();
         for holder in &blockers.holders {
@@ -1239,34 +1257,6 @@ fn take(counter: &mut u64) -> u64 {
     let id = *counter;
     *counter += 1;
     id
-}
-
-/// The queue entries of a request: one per node it touches, with the join of the modes its
-/// items need there (an item's mode on its own node, the intention on ancestors), whether
-/// some item names the node, and a path through it (for registering row-range nodes).
-pub(crate) fn queue_touches(items: &[Item]) -> BTreeMap<String, (LockMode, bool, &ResourcePath)> {
-    let mut touches: BTreeMap<String, (LockMode, bool, &ResourcePath)> = BTreeMap::new();
-    for item in items {
-        let depth = item.path.depth();
-        for n in 1..=depth {
-            let target = n == depth;
-            let mode = if target { item.mode.lock_mode() } else { item.mode.intention() };
-            let key = item.path.prefix(n);
-            match touches.get_mut(key) {
-                Some((m, t, p)) => {
-                    *m = m.join(mode);
-                    if target {
-                        *t = true;
-                        *p = &item.path;
-                    }
-                }
-                None => {
-                    touches.insert(key.to_string(), (mode, target, &item.path));
-                }
-            }
-        }
-    }
-    touches
 }
 
 /// Holders of `node` and waiters ahead of `key` that conflict with `mode` for `owner`.

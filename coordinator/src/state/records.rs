@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use qm_shared::{Mode, ResourcePath};
 
-use super::lock_table::QueueKey;
+use super::lock_table::{NodeId, QueueKey};
 use super::types::{GrantInfo, Item, Millis, OwnerId, RequestId, ReservationId, SessionId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,8 @@ pub(crate) struct Grant {
     pub(crate) owner: OwnerId,
     pub(crate) session: SessionId,
     pub(crate) path: ResourcePath,
+    /// The lock-table node of `path`.
+    pub(crate) node: NodeId,
     pub(crate) mode: Mode,
     pub(crate) units: u32,
     pub(crate) token: u64,
@@ -61,6 +63,8 @@ pub(crate) struct Request {
     pub(crate) session: SessionId,
     /// Sorted by path: the canonical grant order.
     pub(crate) items: Vec<Item>,
+    /// The lock-table node of each item, set when the request is queued.
+    pub(crate) targets: Vec<NodeId>,
     pub(crate) priority: u32,
     /// Effective priority: `max(priority + aging, inherited)`, capped at `priority_max`.
     pub(crate) effective: u32,

@@ -47,8 +47,9 @@ impl State {
 
     pub fn render_lock_table(&self) -> String {
         let mut out = String::from("lock table:\n");
-        let width = self.nodes.keys().map(String::len).max().unwrap_or(0).min(60);
-        for (key, node) in &self.nodes {
+        let width = self.table.iter().map(|(_, n)| n.path.as_str().len()).max().unwrap_or(0).min(60);
+        for (_, node) in self.table.iter() {
+            let key = node.path.as_str();
             let held: Vec<String> = node
                 .held
                 .iter()
@@ -108,7 +109,7 @@ impl State {
             }
         }
         for (key, rc) in &self.resources {
-            if !self.nodes.contains_key(key) {
+            if self.table.lookup(key).is_none() {
                 write!(out, "  {key:width$}  [policy={}", rc.policy.as_str()).expect("write to String");
                 if let Some(c) = rc.capacity {
                     write!(out, " capacity={c} used=0").expect("write to String");
