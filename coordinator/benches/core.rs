@@ -1,8 +1,12 @@
 //! Benchmarks of the pure core (criterion).
 //!
-//! * `acquire_release/held=100000`: one acquire + one release of an exclusive reservation,
+//! * `acquire_release/*`: one acquire + one release of an exclusive reservation,
 //!   single-threaded, with 100,000 reservations held under the same root (so the root node
-//!   counts 100k holders and every ancestor check sees them).
+//!   counts 100k holders and every ancestor check sees them). `agent` is the steady state:
+//!   1,000 agent sessions hold 100 reservations each and one agent acquires and releases
+//!   another; `fresh_owner` is the worst case: every acquire comes from an owner that holds
+//!   nothing yet, in a session of 100,000 owners, so the owner is created and collected
+//!   each time.
 //! * `deadlock_check/*`: the apply that adds a waiter to 10,000 waiters in long chains, both
 //!   when it closes a 10k-long cycle (detect + choose victim + abort) and when it does not
 //!   (the search walks the whole chain and finds nothing).
@@ -48,6 +52,7 @@ static ALLOCATOR: Counting = Counting;
 
 const HELD: usize = 100_000;
 const WAITERS: usize = 10_000;
+const AGENTS: usize = 1_000;
 const LEASE_MS: u64 = 600_000;
 
 struct Driver {
@@ -64,10 +69,21 @@ impl Driver {
         Driver { state, index: 1, session }
     }
 
+    fn open(&mut self) -> SessionId {
+        self.index += 1;
+        let (r, _) = self.state.apply(self.index, 1, Command::OpenSession { label: "agent".into(), ttl_ms: 300_000 });
+        let Response::SessionOpened { session, .. } = r else { panic!("open: {r:?}") };
+        session
+    }
+
     fn acquire(&mut self, owner: &str, path: &ResourcePath, mode: Mode) -> Response {
+        self.acquire_in(self.session, owner, path, mode)
+    }
+
+    fn acquire_in(&mut self, session: SessionId, owner: &str, path: &ResourcePath, mode: Mode) -> Response {
         self.index += 1;
         let cmd = Command::Acquire(Acquire {
-            session: self.session,
+            session,
             owner: owner.to_string(),
             items: vec![Item { path: path.clone(), mode, units: 1 }],
             wait: Wait::Wait { timeout_ms: None },
@@ -78,8 +94,12 @@ impl Driver {
     }
 
     fn release(&mut self, reservation: qm_coordinator::state::ReservationId) {
+        self.release_in(self.session, reservation)
+    }
+
+    fn release_in(&mut self, session: SessionId, reservation: qm_coordinator::state::ReservationId) {
         self.index += 1;
-        let cmd = Command::Release { session: self.session, reservation };
+        let cmd = Command::Release { session, reservation };
         let (r, _) = self.state.apply(self.index, 1, cmd);
         assert!(matches!(r, Response::Released { .. }), "{r:?}");
     }
@@ -93,6 +113,20 @@ impl Driver {
             assert!(matches!(r, Response::Granted { .. }), "{r:?}");
         }
         d
+    }
+
+    /// `HELD` exclusive reservations on `pg:bench/table:tN`, held by `agents` agents, each in
+    /// its own session. Returns the driver and the agents' sessions.
+    fn with_agents(agents: usize) -> (Driver, Vec<SessionId>) {
+        let mut d = Driver::new();
+        let sessions: Vec<SessionId> = (0..agents).map(|_| d.open()).collect();
+        for i in 0..HELD {
+            let path = ResourcePath::parse(&format!("pg:bench/table:t{i}")).unwrap();
+            let a = i % agents;
+            let r = d.acquire_in(sessions[a], &format!("agent-{a}"), &path, Mode::Exclusive);
+            assert!(matches!(r, Response::Granted { .. }), "{r:?}");
+        }
+        (d, sessions)
     }
 
     /// `chains` chains of `len` owners: owner k of a chain holds `c/k` and waits for `c/k+1`.
@@ -128,7 +162,7 @@ fn print_context() {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     eprintln!("machine: {cpu}, {cores} cores, {}", std::env::consts::ARCH);
     eprintln!("commit: {commit}");
-    eprintln!("parameters: held={HELD} waiters={WAITERS} lease_ms={LEASE_MS}");
+    eprintln!("parameters: held={HELD} agents={AGENTS} waiters={WAITERS} lease_ms={LEASE_MS}");
 }
 
 fn print_memory() {
@@ -146,9 +180,19 @@ fn print_memory() {
 fn acquire_release(c: &mut Criterion) {
     let mut group = c.benchmark_group("acquire_release");
     group.throughput(Throughput::Elements(1));
-    let mut d = Driver::with_held(HELD);
     let hot = ResourcePath::parse("pg:bench/table:hot").unwrap();
-    group.bench_function(format!("held={HELD}"), |b| {
+    let (mut d, sessions) = Driver::with_agents(AGENTS);
+    group.bench_function(format!("agent/held={HELD}"), |b| {
+        b.iter(|| {
+            let Response::Granted { grants } = d.acquire_in(sessions[7], "agent-7", &hot, Mode::Exclusive) else {
+                panic!("not granted")
+            };
+            d.release_in(sessions[7], grants[0].id);
+        })
+    });
+    drop(d);
+    let mut d = Driver::with_held(HELD);
+    group.bench_function(format!("fresh_owner/held={HELD}"), |b| {
         b.iter(|| {
             let Response::Granted { grants } = d.acquire("worker", &hot, Mode::Exclusive) else {
                 panic!("not granted")

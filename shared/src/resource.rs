@@ -112,6 +112,11 @@ impl ResourcePath {
         &self.text
     }
 
+    /// The canonical text, shared (no copy).
+    pub fn shared_text(&self) -> Arc<str> {
+        Arc::clone(&self.text)
+    }
+
     /// Number of segments.
     pub fn depth(&self) -> usize {
         usize::from(self.depth)

@@ -223,7 +223,7 @@ impl State {
         }
         for r in self.requests.values() {
             let mut b = Blockers::default();
-            self.blockers(r.owner, r.key(), &r.items, Some(&r.targets), &mut b);
+            self.blockers(r.owner, r.key(), &r.items, super::Starts::Targets(&r.targets), &mut b);
             let expect: BTreeSet<_> = b.holders.union(&b.waiters).copied().collect();
             let actual = self.wait_for.targets(r.owner).cloned().unwrap_or_default();
             assert_eq!(actual, expect, "wait-for edges of {} ({})", r.owner, r.id);

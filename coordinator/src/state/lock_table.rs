@@ -25,6 +25,7 @@
 //! replica (restored or not) numbers its nodes identically.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -173,7 +174,8 @@ pub(crate) fn join_counts(counts: &ModeCounts) -> Option<LockMode> {
 /// The nodes, by id and by path.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LockTable {
-    index: BTreeMap<ResourcePath, NodeId>,
+    /// Path text → node. Keys share the text of the node's `ResourcePath`.
+    index: BTreeMap<Arc<str>, NodeId>,
     slab: Vec<Option<Node>>,
     free: Vec<NodeId>,
 }
@@ -207,10 +209,25 @@ impl LockTable {
     /// The node for `path`, created with any missing ancestors; a new row-range node
     /// registers with its parent.
     pub(crate) fn ensure(&mut self, path: &ResourcePath) -> NodeId {
-        if let Some(id) = self.lookup(path.as_str()) {
-            return id;
+        let deepest = self.deepest(path);
+        self.ensure_below(path, deepest)
+    }
+
+    /// Like [`ensure`](Self::ensure), given `deepest`, the result of [`deepest`](Self::deepest)
+    /// for `path` with no node created or freed since: only the missing levels are created.
+    pub(crate) fn ensure_below(&mut self, path: &ResourcePath, deepest: Option<(NodeId, usize)>) -> NodeId {
+        let (mut parent, from) = match deepest {
+            Some((id, depth)) => (Some(id), depth + 1),
+            None => (None, 1),
+        };
+        for n in from..=path.depth() {
+            parent = Some(self.create(path.ancestor(n), parent));
         }
-        let parent = (path.depth() > 1).then(|| self.ensure(&path.ancestor(path.depth() - 1)));
+        parent.expect("a path has at least one segment")
+    }
+
+    fn create(&mut self, path: ResourcePath, parent: Option<NodeId>) -> NodeId {
+        debug_assert!(self.lookup(path.as_str()).is_none(), "{path} exists");
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -218,8 +235,7 @@ impl LockTable {
                 NodeId((self.slab.len() - 1) as u32)
             }
         };
-        self.slab[id.0 as usize] = Some(Node::new(path.clone(), parent));
-        self.index.insert(path.clone(), id);
+        self.index.insert(path.shared_text(), id);
         if let Some(parent) = parent {
             let p = self.node_mut(parent);
             p.children += 1;
@@ -227,6 +243,7 @@ impl LockTable {
                 p.rows.insert(range, id);
             }
         }
+        self.slab[id.0 as usize] = Some(Node::new(path, parent));
         id
     }
 

@@ -18,6 +18,7 @@
 //! reservations, each after the first takes the previous token plus one, so tokens are
 //! strictly increasing across the whole state and therefore per resource.
 
+mod display;
 mod invariants;
 mod lock_table;
 mod records;
@@ -161,6 +162,23 @@ impl Change {
     /// Whether a waiter holding `mode` at this node may be affected.
     fn affects(self, mode: LockMode, counted: bool) -> bool {
         self.all || counted || LockMode::ALL.iter().any(|m| self.modes & (1 << m.index()) != 0 && !mode.compatible(*m))
+    }
+}
+
+/// Where scanning an item starts: the items' own nodes (a queued request), or the deepest
+/// existing node on each item's path (a new request; `None` when nothing on it exists).
+#[derive(Clone, Copy)]
+enum Starts<'a> {
+    Targets(&'a [NodeId]),
+    Deepest(&'a [Option<(NodeId, usize)>]),
+}
+
+impl Starts<'_> {
+    fn get(self, i: usize, depth: usize) -> Option<(NodeId, usize)> {
+        match self {
+            Starts::Targets(t) => Some((t[i], depth)),
+            Starts::Deepest(d) => d[i],
+        }
     }
 }
 
@@ -391,16 +409,20 @@ impl State {
         let effective = a.priority.max(inherited).min(PRIORITY_MAX);
         let key = QueueKey { inv_priority: PRIORITY_MAX - effective, seq: self.next_seq };
 
-        if !self.is_blocked(owner, key, &a.items, None) {
+        let deepest: Vec<Option<(NodeId, usize)>> = a.items.iter().map(|i| self.table.deepest(&i.path)).collect();
+        if !self.is_blocked(owner, key, &a.items, Starts::Deepest(&deepest)) {
             if self.grants.len() + a.items.len() > RESERVATIONS_MAX {
                 return Response::Refused(Refusal::Exhausted {
                     what: "reservations".into(),
                     max: RESERVATIONS_MAX as u64,
                 });
             }
-            let owner = self.owner_for(a.session, &a.owner, ctx.now);
+            let owner = match existing {
+                Some(o) => o,
+                None => self.new_owner(a.session, &a.owner, ctx.now),
+            };
             self.next_seq += 1;
-            let grants = self.grant_items(owner, &a.items, a.priority, a.lease_ms, None, ctx);
+            let grants = self.grant_items(owner, &a.items, a.priority, a.lease_ms, None, Some(&deepest), ctx);
             return Response::Granted { grants };
         }
 
@@ -415,7 +437,7 @@ impl State {
             }
         }
         let mut blockers = Blockers::default();
-        self.blockers(owner, key, &a.items, None, &mut blockers);
+        self.blockers(owner, key, &a.items, Starts::Deepest(&deepest), &mut blockers);
         if blockers.holders.is_empty() && blockers.waiters.is_empty() {
             // Blocked by nothing but the owner's own units on a counted resource: it would
             // wait for itself.
@@ -447,7 +469,10 @@ impl State {
             return Response::Refused(Refusal::Exhausted { what: "requests".into(), max: REQUESTS_MAX as u64 });
         }
 
-        let owner = self.owner_for(a.session, &a.owner, ctx.now);
+        let owner = match existing {
+            Some(o) => o,
+            None => self.new_owner(a.session, &a.owner, ctx.now),
+        };
         let id = RequestId(take(&mut self.next_request));
         self.next_seq += 1;
         let timeout_at = timeout_ms.map(|t| ctx.now + t);
@@ -488,10 +513,7 @@ impl State {
         Response::Queued { request: id, position, estimated_wait_ms }
     }
 
-    fn owner_for(&mut self, session: SessionId, name: &str, now: Millis) -> OwnerId {
-        if let Some(id) = self.sessions[&session].owners.get(name) {
-            return *id;
-        }
+    fn new_owner(&mut self, session: SessionId, name: &str, now: Millis) -> OwnerId {
         let id = OwnerId(take(&mut self.next_owner));
         self.owners.insert(
             id,
@@ -517,6 +539,7 @@ impl State {
         priority: u32,
         lease_ms: u64,
         request: Option<RequestId>,
+        deepest: Option<&[Option<(NodeId, usize)>]>,
         ctx: &mut Ctx,
     ) -> Vec<GrantInfo> {
         let mut infos = Vec::with_capacity(items.len());
@@ -529,7 +552,11 @@ impl State {
                 (Mode::Exclusive, Some(capacity)) => capacity,
                 _ => item.units,
             };
-            let node = self.table.ensure(&item.path);
+            let node = match deepest {
+                // One item: nothing was created or freed since `deepest` was taken.
+                Some(d) if items.len() == 1 => self.table.ensure_below(&item.path, d[0]),
+                _ => self.table.ensure(&item.path),
+            };
             let grant = Grant {
                 id,
                 owner,
@@ -665,7 +692,7 @@ impl State {
     fn grant_request(&mut self, id: RequestId, ctx: &mut Ctx) {
         let request = self.remove_request(id, ctx);
         let grants =
-            self.grant_items(request.owner, &request.items, request.priority, request.lease_ms, Some(id), ctx);
+            self.grant_items(request.owner, &request.items, request.priority, request.lease_ms, Some(id), None, ctx);
         ctx.granted.insert(id, grants);
     }
 
@@ -807,13 +834,13 @@ impl State {
 
     /// Whether `items` are blocked for `owner` at queue position `key`. `targets` are the
     /// items' nodes when the request is queued (and so they exist).
-    fn is_blocked(&self, owner: OwnerId, key: QueueKey, items: &[Item], targets: Option<&[NodeId]>) -> bool {
-        items.iter().enumerate().any(|(i, item)| self.scan_item(owner, key, item, targets.map(|t| t[i]), None))
+    fn is_blocked(&self, owner: OwnerId, key: QueueKey, items: &[Item], starts: Starts) -> bool {
+        items.iter().enumerate().any(|(i, item)| self.scan_item(owner, key, item, starts.get(i, item.path.depth()), None))
     }
 
-    fn blockers(&self, owner: OwnerId, key: QueueKey, items: &[Item], targets: Option<&[NodeId]>, out: &mut Blockers) {
+    fn blockers(&self, owner: OwnerId, key: QueueKey, items: &[Item], starts: Starts, out: &mut Blockers) {
         for (i, item) in items.iter().enumerate() {
-            self.scan_item(owner, key, item, targets.map(|t| t[i]), Some(out));
+            self.scan_item(owner, key, item, starts.get(i, item.path.depth()), Some(out));
         }
     }
 
@@ -825,17 +852,11 @@ impl State {
         owner: OwnerId,
         key: QueueKey,
         item: &Item,
-        target: Option<NodeId>,
+        start: Option<(NodeId, usize)>,
         mut out: Option<&mut Blockers>,
     ) -> bool {
         let depth = item.path.depth();
-        let (start, start_depth) = match target {
-            Some(t) => (t, depth),
-            None => match self.table.deepest(&item.path) {
-                Some(found) => found,
-                None => return false,
-            },
-        };
+        let Some((start, start_depth)) = start else { return false };
         let mut blocked = false;
         for (i, nid) in self.table.chain(start).enumerate() {
             let node = self.table.node(nid);
@@ -982,14 +1003,14 @@ impl State {
             let candidates = self.candidates(ctx);
             for (_, id) in &candidates {
                 let Some(r) = self.requests.get(id) else { continue };
-                if !self.is_blocked(r.owner, r.key(), &r.items, Some(&r.targets)) {
+                if !self.is_blocked(r.owner, r.key(), &r.items, Starts::Targets(&r.targets)) {
                     self.grant_request(*id, ctx);
                 }
             }
             for (_, id) in &candidates {
                 let Some(r) = self.requests.get(id) else { continue };
                 let mut b = Blockers::default();
-                self.blockers(r.owner, r.key(), &r.items, Some(&r.targets), &mut b);
+                self.blockers(r.owner, r.key(), &r.items, Starts::Targets(&r.targets), &mut b);
                 let owner = r.owner;
                 let targets: BTreeSet<OwnerId> = b.holders.union(&b.waiters).copied().collect();
                 if targets.is_empty() {
@@ -1112,7 +1133,7 @@ impl State {
         let request = &self.requests[&id];
         let (owner, effective) = (request.owner, request.effective);
         let mut blockers = Blockers::default();
-        self.blockers(owner, request.key(), &request.items, Some(&request.targets), &mut blockers);
+        self.blockers(owner, request.key(), &request.items, Starts::Targets(&request.targets), &mut blockers);
         let mut preempt = Vec::new();
         let mut inherit = BTreeSet::new();
         for holder in &blockers.holders {

@@ -1,0 +1,130 @@
+//! Human-readable one-line forms of responses, refusals and effects, as the CLI, scripts and
+//! scenario transcripts print them. Pure formatting.
+
+use std::fmt;
+
+use qm_shared::Mode;
+
+use super::types::{Effect, GrantInfo, Refusal, Response};
+
+fn mode_letter(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Shared => "S",
+        Mode::Exclusive => "X",
+    }
+}
+
+impl fmt::Display for GrantInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {} {} tok={} exp={}",
+            self.id,
+            self.owner,
+            mode_letter(self.mode),
+            self.resource,
+            self.fencing_token,
+            self.expires_at
+        )?;
+        if self.units != 1 {
+            write!(f, " units={}", self.units)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Response::SessionOpened { session, ttl_ms, expires_at } => {
+                write!(f, "session {session} opened ttl={ttl_ms} expires_at={expires_at}")
+            }
+            Response::SessionKept { session, expires_at } => write!(f, "session {session} kept expires_at={expires_at}"),
+            Response::SessionClosed { session, released, cancelled } => {
+                write!(f, "session {session} closed released={released} cancelled={cancelled}")
+            }
+            Response::Granted { grants } => {
+                f.write_str("granted ")?;
+                for (i, g) in grants.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{g}")?;
+                }
+                Ok(())
+            }
+            Response::Queued { request, position, estimated_wait_ms } => {
+                write!(f, "queued {request} position={position} estimated_wait_ms={estimated_wait_ms}")
+            }
+            Response::Released { reservation } => write!(f, "released {reservation}"),
+            Response::Cancelled { request } => write!(f, "cancelled {request}"),
+            Response::Extended { reservation, expires_at } => write!(f, "extended {reservation} expires_at={expires_at}"),
+            Response::ResourceDeclared { path } => write!(f, "declared {path}"),
+            Response::Ticked => f.write_str("ticked"),
+            Response::LeasesRestarted { reservations, sessions } => {
+                write!(f, "leases restarted reservations={reservations} sessions={sessions}")
+            }
+            Response::Configured => f.write_str("configured"),
+            Response::Refused(refusal) => write!(f, "REFUSED {refusal}"),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Conflict { holders, waiting_ahead, queue_position, estimated_wait_ms } => {
+                let hs: Vec<String> = holders
+                    .iter()
+                    .map(|h| format!("{} {} {} {}", h.owner, h.reservation, mode_letter(h.mode), h.resource))
+                    .collect();
+                let ahead: Vec<&str> = waiting_ahead.iter().map(|o| o.name.as_str()).collect();
+                write!(
+                    f,
+                    "conflict holders=[{}] waiting_ahead=[{}] queue_position={queue_position} \
+                     estimated_wait_ms={estimated_wait_ms}",
+                    hs.join("; "),
+                    ahead.join(" ")
+                )
+            }
+            Refusal::QueueFull { resource, queue_len, retry_after_ms } => {
+                write!(f, "queue full on {resource} (len {queue_len}) retry_after_ms={retry_after_ms}")
+            }
+            Refusal::Deadlock { cycle } => write!(f, "DEADLOCK cycle=[{}]", cycle.join(" -> ")),
+            Refusal::SessionUnknown { session } => write!(f, "session {session} unknown"),
+            Refusal::ReservationUnknown { reservation } => write!(f, "reservation {reservation} unknown"),
+            Refusal::RequestUnknown { request } => write!(f, "request {request} unknown"),
+            Refusal::AlreadyWaiting { request } => write!(f, "owner already waits in {request}"),
+            Refusal::Exhausted { what, max } => write!(f, "{what} exhausted (max {max})"),
+            Refusal::Invalid(invalid) => write!(f, "INVALID_ARGUMENT {invalid}"),
+        }
+    }
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Effect::SessionOpened { session } => write!(f, "SessionOpened {session}"),
+            Effect::SessionExpired { session } => write!(f, "SessionExpired {session}"),
+            Effect::Granted { grant, request } => match request {
+                Some(q) => write!(f, "Granted {grant} (was {q})"),
+                None => write!(f, "Granted {grant}"),
+            },
+            Effect::Queued { request, owner, position, .. } => write!(f, "Queued {request} {owner} position={position}"),
+            Effect::Released { reservation, resource, reason } => {
+                write!(f, "Released {reservation} {resource} ({reason:?})")
+            }
+            Effect::Expired { reservation, resource, owner, .. } => write!(f, "Expired {reservation} {owner} {resource}"),
+            Effect::PreemptRequested { reservation, owner, by, grace_ms, deadline, .. } => {
+                write!(f, "PreemptRequested {reservation} {owner} by={by} grace_ms={grace_ms} deadline={deadline}")
+            }
+            Effect::Revoked { reservation, resource, owner, .. } => write!(f, "Revoked {reservation} {owner} {resource}"),
+            Effect::DeadlockVictim { request, owner, cycle, .. } => {
+                write!(f, "DeadlockVictim {request} {owner} cycle=[{}]", cycle.join(" -> "))
+            }
+            Effect::TimedOut { request, owner, .. } => write!(f, "TimedOut {request} {owner}"),
+            Effect::Cancelled { request, owner, .. } => write!(f, "Cancelled {request} {owner}"),
+            Effect::PriorityInherited { owner, priority, .. } => write!(f, "PriorityInherited {owner} priority={priority}"),
+        }
+    }
+}
