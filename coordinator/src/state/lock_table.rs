@@ -23,6 +23,10 @@
 //! and re-scanning walk parent links instead of searching the index by string. The slab
 //! reuses freed slots last-in first-out: ids depend only on the command history, so every
 //! replica (restored or not) numbers its nodes identically.
+//!
+//! A node that falls empty is not freed at once: it is noted as vacant and freed by the next
+//! `collect` (each Tick, or sooner when `VACANT_MAX` nodes wait). Agents re-acquire the same
+//! resources over and over; keeping the node between two grants saves creating it again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -52,6 +56,9 @@ pub(crate) struct QueueEntry {
     /// True on the node the request names; false on its ancestors (intention entries).
     pub(crate) target: bool,
 }
+
+/// Most vacant nodes kept before they are collected without waiting for a Tick.
+pub(crate) const VACANT_MAX: usize = 4_096;
 
 /// A node's slot in the lock table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -178,13 +185,11 @@ pub(crate) struct LockTable {
     index: BTreeMap<Arc<str>, NodeId>,
     slab: Vec<Option<Node>>,
     free: Vec<NodeId>,
+    /// Nodes that fell empty since the last collect (some may be in use again).
+    vacant: BTreeSet<NodeId>,
 }
 
 impl LockTable {
-    pub(crate) fn len(&self) -> usize {
-        self.index.len()
-    }
-
     pub(crate) fn lookup(&self, path: &str) -> Option<NodeId> {
         self.index.get(path).copied()
     }
@@ -252,26 +257,41 @@ impl LockTable {
         (1..=path.depth()).rev().find_map(|n| self.lookup(path.prefix(n)).map(|id| (id, n)))
     }
 
-    /// Frees `id` and then its ancestors, as long as each is empty.
-    pub(crate) fn prune(&mut self, id: NodeId) {
-        let mut current = Some(id);
-        while let Some(id) = current {
-            let node = self.node(id);
-            if !node.is_empty() {
-                return;
+    /// Notes that `id` may have fallen empty; it is freed by the next [`collect`](Self::collect).
+    pub(crate) fn release(&mut self, id: NodeId) {
+        if self.node(id).is_empty() {
+            self.vacant.insert(id);
+            if self.vacant.len() > VACANT_MAX {
+                self.collect();
             }
-            let node = self.slab[id.0 as usize].take().expect("node id in use");
-            self.index.remove(node.path.as_str());
-            self.free.push(id);
-            if let Some(parent) = node.parent {
-                let p = self.node_mut(parent);
-                p.children -= 1;
-                if let Some(range) = node.path.rows() {
-                    p.rows.remove(&range);
-                }
-            }
-            current = node.parent;
         }
+    }
+
+    /// Frees every vacant node that is still empty, and then its ancestors while they are.
+    pub(crate) fn collect(&mut self) {
+        for id in std::mem::take(&mut self.vacant) {
+            let mut current = self.try_node(id).map(|_| id);
+            while let Some(id) = current {
+                if !self.node(id).is_empty() {
+                    break;
+                }
+                let node = self.slab[id.0 as usize].take().expect("node id in use");
+                self.index.remove(node.path.as_str());
+                self.free.push(id);
+                if let Some(parent) = node.parent {
+                    let p = self.node_mut(parent);
+                    p.children -= 1;
+                    if let Some(range) = node.path.rows() {
+                        p.rows.remove(&range);
+                    }
+                }
+                current = node.parent;
+            }
+        }
+    }
+
+    pub(crate) fn is_vacant(&self, id: NodeId) -> bool {
+        self.vacant.contains(&id)
     }
 
     /// `id` and its ancestors, leaf first.

@@ -612,7 +612,7 @@ impl State {
             (current, target) = (n.parent, false);
         }
         self.touch_claim(ctx, grant.node, grant.mode);
-        self.table.prune(grant.node);
+        self.table.release(grant.node);
         self.lease_timers.remove(&(grant.expires_at, id));
         if let Some(deadline) = grant.preempt_deadline {
             self.grace_timers.remove(&(deadline, id));
@@ -622,7 +622,9 @@ impl State {
         if owner.inherited > 0 {
             ctx.reset_inherit.insert(grant.owner);
         }
-        ctx.gc.insert(grant.owner);
+        if owner.grants.is_empty() && owner.pending.is_none() {
+            ctx.gc.insert(grant.owner);
+        }
         grant
     }
 
@@ -650,9 +652,7 @@ impl State {
             self.touch_claim(ctx, *node, item.mode);
         }
         for node in &request.targets {
-            if self.table.try_node(*node).is_some() {
-                self.table.prune(*node);
-            }
+            self.table.release(*node);
         }
     }
 
@@ -683,9 +683,12 @@ impl State {
         if let Some(t) = request.next_aging_at {
             self.aging_timers.remove(&(t, id));
         }
-        self.owners.get_mut(&request.owner).expect("owner exists").pending = None;
+        let owner = self.owners.get_mut(&request.owner).expect("owner exists");
+        owner.pending = None;
+        if owner.grants.is_empty() {
+            ctx.gc.insert(request.owner);
+        }
         self.wait_for.clear(request.owner);
-        ctx.gc.insert(request.owner);
         request
     }
 
@@ -749,6 +752,7 @@ impl State {
 
     fn apply_tick(&mut self, ctx: &mut Ctx) {
         let now = ctx.now;
+        self.table.collect();
         let due_sessions: Vec<SessionId> = due(&self.session_timers, now);
         for s in due_sessions {
             self.end_session(s, ReleaseReason::SessionExpired, ctx);

@@ -47,8 +47,16 @@ impl State {
 
     pub fn render_lock_table(&self) -> String {
         let mut out = String::from("lock table:\n");
-        let width = self.table.iter().map(|(_, n)| n.path.as_str().len()).max().unwrap_or(0).min(60);
-        for (_, node) in self.table.iter() {
+        let width = self
+            .table
+            .iter()
+            .filter(|(_, n)| !n.held.is_empty() || !n.queue.is_empty())
+            .map(|(_, n)| n.path.as_str().len())
+            .max()
+            .unwrap_or(0)
+            .min(60);
+        // Vacant nodes (nothing held or queued, waiting to be collected) are not shown.
+        for (_, node) in self.table.iter().filter(|(_, n)| !n.held.is_empty() || !n.queue.is_empty()) {
             let key = node.path.as_str();
             let held: Vec<String> = node
                 .held
@@ -109,7 +117,7 @@ impl State {
             }
         }
         for (key, rc) in &self.resources {
-            if self.table.lookup(key).is_none() {
+            if self.table.get(key).is_none_or(|n| n.held.is_empty() && n.queue.is_empty()) {
                 write!(out, "  {key:width$}  [policy={}", rc.policy.as_str()).expect("write to String");
                 if let Some(c) = rc.capacity {
                     write!(out, " capacity={c} used=0").expect("write to String");
