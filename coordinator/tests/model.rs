@@ -275,7 +275,7 @@ impl Harness {
                     for w in before.iter().filter(|w| w.effective_priority == PRIORITY_MAX) {
                         let still = self.state.waiters().any(|x| x.request == w.request);
                         let earlier = seq.is_none_or(|s| w.seq < s);
-                        if still && earlier && (w.owner != grant.owner || w.session != grant.session) {
+                        if still && earlier && (*w.owner != *grant.owner || w.session != grant.session) {
                             for item in &w.items {
                                 assert!(
                                     !claims_conflict(item.path.as_str(), item.mode, grant.resource.as_str(), grant.mode)
@@ -347,7 +347,7 @@ impl Harness {
                     _ => item.units,
                 };
                 for g in &grants {
-                    let other: OwnerKey = (g.session, g.owner.clone());
+                    let other: OwnerKey = (g.session, g.owner.to_string());
                     if other == me {
                         continue;
                     }

@@ -29,12 +29,12 @@ impl State {
             assert_eq!(s.id, *id);
             for (name, o) in &s.owners {
                 assert_eq!(self.owners[o].session, *id, "session {id} lists owner {o} of another session");
-                assert_eq!(&self.owners[o].name, name, "session {id} lists {o} under another name");
+                assert_eq!(&*self.owners[o].name, name.as_str(), "session {id} lists {o} under another name");
             }
         }
         for (id, o) in &self.owners {
             assert_eq!(o.id, *id);
-            assert_eq!(self.sessions[&o.session].owners.get(&o.name), Some(id), "owner {id} missing from its session");
+            assert_eq!(self.sessions[&o.session].owners.get(&*o.name), Some(id), "owner {id} missing from its session");
             assert!(!o.grants.is_empty() || o.pending.is_some(), "owner {id} holds and waits for nothing");
             for g in &o.grants {
                 assert_eq!(self.grants[g].owner, *id);

@@ -375,7 +375,7 @@ impl State {
             let o = &self.owners[owner];
             let grants: Vec<ReservationId> = o.grants.iter().copied().collect();
             if let Some(request) = o.pending {
-                let (name, session) = (o.name.clone(), o.session);
+                let (name, session) = (o.name.to_string(), o.session);
                 self.remove_request(request, ctx);
                 ctx.effects.push(Effect::Cancelled { request, owner: name, session });
                 cancelled += 1;
@@ -520,7 +520,7 @@ impl State {
             Owner {
                 id,
                 session,
-                name: name.to_string(),
+                name: name.into(),
                 created_at: now,
                 grants: BTreeSet::new(),
                 pending: None,
@@ -732,7 +732,7 @@ impl State {
             return Response::Refused(Refusal::RequestUnknown { request: id });
         }
         let request = self.remove_request(id, ctx);
-        let owner = self.owners[&request.owner].name.clone();
+        let owner = self.owners[&request.owner].name.to_string();
         ctx.effects.push(Effect::Cancelled { request: id, owner, session });
         Response::Cancelled { request: id }
     }
@@ -760,7 +760,7 @@ impl State {
         for id in due(&self.lease_timers, now) {
             let grant = self.remove_grant(id, ctx);
             self.stats.expirations_total += 1;
-            let owner = self.owners[&grant.owner].name.clone();
+            let owner = self.owners[&grant.owner].name.to_string();
             ctx.effects.push(Effect::Expired {
                 reservation: id,
                 resource: grant.path,
@@ -771,13 +771,13 @@ impl State {
         for id in due(&self.grace_timers, now) {
             let grant = self.remove_grant(id, ctx);
             self.stats.revocations_total += 1;
-            let owner = self.owners[&grant.owner].name.clone();
+            let owner = self.owners[&grant.owner].name.to_string();
             ctx.effects.push(Effect::Revoked { reservation: id, resource: grant.path, owner, session: grant.session });
         }
         for id in due(&self.wait_timers, now) {
             let request = self.remove_request(id, ctx);
             self.stats.timeouts_total += 1;
-            let owner = self.owners[&request.owner].name.clone();
+            let owner = self.owners[&request.owner].name.to_string();
             ctx.effects.push(Effect::TimedOut { request: id, owner, session: request.session });
         }
         for id in due(&self.aging_timers, now) {
@@ -956,7 +956,7 @@ impl State {
                 let grant = &self.grants[g];
                 if items.iter().any(|item| self.grant_blocks(grant, item)) {
                     infos.insert(HolderInfo {
-                        owner: o.name.clone(),
+                        owner: o.name.to_string(),
                         session: o.session,
                         reservation: grant.id,
                         resource: grant.path.clone(),
@@ -1110,13 +1110,13 @@ impl State {
 
     /// Aborts `victim`'s pending request to break `cycle`; its held leases stay.
     fn abort_victim(&mut self, victim: OwnerId, cycle: Vec<OwnerId>, ctx: &mut Ctx) {
-        let names: Vec<String> = cycle.iter().map(|o| self.owners[o].name.clone()).collect();
+        let names: Vec<String> = cycle.iter().map(|o| self.owners[o].name.to_string()).collect();
         let request = self.owners[&victim].pending.expect("every owner on a cycle waits");
         let removed = self.remove_request(request, ctx);
         self.stats.deadlocks_total += 1;
         ctx.effects.push(Effect::DeadlockVictim {
             request,
-            owner: self.owners[&victim].name.clone(),
+            owner: self.owners[&victim].name.to_string(),
             session: removed.session,
             cycle: names.clone(),
         });
@@ -1169,7 +1169,7 @@ impl State {
             self.stats.preemptions_total += 1;
             ctx.effects.push(Effect::PreemptRequested {
                 reservation: g,
-                owner: self.owners[&grant.owner].name.clone(),
+                owner: self.owners[&grant.owner].name.to_string(),
                 session: grant.session,
                 by: id,
                 grace_ms,
@@ -1183,7 +1183,7 @@ impl State {
             }
             h.inherited = effective;
             ctx.effects.push(Effect::PriorityInherited {
-                owner: h.name.clone(),
+                owner: h.name.to_string(),
                 session: h.session,
                 priority: effective,
             });
@@ -1202,7 +1202,7 @@ impl State {
             }
             let o = self.owners.remove(&owner).expect("owner exists");
             if let Some(s) = self.sessions.get_mut(&o.session) {
-                s.owners.remove(&o.name);
+                s.owners.remove(&*o.name);
             }
             self.wait_for.forget(owner);
         }
@@ -1223,7 +1223,7 @@ impl State {
     pub fn waiters(&self) -> impl Iterator<Item = WaiterInfo> + '_ {
         self.requests.values().map(|r| WaiterInfo {
             request: r.id,
-            owner: self.owners[&r.owner].name.clone(),
+            owner: self.owners[&r.owner].name.to_string(),
             session: r.session,
             items: r.items.clone(),
             priority: r.priority,
@@ -1244,7 +1244,7 @@ impl State {
 
     fn owner_ref(&self, owner: OwnerId) -> OwnerRef {
         let o = &self.owners[&owner];
-        OwnerRef { name: o.name.clone(), session: o.session }
+        OwnerRef { name: o.name.to_string(), session: o.session }
     }
 
     pub fn session_count(&self) -> usize {

@@ -2,6 +2,7 @@
 //! pending requests. Plain data; every transition lives in `apply_*` methods on `State`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +26,8 @@ pub(crate) struct Session {
 pub(crate) struct Owner {
     pub(crate) id: OwnerId,
     pub(crate) session: SessionId,
-    pub(crate) name: String,
+    /// Shared with every `GrantInfo` handed out, so reporting a grant copies no text.
+    pub(crate) name: Arc<str>,
     pub(crate) created_at: Millis,
     pub(crate) grants: BTreeSet<ReservationId>,
     pub(crate) pending: Option<RequestId>,
@@ -82,14 +84,14 @@ impl Request {
 }
 
 impl Grant {
-    pub(crate) fn info(&self, owner_name: &str) -> GrantInfo {
+    pub(crate) fn info(&self, owner_name: &Arc<str>) -> GrantInfo {
         GrantInfo {
             id: self.id,
             resource: self.path.clone(),
             mode: self.mode,
             units: self.units,
             fencing_token: self.token,
-            owner: owner_name.to_string(),
+            owner: Arc::clone(owner_name),
             session: self.session,
             priority: self.priority,
             granted_at: self.granted_at,

@@ -35,7 +35,7 @@ impl State {
                 .map(|o| {
                     let o = &self.owners[o];
                     match o.inherited {
-                        0 => o.name.clone(),
+                        0 => o.name.to_string(),
                         p => format!("{}(inherits {p})", o.name),
                     }
                 })
@@ -131,7 +131,7 @@ impl State {
     pub fn render_wait_for(&self) -> String {
         let mut out = String::from("wait-for:\n");
         for (from, targets) in self.wait_for.edges() {
-            let names: Vec<&str> = targets.iter().map(|t| self.owners[t].name.as_str()).collect();
+            let names: Vec<&str> = targets.iter().map(|t| &*self.owners[t].name).collect();
             writeln!(out, "  {} -> {}", self.owners[from].name, names.join(", ")).expect("write to String");
         }
         out

@@ -143,7 +143,7 @@ pub struct GrantInfo {
     pub mode: Mode,
     pub units: u32,
     pub fencing_token: u64,
-    pub owner: String,
+    pub owner: std::sync::Arc<str>,
     pub session: SessionId,
     pub priority: u32,
     pub granted_at: Millis,
