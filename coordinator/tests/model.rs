@@ -392,7 +392,7 @@ impl Harness {
         let victims: Vec<(OwnerKey, usize)> = effects
             .iter()
             .filter_map(|e| match e {
-                Effect::DeadlockVictim { owner, session, cycle, .. } => Some(((*session, owner.clone()), cycle.len())),
+                Effect::DeadlockVictim { owner, session, cycle_len, .. } => Some(((*session, owner.clone()), *cycle_len as usize)),
                 _ => None,
             })
             .collect();

@@ -41,6 +41,10 @@ pub const PRIORITY_MAX: u32 = 1_000;
 /// Default priority for requests that name none.
 pub const PRIORITY_DEFAULT: u32 = 500;
 
+/// Most owners of a wait-for cycle named in a DEADLOCK refusal or effect (the length is
+/// always reported).
+pub const CYCLE_REPORT_MAX: usize = 32;
+
 /// Most requests that may wait on one resource; more are refused with backpressure.
 pub const QUEUE_LEN_MAX: u32 = 1_024;
 /// Largest declared capacity of a counted resource.

@@ -7,6 +7,20 @@ use qm_shared::Mode;
 
 use super::types::{Effect, GrantInfo, Refusal, Response};
 
+/// `cycle=[a -> b -> c]`, or `cycle=[a -> b -> ...] (10001 owners)` when cut short.
+struct CycleText<'a>(&'a [String], u32);
+
+impl fmt::Display for CycleText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cycle=[{}", self.0.join(" -> "))?;
+        if self.0.len() < self.1 as usize {
+            write!(f, " -> ...] ({} owners)", self.1)
+        } else {
+            f.write_str("]")
+        }
+    }
+}
+
 fn mode_letter(mode: Mode) -> &'static str {
     match mode {
         Mode::Shared => "S",
@@ -90,7 +104,7 @@ impl fmt::Display for Refusal {
             Refusal::QueueFull { resource, queue_len, retry_after_ms } => {
                 write!(f, "queue full on {resource} (len {queue_len}) retry_after_ms={retry_after_ms}")
             }
-            Refusal::Deadlock { cycle } => write!(f, "DEADLOCK cycle=[{}]", cycle.join(" -> ")),
+            Refusal::Deadlock { cycle, cycle_len } => write!(f, "DEADLOCK {}", CycleText(cycle, *cycle_len)),
             Refusal::SessionUnknown { session } => write!(f, "session {session} unknown"),
             Refusal::ReservationUnknown { reservation } => write!(f, "reservation {reservation} unknown"),
             Refusal::RequestUnknown { request } => write!(f, "request {request} unknown"),
@@ -119,8 +133,8 @@ impl fmt::Display for Effect {
                 write!(f, "PreemptRequested {reservation} {owner} by={by} grace_ms={grace_ms} deadline={deadline}")
             }
             Effect::Revoked { reservation, resource, owner, .. } => write!(f, "Revoked {reservation} {owner} {resource}"),
-            Effect::DeadlockVictim { request, owner, cycle, .. } => {
-                write!(f, "DeadlockVictim {request} {owner} cycle=[{}]", cycle.join(" -> "))
+            Effect::DeadlockVictim { request, owner, cycle, cycle_len, .. } => {
+                write!(f, "DeadlockVictim {request} {owner} {}", CycleText(cycle, *cycle_len))
             }
             Effect::TimedOut { request, owner, .. } => write!(f, "TimedOut {request} {owner}"),
             Effect::Cancelled { request, owner, .. } => write!(f, "Cancelled {request} {owner}"),

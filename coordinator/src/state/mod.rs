@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use qm_shared::limits::{
-    AGING_INTERVAL_MS_DEFAULT, AGING_STEP_DEFAULT, CAPACITY_MAX, LIFETIME_MS_MAX, PREEMPT_GAP_DEFAULT,
+    AGING_INTERVAL_MS_DEFAULT, AGING_STEP_DEFAULT, CAPACITY_MAX, CYCLE_REPORT_MAX, LIFETIME_MS_MAX, PREEMPT_GAP_DEFAULT,
     PREEMPT_GRACE_MS_MAX, PREEMPT_GRACE_MS_MIN, PRIORITY_MAX, QUEUE_LEN_MAX, REQUESTS_MAX, RESERVATIONS_MAX,
     SESSIONS_MAX, SESSION_LABEL_LEN_MAX_BYTES, SET_SIZE_MAX,
 };
@@ -143,7 +143,7 @@ struct Ctx {
     /// Requests looked at again whatever changed (new or re-ordered).
     recheck: BTreeSet<RequestId>,
     granted: BTreeMap<RequestId, Vec<GrantInfo>>,
-    aborted: BTreeMap<RequestId, Vec<String>>,
+    aborted: BTreeMap<RequestId, (Vec<String>, u32)>,
     /// Owners that may have nothing left (collected at the end of the apply).
     gc: BTreeSet<OwnerId>,
     /// Owners whose inherited priority is re-derived (they released something).
@@ -441,7 +441,7 @@ impl State {
         if blockers.holders.is_empty() && blockers.waiters.is_empty() {
             // Blocked by nothing but the owner's own units on a counted resource: it would
             // wait for itself.
-            return Response::Refused(Refusal::Deadlock { cycle: vec![a.owner] });
+            return Response::Refused(Refusal::Deadlock { cycle: vec![a.owner], cycle_len: 1 });
         }
         let estimated_wait_ms = self.estimate_wait(&a.items, &blockers, ctx.now);
         let timeout_ms = match a.wait {
@@ -507,8 +507,8 @@ impl State {
         if let Some(grants) = ctx.granted.get(&id) {
             return Response::Granted { grants: grants.clone() };
         }
-        if let Some(cycle) = ctx.aborted.get(&id) {
-            return Response::Refused(Refusal::Deadlock { cycle: cycle.clone() });
+        if let Some((cycle, cycle_len)) = ctx.aborted.get(&id) {
+            return Response::Refused(Refusal::Deadlock { cycle: cycle.clone(), cycle_len: *cycle_len });
         }
         Response::Queued { request: id, position, estimated_wait_ms }
     }
@@ -1110,7 +1110,9 @@ impl State {
 
     /// Aborts `victim`'s pending request to break `cycle`; its held leases stay.
     fn abort_victim(&mut self, victim: OwnerId, cycle: Vec<OwnerId>, ctx: &mut Ctx) {
-        let names: Vec<String> = cycle.iter().map(|o| self.owners[o].name.to_string()).collect();
+        let names: Vec<String> =
+            cycle.iter().take(CYCLE_REPORT_MAX).map(|o| self.owners[o].name.to_string()).collect();
+        let cycle_len = cycle.len() as u32;
         let request = self.owners[&victim].pending.expect("every owner on a cycle waits");
         let removed = self.remove_request(request, ctx);
         self.stats.deadlocks_total += 1;
@@ -1119,8 +1121,9 @@ impl State {
             owner: self.owners[&victim].name.to_string(),
             session: removed.session,
             cycle: names.clone(),
+            cycle_len,
         });
-        ctx.aborted.insert(request, names);
+        ctx.aborted.insert(request, (names, cycle_len));
     }
 
     /// Victim order: lowest effective priority, then least sunk work (time its leases have

@@ -174,7 +174,9 @@ pub enum Refusal {
     /// The resource's wait queue is full: back off and retry.
     QueueFull { resource: ResourcePath, queue_len: u32, retry_after_ms: u64 },
     /// This wait request closed a wait-for cycle and was chosen as the victim.
-    Deadlock { cycle: Vec<String> },
+    /// `cycle` names its first `CYCLE_REPORT_MAX` owners, starting with the one that closed
+    /// it; `cycle_len` is its full length.
+    Deadlock { cycle: Vec<String>, cycle_len: u32 },
     SessionUnknown { session: SessionId },
     ReservationUnknown { reservation: ReservationId },
     RequestUnknown { request: RequestId },
@@ -233,7 +235,7 @@ pub enum Effect {
     /// The grace ended without a release: the lease is gone and its token is stale.
     Revoked { reservation: ReservationId, resource: ResourcePath, owner: String, session: SessionId },
     /// The pending request was aborted to break a wait-for cycle. Held leases stay.
-    DeadlockVictim { request: RequestId, owner: String, session: SessionId, cycle: Vec<String> },
+    DeadlockVictim { request: RequestId, owner: String, session: SessionId, cycle: Vec<String>, cycle_len: u32 },
     TimedOut { request: RequestId, owner: String, session: SessionId },
     Cancelled { request: RequestId, owner: String, session: SessionId },
     /// An owner's effective priority changed through inheritance.
