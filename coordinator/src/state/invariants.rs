@@ -39,6 +39,18 @@ impl State {
             for g in &o.grants {
                 assert_eq!(self.grants[g].owner, *id);
             }
+            let sum: u64 = o.grants.iter().map(|g| self.grants[g].granted_at).sum();
+            assert_eq!(o.granted_at_sum, sum, "granted_at sum of {id}");
+            #[cfg(debug_assertions)]
+            if let Some(r) = o.pending {
+                let expect = super::wait_for::VictimMeta {
+                    effective: self.requests[&r].effective,
+                    grants: o.grants.len() as u64,
+                    granted_at_sum: sum,
+                    created_at: o.created_at,
+                };
+                assert_eq!(self.wait_for.meta(*id), Some(expect), "victim meta of {id}");
+            }
             if let Some(r) = o.pending {
                 assert_eq!(self.requests[&r].owner, *id);
             }

@@ -40,7 +40,7 @@ use qm_shared::{validate, Invalid, LockMode, Mode, ResourcePath};
 
 use lock_table::{LockTable, Node, NodeId, QueueEntry, QueueKey};
 use records::{Grant, Owner, Request, Session};
-use wait_for::WaitFor;
+use wait_for::{VictimMeta, WaitFor};
 
 pub use snapshot::{SnapshotError, SNAPSHOT_FORMAT_VERSION};
 pub use types::*;
@@ -500,6 +500,7 @@ impl State {
         self.enqueue(&mut request, ctx);
         self.owners.get_mut(&owner).expect("owner exists").pending = Some(id);
         self.requests.insert(id, request);
+        self.refresh_victim_meta(owner);
         let position = blockers.ahead + 1;
         ctx.effects.push(Effect::Queued { request: id, owner: a.owner, session: a.session, position });
 
@@ -523,6 +524,7 @@ impl State {
                 name: name.into(),
                 created_at: now,
                 grants: BTreeSet::new(),
+                granted_at_sum: 0,
                 pending: None,
                 inherited: 0,
             },
@@ -588,7 +590,9 @@ impl State {
             self.touch_claim(ctx, node, item.mode);
             self.lease_timers.insert((grant.expires_at, id));
             let info = grant.info(&self.owners[&owner].name);
-            self.owners.get_mut(&owner).expect("owner exists").grants.insert(id);
+            let o = self.owners.get_mut(&owner).expect("owner exists");
+            o.grants.insert(id);
+            o.granted_at_sum += grant.granted_at;
             self.grants.insert(id, grant);
             self.stats.grants_total += 1;
             ctx.effects.push(Effect::Granted { grant: info.clone(), request });
@@ -619,6 +623,11 @@ impl State {
         }
         let owner = self.owners.get_mut(&grant.owner).expect("owner exists");
         owner.grants.remove(&id);
+        owner.granted_at_sum -= grant.granted_at;
+        if owner.pending.is_some() {
+            self.refresh_victim_meta(grant.owner);
+        }
+        let owner = self.owners.get_mut(&grant.owner).expect("owner exists");
         if owner.inherited > 0 {
             ctx.reset_inherit.insert(grant.owner);
         }
@@ -708,7 +717,9 @@ impl State {
         self.dequeue(&request, ctx);
         let mut request = Request { effective, ..request };
         self.enqueue(&mut request, ctx);
+        let owner = request.owner;
         self.requests.insert(id, request);
+        self.refresh_victim_meta(owner);
     }
 
     // ---------------------------------------------------------------- release, extend
@@ -1102,10 +1113,22 @@ impl State {
     /// Aborts victims until no cycle passes through `start`.
     fn break_cycles(&mut self, start: OwnerId, ctx: &mut Ctx) {
         while self.owners.get(&start).is_some_and(|o| o.pending.is_some()) {
-            let Some(cycle) = self.wait_for.find_cycle(start) else { break };
-            let victim = *cycle.iter().min_by_key(|o| self.victim_key(**o, ctx.now)).expect("cycle is not empty");
-            self.abort_victim(victim, cycle, ctx);
+            let Some(cycle) = self.wait_for.find_cycle(start, ctx.now) else { break };
+            self.abort_victim(cycle.victim, cycle.owners, ctx);
         }
+    }
+
+    /// Keeps the wait-for mirror's copy of what victim choice needs of a waiting owner.
+    fn refresh_victim_meta(&mut self, owner: OwnerId) {
+        let o = &self.owners[&owner];
+        let Some(request) = o.pending else { return };
+        let meta = VictimMeta {
+            effective: self.requests[&request].effective,
+            grants: o.grants.len() as u64,
+            granted_at_sum: o.granted_at_sum,
+            created_at: o.created_at,
+        };
+        self.wait_for.set_meta(owner, meta);
     }
 
     /// Aborts `victim`'s pending request to break `cycle`; its held leases stay.
@@ -1124,15 +1147,6 @@ impl State {
             cycle_len,
         });
         ctx.aborted.insert(request, (names, cycle_len));
-    }
-
-    /// Victim order: lowest effective priority, then least sunk work (time its leases have
-    /// been held), then youngest owner, then highest owner id.
-    fn victim_key(&self, owner: OwnerId, now: Millis) -> (u32, u64, std::cmp::Reverse<Millis>, std::cmp::Reverse<OwnerId>) {
-        let o = &self.owners[&owner];
-        let priority = o.pending.map_or(0, |r| self.requests[&r].effective);
-        let sunk: u64 = o.grants.iter().map(|g| now.saturating_sub(self.grants[g].granted_at)).sum();
-        (priority, sunk, std::cmp::Reverse(o.created_at), std::cmp::Reverse(owner))
     }
 
     /// Preemption and priority inheritance for a request still waiting.

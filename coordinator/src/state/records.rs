@@ -30,6 +30,8 @@ pub(crate) struct Owner {
     pub(crate) name: Arc<str>,
     pub(crate) created_at: Millis,
     pub(crate) grants: BTreeSet<ReservationId>,
+    /// Sum of `granted_at` over `grants` (sunk work, for victim choice).
+    pub(crate) granted_at_sum: u64,
     pub(crate) pending: Option<RequestId>,
     /// Priority inherited from waiters blocked on this owner's `inherit` resources (0: none).
     pub(crate) inherited: u32,

@@ -13,7 +13,56 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::types::OwnerId;
+use super::types::{Millis, OwnerId};
+
+/// What choosing a victim needs to know of a waiting owner, kept beside its slot so that
+/// choosing among 10k cycle members reads vectors, not maps. The state refreshes it whenever
+/// a waiting owner's effective priority or holdings change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct VictimMeta {
+    /// Effective priority of its pending request.
+    pub(crate) effective: u32,
+    /// Number of leases it holds, and the sum of their grant times: sunk work at `now` is
+    /// `grants * now - granted_at_sum`.
+    pub(crate) grants: u64,
+    pub(crate) granted_at_sum: u64,
+    pub(crate) created_at: Millis,
+}
+
+impl VictimMeta {
+    /// Smallest is the victim: lowest priority, least sunk work, youngest, highest id.
+    fn key(&self, owner: OwnerId, now: Millis) -> (u32, u128, std::cmp::Reverse<Millis>, std::cmp::Reverse<OwnerId>) {
+        let sunk = u128::from(self.grants) * u128::from(now) - u128::from(self.granted_at_sum);
+        (self.effective, sunk, std::cmp::Reverse(self.created_at), std::cmp::Reverse(owner))
+    }
+}
+
+/// A cycle found through an owner: its members (starting with that owner) and the victim.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Cycle {
+    pub(crate) owners: Vec<OwnerId>,
+    pub(crate) victim: OwnerId,
+}
+
+/// Out-neighbours of one slot, ordered by `OwnerId`; a single edge (the common case) is kept
+/// inline so a walk down a long chain touches no extra allocation per owner.
+#[derive(Clone, Debug, Default)]
+enum Adj {
+    #[default]
+    None,
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Adj {
+    fn get(&self, i: usize) -> Option<u32> {
+        match self {
+            Adj::None => None,
+            Adj::One(t) => (i == 0).then_some(*t),
+            Adj::Many(v) => v.get(i).copied(),
+        }
+    }
+}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct WaitFor {
@@ -34,8 +83,8 @@ impl Eq for WaitFor {}
 struct Dense {
     slot_of: BTreeMap<OwnerId, u32>,
     owner_of: Vec<OwnerId>,
-    /// Out-neighbours by slot, ordered by `OwnerId`.
-    adj: Vec<Vec<u32>>,
+    adj: Vec<Adj>,
+    meta: Vec<VictimMeta>,
     free: Vec<u32>,
     mark: Vec<u32>,
     epoch: u32,
@@ -53,7 +102,8 @@ impl Dense {
             }
             None => {
                 self.owner_of.push(owner);
-                self.adj.push(Vec::new());
+                self.adj.push(Adj::None);
+                self.meta.push(VictimMeta::default());
                 self.mark.push(0);
                 (self.owner_of.len() - 1) as u32
             }
@@ -83,8 +133,12 @@ impl WaitFor {
             return false;
         }
         let from = self.dense.slot(owner);
-        let adj: Vec<u32> = targets.iter().map(|t| self.dense.slot(*t)).collect();
-        self.dense.adj[from as usize] = adj;
+        let mut slots = targets.iter().map(|t| self.dense.slot(*t));
+        self.dense.adj[from as usize] = match targets.len() {
+            0 => Adj::None,
+            1 => Adj::One(slots.next().expect("one target")),
+            _ => Adj::Many(slots.collect()),
+        };
         if targets.is_empty() {
             self.edges.remove(&owner);
         } else {
@@ -97,7 +151,7 @@ impl WaitFor {
     pub(crate) fn clear(&mut self, owner: OwnerId) {
         if self.edges.remove(&owner).is_some() {
             let slot = self.dense.slot_of[&owner];
-            self.dense.adj[slot as usize].clear();
+            self.dense.adj[slot as usize] = Adj::None;
         }
     }
 
@@ -105,12 +159,25 @@ impl WaitFor {
     pub(crate) fn forget(&mut self, owner: OwnerId) {
         debug_assert!(!self.edges.contains_key(&owner));
         if let Some(slot) = self.dense.slot_of.remove(&owner) {
-            self.dense.adj[slot as usize].clear();
+            self.dense.adj[slot as usize] = Adj::None;
+            self.dense.meta[slot as usize] = VictimMeta::default();
             self.dense.free.push(slot);
         }
     }
 
-    /// Rebuilds the dense mirror from the replicated edges (after restore).
+    /// Records what victim choice needs of a waiting owner.
+    pub(crate) fn set_meta(&mut self, owner: OwnerId, meta: VictimMeta) {
+        let slot = self.dense.slot(owner);
+        self.dense.meta[slot as usize] = meta;
+    }
+
+    #[cfg(debug_assertions)]
+    pub(crate) fn meta(&self, owner: OwnerId) -> Option<VictimMeta> {
+        self.dense.slot_of.get(&owner).map(|s| self.dense.meta[*s as usize])
+    }
+
+    /// Rebuilds the dense mirror from the replicated edges (after restore; the state then
+    /// sets every waiting owner's meta).
     pub(crate) fn rebuild(&mut self) {
         self.dense = Dense::default();
         let edges = std::mem::take(&mut self.edges);
@@ -119,9 +186,10 @@ impl WaitFor {
         }
     }
 
-    /// A cycle through `start`, as the owners on it starting with `start`, if one exists.
-    /// Iterative DFS; neighbours in `OwnerId` order; each owner expanded at most once.
-    pub(crate) fn find_cycle(&mut self, start: OwnerId) -> Option<Vec<OwnerId>> {
+    /// A cycle through `start`, if one exists: its owners starting with `start`, and the
+    /// victim by `VictimMeta` order at `now`. Iterative DFS; neighbours in `OwnerId` order;
+    /// each owner expanded at most once.
+    pub(crate) fn find_cycle(&mut self, start: OwnerId, now: Millis) -> Option<Cycle> {
         let d = &mut self.dense;
         let s = *d.slot_of.get(&start)?;
         d.epoch = d.epoch.wrapping_add(1);
@@ -133,15 +201,20 @@ impl WaitFor {
         d.mark[s as usize] = epoch;
         let mut stack: Vec<(u32, usize)> = vec![(s, 0)];
         while let Some((node, next)) = stack.last_mut() {
-            let adj = &d.adj[*node as usize];
-            if *next == adj.len() {
+            let Some(child) = d.adj[*node as usize].get(*next) else {
                 stack.pop();
                 continue;
-            }
-            let child = adj[*next];
+            };
             *next += 1;
             if child == s {
-                return Some(stack.iter().map(|(slot, _)| d.owner_of[*slot as usize]).collect());
+                let owners: Vec<OwnerId> = stack.iter().map(|(slot, _)| d.owner_of[*slot as usize]).collect();
+                let victim = stack
+                    .iter()
+                    .map(|(slot, _)| (d.meta[*slot as usize].key(d.owner_of[*slot as usize], now), *slot))
+                    .min()
+                    .map(|(_, slot)| d.owner_of[slot as usize])
+                    .expect("a cycle has members");
+                return Some(Cycle { owners, victim });
             }
             if d.mark[child as usize] != epoch {
                 d.mark[child as usize] = epoch;
@@ -190,13 +263,34 @@ mod tests {
         let mut g = WaitFor::default();
         assert!(set(&mut g, 1, &[2]));
         assert!(set(&mut g, 2, &[3]));
-        assert_eq!(g.find_cycle(OwnerId(1)), None);
+        assert_eq!(g.find_cycle(OwnerId(1), 0), None);
         assert!(set(&mut g, 3, &[1, 4]));
-        assert_eq!(g.find_cycle(OwnerId(3)), Some(vec![OwnerId(3), OwnerId(1), OwnerId(2)]));
+        for (owner, effective) in [(1, 500), (2, 100), (3, 500)] {
+            g.set_meta(OwnerId(owner), VictimMeta { effective, ..VictimMeta::default() });
+        }
+        let cycle = g.find_cycle(OwnerId(3), 0).unwrap();
+        assert_eq!(cycle.owners, vec![OwnerId(3), OwnerId(1), OwnerId(2)]);
+        assert_eq!(cycle.victim, OwnerId(2), "lowest priority");
         assert!(!g.is_acyclic());
         g.clear(OwnerId(3));
         assert!(g.is_acyclic());
-        assert_eq!(g.find_cycle(OwnerId(1)), None);
+        assert_eq!(g.find_cycle(OwnerId(1), 0), None);
+    }
+
+    #[test]
+    fn victim_order_is_priority_then_sunk_work_then_youngest_then_highest_id() {
+        let mut g = WaitFor::default();
+        set(&mut g, 1, &[2]);
+        set(&mut g, 2, &[3]);
+        set(&mut g, 3, &[1]);
+        let meta = |grants, granted_at_sum, created_at| VictimMeta { effective: 500, grants, granted_at_sum, created_at };
+        // Sunk work at now=100: o1 2*100-50=150, o2 1*100-10=90, o3 1*100-10=90.
+        g.set_meta(OwnerId(1), meta(2, 50, 0));
+        g.set_meta(OwnerId(2), meta(1, 10, 5));
+        g.set_meta(OwnerId(3), meta(1, 10, 5));
+        assert_eq!(g.find_cycle(OwnerId(1), 100).unwrap().victim, OwnerId(3), "tie on age: highest id");
+        g.set_meta(OwnerId(2), meta(1, 10, 7));
+        assert_eq!(g.find_cycle(OwnerId(1), 100).unwrap().victim, OwnerId(2), "youngest");
     }
 
     #[test]
@@ -217,6 +311,6 @@ mod tests {
         g.forget(OwnerId(42));
         let mut restored = WaitFor { edges: g.edges.clone(), dense: Dense::default() };
         restored.rebuild();
-        assert_eq!(g.find_cycle(OwnerId(7)), restored.find_cycle(OwnerId(7)));
+        assert_eq!(g.find_cycle(OwnerId(7), 0), restored.find_cycle(OwnerId(7), 0));
     }
 }
