@@ -167,13 +167,21 @@ fn print_context() {
 
 fn print_memory() {
     let before = LIVE_BYTES.load(Ordering::Relaxed);
-    let d = Driver::with_held(HELD);
-    let after = LIVE_BYTES.load(Ordering::Relaxed);
-    let heap = (after - before) as f64 / HELD as f64;
+    let (d, _) = Driver::with_agents(AGENTS);
+    let heap = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / HELD as f64;
     let snapshot = d.state.snapshot().len() as f64 / HELD as f64;
     eprintln!(
         "memory per held reservation: {heap:.0} bytes of heap, {snapshot:.0} bytes of snapshot \
-         ({HELD} held, paths like pg:bench/table:t12345)"
+         ({HELD} held by {AGENTS} agents, paths like pg:bench/table:t12345)"
+    );
+    drop(d);
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let d = Driver::with_held(HELD);
+    let heap = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / HELD as f64;
+    let snapshot = d.state.snapshot().len() as f64 / HELD as f64;
+    eprintln!(
+        "memory per held reservation: {heap:.0} bytes of heap, {snapshot:.0} bytes of snapshot \
+         ({HELD} held by {HELD} owners in one session: an owner record per reservation)"
     );
 }
 

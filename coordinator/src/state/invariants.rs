@@ -152,7 +152,7 @@ impl State {
         for (id, node) in self.table.iter() {
             let key = node.path.as_str();
             let e = expect.get(key).unwrap_or(&vacant);
-            assert_eq!(node.held, e.held, "held modes at {key}");
+            assert_eq!(node.held.iter().map(|(o, c)| (*o, *c)).collect::<BTreeMap<_, _>>(), e.held, "held modes at {key}");
             let mut total: ModeCounts = [0; 5];
             for counts in node.held.values() {
                 assert!(counts.iter().any(|c| *c > 0), "an owner holds nothing at {key}");
@@ -161,7 +161,7 @@ impl State {
                 }
             }
             assert_eq!(node.held_total, total, "held totals at {key}");
-            assert_eq!(node.grants, e.grants, "grants at {key}");
+            assert_eq!(node.grants.iter().copied().collect::<BTreeSet<_>>(), e.grants, "grants at {key}");
             assert_eq!(node.units, e.units, "units at {key}");
             assert_eq!(node.queue, e.queue, "queue at {key}");
             let mut queued: ModeCounts = [0; 5];

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use qm_shared::{LockMode, ResourcePath, RowRange};
 
+use super::small_map::{SmallMap, SmallSet};
 use super::types::{OwnerId, RequestId, ReservationId};
 
 /// Counts of held or queued modes, indexed by `LockMode::index()`.
@@ -69,11 +70,11 @@ pub(crate) struct Node {
     pub(crate) path: ResourcePath,
     pub(crate) parent: Option<NodeId>,
     /// Modes held here, per owner.
-    pub(crate) held: BTreeMap<OwnerId, ModeCounts>,
+    pub(crate) held: SmallMap<OwnerId, ModeCounts>,
     /// Sum of `held` over owners.
     pub(crate) held_total: ModeCounts,
     /// Grants naming this node as their resource.
-    pub(crate) grants: BTreeSet<ReservationId>,
+    pub(crate) grants: SmallSet<ReservationId>,
     /// Units held by `grants` (counted resources).
     pub(crate) units: u64,
     /// Waiters touching this node, in grant order.
@@ -93,9 +94,9 @@ impl Node {
         Node {
             path,
             parent,
-            held: BTreeMap::new(),
+            held: SmallMap::default(),
             held_total: [0; 5],
-            grants: BTreeSet::new(),
+            grants: SmallSet::default(),
             units: 0,
             queue: BTreeMap::new(),
             queued_total: [0; 5],
@@ -110,7 +111,7 @@ impl Node {
     }
 
     pub(crate) fn hold(&mut self, owner: OwnerId, mode: LockMode) {
-        self.held.entry(owner).or_default()[mode.index()] += 1;
+        self.held.entry_or_default(owner)[mode.index()] += 1;
         self.held_total[mode.index()] += 1;
     }
 

@@ -22,6 +22,7 @@ mod display;
 mod invariants;
 mod lock_table;
 mod records;
+mod small_map;
 mod render;
 mod snapshot;
 mod types;
@@ -523,7 +524,7 @@ impl State {
                 session,
                 name: name.into(),
                 created_at: now,
-                grants: BTreeSet::new(),
+                grants: Default::default(),
                 granted_at_sum: 0,
                 pending: None,
                 inherited: 0,

@@ -1,7 +1,7 @@
 //! The records the state machine keeps: sessions, owners, grants (held reservations) and
 //! pending requests. Plain data; every transition lives in `apply_*` methods on `State`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use qm_shared::{Mode, ResourcePath};
 
 use super::lock_table::{NodeId, QueueKey};
+use super::small_map::SmallSet;
 use super::types::{GrantInfo, Item, Millis, OwnerId, RequestId, ReservationId, SessionId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +30,7 @@ pub(crate) struct Owner {
     /// Shared with every `GrantInfo` handed out, so reporting a grant copies no text.
     pub(crate) name: Arc<str>,
     pub(crate) created_at: Millis,
-    pub(crate) grants: BTreeSet<ReservationId>,
+    pub(crate) grants: SmallSet<ReservationId>,
     /// Sum of `granted_at` over `grants` (sunk work, for victim choice).
     pub(crate) granted_at_sum: u64,
     pub(crate) pending: Option<RequestId>,
