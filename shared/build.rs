@@ -40,11 +40,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     // collide with that constructor. Build clients with `XClient::new(channel)` from a
     // `tonic::transport::Channel` / `Endpoint` instead (the client library does anyway, to
     // set timeouts and follow the leader).
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .build_transport(false)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).build_transport(false).compile_fds(fds)?;
 
     Ok(())
 }

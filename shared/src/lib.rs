@@ -9,9 +9,9 @@
 //! Domain types never mix with `pb::` types; conversions live beside the client library.
 
 pub mod limits;
+pub mod pb;
 pub mod resource;
 pub mod validate;
-pub mod pb;
 
 pub use resource::{LockMode, Mode, ResourcePath, RowRange};
 pub use validate::Invalid;

@@ -24,5 +24,4 @@ pub use v1::*;
 
 /// Encoded `google.protobuf.FileDescriptorSet` of all `qm.v1` files (imports and source
 /// info included), for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/qm_v1_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/qm_v1_descriptor.bin"));

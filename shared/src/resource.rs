@@ -20,9 +20,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{
-    PATH_LEN_MAX_BYTES, PATH_SEGMENTS_MAX, SEGMENT_KIND_LEN_MAX_BYTES, SEGMENT_NAME_LEN_MAX_BYTES,
-};
+use crate::limits::{PATH_LEN_MAX_BYTES, PATH_SEGMENTS_MAX, SEGMENT_KIND_LEN_MAX_BYTES, SEGMENT_NAME_LEN_MAX_BYTES};
 use crate::validate::Invalid;
 
 /// A half-open row range `[lo, hi)`, `lo < hi`.
@@ -61,10 +59,7 @@ impl ResourcePath {
             return Err(Invalid::new(field, "must not be empty"));
         }
         if text.len() > PATH_LEN_MAX_BYTES {
-            return Err(Invalid::new(
-                field,
-                format!("is {} bytes, at most {PATH_LEN_MAX_BYTES} allowed", text.len()),
-            ));
+            return Err(Invalid::new(field, format!("is {} bytes, at most {PATH_LEN_MAX_BYTES} allowed", text.len())));
         }
         let raw: Vec<&str> = text.split('/').collect();
         if raw.len() > PATH_SEGMENTS_MAX {
@@ -155,8 +150,7 @@ impl ResourcePath {
 
     /// True when `self` equals `other` or lies under it.
     pub fn is_within(&self, other: &str) -> bool {
-        &*self.text == other
-            || (self.text.starts_with(other) && self.text.as_bytes().get(other.len()) == Some(&b'/'))
+        &*self.text == other || (self.text.starts_with(other) && self.text.as_bytes().get(other.len()) == Some(&b'/'))
     }
 }
 
@@ -170,12 +164,8 @@ fn check_kind(kind: &str) -> Result<(), Invalid> {
     }
     let mut chars = kind.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-    if !first_ok || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-    {
-        return Err(Invalid::new(
-            field,
-            format!("segment kind {kind:?} must match [a-z][a-z0-9_-]*"),
-        ));
+    if !first_ok || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') {
+        return Err(Invalid::new(field, format!("segment kind {kind:?} must match [a-z][a-z0-9_-]*")));
     }
     Ok(())
 }
@@ -189,10 +179,7 @@ fn check_name(name: &str) -> Result<(), Invalid> {
         ));
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-@+=".contains(c)) {
-        return Err(Invalid::new(
-            field,
-            format!("segment name {name:?} may hold only A-Z a-z 0-9 . _ - @ + ="),
-        ));
+        return Err(Invalid::new(field, format!("segment name {name:?} may hold only A-Z a-z 0-9 . _ - @ + =")));
     }
     Ok(())
 }
@@ -427,7 +414,7 @@ mod tests {
             assert_eq!(err.field, "resource");
             assert!(err.message.contains(needle), "{bad:?}: {err}");
         }
-        let long = vec!["k:v"; PATH_SEGMENTS_MAX + 1].join("/");
+        let long = ["k:v"; PATH_SEGMENTS_MAX + 1].join("/");
         assert!(ResourcePath::parse(&long).unwrap_err().message.contains("at most 8"));
     }
 

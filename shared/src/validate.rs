@@ -86,14 +86,8 @@ mod tests {
 
     #[test]
     fn errors_name_field_and_bound() {
-        assert_eq!(
-            check_lease_ms(10).unwrap_err().to_string(),
-            "lease_ms: 10 is below the minimum 1000"
-        );
-        assert_eq!(
-            check_priority(5000).unwrap_err().to_string(),
-            "priority: 5000 is above the maximum 1000"
-        );
+        assert_eq!(check_lease_ms(10).unwrap_err().to_string(), "lease_ms: 10 is below the minimum 1000");
+        assert_eq!(check_priority(5000).unwrap_err().to_string(), "priority: 5000 is above the maximum 1000");
         assert!(check_owner(&"a".repeat(200)).unwrap_err().to_string().contains("at most 128"));
         assert_eq!(Invalid::new("mode", "bad").within("resources[2]").field, "resources[2].mode");
     }

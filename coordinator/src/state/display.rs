@@ -53,7 +53,9 @@ impl fmt::Display for Response {
             Response::SessionOpened { session, ttl_ms, expires_at } => {
                 write!(f, "session {session} opened ttl={ttl_ms} expires_at={expires_at}")
             }
-            Response::SessionKept { session, expires_at } => write!(f, "session {session} kept expires_at={expires_at}"),
+            Response::SessionKept { session, expires_at } => {
+                write!(f, "session {session} kept expires_at={expires_at}")
+            }
             Response::SessionClosed { session, released, cancelled } => {
                 write!(f, "session {session} closed released={released} cancelled={cancelled}")
             }
@@ -72,7 +74,9 @@ impl fmt::Display for Response {
             }
             Response::Released { reservation } => write!(f, "released {reservation}"),
             Response::Cancelled { request } => write!(f, "cancelled {request}"),
-            Response::Extended { reservation, expires_at } => write!(f, "extended {reservation} expires_at={expires_at}"),
+            Response::Extended { reservation, expires_at } => {
+                write!(f, "extended {reservation} expires_at={expires_at}")
+            }
             Response::ResourceDeclared { path } => write!(f, "declared {path}"),
             Response::Ticked => f.write_str("ticked"),
             Response::LeasesRestarted { reservations, sessions } => {
@@ -124,21 +128,29 @@ impl fmt::Display for Effect {
                 Some(q) => write!(f, "Granted {grant} (was {q})"),
                 None => write!(f, "Granted {grant}"),
             },
-            Effect::Queued { request, owner, position, .. } => write!(f, "Queued {request} {owner} position={position}"),
+            Effect::Queued { request, owner, position, .. } => {
+                write!(f, "Queued {request} {owner} position={position}")
+            }
             Effect::Released { reservation, resource, reason } => {
                 write!(f, "Released {reservation} {resource} ({reason:?})")
             }
-            Effect::Expired { reservation, resource, owner, .. } => write!(f, "Expired {reservation} {owner} {resource}"),
+            Effect::Expired { reservation, resource, owner, .. } => {
+                write!(f, "Expired {reservation} {owner} {resource}")
+            }
             Effect::PreemptRequested { reservation, owner, by, grace_ms, deadline, .. } => {
                 write!(f, "PreemptRequested {reservation} {owner} by={by} grace_ms={grace_ms} deadline={deadline}")
             }
-            Effect::Revoked { reservation, resource, owner, .. } => write!(f, "Revoked {reservation} {owner} {resource}"),
+            Effect::Revoked { reservation, resource, owner, .. } => {
+                write!(f, "Revoked {reservation} {owner} {resource}")
+            }
             Effect::DeadlockVictim { request, owner, cycle, cycle_len, .. } => {
                 write!(f, "DeadlockVictim {request} {owner} {}", CycleText(cycle, *cycle_len))
             }
             Effect::TimedOut { request, owner, .. } => write!(f, "TimedOut {request} {owner}"),
             Effect::Cancelled { request, owner, .. } => write!(f, "Cancelled {request} {owner}"),
-            Effect::PriorityInherited { owner, priority, .. } => write!(f, "PriorityInherited {owner} priority={priority}"),
+            Effect::PriorityInherited { owner, priority, .. } => {
+                write!(f, "PriorityInherited {owner} priority={priority}")
+            }
         }
     }
 }

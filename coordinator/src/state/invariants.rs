@@ -152,7 +152,11 @@ impl State {
         for (id, node) in self.table.iter() {
             let key = node.path.as_str();
             let e = expect.get(key).unwrap_or(&vacant);
-            assert_eq!(node.held.iter().map(|(o, c)| (*o, *c)).collect::<BTreeMap<_, _>>(), e.held, "held modes at {key}");
+            assert_eq!(
+                node.held.iter().map(|(o, c)| (*o, *c)).collect::<BTreeMap<_, _>>(),
+                e.held,
+                "held modes at {key}"
+            );
             let mut total: ModeCounts = [0; 5];
             for counts in node.held.values() {
                 assert!(counts.iter().any(|c| *c > 0), "an owner holds nothing at {key}");
@@ -223,15 +227,13 @@ impl State {
     fn check_timers(&self) {
         let leases: BTreeSet<_> = self.grants.values().map(|g| (g.expires_at, g.id)).collect();
         assert_eq!(leases, self.lease_timers, "lease timers");
-        let graces: BTreeSet<_> =
-            self.grants.values().filter_map(|g| g.preempt_deadline.map(|d| (d, g.id))).collect();
+        let graces: BTreeSet<_> = self.grants.values().filter_map(|g| g.preempt_deadline.map(|d| (d, g.id))).collect();
         assert_eq!(graces, self.grace_timers, "grace timers");
         let sessions: BTreeSet<_> = self.sessions.values().map(|s| (s.expires_at, s.id)).collect();
         assert_eq!(sessions, self.session_timers, "session timers");
         let waits: BTreeSet<_> = self.requests.values().filter_map(|r| r.timeout_at.map(|t| (t, r.id))).collect();
         assert_eq!(waits, self.wait_timers, "wait timers");
-        let aging: BTreeSet<_> =
-            self.requests.values().filter_map(|r| r.next_aging_at.map(|t| (t, r.id))).collect();
+        let aging: BTreeSet<_> = self.requests.values().filter_map(|r| r.next_aging_at.map(|t| (t, r.id))).collect();
         assert_eq!(aging, self.aging_timers, "aging timers");
     }
 

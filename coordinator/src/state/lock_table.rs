@@ -142,7 +142,6 @@ impl Node {
         entry
     }
 
-
     /// Whether some owner other than `owner` holds a mode incompatible with `mode`.
     pub(crate) fn others_conflict(&self, owner: OwnerId, mode: LockMode) -> bool {
         let mine = self.held.get(&owner);
@@ -172,11 +171,7 @@ impl Node {
 
 /// The join of every mode with a non-zero count.
 pub(crate) fn join_counts(counts: &ModeCounts) -> Option<LockMode> {
-    LockMode::ALL
-        .iter()
-        .filter(|m| counts[m.index()] > 0)
-        .copied()
-        .reduce(LockMode::join)
+    LockMode::ALL.iter().filter(|m| counts[m.index()] > 0).copied().reduce(LockMode::join)
 }
 
 /// The nodes, by id and by path.

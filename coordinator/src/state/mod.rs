@@ -22,8 +22,8 @@ mod display;
 mod invariants;
 mod lock_table;
 mod records;
-mod small_map;
 mod render;
+mod small_map;
 mod snapshot;
 mod types;
 mod wait_for;
@@ -33,9 +33,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use qm_shared::limits::{
-    AGING_INTERVAL_MS_DEFAULT, AGING_STEP_DEFAULT, CAPACITY_MAX, CYCLE_REPORT_MAX, LIFETIME_MS_MAX, PREEMPT_GAP_DEFAULT,
-    PREEMPT_GRACE_MS_MAX, PREEMPT_GRACE_MS_MIN, PRIORITY_MAX, QUEUE_LEN_MAX, REQUESTS_MAX, RESERVATIONS_MAX,
-    SESSIONS_MAX, SESSION_LABEL_LEN_MAX_BYTES, SET_SIZE_MAX,
+    AGING_INTERVAL_MS_DEFAULT, AGING_STEP_DEFAULT, CAPACITY_MAX, CYCLE_REPORT_MAX, LIFETIME_MS_MAX,
+    PREEMPT_GAP_DEFAULT, PREEMPT_GRACE_MS_MAX, PREEMPT_GRACE_MS_MIN, PRIORITY_MAX, QUEUE_LEN_MAX, REQUESTS_MAX,
+    RESERVATIONS_MAX, SESSIONS_MAX, SESSION_LABEL_LEN_MAX_BYTES, SET_SIZE_MAX,
 };
 use qm_shared::{validate, Invalid, LockMode, Mode, ResourcePath};
 
@@ -166,6 +166,15 @@ impl Change {
     }
 }
 
+/// What a grant is given: the requester's priority, the lease, and the request it ends (if
+/// it waited).
+#[derive(Clone, Copy)]
+struct Terms {
+    priority: u32,
+    lease_ms: u64,
+    request: Option<RequestId>,
+}
+
 /// Where scanning an item starts: the items' own nodes (a queued request), or the deepest
 /// existing node on each item's path (a new request; `None` when nothing on it exists).
 #[derive(Clone, Copy)]
@@ -255,7 +264,15 @@ pub fn validate_command(cmd: &Command) -> Result<(), Invalid> {
 
 impl State {
     pub fn new(config: Config) -> State {
-        State { config, next_session: 1, next_reservation: 1, next_request: 1, next_owner: 1, next_seq: 1, ..State::default() }
+        State {
+            config,
+            next_session: 1,
+            next_reservation: 1,
+            next_request: 1,
+            next_owner: 1,
+            next_seq: 1,
+            ..State::default()
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -423,7 +440,8 @@ impl State {
                 None => self.new_owner(a.session, &a.owner, ctx.now),
             };
             self.next_seq += 1;
-            let grants = self.grant_items(owner, &a.items, a.priority, a.lease_ms, None, Some(&deepest), ctx);
+            let terms = Terms { priority: a.priority, lease_ms: a.lease_ms, request: None };
+            let grants = self.grant_items(owner, &a.items, terms, Some(&deepest), ctx);
             return Response::Granted { grants };
         }
 
@@ -539,12 +557,11 @@ impl State {
         &mut self,
         owner: OwnerId,
         items: &[Item],
-        priority: u32,
-        lease_ms: u64,
-        request: Option<RequestId>,
+        terms: Terms,
         deepest: Option<&[Option<(NodeId, usize)>]>,
         ctx: &mut Ctx,
     ) -> Vec<GrantInfo> {
+        let Terms { priority, lease_ms, request } = terms;
         let mut infos = Vec::with_capacity(items.len());
         let session = self.owners[&owner].session;
         for item in items {
@@ -704,8 +721,8 @@ impl State {
 
     fn grant_request(&mut self, id: RequestId, ctx: &mut Ctx) {
         let request = self.remove_request(id, ctx);
-        let grants =
-            self.grant_items(request.owner, &request.items, request.priority, request.lease_ms, Some(id), None, ctx);
+        let terms = Terms { priority: request.priority, lease_ms: request.lease_ms, request: Some(id) };
+        let grants = self.grant_items(request.owner, &request.items, terms, None, ctx);
         ctx.granted.insert(id, grants);
     }
 
@@ -726,21 +743,17 @@ impl State {
     // ---------------------------------------------------------------- release, extend
 
     fn apply_release(&mut self, session: SessionId, id: ReservationId, ctx: &mut Ctx) -> Response {
-        if !self.grants.get(&id).is_some_and(|g| g.session == session) {
+        if self.grants.get(&id).is_none_or(|g| g.session != session) {
             return Response::Refused(Refusal::ReservationUnknown { reservation: id });
         }
         let grant = self.remove_grant(id, ctx);
         self.stats.releases_total += 1;
-        ctx.effects.push(Effect::Released {
-            reservation: id,
-            resource: grant.path,
-            reason: ReleaseReason::Released,
-        });
+        ctx.effects.push(Effect::Released { reservation: id, resource: grant.path, reason: ReleaseReason::Released });
         Response::Released { reservation: id }
     }
 
     fn apply_cancel(&mut self, session: SessionId, id: RequestId, ctx: &mut Ctx) -> Response {
-        if !self.requests.get(&id).is_some_and(|r| r.session == session) {
+        if self.requests.get(&id).is_none_or(|r| r.session != session) {
             return Response::Refused(Refusal::RequestUnknown { request: id });
         }
         let request = self.remove_request(id, ctx);
@@ -773,12 +786,7 @@ impl State {
             let grant = self.remove_grant(id, ctx);
             self.stats.expirations_total += 1;
             let owner = self.owners[&grant.owner].name.to_string();
-            ctx.effects.push(Effect::Expired {
-                reservation: id,
-                resource: grant.path,
-                owner,
-                session: grant.session,
-            });
+            ctx.effects.push(Effect::Expired { reservation: id, resource: grant.path, owner, session: grant.session });
         }
         for id in due(&self.grace_timers, now) {
             let grant = self.remove_grant(id, ctx);
@@ -851,7 +859,10 @@ impl State {
     /// Whether `items` are blocked for `owner` at queue position `key`. `targets` are the
     /// items' nodes when the request is queued (and so they exist).
     fn is_blocked(&self, owner: OwnerId, key: QueueKey, items: &[Item], starts: Starts) -> bool {
-        items.iter().enumerate().any(|(i, item)| self.scan_item(owner, key, item, starts.get(i, item.path.depth()), None))
+        items
+            .iter()
+            .enumerate()
+            .any(|(i, item)| self.scan_item(owner, key, item, starts.get(i, item.path.depth()), None))
     }
 
     fn blockers(&self, owner: OwnerId, key: QueueKey, items: &[Item], starts: Starts, out: &mut Blockers) {
@@ -934,12 +945,8 @@ impl State {
     fn estimate_wait(&self, items: &[Item], blockers: &Blockers, now: Millis) -> u64 {
         let infos = self.holder_infos(items, blockers);
         let held = infos.iter().map(|h| self.grants[&h.reservation].expires_at.saturating_sub(now)).max();
-        let ahead: u64 = blockers
-            .waiters
-            .iter()
-            .filter_map(|o| self.owners[o].pending)
-            .map(|r| self.requests[&r].lease_ms)
-            .sum();
+        let ahead: u64 =
+            blockers.waiters.iter().filter_map(|o| self.owners[o].pending).map(|r| self.requests[&r].lease_ms).sum();
         held.unwrap_or(0) + ahead
     }
 
@@ -1134,8 +1141,7 @@ impl State {
 
     /// Aborts `victim`'s pending request to break `cycle`; its held leases stay.
     fn abort_victim(&mut self, victim: OwnerId, cycle: Vec<OwnerId>, ctx: &mut Ctx) {
-        let names: Vec<String> =
-            cycle.iter().take(CYCLE_REPORT_MAX).map(|o| self.owners[o].name.to_string()).collect();
+        let names: Vec<String> = cycle.iter().take(CYCLE_REPORT_MAX).map(|o| self.owners[o].name.to_string()).collect();
         let cycle_len = cycle.len() as u32;
         let request = self.owners[&victim].pending.expect("every owner on a cycle waits");
         let removed = self.remove_request(request, ctx);
@@ -1165,12 +1171,12 @@ impl State {
                     continue;
                 }
                 match self.resource_config(&grant.path) {
-                    Some(rc) if rc.policy == Policy::Preempt => {
-                        if grant.preempt_deadline.is_none()
-                            && effective >= grant.priority.saturating_add(self.config.preempt_gap)
-                        {
-                            preempt.push((*g, rc.grace_ms));
-                        }
+                    Some(rc)
+                        if rc.policy == Policy::Preempt
+                            && grant.preempt_deadline.is_none()
+                            && effective >= grant.priority.saturating_add(self.config.preempt_gap) =>
+                    {
+                        preempt.push((*g, rc.grace_ms));
                     }
                     Some(rc) if rc.policy == Policy::Inherit => {
                         inherit.insert(*holder);
@@ -1311,10 +1317,7 @@ fn scan_node(node: &Node, owner: OwnerId, key: QueueKey, mode: LockMode, out: Op
                 return true;
             }
             if node.queue_may_conflict(mode) {
-                return node
-                    .queue
-                    .range(..key)
-                    .any(|(_, e)| e.owner != owner && !mode.compatible(e.mode));
+                return node.queue.range(..key).any(|(_, e)| e.owner != owner && !mode.compatible(e.mode));
             }
             false
         }

@@ -18,6 +18,8 @@ pub(crate) enum SmallMap<K, V> {
     Many(BTreeMap<K, V>),
 }
 
+// Not derived: a derive would demand `K: Default` and `V: Default`, which ids do not have.
+#[allow(clippy::derivable_impls)]
 impl<K, V> Default for SmallMap<K, V> {
     fn default() -> Self {
         SmallMap::Empty

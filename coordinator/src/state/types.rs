@@ -116,20 +116,44 @@ pub struct Acquire {
 /// A replicated command. The leader stamps `now` (and Raft the log index) beside it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    OpenSession { label: String, ttl_ms: u64 },
-    KeepAlive { session: SessionId },
-    CloseSession { session: SessionId },
+    OpenSession {
+        label: String,
+        ttl_ms: u64,
+    },
+    KeepAlive {
+        session: SessionId,
+    },
+    CloseSession {
+        session: SessionId,
+    },
     Acquire(Acquire),
-    Release { session: SessionId, reservation: ReservationId },
+    Release {
+        session: SessionId,
+        reservation: ReservationId,
+    },
     /// Withdraw a pending request.
-    Cancel { session: SessionId, request: RequestId },
-    Extend { session: SessionId, reservation: ReservationId, lease_ms: u64 },
+    Cancel {
+        session: SessionId,
+        request: RequestId,
+    },
+    Extend {
+        session: SessionId,
+        reservation: ReservationId,
+        lease_ms: u64,
+    },
     /// Declare (or redeclare) a resource's capacity, policy and preemption grace.
-    DeclareResource { path: ResourcePath, capacity: Option<u32>, policy: Policy, grace_ms: u64 },
+    DeclareResource {
+        path: ResourcePath,
+        capacity: Option<u32>,
+        policy: Policy,
+        grace_ms: u64,
+    },
     /// The leader's timer: expiries, grace ends, wait timeouts and aging.
     Tick,
     /// Change the replicated tunables (aging, preemption gap, queue bound, deadlock detection).
-    Configure { config: super::Config },
+    Configure {
+        config: super::Config,
+    },
     /// Proposed first by a new leader: every lease and session restarts with a full TTL, so a
     /// failover never expires anything early.
     RestartLeases,
@@ -172,18 +196,36 @@ pub enum Refusal {
         estimated_wait_ms: u64,
     },
     /// The resource's wait queue is full: back off and retry.
-    QueueFull { resource: ResourcePath, queue_len: u32, retry_after_ms: u64 },
+    QueueFull {
+        resource: ResourcePath,
+        queue_len: u32,
+        retry_after_ms: u64,
+    },
     /// This wait request closed a wait-for cycle and was chosen as the victim.
     /// `cycle` names its first `CYCLE_REPORT_MAX` owners, starting with the one that closed
     /// it; `cycle_len` is its full length.
-    Deadlock { cycle: Vec<String>, cycle_len: u32 },
-    SessionUnknown { session: SessionId },
-    ReservationUnknown { reservation: ReservationId },
-    RequestUnknown { request: RequestId },
+    Deadlock {
+        cycle: Vec<String>,
+        cycle_len: u32,
+    },
+    SessionUnknown {
+        session: SessionId,
+    },
+    ReservationUnknown {
+        reservation: ReservationId,
+    },
+    RequestUnknown {
+        request: RequestId,
+    },
     /// The owner already has a pending request; an owner waits on one thing at a time.
-    AlreadyWaiting { request: RequestId },
+    AlreadyWaiting {
+        request: RequestId,
+    },
     /// A state-wide bound was reached (sessions, reservations, requests).
-    Exhausted { what: String, max: u64 },
+    Exhausted {
+        what: String,
+        max: u64,
+    },
     /// The command broke a field rule. The edge checks first; the core checks again.
     Invalid(Invalid),
 }
@@ -217,13 +259,34 @@ pub enum ReleaseReason {
 /// Something everybody else needs to hear about: watchers, workers, metrics.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
-    SessionOpened { session: SessionId },
-    SessionExpired { session: SessionId },
-    Granted { grant: GrantInfo, request: Option<RequestId> },
-    Queued { request: RequestId, owner: String, session: SessionId, position: u32 },
-    Released { reservation: ReservationId, resource: ResourcePath, reason: ReleaseReason },
+    SessionOpened {
+        session: SessionId,
+    },
+    SessionExpired {
+        session: SessionId,
+    },
+    Granted {
+        grant: GrantInfo,
+        request: Option<RequestId>,
+    },
+    Queued {
+        request: RequestId,
+        owner: String,
+        session: SessionId,
+        position: u32,
+    },
+    Released {
+        reservation: ReservationId,
+        resource: ResourcePath,
+        reason: ReleaseReason,
+    },
     /// The lease ran out without an extend.
-    Expired { reservation: ReservationId, resource: ResourcePath, owner: String, session: SessionId },
+    Expired {
+        reservation: ReservationId,
+        resource: ResourcePath,
+        owner: String,
+        session: SessionId,
+    },
     PreemptRequested {
         reservation: ReservationId,
         owner: String,
@@ -233,11 +296,34 @@ pub enum Effect {
         deadline: Millis,
     },
     /// The grace ended without a release: the lease is gone and its token is stale.
-    Revoked { reservation: ReservationId, resource: ResourcePath, owner: String, session: SessionId },
+    Revoked {
+        reservation: ReservationId,
+        resource: ResourcePath,
+        owner: String,
+        session: SessionId,
+    },
     /// The pending request was aborted to break a wait-for cycle. Held leases stay.
-    DeadlockVictim { request: RequestId, owner: String, session: SessionId, cycle: Vec<String>, cycle_len: u32 },
-    TimedOut { request: RequestId, owner: String, session: SessionId },
-    Cancelled { request: RequestId, owner: String, session: SessionId },
+    DeadlockVictim {
+        request: RequestId,
+        owner: String,
+        session: SessionId,
+        cycle: Vec<String>,
+        cycle_len: u32,
+    },
+    TimedOut {
+        request: RequestId,
+        owner: String,
+        session: SessionId,
+    },
+    Cancelled {
+        request: RequestId,
+        owner: String,
+        session: SessionId,
+    },
     /// An owner's effective priority changed through inheritance.
-    PriorityInherited { owner: String, session: SessionId, priority: u32 },
+    PriorityInherited {
+        owner: String,
+        session: SessionId,
+        priority: u32,
+    },
 }

@@ -122,7 +122,6 @@ impl WaitFor {
         self.edges.get(&owner)
     }
 
-
     /// Replaces `owner`'s out-edges; returns whether it gained a target it did not have.
     pub(crate) fn set(&mut self, owner: OwnerId, targets: BTreeSet<OwnerId>) -> bool {
         let gained = match self.edges.get(&owner) {
@@ -283,7 +282,8 @@ mod tests {
         set(&mut g, 1, &[2]);
         set(&mut g, 2, &[3]);
         set(&mut g, 3, &[1]);
-        let meta = |grants, granted_at_sum, created_at| VictimMeta { effective: 500, grants, granted_at_sum, created_at };
+        let meta =
+            |grants, granted_at_sum, created_at| VictimMeta { effective: 500, grants, granted_at_sum, created_at };
         // Sunk work at now=100: o1 2*100-50=150, o2 1*100-10=90, o3 1*100-10=90.
         g.set_meta(OwnerId(1), meta(2, 50, 0));
         g.set_meta(OwnerId(2), meta(1, 10, 5));
