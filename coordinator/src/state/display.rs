@@ -140,6 +140,7 @@ impl fmt::Display for Effect {
             Effect::PreemptRequested { reservation, owner, by, grace_ms, deadline, .. } => {
                 write!(f, "PreemptRequested {reservation} {owner} by={by} grace_ms={grace_ms} deadline={deadline}")
             }
+            Effect::PreemptWithdrawn { reservation, owner, .. } => write!(f, "PreemptWithdrawn {reservation} {owner}"),
             Effect::Revoked { reservation, resource, owner, .. } => {
                 write!(f, "Revoked {reservation} {owner} {resource}")
             }

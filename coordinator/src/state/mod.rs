@@ -789,6 +789,16 @@ impl State {
             ctx.effects.push(Effect::Expired { reservation: id, resource: grant.path, owner, session: grant.session });
         }
         for id in due(&self.grace_timers, now) {
+            if !self.preemption_wanted(id) {
+                // Whoever asked is gone (granted elsewhere, timed out, cancelled): the holder
+                // keeps its lease.
+                let grant = self.grants.get_mut(&id).expect("grant exists");
+                let deadline = grant.preempt_deadline.take().expect("grace timer has a deadline");
+                self.grace_timers.remove(&(deadline, id));
+                let owner = self.owners[&grant.owner].name.to_string();
+                ctx.effects.push(Effect::PreemptWithdrawn { reservation: id, owner, session: grant.session });
+                continue;
+            }
             let grant = self.remove_grant(id, ctx);
             self.stats.revocations_total += 1;
             let owner = self.owners[&grant.owner].name.to_string();
@@ -1012,6 +1022,7 @@ impl State {
         // Owners whose edges gained a target; checked for cycles once a round leaves the
         // graph settled (inheritance may re-order queues and dissolve a transient cycle).
         let mut unchecked: BTreeSet<OwnerId> = BTreeSet::new();
+        let mut pressured: BTreeSet<RequestId> = BTreeSet::new();
         for round in 0.. {
             assert!(round < SETTLE_ROUNDS_MAX, "settle did not converge");
             if ctx.dirty.is_empty() && ctx.recheck.is_empty() {
@@ -1049,8 +1060,16 @@ impl State {
             }
             for (_, id) in &candidates {
                 if self.requests.contains_key(id) {
-                    self.apply_pressure(*id, ctx);
+                    self.apply_inheritance(*id, ctx);
+                    pressured.insert(*id);
                 }
+            }
+        }
+        // Preemption last, for the requests that survived: a victim of this apply asks
+        // nobody to yield.
+        for id in pressured {
+            if self.requests.contains_key(&id) {
+                self.apply_preemption(id, ctx);
             }
         }
     }
@@ -1156,51 +1175,33 @@ impl State {
         ctx.aborted.insert(request, (names, cycle_len));
     }
 
-    /// Preemption and priority inheritance for a request still waiting.
-    fn apply_pressure(&mut self, id: RequestId, ctx: &mut Ctx) {
+    /// The grants of other owners that stand in the way of pending request `id`.
+    fn blocking_grants(&self, id: RequestId) -> Vec<ReservationId> {
         let request = &self.requests[&id];
-        let (owner, effective) = (request.owner, request.effective);
         let mut blockers = Blockers::default();
-        self.blockers(owner, request.key(), &request.items, Starts::Targets(&request.targets), &mut blockers);
-        let mut preempt = Vec::new();
-        let mut inherit = BTreeSet::new();
+        self.blockers(request.owner, request.key(), &request.items, Starts::Targets(&request.targets), &mut blockers);
+        let mut out = Vec::new();
         for holder in &blockers.holders {
             for g in &self.owners[holder].grants {
-                let grant = &self.grants[g];
-                if !request.items.iter().any(|item| self.grant_blocks(grant, item)) {
-                    continue;
-                }
-                match self.resource_config(&grant.path) {
-                    Some(rc)
-                        if rc.policy == Policy::Preempt
-                            && grant.preempt_deadline.is_none()
-                            && effective >= grant.priority.saturating_add(self.config.preempt_gap) =>
-                    {
-                        preempt.push((*g, rc.grace_ms));
-                    }
-                    Some(rc) if rc.policy == Policy::Inherit => {
-                        inherit.insert(*holder);
-                    }
-                    _ => {}
+                if request.items.iter().any(|item| self.grant_blocks(&self.grants[g], item)) {
+                    out.push(*g);
                 }
             }
         }
-        for (g, grace_ms) in preempt {
-            let grant = self.grants.get_mut(&g).expect("grant exists");
-            let deadline = ctx.now + grace_ms;
-            grant.preempt_deadline = Some(deadline);
-            self.grace_timers.insert((deadline, g));
-            self.stats.preemptions_total += 1;
-            ctx.effects.push(Effect::PreemptRequested {
-                reservation: g,
-                owner: self.owners[&grant.owner].name.to_string(),
-                session: grant.session,
-                by: id,
-                grace_ms,
-                deadline,
-            });
-        }
-        for holder in inherit {
+        out
+    }
+
+    /// Priority inheritance for a request still waiting: owners holding `inherit` resources in
+    /// its way take its effective priority (for their own waits) until they release.
+    fn apply_inheritance(&mut self, id: RequestId, ctx: &mut Ctx) {
+        let effective = self.requests[&id].effective;
+        let holders: BTreeSet<OwnerId> = self
+            .blocking_grants(id)
+            .into_iter()
+            .filter(|g| self.resource_config(&self.grants[g].path).is_some_and(|rc| rc.policy == Policy::Inherit))
+            .map(|g| self.grants[&g].owner)
+            .collect();
+        for holder in holders {
             let h = self.owners.get_mut(&holder).expect("holder exists");
             if h.inherited >= effective {
                 continue;
@@ -1216,6 +1217,56 @@ impl State {
                 self.set_effective(r, raised, ctx);
             }
         }
+    }
+
+    /// Preemption for a request still waiting once the apply has settled: every `preempt`
+    /// lease in its way held at least `preempt_gap` below it is asked to yield within its
+    /// resource's grace.
+    fn apply_preemption(&mut self, id: RequestId, ctx: &mut Ctx) {
+        let effective = self.requests[&id].effective;
+        for g in self.blocking_grants(id) {
+            let grant = &self.grants[&g];
+            let Some(rc) = self.resource_config(&grant.path) else { continue };
+            if rc.policy != Policy::Preempt
+                || grant.preempt_deadline.is_some()
+                || effective < grant.priority.saturating_add(self.config.preempt_gap)
+            {
+                continue;
+            }
+            let grace_ms = rc.grace_ms;
+            let deadline = ctx.now + grace_ms;
+            let grant = self.grants.get_mut(&g).expect("grant exists");
+            grant.preempt_deadline = Some(deadline);
+            self.grace_timers.insert((deadline, g));
+            self.stats.preemptions_total += 1;
+            ctx.effects.push(Effect::PreemptRequested {
+                reservation: g,
+                owner: self.owners[&grant.owner].name.to_string(),
+                session: grant.session,
+                by: id,
+                grace_ms,
+                deadline,
+            });
+        }
+    }
+
+    /// Whether some waiter still needs `grant` preempted: one it blocks, at least
+    /// `preempt_gap` above it. Waiters that could be blocked by it queue on its node, its
+    /// ancestors, or row ranges overlapping it.
+    fn preemption_wanted(&self, g: ReservationId) -> bool {
+        let grant = &self.grants[&g];
+        let mut nodes: Vec<NodeId> = self.table.chain(grant.node).collect();
+        let node = self.table.node(grant.node);
+        if let (Some(range), Some(parent)) = (node.path.rows(), node.parent) {
+            nodes.extend(self.table.node(parent).rows.iter().filter(|(r, _)| r.overlaps(&range)).map(|(_, id)| *id));
+        }
+        let threshold = grant.priority.saturating_add(self.config.preempt_gap);
+        nodes.iter().flat_map(|n| self.table.node(*n).queue.values()).any(|e| {
+            let r = &self.requests[&e.request];
+            r.owner != grant.owner
+                && r.effective >= threshold
+                && r.items.iter().any(|item| self.grant_blocks(grant, item))
+        })
     }
 
     fn collect_garbage(&mut self, ctx: &mut Ctx) {

@@ -295,6 +295,12 @@ pub enum Effect {
         grace_ms: u64,
         deadline: Millis,
     },
+    /// The grace ended but no waiter needs the lease any more: the holder keeps it.
+    PreemptWithdrawn {
+        reservation: ReservationId,
+        owner: String,
+        session: SessionId,
+    },
     /// The grace ended without a release: the lease is gone and its token is stale.
     Revoked {
         reservation: ReservationId,
