@@ -54,6 +54,8 @@ pub const CAPACITY_MAX: u32 = 1_000_000;
 pub const SESSIONS_MAX: usize = 1_000_000;
 pub const RESERVATIONS_MAX: usize = 4_000_000;
 pub const REQUESTS_MAX: usize = 1_000_000;
+/// Most declared resources (capacity, policy, grace).
+pub const RESOURCES_DECLARED_MAX: usize = 100_000;
 
 /// Preemption grace bounds.
 pub const PREEMPT_GRACE_MS_MIN: u64 = 100;

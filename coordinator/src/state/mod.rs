@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use qm_shared::limits::{
     AGING_INTERVAL_MS_DEFAULT, AGING_STEP_DEFAULT, CAPACITY_MAX, CYCLE_REPORT_MAX, LIFETIME_MS_MAX,
     PREEMPT_GAP_DEFAULT, PREEMPT_GRACE_MS_MAX, PREEMPT_GRACE_MS_MIN, PRIORITY_MAX, QUEUE_LEN_MAX, REQUESTS_MAX,
-    RESERVATIONS_MAX, SESSIONS_MAX, SESSION_LABEL_LEN_MAX_BYTES, SET_SIZE_MAX,
+    RESERVATIONS_MAX, RESOURCES_DECLARED_MAX, SESSIONS_MAX, SESSION_LABEL_LEN_MAX_BYTES, SET_SIZE_MAX,
 };
 use qm_shared::{validate, Invalid, LockMode, Mode, ResourcePath};
 
@@ -332,6 +332,12 @@ impl State {
                 self.apply_extend(session, reservation, lease_ms, ctx)
             }
             Command::DeclareResource { path, capacity, policy, grace_ms } => {
+                if self.resources.len() >= RESOURCES_DECLARED_MAX && !self.resources.contains_key(path.as_str()) {
+                    return Response::Refused(Refusal::Exhausted {
+                        what: "declared resources".into(),
+                        max: RESOURCES_DECLARED_MAX as u64,
+                    });
+                }
                 self.resources.insert(path.as_str().to_string(), ResourceConfig { capacity, policy, grace_ms });
                 if let Some(id) = self.table.lookup(path.as_str()) {
                     self.touch(ctx, id, None);
