@@ -53,6 +53,7 @@ static ALLOCATOR: Counting = Counting;
 const HELD: usize = 100_000;
 const WAITERS: usize = 10_000;
 const AGENTS: usize = 1_000;
+const QUEUED: usize = 1_000;
 const LEASE_MS: u64 = 600_000;
 
 struct Driver {
@@ -166,7 +167,7 @@ fn print_context() {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     eprintln!("machine: {cpu}, {cores} cores, {}", std::env::consts::ARCH);
     eprintln!("commit: {commit}");
-    eprintln!("parameters: held={HELD} agents={AGENTS} waiters={WAITERS} lease_ms={LEASE_MS}");
+    eprintln!("parameters: held={HELD} agents={AGENTS} waiters={WAITERS} queued={QUEUED} lease_ms={LEASE_MS}");
 }
 
 fn print_memory() {
@@ -255,7 +256,41 @@ fn deadlock_check(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, acquire_release, deadlock_check);
+/// A hot resource: one holder and 1,000 exclusive waiters. Each iteration the holder
+/// releases (the head of the queue is granted) and queues again at the tail.
+fn hot_queue(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hot_queue");
+    let mut d = Driver::new();
+    let hot = ResourcePath::parse("pg:bench/table:hot").unwrap();
+    let mut holder = {
+        let Response::Granted { grants } = d.acquire("a0", &hot, Mode::Exclusive) else { panic!("not granted") };
+        (String::from("a0"), grants[0].id)
+    };
+    for i in 1..=QUEUED {
+        let r = d.acquire(&format!("a{i}"), &hot, Mode::Exclusive);
+        assert!(matches!(r, Response::Queued { .. }), "{r:?}");
+    }
+    group.bench_function(format!("release_requeue/waiters={QUEUED}"), |b| {
+        b.iter(|| {
+            d.index += 1;
+            let cmd = Command::Release { session: d.session, reservation: holder.1 };
+            let (_, effects) = d.state.apply(d.index, 1, cmd);
+            let next = effects
+                .iter()
+                .find_map(|e| match e {
+                    qm_coordinator::state::Effect::Granted { grant, .. } => Some((grant.owner.to_string(), grant.id)),
+                    _ => None,
+                })
+                .expect("the head of the queue is granted");
+            let r = d.acquire(&holder.0, &hot, Mode::Exclusive);
+            assert!(matches!(r, Response::Queued { .. }), "{r:?}");
+            holder = next;
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, acquire_release, deadlock_check, hot_queue);
 
 fn main() {
     print_context();

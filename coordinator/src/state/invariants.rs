@@ -245,7 +245,7 @@ impl State {
             }
         }
         for r in self.requests.values() {
-            let mut b = Blockers::default();
+            let mut b = Blockers::edges();
             self.blockers(r.owner, r.key(), &r.items, super::Starts::Targets(&r.targets), &mut b);
             let expect: BTreeSet<_> = b.holders.union(&b.waiters).copied().collect();
             let actual = self.wait_for.targets(r.owner).cloned().unwrap_or_default();
