@@ -105,6 +105,7 @@ fn claims_conflict(a: &str, am: Mode, b: &str, bm: Mode) -> bool {
 
 /// The five lock modes, with the model's own statement of the compatibility matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::upper_case_acronyms)]
 enum Lm {
     IS,
     IX,
@@ -172,6 +173,8 @@ fn capacity(path: &str) -> Option<u32> {
 }
 
 type OwnerKey = (SessionId, String);
+/// A queue entry as the model sees it: (priority-then-arrival key, owner, mode, names the node).
+type QueueEntry = ((u32, u64), OwnerKey, Lm, bool);
 
 struct Harness {
     state: State,
@@ -444,16 +447,17 @@ impl Harness {
         edges
     }
 
-    /// The edges the core keeps: the same holders, but at each node only the conflicting
-    /// waiters ahead up to the nearest one whose mode conflicts with everything the waiter's
-    /// does (it waits for the rest itself); among a counted resource's own waiters, only the
-    /// nearest. Computed per node from the requests' queue entries.
+    /// The edges the core keeps, computed per node from the holdings and the requests' queue
+    /// entries: the conflicting waiters ahead up to the nearest one whose mode conflicts with
+    /// everything the waiter's does, and the conflicting holders only where no such covering
+    /// waiter exists (it waits for them itself); among a counted resource's own waiters only
+    /// the nearest, and all of its holders when it is short of units.
     fn reduced_edges(state: &State) -> BTreeSet<(OwnerKey, OwnerKey)> {
         let grants: Vec<GrantInfo> = state.grants().collect();
         let waiters: Vec<WaiterInfo> = state.waiters().collect();
         let key = |w: &WaiterInfo| (PRIORITY_MAX - w.effective_priority, w.seq);
         // Queue entries per node: (key, owner, joined mode, names the node).
-        let mut queues: BTreeMap<String, Vec<((u32, u64), OwnerKey, Lm, bool)>> = BTreeMap::new();
+        let mut queues: BTreeMap<String, Vec<QueueEntry>> = BTreeMap::new();
         for w in &waiters {
             let mut touches: BTreeMap<String, (Lm, bool)> = BTreeMap::new();
             for item in &w.items {
@@ -467,6 +471,14 @@ impl Harness {
                 queues.entry(node).or_default().push((key(w), (w.session, w.owner.clone()), mode, target));
             }
         }
+        // Holdings per node: (owner, mode there).
+        let mut held: BTreeMap<String, Vec<(OwnerKey, Lm)>> = BTreeMap::new();
+        for g in &grants {
+            let item = Item { path: g.resource.clone(), mode: g.mode, units: g.units };
+            for (node, mode, _) in claim_nodes(&item) {
+                held.entry(node).or_default().push(((g.session, g.owner.to_string()), mode));
+            }
+        }
         let mut edges = BTreeSet::new();
         for w in &waiters {
             let me: OwnerKey = (w.session, w.owner.clone());
@@ -478,17 +490,20 @@ impl Harness {
                     (Mode::Exclusive, Some(c)) => c,
                     _ => item.units,
                 };
-                for g in &grants {
-                    let other: OwnerKey = (g.session, g.owner.to_string());
-                    let full = counted.is_some_and(|c| g.resource.as_str() == path && used + need > c);
-                    if other != me && (full || claims_conflict(path, item.mode, g.resource.as_str(), g.mode)) {
-                        edges.insert((me.clone(), other));
+                // A counted resource short of units waits for all its holders.
+                if counted.is_some_and(|c| used + need > c) {
+                    for g in grants.iter().filter(|g| g.resource.as_str() == path) {
+                        let other: OwnerKey = (g.session, g.owner.to_string());
+                        if other != me {
+                            edges.insert((me.clone(), other));
+                        }
                     }
                 }
                 // Nodes to scan: the item's own and its ancestors, then overlapping row ranges.
                 let mut scans: Vec<(String, Lm)> = claim_nodes(item).into_iter().map(|(n, m, _)| (n, m)).collect();
                 if let (Some(range), Some(parent)) = (item.path.rows(), item.path.parent()) {
-                    for node in queues.keys() {
+                    let nodes: BTreeSet<&String> = queues.keys().chain(held.keys()).collect();
+                    for node in nodes {
                         let Ok(p) = ResourcePath::parse(node) else { continue };
                         if p.parent() == Some(parent) && p.rows().is_some_and(|r| r != range && r.overlaps(&range)) {
                             scans.push((node.clone(), Lm::of(item.mode)));
@@ -498,12 +513,21 @@ impl Harness {
                 for (node, mode) in scans {
                     let mut ahead: Vec<_> =
                         queues.get(&node).into_iter().flatten().filter(|e| e.0 < key(w) && e.1 != me).collect();
-                    ahead.sort_by(|a, b| b.0.cmp(&a.0));
+                    ahead.sort_by_key(|e| std::cmp::Reverse(e.0));
+                    let mut covered = false;
                     for (_, other, m, _) in &ahead {
                         if !mode.compatible(*m) {
                             edges.insert((me.clone(), other.clone()));
                             if m.covers(mode) {
+                                covered = true;
                                 break;
+                            }
+                        }
+                    }
+                    if !covered {
+                        for (other, m) in held.get(&node).into_iter().flatten() {
+                            if *other != me && !mode.compatible(*m) {
+                                edges.insert((me.clone(), other.clone()));
                             }
                         }
                     }

@@ -194,12 +194,13 @@ impl Starts<'_> {
 
 /// Who blocks a request: owners holding something incompatible, and owners waiting ahead.
 ///
-/// Two depths. `report` (for refusals and queue positions) lists every conflicting waiter
-/// ahead. `edges` (for the wait-for graph) stops, at each node, after the nearest conflicting
-/// waiter whose mode conflicts with at least everything the request's mode conflicts with:
-/// that waiter already waits (directly or down its own chain) for everyone further ahead, so
-/// reachability in the graph, and so every cycle, is kept, while a queue of n writers holds
-/// n edges instead of n²/2.
+/// Two depths. `report` (for refusals and queue positions) lists every conflicting holder and
+/// waiter ahead. `edges` (for the wait-for graph) stops, at each node, after the nearest
+/// conflicting waiter whose mode conflicts with at least everything the request's mode
+/// conflicts with, and then leaves out that node's holders: that waiter already waits
+/// (directly or down its own chain) for everyone further ahead and every such holder, so
+/// reachability in the graph, and so every cycle, is kept, while a queue of n writers is a
+/// chain of n edges instead of n²/2 (and a new holder does not rewrite every waiter's edges).
 #[derive(Debug, Default)]
 struct Blockers {
     full: bool,
@@ -1226,7 +1227,9 @@ impl State {
     }
 
     /// Priority inheritance for a request still waiting: owners holding `inherit` resources in
-    /// its way take its effective priority (for their own waits) until they release.
+    /// its way take its effective priority (for their own waits) until they release. Only the
+    /// holders it points at directly count; a waiter further back points at the waiter ahead
+    /// of it instead, which is at least its priority, so the highest waiter still reaches them.
     fn apply_inheritance(&mut self, id: RequestId, ctx: &mut Ctx) {
         let effective = self.requests[&id].effective;
         let holders: BTreeSet<OwnerId> = self
@@ -1407,17 +1410,23 @@ fn scan_node(node: &Node, owner: OwnerId, key: QueueKey, mode: LockMode, out: Op
             false
         }
         Some(out) => {
-            node.conflicting_holders(owner, mode, &mut out.holders);
+            let mut covered = false;
             if node.queue_may_conflict(mode) {
                 for (_, e) in node.queue.range(..key).rev() {
                     if e.owner != owner && !mode.compatible(e.mode) {
                         blocked = true;
                         out.waiters.insert(e.owner);
                         if !out.full && covers(e.mode, mode) {
+                            covered = true;
                             break;
                         }
                     }
                 }
+            }
+            // A covering waiter ahead conflicts with every holder here that this request
+            // conflicts with, and waits for them itself (or through its own covering waiter).
+            if !covered {
+                node.conflicting_holders(owner, mode, &mut out.holders);
             }
             blocked
         }
