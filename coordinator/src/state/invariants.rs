@@ -21,6 +21,7 @@ impl State {
         self.check_nodes();
         self.check_conflicts();
         self.check_timers();
+        self.check_policy_counts();
         self.check_wait_for();
     }
 
@@ -222,6 +223,14 @@ impl State {
                 }
             }
         }
+    }
+
+    fn check_policy_counts(&self) {
+        let mut counts = [0u32; 3];
+        for rc in self.resources.values() {
+            counts[rc.policy as usize] += 1;
+        }
+        assert_eq!(self.policy_counts, counts, "policy counts");
     }
 
     fn check_timers(&self) {

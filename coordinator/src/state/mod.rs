@@ -124,6 +124,9 @@ pub struct State {
     requests: BTreeMap<RequestId, Request>,
     table: LockTable,
     resources: BTreeMap<String, ResourceConfig>,
+    /// How many declared resources have each policy (indexed by `Policy as usize`), so
+    /// settling skips preemption and inheritance work when nothing uses them.
+    policy_counts: [u32; 3],
     session_timers: BTreeSet<(Millis, SessionId)>,
     lease_timers: BTreeSet<(Millis, ReservationId)>,
     grace_timers: BTreeSet<(Millis, ReservationId)>,
@@ -362,7 +365,11 @@ impl State {
                         max: RESOURCES_DECLARED_MAX as u64,
                     });
                 }
-                self.resources.insert(path.as_str().to_string(), ResourceConfig { capacity, policy, grace_ms });
+                let config = ResourceConfig { capacity, policy, grace_ms };
+                if let Some(old) = self.resources.insert(path.as_str().to_string(), config) {
+                    self.policy_counts[old.policy as usize] -= 1;
+                }
+                self.policy_counts[policy as usize] += 1;
                 if let Some(id) = self.table.lookup(path.as_str()) {
                     self.touch(ctx, id, None);
                 }
@@ -887,6 +894,10 @@ impl State {
 
     // ---------------------------------------------------------------- conflicts
 
+    fn policy_count(&self, policy: Policy) -> u32 {
+        self.policy_counts[policy as usize]
+    }
+
     fn capacity(&self, path: &str) -> Option<u32> {
         self.resources.get(path).and_then(|r| r.capacity)
     }
@@ -1069,15 +1080,17 @@ impl State {
                 }
                 continue;
             }
-            let candidates = self.candidates(ctx);
-            for (_, id) in &candidates {
-                let Some(r) = self.requests.get(id) else { continue };
+            // In queue order: grant what is free, or recompute who it waits for. A grant
+            // cannot change the edges of a candidate already looked at (that one is ahead, so
+            // anything conflicting with it would be blocked by it); an abort or a re-order
+            // marks nodes dirty for the next round.
+            let inheritance = self.policy_count(Policy::Inherit) > 0;
+            for (_, id) in self.candidates(ctx) {
+                let Some(r) = self.requests.get(&id) else { continue };
                 if !self.is_blocked(r.owner, r.key(), &r.items, Starts::Targets(&r.targets)) {
-                    self.grant_request(*id, ctx);
+                    self.grant_request(id, ctx);
+                    continue;
                 }
-            }
-            for (_, id) in &candidates {
-                let Some(r) = self.requests.get(id) else { continue };
                 let mut b = Blockers::edges();
                 self.blockers(r.owner, r.key(), &r.items, Starts::Targets(&r.targets), &mut b);
                 let owner = r.owner;
@@ -1092,19 +1105,19 @@ impl State {
                 if self.wait_for.set(owner, targets) {
                     unchecked.insert(owner);
                 }
-            }
-            for (_, id) in &candidates {
-                if self.requests.contains_key(id) {
-                    self.apply_inheritance(*id, ctx);
-                    pressured.insert(*id);
+                if inheritance {
+                    self.apply_inheritance(id, &b.holders, ctx);
                 }
+                pressured.insert(id);
             }
         }
         // Preemption last, for the requests that survived: a victim of this apply asks
         // nobody to yield.
-        for id in pressured {
-            if self.requests.contains_key(&id) {
-                self.apply_preemption(id, ctx);
+        if self.policy_count(Policy::Preempt) > 0 {
+            for id in pressured {
+                if self.requests.contains_key(&id) {
+                    self.apply_preemption(id, ctx);
+                }
             }
         }
     }
@@ -1215,8 +1228,14 @@ impl State {
         let request = &self.requests[&id];
         let mut blockers = Blockers::edges();
         self.blockers(request.owner, request.key(), &request.items, Starts::Targets(&request.targets), &mut blockers);
+        self.grants_blocking(id, &blockers.holders)
+    }
+
+    /// The grants of `holders` that stand in the way of pending request `id`.
+    fn grants_blocking(&self, id: RequestId, holders: &BTreeSet<OwnerId>) -> Vec<ReservationId> {
+        let request = &self.requests[&id];
         let mut out = Vec::new();
-        for holder in &blockers.holders {
+        for holder in holders {
             for g in &self.owners[holder].grants {
                 if request.items.iter().any(|item| self.grant_blocks(&self.grants[g], item)) {
                     out.push(*g);
@@ -1230,10 +1249,10 @@ impl State {
     /// its way take its effective priority (for their own waits) until they release. Only the
     /// holders it points at directly count; a waiter further back points at the waiter ahead
     /// of it instead, which is at least its priority, so the highest waiter still reaches them.
-    fn apply_inheritance(&mut self, id: RequestId, ctx: &mut Ctx) {
+    fn apply_inheritance(&mut self, id: RequestId, blocking: &BTreeSet<OwnerId>, ctx: &mut Ctx) {
         let effective = self.requests[&id].effective;
         let holders: BTreeSet<OwnerId> = self
-            .blocking_grants(id)
+            .grants_blocking(id, blocking)
             .into_iter()
             .filter(|g| self.resource_config(&self.grants[g].path).is_some_and(|rc| rc.policy == Policy::Inherit))
             .map(|g| self.grants[&g].owner)
