@@ -10,6 +10,8 @@
 //! * `deadlock_check/*`: the apply that adds a waiter to 10,000 waiters in long chains, both
 //!   when it closes a 10k-long cycle (detect + choose victim + abort) and when it does not
 //!   (the search walks the whole chain and finds nothing).
+//! * `hot_queue/*`: one exclusive resource with 1,000 writers queued; the holder releases
+//!   (the head is granted) and queues again at the tail.
 //! * memory per held reservation: heap bytes and snapshot bytes, printed before the timings.
 //!
 //! Run: `cargo bench -p qm-coordinator --bench core`. The machine, commit and parameters are
