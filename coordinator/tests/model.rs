@@ -168,6 +168,15 @@ fn claim_nodes(item: &Item) -> Vec<(String, Lm, bool)> {
         .collect()
 }
 
+/// Whether `item` names a counted resource without enough free units for it (exclusive
+/// needs the whole capacity).
+fn short_of_units(grants: &[GrantInfo], item: &Item) -> bool {
+    let Some(cap) = capacity(item.path.as_str()) else { return false };
+    let used: u32 = grants.iter().filter(|g| g.resource == item.path).map(|g| g.units).sum();
+    let need = if item.mode == Mode::Exclusive { cap } else { item.units };
+    used + need > cap
+}
+
 fn capacity(path: &str) -> Option<u32> {
     CAPACITY.iter().find(|(p, _)| *p == path).map(|(_, c)| *c)
 }
@@ -412,17 +421,13 @@ impl Harness {
             for item in &w.items {
                 let path = item.path.as_str();
                 let counted = capacity(path);
-                let used: u32 = grants.iter().filter(|g| g.resource.as_str() == path).map(|g| g.units).sum();
-                let need = match (item.mode, counted) {
-                    (Mode::Exclusive, Some(c)) => c,
-                    _ => item.units,
-                };
+                let short = short_of_units(&grants, item);
                 for g in &grants {
                     let other: OwnerKey = (g.session, g.owner.to_string());
                     if other == me {
                         continue;
                     }
-                    let full = counted.is_some_and(|c| g.resource.as_str() == path && used + need > c);
+                    let full = short && g.resource == item.path;
                     if full || claims_conflict(path, item.mode, g.resource.as_str(), g.mode) {
                         edges.insert((me.clone(), other));
                     }
@@ -485,13 +490,8 @@ impl Harness {
             for item in &w.items {
                 let path = item.path.as_str();
                 let counted = capacity(path);
-                let used: u32 = grants.iter().filter(|g| g.resource.as_str() == path).map(|g| g.units).sum();
-                let need = match (item.mode, counted) {
-                    (Mode::Exclusive, Some(c)) => c,
-                    _ => item.units,
-                };
                 // A counted resource short of units waits for all its holders.
-                if counted.is_some_and(|c| used + need > c) {
+                if short_of_units(&grants, item) {
                     for g in grants.iter().filter(|g| g.resource.as_str() == path) {
                         let other: OwnerKey = (g.session, g.owner.to_string());
                         if other != me {
