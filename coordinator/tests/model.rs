@@ -44,21 +44,52 @@ const PATHS: &[&str] = &[
 ];
 const OWNERS: &[&str] = &["a", "b", "c", "d", "e"];
 const PRIORITIES: &[u32] = &[0, 100, 500, 900, 1000];
-/// Counted resources of the universe and their capacity.
+/// Counted resources of the universe and their initial capacity (`Op::Redeclare` changes it).
 const CAPACITY: &[(&str, u32)] = &[("gpu:g", 2)];
+
+/// Declared capacities as the harness last declared them.
+type Caps = BTreeMap<String, u32>;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Acquire { session: usize, owner: usize, items: Vec<(usize, bool, u32)>, wait: u8, priority: usize, lease_s: u64 },
-    Release { pick: Index },
-    Cancel { pick: Index },
-    Extend { pick: Index, lease_s: u64 },
-    KeepAlive { session: usize },
-    Close { session: usize },
-    Open { ttl_s: u64 },
-    Advance { ms: u64 },
+    Acquire {
+        session: usize,
+        owner: usize,
+        items: Vec<(usize, bool, u32)>,
+        wait: u8,
+        priority: usize,
+        lease_s: u64,
+    },
+    Release {
+        pick: Index,
+    },
+    Cancel {
+        pick: Index,
+    },
+    Extend {
+        pick: Index,
+        lease_s: u64,
+    },
+    KeepAlive {
+        session: usize,
+    },
+    Close {
+        session: usize,
+    },
+    Open {
+        ttl_s: u64,
+    },
+    Advance {
+        ms: u64,
+    },
     Restart,
     SnapshotTwin,
+    /// Redeclare the counted resource with another capacity and policy (possibly below what
+    /// is held, possibly below what a waiter needs).
+    Redeclare {
+        capacity: u32,
+        policy: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -75,6 +106,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u64..8_000).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::Restart),
         1 => Just(Op::SnapshotTwin),
+        1 => (1u32..=3, 0u8..3).prop_map(|(capacity, policy)| Op::Redeclare { capacity, policy }),
     ]
 }
 
@@ -170,15 +202,15 @@ fn claim_nodes(item: &Item) -> Vec<(String, Lm, bool)> {
 
 /// Whether `item` names a counted resource without enough free units for it (exclusive
 /// needs the whole capacity).
-fn short_of_units(grants: &[GrantInfo], item: &Item) -> bool {
-    let Some(cap) = capacity(item.path.as_str()) else { return false };
+fn short_of_units(caps: &Caps, grants: &[GrantInfo], item: &Item) -> bool {
+    let Some(cap) = capacity(caps, item.path.as_str()) else { return false };
     let used: u32 = grants.iter().filter(|g| g.resource == item.path).map(|g| g.units).sum();
     let need = if item.mode == Mode::Exclusive { cap } else { item.units };
     used + need > cap
 }
 
-fn capacity(path: &str) -> Option<u32> {
-    CAPACITY.iter().find(|(p, _)| *p == path).map(|(_, c)| *c)
+fn capacity(caps: &Caps, path: &str) -> Option<u32> {
+    caps.get(path).copied()
 }
 
 type OwnerKey = (SessionId, String);
@@ -195,6 +227,7 @@ struct Harness {
     holders: BTreeMap<u64, GrantInfo>,
     last_token: BTreeMap<String, u64>,
     config: Config,
+    caps: Caps,
 }
 
 impl Harness {
@@ -209,6 +242,7 @@ impl Harness {
             holders: BTreeMap::new(),
             last_token: BTreeMap::new(),
             config,
+            caps: CAPACITY.iter().map(|(p, c)| (p.to_string(), *c)).collect(),
         };
         for (path, cap) in CAPACITY {
             let path = ResourcePath::parse(path).unwrap();
@@ -304,6 +338,13 @@ impl Harness {
             Op::Restart => {
                 self.apply(Command::RestartLeases);
             }
+            Op::Redeclare { capacity, policy } => {
+                let policy = [Policy::None, Policy::Preempt, Policy::Inherit][usize::from(policy)];
+                let (path, _) = CAPACITY[0];
+                self.caps.insert(path.to_string(), capacity);
+                let path = ResourcePath::parse(path).unwrap();
+                self.apply(Command::DeclareResource { path, capacity: Some(capacity), policy, grace_ms: 2_000 });
+            }
             Op::SnapshotTwin => {
                 let bytes = self.twin.snapshot();
                 self.twin = State::restore(&bytes).expect("restore");
@@ -327,7 +368,7 @@ impl Harness {
         assert_eq!(effects, twin_effects, "twin effects diverged on {cmd:?}");
 
         self.check_effects(&effects, &before_waiters);
-        self.check_holders();
+        self.check_holders(&effects);
         self.check_wait_for();
         self.check_victims(&effects, shadow, cmd.clone());
         if matches!(cmd, Command::Tick) {
@@ -356,7 +397,8 @@ impl Harness {
                             for item in &w.items {
                                 let conflicts =
                                     claims_conflict(item.path.as_str(), item.mode, grant.resource.as_str(), grant.mode);
-                                let competes = capacity(item.path.as_str()).is_some() && item.path == grant.resource;
+                                let competes =
+                                    capacity(&self.caps, item.path.as_str()).is_some() && item.path == grant.resource;
                                 assert!(
                                     !conflicts && !competes,
                                     "{} overtook top-priority waiter {} on {}",
@@ -379,7 +421,7 @@ impl Harness {
     }
 
     /// The announced holders are the state's, and no two of them conflict.
-    fn check_holders(&self) {
+    fn check_holders(&self, effects: &[Effect]) {
         let actual: BTreeMap<u64, GrantInfo> = self.state.grants().map(|g| (g.id.0, g)).collect();
         let announced: BTreeSet<u64> = self.holders.keys().copied().collect();
         assert_eq!(actual.keys().copied().collect::<BTreeSet<_>>(), announced, "holders differ from effects");
@@ -403,16 +445,26 @@ impl Harness {
                 );
             }
         }
-        for (path, cap) in CAPACITY {
-            let used: u32 = grants.iter().filter(|g| g.resource.as_str() == *path).map(|g| g.units).sum();
-            assert!(used <= *cap, "{path} holds {used} units of {cap}");
+        // A capacity may be lowered under its holders; a grant never goes past it.
+        let granted: BTreeSet<&str> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Granted { grant, .. } => Some(grant.resource.as_str()),
+                _ => None,
+            })
+            .collect();
+        for (path, cap) in &self.caps {
+            if granted.contains(path.as_str()) {
+                let used: u32 = grants.iter().filter(|g| g.resource.as_str() == path).map(|g| g.units).sum();
+                assert!(used <= *cap, "a grant took {path} to {used} units of {cap}");
+            }
         }
     }
 
     /// The full wait-for relation: holders whose claims conflict (or fill a counted
     /// resource) and every conflicting waiter ahead in priority-then-arrival order. Cycles
     /// are judged on this graph.
-    fn full_edges(state: &State) -> BTreeSet<(OwnerKey, OwnerKey)> {
+    fn full_edges(state: &State, caps: &Caps) -> BTreeSet<(OwnerKey, OwnerKey)> {
         let grants: Vec<GrantInfo> = state.grants().collect();
         let waiters: Vec<WaiterInfo> = state.waiters().collect();
         let mut edges = BTreeSet::new();
@@ -420,8 +472,8 @@ impl Harness {
             let me: OwnerKey = (w.session, w.owner.clone());
             for item in &w.items {
                 let path = item.path.as_str();
-                let counted = capacity(path);
-                let short = short_of_units(&grants, item);
+                let counted = capacity(caps, path);
+                let short = short_of_units(caps, &grants, item);
                 for g in &grants {
                     let other: OwnerKey = (g.session, g.owner.to_string());
                     if other == me {
@@ -457,7 +509,7 @@ impl Harness {
     /// everything the waiter's does, and the conflicting holders only where no such covering
     /// waiter exists (it waits for them itself); among a counted resource's own waiters only
     /// the nearest, and all of its holders when it is short of units.
-    fn reduced_edges(state: &State) -> BTreeSet<(OwnerKey, OwnerKey)> {
+    fn reduced_edges(state: &State, caps: &Caps) -> BTreeSet<(OwnerKey, OwnerKey)> {
         let grants: Vec<GrantInfo> = state.grants().collect();
         let waiters: Vec<WaiterInfo> = state.waiters().collect();
         let key = |w: &WaiterInfo| (PRIORITY_MAX - w.effective_priority, w.seq);
@@ -489,9 +541,9 @@ impl Harness {
             let me: OwnerKey = (w.session, w.owner.clone());
             for item in &w.items {
                 let path = item.path.as_str();
-                let counted = capacity(path);
+                let counted = capacity(caps, path);
                 // A counted resource short of units waits for all its holders.
-                if short_of_units(&grants, item) {
+                if short_of_units(caps, &grants, item) {
                     for g in grants.iter().filter(|g| g.resource.as_str() == path) {
                         let other: OwnerKey = (g.session, g.owner.to_string());
                         if other != me {
@@ -543,11 +595,11 @@ impl Harness {
     }
 
     fn check_wait_for(&self) {
-        let reduced = Self::reduced_edges(&self.state);
+        let reduced = Self::reduced_edges(&self.state, &self.caps);
         let actual: BTreeSet<(OwnerKey, OwnerKey)> =
             self.state.wait_for_edges().into_iter().map(|(a, b)| ((a.session, a.name), (b.session, b.name))).collect();
         assert_eq!(actual, reduced, "wait-for graph differs from the model's");
-        let full = Self::full_edges(&self.state);
+        let full = Self::full_edges(&self.state, &self.caps);
         assert!(reduced.is_subset(&full), "an edge the full relation does not have");
         assert!(find_cycle(&full).is_none(), "a cycle survived the apply: {full:?}");
     }
@@ -567,7 +619,7 @@ impl Harness {
             return;
         };
         shadow.apply(self.index + 1, self.now, cmd);
-        let edges = Self::full_edges(&shadow);
+        let edges = Self::full_edges(&shadow, &self.caps);
         let cycle = find_cycle(&edges);
         match (victims.first(), cycle) {
             (None, None) => {}

@@ -199,8 +199,12 @@ impl State {
                 }
             }
             if self.capacity(key).is_some() {
-                let exclusive = node.grants.iter().filter(|g| self.grants[g].mode == Mode::Exclusive).count();
-                assert!(exclusive == 0 || node.grants.len() == 1, "exclusive beside others on counted {key}");
+                for g in node.grants.iter().map(|g| &self.grants[g]).filter(|g| g.mode == Mode::Exclusive) {
+                    assert!(
+                        node.grants.iter().all(|o| self.grants[o].owner == g.owner),
+                        "exclusive beside another owner on counted {key}"
+                    );
+                }
             }
             // Overlapping row ranges under this node.
             let ranges: Vec<_> = node.rows.iter().collect();

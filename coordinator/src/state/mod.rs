@@ -461,6 +461,17 @@ impl State {
                 return Response::Refused(Refusal::AlreadyWaiting { request });
             }
         }
+        // A shared claim asking more units than the resource has could never be granted.
+        for (i, item) in a.items.iter().enumerate() {
+            if let Some(capacity) = self.capacity(item.path.as_str()) {
+                if item.mode == Mode::Shared && item.units > capacity {
+                    return Response::Refused(Refusal::Invalid(Invalid::new(
+                        format!("resources[{i}].units"),
+                        format!("{} is above the capacity {capacity} of {}", item.units, item.path),
+                    )));
+                }
+            }
+        }
         let effective = a.priority.max(inherited).min(PRIORITY_MAX);
         let key = QueueKey { inv_priority: PRIORITY_MAX - effective, seq: self.next_seq };
 
@@ -482,16 +493,6 @@ impl State {
             return Response::Granted { grants };
         }
 
-        for (i, item) in a.items.iter().enumerate() {
-            if let Some(capacity) = self.capacity(item.path.as_str()) {
-                if item.units > capacity {
-                    return Response::Refused(Refusal::Invalid(Invalid::new(
-                        format!("resources[{i}].units"),
-                        format!("{} is above the capacity {capacity} of {}", item.units, item.path),
-                    )));
-                }
-            }
-        }
         let mut blockers = Blockers::report();
         self.blockers(owner, key, &a.items, Starts::Deepest(&deepest), &mut blockers);
         if blockers.holders.is_empty() && blockers.waiters.is_empty() {
@@ -1095,10 +1096,14 @@ impl State {
                 self.blockers(r.owner, r.key(), &r.items, Starts::Targets(&r.targets), &mut b);
                 let owner = r.owner;
                 let targets: BTreeSet<OwnerId> = b.holders.union(&b.waiters).copied().collect();
-                if targets.is_empty() {
-                    // Nobody else stands in the way, yet it is blocked: only its own units on
-                    // a counted resource (or a capacity lowered under it) do. It would wait
-                    // for itself forever, a cycle of one.
+                let too_big = r
+                    .items
+                    .iter()
+                    .any(|i| i.mode == Mode::Shared && self.capacity(i.path.as_str()).is_some_and(|c| i.units > c));
+                if targets.is_empty() || too_big {
+                    // Nobody else stands in the way, yet it is blocked (only its own units on a
+                    // counted resource do), or it needs more units than a lowered capacity has:
+                    // it would wait for itself forever, a cycle of one.
                     self.abort_victim(owner, vec![owner], ctx);
                     continue;
                 }
