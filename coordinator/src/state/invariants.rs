@@ -36,7 +36,10 @@ impl State {
         for (id, o) in &self.owners {
             assert_eq!(o.id, *id);
             assert_eq!(self.sessions[&o.session].owners.get(&*o.name), Some(id), "owner {id} missing from its session");
-            assert!(!o.grants.is_empty() || o.pending.is_some(), "owner {id} holds and waits for nothing");
+            assert!(
+                !o.grants.is_empty() || o.pending.is_some() || self.vacant_owners.contains(id),
+                "owner {id} holds and waits for nothing and is not vacant"
+            );
             for g in &o.grants {
                 assert_eq!(self.grants[g].owner, *id);
             }
@@ -57,6 +60,7 @@ impl State {
             }
         }
         assert_eq!(self.sessions.values().map(|s| s.owners.len()).sum::<usize>(), self.owners.len());
+        assert!(self.vacant_owners.iter().all(|o| self.owners.contains_key(o)), "vacant owner unknown");
         let mut tokens = BTreeSet::new();
         for (id, g) in &self.grants {
             assert_eq!(g.id, *id);

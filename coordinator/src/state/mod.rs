@@ -46,6 +46,9 @@ use wait_for::{VictimMeta, WaitFor};
 pub use snapshot::{SnapshotError, SNAPSHOT_FORMAT_VERSION};
 pub use types::*;
 
+/// Most vacant owner records kept before they are freed without waiting for a Tick.
+const OWNERS_VACANT_MAX: usize = 4_096;
+
 /// Settling one apply may take this many rounds at most (each round grants, aborts or
 /// re-orders something; a loop past this bound is a bug).
 const SETTLE_ROUNDS_MAX: usize = 100_000;
@@ -120,6 +123,8 @@ pub struct State {
     last_token: u64,
     sessions: BTreeMap<SessionId, Session>,
     owners: BTreeMap<OwnerId, Owner>,
+    /// Owners holding and waiting for nothing, freed on the next Tick.
+    vacant_owners: BTreeSet<OwnerId>,
     grants: BTreeMap<ReservationId, Grant>,
     requests: BTreeMap<RequestId, Request>,
     table: LockTable,
@@ -816,6 +821,7 @@ impl State {
     fn apply_tick(&mut self, ctx: &mut Ctx) {
         let now = ctx.now;
         self.table.collect();
+        self.collect_owners();
         let due_sessions: Vec<SessionId> = due(&self.session_timers, now);
         for s in due_sessions {
             self.end_session(s, ReleaseReason::SessionExpired, ctx);
@@ -1330,18 +1336,42 @@ impl State {
         })
     }
 
+    /// Owners left holding and waiting for nothing are kept as vacant until the next Tick (or
+    /// until `OWNERS_VACANT_MAX` wait), so an agent that acquires again under the same name
+    /// reuses its record. Owners of an ended session go at once.
     fn collect_garbage(&mut self, ctx: &mut Ctx) {
         for owner in std::mem::take(&mut ctx.gc) {
             let Some(o) = self.owners.get(&owner) else { continue };
             if !o.grants.is_empty() || o.pending.is_some() {
                 continue;
             }
-            let o = self.owners.remove(&owner).expect("owner exists");
-            if let Some(s) = self.sessions.get_mut(&o.session) {
-                s.owners.remove(&*o.name);
+            if self.sessions.contains_key(&o.session) {
+                self.vacant_owners.insert(owner);
+            } else {
+                self.remove_owner(owner);
             }
-            self.wait_for.forget(owner);
         }
+        if self.vacant_owners.len() > OWNERS_VACANT_MAX {
+            self.collect_owners();
+        }
+    }
+
+    /// Frees every vacant owner that still holds and waits for nothing.
+    fn collect_owners(&mut self) {
+        for owner in std::mem::take(&mut self.vacant_owners) {
+            if self.owners.get(&owner).is_some_and(|o| o.grants.is_empty() && o.pending.is_none()) {
+                self.remove_owner(owner);
+            }
+        }
+    }
+
+    fn remove_owner(&mut self, owner: OwnerId) {
+        let o = self.owners.remove(&owner).expect("owner exists");
+        if let Some(s) = self.sessions.get_mut(&o.session) {
+            s.owners.remove(&*o.name);
+        }
+        self.vacant_owners.remove(&owner);
+        self.wait_for.forget(owner);
     }
 
     // ---------------------------------------------------------------- reads

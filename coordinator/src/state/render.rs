@@ -32,6 +32,10 @@ impl State {
             let owners: Vec<String> = s
                 .owners
                 .values()
+                .filter(|o| {
+                    let o = &self.owners[o];
+                    !o.grants.is_empty() || o.pending.is_some()
+                })
                 .map(|o| {
                     let o = &self.owners[o];
                     match o.inherited {
