@@ -154,7 +154,7 @@ struct Ctx {
     granted: BTreeMap<RequestId, Vec<GrantInfo>>,
     aborted: BTreeMap<RequestId, (Vec<String>, u32)>,
     /// Owners that may have nothing left (collected at the end of the apply).
-    gc: BTreeSet<OwnerId>,
+    gc: Vec<OwnerId>,
     /// Owners whose inherited priority is re-derived (they released something).
     reset_inherit: BTreeSet<OwnerId>,
 }
@@ -338,7 +338,7 @@ impl State {
             recheck: BTreeSet::new(),
             granted: BTreeMap::new(),
             aborted: BTreeMap::new(),
-            gc: BTreeSet::new(),
+            gc: Vec::new(),
             reset_inherit: BTreeSet::new(),
         };
         let response = match validate_command(&cmd) {
@@ -445,7 +445,7 @@ impl State {
                 ctx.effects.push(Effect::Released { reservation: g, resource: grant.path, reason });
                 released += 1;
             }
-            ctx.gc.insert(*owner);
+            ctx.gc.push(*owner);
         }
         Some((released, cancelled))
     }
@@ -693,7 +693,7 @@ impl State {
             ctx.reset_inherit.insert(grant.owner);
         }
         if owner.grants.is_empty() && owner.pending.is_none() {
-            ctx.gc.insert(grant.owner);
+            ctx.gc.push(grant.owner);
         }
         grant
     }
@@ -756,7 +756,7 @@ impl State {
         let owner = self.owners.get_mut(&request.owner).expect("owner exists");
         owner.pending = None;
         if owner.grants.is_empty() {
-            ctx.gc.insert(request.owner);
+            ctx.gc.push(request.owner);
         }
         self.wait_for.clear(request.owner);
         request
