@@ -1110,7 +1110,7 @@ impl State {
                     // Nobody else stands in the way, yet it is blocked (only its own units on a
                     // counted resource do), or it needs more units than a lowered capacity has:
                     // it would wait for itself forever, a cycle of one.
-                    self.abort_victim(owner, vec![owner], ctx);
+                    self.abort_victim(owner, &[owner], 1, ctx);
                     continue;
                 }
                 if self.wait_for.set(owner, targets) {
@@ -1200,7 +1200,7 @@ impl State {
     fn break_cycles(&mut self, start: OwnerId, ctx: &mut Ctx) {
         while self.owners.get(&start).is_some_and(|o| o.pending.is_some()) {
             let Some(cycle) = self.wait_for.find_cycle(start, ctx.now) else { break };
-            self.abort_victim(cycle.victim, cycle.owners, ctx);
+            self.abort_victim(cycle.victim, &cycle.owners, cycle.len, ctx);
         }
     }
 
@@ -1217,10 +1217,11 @@ impl State {
         self.wait_for.set_meta(owner, meta);
     }
 
-    /// Aborts `victim`'s pending request to break `cycle`; its held leases stay.
-    fn abort_victim(&mut self, victim: OwnerId, cycle: Vec<OwnerId>, ctx: &mut Ctx) {
+    /// Aborts `victim`'s pending request to break a cycle of `cycle_len` owners (the first of
+    /// which are `cycle`); its held leases stay.
+    fn abort_victim(&mut self, victim: OwnerId, cycle: &[OwnerId], cycle_len: usize, ctx: &mut Ctx) {
         let names: Vec<String> = cycle.iter().take(CYCLE_REPORT_MAX).map(|o| self.owners[o].name.to_string()).collect();
-        let cycle_len = cycle.len() as u32;
+        let cycle_len = cycle_len as u32;
         let request = self.owners[&victim].pending.expect("every owner on a cycle waits");
         let removed = self.remove_request(request, ctx);
         self.stats.deadlocks_total += 1;

@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use qm_shared::limits::CYCLE_REPORT_MAX;
+
 use super::types::{Millis, OwnerId};
 
 /// What choosing a victim needs to know of a waiting owner, kept beside its slot so that
@@ -40,28 +42,10 @@ impl VictimMeta {
 /// A cycle found through an owner: its members (starting with that owner) and the victim.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Cycle {
+    /// The first `CYCLE_REPORT_MAX` owners on it, starting with the one searched from.
     pub(crate) owners: Vec<OwnerId>,
+    pub(crate) len: usize,
     pub(crate) victim: OwnerId,
-}
-
-/// Out-neighbours of one slot, ordered by `OwnerId`; a single edge (the common case) is kept
-/// inline so a walk down a long chain touches no extra allocation per owner.
-#[derive(Clone, Debug, Default)]
-enum Adj {
-    #[default]
-    None,
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl Adj {
-    fn get(&self, i: usize) -> Option<u32> {
-        match self {
-            Adj::None => None,
-            Adj::One(t) => (i == 0).then_some(*t),
-            Adj::Many(v) => v.get(i).copied(),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -83,14 +67,34 @@ impl Eq for WaitFor {}
 struct Dense {
     slot_of: BTreeMap<OwnerId, u32>,
     owner_of: Vec<OwnerId>,
-    adj: Vec<Adj>,
+    /// Out-neighbours by slot, ordered by `OwnerId`: the first kept in a flat vector
+    /// (`NO_SLOT` when none) so a walk down a long chain reads 4 bytes per owner; the rest,
+    /// rarely any, beside it.
+    first: Vec<u32>,
+    rest: Vec<Vec<u32>>,
     meta: Vec<VictimMeta>,
     free: Vec<u32>,
     mark: Vec<u32>,
     epoch: u32,
 }
 
+/// No neighbour.
+const NO_SLOT: u32 = u32::MAX;
+
 impl Dense {
+    fn clear_adj(&mut self, slot: u32) {
+        self.first[slot as usize] = NO_SLOT;
+        self.rest[slot as usize].clear();
+    }
+
+    /// The `i`-th out-neighbour of `slot`, in `OwnerId` order.
+    fn neighbour(&self, slot: u32, i: u32) -> Option<u32> {
+        match i {
+            0 => Some(self.first[slot as usize]).filter(|t| *t != NO_SLOT),
+            _ => self.rest[slot as usize].get(i as usize - 1).copied(),
+        }
+    }
+
     fn slot(&mut self, owner: OwnerId) -> u32 {
         if let Some(slot) = self.slot_of.get(&owner) {
             return *slot;
@@ -102,7 +106,8 @@ impl Dense {
             }
             None => {
                 self.owner_of.push(owner);
-                self.adj.push(Adj::None);
+                self.first.push(NO_SLOT);
+                self.rest.push(Vec::new());
                 self.meta.push(VictimMeta::default());
                 self.mark.push(0);
                 (self.owner_of.len() - 1) as u32
@@ -132,12 +137,9 @@ impl WaitFor {
             return false;
         }
         let from = self.dense.slot(owner);
-        let mut slots = targets.iter().map(|t| self.dense.slot(*t));
-        self.dense.adj[from as usize] = match targets.len() {
-            0 => Adj::None,
-            1 => Adj::One(slots.next().expect("one target")),
-            _ => Adj::Many(slots.collect()),
-        };
+        let slots: Vec<u32> = targets.iter().map(|t| self.dense.slot(*t)).collect();
+        self.dense.first[from as usize] = slots.first().copied().unwrap_or(NO_SLOT);
+        self.dense.rest[from as usize] = slots.get(1..).map(<[u32]>::to_vec).unwrap_or_default();
         if targets.is_empty() {
             self.edges.remove(&owner);
         } else {
@@ -150,7 +152,7 @@ impl WaitFor {
     pub(crate) fn clear(&mut self, owner: OwnerId) {
         if self.edges.remove(&owner).is_some() {
             let slot = self.dense.slot_of[&owner];
-            self.dense.adj[slot as usize] = Adj::None;
+            self.dense.clear_adj(slot);
         }
     }
 
@@ -158,7 +160,7 @@ impl WaitFor {
     pub(crate) fn forget(&mut self, owner: OwnerId) {
         debug_assert!(!self.edges.contains_key(&owner));
         if let Some(slot) = self.dense.slot_of.remove(&owner) {
-            self.dense.adj[slot as usize] = Adj::None;
+            self.dense.clear_adj(slot);
             self.dense.meta[slot as usize] = VictimMeta::default();
             self.dense.free.push(slot);
         }
@@ -198,22 +200,23 @@ impl WaitFor {
         }
         let epoch = d.epoch;
         d.mark[s as usize] = epoch;
-        let mut stack: Vec<(u32, usize)> = vec![(s, 0)];
-        while let Some((node, next)) = stack.last_mut() {
-            let Some(child) = d.adj[*node as usize].get(*next) else {
+        let mut stack: Vec<(u32, u32)> = vec![(s, 0)];
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            let Some(child) = d.neighbour(node, *next) else {
                 stack.pop();
                 continue;
             };
             *next += 1;
             if child == s {
-                let owners: Vec<OwnerId> = stack.iter().map(|(slot, _)| d.owner_of[*slot as usize]).collect();
+                let owners: Vec<OwnerId> =
+                    stack.iter().take(CYCLE_REPORT_MAX).map(|(slot, _)| d.owner_of[*slot as usize]).collect();
                 let victim = stack
                     .iter()
                     .map(|(slot, _)| (d.meta[*slot as usize].key(d.owner_of[*slot as usize], now), *slot))
                     .min()
                     .map(|(_, slot)| d.owner_of[slot as usize])
                     .expect("a cycle has members");
-                return Some(Cycle { owners, victim });
+                return Some(Cycle { owners, len: stack.len(), victim });
             }
             if d.mark[child as usize] != epoch {
                 d.mark[child as usize] = epoch;
