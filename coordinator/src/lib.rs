@@ -8,5 +8,6 @@
 //! The consensus layer (openraft + sled), the gRPC services and the admin HTTP port wrap
 //! `state` and never reach into it except through `apply`, `snapshot` and `restore`.
 
+pub mod raft;
 pub mod script;
 pub mod state;

@@ -81,3 +81,15 @@ const _: () = assert!(PREEMPT_GRACE_MS_DEFAULT <= PREEMPT_GRACE_MS_MAX);
 const _: () = assert!(
     PATH_SEGMENTS_MAX * (SEGMENT_KIND_LEN_MAX_BYTES + 1 + SEGMENT_NAME_LEN_MAX_BYTES + 1) >= PATH_LEN_MAX_BYTES
 );
+
+/// Largest gRPC message between coordinators (log batches, snapshot chunks), both directions.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest gRPC message between a client and a coordinator, both directions.
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most reservations one List page returns (the default page is smaller).
+pub const LIST_PAGE_MAX: u32 = 10_000;
+pub const LIST_PAGE_DEFAULT: u32 = 1_000;
+/// Most concurrent Watch streams one coordinator serves.
+pub const WATCHERS_MAX: usize = 1_024;
+/// Most sessions one Keepalive stream may carry per request burst (bounded in-flight work).
+pub const KEEPALIVE_IN_FLIGHT_MAX: usize = 64;

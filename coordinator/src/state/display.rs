@@ -79,6 +79,7 @@ impl fmt::Display for Response {
             }
             Response::ResourceDeclared { path } => write!(f, "declared {path}"),
             Response::Ticked => f.write_str("ticked"),
+            Response::Noop => f.write_str("noop"),
             Response::LeasesRestarted { reservations, sessions } => {
                 write!(f, "leases restarted reservations={reservations} sessions={sessions}")
             }

@@ -245,6 +245,9 @@ pub enum Response {
     Ticked,
     LeasesRestarted { reservations: u32, sessions: u32 },
     Configured,
+    /// Raft's own entries (a new leader's blank entry, membership changes) change nothing
+    /// here and answer `Noop`.
+    Noop,
     Refused(Refusal),
 }
 

@@ -1,0 +1,176 @@
+//! Raft transport, client side: openraft's RPCs over gRPC (`qm.v1.RaftPeer`).
+//!
+//! openraft's request, response and error types travel as bincode bytes inside the protobuf
+//! messages; a remote openraft error comes back in the `error` arm and is rebuilt as the same
+//! typed error here. A failure to reach the peer (connect refused, reset, deadline) is mapped
+//! to `Unreachable`, which makes openraft back off instead of hammering a dead node.
+
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use qm_shared::limits::PEER_MESSAGE_BYTES_MAX;
+use qm_shared::pb::v1 as pb;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Node, NodeId, TypeConfig};
+
+/// How long to wait for a TCP connection to a peer.
+pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
+
+/// Opens a lazily connected channel to a peer's gRPC address.
+pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)?
+        .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .connect_lazy())
+}
+
+/// A peer client for openraft's RPCs.
+pub fn peer_client(channel: Channel) -> pb::raft_peer_client::RaftPeerClient<Channel> {
+    pb::raft_peer_client::RaftPeerClient::new(channel)
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+}
+
+pub(crate) fn to_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("serializing to memory cannot fail")
+}
+
+pub(crate) fn from_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    bincode::deserialize(bytes)
+}
+
+/// Creates one [`Network`] per peer.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkFactory;
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Network {
+        Network { target, addr: node.addr.clone(), client: channel(&node.addr).ok().map(peer_client) }
+    }
+}
+
+/// The connection to one peer.
+#[derive(Debug)]
+pub struct Network {
+    target: NodeId,
+    addr: String,
+    client: Option<pb::raft_peer_client::RaftPeerClient<Channel>>,
+}
+
+type RpcErr<E> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
+
+fn transport<E: std::error::Error>(status: tonic::Status) -> RpcErr<E> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+fn decode_err<E: std::error::Error>(e: bincode::Error) -> RpcErr<E> {
+    RPCError::Network(NetworkError::new(&e))
+}
+
+impl Network {
+    fn client<E: std::error::Error>(&self) -> Result<pb::raft_peer_client::RaftPeerClient<Channel>, RpcErr<E>> {
+        self.client.clone().ok_or_else(|| {
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad peer address {:?}", self.addr));
+            RPCError::Unreachable(Unreachable::new(&e))
+        })
+    }
+
+    fn request<T>(&self, message: T, option: &RPCOption) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.set_timeout(option.hard_ttl());
+        req
+    }
+
+    /// Turns a `(ok | error)` outcome into openraft's result.
+    fn outcome<R, E>(&self, ok: Option<Vec<u8>>, error: Option<Vec<u8>>) -> Result<R, RpcErr<E>>
+    where
+        R: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        match (ok, error) {
+            (Some(ok), _) => from_bytes(&ok).map_err(decode_err),
+            (None, Some(err)) => {
+                let err: RaftError<NodeId, E> = from_bytes(&err).map_err(decode_err)?;
+                Err(RPCError::RemoteError(RemoteError::new_with_node(
+                    self.target,
+                    Node { addr: self.addr.clone() },
+                    err,
+                )))
+            }
+            (None, None) => {
+                let e = std::io::Error::new(std::io::ErrorKind::InvalidData, "peer answered with no outcome");
+                Err(RPCError::Network(NetworkError::new(&e)))
+            }
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        let mut client = self.client()?;
+        let req = self.request(pb::AppendEntriesRequest { payload: to_bytes(&rpc), target_node_id: self.target }, &option);
+        let resp = client.append_entries(req).await.map_err(transport)?.into_inner();
+        let (ok, err) = match resp.outcome {
+            Some(pb::append_entries_response::Outcome::Ok(b)) => (Some(b), None),
+            Some(pb::append_entries_response::Outcome::Error(b)) => (None, Some(b)),
+            None => (None, None),
+        };
+        self.outcome(ok, err)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        let mut client = self.client()?;
+        let req =
+            self.request(pb::InstallSnapshotRequest { payload: to_bytes(&rpc), target_node_id: self.target }, &option);
+        let resp = client.install_snapshot(req).await.map_err(transport)?.into_inner();
+        let (ok, err) = match resp.outcome {
+            Some(pb::install_snapshot_response::Outcome::Ok(b)) => (Some(b), None),
+            Some(pb::install_snapshot_response::Outcome::Error(b)) => (None, Some(b)),
+            None => (None, None),
+        };
+        self.outcome(ok, err)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        let mut client = self.client()?;
+        let req = self.request(pb::VoteRequest { payload: to_bytes(&rpc), target_node_id: self.target }, &option);
+        let resp = client.vote(req).await.map_err(transport)?.into_inner();
+        let (ok, err) = match resp.outcome {
+            Some(pb::vote_response::Outcome::Ok(b)) => (Some(b), None),
+            Some(pb::vote_response::Outcome::Error(b)) => (None, Some(b)),
+            None => (None, None),
+        };
+        self.outcome(ok, err)
+    }
+}
