@@ -8,6 +8,12 @@
 //! The consensus layer (openraft + sled), the gRPC services and the admin HTTP port wrap
 //! `state` and never reach into it except through `apply`, `snapshot` and `restore`.
 
+pub mod admin;
+pub mod api;
+pub mod clock;
+pub mod error;
+pub mod node;
 pub mod raft;
 pub mod script;
+pub mod server;
 pub mod state;

@@ -1418,6 +1418,16 @@ impl State {
         self.sessions.len()
     }
 
+    pub fn session_label(&self, id: SessionId) -> Option<&str> {
+        self.sessions.get(&id).map(|s| s.label.as_str())
+    }
+
+    /// Whether a Tick could change anything (sessions or leases to expire, waiters to age or
+    /// time out). The leader skips Ticks while there is nothing to time.
+    pub fn has_timed_work(&self) -> bool {
+        !self.sessions.is_empty() || !self.grants.is_empty() || !self.requests.is_empty()
+    }
+
     pub fn session_expires_at(&self, id: SessionId) -> Option<Millis> {
         self.sessions.get(&id).map(|s| s.expires_at)
     }

@@ -1,0 +1,84 @@
+//! The admin HTTP port (axum): `/metrics` (Prometheus text), `/livez`, `/readyz`, `/health`.
+//!
+//! `/livez` answers while the process serves HTTP; `/readyz` only while a leader is known
+//! (the node can serve writes, directly or forwarded); `/health` is a JSON summary.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::State as AxumState;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use openraft::ServerState;
+use tokio::net::TcpListener;
+
+use crate::node::Node;
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/health", get(health))
+        .with_state(node)
+}
+
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node)).with_graceful_shutdown(shutdown).await
+}
+
+async fn readyz(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {
+    match node.metrics().current_leader {
+        Some(l) => (StatusCode::OK, format!("ok: leader is node {l}\n")),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader known\n".to_string()),
+    }
+}
+
+async fn health(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {
+    let m = node.metrics();
+    let body = serde_json::json!({
+        "node_id": node.id,
+        "state": format!("{:?}", m.state),
+        "term": m.current_term,
+        "leader_id": m.current_leader,
+        "applied_index": m.last_applied.map_or(0, |l| l.index),
+        "ready": m.current_leader.is_some(),
+    });
+    let code = if m.current_leader.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(body))
+}
+
+async fn metrics(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {
+    let m = node.metrics();
+    let (stats, held, waiters, sessions) = node.shared.read(|d| {
+        (d.state.stats().clone(), d.state.grants().count(), d.state.waiters().count(), d.state.session_count())
+    });
+    let mut out = String::with_capacity(2048);
+    let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    };
+    gauge("qm_raft_term", "Current Raft term.", "gauge", m.current_term);
+    gauge("qm_raft_is_leader", "1 if this node is the leader.", "gauge", u64::from(m.state == ServerState::Leader));
+    gauge("qm_raft_leader_id", "Node id of the known leader (0: none).", "gauge", m.current_leader.unwrap_or(0));
+    gauge("qm_raft_applied_index", "Highest log index applied here.", "gauge", m.last_applied.map_or(0, |l| l.index));
+    gauge("qm_raft_last_log_index", "Highest log index in the local log.", "gauge", m.last_log_index.unwrap_or(0));
+    gauge("qm_raft_snapshot_index", "Log index of the latest snapshot.", "gauge", m.snapshot.map_or(0, |l| l.index));
+    gauge("qm_store_size_bytes", "Bytes used by the local store.", "gauge", node.store_size_bytes());
+    gauge("qm_sessions", "Open sessions.", "gauge", sessions as u64);
+    gauge("qm_reservations_held", "Reservations currently held.", "gauge", held as u64);
+    gauge("qm_waiters", "Requests waiting in queues.", "gauge", waiters as u64);
+    gauge("qm_grants_total", "Reservations granted.", "counter", stats.grants_total);
+    gauge("qm_releases_total", "Reservations released.", "counter", stats.releases_total);
+    gauge("qm_expirations_total", "Leases that ran out.", "counter", stats.expirations_total);
+    gauge("qm_deadlocks_total", "Wait-for cycles broken.", "counter", stats.deadlocks_total);
+    gauge("qm_preemptions_total", "Preemptions requested.", "counter", stats.preemptions_total);
+    gauge("qm_revocations_total", "Leases revoked after a preemption grace.", "counter", stats.revocations_total);
+    gauge("qm_wait_timeouts_total", "Waits that timed out.", "counter", stats.timeouts_total);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

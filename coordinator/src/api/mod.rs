@@ -1,0 +1,91 @@
+//! The gRPC services: decode → validate → propose or read → encode.
+//!
+//! Every service here is thin. Validation happens at the edge ([`convert`]), writes go
+//! through [`Node::propose`], linearizable reads through [`Node::read_index`], and every
+//! error becomes a `tonic::Status` in one place ([`crate::error`]).
+
+pub mod cluster;
+pub mod convert;
+pub mod graph;
+pub mod peer;
+pub mod reservations;
+pub mod sessions;
+pub mod transfer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qm_shared::limits::{CLIENT_MESSAGE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX, WATCHERS_MAX};
+use qm_shared::pb::v1 as pb;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::node::Node;
+
+/// Serves every gRPC service of `node` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(node.clone(), health));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(qm_shared::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor set is valid");
+    let sessions = pb::sessions_server::SessionsServer::new(sessions::SessionsApi { node: node.clone() })
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let reservations = pb::reservations_server::ReservationsServer::new(reservations::ReservationsApi {
+        node: node.clone(),
+        watchers: Arc::new(tokio::sync::Semaphore::new(WATCHERS_MAX)),
+    })
+    .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterApi { node: node.clone() })
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let peer = pb::raft_peer_server::RaftPeerServer::new(peer::PeerApi { node })
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .concurrency_limit_per_connection(256)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(sessions)
+        .add_service(reservations)
+        .add_service(cluster)
+        .add_service(peer)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// gRPC health: NOT_SERVING until a leader is known, SERVING while one is.
+async fn report_health(node: Arc<Node>, health: tonic_health::server::HealthReporter) {
+    let mut metrics = node.raft.metrics();
+    let mut last = None;
+    loop {
+        let serving = metrics.borrow_and_update().current_leader.is_some();
+        if last != Some(serving) {
+            let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+            health.set_service_status("", status).await;
+            for name in ["qm.v1.Sessions", "qm.v1.Reservations", "qm.v1.Cluster"] {
+                health.set_service_status(name, status).await;
+            }
+            last = Some(serving);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Binds a listener, naming the address on failure.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))
+}

@@ -1,0 +1,100 @@
+//! Leadership transfer.
+//!
+//! openraft 0.9 has no transfer primitive, so the leader does it by hand: it checks the
+//! target is a voter whose log has caught up, stops sending heartbeats so the followers'
+//! leader leases lapse, and asks the target (RaftPeer.Elect) to stand for election. The
+//! target, having the newest log, wins the next term before any other follower's election
+//! timer fires; if it does not, a normal election picks someone and the answer says who.
+
+use std::time::Duration;
+
+use openraft::ServerState;
+use qm_shared::pb::v1 as pb;
+
+use crate::error::ApiError;
+use crate::node::Node;
+use crate::raft::NodeId;
+
+/// Longest the whole transfer may take.
+const TRANSFER_WAIT_MS_MAX: u64 = 10_000;
+
+pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<pb::TransferLeaderResponse, ApiError> {
+    let m = node.metrics();
+    if m.state != ServerState::Leader {
+        let leader = node.leader();
+        return Err(ApiError::NotLeaderForAdmin {
+            leader_id: leader.as_ref().map(|l| l.0),
+            leader_address: leader.map(|l| l.1),
+        });
+    }
+    let (voters, nodes) = node.members();
+    let replication = m.replication.clone().unwrap_or_default();
+    let last = m.last_log_index.unwrap_or(0);
+    let target = match to {
+        Some(id) if id == node.id => {
+            return Ok(pb::TransferLeaderResponse { leader_id: Some(id), term: m.current_term });
+        }
+        Some(id) => {
+            if !voters.contains(&id) {
+                return Err(ApiError::FailedPrecondition(format!("node {id} is not a voter")));
+            }
+            id
+        }
+        None => voters
+            .iter()
+            .copied()
+            .filter(|v| *v != node.id)
+            .max_by_key(|v| replication.get(v).copied().flatten().map_or(0, |l| l.index))
+            .ok_or_else(|| ApiError::FailedPrecondition("no other voter to hand leadership to".into()))?,
+    };
+    let addr = nodes.get(&target).cloned().ok_or_else(|| ApiError::NotFound(format!("node {target} has no address")))?;
+    // Wait (bounded) for the target to hold every entry the leader has.
+    let mut rx = node.raft.metrics();
+    let caught_up = tokio::time::timeout(
+        Duration::from_millis(TRANSFER_WAIT_MS_MAX / 2),
+        async {
+            rx.wait_for(|m| {
+                m.replication.as_ref().and_then(|r| r.get(&target).copied().flatten()).map_or(0, |l| l.index) >= last
+            })
+            .await
+            .is_ok()
+        },
+    )
+    .await;
+    if caught_up != Ok(true) {
+        return Err(ApiError::Unavailable(format!("node {target} did not catch up with index {last} in time")));
+    }
+    let term = m.current_term;
+    node.raft.runtime_config().heartbeat(false);
+    let result = async {
+        let mut client = crate::raft::network::peer_client(
+            crate::raft::network::channel(&addr).map_err(|e| ApiError::Unavailable(e.to_string()))?,
+        );
+        client
+            .elect(pb::ElectRequest { term })
+            .await
+            .map_err(|s| ApiError::Unavailable(format!("node {target} refused to stand: {}", s.message())))?;
+        let mut rx = node.raft.metrics();
+        let _ = tokio::time::timeout(
+            Duration::from_millis(TRANSFER_WAIT_MS_MAX),
+            async { rx.wait_for(|m| m.current_term > term && m.current_leader.is_some()).await.is_ok() },
+        )
+        .await;
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    node.raft.runtime_config().heartbeat(true);
+    result?;
+    let m = node.metrics();
+    Ok(pb::TransferLeaderResponse { leader_id: m.current_leader, term: m.current_term })
+}
+
+/// The target's side: stand for election once the old leader's lease has lapsed.
+pub async fn elect(node: &Node, term: u64, lease_ms: u64) -> Result<(), ApiError> {
+    let m = node.metrics();
+    if m.current_term > term {
+        return Ok(());
+    }
+    tokio::time::sleep(Duration::from_millis(lease_ms)).await;
+    node.raft.trigger().elect().await.map_err(|e| ApiError::Unavailable(e.to_string()))
+}

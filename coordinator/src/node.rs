@@ -1,0 +1,366 @@
+//! One coordinator: Raft, its storage, the leader's duties, and how writes and reads reach
+//! the leader.
+//!
+//! ```text
+//!   propose(cmd) ─▶ leader? ── yes ─▶ wait for this term's RestartLeases ─▶ client_write(now, cmd)
+//!                     └─ no ─▶ forward once to the leader (RaftPeer.Propose)
+//!                                └─ failing that: NotLeader{leader hint} → UNAVAILABLE
+//!   read_index()  ─▶ leader? ── yes ─▶ ensure_linearizable
+//!                     └─ no ─▶ ask the leader for its read index, wait to apply it
+//!   leader duties: on a new term propose RestartLeases first, then Tick every tick_ms
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use qm_shared::pb::v1 as pb;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::clock::Clock;
+use crate::error::ApiError;
+use crate::raft::log_store::LogStore;
+use crate::raft::mem_store::MemStore;
+use crate::raft::network::{self, NetworkFactory};
+use crate::raft::sled_store::SledStore;
+use crate::raft::state_machine::{Shared, StateMachine};
+use crate::raft::store::Store;
+use crate::raft::{Node as RaftNode, NodeId, Raft, RaftMetrics, Request};
+use crate::state::{validate_command, Command, LogIndex, Response};
+
+/// How long a new leader's writes wait for its RestartLeases to commit.
+const RESTART_WAIT_MS_MAX: u64 = 5_000;
+/// Deadline of a forwarded write or read-index call.
+const FORWARD_TIMEOUT_MS: u64 = 5_000;
+
+/// Tunables of one coordinator process (not replicated).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Address peers and clients use to reach this node's gRPC port.
+    pub advertise: String,
+    /// Data directory for the sled store; `None` keeps everything in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Initial voters `id → address`, used once, when the cluster is first formed. The node
+    /// with the lowest id initializes it; the others wait to hear from it. Empty: join an
+    /// existing cluster later (`qm cluster add`).
+    pub initial_members: BTreeMap<NodeId, String>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Period of the leader's Tick.
+    pub tick_ms: u64,
+    /// Build a snapshot (and purge the log before it) every this many entries.
+    pub snapshot_logs: u64,
+}
+
+impl NodeConfig {
+    pub fn single(id: NodeId, advertise: String, data_dir: Option<PathBuf>) -> NodeConfig {
+        NodeConfig {
+            id,
+            initial_members: BTreeMap::from([(id, advertise.clone())]),
+            advertise,
+            data_dir,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            tick_ms: 200,
+            snapshot_logs: 10_000,
+        }
+    }
+}
+
+/// A running coordinator.
+pub struct Node {
+    pub id: NodeId,
+    pub advertise: String,
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    pub clock: Arc<dyn Clock>,
+    /// The term whose RestartLeases has committed (0: none yet).
+    restarted_term: watch::Sender<u64>,
+    /// Peer clients by address, for forwarding (bounded by the membership).
+    peers: Mutex<BTreeMap<String, pb::raft_peer_client::RaftPeerClient<Channel>>>,
+    store_size: Arc<dyn Fn() -> u64 + Send + Sync>,
+    tick_ms: u64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).field("advertise", &self.advertise).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("opening the store: {0}")]
+    Store(#[from] crate::raft::store::StoreError),
+    #[error("starting raft: {0}")]
+    Raft(String),
+    #[error("invalid raft config: {0}")]
+    Config(String),
+}
+
+impl Node {
+    /// Opens storage and starts Raft (sled when `data_dir` is set, memory otherwise).
+    pub async fn start(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node>, StartError> {
+        match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StartError::Store(crate::raft::store::StoreError::Io { space: "meta", source: e })
+                })?;
+                let store = SledStore::open(&dir.join("raft"))?;
+                Node::start_with(config, clock, store).await
+            }
+            None => Node::start_with(config, clock, MemStore::new()).await,
+        }
+    }
+
+    pub async fn start_with<S: Store>(config: NodeConfig, clock: Arc<dyn Clock>, store: S) -> Result<Arc<Node>, StartError> {
+        let raft_config = openraft::Config {
+            cluster_name: "quartermaster".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+            max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
+            purge_batch_size: 256,
+            max_payload_entries: 1_000,
+            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let log = LogStore::new(store.clone());
+        let sm = StateMachine::open(store.clone()).map_err(|e| StartError::Raft(e.to_string()))?;
+        let shared = sm.shared();
+        let raft = Raft::new(config.id, Arc::new(raft_config), NetworkFactory, log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let size_store = store.clone();
+        let node = Arc::new(Node {
+            id: config.id,
+            advertise: config.advertise.clone(),
+            raft,
+            shared,
+            clock,
+            restarted_term: watch::Sender::new(0),
+            peers: Mutex::new(BTreeMap::new()),
+            store_size: Arc::new(move || size_store.size_bytes()),
+            tick_ms: config.tick_ms,
+        });
+        if !config.initial_members.is_empty()
+            && config.initial_members.keys().next() == Some(&config.id)
+            && !node.raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?
+        {
+            let members: BTreeMap<NodeId, RaftNode> =
+                config.initial_members.iter().map(|(id, addr)| (*id, RaftNode { addr: addr.clone() })).collect();
+            node.raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))?;
+        }
+        tokio::spawn(leader_duties(node.clone()));
+        Ok(node)
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub fn store_size_bytes(&self) -> u64 {
+        (self.store_size)()
+    }
+
+    /// The leader as this node knows it: `(id, address)`.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.metrics();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    fn not_leader(&self) -> ApiError {
+        let leader = self.leader().filter(|(id, _)| *id != self.id);
+        ApiError::NotLeader { leader_id: leader.as_ref().map(|l| l.0), leader_address: leader.map(|l| l.1) }
+    }
+
+    fn peer(&self, addr: &str) -> Result<pb::raft_peer_client::RaftPeerClient<Channel>, ApiError> {
+        let mut peers = self.peers.lock().expect("peers lock poisoned");
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = network::channel(addr).map_err(|e| ApiError::Unavailable(format!("leader address {addr}: {e}")))?;
+        let client = network::peer_client(channel);
+        // Bounded: addresses come from the membership; forget them all if it ever grows odd.
+        if peers.len() >= 64 {
+            peers.clear();
+        }
+        peers.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Validates and proposes a command; forwards it to the leader once if this node is not it.
+    pub async fn propose(&self, command: Command) -> Result<(LogIndex, Response), ApiError> {
+        validate_command(&command)?;
+        match self.propose_local(command.clone()).await {
+            Err(ApiError::NotLeader { leader_id: Some(id), leader_address: Some(addr) }) if id != self.id => {
+                self.forward(id, &addr, command).await
+            }
+            other => other,
+        }
+    }
+
+    /// Proposes on this node, which must be the leader.
+    pub async fn propose_local(&self, command: Command) -> Result<(LogIndex, Response), ApiError> {
+        self.wait_restarted().await?;
+        let request = Request { now: self.clock.now_ms(), command };
+        match self.raft.client_write(request).await {
+            Ok(r) => Ok((r.log_id.index, r.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ApiError::NotLeader {
+                leader_id: f.leader_id,
+                leader_address: f.leader_node.map(|n| n.addr),
+            }),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(ApiError::Internal(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable(format!("raft stopped: {e}"))),
+        }
+    }
+
+    /// A new leader serves writes only once its RestartLeases has committed.
+    async fn wait_restarted(&self) -> Result<(), ApiError> {
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return Err(self.not_leader());
+        }
+        let term = m.current_term;
+        let mut rx = self.restarted_term.subscribe();
+        let waited = tokio::time::timeout(
+            Duration::from_millis(RESTART_WAIT_MS_MAX),
+            async { rx.wait_for(|t| *t >= term).await.is_ok() },
+        )
+        .await;
+        match waited {
+            Ok(true) => Ok(()),
+            _ => Err(ApiError::Unavailable(format!("leader of term {term} has not restarted leases yet"))),
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, addr: &str, command: Command) -> Result<(LogIndex, Response), ApiError> {
+        let hint = || ApiError::NotLeader { leader_id: Some(leader), leader_address: Some(addr.to_string()) };
+        let mut client = self.peer(addr)?;
+        let mut req = tonic::Request::new(pb::ProposeRequest { command: network::to_bytes(&command) });
+        req.set_timeout(Duration::from_millis(FORWARD_TIMEOUT_MS));
+        let resp = match client.propose(req).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                tracing::debug!(%status, leader, "forwarding to the leader failed");
+                return Err(hint());
+            }
+        };
+        match resp.outcome {
+            Some(pb::propose_response::Outcome::Ok(bytes)) => network::from_bytes(&bytes)
+                .map_err(|e| ApiError::Internal(format!("undecodable answer from the leader: {e}"))),
+            Some(pb::propose_response::Outcome::NotLeader(n)) => Err(ApiError::NotLeader {
+                leader_id: (n.leader_id != 0).then_some(n.leader_id),
+                leader_address: (!n.leader_address.is_empty()).then_some(n.leader_address),
+            }),
+            Some(pb::propose_response::Outcome::Failed(msg)) => Err(ApiError::Unavailable(msg)),
+            None => Err(hint()),
+        }
+    }
+
+    /// Read-index: returns once this node has applied everything committed before the call,
+    /// confirmed by the leader with a quorum. Reads after it are linearizable.
+    pub async fn read_index(&self) -> Result<LogIndex, ApiError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) else {
+                    return Err(self.not_leader());
+                };
+                let index = self.remote_read_index(leader, &node.addr).await?;
+                self.raft
+                    .wait(Some(Duration::from_millis(FORWARD_TIMEOUT_MS)))
+                    .applied_index_at_least(Some(index), "read index")
+                    .await
+                    .map_err(|e| ApiError::Unavailable(format!("waiting to apply index {index}: {e}")))?;
+                Ok(index)
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(ApiError::Unavailable(format!("leader lost its quorum: {e}")))
+            }
+            Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable(format!("raft stopped: {e}"))),
+        }
+    }
+
+    async fn remote_read_index(&self, leader: NodeId, addr: &str) -> Result<LogIndex, ApiError> {
+        let mut client = self.peer(addr)?;
+        let mut req = tonic::Request::new(pb::ReadIndexRequest {});
+        req.set_timeout(Duration::from_millis(FORWARD_TIMEOUT_MS));
+        let hint = || ApiError::NotLeader { leader_id: Some(leader), leader_address: Some(addr.to_string()) };
+        match client.read_index(req).await.map_err(|_| hint())?.into_inner().outcome {
+            Some(pb::read_index_response::Outcome::Index(i)) => Ok(i),
+            _ => Err(hint()),
+        }
+    }
+
+    /// The local read index, for a follower asking (leader only).
+    pub async fn local_read_index(&self) -> Result<LogIndex, ApiError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+            Err(_) => Err(self.not_leader()),
+        }
+    }
+
+    /// Voters and learners of the effective membership.
+    pub fn members(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, String>) {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let nodes = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        (voters, nodes)
+    }
+}
+
+/// The leader's duties: RestartLeases first in each new term, then a Tick every `tick_ms`.
+async fn leader_duties(node: Arc<Node>) {
+    let mut metrics = node.raft.metrics();
+    let mut ticker = tokio::time::interval(Duration::from_millis(node.tick_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let ticked = tokio::select! {
+            _ = ticker.tick() => true,
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                false
+            }
+        };
+        let (state, term) = {
+            let m = metrics.borrow_and_update();
+            (m.state, m.current_term)
+        };
+        if state != ServerState::Leader {
+            continue;
+        }
+        if *node.restarted_term.borrow() < term {
+            let request = Request { now: node.clock.now_ms(), command: Command::RestartLeases };
+            match node.raft.client_write(request).await {
+                Ok(r) => {
+                    tracing::info!(term, index = r.log_id.index, "leader: leases restarted with a full TTL");
+                    node.restarted_term.send_replace(term);
+                }
+                Err(e) => tracing::warn!(term, error = %e, "leader: RestartLeases failed"),
+            }
+            continue;
+        }
+        if ticked && node.shared.read(|d| d.state.has_timed_work()) {
+            let request = Request { now: node.clock.now_ms(), command: Command::Tick };
+            if let Err(e) = node.raft.client_write(request).await {
+                tracing::debug!(error = %e, "leader: tick not committed");
+            }
+        }
+    }
+}
