@@ -1,8 +1,7 @@
 //! `qm`, the one Quartermaster binary.
 //!
-//! Today it runs scripts against the replicated core (`qm script run`, `qm dev`); the
-//! coordinator, worker, cluster and reservation commands join it as they land. Conventions
-//! every command keeps: noun–verb subcommands, `-o table|json` (or `--json`), stable JSON on
+//! Commands: `dev`, `coordinator run`, `cluster …`, `reserve …`, `graph`, `config show`,
+//! `bench reserve`, `script …`. Conventions every command keeps: noun–verb subcommands, `-o table|json` (or `--json`), stable JSON on
 //! stdout, human text on stderr, exit codes 0 ok / 1 error / 2 usage or bad input / 3
 //! conflict or not found.
 
@@ -18,6 +17,16 @@ const DEMO: &str = include_str!("demo.scn");
 /// Largest script file `qm script run` reads.
 const SCRIPT_LEN_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
+mod bench;
+mod config;
+mod coordinator;
+mod dev;
+mod reserve;
+
+use qm_shared::client::Client;
+use qm_shared::pb::v1 as pb;
+use serde_json::json;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "qm",
@@ -27,40 +36,327 @@ const SCRIPT_LEN_MAX_BYTES: u64 = 16 * 1024 * 1024;
                   database lock manager coordinates transactions: agents reserve shared \
                   resources (databases down to row ranges, GPU slots, rate-limited APIs) and get \
                   a lease with a fencing token, a place in a fair queue, or a refusal that names \
-                  who holds what.\n\nThe replicated core runs today through scripts: `qm dev` \
-                  plays the built-in demo, `qm script run FILE` plays your own.",
-    after_help = "Exit codes: 0 ok, 1 error, 2 usage or bad input, 3 conflict or not found."
+                  who holds what.\n\nStart with `qm dev` (a single-node coordinator on \
+                  127.0.0.1:7070 with a demo), then try `qm reserve acquire pg:staging --mode \
+                  exclusive` in another terminal.",
+    after_help = "Configuration: a TOML file (--config or QM_CONFIG), QM_* environment variables \
+                  and flags, flags winning; `qm config show` prints the effective values.\n\
+                  Exit codes: 0 ok, 1 error, 2 usage or bad input, 3 conflict or not found."
 )]
 struct Cli {
-    /// Output format: human-readable text or stable JSON on stdout.
+    /// Output format: human-readable text, stable JSON on stdout, or DOT (qm graph only).
     #[arg(short = 'o', long = "output", value_enum, global = true, default_value_t = Output::Table)]
     output: Output,
     /// Shorthand for `-o json`.
     #[arg(long, global = true)]
     json: bool,
+    /// Coordinators to talk to, comma-separated (host:port or http://host:port); any node
+    /// works, leader hints are followed. [env: QM_ENDPOINT] [default: 127.0.0.1:7070]
+    #[arg(long, global = true)]
+    endpoint: Option<String>,
+    /// TOML config file. [env: QM_CONFIG]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Output {
+pub enum Output {
     Table,
     Json,
+    Dot,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Play the built-in demo against the replicated core (three agents, a staging database,
-    /// a GPU box: queues, fencing tokens, a deadlock broken, a preemption).
-    ///
-    /// The full dev mode — a single-node coordinator on an embedded store with gRPC on
-    /// 127.0.0.1:7070, admin HTTP on 127.0.0.1:7080 and scripted agents — arrives with the
-    /// replicated coordinator. Until then `qm dev` shows the core those pieces wrap.
-    Dev,
-    /// Scripts against the replicated core.
+    /// Run a single-node coordinator on an embedded store (gRPC 127.0.0.1:7070, admin HTTP
+    /// 127.0.0.1:7080), play a short demo against it over gRPC, and keep serving until Ctrl-C.
+    #[command(
+        after_help = "Then, in another terminal:\n  qm reserve acquire pg:staging/table:orders --mode exclusive\n  qm reserve list\n  qm graph\n  curl -s 127.0.0.1:7080/metrics"
+    )]
+    Dev(dev::DevArgs),
+    /// Coordinator processes.
+    Coordinator {
+        #[command(subcommand)]
+        command: CoordinatorCommand,
+    },
+    /// Cluster status and membership.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Reservations: acquire, release, extend, list, watch, run a command under a lease.
+    Reserve {
+        #[command(subcommand)]
+        command: ReserveCommand,
+    },
+    /// The wait-for graph: who waits for whom, on what (-o table|json|dot).
+    Graph {
+        /// Only edges on resources at or below this path.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// The effective configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Load generators that report throughput and latency beside a named peer's figures.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// Scripts against the replicated core (no server needed).
     Script {
         #[command(subcommand)]
         command: ScriptCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CoordinatorCommand {
+    /// Run a coordinator in the foreground until SIGINT/SIGTERM.
+    #[command(after_help = "A three-node cluster on one machine:\n  \
+        qm coordinator run --id 1 --listen 127.0.0.1:7071 --admin-listen 127.0.0.1:7181 --data-dir d1 --peers 1=127.0.0.1:7071,2=127.0.0.1:7072,3=127.0.0.1:7073\n  \
+        (same for ids 2 and 3 with their own ports and directories)\n\
+        The node with the lowest id forms the cluster the first time; afterwards each node \
+        restarts from its data directory.")]
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Raft node id (1 or more). [config: node.id]
+    #[arg(long)]
+    id: Option<u64>,
+    /// gRPC listen address. [config: node.listen]
+    #[arg(long)]
+    listen: Option<String>,
+    /// Admin HTTP listen address; empty disables it. [config: node.admin_listen]
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Address others reach this node at. [config: node.advertise]
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Data directory (sled). [config: node.data_dir]
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Initial voters, id=address,... [config: node.peers]
+    #[arg(long)]
+    peers: Option<String>,
+    /// Start empty and wait to be added with `qm cluster add`.
+    #[arg(long)]
+    join: bool,
+    /// Period of the leader's Tick in ms. [config: raft.tick_ms]
+    #[arg(long)]
+    tick_ms: Option<String>,
+    /// Snapshot every this many log entries. [config: raft.snapshot_logs]
+    #[arg(long)]
+    snapshot_logs: Option<String>,
+}
+
+impl RunArgs {
+    fn flags(&self) -> Vec<(&'static str, Option<String>)> {
+        vec![
+            ("node.id", self.id.map(|i| i.to_string())),
+            ("node.listen", self.listen.clone()),
+            ("node.admin_listen", self.admin_listen.clone()),
+            ("node.advertise", self.advertise.clone()),
+            ("node.data_dir", self.data_dir.clone()),
+            ("node.peers", self.peers.clone()),
+            ("raft.tick_ms", self.tick_ms.clone()),
+            ("raft.snapshot_logs", self.snapshot_logs.clone()),
+        ]
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Term, leader, applied index and members with their roles.
+    Status,
+    /// Add a node: as a learner, caught up, then promoted to voter (unless --learner).
+    Add {
+        /// Node id of the new coordinator.
+        id: u64,
+        /// Its gRPC address.
+        address: String,
+        /// Leave it a non-voting learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node (voter or learner).
+    Remove {
+        /// Node id to remove.
+        id: u64,
+    },
+    /// Hand leadership to another voter (the most up-to-date one unless --to).
+    TransferLeader {
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Build a snapshot now on the answering node and compact its log.
+    Snapshot,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct AcquireFlags {
+    /// Access mode.
+    #[arg(long, value_parser = ["shared", "exclusive"], default_value = "exclusive")]
+    mode: String,
+    /// Queue until granted instead of failing fast.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this long in the queue (ms).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Lease length in ms (1000..=3600000; 0: the server default of 5 minutes).
+    #[arg(long, default_value_t = 0)]
+    lease_ms: u64,
+    /// Priority 0..=1000 (higher wins; 0: the default 500).
+    #[arg(long, default_value_t = 0)]
+    priority: u32,
+    /// Owner label shown to others. [default: $USER@qm]
+    #[arg(long)]
+    owner: Option<String>,
+    /// Existing session to acquire under; otherwise a new session is opened.
+    #[arg(long)]
+    session: Option<u64>,
+    /// TTL of the session opened for this acquire (1000..=300000 ms). The reservation lives
+    /// while the session does: it is released when the session expires.
+    #[arg(long, default_value_t = 300_000)]
+    session_ttl_ms: u64,
+}
+
+impl AcquireFlags {
+    fn args(&self, resources: Vec<String>) -> reserve::AcquireArgs {
+        reserve::AcquireArgs {
+            resources,
+            mode: if self.mode == "shared" { pb::Mode::Shared } else { pb::Mode::Exclusive },
+            wait: self.wait,
+            timeout_ms: self.timeout_ms,
+            lease_ms: self.lease_ms,
+            priority: self.priority,
+            owner: self
+                .owner
+                .clone()
+                .unwrap_or_else(|| format!("{}@qm", std::env::var("USER").unwrap_or_else(|_| "cli".into()))),
+            session: self.session,
+            session_ttl_ms: self.session_ttl_ms,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum ReserveCommand {
+    /// Acquire one resource or an atomic set. Prints the reservation and fencing token;
+    /// a refusal exits 3 and names the holders.
+    #[command(
+        after_help = "Examples:\n  qm reserve acquire pg:staging/table:orders --mode exclusive\n  qm reserve acquire 'pg:staging/table:orders/rows:[0,1000)' --mode shared --wait --timeout-ms 5000\n  qm reserve acquire gpu:box-1 api:anthropic --mode exclusive -o json"
+    )]
+    Acquire {
+        /// Resource paths, granted all-or-nothing.
+        #[arg(required = true)]
+        resources: Vec<String>,
+        #[command(flatten)]
+        flags: AcquireFlags,
+    },
+    /// Release a reservation (or cancel a queued request with --request).
+    Release {
+        /// Reservation id.
+        #[arg(required_unless_present = "request")]
+        id: Option<u64>,
+        /// Cancel this pending request instead.
+        #[arg(long)]
+        request: Option<u64>,
+        /// Session that owns it.
+        #[arg(long)]
+        session: u64,
+    },
+    /// Renew a reservation's lease.
+    Extend {
+        /// Reservation id.
+        id: u64,
+        #[arg(long)]
+        session: u64,
+        /// New lease from now, ms (0: the default 5 minutes).
+        #[arg(long, default_value_t = 0)]
+        lease_ms: u64,
+    },
+    /// List reservations (and queued requests with --pending).
+    List {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        session: Option<u64>,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        pending: bool,
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    /// Stream lock-table events (one line each; -o json for JSON lines).
+    Watch {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        session: Option<u64>,
+        #[arg(long)]
+        owner: Option<String>,
+        /// Replay retained events from this log index first.
+        #[arg(long, default_value_t = 0)]
+        from_index: u64,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Run a command while holding a resource, like flock(1): acquire (waiting), export
+    /// QM_FENCING_TOKEN and QM_RESERVATION_ID, keep the lease alive, release when the command
+    /// exits, and exit with its code.
+    #[command(after_help = "Example:\n  qm reserve run pg:staging --mode exclusive -- ./migrate.sh")]
+    Run {
+        resource: String,
+        #[command(flatten)]
+        flags: AcquireFlags,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print every setting, its effective value and where it came from.
+    Show,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Acquire+release cycles against a running cluster, fencing-checked.
+    #[command(
+        after_help = "The four standard runs:\n  qm bench reserve --clients 1\n  qm bench reserve --clients 16\n  qm bench reserve --clients 64\n  qm bench reserve --clients 64 --resources 8 --contention 1"
+    )]
+    Reserve {
+        /// Concurrent clients (each with its own session).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        clients: u32,
+        /// Shared hot resources.
+        #[arg(long, default_value_t = 0)]
+        resources: u32,
+        /// Probability that a cycle uses a shared hot resource (0..=1).
+        #[arg(long, default_value_t = 0.0)]
+        contention: f64,
+        /// How long to run.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        duration_s: u64,
+        /// Stop after this many cycles in all.
+        #[arg(long, default_value_t = 10_000_000)]
+        cycles_max: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -85,47 +381,331 @@ enum ScriptCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let output = if cli.json { Output::Json } else { cli.output };
-    match run(cli.command, output) {
+    let result = match cli.command {
+        Command::Script { command } => run_script(command, output),
+        command => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            runtime.block_on(run(command, output, cli.endpoint, cli.config))
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("qm: {}", failure.message);
+            if !failure.message.is_empty() {
+                eprintln!("qm: {}", failure.message);
+            }
             ExitCode::from(failure.code)
         }
     }
 }
 
 /// A failed command: what to tell the user and the exit code.
-struct Failure {
+#[derive(Debug)]
+pub struct Failure {
     code: u8,
     message: String,
 }
 
 impl Failure {
-    fn usage(message: impl Into<String>) -> Failure {
+    pub fn usage(message: impl Into<String>) -> Failure {
         Failure { code: 2, message: message.into() }
     }
 
-    fn error(message: impl Into<String>) -> Failure {
+    pub fn error(message: impl Into<String>) -> Failure {
         Failure { code: 1, message: message.into() }
     }
 }
 
-fn run(command: Command, output: Output) -> Result<(), Failure> {
+/// Maps a gRPC status to the CLI's exit codes.
+pub fn status_failure(status: tonic::Status) -> Failure {
+    use tonic::Code;
+    let code = match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => 2,
+        Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => 3,
+        _ => 1,
+    };
+    Failure { code, message: format!("{:?}: {}", status.code(), status.message()) }
+}
+
+fn init_tracing() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("QM_LOG").unwrap_or_else(|_| "info,openraft=warn,sled=warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn run(
+    command: Command,
+    output: Output,
+    endpoint: Option<String>,
+    config_file: Option<PathBuf>,
+) -> Result<(), Failure> {
+    if output == Output::Dot && !matches!(command, Command::Graph { .. }) {
+        return Err(Failure::usage("-o dot applies to qm graph only"));
+    }
+    let endpoint_flag = vec![("endpoint", endpoint)];
     match command {
-        Command::Dev => {
-            eprintln!(
-                "qm dev: playing the built-in demo against the replicated core.\n\
-                 (The full dev mode, a local coordinator with gRPC on 127.0.0.1:7070 and scripted \
-                 agents, arrives with the replicated coordinator.)\n"
-            );
-            let transcript = qm_coordinator::script::run(DEMO).map_err(|e| Failure::error(format!("demo: {e}")))?;
-            emit(output, &[("demo", transcript)])
+        Command::Dev(args) => {
+            init_tracing();
+            dev::run(args, output).await
         }
-        Command::Script { command: ScriptCommand::Demo } => {
+        Command::Coordinator { command: CoordinatorCommand::Run(args) } => {
+            init_tracing();
+            let mut flags = args.flags();
+            flags.extend(endpoint_flag);
+            let config = config::Config::load(config_file.as_deref(), &flags)?;
+            coordinator::run(&config, args.join).await
+        }
+        Command::Config { command: ConfigCommand::Show } => {
+            let config = config::Config::load(config_file.as_deref(), &endpoint_flag)?;
+            let rows = config.show();
+            let mut text = format!("{:<32} {:<40} {}\n", "KEY", "VALUE", "SOURCE");
+            for r in &rows {
+                text.push_str(&format!(
+                    "{:<32} {:<40} {}\n",
+                    r["key"].as_str().unwrap_or(""),
+                    r["value"].as_str().unwrap_or(""),
+                    r["source"].as_str().unwrap_or("")
+                ));
+            }
+            reserve::emit(output, &serde_json::Value::Array(rows), &text);
+            Ok(())
+        }
+        command => {
+            let config = config::Config::load(config_file.as_deref(), &endpoint_flag)?;
+            let client = Client::new([config.get("endpoint")]).map_err(|e| Failure::usage(e.to_string()))?;
+            run_client(command, output, &client).await
+        }
+    }
+}
+
+async fn run_client(command: Command, output: Output, client: &Client) -> Result<(), Failure> {
+    match command {
+        Command::Cluster { command } => cluster(command, output, client).await,
+        Command::Graph { prefix } => reserve::graph(client, prefix, output).await,
+        Command::Reserve { command } => match command {
+            ReserveCommand::Acquire { resources, flags } => {
+                reserve::acquire_cmd(client, flags.args(resources), output).await
+            }
+            ReserveCommand::Release { id, request, session } => {
+                let target = match (id, request) {
+                    (_, Some(r)) => pb::release_request::Target::RequestId(r),
+                    (Some(id), None) => pb::release_request::Target::ReservationId(id),
+                    (None, None) => return Err(Failure::usage("give a reservation id or --request")),
+                };
+                let resp = client
+                    .release(pb::ReleaseRequest { session_id: session, target: Some(target) })
+                    .await
+                    .map_err(status_failure)?;
+                let value = json!({"released": resp.released_reservation_ids, "cancelled": resp.cancelled_request_ids});
+                reserve::emit(
+                    output,
+                    &value,
+                    &format!(
+                        "released {:?} cancelled {:?}\n",
+                        resp.released_reservation_ids, resp.cancelled_request_ids
+                    ),
+                );
+                Ok(())
+            }
+            ReserveCommand::Extend { id, session, lease_ms } => {
+                let resp = client
+                    .extend(pb::ExtendRequest { reservation_id: id, session_id: session, lease_ms })
+                    .await
+                    .map_err(status_failure)?;
+                let r = resp.reservation.unwrap_or_default();
+                reserve::emit(
+                    output,
+                    &reserve::reservation_json(&r),
+                    &format!("extended {} until {} ms\n", r.id, r.expires_at_ms),
+                );
+                Ok(())
+            }
+            ReserveCommand::List { prefix, session, owner, pending, limit, page_token } => {
+                let req = pb::ListRequest {
+                    resource_prefix: prefix,
+                    session_id: session,
+                    owner,
+                    limit,
+                    page_token,
+                    include_pending: pending,
+                };
+                reserve::list(client, req, output).await
+            }
+            ReserveCommand::Watch { prefix, session, owner, from_index, count } => {
+                let req =
+                    pb::WatchRequest { resource_prefix: prefix, session_id: session, owner, start_index: from_index };
+                reserve::watch(client, req, count, output).await
+            }
+            ReserveCommand::Run { resource, flags, cmd } => {
+                let mut flags = flags;
+                flags.wait = true;
+                let code = reserve::run(client, flags.args(vec![resource]), cmd).await?;
+                if code == 0 {
+                    Ok(())
+                } else {
+                    Err(Failure { code, message: String::new() })
+                }
+            }
+        },
+        Command::Bench {
+            command: BenchCommand::Reserve { clients, resources, contention, duration_s, cycles_max, seed },
+        } => {
+            if !(0.0..=1.0).contains(&contention) {
+                return Err(Failure::usage(format!("--contention {contention}: must be within 0..=1")));
+            }
+            if contention > 0.0 && resources == 0 {
+                return Err(Failure::usage("--contention needs --resources of at least 1"));
+            }
+            bench::reserve(
+                client,
+                bench::BenchArgs { clients, resources, contention, duration_s, cycles_max, seed },
+                output,
+            )
+            .await
+        }
+        Command::Dev(_) | Command::Coordinator { .. } | Command::Config { .. } | Command::Script { .. } => {
+            unreachable!("handled before")
+        }
+    }
+}
+
+fn member_json(m: &pb::Member) -> serde_json::Value {
+    let role = if m.role == pb::MemberRole::Voter as i32 { "voter" } else { "learner" };
+    json!({"node_id": m.node_id, "address": m.address, "role": role, "is_leader": m.is_leader, "matched_index": m.matched_index})
+}
+
+async fn cluster(command: ClusterCommand, output: Output, client: &Client) -> Result<(), Failure> {
+    match command {
+        ClusterCommand::Status => {
+            let s = client.status().await.map_err(status_failure)?;
+            let value = json!({
+                "node_id": s.node_id, "term": s.term, "leader_id": s.leader_id, "leader_address": s.leader_address,
+                "applied_index": s.applied_index, "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
+                "membership_changing": s.membership_changing, "version": s.version,
+                "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+            });
+            let mut text = format!(
+                "answered by node {} (term {}, applied {}, snapshot {}); leader: {}\n{:<6} {:<28} {:<8} {:<7} {}\n",
+                s.node_id,
+                s.term,
+                s.applied_index,
+                s.snapshot_index,
+                s.leader_id.map_or("none".to_string(), |l| format!("node {l} at {}", s.leader_address)),
+                "ID",
+                "ADDRESS",
+                "ROLE",
+                "LEADER",
+                "MATCHED"
+            );
+            for m in &s.members {
+                let role = if m.role == pb::MemberRole::Voter as i32 { "voter" } else { "learner" };
+                text.push_str(&format!(
+                    "{:<6} {:<28} {:<8} {:<7} {}\n",
+                    m.node_id,
+                    m.address,
+                    role,
+                    if m.is_leader { "*" } else { "" },
+                    m.matched_index.map_or("-".into(), |i| i.to_string())
+                ));
+            }
+            reserve::emit(output, &value, &text);
+            Ok(())
+        }
+        ClusterCommand::Add { id, address, learner } => {
+            let address = qm_shared::client::normalize(&address);
+            let added = client
+                .call(|ch| {
+                    let address = address.clone();
+                    async move {
+                        Ok(Client::cluster(ch)
+                            .add_learner(pb::AddLearnerRequest { node_id: id, address, wait_caught_up: true })
+                            .await?
+                            .into_inner())
+                    }
+                })
+                .await
+                .map_err(status_failure)?;
+            let members = if learner {
+                added.members
+            } else {
+                client
+                    .call(|ch| async move {
+                        Ok(Client::cluster(ch).promote(pb::PromoteRequest { node_id: id }).await?.into_inner())
+                    })
+                    .await
+                    .map_err(status_failure)?
+                    .members
+            };
+            let value = json!({"added": id, "members": members.iter().map(member_json).collect::<Vec<_>>()});
+            reserve::emit(
+                output,
+                &value,
+                &format!(
+                    "node {id} added as {}; {} members\n",
+                    if learner { "learner" } else { "voter" },
+                    members.len()
+                ),
+            );
+            Ok(())
+        }
+        ClusterCommand::Remove { id } => {
+            let resp = client
+                .call(|ch| async move {
+                    Ok(Client::cluster(ch).remove(pb::RemoveRequest { node_id: id }).await?.into_inner())
+                })
+                .await
+                .map_err(status_failure)?;
+            let value = json!({"removed": id, "members": resp.members.iter().map(member_json).collect::<Vec<_>>()});
+            reserve::emit(output, &value, &format!("node {id} removed; {} members\n", resp.members.len()));
+            Ok(())
+        }
+        ClusterCommand::TransferLeader { to } => {
+            let resp = client
+                .call(|ch| async move {
+                    Ok(Client::cluster(ch)
+                        .transfer_leader(pb::TransferLeaderRequest { to_node_id: to })
+                        .await?
+                        .into_inner())
+                })
+                .await
+                .map_err(status_failure)?;
+            let value = json!({"leader_id": resp.leader_id, "term": resp.term});
+            reserve::emit(
+                output,
+                &value,
+                &format!(
+                    "leader is now {} (term {})\n",
+                    resp.leader_id.map_or("unknown".into(), |l| format!("node {l}")),
+                    resp.term
+                ),
+            );
+            Ok(())
+        }
+        ClusterCommand::Snapshot => {
+            let resp = client
+                .call(|ch| async move {
+                    Ok(Client::cluster(ch).snapshot_now(pb::SnapshotNowRequest { wait: true }).await?.into_inner())
+                })
+                .await
+                .map_err(status_failure)?;
+            let value = json!({"snapshot_index": resp.snapshot_index, "store_size_bytes": resp.snapshot_size_bytes});
+            reserve::emit(
+                output,
+                &value,
+                &format!("snapshot at index {} (store {} bytes)\n", resp.snapshot_index, resp.snapshot_size_bytes),
+            );
+            Ok(())
+        }
+    }
+}
+
+fn run_script(command: ScriptCommand, output: Output) -> Result<(), Failure> {
+    match command {
+        ScriptCommand::Demo => {
             print_stdout(DEMO);
             Ok(())
         }
-        Command::Script { command: ScriptCommand::Run { files } } => {
+        ScriptCommand::Run { files } => {
             let mut transcripts = Vec::with_capacity(files.len());
             for file in &files {
                 let name = file.display().to_string();
@@ -150,7 +730,7 @@ fn run(command: Command, output: Output) -> Result<(), Failure> {
 /// Transcripts as text (one after another) or as a JSON array of `{file, transcript}`.
 fn emit(output: Output, transcripts: &[(&str, String)]) -> Result<(), Failure> {
     match output {
-        Output::Table => {
+        Output::Table | Output::Dot => {
             for (i, (name, transcript)) in transcripts.iter().enumerate() {
                 if transcripts.len() > 1 {
                     if i > 0 {
@@ -172,7 +752,7 @@ fn emit(output: Output, transcripts: &[(&str, String)]) -> Result<(), Failure> {
 }
 
 /// Writes to stdout; a closed pipe (`qm ... | head`) ends quietly.
-fn print_stdout(text: &str) {
+pub fn print_stdout(text: &str) {
     let mut out = std::io::stdout().lock();
     if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
         std::process::exit(0);

@@ -110,9 +110,8 @@ impl Node {
     pub async fn start(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node>, StartError> {
         match &config.data_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StartError::Store(crate::raft::store::StoreError::Io { space: "meta", source: e })
-                })?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StartError::Store(crate::raft::store::StoreError::Io { space: "meta", source: e }))?;
                 let store = SledStore::open(&dir.join("raft"))?;
                 Node::start_with(config, clock, store).await
             }
@@ -120,7 +119,11 @@ impl Node {
         }
     }
 
-    pub async fn start_with<S: Store>(config: NodeConfig, clock: Arc<dyn Clock>, store: S) -> Result<Arc<Node>, StartError> {
+    pub async fn start_with<S: Store>(
+        config: NodeConfig,
+        clock: Arc<dyn Clock>,
+        store: S,
+    ) -> Result<Arc<Node>, StartError> {
         let raft_config = openraft::Config {
             cluster_name: "quartermaster".into(),
             heartbeat_interval: config.heartbeat_ms,
@@ -191,7 +194,8 @@ impl Node {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let channel = network::channel(addr).map_err(|e| ApiError::Unavailable(format!("leader address {addr}: {e}")))?;
+        let channel =
+            network::channel(addr).map_err(|e| ApiError::Unavailable(format!("leader address {addr}: {e}")))?;
         let client = network::peer_client(channel);
         // Bounded: addresses come from the membership; forget them all if it ever grows odd.
         if peers.len() >= 64 {
@@ -218,11 +222,12 @@ impl Node {
         let request = Request { now: self.clock.now_ms(), command };
         match self.raft.client_write(request).await {
             Ok(r) => Ok((r.log_id.index, r.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ApiError::NotLeader {
-                leader_id: f.leader_id,
-                leader_address: f.leader_node.map(|n| n.addr),
-            }),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(ApiError::Internal(e.to_string())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ApiError::NotLeader { leader_id: f.leader_id, leader_address: f.leader_node.map(|n| n.addr) })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ApiError::Internal(e.to_string()))
+            }
             Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable(format!("raft stopped: {e}"))),
         }
     }
@@ -235,10 +240,9 @@ impl Node {
         }
         let term = m.current_term;
         let mut rx = self.restarted_term.subscribe();
-        let waited = tokio::time::timeout(
-            Duration::from_millis(RESTART_WAIT_MS_MAX),
-            async { rx.wait_for(|t| *t >= term).await.is_ok() },
-        )
+        let waited = tokio::time::timeout(Duration::from_millis(RESTART_WAIT_MS_MAX), async {
+            rx.wait_for(|t| *t >= term).await.is_ok()
+        })
         .await;
         match waited {
             Ok(true) => Ok(()),

@@ -8,6 +8,7 @@
 //!
 //! Domain types never mix with `pb::` types; conversions live beside the client library.
 
+pub mod client;
 pub mod limits;
 pub mod pb;
 pub mod resource;

@@ -45,11 +45,12 @@ impl ClusterApi {
 
     fn write_err(&self, e: RaftError<NodeId, ClientWriteError<NodeId, RaftNode>>) -> ApiError {
         match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ApiError::NotLeaderForAdmin {
-                leader_id: f.leader_id,
-                leader_address: f.leader_node.map(|n| n.addr),
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ApiError::FailedPrecondition(e.to_string()),
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                ApiError::NotLeaderForAdmin { leader_id: f.leader_id, leader_address: f.leader_node.map(|n| n.addr) }
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                ApiError::FailedPrecondition(e.to_string())
+            }
             RaftError::Fatal(e) => ApiError::Unavailable(format!("raft stopped: {e}")),
         }
     }
@@ -146,16 +147,18 @@ impl pb::cluster_server::Cluster for ClusterApi {
         self.node.raft.trigger().snapshot().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
         if wait {
             let mut rx = self.node.raft.metrics();
-            let done = tokio::time::timeout(
-                Duration::from_millis(ADMIN_WAIT_MS_MAX),
-                async { rx.wait_for(|m| m.snapshot.map(|s| s.index) >= applied.map(|a| a.index)).await.is_ok() },
-            )
+            let done = tokio::time::timeout(Duration::from_millis(ADMIN_WAIT_MS_MAX), async {
+                rx.wait_for(|m| m.snapshot.map(|s| s.index) >= applied.map(|a| a.index)).await.is_ok()
+            })
             .await;
             if done != Ok(true) {
                 return Err(ApiError::Unavailable("snapshot not built in time".into()).into());
             }
         }
         let index = self.node.metrics().snapshot.map_or(0, |s| s.index);
-        Ok(GrpcResponse::new(pb::SnapshotNowResponse { snapshot_index: index, snapshot_size_bytes: self.node.store_size_bytes() }))
+        Ok(GrpcResponse::new(pb::SnapshotNowResponse {
+            snapshot_index: index,
+            snapshot_size_bytes: self.node.store_size_bytes(),
+        }))
     }
 }

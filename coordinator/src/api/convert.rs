@@ -5,9 +5,7 @@ use qm_shared::limits::{LEASE_MS_DEFAULT, PRIORITY_DEFAULT};
 use qm_shared::pb::v1 as pb;
 use qm_shared::{validate, Invalid, Mode, ResourcePath};
 
-use crate::state::{
-    Acquire, Effect, GrantInfo, HolderInfo, Item, ReleaseReason, SessionId, State, Wait, WaiterInfo,
-};
+use crate::state::{Acquire, Effect, GrantInfo, HolderInfo, Item, ReleaseReason, SessionId, State, Wait, WaiterInfo};
 
 pub fn mode_from_pb(field: &str, mode: i32) -> Result<Mode, Invalid> {
     match pb::Mode::try_from(mode) {
@@ -41,11 +39,7 @@ pub fn acquire_from_pb(req: pb::AcquireRequest, state: &State) -> Result<Acquire
     if req.session_id == 0 {
         return Err(Invalid::new("session_id", "is required (open a session first)"));
     }
-    let owner = if req.owner.is_empty() {
-        state.session_label(session).unwrap_or("").to_string()
-    } else {
-        req.owner
-    };
+    let owner = if req.owner.is_empty() { state.session_label(session).unwrap_or("").to_string() } else { req.owner };
     let owner = if owner.is_empty() { format!("{session}") } else { owner };
     validate::check_owner(&owner)?;
     let wait = match pb::AcquireKind::try_from(req.kind) {
@@ -141,7 +135,9 @@ pub fn blockers(state: &State, owner: &str, session: SessionId, items: &[Item]) 
     state
         .grants()
         .filter(|g| targets.iter().any(|t| *t.name == *g.owner && t.session == g.session))
-        .filter(|g| items.iter().any(|i| i.path.is_within(g.resource.as_str()) || g.resource.is_within(i.path.as_str())))
+        .filter(|g| {
+            items.iter().any(|i| i.path.is_within(g.resource.as_str()) || g.resource.is_within(i.path.as_str()))
+        })
         .map(|g| pb::Holder {
             owner: g.owner.to_string(),
             session_id: g.session.0,
@@ -246,10 +242,9 @@ pub fn watch_event(index: u64, at_ms: u64, e: &Effect) -> Option<pb::WatchEvent>
         Effect::Cancelled { request, owner, session } => {
             we::Kind::Cancelled(we::Cancelled { request_id: request.0, owner: owner.clone(), session_id: session.0 })
         }
-        Effect::SessionExpired { session } => we::Kind::SessionExpired(we::SessionExpired {
-            session_id: session.0,
-            ..Default::default()
-        }),
+        Effect::SessionExpired { session } => {
+            we::Kind::SessionExpired(we::SessionExpired { session_id: session.0, ..Default::default() })
+        }
         Effect::SessionOpened { .. } | Effect::PreemptWithdrawn { .. } | Effect::PriorityInherited { .. } => {
             return None
         }

@@ -9,10 +9,8 @@ use super::convert;
 use crate::state::{OwnerRef, State};
 
 pub fn build(state: &State, prefix: Option<&ResourcePath>, index: u64) -> pb::GraphResponse {
-    let waiters: BTreeMap<OwnerRef, _> = state
-        .waiters()
-        .map(|w| (OwnerRef { name: w.owner.clone(), session: w.session }, w))
-        .collect();
+    let waiters: BTreeMap<OwnerRef, _> =
+        state.waiters().map(|w| (OwnerRef { name: w.owner.clone(), session: w.session }, w)).collect();
     let within = |p: &ResourcePath| prefix.is_none_or(|x| p.is_within(x.as_str()) || x.is_within(p.as_str()));
     let mut nodes: BTreeMap<OwnerRef, pb::GraphNode> = BTreeMap::new();
     let mut edges = Vec::new();
@@ -24,7 +22,9 @@ pub fn build(state: &State, prefix: Option<&ResourcePath>, index: u64) -> pb::Gr
         let blocking: Vec<_> = state
             .grants()
             .filter(|g| *g.owner == *to.name && g.session == to.session)
-            .filter(|g| w.items.iter().any(|i| i.path.is_within(g.resource.as_str()) || g.resource.is_within(i.path.as_str())))
+            .filter(|g| {
+                w.items.iter().any(|i| i.path.is_within(g.resource.as_str()) || g.resource.is_within(i.path.as_str()))
+            })
             .collect();
         let wanted = w.items.first().map_or(0, |i| convert::mode_to_pb(i.mode));
         if blocking.is_empty() {

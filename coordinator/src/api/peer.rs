@@ -89,7 +89,10 @@ impl pb::raft_peer_server::RaftPeer for PeerApi {
         Ok(GrpcResponse::new(pb::ProposeResponse { outcome: Some(outcome) }))
     }
 
-    async fn read_index(&self, _: Request<pb::ReadIndexRequest>) -> Result<GrpcResponse<pb::ReadIndexResponse>, Status> {
+    async fn read_index(
+        &self,
+        _: Request<pb::ReadIndexRequest>,
+    ) -> Result<GrpcResponse<pb::ReadIndexResponse>, Status> {
         use pb::read_index_response::Outcome;
         let outcome = match self.node.local_read_index().await {
             Ok(i) => Outcome::Index(i),

@@ -104,7 +104,8 @@ impl pb::reservations_server::Reservations for ReservationsApi {
         match resp {
             Response::Extended { reservation, .. } => {
                 let grant = self.node.shared.read(|d| d.state.grant(reservation));
-                let grant = grant.ok_or_else(|| ApiError::NotFound(format!("reservation {} is gone", reservation.0)))?;
+                let grant =
+                    grant.ok_or_else(|| ApiError::NotFound(format!("reservation {} is gone", reservation.0)))?;
                 Ok(GrpcResponse::new(pb::ExtendResponse { reservation: Some(convert::reservation(&grant)) }))
             }
             Response::Refused(Refusal::ReservationUnknown { reservation }) => Err(ApiError::NotFound(format!(
@@ -149,7 +150,11 @@ impl pb::reservations_server::Reservations for ReservationsApi {
         let req = request.into_inner();
         let prefix = convert::prefix("resource_prefix", &req.resource_prefix).map_err(ApiError::from)?;
         if req.limit > LIST_PAGE_MAX {
-            return Err(ApiError::Invalid(Invalid::new("limit", format!("{} is above the maximum {LIST_PAGE_MAX}", req.limit))).into());
+            return Err(ApiError::Invalid(Invalid::new(
+                "limit",
+                format!("{} is above the maximum {LIST_PAGE_MAX}", req.limit),
+            ))
+            .into());
         }
         let limit = if req.limit == 0 { LIST_PAGE_DEFAULT } else { req.limit } as usize;
         let after: Option<(String, u64)> = if req.page_token.is_empty() {
@@ -169,8 +174,7 @@ impl pb::reservations_server::Reservations for ReservationsApi {
                     && req.session_id.is_none_or(|s| s == session.0)
                     && req.owner.as_deref().is_none_or(|o| o == owner)
             };
-            let mut grants: Vec<_> =
-                d.state.grants().filter(|g| matches(&g.resource, g.session, &g.owner)).collect();
+            let mut grants: Vec<_> = d.state.grants().filter(|g| matches(&g.resource, g.session, &g.owner)).collect();
             grants.sort_by(|a, b| (a.resource.as_str(), a.id).cmp(&(b.resource.as_str(), b.id)));
             let start = match &after {
                 Some((p, id)) => grants.partition_point(|g| (g.resource.as_str(), g.id.0) <= (p.as_str(), *id)),
@@ -214,13 +218,18 @@ impl pb::reservations_server::Reservations for ReservationsApi {
             (Vec::new(), self.node.shared.subscribe())
         } else {
             self.node.shared.subscribe_from(req.start_index).ok_or_else(|| {
-                ApiError::OutOfRange(format!("start_index {} is no longer retained; List, then watch live", req.start_index))
+                ApiError::OutOfRange(format!(
+                    "start_index {} is no longer retained; List, then watch live",
+                    req.start_index
+                ))
             })?
         };
         let (tx, rx) = mpsc::channel(WATCH_BUFFER_LEN);
         let filter = move |e: &crate::state::Effect| {
             let (resource, session, owner) = convert::effect_subject(e);
-            prefix.as_ref().is_none_or(|p| resource.is_some_and(|r| r == p.as_str() || r.starts_with(&format!("{}/", p.as_str()))))
+            prefix
+                .as_ref()
+                .is_none_or(|p| resource.is_some_and(|r| r == p.as_str() || r.starts_with(&format!("{}/", p.as_str()))))
                 && req.session_id.is_none_or(|s| session == Some(SessionId(s)))
                 && req.owner.as_deref().is_none_or(|o| owner == Some(o))
         };
@@ -277,6 +286,10 @@ impl pb::reservations_server::Reservations for ReservationsApi {
         let req = request.into_inner();
         let prefix = convert::prefix("resource_prefix", &req.resource_prefix).map_err(ApiError::from)?;
         self.node.read_index().await?;
-        Ok(GrpcResponse::new(self.node.shared.read(|d| super::graph::build(&d.state, prefix.as_ref(), d.last_applied.map_or(0, |l| l.index)))))
+        Ok(GrpcResponse::new(
+            self.node
+                .shared
+                .read(|d| super::graph::build(&d.state, prefix.as_ref(), d.last_applied.map_or(0, |l| l.index))),
+        ))
     }
 }

@@ -32,7 +32,8 @@ impl pb::sessions_server::Sessions for SessionsApi {
         validate::check_name("owner", &req.owner, qm_shared::limits::SESSION_LABEL_LEN_MAX_BYTES)
             .map_err(ApiError::from)?;
         let ttl_ms = if req.ttl_ms == 0 { SESSION_TTL_MS_DEFAULT } else { req.ttl_ms };
-        validate::check_session_ttl_ms(ttl_ms).map_err(|e| ApiError::Invalid(qm_shared::Invalid::new("ttl_ms", e.message)))?;
+        validate::check_session_ttl_ms(ttl_ms)
+            .map_err(|e| ApiError::Invalid(qm_shared::Invalid::new("ttl_ms", e.message)))?;
         let (_, resp) = self.node.propose(Command::OpenSession { label: req.owner, ttl_ms }).await?;
         match resp {
             Response::SessionOpened { session, ttl_ms, expires_at } => Ok(GrpcResponse::new(pb::OpenSessionResponse {

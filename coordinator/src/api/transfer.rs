@@ -47,19 +47,17 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<pb::TransferLea
             .max_by_key(|v| replication.get(v).copied().flatten().map_or(0, |l| l.index))
             .ok_or_else(|| ApiError::FailedPrecondition("no other voter to hand leadership to".into()))?,
     };
-    let addr = nodes.get(&target).cloned().ok_or_else(|| ApiError::NotFound(format!("node {target} has no address")))?;
+    let addr =
+        nodes.get(&target).cloned().ok_or_else(|| ApiError::NotFound(format!("node {target} has no address")))?;
     // Wait (bounded) for the target to hold every entry the leader has.
     let mut rx = node.raft.metrics();
-    let caught_up = tokio::time::timeout(
-        Duration::from_millis(TRANSFER_WAIT_MS_MAX / 2),
-        async {
-            rx.wait_for(|m| {
-                m.replication.as_ref().and_then(|r| r.get(&target).copied().flatten()).map_or(0, |l| l.index) >= last
-            })
-            .await
-            .is_ok()
-        },
-    )
+    let caught_up = tokio::time::timeout(Duration::from_millis(TRANSFER_WAIT_MS_MAX / 2), async {
+        rx.wait_for(|m| {
+            m.replication.as_ref().and_then(|r| r.get(&target).copied().flatten()).map_or(0, |l| l.index) >= last
+        })
+        .await
+        .is_ok()
+    })
     .await;
     if caught_up != Ok(true) {
         return Err(ApiError::Unavailable(format!("node {target} did not catch up with index {last} in time")));
@@ -75,10 +73,9 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<pb::TransferLea
             .await
             .map_err(|s| ApiError::Unavailable(format!("node {target} refused to stand: {}", s.message())))?;
         let mut rx = node.raft.metrics();
-        let _ = tokio::time::timeout(
-            Duration::from_millis(TRANSFER_WAIT_MS_MAX),
-            async { rx.wait_for(|m| m.current_term > term && m.current_leader.is_some()).await.is_ok() },
-        )
+        let _ = tokio::time::timeout(Duration::from_millis(TRANSFER_WAIT_MS_MAX), async {
+            rx.wait_for(|m| m.current_term > term && m.current_leader.is_some()).await.is_ok()
+        })
         .await;
         Ok::<_, ApiError>(())
     }

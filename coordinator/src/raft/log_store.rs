@@ -58,7 +58,8 @@ impl<S: Store> RaftLogReader<TypeConfig> for LogStore<S> {
             return Ok(Vec::new());
         }
         let to_key = to.map(Keys::index);
-        let rows = self.store.range(Space::Log, &Keys::index(from), to_key.as_ref().map(|k| &k[..]), READ_ENTRIES_MAX)?;
+        let rows =
+            self.store.range(Space::Log, &Keys::index(from), to_key.as_ref().map(|k| &k[..]), READ_ENTRIES_MAX)?;
         rows.into_iter().map(|(k, v)| Ok(decode::<Entry>(Space::Log, &k, &v)?)).collect()
     }
 }
@@ -126,4 +127,3 @@ impl<S: Store> RaftLogStorage<TypeConfig> for LogStore<S> {
         Ok(())
     }
 }
-

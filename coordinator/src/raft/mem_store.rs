@@ -62,7 +62,9 @@ impl Store for MemStore {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         Ok(self.with(space, |m| {
             let it: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = match to {
-                Some(to) => Box::new(m.range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Excluded(to)))),
+                Some(to) => {
+                    Box::new(m.range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Excluded(to))))
+                }
                 None => Box::new(m.range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))),
             };
             it.take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()

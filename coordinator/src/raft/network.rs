@@ -131,7 +131,8 @@ impl RaftNetwork<TypeConfig> for Network {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
         let mut client = self.client()?;
-        let req = self.request(pb::AppendEntriesRequest { payload: to_bytes(&rpc), target_node_id: self.target }, &option);
+        let req =
+            self.request(pb::AppendEntriesRequest { payload: to_bytes(&rpc), target_node_id: self.target }, &option);
         let resp = client.append_entries(req).await.map_err(transport)?.into_inner();
         let (ok, err) = match resp.outcome {
             Some(pb::append_entries_response::Outcome::Ok(b)) => (Some(b), None),

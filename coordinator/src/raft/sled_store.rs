@@ -22,11 +22,8 @@ fn io(space: Space, e: sled::Error) -> StoreError {
 impl SledStore {
     /// Opens (or creates) the store in `dir` and checks its format version.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| io(Space::Meta, e))?;
+        let db =
+            sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(|e| io(Space::Meta, e))?;
         let open = |space: Space| db.open_tree(space.name()).map_err(|e| io(space, e));
         let trees = [open(Space::Meta)?, open(Space::Log)?, open(Space::Snapshot)?];
         let store = SledStore { db, trees };
@@ -67,9 +64,7 @@ impl Store for SledStore {
             Some(to) => tree.range(from..to),
             None => tree.range(from..),
         };
-        iter.take(limit)
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(|e| io(space, e)))
-            .collect()
+        iter.take(limit).map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(|e| io(space, e))).collect()
     }
 
     fn last(&self, space: Space) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {

@@ -33,11 +33,17 @@ pub struct Applied {
 }
 
 /// The applied state and its bookkeeping.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Data {
     pub state: State,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
+}
+
+impl Default for Data {
+    fn default() -> Data {
+        Data { state: State::new(Default::default()), last_applied: None, membership: Default::default() }
+    }
 }
 
 /// State shared between the state machine (writer) and the API layer (readers).
@@ -205,7 +211,11 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
         let state = restore(meta, &bytes)?;
         save_snapshot(&self.store, meta, &bytes).await?;

@@ -121,10 +121,8 @@ pub fn check_format<S: Store>(store: &S) -> Result<(), StoreError> {
             }
             Ok(())
         }
-        None => store.batch(
-            Space::Meta,
-            vec![Write::Put(Keys::FORMAT.to_vec(), STORE_FORMAT_VERSION.to_be_bytes().to_vec())],
-        ),
+        None => store
+            .batch(Space::Meta, vec![Write::Put(Keys::FORMAT.to_vec(), STORE_FORMAT_VERSION.to_be_bytes().to_vec())]),
     }
 }
 

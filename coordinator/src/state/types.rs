@@ -233,17 +233,46 @@ pub enum Refusal {
 /// The answer to the proposer of a command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    SessionOpened { session: SessionId, ttl_ms: u64, expires_at: Millis },
-    SessionKept { session: SessionId, expires_at: Millis },
-    SessionClosed { session: SessionId, released: u32, cancelled: u32 },
-    Granted { grants: Vec<GrantInfo> },
-    Queued { request: RequestId, position: u32, estimated_wait_ms: u64 },
-    Released { reservation: ReservationId },
-    Cancelled { request: RequestId },
-    Extended { reservation: ReservationId, expires_at: Millis },
-    ResourceDeclared { path: ResourcePath },
+    SessionOpened {
+        session: SessionId,
+        ttl_ms: u64,
+        expires_at: Millis,
+    },
+    SessionKept {
+        session: SessionId,
+        expires_at: Millis,
+    },
+    SessionClosed {
+        session: SessionId,
+        released: u32,
+        cancelled: u32,
+    },
+    Granted {
+        grants: Vec<GrantInfo>,
+    },
+    Queued {
+        request: RequestId,
+        position: u32,
+        estimated_wait_ms: u64,
+    },
+    Released {
+        reservation: ReservationId,
+    },
+    Cancelled {
+        request: RequestId,
+    },
+    Extended {
+        reservation: ReservationId,
+        expires_at: Millis,
+    },
+    ResourceDeclared {
+        path: ResourcePath,
+    },
     Ticked,
-    LeasesRestarted { reservations: u32, sessions: u32 },
+    LeasesRestarted {
+        reservations: u32,
+        sessions: u32,
+    },
     Configured,
     /// Raft's own entries (a new leader's blank entry, membership changes) change nothing
     /// here and answer `Noop`.

@@ -1,0 +1,202 @@
+//! Effective configuration: defaults, then a TOML file, then `QM_*` environment variables,
+//! then flags; later sources win. `qm config show` prints every key with its source.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::Failure;
+
+/// Largest config file read.
+const CONFIG_LEN_MAX_BYTES: u64 = 1024 * 1024;
+
+/// One known key: its name in the file (`section.key`), its env variable and default.
+#[derive(Debug)]
+pub struct Key {
+    pub name: &'static str,
+    pub env: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+pub const KEYS: &[Key] = &[
+    Key {
+        name: "endpoint",
+        env: "QM_ENDPOINT",
+        default: "127.0.0.1:7070",
+        help: "comma-separated coordinator gRPC addresses the CLI talks to",
+    },
+    Key { name: "node.id", env: "QM_NODE_ID", default: "1", help: "Raft node id of this coordinator (1 or more)" },
+    Key {
+        name: "node.listen",
+        env: "QM_NODE_LISTEN",
+        default: "127.0.0.1:7070",
+        help: "gRPC listen address (client API and Raft peers)",
+    },
+    Key {
+        name: "node.admin_listen",
+        env: "QM_NODE_ADMIN_LISTEN",
+        default: "127.0.0.1:7080",
+        help: "admin HTTP listen address (/metrics, /livez, /readyz, /health); empty disables it",
+    },
+    Key {
+        name: "node.advertise",
+        env: "QM_NODE_ADVERTISE",
+        default: "",
+        help: "address peers and clients reach this node at; empty: http://<listen>",
+    },
+    Key {
+        name: "node.data_dir",
+        env: "QM_NODE_DATA_DIR",
+        default: "./qm-data",
+        help: "directory of the on-disk (sled) store",
+    },
+    Key {
+        name: "node.peers",
+        env: "QM_NODE_PEERS",
+        default: "",
+        help: "initial voters as id=address,...; empty: a single-node cluster of this node, or --join",
+    },
+    Key { name: "raft.heartbeat_ms", env: "QM_RAFT_HEARTBEAT_MS", default: "100", help: "leader heartbeat period" },
+    Key {
+        name: "raft.election_timeout_min_ms",
+        env: "QM_RAFT_ELECTION_TIMEOUT_MIN_MS",
+        default: "400",
+        help: "shortest election timeout",
+    },
+    Key {
+        name: "raft.election_timeout_max_ms",
+        env: "QM_RAFT_ELECTION_TIMEOUT_MAX_MS",
+        default: "800",
+        help: "longest election timeout (also the leader lease)",
+    },
+    Key {
+        name: "raft.tick_ms",
+        env: "QM_RAFT_TICK_MS",
+        default: "200",
+        help: "period of the leader's Tick (lease expiry resolution)",
+    },
+    Key {
+        name: "raft.snapshot_logs",
+        env: "QM_RAFT_SNAPSHOT_LOGS",
+        default: "10000",
+        help: "snapshot and purge the log every this many entries",
+    },
+];
+
+/// Where a value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(&'static str),
+    Flag,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Env(v) => write!(f, "env {v}"),
+            Source::Flag => f.write_str("flag"),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Config {
+    pub values: BTreeMap<&'static str, (String, Source)>,
+}
+
+fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// Flattens a TOML table into dotted keys.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
+    for (k, v) in table {
+        let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => flatten(&name, t, out),
+            toml::Value::String(s) => out.push((name, s.clone())),
+            toml::Value::Array(items) => out.push((
+                name,
+                items
+                    .iter()
+                    .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )),
+            other => out.push((name, other.to_string())),
+        }
+    }
+}
+
+impl Config {
+    /// Resolves the configuration. `file`: `--config` (or `QM_CONFIG`); `flags`: keys set on
+    /// the command line.
+    pub fn load(file: Option<&Path>, flags: &[(&'static str, Option<String>)]) -> Result<Config, Failure> {
+        let mut c = Config::default();
+        for k in KEYS {
+            c.values.insert(k.name, (k.default.to_string(), Source::Default));
+        }
+        let file = file.map(Path::to_path_buf).or_else(|| std::env::var_os("QM_CONFIG").map(PathBuf::from));
+        if let Some(path) = file {
+            let name = path.display().to_string();
+            let meta = std::fs::metadata(&path).map_err(|e| Failure::usage(format!("config {name}: {e}")))?;
+            if meta.len() > CONFIG_LEN_MAX_BYTES {
+                return Err(Failure::usage(format!(
+                    "config {name}: is {} bytes, at most {CONFIG_LEN_MAX_BYTES} allowed",
+                    meta.len()
+                )));
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| Failure::usage(format!("config {name}: {e}")))?;
+            let table: toml::Table = text.parse().map_err(|e| Failure::usage(format!("config {name}: {e}")))?;
+            let mut flat = Vec::new();
+            flatten("", &table, &mut flat);
+            for (k, v) in flat {
+                let known = key(&k).ok_or_else(|| {
+                    Failure::usage(format!(
+                        "config {name}: unknown key {k:?}; known keys: {}",
+                        KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+                    ))
+                })?;
+                c.values.insert(known.name, (v, Source::File(path.clone())));
+            }
+        }
+        for k in KEYS {
+            if let Ok(v) = std::env::var(k.env) {
+                c.values.insert(k.name, (v, Source::Env(k.env)));
+            }
+        }
+        for (name, value) in flags {
+            if let Some(v) = value {
+                c.values.insert(name, (v.clone(), Source::Flag));
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn get(&self, name: &str) -> &str {
+        &self.values.get(name).expect("a known key").0
+    }
+
+    pub fn u64(&self, name: &str, min: u64, max: u64) -> Result<u64, Failure> {
+        let (raw, source) = self.values.get(name).expect("a known key");
+        let v: u64 =
+            raw.parse().map_err(|_| Failure::usage(format!("{name} = {raw:?} (from {source}): not a whole number")))?;
+        if v < min || v > max {
+            return Err(Failure::usage(format!("{name} = {v} (from {source}): must be within {min}..={max}")));
+        }
+        Ok(v)
+    }
+
+    pub fn show(&self) -> Vec<serde_json::Value> {
+        KEYS.iter()
+            .map(|k| {
+                let (v, s) = &self.values[k.name];
+                serde_json::json!({ "key": k.name, "value": v, "source": s.to_string(), "env": k.env, "help": k.help })
+            })
+            .collect()
+    }
+}

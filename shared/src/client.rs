@@ -1,0 +1,278 @@
+//! The typed client library: a cluster given as a list of endpoints, leader hints followed,
+//! the leader cached.
+//!
+//! ```text
+//!   call(f) ─▶ cached leader (or the next endpoint) ─▶ f(channel)
+//!                ├─ ok ─▶ done
+//!                ├─ UNAVAILABLE / FAILED_PRECONDITION with a leader hint ─▶ cache it, retry there
+//!                └─ transport failure / no hint ─▶ next endpoint, backoff
+//!   bounded: at most ATTEMPTS_MAX tries and CALL_DEADLINE_MS per try
+//! ```
+//!
+//! Only errors that say the request was not served by a leader are retried; a refusal (held,
+//! deadlock, invalid) is an answer, never retried here.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::limits::CLIENT_MESSAGE_BYTES_MAX;
+use crate::pb::v1 as pb;
+
+/// Most attempts of one call across endpoints and leader hints.
+pub const ATTEMPTS_MAX: usize = 8;
+/// Deadline of one attempt.
+pub const CALL_DEADLINE_MS: u64 = 10_000;
+/// Connect timeout per endpoint.
+pub const CONNECT_TIMEOUT_MS: u64 = 500;
+/// Backoff between attempts that found no leader: doubles from the first, capped.
+pub const BACKOFF_MS_FIRST: u64 = 25;
+pub const BACKOFF_MS_MAX: u64 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no endpoints given (set --endpoint or QM_ENDPOINT)")]
+    NoEndpoints,
+    #[error("endpoint {endpoint:?}: {message}")]
+    BadEndpoint { endpoint: String, message: String },
+}
+
+/// Normalizes `host:port` to `http://host:port`.
+pub fn normalize(endpoint: &str) -> String {
+    let e = endpoint.trim();
+    if e.starts_with("http://") || e.starts_with("https://") {
+        e.to_string()
+    } else {
+        format!("http://{e}")
+    }
+}
+
+fn channel(endpoint: &str) -> Result<Channel, ClientError> {
+    let ep = Endpoint::from_shared(normalize(endpoint))
+        .map_err(|e| ClientError::BadEndpoint { endpoint: endpoint.to_string(), message: e.to_string() })?;
+    Ok(ep
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+#[derive(Debug)]
+struct Inner {
+    endpoints: Vec<String>,
+    channels: Vec<Channel>,
+    /// Index into `endpoints` of the node believed to lead.
+    current: usize,
+}
+
+/// A handle on the cluster; cheap to clone, clones share the leader cache.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// The leader named in a status's error details, if any.
+pub fn leader_hint(status: &Status) -> Option<(u64, String)> {
+    let details = status.get_error_details();
+    let info = details.error_info()?;
+    let id = info.metadata.get("leader_id")?.parse().ok()?;
+    let addr = info.metadata.get("leader_address")?.clone();
+    Some((id, addr))
+}
+
+impl Client {
+    /// A client over a comma-separated or listed set of endpoints. Connections are lazy.
+    pub fn new<I, S>(endpoints: I) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let endpoints: Vec<String> = endpoints
+            .into_iter()
+            .flat_map(|s| s.as_ref().split(',').map(|e| e.trim().to_string()).collect::<Vec<_>>())
+            .filter(|e| !e.is_empty())
+            .map(|e| normalize(&e))
+            .collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let channels = endpoints.iter().map(|e| channel(e)).collect::<Result<_, _>>()?;
+        Ok(Client { inner: Arc::new(Mutex::new(Inner { endpoints, channels, current: 0 })) })
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner.lock().expect("client lock").endpoints.clone()
+    }
+
+    /// The endpoint the next call goes to first.
+    pub fn current(&self) -> String {
+        let inner = self.inner.lock().expect("client lock");
+        inner.endpoints[inner.current].clone()
+    }
+
+    fn pick(&self) -> (usize, Channel) {
+        let inner = self.inner.lock().expect("client lock");
+        (inner.current, inner.channels[inner.current].clone())
+    }
+
+    fn advance(&self, from: usize) {
+        let mut inner = self.inner.lock().expect("client lock");
+        if inner.current == from {
+            inner.current = (from + 1) % inner.endpoints.len();
+        }
+    }
+
+    fn follow(&self, addr: &str) -> Result<(), ClientError> {
+        let addr = normalize(addr);
+        let mut inner = self.inner.lock().expect("client lock");
+        if let Some(i) = inner.endpoints.iter().position(|e| *e == addr) {
+            inner.current = i;
+            return Ok(());
+        }
+        // A leader we were not told about: remember it (bounded by the cluster's size).
+        if inner.endpoints.len() >= 64 {
+            return Ok(());
+        }
+        let ch = channel(&addr)?;
+        inner.endpoints.push(addr);
+        inner.channels.push(ch);
+        inner.current = inner.endpoints.len() - 1;
+        Ok(())
+    }
+
+    /// Runs `f` against the leader, following hints and failing over, within the bounds above.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut backoff = BACKOFF_MS_FIRST;
+        let mut last = Status::unavailable("no attempt made");
+        for _ in 0..ATTEMPTS_MAX {
+            let (i, ch) = self.pick();
+            let attempt = tokio::time::timeout(Duration::from_millis(CALL_DEADLINE_MS), f(ch)).await;
+            let status = match attempt {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(status)) => status,
+                Err(_) => Status::deadline_exceeded(format!("no answer within {CALL_DEADLINE_MS} ms")),
+            };
+            let retry = match status.code() {
+                Code::Unavailable | Code::FailedPrecondition => match leader_hint(&status) {
+                    Some((_, addr)) => {
+                        let _ = self.follow(&addr);
+                        true
+                    }
+                    None if status.code() == Code::Unavailable => {
+                        self.advance(i);
+                        tokio::time::sleep(Duration::from_millis(backoff)).await;
+                        backoff = (backoff * 2).min(BACKOFF_MS_MAX);
+                        true
+                    }
+                    None => false,
+                },
+                Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                    self.advance(i);
+                    true
+                }
+                _ => false,
+            };
+            if !retry {
+                return Err(status);
+            }
+            last = status;
+        }
+        Err(last)
+    }
+
+    pub fn sessions(ch: Channel) -> pb::sessions_client::SessionsClient<Channel> {
+        pb::sessions_client::SessionsClient::new(ch)
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+    }
+
+    pub fn reservations(ch: Channel) -> pb::reservations_client::ReservationsClient<Channel> {
+        pb::reservations_client::ReservationsClient::new(ch)
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+    }
+
+    pub fn cluster(ch: Channel) -> pb::cluster_client::ClusterClient<Channel> {
+        pb::cluster_client::ClusterClient::new(ch)
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+    }
+
+    pub async fn open_session(&self, owner: &str, ttl_ms: u64) -> Result<pb::OpenSessionResponse, Status> {
+        self.call(|ch| async move {
+            let req = pb::OpenSessionRequest { owner: owner.to_string(), ttl_ms };
+            Ok(Client::sessions(ch).open_session(req).await?.into_inner())
+        })
+        .await
+    }
+
+    /// One keepalive (unary use of the stream), following the leader like every call.
+    pub async fn keepalive(&self, session_id: u64) -> Result<pb::KeepaliveResponse, Status> {
+        self.call(|ch| async move {
+            let stream = tokio_stream::iter([pb::KeepaliveRequest { session_id }]);
+            let mut answers = Client::sessions(ch).keepalive(stream).await?.into_inner();
+            answers.message().await?.ok_or_else(|| Status::unavailable("keepalive stream ended without an answer"))
+        })
+        .await
+    }
+
+    pub async fn close_session(&self, session_id: u64) -> Result<pb::CloseSessionResponse, Status> {
+        self.call(|ch| async move {
+            Ok(Client::sessions(ch).close_session(pb::CloseSessionRequest { session_id }).await?.into_inner())
+        })
+        .await
+    }
+
+    pub async fn acquire(&self, req: pb::AcquireRequest) -> Result<pb::AcquireResponse, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::reservations(ch).acquire(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn release(&self, req: pb::ReleaseRequest) -> Result<pb::ReleaseResponse, Status> {
+        self.call(|ch| async move { Ok(Client::reservations(ch).release(req).await?.into_inner()) }).await
+    }
+
+    pub async fn extend(&self, req: pb::ExtendRequest) -> Result<pb::ExtendResponse, Status> {
+        self.call(|ch| async move { Ok(Client::reservations(ch).extend(req).await?.into_inner()) }).await
+    }
+
+    pub async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::reservations(ch).list(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn watch(&self, req: pb::WatchRequest) -> Result<tonic::Streaming<pb::WatchEvent>, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::reservations(ch).watch(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn graph(&self, req: pb::GraphRequest) -> Result<pb::GraphResponse, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::reservations(ch).graph(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Status of whichever node answers first (no leader needed).
+    pub async fn status(&self) -> Result<pb::StatusResponse, Status> {
+        self.call(|ch| async move { Ok(Client::cluster(ch).status(pb::StatusRequest {}).await?.into_inner()) }).await
+    }
+}
