@@ -74,7 +74,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             leader_id: m.current_leader,
             leader_address: leader.map(|l| l.1).unwrap_or_default(),
             applied_index: m.last_applied.map_or(0, |l| l.index),
-            committed_index: m.last_applied.map_or(0, |l| l.index).max(0),
+            committed_index: m.last_applied.map_or(0, |l| l.index),
             last_log_index: m.last_log_index.unwrap_or(0),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             members: self.members(),

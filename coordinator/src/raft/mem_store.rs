@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::store::{check_format, Space, Store, StoreError, Write};
+use super::store::{check_format, Pair, Space, Store, StoreError, Write};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -53,13 +53,7 @@ impl Store for MemStore {
         Ok(())
     }
 
-    fn range(
-        &self,
-        space: Space,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn range(&self, space: Space, from: &[u8], to: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, StoreError> {
         Ok(self.with(space, |m| {
             let it: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = match to {
                 Some(to) => {
@@ -71,7 +65,7 @@ impl Store for MemStore {
         }))
     }
 
-    fn last(&self, space: Space) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last(&self, space: Space) -> Result<Option<Pair>, StoreError> {
         Ok(self.with(space, |m| m.last_key_value().map(|(k, v)| (k.clone(), v.clone()))))
     }
 

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::store::{check_format, Space, Store, StoreError, Write};
+use super::store::{check_format, Pair, Space, Store, StoreError, Write};
 
 /// The on-disk store of a coordinator: a sled database in its data directory.
 #[derive(Clone, Debug)]
@@ -52,13 +52,7 @@ impl Store for SledStore {
         self.tree(space).apply_batch(batch).map_err(|e| io(space, e))
     }
 
-    fn range(
-        &self,
-        space: Space,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn range(&self, space: Space, from: &[u8], to: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, StoreError> {
         let tree = self.tree(space);
         let iter = match to {
             Some(to) => tree.range(from..to),
@@ -67,7 +61,7 @@ impl Store for SledStore {
         iter.take(limit).map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(|e| io(space, e))).collect()
     }
 
-    fn last(&self, space: Space) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last(&self, space: Space) -> Result<Option<Pair>, StoreError> {
         Ok(self.tree(space).last().map_err(|e| io(space, e))?.map(|(k, v)| (k.to_vec(), v.to_vec())))
     }
 

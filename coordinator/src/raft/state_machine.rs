@@ -32,6 +32,9 @@ pub struct Applied {
     pub effects: Vec<Effect>,
 }
 
+/// A live feed of applied records.
+pub type Subscription = broadcast::Receiver<Arc<Applied>>;
+
 /// The applied state and its bookkeeping.
 #[derive(Debug)]
 pub struct Data {
@@ -72,7 +75,7 @@ impl Shared {
 
     /// A live subscription plus the retained records with `index >= from` (oldest first).
     /// `None` when `from` is older than anything retained.
-    pub fn subscribe_from(&self, from: LogIndex) -> Option<(Vec<Arc<Applied>>, broadcast::Receiver<Arc<Applied>>)> {
+    pub fn subscribe_from(&self, from: LogIndex) -> Option<(Vec<Arc<Applied>>, Subscription)> {
         let retained = self.retained.lock().expect("events lock poisoned");
         let rx = self.events.subscribe();
         let applied = self.read(|d| d.last_applied.map_or(0, |l| l.index));

@@ -50,6 +50,9 @@ pub enum StoreError {
     Format { found: u32, supported: u32 },
 }
 
+/// A key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// A write in a batch.
 #[derive(Clone, Debug)]
 pub enum Write {
@@ -64,15 +67,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Applies every write of the batch, atomically.
     fn batch(&self, space: Space, writes: Vec<Write>) -> Result<(), StoreError>;
     /// Entries with `from <= key < to` (`to = None`: to the end), in key order, at most `limit`.
-    fn range(
-        &self,
-        space: Space,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn range(&self, space: Space, from: &[u8], to: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, StoreError>;
     /// The entry with the greatest key.
-    fn last(&self, space: Space) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn last(&self, space: Space) -> Result<Option<Pair>, StoreError>;
     /// Deletes every key with `from <= key < to` (`to = None`: to the end).
     fn remove_range(&self, space: Space, from: &[u8], to: Option<&[u8]>) -> Result<(), StoreError>;
     /// Returns once every write made before the call is durable.
