@@ -48,6 +48,10 @@ impl ClusterApi {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
                 ApiError::NotLeaderForAdmin { leader_id: f.leader_id, leader_address: f.leader_node.map(|n| n.addr) }
             }
+            // A change still in flight (e.g. the initial membership not yet committed): retryable.
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                e @ openraft::error::ChangeMembershipError::InProgress(_),
+            )) => ApiError::Unavailable(format!("{e}; retry")),
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
                 ApiError::FailedPrecondition(e.to_string())
             }
