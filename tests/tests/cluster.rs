@@ -83,6 +83,24 @@ async fn leader_sigkill_under_load_loses_no_acknowledged_grant() {
     // A grant acknowledged before the kill must survive it, with the same token.
     let holder = client.open_session("long-holder", 60_000).await.expect("open").session_id;
     let held = acquire_wait(&client, holder, "long-holder", "pg:db/table:held").await.expect("acquire");
+    // The holder keeps its session and lease alive, as a real holder does, for as long as the
+    // test runs: the grant must outlive the failover, not merely its first lease.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let keeper = {
+        let client = cluster.client();
+        let id = held.id;
+        tokio::spawn(async move {
+            loop {
+                let _ = client.keepalive(holder).await;
+                let _ =
+                    client.extend(pb::ExtendRequest { reservation_id: id, session_id: holder, lease_ms: 20_000 }).await;
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        })
+    };
 
     let mut tasks = Vec::new();
     for i in 0..4 {
@@ -110,6 +128,8 @@ async fn leader_sigkill_under_load_loses_no_acknowledged_grant() {
         .list(pb::ListRequest { session_id: Some(holder), ..Default::default() })
         .await
         .expect("list after failover");
+    let _ = stop.send(());
+    keeper.await.expect("keeper");
     assert_eq!(list.reservations.len(), 1, "the acknowledged grant survived: {list:?}");
     assert_eq!(list.reservations[0].fencing_token, held.fencing_token);
     assert!(fence.violations().is_empty(), "{:?}", fence.violations());
