@@ -52,7 +52,6 @@ pub async fn serve(
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(256)
         .add_service(health_service)
@@ -61,7 +60,14 @@ pub async fn serve(
         .add_service(reservations)
         .add_service(cluster)
         .add_service(peer)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        // A caller-supplied listener bypasses the builder's socket options: set them here, or
+        // small replies wait on Nagle and the peer's delayed ACK (~40 ms per round trip).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(30))),
+            shutdown,
+        )
         .await
 }
 
