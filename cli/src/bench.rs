@@ -82,13 +82,17 @@ pub async fn reserve(client: &Client, args: BenchArgs, output: Output) -> Result
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let mut cycles = 0u64;
-    let mut errors = 0u64;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for t in tasks {
         let (h, n, e) = t.await.map_err(|e| Failure::error(format!("bench client panicked: {e}")))??;
         hist.add(h).expect("same bounds");
         cycles += n;
-        errors += e;
+        for (kind, count) in e {
+            *errors.entry(kind).or_default() += count;
+        }
     }
+    let error_total: u64 = errors.values().sum();
+    let error_lines: String = errors.iter().map(|(kind, n)| format!("  {n} × {kind}\n")).collect();
     let elapsed = started.elapsed().as_secs_f64();
     let violations = fence.lock().expect("fence").violations.clone();
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
@@ -100,7 +104,7 @@ pub async fn reserve(client: &Client, args: BenchArgs, output: Output) -> Result
         "params": {"clients": args.clients, "resources": args.resources, "contention": args.contention, "duration_s": args.duration_s, "seed": args.seed},
         "endpoints": client.endpoints(),
         "machine": machine, "commit": commit, "version": env!("CARGO_PKG_VERSION"),
-        "cycles": cycles, "errors": errors, "elapsed_s": elapsed,
+        "cycles": cycles, "errors": error_total, "errors_by_kind": errors, "elapsed_s": elapsed,
         "cycles_per_s": cycles as f64 / elapsed,
         "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": hist.max() as f64 / 1000.0},
         "fencing_violations": violations.len(),
@@ -109,7 +113,7 @@ pub async fn reserve(client: &Client, args: BenchArgs, output: Output) -> Result
     let text =
         format!(
         "qm bench reserve: {} clients, {} hot resources, contention {:.2}, {:.1} s on {machine} (commit {commit})\n\
-         cycles: {cycles} ({:.0}/s), errors: {errors}, fencing violations: {}\n\
+         cycles: {cycles} ({:.0}/s), errors: {error_total}, fencing violations: {}\n{error_lines}\
          acquire latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}\n\
          etcd 3.4 on a like machine (lease+lock): 157/s @1, 490/s @16, 710/s @64, 390/s @64 over 8 keys\n",
         args.clients, args.resources, args.contention, elapsed, cycles as f64 / elapsed, violations.len(),
@@ -129,17 +133,29 @@ async fn one_client(
     fence: Arc<Mutex<Fence>>,
     deadline: Instant,
     cycles_max: u64,
-) -> Result<(Histogram<u64>, u64, u64), Failure> {
+) -> Result<(Histogram<u64>, u64, BTreeMap<String, u64>), Failure> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let mut rng = Rng(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(u64::from(c) * 2 + 1) | 1);
     let owner = format!("bench-{c}");
     let session = client.open_session(&owner, 30_000).await.map_err(status_failure)?.session_id;
-    let mut events = client
+    let stream = client
         .watch(pb::WatchRequest { session_id: Some(session), ..Default::default() })
         .await
         .map_err(status_failure)?;
+    // Read the watch stream all the time, not only while waiting: an unread stream backs up
+    // into the HTTP/2 connection the unary calls share. The loop drops what it did not wait for.
+    let (forward, mut events) = tokio::sync::mpsc::channel(1_024);
+    let reader = tokio::spawn(async move {
+        let mut stream = stream;
+        while let Some(ev) = stream.next().await {
+            if forward.send(ev).await.is_err() {
+                return;
+            }
+        }
+    });
     let mut cycles = 0;
-    let mut errors = 0;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut error = |kind: String| *errors.entry(kind).or_default() += 1;
     let mut last_keepalive = Instant::now();
     while Instant::now() < deadline && cycles < cycles_max {
         if last_keepalive.elapsed() > Duration::from_secs(5) {
@@ -163,44 +179,74 @@ async fn one_client(
         };
         let resp = match client.acquire(req).await {
             Ok(r) => r,
-            Err(_) => {
-                errors += 1;
+            Err(status) => {
+                error(format!("acquire: {}", describe(&status)));
                 continue;
             }
         };
         use pb::acquire_response::Outcome as O;
         let granted = match resp.outcome {
-            Some(O::Granted(g)) => g.reservations.into_iter().next(),
+            Some(O::Granted(g)) => g.reservations.into_iter().next().ok_or_else(|| "granted nothing".to_string()),
             Some(O::Queued(q)) => {
-                let mut got = None;
-                while let Some(Ok(ev)) = events.next().await {
-                    match ev.kind {
-                        Some(pb::watch_event::Kind::Granted(g)) if g.request_id == q.request_id => {
-                            got = g.reservations.into_iter().next();
+                let mut got = Err("watch stream ended".to_string());
+                while let Some(ev) = events.recv().await {
+                    match ev.map(|ev| ev.kind) {
+                        Ok(Some(pb::watch_event::Kind::Granted(g))) if g.request_id == q.request_id => {
+                            got = g.reservations.into_iter().next().ok_or_else(|| "granted nothing".to_string());
                             break;
                         }
-                        Some(pb::watch_event::Kind::TimedOut(t)) if t.request_id == q.request_id => break,
+                        Ok(Some(pb::watch_event::Kind::TimedOut(t))) if t.request_id == q.request_id => {
+                            got = Err("wait timed out".to_string());
+                            break;
+                        }
+                        Ok(Some(pb::watch_event::Kind::Lagged(_))) => {
+                            got = Err("watch lagged".to_string());
+                            break;
+                        }
+                        Err(status) => {
+                            got = Err(format!("watch: {}", describe(&status)));
+                            break;
+                        }
                         _ => {}
                     }
                 }
                 got
             }
-            _ => None,
+            Some(O::Refused(r)) => Err(format!("refused: {r:?}")),
+            None => Err("empty answer".to_string()),
         };
-        let Some(r) = granted else {
-            errors += 1;
-            continue;
+        let r = match granted {
+            Ok(r) => r,
+            Err(kind) => {
+                error(kind);
+                continue;
+            }
         };
         hist.record(t0.elapsed().as_micros().max(1) as u64).expect("within bounds");
         fence.lock().expect("fence").enter(&r.resource, r.fencing_token, c);
         fence.lock().expect("fence").leave(&r.resource);
         let rel =
             pb::ReleaseRequest { session_id: session, target: Some(pb::release_request::Target::ReservationId(r.id)) };
-        if client.release(rel).await.is_err() {
-            errors += 1;
+        if let Err(status) = client.release(rel).await {
+            error(format!("release: {}", describe(&status)));
         }
+        while events.try_recv().is_ok() {}
         cycles += 1;
     }
     let _ = client.close_session(session).await;
+    reader.abort();
     Ok((hist, cycles, errors))
+}
+
+/// A status with the innermost cause of a transport error (which side reset, and why).
+fn describe(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(status);
+    while let Some(c) = cause {
+        if c.source().is_none() {
+            text.push_str(&format!(" ({c:?})"));
+        }
+        cause = c.source();
+    }
+    text
 }

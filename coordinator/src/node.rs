@@ -2,7 +2,7 @@
 //! the leader.
 //!
 //! ```text
-//!   propose(cmd) ─▶ leader? ── yes ─▶ wait for this term's RestartLeases ─▶ client_write(now, cmd)
+//!   propose(cmd) ─▶ leader? ── yes ─▶ wait for this term's RestartLeases ─▶ batcher ─▶ client_write
 //!                     └─ no ─▶ forward once to the leader (RaftPeer.Propose)
 //!                                └─ failing that: NotLeader{leader hint} → UNAVAILABLE
 //!   read_index()  ─▶ leader? ── yes ─▶ ensure_linearizable
@@ -15,12 +15,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use qm_shared::pb::v1 as pb;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
+use crate::batcher::Batcher;
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::raft::log_store::LogStore;
@@ -81,6 +82,7 @@ pub struct Node {
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub clock: Arc<dyn Clock>,
+    batcher: Batcher,
     /// The term whose RestartLeases has committed (0: none yet).
     restarted_term: watch::Sender<u64>,
     /// Peer clients by address, for forwarding (bounded by the membership).
@@ -132,7 +134,9 @@ impl Node {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
             max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
             purge_batch_size: 256,
-            max_payload_entries: 1_000,
+            // Entries are batches of at most BATCH_BYTES_MAX: 64 of them stay far below the
+            // peer message limit.
+            max_payload_entries: 64,
             snapshot_max_chunk_size: 4 * 1024 * 1024,
             ..Default::default()
         }
@@ -148,6 +152,7 @@ impl Node {
         let node = Arc::new(Node {
             id: config.id,
             advertise: config.advertise.clone(),
+            batcher: Batcher::start(raft.clone(), clock.clone()),
             raft,
             shared,
             clock,
@@ -219,17 +224,7 @@ impl Node {
     /// Proposes on this node, which must be the leader.
     pub async fn propose_local(&self, command: Command) -> Result<(LogIndex, Response), ApiError> {
         self.wait_restarted().await?;
-        let request = Request { now: self.clock.now_ms(), command };
-        match self.raft.client_write(request).await {
-            Ok(r) => Ok((r.log_id.index, r.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ApiError::NotLeader { leader_id: f.leader_id, leader_address: f.leader_node.map(|n| n.addr) })
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ApiError::Internal(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable(format!("raft stopped: {e}"))),
-        }
+        self.batcher.propose(command).await
     }
 
     /// A new leader serves writes only once its RestartLeases has committed.
@@ -350,7 +345,7 @@ async fn leader_duties(node: Arc<Node>) {
             continue;
         }
         if *node.restarted_term.borrow() < term {
-            let request = Request { now: node.clock.now_ms(), command: Command::RestartLeases };
+            let request = Request::one(node.clock.now_ms(), Command::RestartLeases);
             match node.raft.client_write(request).await {
                 Ok(r) => {
                     tracing::info!(term, index = r.log_id.index, "leader: leases restarted with a full TTL");
@@ -361,7 +356,7 @@ async fn leader_duties(node: Arc<Node>) {
             continue;
         }
         if ticked && node.shared.read(|d| d.state.has_timed_work()) {
-            let request = Request { now: node.clock.now_ms(), command: Command::Tick };
+            let request = Request::one(node.clock.now_ms(), Command::Tick);
             if let Err(e) = node.raft.client_write(request).await {
                 tracing::debug!(error = %e, "leader: tick not committed");
             }

@@ -3,6 +3,11 @@
 //! Durability rule: `append` calls openraft's `LogFlushed` callback, and `save_vote`
 //! returns, only after `Store::flush` has returned, so an acknowledged entry or vote survives
 //! a crash (sled: `flush_async`, i.e. fsync).
+//!
+//! Group commit: `append` writes its entries and hands the callback to one flusher task, then
+//! returns, so Raft keeps accepting and replicating while the disk syncs. The flusher takes
+//! every callback queued so far, flushes once — covering every write made before that flush
+//! began — and completes them in append order. Under load one fsync acknowledges many appends.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -16,15 +21,29 @@ use super::{Entry, LogId, StorageError, TypeConfig, Vote};
 /// Most entries one read returns; openraft pages through longer ranges.
 const READ_ENTRIES_MAX: usize = 4_096;
 
+/// Appends waiting for the flusher at most; a full queue makes `append` wait (backpressure).
+const FLUSH_QUEUE_MAX: usize = 4_096;
+
 /// The Raft log and vote of one coordinator.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LogStore<S: Store> {
     store: S,
+    flusher: tokio::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl<S: Store> Debug for LogStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").finish_non_exhaustive()
+    }
 }
 
 impl<S: Store> LogStore<S> {
+    /// Opens the log over `store` and starts its flusher task (which ends when the last
+    /// handle is dropped). Must be called inside a tokio runtime.
     pub fn new(store: S) -> LogStore<S> {
-        LogStore { store }
+        let (flusher, queue) = tokio::sync::mpsc::channel(FLUSH_QUEUE_MAX);
+        tokio::spawn(flush_appends(store.clone(), queue));
+        LogStore { store, flusher }
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -107,10 +126,12 @@ impl<S: Store> RaftLogStorage<TypeConfig> for LogStore<S> {
         let writes: Vec<Write> =
             entries.into_iter().map(|e| Write::Put(Keys::index(e.log_id.index).to_vec(), encode(&e))).collect();
         self.store.batch(Space::Log, writes)?;
-        let flushed = self.store.flush().await;
-        let result = flushed.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
-        callback.log_io_completed(result);
-        flushed?;
+        if let Err(e) = self.flusher.send(callback).await {
+            // The flusher is gone (shutting down): flush here rather than drop the callback.
+            let flushed = self.store.flush().await;
+            e.0.log_io_completed(flushed.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+            flushed?;
+        }
         Ok(())
     }
 
@@ -125,5 +146,18 @@ impl<S: Store> RaftLogStorage<TypeConfig> for LogStore<S> {
         let to = log_id.index.checked_add(1).map(Keys::index);
         self.store.remove_range(Space::Log, &Keys::index(0), to.as_ref().map(|k| &k[..]))?;
         Ok(())
+    }
+}
+
+/// The group-commit loop: one flush for every append queued before it began, callbacks
+/// completed in append order. A failed flush fails every callback it covered (Raft then
+/// stops this node: an entry that may not be durable is never acknowledged).
+async fn flush_appends<S: Store>(store: S, mut queue: tokio::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    let mut waiting = Vec::new();
+    while queue.recv_many(&mut waiting, FLUSH_QUEUE_MAX).await > 0 {
+        let flushed = store.flush().await;
+        for callback in waiting.drain(..) {
+            callback.log_io_completed(flushed.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+        }
     }
 }

@@ -1,10 +1,10 @@
 //! Consensus: openraft glue around the pure core.
 //!
 //! ```text
-//!   api ──propose(Command)──▶ Raft::client_write(Request{now, command})
+//!   api ──propose(Command)──▶ batcher ──▶ Raft::client_write(Request{now, commands})
 //!                                   │ log (LogStore over a Store: sled or memory)
 //!                                   ▼
-//!                     StateMachine::apply ──▶ State::apply(index, now, command)
+//!                     StateMachine::apply ──▶ State::apply_batch(index, now, commands)
 //!                                   │             └─▶ (Response, effects) ──▶ broadcast
 //!                                   ▼
 //!                          snapshots: State::snapshot / restore
@@ -28,18 +28,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{Command, Millis, Response};
 
-/// What goes into the Raft log: a command and the leader's clock when it proposed it.
+/// What goes into the Raft log: the commands the leader batched into one entry, in order,
+/// and the leader's clock when it proposed them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub now: Millis,
-    pub command: Command,
+    pub commands: Vec<Command>,
+}
+
+impl Request {
+    pub fn one(now: Millis, command: Command) -> Request {
+        Request { now, commands: vec![command] }
+    }
 }
 
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}@{}", self.command, self.now)
+        write!(f, "{} commands@{}", self.commands.len(), self.now)
     }
 }
+
+/// The answers to one entry: one per command of its [`Request`], in order (none for Raft's
+/// own blank and membership entries).
+pub type Responses = Vec<Response>;
 
 /// A coordinator as Raft knows it: the gRPC address peers and clients reach it at.
 pub type Node = openraft::BasicNode;
@@ -50,7 +61,7 @@ openraft::declare_raft_types!(
     /// The Raft type configuration of the coordinator group.
     pub TypeConfig:
         D = Request,
-        R = Response,
+        R = Responses,
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,

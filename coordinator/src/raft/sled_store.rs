@@ -1,4 +1,4 @@
-//! [`Store`] on sled: one tree per key space, `flush_async` for durability.
+//! [`Store`] on sled: one tree per key space, `Db::flush` (fsync) for durability.
 
 use std::path::Path;
 
@@ -75,7 +75,15 @@ impl Store for SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map(|_| ()).map_err(|e| io(Space::Log, e))
+        // `Db::flush` (the fsync behind `flush_async`) on tokio's blocking pool: sled's own
+        // pool, which `flush_async` uses, wakes every one of its threads for each job, and
+        // that wake-up storm cost a loaded leader most of a core. The log's flusher runs one
+        // flush at a time, so this holds one blocking thread at most.
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(flushed) => flushed.map(|_| ()).map_err(|e| io(Space::Log, e)),
+            Err(e) => Err(io(Space::Log, sled::Error::ReportableBug(format!("flush task failed: {e}")))),
+        }
     }
 
     fn size_bytes(&self) -> u64 {

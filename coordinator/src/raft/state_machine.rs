@@ -16,8 +16,8 @@ use openraft::{EntryPayload, OptionalSend};
 use tokio::sync::broadcast;
 
 use super::store::{decode, encode, Keys, Space, Store, Write};
-use super::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::state::{Effect, LogIndex, Millis, Response, State};
+use super::{Entry, LogId, Responses, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::state::{Effect, LogIndex, Millis, State};
 
 /// Applied records kept for watchers resuming from a log index.
 pub const EVENTS_RETAINED_MAX: usize = 16_384;
@@ -173,7 +173,7 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
         Ok(self.shared.read(|d| (d.last_applied, d.membership.clone())))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Responses>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -185,16 +185,25 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
             for entry in entries {
                 data.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
-                    EntryPayload::Blank => Response::Noop,
+                    EntryPayload::Blank => Vec::new(),
                     EntryPayload::Membership(m) => {
                         data.membership = StoredMembership::new(Some(entry.log_id), m);
-                        Response::Noop
+                        Vec::new()
                     }
                     EntryPayload::Normal(req) => {
-                        let (response, effects) = data.state.apply(entry.log_id.index, req.now, req.command);
+                        let mut effects = Vec::new();
+                        let answers = data
+                            .state
+                            .apply_batch(entry.log_id.index, req.now, req.commands)
+                            .into_iter()
+                            .map(|(response, mut e)| {
+                                effects.append(&mut e);
+                                response
+                            })
+                            .collect();
                         let now = data.state.last_now();
                         published.push(Applied { index: entry.log_id.index, now, effects });
-                        response
+                        answers
                     }
                 };
                 responses.push(response);

@@ -36,7 +36,8 @@ impl Space {
 }
 
 /// On-disk layout version; a store written by another layout is refused on open.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+/// 2: a log entry carries a batch of commands.
+pub const STORE_FORMAT_VERSION: u32 = 2;
 
 /// Storage failures. Every one of them stops the Raft node (openraft treats storage errors
 /// as fatal), so they carry enough to be read in a log.

@@ -327,6 +327,18 @@ impl State {
     /// gives the same responses, effects and snapshot bytes everywhere.
     pub fn apply(&mut self, index: LogIndex, now: Millis, cmd: Command) -> (Response, Vec<Effect>) {
         assert!(index > self.last_index, "log index {index} after {}", self.last_index);
+        self.apply_at(index, now, cmd)
+    }
+
+    /// Applies the commands of one log entry in order, all at `index` and `now` (the leader
+    /// batches concurrent proposals into one entry). Fencing tokens stay strictly increasing
+    /// within the batch. Pure, like [`State::apply`].
+    pub fn apply_batch(&mut self, index: LogIndex, now: Millis, cmds: Vec<Command>) -> Vec<(Response, Vec<Effect>)> {
+        assert!(index > self.last_index, "log index {index} after {}", self.last_index);
+        cmds.into_iter().map(|cmd| self.apply_at(index, now, cmd)).collect()
+    }
+
+    fn apply_at(&mut self, index: LogIndex, now: Millis, cmd: Command) -> (Response, Vec<Effect>) {
         self.last_index = index;
         let now = now.max(self.last_now);
         self.last_now = now;
