@@ -70,28 +70,36 @@ impl Rng {
 
 pub async fn reserve(client: &Client, args: BenchArgs, output: Output) -> Result<(), Failure> {
     let fence = Arc::new(Mutex::new(Fence::default()));
-    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
-    let per_client_max = args.cycles_max.div_ceil(u64::from(args.clients)).max(1);
     let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration_s);
+    let per_client_max = args.cycles_max.div_ceil(u64::from(args.clients)).max(1);
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let client = client.clone();
         let fence = fence.clone();
         let args = args.clone();
-        tasks.push(tokio::spawn(async move { one_client(client, c, args, fence, deadline, per_client_max).await }));
+        tasks.push(tokio::spawn(
+            async move { one_client(client, c, args, fence, started, deadline, per_client_max).await },
+        ));
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let mut cycles = 0u64;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut grants_at: Vec<u32> = Vec::new();
     for t in tasks {
-        let (h, n, e) = t.await.map_err(|e| Failure::error(format!("bench client panicked: {e}")))??;
+        let (h, n, e, at) = t.await.map_err(|e| Failure::error(format!("bench client panicked: {e}")))??;
         hist.add(h).expect("same bounds");
         cycles += n;
+        grants_at.extend(at);
         for (kind, count) in e {
             *errors.entry(kind).or_default() += count;
         }
     }
     let error_total: u64 = errors.values().sum();
+    // The longest stretch with no grant anywhere (a failover shows up here), and when it began.
+    grants_at.sort_unstable();
+    let (gap_ms, gap_from_ms) =
+        grants_at.windows(2).map(|w| (w[1] - w[0], w[0])).max_by_key(|(gap, _)| *gap).unwrap_or((0, 0));
     let error_lines: String = errors.iter().map(|(kind, n)| format!("  {n} × {kind}\n")).collect();
     let elapsed = started.elapsed().as_secs_f64();
     let violations = fence.lock().expect("fence").violations.clone();
@@ -108,6 +116,7 @@ pub async fn reserve(client: &Client, args: BenchArgs, output: Output) -> Result
         "cycles_per_s": cycles as f64 / elapsed,
         "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": hist.max() as f64 / 1000.0},
         "fencing_violations": violations.len(),
+        "longest_grant_gap_ms": gap_ms, "longest_grant_gap_from_ms": gap_from_ms,
         "peer_etcd_3_4_cycles_per_s": {"1": 157, "16": 490, "64": 710, "64_over_8_keys": 390},
     });
     let text =
@@ -115,6 +124,7 @@ pub async fn reserve(client: &Client, args: BenchArgs, output: Output) -> Result
         "qm bench reserve: {} clients, {} hot resources, contention {:.2}, {:.1} s on {machine} (commit {commit})\n\
          cycles: {cycles} ({:.0}/s), errors: {error_total}, fencing violations: {}\n{error_lines}\
          acquire latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}\n\
+         longest pause in grants: {gap_ms} ms, from {gap_from_ms} ms into the run\n\
          etcd 3.4 on a like machine (lease+lock): 157/s @1, 490/s @16, 710/s @64, 390/s @64 over 8 keys\n",
         args.clients, args.resources, args.contention, elapsed, cycles as f64 / elapsed, violations.len(),
         q(0.5), q(0.9), q(0.99), hist.max() as f64 / 1000.0,
@@ -131,9 +141,10 @@ async fn one_client(
     c: u32,
     args: BenchArgs,
     fence: Arc<Mutex<Fence>>,
+    started: Instant,
     deadline: Instant,
     cycles_max: u64,
-) -> Result<(Histogram<u64>, u64, BTreeMap<String, u64>), Failure> {
+) -> Result<(Histogram<u64>, u64, BTreeMap<String, u64>, Vec<u32>), Failure> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let mut rng = Rng(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(u64::from(c) * 2 + 1) | 1);
     let owner = format!("bench-{c}");
@@ -144,18 +155,33 @@ async fn one_client(
         .map_err(status_failure)?;
     // Read the watch stream all the time, not only while waiting: an unread stream backs up
     // into the HTTP/2 connection the unary calls share. The loop drops what it did not wait for.
+    // A stream that ends (its node died) is reopened after the last index seen, losing nothing.
     let (forward, mut events) = tokio::sync::mpsc::channel(1_024);
-    let reader = tokio::spawn(async move {
-        let mut stream = stream;
-        while let Some(ev) = stream.next().await {
-            if forward.send(ev).await.is_err() {
-                return;
+    let reader = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut stream = Some(stream);
+            let mut last = 0;
+            loop {
+                if let Some(mut s) = stream.take() {
+                    while let Some(Ok(ev)) = s.next().await {
+                        last = last.max(ev.index);
+                        if forward.send(Ok(ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let start_index = if last == 0 { 0 } else { last + 1 };
+                let req = pb::WatchRequest { session_id: Some(session), start_index, ..Default::default() };
+                stream = client.watch(req).await.ok();
             }
-        }
-    });
+        })
+    };
     let mut cycles = 0;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut error = |kind: String| *errors.entry(kind).or_default() += 1;
+    let mut grants_at = Vec::new();
     let mut last_keepalive = Instant::now();
     while Instant::now() < deadline && cycles < cycles_max {
         if last_keepalive.elapsed() > Duration::from_secs(5) {
@@ -223,6 +249,7 @@ async fn one_client(
             }
         };
         hist.record(t0.elapsed().as_micros().max(1) as u64).expect("within bounds");
+        grants_at.push(u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX));
         fence.lock().expect("fence").enter(&r.resource, r.fencing_token, c);
         fence.lock().expect("fence").leave(&r.resource);
         let rel =
@@ -235,7 +262,7 @@ async fn one_client(
     }
     let _ = client.close_session(session).await;
     reader.abort();
-    Ok((hist, cycles, errors))
+    Ok((hist, cycles, errors, grants_at))
 }
 
 /// A status with the innermost cause of a transport error (which side reset, and why).

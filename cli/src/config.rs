@@ -60,19 +60,19 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "raft.election_timeout_min_ms",
         env: "QM_RAFT_ELECTION_TIMEOUT_MIN_MS",
-        default: "400",
+        default: "150",
         help: "shortest election timeout",
     },
     Key {
         name: "raft.election_timeout_max_ms",
         env: "QM_RAFT_ELECTION_TIMEOUT_MAX_MS",
-        default: "800",
+        default: "300",
         help: "longest election timeout (also the leader lease)",
     },
     Key {
         name: "raft.tick_ms",
         env: "QM_RAFT_TICK_MS",
-        default: "200",
+        default: "150",
         help: "period of the leader's Tick (lease expiry resolution)",
     },
     Key {

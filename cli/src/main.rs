@@ -192,6 +192,7 @@ enum ClusterCommand {
     },
     /// Hand leadership to another voter (the most up-to-date one unless --to).
     TransferLeader {
+        /// Node id of the voter to hand leadership to
         #[arg(long)]
         to: Option<u64>,
     },

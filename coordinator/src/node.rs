@@ -67,8 +67,8 @@ impl NodeConfig {
             advertise,
             data_dir,
             heartbeat_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
             tick_ms: 200,
             snapshot_logs: 10_000,
         }

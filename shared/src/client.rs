@@ -23,14 +23,17 @@ use crate::limits::CLIENT_MESSAGE_BYTES_MAX;
 use crate::pb::v1 as pb;
 
 /// Most attempts of one call across endpoints and leader hints.
-pub const ATTEMPTS_MAX: usize = 8;
+pub const ATTEMPTS_MAX: usize = 64;
+/// How long one call keeps retrying toward a leader (an election takes well under this);
+/// after it the last error is returned rather than hanging.
+pub const RETRY_BUDGET_MS: u64 = 5_000;
 /// Deadline of one attempt.
 pub const CALL_DEADLINE_MS: u64 = 10_000;
 /// Connect timeout per endpoint.
 pub const CONNECT_TIMEOUT_MS: u64 = 500;
 /// Backoff between attempts that found no leader: doubles from the first, capped.
 pub const BACKOFF_MS_FIRST: u64 = 25;
-pub const BACKOFF_MS_MAX: u64 = 500;
+pub const BACKOFF_MS_MAX: u64 = 250;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -114,9 +117,9 @@ impl Client {
         inner.endpoints[inner.current].clone()
     }
 
-    fn pick(&self) -> (usize, Channel) {
+    fn pick(&self) -> (usize, String, Channel) {
         let inner = self.inner.lock().expect("client lock");
-        (inner.current, inner.channels[inner.current].clone())
+        (inner.current, inner.endpoints[inner.current].clone(), inner.channels[inner.current].clone())
     }
 
     fn advance(&self, from: usize) {
@@ -150,38 +153,46 @@ impl Client {
         F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
+        let started = std::time::Instant::now();
         let mut backoff = BACKOFF_MS_FIRST;
         let mut last = Status::unavailable("no attempt made");
         for _ in 0..ATTEMPTS_MAX {
-            let (i, ch) = self.pick();
+            let (i, tried, ch) = self.pick();
             let attempt = tokio::time::timeout(Duration::from_millis(CALL_DEADLINE_MS), f(ch)).await;
             let status = match attempt {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(status)) => status,
                 Err(_) => Status::deadline_exceeded(format!("no answer within {CALL_DEADLINE_MS} ms")),
             };
-            let retry = match status.code() {
+            // Retry at once only when a node names a leader other than the one just tried;
+            // otherwise (no leader yet, a stale hint, a dead node) back off first.
+            let (retry, pause) = match status.code() {
                 Code::Unavailable | Code::FailedPrecondition => match leader_hint(&status) {
                     Some((_, addr)) => {
-                        let _ = self.follow(&addr);
-                        true
+                        let fresh = normalize(&addr) != normalize(&tried);
+                        if !fresh || self.follow(&addr).is_err() {
+                            self.advance(i);
+                        }
+                        (true, !fresh)
                     }
                     None if status.code() == Code::Unavailable => {
                         self.advance(i);
-                        tokio::time::sleep(Duration::from_millis(backoff)).await;
-                        backoff = (backoff * 2).min(BACKOFF_MS_MAX);
-                        true
+                        (true, true)
                     }
-                    None => false,
+                    None => (false, false),
                 },
                 Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
                     self.advance(i);
-                    true
+                    (true, false)
                 }
-                _ => false,
+                _ => (false, false),
             };
-            if !retry {
+            if !retry || started.elapsed() + Duration::from_millis(backoff) > Duration::from_millis(RETRY_BUDGET_MS) {
                 return Err(status);
+            }
+            if pause {
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
+                backoff = (backoff * 2).min(BACKOFF_MS_MAX);
             }
             last = status;
         }

@@ -81,6 +81,11 @@ impl Cluster {
         }
     }
 
+    /// Every node's address, comma-separated, as `--endpoint` takes them.
+    pub fn endpoints(&self) -> String {
+        self.addrs.values().cloned().collect::<Vec<_>>().join(",")
+    }
+
     pub fn client(&self) -> Client {
         Client::new(self.addrs.values()).expect("client")
     }

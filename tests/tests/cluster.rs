@@ -211,3 +211,37 @@ async fn membership_changes_three_five_three() {
     assert_eq!(worker(client, fence.clone(), "three".into(), "pg:db".into(), 5).await, 5);
     assert!(fence.violations().is_empty(), "{:?}", fence.violations());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leader_from_the_cli_keeps_grants_and_writes_flowing() {
+    let cluster = Cluster::start(3, 10_000);
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let target = [1, 2, 3].into_iter().find(|i| *i != leader).expect("a follower");
+    let client = cluster.client();
+    let holder = client.open_session("holder", 60_000).await.expect("open").session_id;
+    let held = acquire_wait(&client, holder, "holder", "pg:db/table:held").await.expect("acquire");
+
+    let out = std::process::Command::new(qm_tests::qm_bin())
+        .args(["cluster", "transfer-leader", "--to", &target.to_string(), "-o", "json", "--endpoint"])
+        .arg(cluster.endpoints())
+        .output()
+        .expect("run qm");
+    assert!(out.status.success(), "qm cluster transfer-leader: {}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(answer["leader_id"], target, "{answer}");
+
+    // Every node agrees, the grant is intact, and writes go on through the new leader.
+    for id in [1, 2, 3] {
+        let status = cluster.status_of(id).await.expect("status");
+        assert_eq!(status.leader_id, Some(target), "node {id}: {status:?}");
+    }
+    let list = client
+        .list(pb::ListRequest { session_id: Some(holder), ..Default::default() })
+        .await
+        .expect("list after transfer");
+    assert_eq!(list.reservations.len(), 1, "{list:?}");
+    assert_eq!(list.reservations[0].fencing_token, held.fencing_token);
+    let fence = Arc::new(Fence::default());
+    assert_eq!(worker(client, fence.clone(), "after".into(), "pg:db/table:t".into(), 5).await, 5);
+    assert!(fence.violations().is_empty(), "{:?}", fence.violations());
+}
