@@ -17,6 +17,7 @@ const DEMO: &str = include_str!("demo.scn");
 /// Largest script file `qm script run` reads.
 const SCRIPT_LEN_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
+mod agent;
 mod bench;
 mod config;
 mod coordinator;
@@ -96,6 +97,11 @@ enum Command {
         /// Only edges on resources at or below this path.
         #[arg(long, default_value = "")]
         prefix: String,
+    },
+    /// Agent specs: markdown with YAML front matter (a superset of .claude/agents files).
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
     },
     /// The effective configuration.
     Config {
@@ -329,6 +335,24 @@ enum ReserveCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum AgentCommand {
+    /// List the specs found: name, role, tier, resources and file.
+    #[command(
+        after_help = "Examples:\n  qm agent list                  # ./agents\n  qm agent list .claude/agents -o json"
+    )]
+    List {
+        /// Spec files or directories of `*.md` specs [default: agents]
+        paths: Vec<PathBuf>,
+    },
+    /// Check specs; every error names the file, line and field. Exit 1 if any is invalid.
+    #[command(after_help = "Examples:\n  qm agent validate\n  qm agent validate agents/implementer.md .claude/agents")]
+    Validate {
+        /// Spec files or directories of `*.md` specs [default: agents]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ConfigCommand {
     /// Print every setting, its effective value and where it came from.
     Show,
@@ -456,6 +480,10 @@ async fn run(
             let config = config::Config::load(config_file.as_deref(), &flags)?;
             coordinator::run(&config, args.join).await
         }
+        Command::Agent { command: AgentCommand::List { paths } } => agent::list(&agent::default_paths(paths), output),
+        Command::Agent { command: AgentCommand::Validate { paths } } => {
+            agent::validate(&agent::default_paths(paths), output)
+        }
         Command::Config { command: ConfigCommand::Show } => {
             let config = config::Config::load(config_file.as_deref(), &endpoint_flag)?;
             let rows = config.show();
@@ -564,7 +592,11 @@ async fn run_client(command: Command, output: Output, client: &Client) -> Result
             )
             .await
         }
-        Command::Dev(_) | Command::Coordinator { .. } | Command::Config { .. } | Command::Script { .. } => {
+        Command::Dev(_)
+        | Command::Coordinator { .. }
+        | Command::Config { .. }
+        | Command::Script { .. }
+        | Command::Agent { .. } => {
             unreachable!("handled before")
         }
     }

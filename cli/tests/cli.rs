@@ -116,3 +116,48 @@ fn unknown_commands_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("unrecognized subcommand"));
 }
+
+#[test]
+fn the_shipped_agent_specs_validate_and_list_all_nine_roles() {
+    let agents = concat!(env!("CARGO_MANIFEST_DIR"), "/../agents");
+    let out = qm(&["agent", "validate", agents]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().filter(|l| l.starts_with("ok ")).count(), 9, "{}", text(&out.stdout));
+    let out = qm(&["agent", "list", agents, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let mut roles: Vec<&str> = v["agents"].as_array().unwrap().iter().map(|a| a["role"].as_str().unwrap()).collect();
+    roles.sort_unstable();
+    assert_eq!(
+        roles,
+        [
+            "analyst",
+            "architect",
+            "deployer",
+            "diagnostician",
+            "documenter",
+            "implementer",
+            "monitor",
+            "specifier",
+            "verifier"
+        ]
+    );
+}
+
+#[test]
+fn agent_validate_names_file_line_and_field_and_exits_1() {
+    let dir = tempfile_dir("agents");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        format!("{dir}/reviewer.md"),
+        "---\nname: code-reviewer\ndescription: Reviews code.\ntools: Read, Grep\nmodel: sonnet\n---\nReview.\n",
+    )
+    .unwrap();
+    std::fs::write(format!("{dir}/bad.md"), "---\nname: bad\ndescription: d\nrole: implementor\n---\n").unwrap();
+    let out = qm(&["agent", "validate", &dir]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("bad.md:4: field `role`: unknown role \"implementor\""), "{stderr}");
+    assert!(text(&out.stdout).contains("reviewer.md (code-reviewer) (no role"), "{}", text(&out.stdout));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,11 +8,13 @@
 //!
 //! Domain types never mix with `pb::` types; conversions live beside the client library.
 
+pub mod agent;
 pub mod client;
 pub mod limits;
 pub mod pb;
 pub mod resource;
 pub mod validate;
 
+pub use agent::{Role, Tier};
 pub use resource::{LockMode, Mode, ResourcePath, RowRange};
 pub use validate::Invalid;

@@ -93,3 +93,20 @@ pub const LIST_PAGE_DEFAULT: u32 = 1_000;
 pub const WATCHERS_MAX: usize = 1_024;
 /// Most sessions one Keepalive stream may carry per request burst (bounded in-flight work).
 pub const KEEPALIVE_IN_FLIGHT_MAX: usize = 64;
+
+/// Largest agent spec file (front matter and prompt body).
+pub const AGENT_SPEC_BYTES_MAX: usize = 256 * 1024;
+/// Most agent specs one directory may hold.
+pub const AGENT_SPECS_MAX: usize = 1_024;
+/// Longest agent name (`[a-z0-9-]`, as `.claude/agents` names are).
+pub const AGENT_NAME_LEN_MAX_BYTES: usize = 64;
+/// Longest agent description.
+pub const AGENT_DESCRIPTION_LEN_MAX_BYTES: usize = 2_048;
+/// Most entries in one list field of an agent spec (tools, capabilities, scopes, resources).
+pub const AGENT_LIST_LEN_MAX: usize = 64;
+/// Longest single entry of such a list.
+pub const AGENT_ITEM_LEN_MAX_BYTES: usize = 512;
+/// Largest per-task budget an agent spec may set, in US dollars.
+pub const AGENT_TASK_USD_MAX: f64 = 10_000.0;
+/// Largest per-task token budget an agent spec may set.
+pub const AGENT_TASK_TOKENS_MAX: u64 = 100_000_000;

@@ -1,1 +1,3 @@
-//! Worker node.
+//! Worker node: agent specs, executors, and the agent runtime that runs tasks under leases.
+
+pub mod spec;

@@ -1,0 +1,104 @@
+//! `qm agent list|validate`: agent specs on disk.
+
+use std::path::{Path, PathBuf};
+
+use qm_worker::spec::{self, AgentSpec, SpecError};
+use serde_json::json;
+
+use crate::{Failure, Output};
+
+/// Specs from each path: a directory contributes its `*.md` files, a file itself.
+fn load(paths: &[PathBuf]) -> (Vec<AgentSpec>, Vec<SpecError>) {
+    let mut specs = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let (s, e) = spec::load_dir(p);
+            specs.extend(s);
+            errors.extend(e);
+        } else {
+            match spec::load_file(p) {
+                Ok(s) => specs.push(s),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    (specs, errors)
+}
+
+fn error_json(e: &SpecError) -> serde_json::Value {
+    json!({"file": e.file, "line": e.line, "field": e.field, "message": e.message})
+}
+
+pub fn list(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
+    let (specs, errors) = load(paths);
+    let rows: Vec<[String; 5]> = specs
+        .iter()
+        .map(|s| {
+            let resources: Vec<String> = s.resources.iter().map(|r| format!("{}:{}", r.path, mode(r.mode))).collect();
+            [
+                s.name.clone(),
+                s.role.map_or("-".to_string(), |r| r.to_string()),
+                s.tier.to_string(),
+                if resources.is_empty() { "-".to_string() } else { resources.join(",") },
+                s.source.display().to_string(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "ROLE", "TIER", "RESOURCES", "FILE"].map(String::from);
+    let widths: Vec<usize> =
+        (0..5).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let text: String = [&header]
+        .into_iter()
+        .chain(&rows)
+        .map(|r| {
+            let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            format!("{}\n", cells.join("  ").trim_end())
+        })
+        .collect();
+    let value = json!({"agents": specs, "errors": errors.iter().map(error_json).collect::<Vec<_>>()});
+    crate::reserve::emit(output, &value, &text);
+    report(&errors)
+}
+
+pub fn validate(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
+    let (specs, errors) = load(paths);
+    let mut text = String::new();
+    for s in &specs {
+        let note = if s.role.is_none() { " (no role: no worker hosts it until one is set)" } else { "" };
+        text.push_str(&format!("ok    {} ({}){note}\n", s.source.display(), s.name));
+    }
+    let value = json!({
+        "valid": specs.iter().map(|s| json!({"file": s.source, "name": s.name})).collect::<Vec<_>>(),
+        "errors": errors.iter().map(error_json).collect::<Vec<_>>(),
+    });
+    crate::reserve::emit(output, &value, &text);
+    report(&errors)
+}
+
+fn mode(m: qm_shared::Mode) -> &'static str {
+    match m {
+        qm_shared::Mode::Shared => "shared",
+        qm_shared::Mode::Exclusive => "exclusive",
+    }
+}
+
+/// Errors go to stderr, one per line; any error fails the command (exit 1).
+fn report(errors: &[SpecError]) -> Result<(), Failure> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    Err(Failure::error(format!("{} agent spec(s) invalid", errors.len())))
+}
+
+/// The default place specs live: `./agents`.
+pub fn default_paths(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    if paths.is_empty() {
+        vec![Path::new("agents").to_path_buf()]
+    } else {
+        paths
+    }
+}

@@ -1,0 +1,545 @@
+//! Agent specs: markdown with YAML front matter.
+//!
+//! ```text
+//! ---
+//! name: implementer              # required, [a-z0-9-], ≤ 64 bytes
+//! description: Writes the code   # required
+//! tools: Read, Edit, Bash        # a comma-separated string or a list
+//! model: sonnet                  # as in .claude/agents: sonnet | opus | haiku | inherit | a model id
+//! role: implementer              # one of the nine roles; absent: the worker does not host it
+//! tier: standard                 # cheap | standard | frontier (default: from model, else the role's)
+//! capabilities: [shell, gpu]     # what a worker slot must offer
+//! context_scopes: ["src/**"]     # what the agent may read into its context
+//! resources:                     # what it may reserve, and how
+//!   - { path: "pg:staging", mode: exclusive }
+//! escalation: { max_tier: frontier, after_failed_gates: 1 }
+//! budget: { usd_per_task: 2.5, tokens_per_task: 400000 }
+//! ---
+//! The system prompt, in markdown.
+//! ```
+//!
+//! The fields of `.claude/agents/*.md` (`name`, `description`, `tools`, `model`) mean what
+//! they mean there, so those files load unchanged; other keys there (`color`) are accepted and
+//! ignored. Any other unknown key is an error, so a typo never silently drops a limit. Every
+//! error names the file, the line and the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use qm_shared::limits::{
+    AGENT_DESCRIPTION_LEN_MAX_BYTES, AGENT_ITEM_LEN_MAX_BYTES, AGENT_LIST_LEN_MAX, AGENT_NAME_LEN_MAX_BYTES,
+    AGENT_SPECS_MAX, AGENT_SPEC_BYTES_MAX, AGENT_TASK_TOKENS_MAX, AGENT_TASK_USD_MAX,
+};
+use qm_shared::{Mode, ResourcePath, Role, Tier};
+use serde::{Deserialize, Serialize};
+
+/// A validated agent spec.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentSpec {
+    pub name: String,
+    pub description: String,
+    pub tools: Vec<String>,
+    /// The `.claude/agents` model field, verbatim.
+    pub model: Option<String>,
+    pub role: Option<Role>,
+    /// The tier used unless a pass overrides it.
+    pub tier: Tier,
+    pub capabilities: Vec<String>,
+    pub context_scopes: Vec<String>,
+    pub resources: Vec<ResourceAccess>,
+    pub escalation: Escalation,
+    pub budget: Budget,
+    /// The prompt: the markdown after the front matter.
+    pub prompt: String,
+    /// Where it was read from.
+    pub source: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ResourceAccess {
+    pub path: ResourcePath,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Escalation {
+    /// The highest tier a failed gate may escalate this agent to.
+    pub max_tier: Tier,
+    /// Failed gates before escalating one tier.
+    pub after_failed_gates: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Budget {
+    pub usd_per_task: Option<f64>,
+    pub tokens_per_task: Option<u64>,
+}
+
+/// A spec that could not be loaded: the file, the 1-based line (when known), the field (when
+/// known) and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field `{field}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Keys of `.claude/agents` files that mean nothing here; accepted and ignored.
+const CLAUDE_ONLY_KEYS: [&str; 1] = ["color"];
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    fn into_list(self) -> Vec<String> {
+        match self {
+            StringOrList::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+            StringOrList::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    path: String,
+    mode: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEscalation {
+    max_tier: Option<String>,
+    after_failed_gates: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    usd_per_task: Option<f64>,
+    tokens_per_task: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    name: Option<String>,
+    description: Option<String>,
+    tools: Option<StringOrList>,
+    model: Option<String>,
+    role: Option<String>,
+    tier: Option<String>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default)]
+    context_scopes: Vec<String>,
+    #[serde(default)]
+    resources: Vec<RawResource>,
+    escalation: Option<RawEscalation>,
+    budget: Option<RawBudget>,
+}
+
+const KNOWN_KEYS: [&str; 11] = [
+    "name",
+    "description",
+    "tools",
+    "model",
+    "role",
+    "tier",
+    "capabilities",
+    "context_scopes",
+    "resources",
+    "escalation",
+    "budget",
+];
+
+/// Parses one spec from its text; `file` only names it in errors.
+pub fn parse(file: &Path, text: &str) -> Result<AgentSpec, SpecError> {
+    let err = |line: Option<usize>, field: Option<&str>, message: String| SpecError {
+        file: file.to_path_buf(),
+        line,
+        field: field.map(String::from),
+        message,
+    };
+    if text.len() > AGENT_SPEC_BYTES_MAX {
+        return Err(err(None, None, format!("{} bytes is over the limit of {AGENT_SPEC_BYTES_MAX}", text.len())));
+    }
+    let (yaml, prompt) = split_front_matter(text).ok_or_else(|| {
+        err(Some(1), None, "no front matter: the file must start with a `---` line and close it with another".into())
+    })?;
+    // Front matter starts on line 2 of the file.
+    let file_line = |yaml_line: usize| yaml_line + 1;
+    let key_line = |key: &str| top_level_key_line(yaml, key).map(file_line);
+
+    for key in top_level_keys(yaml) {
+        if !KNOWN_KEYS.contains(&key.0.as_str()) && !CLAUDE_ONLY_KEYS.contains(&key.0.as_str()) {
+            return Err(err(
+                Some(file_line(key.1)),
+                Some(&key.0),
+                format!("unknown field; known fields: {}", KNOWN_KEYS.join(", ")),
+            ));
+        }
+    }
+    let raw: Raw = serde_saphyr::from_str(yaml).map_err(|e| {
+        let line = e.location().map(|l| l.line() as usize);
+        let message = without_yaml_position(&first_line(&e.to_string()));
+        let field = line.and_then(|l| field_at_line(yaml, l)).or_else(|| backticked(&message));
+        err(line.map(file_line), field.as_deref(), message)
+    })?;
+
+    let name = raw.name.ok_or_else(|| err(None, Some("name"), "required".into()))?;
+    let bad_name = name.is_empty()
+        || name.len() > AGENT_NAME_LEN_MAX_BYTES
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if bad_name {
+        return Err(err(
+            key_line("name"),
+            Some("name"),
+            format!("{name:?} must be 1..={AGENT_NAME_LEN_MAX_BYTES} bytes of a-z, 0-9 and -"),
+        ));
+    }
+    let description = raw.description.ok_or_else(|| err(None, Some("description"), "required".into()))?;
+    if description.trim().is_empty() || description.len() > AGENT_DESCRIPTION_LEN_MAX_BYTES {
+        return Err(err(
+            key_line("description"),
+            Some("description"),
+            format!("must be 1..={AGENT_DESCRIPTION_LEN_MAX_BYTES} bytes, not {}", description.len()),
+        ));
+    }
+    let list = |field: &str, items: Vec<String>| -> Result<Vec<String>, SpecError> {
+        if items.len() > AGENT_LIST_LEN_MAX {
+            return Err(err(
+                key_line(field),
+                Some(field),
+                format!("{} entries is over the limit of {AGENT_LIST_LEN_MAX}", items.len()),
+            ));
+        }
+        if let Some(i) = items.iter().position(|s| s.trim().is_empty() || s.len() > AGENT_ITEM_LEN_MAX_BYTES) {
+            return Err(err(
+                key_line(field),
+                Some(&format!("{field}[{i}]")),
+                format!("entries must be 1..={AGENT_ITEM_LEN_MAX_BYTES} bytes"),
+            ));
+        }
+        Ok(items)
+    };
+    let tools = list("tools", raw.tools.map(StringOrList::into_list).unwrap_or_default())?;
+    let capabilities = list("capabilities", raw.capabilities)?;
+    let context_scopes = list("context_scopes", raw.context_scopes)?;
+
+    let role = match raw.role {
+        None => None,
+        Some(r) => Some(r.parse::<Role>().map_err(|e| err(key_line("role"), Some("role"), e.to_string()))?),
+    };
+    let tier = match raw.tier {
+        Some(t) => t.parse::<Tier>().map_err(|e| err(key_line("tier"), Some("tier"), e.to_string()))?,
+        None => {
+            raw.model.as_deref().and_then(claude_model_tier).or(role.map(Role::default_tier)).unwrap_or(Tier::Standard)
+        }
+    };
+
+    if raw.resources.len() > AGENT_LIST_LEN_MAX {
+        return Err(err(
+            key_line("resources"),
+            Some("resources"),
+            format!("{} entries is over the limit of {AGENT_LIST_LEN_MAX}", raw.resources.len()),
+        ));
+    }
+    let mut resources = Vec::new();
+    for (i, r) in raw.resources.into_iter().enumerate() {
+        let path = ResourcePath::parse(&r.path)
+            .map_err(|e| err(key_line("resources"), Some(&format!("resources[{i}].path")), e.message))?;
+        let mode = r
+            .mode
+            .parse::<Mode>()
+            .map_err(|e| err(key_line("resources"), Some(&format!("resources[{i}].mode")), e.message))?;
+        resources.push(ResourceAccess { path, mode });
+    }
+
+    let esc = raw.escalation.unwrap_or_default();
+    let max_tier = match esc.max_tier {
+        Some(t) => {
+            t.parse::<Tier>().map_err(|e| err(key_line("escalation"), Some("escalation.max_tier"), e.to_string()))?
+        }
+        None => Tier::Frontier,
+    };
+    if max_tier < tier {
+        return Err(err(
+            key_line("escalation"),
+            Some("escalation.max_tier"),
+            format!("{max_tier} is below the agent's own tier {tier}"),
+        ));
+    }
+    let after_failed_gates = esc.after_failed_gates.unwrap_or(1);
+    if !(1..=10).contains(&after_failed_gates) {
+        return Err(err(
+            key_line("escalation"),
+            Some("escalation.after_failed_gates"),
+            format!("{after_failed_gates} is outside 1..=10"),
+        ));
+    }
+
+    let b = raw.budget.unwrap_or_default();
+    if let Some(usd) = b.usd_per_task {
+        if !(usd > 0.0 && usd <= AGENT_TASK_USD_MAX) {
+            return Err(err(
+                key_line("budget"),
+                Some("budget.usd_per_task"),
+                format!("{usd} is outside (0, {AGENT_TASK_USD_MAX}]"),
+            ));
+        }
+    }
+    if let Some(tokens) = b.tokens_per_task {
+        if !(1..=AGENT_TASK_TOKENS_MAX).contains(&tokens) {
+            return Err(err(
+                key_line("budget"),
+                Some("budget.tokens_per_task"),
+                format!("{tokens} is outside 1..={AGENT_TASK_TOKENS_MAX}"),
+            ));
+        }
+    }
+
+    Ok(AgentSpec {
+        name,
+        description,
+        tools,
+        model: raw.model,
+        role,
+        tier,
+        capabilities,
+        context_scopes,
+        resources,
+        escalation: Escalation { max_tier, after_failed_gates },
+        budget: Budget { usd_per_task: b.usd_per_task, tokens_per_task: b.tokens_per_task },
+        prompt: prompt.trim().to_string(),
+        source: file.to_path_buf(),
+    })
+}
+
+/// Reads and parses one spec file.
+pub fn load_file(path: &Path) -> Result<AgentSpec, SpecError> {
+    let io = |message: String| SpecError { file: path.to_path_buf(), line: None, field: None, message };
+    let meta = std::fs::metadata(path).map_err(|e| io(e.to_string()))?;
+    if meta.len() > AGENT_SPEC_BYTES_MAX as u64 {
+        return Err(io(format!("{} bytes is over the limit of {AGENT_SPEC_BYTES_MAX}", meta.len())));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| io(e.to_string()))?;
+    parse(path, &text)
+}
+
+/// Every `*.md` spec in `dir` (not recursive), in file-name order, with every error found
+/// (not only the first). Two specs with one name are an error on the second.
+pub fn load_dir(dir: &Path) -> (Vec<AgentSpec>, Vec<SpecError>) {
+    let io = |message: String| SpecError { file: dir.to_path_buf(), line: None, field: None, message };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return (Vec::new(), vec![io(e.to_string())]),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md") && p.is_file())
+        .collect();
+    files.sort();
+    if files.len() > AGENT_SPECS_MAX {
+        return (Vec::new(), vec![io(format!("{} specs is over the limit of {AGENT_SPECS_MAX}", files.len()))]);
+    }
+    let mut specs: Vec<AgentSpec> = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for f in files {
+        match load_file(&f) {
+            Ok(spec) => {
+                if let Some(first) = seen.get(&spec.name) {
+                    errors.push(SpecError {
+                        file: f.clone(),
+                        line: None,
+                        field: Some("name".into()),
+                        message: format!("{:?} is already defined in {}", spec.name, first.display()),
+                    });
+                    continue;
+                }
+                seen.insert(spec.name.clone(), f);
+                specs.push(spec);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    (specs, errors)
+}
+
+/// `.claude/agents` model aliases as tiers.
+fn claude_model_tier(model: &str) -> Option<Tier> {
+    match model {
+        "haiku" => Some(Tier::Cheap),
+        "sonnet" => Some(Tier::Standard),
+        "opus" => Some(Tier::Frontier),
+        _ => None,
+    }
+}
+
+/// The YAML between an opening `---` line and the next `---` line, and the rest.
+fn split_front_matter(text: &str) -> Option<(&str, &str)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let rest = text.strip_prefix("---\n").or_else(|| text.strip_prefix("---\r\n"))?;
+    let mut offset = 0;
+    for line in rest.split_inclusive('\n') {
+        if line.trim_end() == "---" {
+            return Some((&rest[..offset], &rest[offset + line.len()..]));
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Top-level keys of a YAML mapping with their 1-based lines (a light scan: keys at column 0).
+fn top_level_keys(yaml: &str) -> Vec<(String, usize)> {
+    yaml.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.starts_with([' ', '\t', '#', '-']) && !l.trim().is_empty())
+        .filter_map(|(i, l)| l.split_once(':').map(|(k, _)| (k.trim().trim_matches(['"', '\'']).to_string(), i + 1)))
+        .collect()
+}
+
+fn top_level_key_line(yaml: &str, key: &str) -> Option<usize> {
+    top_level_keys(yaml).into_iter().find(|(k, _)| k == key).map(|(_, l)| l)
+}
+
+/// The key whose value covers `line` (1-based): the nearest key at or above it, at its
+/// indentation or less, joined with the top-level key above it when nested.
+fn field_at_line(yaml: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut path: Vec<String> = Vec::new();
+    let mut indent = usize::MAX;
+    for l in lines.iter().take(line).rev() {
+        let trimmed = l.trim_start();
+        let this = l.len() - trimmed.len();
+        if trimmed.is_empty() || trimmed.starts_with('#') || this >= indent {
+            continue;
+        }
+        let body = trimmed.trim_start_matches("- ");
+        if let Some((k, _)) = body.split_once(':') {
+            if !k.contains(['{', '[', ' ']) {
+                path.push(k.trim().to_string());
+            }
+        }
+        indent = this;
+        if this == 0 {
+            break;
+        }
+    }
+    if path.is_empty() {
+        return None;
+    }
+    path.reverse();
+    Some(path.join("."))
+}
+
+/// The parser's message without its own positions, which count lines of the front matter,
+/// not of the file (the error carries the file's line).
+fn without_yaml_position(message: &str) -> String {
+    let mut m = message.trim_start_matches("error: ");
+    if let Some(rest) = m.strip_prefix("line ") {
+        if let Some((_, after)) = rest.split_once(": ") {
+            m = after;
+        }
+    }
+    let m = match m.rfind(" at line ") {
+        Some(i) => &m[..i],
+        None => m,
+    };
+    m.to_string()
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).to_string()
+}
+
+/// A field named in a serde message (``missing field `name` ``).
+fn backticked(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<AgentSpec, SpecError> {
+        parse(Path::new("agents/x.md"), text)
+    }
+
+    #[test]
+    fn a_claude_code_agent_file_loads_unchanged() {
+        let text = "---\nname: code-reviewer\ndescription: Reviews code for quality. Use after changes.\n\
+                    tools: Read, Grep, Glob, Bash\nmodel: opus\ncolor: blue\n---\n\nYou are a senior reviewer.\n";
+        let spec = p(text).expect("loads");
+        assert_eq!(spec.name, "code-reviewer");
+        assert_eq!(spec.tools, ["Read", "Grep", "Glob", "Bash"]);
+        assert_eq!(spec.model.as_deref(), Some("opus"));
+        assert_eq!(spec.tier, Tier::Frontier);
+        assert_eq!(spec.role, None);
+        assert_eq!(spec.prompt, "You are a senior reviewer.");
+    }
+
+    #[test]
+    fn the_extended_fields_parse() {
+        let text = "---\nname: impl\ndescription: d\ntools: [Read, Edit]\nrole: implementer\ntier: cheap\n\
+                    capabilities: [shell]\ncontext_scopes: [\"src/**\"]\nresources:\n  - { path: \"pg:staging\", mode: exclusive }\n\
+                    escalation: { max_tier: standard, after_failed_gates: 2 }\nbudget: { usd_per_task: 1.5, tokens_per_task: 1000 }\n---\nbody";
+        let spec = p(text).expect("loads");
+        assert_eq!(spec.role, Some(Role::Implementer));
+        assert_eq!(spec.tier, Tier::Cheap);
+        assert_eq!(spec.resources[0].mode, Mode::Exclusive);
+        assert_eq!(spec.resources[0].path.to_string(), "pg:staging");
+        assert_eq!(spec.escalation, Escalation { max_tier: Tier::Standard, after_failed_gates: 2 });
+        assert_eq!(spec.budget.tokens_per_task, Some(1000));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = p("---\nname: a\ndescription: d\ntier: fronteir\n---\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("tier")), "{e}");
+        assert!(e.to_string().starts_with("agents/x.md:4: field `tier`: unknown tier \"fronteir\""), "{e}");
+
+        let e = p("---\nname: a\ndescription: d\nteir: cheap\n---\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("teir")), "{e}");
+
+        let e = p("---\ndescription: d\n---\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("name"), "{e}");
+
+        let e = p("---\nname: A b\ndescription: d\n---\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("name")), "{e}");
+
+        let e =
+            p("---\nname: a\ndescription: d\nresources:\n  - { path: \"pg:\", mode: exclusive }\n---\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("resources[0].path"), "{e}");
+
+        let e = p("---\nname: a\ndescription: d\nbudget:\n  usd_per_task: lots\n---\n").unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.to_string().ends_with("field `budget.usd_per_task`: invalid floating point (f64 value)"), "{e}");
+        assert_eq!(e.field.as_deref(), Some("budget.usd_per_task"), "{e}");
+
+        let e = p("no front matter").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+}
