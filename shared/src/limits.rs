@@ -110,3 +110,30 @@ pub const AGENT_ITEM_LEN_MAX_BYTES: usize = 512;
 pub const AGENT_TASK_USD_MAX: f64 = 10_000.0;
 /// Largest per-task token budget an agent spec may set.
 pub const AGENT_TASK_TOKENS_MAX: u64 = 100_000_000;
+
+/// Most tasks the replicated state holds (queued, running and retained ended ones).
+pub const TASKS_MAX: usize = 200_000;
+/// Ended tasks kept for `qm task show`; the oldest are forgotten first.
+pub const TASKS_ENDED_RETAINED_MAX: usize = 10_000;
+/// Most attempts of one task (failures before it ends as failed; history kept).
+pub const TASK_ATTEMPTS_MAX: usize = 16;
+/// Largest executor payload of a task.
+pub const TASK_PAYLOAD_BYTES_MAX: usize = 64 * 1024;
+/// Largest checkpoint a task may store (replicated: keep it small).
+pub const TASK_CHECKPOINT_BYTES_MAX: usize = 256 * 1024;
+/// Largest output a task attempt reports.
+pub const TASK_OUTPUT_BYTES_MAX: usize = 64 * 1024;
+/// Longest error text or blocked message of a task report.
+pub const TASK_ERROR_LEN_MAX_BYTES: usize = 4 * 1024;
+/// Longest progress stage name.
+pub const TASK_STAGE_LEN_MAX_BYTES: usize = 128;
+/// Longest work item id.
+pub const WORK_ITEM_LEN_MAX_BYTES: usize = 128;
+/// Most registered workers.
+pub const WORKERS_MAX: usize = 10_000;
+/// Longest worker node id (and label key + value).
+pub const WORKER_NODE_ID_LEN_MAX_BYTES: usize = 256;
+/// Most labels a worker registers.
+pub const WORKER_LABELS_MAX: usize = 64;
+/// Most agent slots per role on one worker.
+pub const WORKER_SLOTS_PER_ROLE_MAX: u32 = 256;

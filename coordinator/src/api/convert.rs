@@ -167,6 +167,10 @@ pub fn effect_subject(e: &Effect) -> (Option<&str>, Option<SessionId>, Option<&s
         | Effect::TimedOut { owner, session, .. }
         | Effect::Cancelled { owner, session, .. }
         | Effect::PriorityInherited { owner, session, .. } => (None, Some(*session), Some(owner)),
+        Effect::TaskAssigned { session, .. } | Effect::TaskCancelRequested { session, .. } => {
+            (None, Some(*session), None)
+        }
+        Effect::TaskQueued { .. } | Effect::TaskProgress { .. } | Effect::TaskEnded { .. } => (None, None, None),
     }
 }
 
@@ -245,9 +249,14 @@ pub fn watch_event(index: u64, at_ms: u64, e: &Effect) -> Option<pb::WatchEvent>
         Effect::SessionExpired { session } => {
             we::Kind::SessionExpired(we::SessionExpired { session_id: session.0, ..Default::default() })
         }
-        Effect::SessionOpened { .. } | Effect::PreemptWithdrawn { .. } | Effect::PriorityInherited { .. } => {
-            return None
-        }
+        Effect::SessionOpened { .. }
+        | Effect::PreemptWithdrawn { .. }
+        | Effect::PriorityInherited { .. }
+        | Effect::TaskQueued { .. }
+        | Effect::TaskAssigned { .. }
+        | Effect::TaskCancelRequested { .. }
+        | Effect::TaskProgress { .. }
+        | Effect::TaskEnded { .. } => return None,
     };
     Some(pb::WatchEvent { index, at_ms, kind: Some(kind) })
 }

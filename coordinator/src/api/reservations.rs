@@ -39,6 +39,10 @@ fn refusal_reason(r: &Refusal) -> pb::RefusalReason {
         Refusal::ReservationUnknown { .. } | Refusal::RequestUnknown { .. } | Refusal::Exhausted { .. } => {
             pb::RefusalReason::OverCapacity
         }
+        Refusal::TaskUnknown { .. }
+        | Refusal::StaleAttempt { .. }
+        | Refusal::NotAWorker { .. }
+        | Refusal::TaskEnded { .. } => pb::RefusalReason::Unspecified,
         Refusal::Invalid(_) => pb::RefusalReason::Unspecified,
     }
 }

@@ -53,6 +53,12 @@ impl fmt::Display for Response {
             Response::SessionOpened { session, ttl_ms, expires_at } => {
                 write!(f, "session {session} opened ttl={ttl_ms} expires_at={expires_at}")
             }
+            Response::TaskSubmitted { task } => write!(f, "task {task} submitted"),
+            Response::TaskCancelled { task } => write!(f, "task {task} cancelled"),
+            Response::WorkerRegistered { session, abandon } => {
+                write!(f, "worker {session} registered abandon={abandon:?}")
+            }
+            Response::TaskReported { task, status } => write!(f, "task {task} {}", status.as_str()),
             Response::SessionKept { session, expires_at } => {
                 write!(f, "session {session} kept expires_at={expires_at}")
             }
@@ -115,6 +121,12 @@ impl fmt::Display for Refusal {
             Refusal::RequestUnknown { request } => write!(f, "request {request} unknown"),
             Refusal::AlreadyWaiting { request } => write!(f, "owner already waits in {request}"),
             Refusal::Exhausted { what, max } => write!(f, "{what} exhausted (max {max})"),
+            Refusal::TaskUnknown { task } => write!(f, "task {task} unknown"),
+            Refusal::StaleAttempt { task, attempt, current } => {
+                write!(f, "task {task} attempt {attempt} is stale (current {current})")
+            }
+            Refusal::NotAWorker { session } => write!(f, "session {session} registered no worker"),
+            Refusal::TaskEnded { task } => write!(f, "task {task} already ended"),
             Refusal::Invalid(invalid) => write!(f, "INVALID_ARGUMENT {invalid}"),
         }
     }
@@ -153,6 +165,17 @@ impl fmt::Display for Effect {
             Effect::PriorityInherited { owner, priority, .. } => {
                 write!(f, "PriorityInherited {owner} priority={priority}")
             }
+            Effect::TaskQueued { task, resumable } => write!(f, "TaskQueued {task} resumable={resumable}"),
+            Effect::TaskAssigned { task, attempt, session } => {
+                write!(f, "TaskAssigned {task} attempt={attempt} worker={session}")
+            }
+            Effect::TaskCancelRequested { task, attempt, session } => {
+                write!(f, "TaskCancelRequested {task} attempt={attempt} worker={session}")
+            }
+            Effect::TaskProgress { task, attempt, percent } => {
+                write!(f, "TaskProgress {task} attempt={attempt} {percent}%")
+            }
+            Effect::TaskEnded { task, status } => write!(f, "TaskEnded {task} {}", status.as_str()),
         }
     }
 }

@@ -22,6 +22,7 @@ impl State {
         self.check_conflicts();
         self.check_timers();
         self.check_policy_counts();
+        self.tasks.check();
         self.check_wait_for();
     }
 

@@ -25,6 +25,7 @@ mod records;
 mod render;
 mod small_map;
 mod snapshot;
+pub mod tasks;
 mod types;
 mod wait_for;
 
@@ -139,6 +140,7 @@ pub struct State {
     aging_timers: BTreeSet<(Millis, RequestId)>,
     wait_for: WaitFor,
     stats: Stats,
+    tasks: tasks::Tasks,
 }
 
 /// What one apply accumulates on its way.
@@ -253,24 +255,7 @@ pub fn validate_command(cmd: &Command) -> Result<(), Invalid> {
             if let Wait::Wait { timeout_ms: Some(t) } = a.wait {
                 validate::check_wait_timeout_ms(t)?;
             }
-            if a.items.is_empty() || a.items.len() > SET_SIZE_MAX {
-                return Err(Invalid::new(
-                    "resources",
-                    format!("has {} entries, 1..={SET_SIZE_MAX} allowed", a.items.len()),
-                ));
-            }
-            for (i, item) in a.items.iter().enumerate() {
-                validate::check_range("units", item.units.into(), 1, CAPACITY_MAX.into())
-                    .map_err(|e| e.within(&format!("resources[{i}]")))?;
-                // Sets are small (SET_SIZE_MAX), so a pairwise check beats allocating a set.
-                if a.items[..i].iter().any(|other| other.path == item.path) {
-                    return Err(Invalid::new(
-                        format!("resources[{i}].resource"),
-                        format!("{} appears twice in one set", item.path),
-                    ));
-                }
-            }
-            Ok(())
+            validate_items(&a.items, false)
         }
         Command::Extend { lease_ms, .. } => validate::check_lease_ms(*lease_ms),
         Command::DeclareResource { capacity, grace_ms, .. } => {
@@ -285,13 +270,38 @@ pub fn validate_command(cmd: &Command) -> Result<(), Invalid> {
             validate::check_range("preempt_gap", config.preempt_gap.into(), 0, PRIORITY_MAX.into())?;
             validate::check_range("queue_len_max", config.queue_len_max.into(), 1, QUEUE_LEN_MAX.into())
         }
+        Command::SubmitTask(_) | Command::RegisterWorker(_) | Command::ReportTask { .. } => {
+            tasks::validate_task_command(cmd)
+        }
         Command::KeepAlive { .. }
         | Command::CloseSession { .. }
         | Command::Release { .. }
         | Command::Cancel { .. }
+        | Command::CancelTask { .. }
         | Command::Tick
         | Command::RestartLeases => Ok(()),
     }
+}
+
+/// An acquire set (or a task's resources; `allow_empty` for a task needing none): size,
+/// units, no path twice.
+pub(crate) fn validate_items(items: &[Item], allow_empty: bool) -> Result<(), Invalid> {
+    if (items.is_empty() && !allow_empty) || items.len() > SET_SIZE_MAX {
+        let min = usize::from(!allow_empty);
+        return Err(Invalid::new("resources", format!("has {} entries, {min}..={SET_SIZE_MAX} allowed", items.len())));
+    }
+    for (i, item) in items.iter().enumerate() {
+        validate::check_range("units", item.units.into(), 1, CAPACITY_MAX.into())
+            .map_err(|e| e.within(&format!("resources[{i}]")))?;
+        // Sets are small (SET_SIZE_MAX), so a pairwise check beats allocating a set.
+        if items[..i].iter().any(|other| other.path == item.path) {
+            return Err(Invalid::new(
+                format!("resources[{i}].resource"),
+                format!("{} appears twice in one set", item.path),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl State {
@@ -401,6 +411,12 @@ impl State {
                 self.config = config;
                 Response::Configured
             }
+            Command::SubmitTask(spec) => self.apply_submit_task(spec, ctx),
+            Command::CancelTask { task } => self.apply_cancel_task(task, ctx),
+            Command::RegisterWorker(w) => self.apply_register_worker(w, ctx),
+            Command::ReportTask { session, task, attempt, report } => {
+                self.apply_report_task(session, task, attempt, report, ctx)
+            }
         }
     }
 
@@ -438,6 +454,7 @@ impl State {
     /// Releases everything a session holds and cancels its waits.
     fn end_session(&mut self, id: SessionId, reason: ReleaseReason, ctx: &mut Ctx) -> Option<(u32, u32)> {
         let session = self.sessions.remove(&id)?;
+        self.worker_lost(id, ctx);
         self.session_timers.remove(&(session.expires_at, id));
         if reason == ReleaseReason::SessionExpired {
             ctx.effects.push(Effect::SessionExpired { session: id });

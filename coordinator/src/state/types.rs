@@ -49,6 +49,11 @@ id_type!(
     OwnerId,
     "o"
 );
+id_type!(
+    /// A task: one unit of agent work (a pass of a work item).
+    TaskId,
+    "t"
+);
 
 /// What happens to a holder when a waiter far above it in priority is blocked by it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -157,6 +162,22 @@ pub enum Command {
     /// Proposed first by a new leader: every lease and session restarts with a full TTL, so a
     /// failover never expires anything early.
     RestartLeases,
+    /// Queue a task for an agent of its role.
+    SubmitTask(super::tasks::TaskSpec),
+    /// Stop a task: queued ones end at once, running ones are told to stop.
+    CancelTask {
+        task: TaskId,
+    },
+    /// A worker (re)announces itself on its session: the agent slots it hosts per role.
+    /// Re-registering on the same session keeps its assignments.
+    RegisterWorker(super::tasks::WorkerSpec),
+    /// A worker reports on one attempt of a task it was assigned.
+    ReportTask {
+        session: SessionId,
+        task: TaskId,
+        attempt: u32,
+        report: super::tasks::TaskReport,
+    },
 }
 
 /// A granted reservation as reported to clients and in effects.
@@ -221,6 +242,24 @@ pub enum Refusal {
     AlreadyWaiting {
         request: RequestId,
     },
+    TaskUnknown {
+        task: TaskId,
+    },
+    /// A report for an attempt that is no longer the task's current one, or from a session
+    /// the attempt is not assigned to: it changes nothing (a zombie's late word).
+    StaleAttempt {
+        task: TaskId,
+        attempt: u32,
+        current: u32,
+    },
+    /// The session registered no worker.
+    NotAWorker {
+        session: SessionId,
+    },
+    /// The task already ended.
+    TaskEnded {
+        task: TaskId,
+    },
     /// A state-wide bound was reached (sessions, reservations, requests).
     Exhausted {
         what: String,
@@ -274,6 +313,21 @@ pub enum Response {
         sessions: u32,
     },
     Configured,
+    TaskSubmitted {
+        task: TaskId,
+    },
+    TaskCancelled {
+        task: TaskId,
+    },
+    WorkerRegistered {
+        session: SessionId,
+        /// Tasks the worker said it runs that are no longer its to run: stop them silently.
+        abandon: Vec<TaskId>,
+    },
+    TaskReported {
+        task: TaskId,
+        status: super::tasks::TaskStatus,
+    },
     /// Raft's own entries (a new leader's blank entry, membership changes) change nothing
     /// here and answer `Noop`.
     Noop,
@@ -363,5 +417,32 @@ pub enum Effect {
         owner: String,
         session: SessionId,
         priority: u32,
+    },
+    TaskQueued {
+        task: TaskId,
+        /// A requeued task resumes from its checkpoint when it has one.
+        resumable: bool,
+    },
+    /// Run attempt `attempt` of `task` on the worker of `session`.
+    TaskAssigned {
+        task: TaskId,
+        attempt: u32,
+        session: SessionId,
+    },
+    /// The worker running `task` must stop it (cancelled).
+    TaskCancelRequested {
+        task: TaskId,
+        attempt: u32,
+        session: SessionId,
+    },
+    TaskProgress {
+        task: TaskId,
+        attempt: u32,
+        percent: u32,
+    },
+    /// The task ended for good.
+    TaskEnded {
+        task: TaskId,
+        status: super::tasks::TaskStatus,
     },
 }
