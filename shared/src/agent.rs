@@ -129,6 +129,17 @@ impl FromStr for Tier {
     }
 }
 
+/// The owner name an agent acquires a task's resources under: `task-<id>`. Preemption
+/// notices for a reservation find their task through it.
+pub fn task_owner(task: u64) -> String {
+    format!("task-{task}")
+}
+
+/// The task an owner name belongs to, if it is a task owner.
+pub fn owner_task(owner: &str) -> Option<u64> {
+    owner.strip_prefix("task-")?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +155,7 @@ mod tests {
         let e = "orchestrator".parse::<Role>().unwrap_err();
         assert!(e.to_string().contains("analyst, architect"), "{e}");
         assert_eq!(Tier::Cheap.escalated().escalated().escalated(), Tier::Frontier);
+        assert_eq!(owner_task(&task_owner(42)), Some(42));
+        assert_eq!(owner_task("implementer/WI-1"), None);
     }
 }

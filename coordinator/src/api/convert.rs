@@ -34,6 +34,30 @@ pub fn prefix(field: &str, text: &str) -> Result<Option<ResourcePath>, Invalid> 
     path(field, text).map(Some)
 }
 
+/// Resource requests as core items, each field checked and named.
+pub fn items_from_pb(resources: Vec<pb::ResourceRequest>) -> Result<Vec<Item>, Invalid> {
+    if resources.len() > qm_shared::limits::SET_SIZE_MAX {
+        return Err(Invalid::new(
+            "resources",
+            format!("has {} entries, at most {}", resources.len(), qm_shared::limits::SET_SIZE_MAX),
+        ));
+    }
+    let mut items = Vec::with_capacity(resources.len());
+    for (i, r) in resources.into_iter().enumerate() {
+        let path = path(&format!("resources[{i}].path"), &r.path)?;
+        let mode = mode_from_pb(&format!("resources[{i}].mode"), r.mode)?;
+        items.push(Item { path, mode, units: r.units.max(1) });
+    }
+    Ok(items)
+}
+
+pub fn items_to_pb(items: &[Item]) -> Vec<pb::ResourceRequest> {
+    items
+        .iter()
+        .map(|i| pb::ResourceRequest { path: i.path.to_string(), mode: mode_to_pb(i.mode), units: i.units })
+        .collect()
+}
+
 pub fn acquire_from_pb(req: pb::AcquireRequest, state: &State) -> Result<Acquire, Invalid> {
     let session = SessionId(req.session_id);
     if req.session_id == 0 {
@@ -62,12 +86,7 @@ pub fn acquire_from_pb(req: pb::AcquireRequest, state: &State) -> Result<Acquire
             ))
         }
     };
-    let mut items = Vec::with_capacity(req.resources.len());
-    for (i, r) in req.resources.into_iter().enumerate() {
-        let path = path(&format!("resources[{i}].path"), &r.path)?;
-        let mode = mode_from_pb(&format!("resources[{i}].mode"), r.mode)?;
-        items.push(Item { path, mode, units: r.units.max(1) });
-    }
+    let items = items_from_pb(req.resources)?;
     validate::check_priority(req.priority)?;
     let lease_ms = if req.lease_ms == 0 { LEASE_MS_DEFAULT } else { req.lease_ms };
     validate::check_lease_ms(lease_ms).map_err(|e| Invalid::new("lease_ms", e.message))?;

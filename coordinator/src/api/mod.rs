@@ -10,7 +10,9 @@ pub mod graph;
 pub mod peer;
 pub mod reservations;
 pub mod sessions;
+pub mod tasks;
 pub mod transfer;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +50,12 @@ pub async fn serve(
     let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterApi { node: node.clone() })
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let tasks = pb::tasks_server::TasksServer::new(tasks::TasksApi { node: node.clone() })
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let gateway = pb::worker_gateway_server::WorkerGatewayServer::new(worker::GatewayApi { node: node.clone() })
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
     let peer = pb::raft_peer_server::RaftPeerServer::new(peer::PeerApi { node })
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
@@ -59,6 +67,8 @@ pub async fn serve(
         .add_service(sessions)
         .add_service(reservations)
         .add_service(cluster)
+        .add_service(tasks)
+        .add_service(gateway)
         .add_service(peer)
         // A caller-supplied listener bypasses the builder's socket options: set them here, or
         // small replies wait on Nagle and the peer's delayed ACK (~40 ms per round trip).
@@ -80,7 +90,7 @@ async fn report_health(node: Arc<Node>, health: tonic_health::server::HealthRepo
         if last != Some(serving) {
             let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
             health.set_service_status("", status).await;
-            for name in ["qm.v1.Sessions", "qm.v1.Reservations", "qm.v1.Cluster"] {
+            for name in ["qm.v1.Sessions", "qm.v1.Reservations", "qm.v1.Cluster", "qm.v1.Tasks", "qm.v1.WorkerGateway"] {
                 health.set_service_status(name, status).await;
             }
             last = Some(serving);

@@ -50,8 +50,8 @@ pub struct WorkerSpec {
     /// Agent slots per role.
     pub slots: BTreeMap<Role, u32>,
     pub labels: BTreeMap<String, String>,
-    /// Tasks the worker still runs (after a reconnect), as `(task, attempt)`.
-    pub running: Vec<(TaskId, u32)>,
+    /// Tasks the worker still runs (after a reconnect).
+    pub running: Vec<TaskId>,
 }
 
 /// How an attempt ended.
@@ -196,7 +196,7 @@ impl Tasks {
         self.tasks.get(&id)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Task> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Task> {
         self.tasks.values()
     }
 
@@ -353,12 +353,10 @@ impl State {
         let abandon: Vec<TaskId> = w
             .running
             .iter()
-            .filter(|(id, attempt)| {
-                self.tasks.tasks.get(id).is_none_or(|t| {
-                    t.status != TaskStatus::Running || t.session != Some(w.session) || t.attempt != *attempt
-                })
+            .filter(|id| {
+                self.tasks.tasks.get(id).is_none_or(|t| t.status != TaskStatus::Running || t.session != Some(w.session))
             })
-            .map(|(id, _)| *id)
+            .copied()
             .collect();
         self.tasks.workers.insert(
             w.session,
