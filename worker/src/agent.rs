@@ -1,0 +1,322 @@
+//! One agent slot's logic, pure: `on_event(event, now) -> actions`.
+//!
+//! ```text
+//!   Idle ──Assigned──▶ Acquiring ──Granted──▶ Running ──ExecDone──▶ Idle   (release, result)
+//!                         │ failed/cancelled      │ Preempt: checkpoint + stop ─▶ Stopping
+//!                         ▼                       │ Cancel:  stop              ─▶ Stopping
+//!                        Idle (result)            ▼ Abandon: stop, no result   ─▶ Stopping
+//!   Stopping ──ExecDone──▶ Idle (release; result Preempted / Cancelled, or none if abandoned)
+//! ```
+//!
+//! The actor around it performs the actions (gRPC calls, the executor) and feeds their
+//! outcomes back as events. Nothing here does I/O or reads a clock.
+
+use crate::executor::{Control, ExecEvent, ExecOutcome, ExecRequest, ExecResult, Usage};
+
+/// An assignment as the agent needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assignment {
+    pub task: u64,
+    pub attempt: u32,
+    /// `(path, mode is exclusive, units)`.
+    pub resources: Vec<(String, bool, u32)>,
+    pub payload: Vec<u8>,
+    pub priority: u32,
+    pub resume: Option<Vec<u8>>,
+    pub timeout_ms: u64,
+}
+
+/// A granted reservation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub id: u64,
+    pub fencing_token: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Assigned(Assignment),
+    Granted(Vec<Lease>),
+    AcquireFailed(String),
+    Exec(ExecEvent),
+    ExecDone(ExecResult),
+    Preempt,
+    Cancel,
+    /// The coordinator no longer considers this attempt ours: stop without a result.
+    Abandon,
+}
+
+/// A report to the coordinator about the current attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Report {
+    Progress { percent: u32, stage: String, usage: Usage },
+    Checkpoint { seq: u64, data: Vec<u8>, for_preemption: bool },
+    Result { outcome: Outcome, output: Vec<u8>, error: String, usage: Usage, wall_ms: u64 },
+}
+
+/// Final outcome of an attempt, as reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+    Preempted,
+    TimedOut,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Acquire the resources as one atomic set, waiting, under owner `task-<id>`.
+    Acquire { task: u64, resources: Vec<(String, bool, u32)>, priority: u32 },
+    /// Withdraw a pending acquire of the task (if any).
+    CancelAcquire { task: u64 },
+    Start(ExecRequest),
+    Control(Control),
+    Release(Vec<u64>),
+    Report { task: u64, attempt: u32, report: Report },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Phase {
+    Idle,
+    Acquiring { a: Assignment, since: u64 },
+    Running { a: Assignment, leases: Vec<Lease>, since: u64 },
+    Stopping { a: Assignment, leases: Vec<Lease>, since: u64, reason: Stop },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Preempted,
+    Cancelled,
+    Abandoned,
+}
+
+/// One slot's state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Agent {
+    phase: Phase,
+    checkpoint_seq: u64,
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent::new()
+    }
+}
+
+impl Agent {
+    pub fn new() -> Agent {
+        Agent { phase: Phase::Idle, checkpoint_seq: 0 }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Idle
+    }
+
+    /// The task and attempt this slot works on.
+    pub fn current(&self) -> Option<(u64, u32)> {
+        match &self.phase {
+            Phase::Idle => None,
+            Phase::Acquiring { a, .. } | Phase::Running { a, .. } | Phase::Stopping { a, .. } => Some((a.task, a.attempt)),
+        }
+    }
+
+    pub fn on_event(&mut self, event: Event, now: u64) -> Vec<Action> {
+        let phase = std::mem::replace(&mut self.phase, Phase::Idle);
+        let (phase, actions) = self.step(phase, event, now);
+        self.phase = phase;
+        actions
+    }
+
+    fn step(&mut self, phase: Phase, event: Event, now: u64) -> (Phase, Vec<Action>) {
+        let report = |a: &Assignment, report: Report| Action::Report { task: a.task, attempt: a.attempt, report };
+        match (phase, event) {
+            (Phase::Idle, Event::Assigned(a)) => {
+                self.checkpoint_seq = 0;
+                if a.resources.is_empty() {
+                    let start = self.start(&a, &[]);
+                    return (Phase::Running { a, leases: Vec::new(), since: now }, start);
+                }
+                let acquire = Action::Acquire { task: a.task, resources: a.resources.clone(), priority: a.priority };
+                (Phase::Acquiring { a, since: now }, vec![acquire])
+            }
+            (Phase::Acquiring { a, since: _ }, Event::Granted(leases)) => {
+                let start = self.start(&a, &leases);
+                (Phase::Running { a, leases, since: now }, start)
+            }
+            (Phase::Acquiring { a, since }, Event::AcquireFailed(error)) => {
+                let r = Report::Result {
+                    outcome: Outcome::Failed,
+                    output: Vec::new(),
+                    error: format!("acquiring the task's resources: {error}"),
+                    usage: Usage::default(),
+                    wall_ms: now.saturating_sub(since),
+                };
+                (Phase::Idle, vec![report(&a, r)])
+            }
+            (Phase::Acquiring { a, since }, Event::Cancel) => {
+                let r = Report::Result {
+                    outcome: Outcome::Cancelled,
+                    output: Vec::new(),
+                    error: String::new(),
+                    usage: Usage::default(),
+                    wall_ms: now.saturating_sub(since),
+                };
+                (Phase::Idle, vec![Action::CancelAcquire { task: a.task }, report(&a, r)])
+            }
+            (Phase::Acquiring { a, .. }, Event::Abandon) => (Phase::Idle, vec![Action::CancelAcquire { task: a.task }]),
+            (Phase::Running { a, leases, since }, Event::Exec(ev)) => {
+                let r = self.exec_report(ev, false);
+                (Phase::Running { a: a.clone(), leases, since }, vec![report(&a, r)])
+            }
+            (Phase::Stopping { a, leases, since, reason }, Event::Exec(ev)) => {
+                let r = self.exec_report(ev, reason == Stop::Preempted);
+                let actions = if reason == Stop::Abandoned { Vec::new() } else { vec![report(&a, r)] };
+                (Phase::Stopping { a, leases, since, reason }, actions)
+            }
+            (Phase::Running { a, leases, since }, Event::Preempt) => {
+                (Phase::Stopping { a, leases, since, reason: Stop::Preempted }, vec![Action::Control(Control::Stop)])
+            }
+            (Phase::Running { a, leases, since }, Event::Cancel) => {
+                (Phase::Stopping { a, leases, since, reason: Stop::Cancelled }, vec![Action::Control(Control::Stop)])
+            }
+            (Phase::Running { a, leases, since }, Event::Abandon) => {
+                (Phase::Stopping { a, leases, since, reason: Stop::Abandoned }, vec![Action::Control(Control::Stop)])
+            }
+            (Phase::Running { a, leases, since }, Event::ExecDone(r)) => {
+                let outcome = match r.outcome {
+                    ExecOutcome::Succeeded => Outcome::Succeeded,
+                    ExecOutcome::Failed | ExecOutcome::Stopped => Outcome::Failed,
+                    ExecOutcome::TimedOut => Outcome::TimedOut,
+                };
+                let result = Report::Result {
+                    outcome,
+                    output: r.output,
+                    error: r.error,
+                    usage: r.usage,
+                    wall_ms: now.saturating_sub(since),
+                };
+                (Phase::Idle, release_then(&leases, report(&a, result)))
+            }
+            (Phase::Stopping { a, leases, since, reason }, Event::ExecDone(r)) => {
+                let outcome = match (reason, r.outcome) {
+                    (Stop::Preempted, _) => Outcome::Preempted,
+                    (_, ExecOutcome::Succeeded) => Outcome::Succeeded,
+                    _ => Outcome::Cancelled,
+                };
+                let result = Report::Result {
+                    outcome,
+                    output: r.output,
+                    error: r.error,
+                    usage: r.usage,
+                    wall_ms: now.saturating_sub(since),
+                };
+                let actions = match (reason, leases.is_empty()) {
+                    (Stop::Abandoned, true) => Vec::new(),
+                    (Stop::Abandoned, false) => vec![Action::Release(leases.iter().map(|l| l.id).collect())],
+                    _ => release_then(&leases, report(&a, result)),
+                };
+                (Phase::Idle, actions)
+            }
+            // Anything else is out of order (a late grant after a cancel, a duplicate notice):
+            // keep the phase; a late grant is released so nothing is held for nobody.
+            (phase, Event::Granted(leases)) => (phase, vec![Action::Release(leases.iter().map(|l| l.id).collect())]),
+            (phase, _) => (phase, Vec::new()),
+        }
+    }
+
+    fn start(&self, a: &Assignment, leases: &[Lease]) -> Vec<Action> {
+        let mut env = Vec::new();
+        if let Some(token) = leases.iter().map(|l| l.fencing_token).max() {
+            env.push(("QM_FENCING_TOKEN".to_string(), token.to_string()));
+            let ids: Vec<String> = leases.iter().map(|l| l.id.to_string()).collect();
+            env.push(("QM_RESERVATION_ID".to_string(), ids.join(",")));
+        }
+        env.push(("QM_TASK_ID".to_string(), a.task.to_string()));
+        env.push(("QM_TASK_ATTEMPT".to_string(), a.attempt.to_string()));
+        vec![Action::Start(ExecRequest {
+            task: a.task,
+            attempt: a.attempt,
+            payload: a.payload.clone(),
+            resume: a.resume.clone(),
+            env,
+            timeout_ms: a.timeout_ms,
+        })]
+    }
+
+    fn exec_report(&mut self, ev: ExecEvent, for_preemption: bool) -> Report {
+        match ev {
+            ExecEvent::Progress { percent, stage, usage } => Report::Progress { percent, stage, usage },
+            ExecEvent::Checkpoint(data) => {
+                self.checkpoint_seq += 1;
+                Report::Checkpoint { seq: self.checkpoint_seq, data, for_preemption }
+            }
+        }
+    }
+}
+
+/// Release the leases first (so a waiter gets them sooner), then report.
+fn release_then(leases: &[Lease], report: Action) -> Vec<Action> {
+    let mut actions = Vec::new();
+    if !leases.is_empty() {
+        actions.push(Action::Release(leases.iter().map(|l| l.id).collect()));
+    }
+    actions.push(report);
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment() -> Assignment {
+        Assignment {
+            task: 7,
+            attempt: 1,
+            resources: vec![("pg:staging".into(), true, 1)],
+            payload: b"{}".to_vec(),
+            priority: 100,
+            resume: None,
+            timeout_ms: 0,
+        }
+    }
+
+    #[test]
+    fn acquire_run_release_report() {
+        let mut a = Agent::new();
+        let acts = a.on_event(Event::Assigned(assignment()), 0);
+        assert!(matches!(acts[..], [Action::Acquire { task: 7, .. }]));
+        let acts = a.on_event(Event::Granted(vec![Lease { id: 3, fencing_token: 41 }]), 10);
+        let [Action::Start(req)] = &acts[..] else { panic!("{acts:?}") };
+        assert!(req.env.contains(&("QM_FENCING_TOKEN".into(), "41".into())));
+        assert!(req.env.contains(&("QM_RESERVATION_ID".into(), "3".into())));
+        let done = ExecResult { outcome: ExecOutcome::Succeeded, output: b"ok".to_vec(), error: String::new(), usage: Usage::default() };
+        let acts = a.on_event(Event::ExecDone(done), 110);
+        assert_eq!(acts[0], Action::Release(vec![3]));
+        assert!(matches!(&acts[1], Action::Report { report: Report::Result { outcome: Outcome::Succeeded, wall_ms: 100, .. }, .. }));
+        assert!(a.is_idle());
+    }
+
+    #[test]
+    fn preemption_checkpoints_then_releases_then_reports_preempted() {
+        let mut a = Agent::new();
+        a.on_event(Event::Assigned(assignment()), 0);
+        a.on_event(Event::Granted(vec![Lease { id: 3, fencing_token: 41 }]), 0);
+        assert_eq!(a.on_event(Event::Preempt, 5), vec![Action::Control(Control::Stop)]);
+        let acts = a.on_event(Event::Exec(ExecEvent::Checkpoint(b"step 4".to_vec())), 6);
+        assert!(matches!(&acts[..], [Action::Report { report: Report::Checkpoint { seq: 1, for_preemption: true, .. }, .. }]));
+        let stopped = ExecResult { outcome: ExecOutcome::Stopped, output: Vec::new(), error: String::new(), usage: Usage::default() };
+        let acts = a.on_event(Event::ExecDone(stopped), 7);
+        assert_eq!(acts[0], Action::Release(vec![3]));
+        assert!(matches!(&acts[1], Action::Report { report: Report::Result { outcome: Outcome::Preempted, .. }, .. }));
+    }
+
+    #[test]
+    fn abandoned_work_stops_silently_and_late_grants_are_released() {
+        let mut a = Agent::new();
+        a.on_event(Event::Assigned(assignment()), 0);
+        assert_eq!(a.on_event(Event::Abandon, 1), vec![Action::CancelAcquire { task: 7 }]);
+        assert!(a.is_idle());
+        assert_eq!(a.on_event(Event::Granted(vec![Lease { id: 9, fencing_token: 1 }]), 2), vec![Action::Release(vec![9])]);
+    }
+}
