@@ -23,6 +23,7 @@ mod config;
 mod coordinator;
 mod dev;
 mod reserve;
+mod task;
 
 use qm_shared::client::Client;
 use qm_shared::pb::v1 as pb;
@@ -97,6 +98,21 @@ enum Command {
         /// Only edges on resources at or below this path.
         #[arg(long, default_value = "")]
         prefix: String,
+    },
+    /// Resource declarations: capacity and priority-inversion policy.
+    Resource {
+        #[command(subcommand)]
+        command: ResourceCommand,
+    },
+    /// Tasks: units of agent work (a role, resources with modes, an executor payload).
+    Task {
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
+    /// Worker nodes that host agent slots and run tasks.
+    Worker {
+        #[command(subcommand)]
+        command: WorkerCommand,
     },
     /// Agent specs: markdown with YAML front matter (a superset of .claude/agents files).
     Agent {
@@ -335,6 +351,69 @@ enum ReserveCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum ResourceCommand {
+    /// Declare (or redeclare) a resource.
+    #[command(after_help = "Examples:\n  \
+        qm resource declare pg:staging --policy preempt --grace-ms 5000\n  \
+        qm resource declare gpu:box-7 --capacity 2\n  \
+        qm resource declare api:anthropic --capacity 20 --policy inherit")]
+    Declare {
+        /// Resource path
+        path: String,
+        /// Units of a counted resource (1..=1000000); omit for a plain resource
+        #[arg(long)]
+        capacity: Option<u32>,
+        /// What happens to a holder blocking a far higher priority waiter: none (wait),
+        /// preempt (checkpoint and release within the grace, then revoke) or inherit
+        #[arg(long, default_value = "none", value_parser = ["none", "preempt", "inherit"])]
+        policy: String,
+        /// Preemption grace in ms (100..=600000)
+        #[arg(long, default_value_t = 10_000)]
+        grace_ms: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TaskCommand {
+    /// Queue a task for an agent of its role.
+    #[command(after_help = "Examples:\n  \
+        qm task submit --role implementer --resource pg:staging --scripted-ms 3000 --wait\n  \
+        qm task submit --role verifier --resource pg:staging:shared --cmd 'make test' --priority 800\n  \
+        qm task submit --role implementer --payload '{\"executor\":\"scripted\",\"duration_ms\":5000,\"steps\":20}'")]
+    Submit(task::SubmitArgs),
+    /// Tasks, newest first.
+    List {
+        /// Only this status: queued, running, succeeded, failed, cancelled
+        #[arg(long, default_value = "")]
+        status: String,
+        /// At most this many (1..=10000)
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One task: status, progress, checkpoint, usage and every attempt.
+    Show {
+        /// Task id
+        id: u64,
+    },
+    /// Cancel a task (a running one is told to stop).
+    Cancel {
+        /// Task id
+        id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkerCommand {
+    /// Run a worker in the foreground: connect, register slots, run assigned tasks.
+    #[command(after_help = "Example:\n  qm worker run --node-id box-1 --slots implementer=2 --slots verifier=1\n\
+        Ctrl-C closes the worker's session: its running tasks go back to the queue and resume \
+        elsewhere from their last checkpoint.")]
+    Run(task::WorkerArgs),
+    /// Connected workers, their slots and running tasks.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
 enum AgentCommand {
     /// List the specs found: name, role, tier, resources and file.
     #[command(
@@ -511,6 +590,38 @@ async fn run_client(command: Command, output: Output, client: &Client) -> Result
     match command {
         Command::Cluster { command } => cluster(command, output, client).await,
         Command::Graph { prefix } => reserve::graph(client, prefix, output).await,
+        Command::Resource { command: ResourceCommand::Declare { path, capacity, policy, grace_ms } } => {
+            let policy = match policy.as_str() {
+                "preempt" => pb::ResourcePolicy::Preempt,
+                "inherit" => pb::ResourcePolicy::Inherit,
+                _ => pb::ResourcePolicy::None,
+            } as i32;
+            let req = pb::DeclareResourceRequest { path: path.clone(), capacity, policy, grace_ms };
+            let resp = client
+                .call(|ch| {
+                    let req = req.clone();
+                    async move { Ok(Client::reservations(ch).declare_resource(req).await?.into_inner()) }
+                })
+                .await
+                .map_err(status_failure)?;
+            reserve::emit(
+                output,
+                &serde_json::json!({"path": path, "index": resp.index}),
+                &format!("{path} declared (index {})\n", resp.index),
+            );
+            Ok(())
+        }
+        Command::Task { command } => match command {
+            TaskCommand::Submit(a) => task::submit(client, a, output).await,
+            TaskCommand::List { status, limit } => task::list(client, status, limit, output).await,
+            TaskCommand::Show { id } => task::show(client, id, output).await,
+            TaskCommand::Cancel { id } => task::cancel(client, id, output).await,
+        },
+        Command::Worker { command: WorkerCommand::List } => task::workers(client, output).await,
+        Command::Worker { command: WorkerCommand::Run(a) } => {
+            init_tracing();
+            task::run_worker(client.clone(), task::worker_config(a)?).await
+        }
         Command::Reserve { command } => match command {
             ReserveCommand::Acquire { resources, flags } => {
                 reserve::acquire_cmd(client, flags.args(resources), output).await

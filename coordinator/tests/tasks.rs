@@ -72,7 +72,13 @@ fn assigned(effects: &[Effect]) -> Vec<(TaskId, u32, SessionId)> {
 }
 
 fn finished(outcome: Outcome) -> TaskReport {
-    TaskReport::Finished { outcome, output: b"done".to_vec(), error: String::new(), usage: Usage::default(), wall_ms: 5 }
+    TaskReport::Finished {
+        outcome,
+        output: b"done".to_vec(),
+        error: String::new(),
+        usage: Usage::default(),
+        wall_ms: 5,
+    }
 }
 
 #[test]

@@ -211,6 +211,12 @@ impl Client {
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
     }
 
+    pub fn tasks(ch: Channel) -> pb::tasks_client::TasksClient<Channel> {
+        pb::tasks_client::TasksClient::new(ch)
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+    }
+
     pub fn cluster(ch: Channel) -> pb::cluster_client::ClusterClient<Channel> {
         pb::cluster_client::ClusterClient::new(ch)
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)

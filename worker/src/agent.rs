@@ -67,13 +67,23 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Acquire the resources as one atomic set, waiting, under owner `task-<id>`.
-    Acquire { task: u64, resources: Vec<(String, bool, u32)>, priority: u32 },
+    Acquire {
+        task: u64,
+        resources: Vec<(String, bool, u32)>,
+        priority: u32,
+    },
     /// Withdraw a pending acquire of the task (if any).
-    CancelAcquire { task: u64 },
+    CancelAcquire {
+        task: u64,
+    },
     Start(ExecRequest),
     Control(Control),
     Release(Vec<u64>),
-    Report { task: u64, attempt: u32, report: Report },
+    Report {
+        task: u64,
+        attempt: u32,
+        report: Report,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -117,7 +127,9 @@ impl Agent {
     pub fn current(&self) -> Option<(u64, u32)> {
         match &self.phase {
             Phase::Idle => None,
-            Phase::Acquiring { a, .. } | Phase::Running { a, .. } | Phase::Stopping { a, .. } => Some((a.task, a.attempt)),
+            Phase::Acquiring { a, .. } | Phase::Running { a, .. } | Phase::Stopping { a, .. } => {
+                Some((a.task, a.attempt))
+            }
         }
     }
 
@@ -290,10 +302,18 @@ mod tests {
         let [Action::Start(req)] = &acts[..] else { panic!("{acts:?}") };
         assert!(req.env.contains(&("QM_FENCING_TOKEN".into(), "41".into())));
         assert!(req.env.contains(&("QM_RESERVATION_ID".into(), "3".into())));
-        let done = ExecResult { outcome: ExecOutcome::Succeeded, output: b"ok".to_vec(), error: String::new(), usage: Usage::default() };
+        let done = ExecResult {
+            outcome: ExecOutcome::Succeeded,
+            output: b"ok".to_vec(),
+            error: String::new(),
+            usage: Usage::default(),
+        };
         let acts = a.on_event(Event::ExecDone(done), 110);
         assert_eq!(acts[0], Action::Release(vec![3]));
-        assert!(matches!(&acts[1], Action::Report { report: Report::Result { outcome: Outcome::Succeeded, wall_ms: 100, .. }, .. }));
+        assert!(matches!(
+            &acts[1],
+            Action::Report { report: Report::Result { outcome: Outcome::Succeeded, wall_ms: 100, .. }, .. }
+        ));
         assert!(a.is_idle());
     }
 
@@ -304,8 +324,16 @@ mod tests {
         a.on_event(Event::Granted(vec![Lease { id: 3, fencing_token: 41 }]), 0);
         assert_eq!(a.on_event(Event::Preempt, 5), vec![Action::Control(Control::Stop)]);
         let acts = a.on_event(Event::Exec(ExecEvent::Checkpoint(b"step 4".to_vec())), 6);
-        assert!(matches!(&acts[..], [Action::Report { report: Report::Checkpoint { seq: 1, for_preemption: true, .. }, .. }]));
-        let stopped = ExecResult { outcome: ExecOutcome::Stopped, output: Vec::new(), error: String::new(), usage: Usage::default() };
+        assert!(matches!(
+            &acts[..],
+            [Action::Report { report: Report::Checkpoint { seq: 1, for_preemption: true, .. }, .. }]
+        ));
+        let stopped = ExecResult {
+            outcome: ExecOutcome::Stopped,
+            output: Vec::new(),
+            error: String::new(),
+            usage: Usage::default(),
+        };
         let acts = a.on_event(Event::ExecDone(stopped), 7);
         assert_eq!(acts[0], Action::Release(vec![3]));
         assert!(matches!(&acts[1], Action::Report { report: Report::Result { outcome: Outcome::Preempted, .. }, .. }));
@@ -317,6 +345,9 @@ mod tests {
         a.on_event(Event::Assigned(assignment()), 0);
         assert_eq!(a.on_event(Event::Abandon, 1), vec![Action::CancelAcquire { task: 7 }]);
         assert!(a.is_idle());
-        assert_eq!(a.on_event(Event::Granted(vec![Lease { id: 9, fencing_token: 1 }]), 2), vec![Action::Release(vec![9])]);
+        assert_eq!(
+            a.on_event(Event::Granted(vec![Lease { id: 9, fencing_token: 1 }]), 2),
+            vec![Action::Release(vec![9])]
+        );
     }
 }

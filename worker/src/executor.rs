@@ -231,9 +231,8 @@ async fn command(
         Ok(ch) => ch,
         Err(e) => return ExecResult::failed(format!("starting `sh -c {}`: {e}", c.cmd)),
     };
-    let read_checkpoint = || {
-        std::fs::read(&checkpoint_file).ok().filter(|d| !d.is_empty() && d.len() <= TASK_CHECKPOINT_BYTES_MAX)
-    };
+    let read_checkpoint =
+        || std::fs::read(&checkpoint_file).ok().filter(|d| !d.is_empty() && d.len() <= TASK_CHECKPOINT_BYTES_MAX);
     let _ = events.send(ExecEvent::Progress { percent: 0, stage: "running".into(), usage: Usage::default() }).await;
     let mut wait = Box::pin(child.wait_with_output());
     loop {
@@ -274,12 +273,20 @@ mod tests {
     use super::*;
 
     fn req(payload: serde_json::Value, resume: Option<Vec<u8>>) -> ExecRequest {
-        ExecRequest { task: 1, attempt: 1, payload: payload.to_string().into_bytes(), resume, env: Vec::new(), timeout_ms: 0 }
+        ExecRequest {
+            task: 1,
+            attempt: 1,
+            payload: payload.to_string().into_bytes(),
+            resume,
+            env: Vec::new(),
+            timeout_ms: 0,
+        }
     }
 
     #[tokio::test]
     async fn scripted_stops_with_a_checkpoint_and_resumes_from_it() {
-        let p = serde_json::json!({"executor": "scripted", "duration_ms": 200, "steps": 10, "input_tokens_per_step": 3});
+        let p =
+            serde_json::json!({"executor": "scripted", "duration_ms": 200, "steps": 10, "input_tokens_per_step": 3});
         let (etx, mut erx) = mpsc::channel(64);
         let (ctx, crx) = mpsc::channel(4);
         let run1 = tokio::spawn(run(req(p.clone(), None), etx, crx));
@@ -330,7 +337,8 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&out.output), "token=42\n");
         let (etx, _erx) = mpsc::channel(64);
         let (_ctx, crx) = mpsc::channel(4);
-        let out = run(req(serde_json::json!({"executor": "command", "cmd": "echo bad >&2; exit 3"}), None), etx, crx).await;
+        let out =
+            run(req(serde_json::json!({"executor": "command", "cmd": "echo bad >&2; exit 3"}), None), etx, crx).await;
         assert_eq!((out.outcome, out.error.as_str()), (ExecOutcome::Failed, "bad\n"));
         let (etx, _erx) = mpsc::channel(64);
         let (_ctx, crx) = mpsc::channel(4);

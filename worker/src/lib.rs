@@ -1,5 +1,6 @@
 //! Worker node: agent specs, executors, and the agent runtime that runs tasks under leases.
 
-pub mod spec;
-pub mod executor;
 pub mod agent;
+pub mod executor;
+pub mod runtime;
+pub mod spec;

@@ -90,7 +90,8 @@ async fn report_health(node: Arc<Node>, health: tonic_health::server::HealthRepo
         if last != Some(serving) {
             let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
             health.set_service_status("", status).await;
-            for name in ["qm.v1.Sessions", "qm.v1.Reservations", "qm.v1.Cluster", "qm.v1.Tasks", "qm.v1.WorkerGateway"] {
+            for name in ["qm.v1.Sessions", "qm.v1.Reservations", "qm.v1.Cluster", "qm.v1.Tasks", "qm.v1.WorkerGateway"]
+            {
                 health.set_service_status(name, status).await;
             }
             last = Some(serving);

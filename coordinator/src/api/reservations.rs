@@ -286,6 +286,33 @@ impl pb::reservations_server::Reservations for ReservationsApi {
         Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn declare_resource(
+        &self,
+        request: Request<pb::DeclareResourceRequest>,
+    ) -> Result<GrpcResponse<pb::DeclareResourceResponse>, Status> {
+        let req = request.into_inner();
+        let path = convert::path("path", &req.path).map_err(ApiError::from)?;
+        let policy = match pb::ResourcePolicy::try_from(req.policy) {
+            Ok(pb::ResourcePolicy::Unspecified | pb::ResourcePolicy::None) => crate::state::Policy::None,
+            Ok(pb::ResourcePolicy::Preempt) => crate::state::Policy::Preempt,
+            Ok(pb::ResourcePolicy::Inherit) => crate::state::Policy::Inherit,
+            Err(_) => {
+                return Err(ApiError::Invalid(Invalid::new("policy", format!("{} is not a policy", req.policy))).into())
+            }
+        };
+        let grace_ms = if req.grace_ms == 0 { qm_shared::limits::PREEMPT_GRACE_MS_DEFAULT } else { req.grace_ms };
+        let command = Command::DeclareResource { path, capacity: req.capacity, policy, grace_ms };
+        crate::state::validate_command(&command).map_err(ApiError::from)?;
+        match self.node.propose(command).await? {
+            (index, Response::ResourceDeclared { .. }) => Ok(GrpcResponse::new(pb::DeclareResourceResponse { index })),
+            (_, Response::Refused(Refusal::Exhausted { what, max })) => {
+                Err(ApiError::ResourceExhausted(format!("{what}: at most {max}")).into())
+            }
+            (_, Response::Refused(Refusal::Invalid(i))) => Err(ApiError::Invalid(i).into()),
+            (_, other) => Err(unexpected(other)),
+        }
+    }
+
     async fn graph(&self, request: Request<pb::GraphRequest>) -> Result<GrpcResponse<pb::GraphResponse>, Status> {
         let req = request.into_inner();
         let prefix = convert::prefix("resource_prefix", &req.resource_prefix).map_err(ApiError::from)?;

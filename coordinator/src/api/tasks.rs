@@ -102,11 +102,15 @@ fn status_filter(s: &str) -> Result<Option<TaskStatus>, Invalid> {
 
 #[tonic::async_trait]
 impl pb::tasks_server::Tasks for TasksApi {
-    async fn submit(&self, request: Request<pb::SubmitTaskRequest>) -> Result<GrpcResponse<pb::SubmitTaskResponse>, Status> {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitTaskRequest>,
+    ) -> Result<GrpcResponse<pb::SubmitTaskResponse>, Status> {
         let req = request.into_inner();
-        let role: Role = req.role.parse().map_err(|e: qm_shared::agent::UnknownName| {
-            ApiError::Invalid(Invalid::new("role", e.to_string()))
-        })?;
+        let role: Role = req
+            .role
+            .parse()
+            .map_err(|e: qm_shared::agent::UnknownName| ApiError::Invalid(Invalid::new("role", e.to_string())))?;
         let items = convert::items_from_pb(req.resources).map_err(ApiError::from)?;
         let max_attempts = if req.max_attempts == 0 { MAX_ATTEMPTS_DEFAULT } else { req.max_attempts };
         if max_attempts as usize > TASK_ATTEMPTS_MAX {
@@ -147,13 +151,19 @@ impl pb::tasks_server::Tasks for TasksApi {
             .ok_or_else(|| ApiError::NotFound(format!("task {id} is unknown")).into())
     }
 
-    async fn list(&self, request: Request<pb::ListTasksRequest>) -> Result<GrpcResponse<pb::ListTasksResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<GrpcResponse<pb::ListTasksResponse>, Status> {
         let req = request.into_inner();
         let status = status_filter(&req.status).map_err(ApiError::from)?;
         let limit = if req.limit == 0 { LIST_PAGE_DEFAULT } else { req.limit };
         if limit > LIST_PAGE_MAX {
-            return Err(ApiError::Invalid(Invalid::new("limit", format!("{limit} is over the limit of {LIST_PAGE_MAX}")))
-                .into());
+            return Err(ApiError::Invalid(Invalid::new(
+                "limit",
+                format!("{limit} is over the limit of {LIST_PAGE_MAX}"),
+            ))
+            .into());
         }
         self.node.read_index().await?;
         let resp = self.node.shared.read(|d| {
@@ -172,7 +182,10 @@ impl pb::tasks_server::Tasks for TasksApi {
         Ok(GrpcResponse::new(resp))
     }
 
-    async fn cancel(&self, request: Request<pb::CancelTaskRequest>) -> Result<GrpcResponse<pb::CancelTaskResponse>, Status> {
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<GrpcResponse<pb::CancelTaskResponse>, Status> {
         let task = TaskId(request.into_inner().task_id);
         match self.node.propose(Command::CancelTask { task }).await?.1 {
             Response::TaskCancelled { .. } => Ok(GrpcResponse::new(pb::CancelTaskResponse {})),
@@ -186,7 +199,10 @@ impl pb::tasks_server::Tasks for TasksApi {
         }
     }
 
-    async fn workers(&self, _: Request<pb::ListWorkersRequest>) -> Result<GrpcResponse<pb::ListWorkersResponse>, Status> {
+    async fn workers(
+        &self,
+        _: Request<pb::ListWorkersRequest>,
+    ) -> Result<GrpcResponse<pb::ListWorkersResponse>, Status> {
         self.node.read_index().await?;
         let workers = self.node.shared.read(|d| {
             d.state

@@ -108,11 +108,7 @@ fn pending_assignments(
     });
     // Forget what no longer runs here, so the set stays bounded by the worker's slots.
     sent.retain(|k| running.contains(k));
-    running
-        .into_iter()
-        .filter(|k| sent.insert(*k))
-        .filter_map(|(id, _)| assignment(node, id, session))
-        .collect()
+    running.into_iter().filter(|k| sent.insert(*k)).filter_map(|(id, _)| assignment(node, id, session)).collect()
 }
 
 #[tonic::async_trait]
@@ -124,7 +120,8 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<GrpcResponse<Self::ConnectStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("the stream ended before `register`"))?;
+        let first =
+            inbound.message().await?.ok_or_else(|| Status::invalid_argument("the stream ended before `register`"))?;
         let Some(pb::worker_message::Msg::Register(reg)) = first.msg else {
             return Err(ApiError::Invalid(Invalid::new("msg", "the first message must be `register`")).into());
         };
@@ -134,7 +131,9 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
             let role: Role = r
                 .role
                 .parse()
-                .map_err(|e: qm_shared::agent::UnknownName| Invalid::new(format!("register.roles[{i}].role"), e.to_string()))
+                .map_err(|e: qm_shared::agent::UnknownName| {
+                    Invalid::new(format!("register.roles[{i}].role"), e.to_string())
+                })
                 .map_err(ApiError::from)?;
             slots.insert(role, r.slots);
         }
@@ -239,18 +238,18 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
                                 if *s == session =>
                             {
                                 let Some(task) = owner_task(owner) else { continue };
-                                msg(pb::coordinator_message::Msg::PreemptNotice(pb::coordinator_message::PreemptNotice {
-                                    reservation_id: reservation.0,
-                                    task_id: task,
-                                    grace_ms: *grace_ms,
-                                    deadline_at_ms: *deadline,
-                                }))
+                                msg(pb::coordinator_message::Msg::PreemptNotice(
+                                    pb::coordinator_message::PreemptNotice {
+                                        reservation_id: reservation.0,
+                                        task_id: task,
+                                        grace_ms: *grace_ms,
+                                        deadline_at_ms: *deadline,
+                                    },
+                                ))
                             }
-                            Effect::SessionExpired { session: s } if *s == session => {
-                                Err(Status::failed_precondition(format!(
-                                    "session {session} expired: register again for a new one"
-                                )))
-                            }
+                            Effect::SessionExpired { session: s } if *s == session => Err(Status::failed_precondition(
+                                format!("session {session} expired: register again for a new one"),
+                            )),
                             _ => continue,
                         };
                         let end = out.is_err();
@@ -286,7 +285,8 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
                         (Command::ReportTask { session, task: TaskId(p.task_id), attempt: p.attempt, report }, None)
                     }
                     Msg::Checkpoint(c) => {
-                        let report = TaskReport::Checkpoint { seq: c.seq, data: c.data, for_preemption: c.for_preemption };
+                        let report =
+                            TaskReport::Checkpoint { seq: c.seq, data: c.data, for_preemption: c.for_preemption };
                         (Command::ReportTask { session, task: TaskId(c.task_id), attempt: c.attempt, report }, None)
                     }
                     Msg::Blocked(b) => {
@@ -309,7 +309,10 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
                             wall_ms: r.wall_time_ms,
                         };
                         let key = (r.task_id, r.attempt);
-                        (Command::ReportTask { session, task: TaskId(r.task_id), attempt: r.attempt, report }, Some(key))
+                        (
+                            Command::ReportTask { session, task: TaskId(r.task_id), attempt: r.attempt, report },
+                            Some(key),
+                        )
                     }
                 };
                 if let Err(e) = crate::state::validate_command(&command) {

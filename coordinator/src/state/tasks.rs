@@ -86,12 +86,28 @@ impl Usage {
 /// What a worker says about one attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskReport {
-    Progress { percent: u32, stage: String, usage: Usage },
+    Progress {
+        percent: u32,
+        stage: String,
+        usage: Usage,
+    },
     /// The highest `seq` wins; a preemption checkpoint precedes the release.
-    Checkpoint { seq: u64, data: Vec<u8>, for_preemption: bool },
+    Checkpoint {
+        seq: u64,
+        data: Vec<u8>,
+        for_preemption: bool,
+    },
     /// Waiting on resources; recorded for `qm task show`.
-    Blocked { message: String },
-    Finished { outcome: Outcome, output: Vec<u8>, error: String, usage: Usage, wall_ms: u64 },
+    Blocked {
+        message: String,
+    },
+    Finished {
+        outcome: Outcome,
+        output: Vec<u8>,
+        error: String,
+        usage: Usage,
+        wall_ms: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -226,7 +242,11 @@ impl Tasks {
         for w in self.workers.values() {
             for id in w.running.keys() {
                 let t = &self.tasks[id];
-                assert!(t.status == TaskStatus::Running && t.session == Some(w.session), "{id} wrongly on {}", w.session);
+                assert!(
+                    t.status == TaskStatus::Running && t.session == Some(w.session),
+                    "{id} wrongly on {}",
+                    w.session
+                );
             }
         }
     }
@@ -258,7 +278,10 @@ pub fn validate_task_command(cmd: &Command) -> Result<(), Invalid> {
                 validate::check_range(&format!("slots[{role}]"), (*n).into(), 0, WORKER_SLOTS_PER_ROLE_MAX.into())?;
             }
             if w.labels.len() > WORKER_LABELS_MAX {
-                return Err(Invalid::new("labels", format!("has {} entries, at most {WORKER_LABELS_MAX}", w.labels.len())));
+                return Err(Invalid::new(
+                    "labels",
+                    format!("has {} entries, at most {WORKER_LABELS_MAX}", w.labels.len()),
+                ));
             }
             for (k, v) in &w.labels {
                 len(&format!("labels[{k}]"), k.len() + v.len(), WORKER_NODE_ID_LEN_MAX_BYTES)?;

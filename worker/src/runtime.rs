@@ -1,0 +1,699 @@
+//! The worker process: one gRPC stream to the coordinators, a ractor supervisor, one agent
+//! actor per slot.
+//!
+//! ```text
+//!   connection task ──Down(msg)──▶ WorkerSupervisor ──Event──▶ AgentActor "<node>/<role>-<i>"
+//!        ▲  reconnects with backoff,        │ restarts failed agents with backoff,     │
+//!        │  resends unacknowledged results  │ releases what a crashed agent held       │
+//!        └────────────── up: WorkerMessage (progress, checkpoints, results) ◀──────────┘
+//! ```
+//!
+//! Each agent keeps the pure [`Agent`] logic and performs its actions: acquire (an atomic
+//! set, waiting, owner `task-<id>`, kept alive by extends while held), run the executor,
+//! release, report. The worker's session belongs to the stream: it survives reconnects
+//! (Register names it again), and if the worker dies it expires and the coordinator
+//! requeues the worker's tasks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use qm_shared::agent::task_owner;
+use qm_shared::client::Client;
+use qm_shared::pb::v1 as pb;
+use qm_shared::Role;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::mpsc;
+
+use crate::agent::{Action, Agent, Assignment, Event, Lease, Outcome, Report};
+use crate::executor::{self, Control, Usage};
+
+/// Lease asked for each task resource; extended every third of it while held.
+pub const TASK_LEASE_MS: u64 = 60_000;
+/// Restarts of one slot within `RESTART_WINDOW` before it is left down.
+pub const RESTARTS_MAX: u32 = 10;
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// Backoff of a slot restart: doubles from the first, capped.
+pub const RESTART_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Reconnect backoff.
+pub const RECONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Messages buffered from agents toward the stream.
+const UP_BUFFER_LEN: usize = 1_024;
+
+/// What a worker offers.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub node_id: String,
+    pub slots: BTreeMap<Role, u32>,
+    pub labels: BTreeMap<String, String>,
+    pub session_ttl_ms: u64,
+}
+
+/// What agents share with the supervisor and the connection.
+#[derive(Debug, Default)]
+struct Book {
+    /// Task → (slot, attempt, leases held).
+    running: BTreeMap<u64, (String, u32, Vec<u64>)>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    client: Client,
+    session: Arc<AtomicU64>,
+    up: mpsc::Sender<pb::WorkerMessage>,
+    book: Arc<Mutex<Book>>,
+    started: Instant,
+}
+
+impl Shared {
+    fn session(&self) -> u64 {
+        self.session.load(Ordering::SeqCst)
+    }
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+// ------------------------------------------------------------------ agent actor
+
+#[derive(Debug)]
+pub enum AgentMsg {
+    Event(Event),
+    /// A pending acquire's request id, for cancelling it.
+    Pending(u64, u64),
+}
+
+struct AgentActor;
+
+struct AgentState {
+    slot: String,
+    logic: Agent,
+    shared: Shared,
+    supervisor: ActorRef<SupMsg>,
+    control: Option<mpsc::Sender<Control>>,
+    /// Pending acquire request by task.
+    pending: BTreeMap<u64, u64>,
+    extender: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Actor for AgentActor {
+    type Msg = AgentMsg;
+    type State = AgentState;
+    type Arguments = (String, Shared, ActorRef<SupMsg>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<AgentMsg>,
+        (slot, shared, supervisor): Self::Arguments,
+    ) -> Result<AgentState, ActorProcessingErr> {
+        Ok(AgentState {
+            slot,
+            logic: Agent::new(),
+            shared,
+            supervisor,
+            control: None,
+            pending: BTreeMap::new(),
+            extender: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        msg: AgentMsg,
+        st: &mut AgentState,
+    ) -> Result<(), ActorProcessingErr> {
+        let event = match msg {
+            AgentMsg::Pending(task, request) => {
+                st.pending.insert(task, request);
+                return Ok(());
+            }
+            AgentMsg::Event(e) => e,
+        };
+        if let Event::Granted(leases) = &event {
+            if let Some((task, _)) = st.logic.current() {
+                st.pending.remove(&task);
+                let ids: Vec<u64> = leases.iter().map(|l| l.id).collect();
+                if let Some(entry) = st.shared.book.lock().expect("book").running.get_mut(&task) {
+                    entry.2 = ids.clone();
+                }
+                st.extender = Some(tokio::spawn(keep_leases(st.shared.clone(), ids)));
+            }
+        }
+        if let Event::Assigned(a) = &event {
+            st.shared.book.lock().expect("book").running.insert(a.task, (st.slot.clone(), a.attempt, Vec::new()));
+        }
+        let now = st.shared.now_ms();
+        for action in st.logic.on_event(event, now) {
+            perform(&myself, st, action).await;
+        }
+        if st.logic.is_idle() {
+            if let Some(x) = st.extender.take() {
+                x.abort();
+            }
+            st.control = None;
+            st.shared.book.lock().expect("book").running.retain(|_, (slot, _, _)| *slot != st.slot);
+            let _ = st.supervisor.cast(SupMsg::Idle(st.slot.clone()));
+        }
+        Ok(())
+    }
+}
+
+async fn perform(myself: &ActorRef<AgentMsg>, st: &mut AgentState, action: Action) {
+    let shared = st.shared.clone();
+    match action {
+        Action::Acquire { task, resources, priority } => {
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let event = match acquire(&shared, &me, task, resources, priority).await {
+                    Ok(leases) => Event::Granted(leases),
+                    Err(e) => Event::AcquireFailed(e),
+                };
+                let _ = me.cast(AgentMsg::Event(event));
+            });
+        }
+        Action::CancelAcquire { task } => {
+            if let Some(request) = st.pending.remove(&task) {
+                tokio::spawn(async move {
+                    let target = Some(pb::release_request::Target::RequestId(request));
+                    let _ = shared.client.release(pb::ReleaseRequest { session_id: shared.session(), target }).await;
+                });
+            }
+        }
+        Action::Start(req) => {
+            let (events_tx, mut events_rx) = mpsc::channel(64);
+            let (control_tx, control_rx) = mpsc::channel(4);
+            st.control = Some(control_tx);
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let run = tokio::spawn(executor::run(req, events_tx, control_rx));
+                while let Some(ev) = events_rx.recv().await {
+                    let _ = me.cast(AgentMsg::Event(Event::Exec(ev)));
+                }
+                let result = run.await.unwrap_or_else(|e| executor::ExecResult {
+                    outcome: executor::ExecOutcome::Failed,
+                    output: Vec::new(),
+                    error: format!("executor panicked: {e}"),
+                    usage: Usage::default(),
+                });
+                let _ = me.cast(AgentMsg::Event(Event::ExecDone(result)));
+            });
+        }
+        Action::Control(c) => {
+            if let Some(control) = &st.control {
+                let _ = control.send(c).await;
+            }
+        }
+        Action::Release(ids) => release_all(&shared, ids).await,
+        Action::Report { task, attempt, report } => {
+            let _ = shared.up.send(report_msg(task, attempt, report)).await;
+        }
+    }
+}
+
+async fn release_all(shared: &Shared, ids: Vec<u64>) {
+    for id in ids {
+        let target = Some(pb::release_request::Target::ReservationId(id));
+        let req = pb::ReleaseRequest { session_id: shared.session(), target };
+        if let Err(e) = shared.client.release(req).await {
+            tracing::warn!(reservation = id, error = %e, "release failed; the lease will expire");
+        }
+    }
+}
+
+/// Extends `ids` every third of the lease while the task holds them.
+async fn keep_leases(shared: Shared, ids: Vec<u64>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(TASK_LEASE_MS / 3)).await;
+        for id in &ids {
+            let req = pb::ExtendRequest { reservation_id: *id, session_id: shared.session(), lease_ms: TASK_LEASE_MS };
+            let _ = shared.client.extend(req).await;
+        }
+    }
+}
+
+/// Acquires the task's resources as one atomic set, waiting until granted.
+async fn acquire(
+    shared: &Shared,
+    me: &ActorRef<AgentMsg>,
+    task: u64,
+    resources: Vec<(String, bool, u32)>,
+    priority: u32,
+) -> Result<Vec<Lease>, String> {
+    let owner = task_owner(task);
+    let session = shared.session();
+    // Watch first, so the grant cannot slip between the answer and the watch.
+    let mut events = shared
+        .client
+        .watch(pb::WatchRequest { session_id: Some(session), owner: Some(owner.clone()), ..Default::default() })
+        .await
+        .map_err(|s| s.message().to_string())?;
+    let req = pb::AcquireRequest {
+        session_id: session,
+        owner,
+        resources: resources
+            .into_iter()
+            .map(|(path, exclusive, units)| pb::ResourceRequest {
+                path,
+                mode: if exclusive { pb::Mode::Exclusive } else { pb::Mode::Shared } as i32,
+                units: if units <= 1 { 0 } else { units },
+            })
+            .collect(),
+        kind: pb::AcquireKind::Wait as i32,
+        priority,
+        lease_ms: TASK_LEASE_MS,
+        wait_timeout_ms: None,
+    };
+    let leases =
+        |rs: Vec<pb::Reservation>| rs.into_iter().map(|r| Lease { id: r.id, fencing_token: r.fencing_token }).collect();
+    use pb::acquire_response::Outcome as O;
+    match shared.client.acquire(req).await.map_err(|s| s.message().to_string())?.outcome {
+        Some(O::Granted(g)) => Ok(leases(g.reservations)),
+        Some(O::Queued(q)) => {
+            let _ = me.cast(AgentMsg::Pending(task, q.request_id));
+            while let Some(ev) = events.next().await {
+                use pb::watch_event::Kind;
+                match ev.map_err(|s| s.message().to_string())?.kind {
+                    Some(Kind::Granted(g)) if g.request_id == q.request_id => return Ok(leases(g.reservations)),
+                    Some(Kind::TimedOut(t)) if t.request_id == q.request_id => return Err("the wait timed out".into()),
+                    Some(Kind::Cancelled(c)) if c.request_id == q.request_id => {
+                        return Err("the wait was cancelled".into())
+                    }
+                    Some(Kind::DeadlockVictim(d)) if d.request_id == q.request_id => {
+                        return Err(format!("chosen as a deadlock victim (cycle {})", d.cycle_owners.join(" → ")))
+                    }
+                    _ => {}
+                }
+            }
+            Err("the watch stream ended while waiting".into())
+        }
+        Some(O::Refused(r)) => Err(format!("refused: {:?}", pb::RefusalReason::try_from(r.reason).unwrap_or_default())),
+        None => Err("empty answer".into()),
+    }
+}
+
+fn usage_pb(u: Usage) -> Vec<pb::TokenUsage> {
+    if u == Usage::default() {
+        return Vec::new();
+    }
+    vec![pb::TokenUsage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cached_tokens: u.cached_tokens,
+        estimated: u.estimated,
+        ..Default::default()
+    }]
+}
+
+fn report_msg(task_id: u64, attempt: u32, report: Report) -> pb::WorkerMessage {
+    use pb::worker_message::{Checkpoint, Msg, Progress, TaskResult};
+    let msg = match report {
+        Report::Progress { percent, stage, usage } => Msg::Progress(Progress {
+            task_id,
+            attempt,
+            stage,
+            message: String::new(),
+            percent_done: percent,
+            usage: usage_pb(usage),
+        }),
+        Report::Checkpoint { seq, data, for_preemption } => {
+            Msg::Checkpoint(Checkpoint { task_id, attempt, seq, data, for_preemption })
+        }
+        Report::Result { outcome, output, error, usage, wall_ms } => Msg::Result(TaskResult {
+            task_id,
+            attempt,
+            outcome: match outcome {
+                Outcome::Succeeded => pb::TaskOutcome::Succeeded,
+                Outcome::Failed => pb::TaskOutcome::Failed,
+                Outcome::Cancelled => pb::TaskOutcome::Cancelled,
+                Outcome::Preempted => pb::TaskOutcome::Preempted,
+                Outcome::TimedOut => pb::TaskOutcome::TimedOut,
+            } as i32,
+            output,
+            error,
+            usage: usage_pb(usage),
+            wall_time_ms: wall_ms,
+        }),
+    };
+    pb::WorkerMessage { msg: Some(msg) }
+}
+
+// ------------------------------------------------------------------ supervisor
+
+#[derive(Debug)]
+pub enum SupMsg {
+    /// A message from the coordinator.
+    Down(pb::CoordinatorMessage),
+    /// Tasks the coordinator says are no longer ours.
+    Abandon(Vec<u64>),
+    Idle(String),
+    Restart(String),
+}
+
+struct Supervisor;
+
+struct Slot {
+    role: Role,
+    agent: Option<ActorRef<AgentMsg>>,
+    idle: bool,
+    restarts: Vec<Instant>,
+}
+
+struct SupState {
+    shared: Shared,
+    slots: BTreeMap<String, Slot>,
+    /// Assignments that found no idle slot of their role yet.
+    backlog: Vec<Assignment>,
+}
+
+impl Supervisor {
+    async fn spawn_agent(myself: &ActorRef<SupMsg>, st: &mut SupState, name: &str) {
+        let args = (name.to_string(), st.shared.clone(), myself.clone());
+        match Actor::spawn_linked(Some(name.to_string()), AgentActor, args, myself.get_cell()).await {
+            Ok((agent, _)) => {
+                let slot = st.slots.get_mut(name).expect("slot");
+                slot.agent = Some(agent);
+                slot.idle = true;
+            }
+            Err(e) => tracing::error!(slot = name, error = %e, "agent failed to start"),
+        }
+    }
+
+    fn agent_of_task(st: &SupState, task: u64) -> Option<ActorRef<AgentMsg>> {
+        let slot = st.shared.book.lock().expect("book").running.get(&task).map(|(s, _, _)| s.clone())?;
+        st.slots.get(&slot)?.agent.clone()
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupMsg;
+    type State = SupState;
+    type Arguments = (WorkerConfig, Shared);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupMsg>,
+        (config, shared): Self::Arguments,
+    ) -> Result<SupState, ActorProcessingErr> {
+        let mut st = SupState { shared, slots: BTreeMap::new(), backlog: Vec::new() };
+        for (role, n) in &config.slots {
+            for i in 0..*n {
+                let name = format!("{}/{}-{}", config.node_id, role, i);
+                st.slots.insert(name.clone(), Slot { role: *role, agent: None, idle: false, restarts: Vec::new() });
+                Supervisor::spawn_agent(&myself, &mut st, &name).await;
+            }
+        }
+        Ok(st)
+    }
+
+    async fn handle(&self, myself: ActorRef<SupMsg>, msg: SupMsg, st: &mut SupState) -> Result<(), ActorProcessingErr> {
+        use pb::coordinator_message::Msg;
+        match msg {
+            SupMsg::Down(m) => match m.msg {
+                Some(Msg::Assignment(a)) => {
+                    let Ok(role) = a.role.parse::<Role>() else {
+                        tracing::warn!(role = %a.role, task = a.task_id, "assignment for a role this worker does not know");
+                        return Ok(());
+                    };
+                    let assignment = Assignment {
+                        task: a.task_id,
+                        attempt: a.attempt,
+                        resources: a
+                            .resources
+                            .iter()
+                            .map(|r| (r.path.clone(), r.mode == pb::Mode::Exclusive as i32, r.units.max(1)))
+                            .collect(),
+                        payload: a.payload,
+                        priority: a.priority,
+                        resume: (!a.resume_checkpoint.is_empty()).then_some(a.resume_checkpoint),
+                        timeout_ms: a.timeout_ms,
+                    };
+                    if st.shared.book.lock().expect("book").running.contains_key(&assignment.task) {
+                        return Ok(()); // already running here (a resend after a reconnect)
+                    }
+                    assign(st, role, assignment);
+                }
+                Some(Msg::PreemptNotice(p)) => {
+                    if let Some(agent) = Supervisor::agent_of_task(st, p.task_id) {
+                        tracing::info!(task = p.task_id, grace_ms = p.grace_ms, "preemption notice: checkpointing");
+                        let _ = agent.cast(AgentMsg::Event(Event::Preempt));
+                    }
+                }
+                Some(Msg::Cancel(c)) => {
+                    if let Some(agent) = Supervisor::agent_of_task(st, c.task_id) {
+                        let _ = agent.cast(AgentMsg::Event(Event::Cancel));
+                    }
+                }
+                _ => {}
+            },
+            SupMsg::Abandon(tasks) => {
+                for t in tasks {
+                    if let Some(agent) = Supervisor::agent_of_task(st, t) {
+                        let _ = agent.cast(AgentMsg::Event(Event::Abandon));
+                    }
+                }
+            }
+            SupMsg::Idle(slot) => {
+                if let Some(s) = st.slots.get_mut(&slot) {
+                    s.idle = true;
+                }
+                let backlog = std::mem::take(&mut st.backlog);
+                for a in backlog {
+                    let role = st.slots.get(&slot).map(|s| s.role);
+                    match role {
+                        Some(r) => assign(st, r, a),
+                        None => st.backlog.push(a),
+                    }
+                }
+            }
+            SupMsg::Restart(slot) => {
+                Supervisor::spawn_agent(&myself, st, &slot).await;
+                let _ = myself.cast(SupMsg::Idle(slot));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupMsg>,
+        event: SupervisionEvent,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Explicit policy (ractor's default would stop this supervisor): a failed agent's
+        // task is reported failed and its leases released, then the slot restarts after a
+        // backoff that doubles with each restart in the window; past RESTARTS_MAX the slot
+        // stays down.
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
+            _ => return Ok(()),
+        };
+        let Some(name) = st
+            .slots
+            .iter()
+            .find(|(_, s)| s.agent.as_ref().is_some_and(|a| a.get_id() == cell.get_id()))
+            .map(|(n, _)| n.clone())
+        else {
+            return Ok(());
+        };
+        tracing::warn!(slot = %name, reason = %why, "agent stopped; restarting with backoff");
+        let lost: Vec<(u64, u32, Vec<u64>)> = {
+            let mut book = st.shared.book.lock().expect("book");
+            let tasks: Vec<u64> = book.running.iter().filter(|(_, (s, _, _))| *s == name).map(|(t, _)| *t).collect();
+            tasks.into_iter().filter_map(|t| book.running.remove(&t).map(|(_, a, l)| (t, a, l))).collect()
+        };
+        for (task, attempt, leases) in lost {
+            release_all(&st.shared, leases).await;
+            let report = Report::Result {
+                outcome: Outcome::Failed,
+                output: Vec::new(),
+                error: format!("agent {name} failed: {why}"),
+                usage: Usage::default(),
+                wall_ms: 0,
+            };
+            let _ = st.shared.up.send(report_msg(task, attempt, report)).await;
+        }
+        let slot = st.slots.get_mut(&name).expect("slot");
+        slot.agent = None;
+        slot.idle = false;
+        let now = Instant::now();
+        slot.restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if slot.restarts.len() as u32 >= RESTARTS_MAX {
+            tracing::error!(slot = %name, "agent failed {RESTARTS_MAX} times within {RESTART_WINDOW:?}; leaving the slot down");
+            return Ok(());
+        }
+        let delay = RESTART_BACKOFF_FIRST.saturating_mul(1 << slot.restarts.len().min(10)).min(RESTART_BACKOFF_MAX);
+        slot.restarts.push(now);
+        myself.send_after(delay, move || SupMsg::Restart(name));
+        Ok(())
+    }
+}
+
+fn assign(st: &mut SupState, role: Role, a: Assignment) {
+    let slot = st.slots.iter_mut().find(|(_, s)| s.role == role && s.idle && s.agent.is_some());
+    match slot {
+        Some((name, s)) => {
+            s.idle = false;
+            tracing::info!(task = a.task, attempt = a.attempt, slot = %name, "assigned");
+            let _ = s.agent.as_ref().expect("agent").cast(AgentMsg::Event(Event::Assigned(a)));
+        }
+        None => st.backlog.push(a),
+    }
+}
+
+// ------------------------------------------------------------------ connection
+
+/// Runs the worker until `shutdown` resolves: connects, registers, serves assignments, and
+/// on shutdown closes its session so its tasks are requeued at once.
+pub async fn run(
+    client: Client,
+    config: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let (up_tx, mut up_rx) = mpsc::channel(UP_BUFFER_LEN);
+    let shared = Shared {
+        client: client.clone(),
+        session: Arc::new(AtomicU64::new(0)),
+        up: up_tx,
+        book: Arc::new(Mutex::new(Book::default())),
+        started: Instant::now(),
+    };
+    let (supervisor, handle) =
+        Actor::spawn(Some(format!("{}/supervisor", config.node_id)), Supervisor, (config.clone(), shared.clone()))
+            .await
+            .map_err(|e| format!("starting the supervisor: {e}"))?;
+    let connection = connect_loop(client.clone(), config.clone(), shared.clone(), supervisor.clone(), &mut up_rx);
+    tokio::select! {
+        _ = connection => {}
+        _ = shutdown => {}
+    }
+    supervisor.stop(Some("shutting down".into()));
+    let _ = handle.await;
+    let session = shared.session();
+    if session != 0 {
+        let _ = client.close_session(session).await;
+    }
+    Ok(())
+}
+
+async fn connect_loop(
+    client: Client,
+    config: WorkerConfig,
+    shared: Shared,
+    supervisor: ActorRef<SupMsg>,
+    up_rx: &mut mpsc::Receiver<pb::WorkerMessage>,
+) {
+    let mut backoff = RECONNECT_BACKOFF_FIRST;
+    // Results not yet acknowledged, resent after a reconnect.
+    let mut unacked: BTreeMap<(u64, u32), pb::WorkerMessage> = BTreeMap::new();
+    loop {
+        let sender: Arc<Mutex<Option<mpsc::Sender<pb::WorkerMessage>>>> = Arc::new(Mutex::new(None));
+        let register = {
+            let running: Vec<u64> = shared.book.lock().expect("book").running.keys().copied().collect();
+            pb::WorkerMessage {
+                msg: Some(pb::worker_message::Msg::Register(pb::worker_message::Register {
+                    node_id: config.node_id.clone(),
+                    roles: config.slots.iter().map(|(r, n)| pb::RoleSlots { role: r.to_string(), slots: *n }).collect(),
+                    labels: config.labels.clone().into_iter().collect(),
+                    model_providers: Vec::new(),
+                    gpus: Vec::new(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    running_task_ids: running,
+                    session_ttl_ms: config.session_ttl_ms,
+                    session_id: shared.session(),
+                })),
+            }
+        };
+        let opened = client
+            .call(|ch| {
+                let (tx, rx) = mpsc::channel(UP_BUFFER_LEN);
+                let _ = tx.try_send(register.clone());
+                *sender.lock().expect("sender") = Some(tx);
+                async move {
+                    let mut gw = pb::worker_gateway_client::WorkerGatewayClient::new(ch);
+                    Ok(gw.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner())
+                }
+            })
+            .await;
+        let (mut down, tx) = match (opened, sender.lock().expect("sender").take()) {
+            (Ok(d), Some(tx)) => (d, tx),
+            (Err(e), _) => {
+                tracing::warn!(error = %e, "connecting to the coordinators failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                continue;
+            }
+            (Ok(_), None) => continue,
+        };
+        let registered = match down.message().await {
+            Ok(Some(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Registered(r)) })) => r,
+            other => {
+                tracing::warn!(answer = ?other.err(), "no registration answer; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = RECONNECT_BACKOFF_FIRST;
+        let previous = shared.session.swap(registered.session_id, Ordering::SeqCst);
+        if previous != 0 && previous != registered.session_id {
+            tracing::warn!(previous, now = registered.session_id, "the old session expired; its tasks were requeued");
+            let lost: Vec<u64> = shared.book.lock().expect("book").running.keys().copied().collect();
+            let _ = supervisor.cast(SupMsg::Abandon(lost));
+            unacked.clear();
+        }
+        tracing::info!(session = registered.session_id, node_id = %config.node_id, "registered");
+        if !registered.abandon_task_ids.is_empty() {
+            let _ = supervisor.cast(SupMsg::Abandon(registered.abandon_task_ids.clone()));
+        }
+        for m in unacked.values() {
+            let _ = tx.send(m.clone()).await;
+        }
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(registered.heartbeat_interval_ms.max(100)));
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                m = down.message() => match m {
+                    Ok(Some(m)) => {
+                        if let Some(pb::coordinator_message::Msg::ResultAccepted(a)) = &m.msg {
+                            unacked.remove(&(a.task_id, a.attempt));
+                            continue;
+                        }
+                        let _ = supervisor.cast(SupMsg::Down(m));
+                    }
+                    Ok(None) | Err(_) => {
+                        tracing::warn!(error = ?m.err(), "the coordinator stream ended; reconnecting");
+                        break;
+                    }
+                },
+                up = up_rx.recv() => {
+                    let Some(up) = up else { return };
+                    if let Some(pb::worker_message::Msg::Result(r)) = &up.msg {
+                        unacked.insert((r.task_id, r.attempt), up.clone());
+                    }
+                    if tx.send(up).await.is_err() {
+                        break;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    seq += 1;
+                    let running: BTreeSet<u64> = shared.book.lock().expect("book").running.keys().copied().collect();
+                    let hb = pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::worker_message::Heartbeat {
+                        seq,
+                        running_task_ids: running.into_iter().collect(),
+                        free_slots: Vec::new(),
+                    }))};
+                    if tx.send(hb).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
