@@ -35,6 +35,8 @@ pub struct Cluster {
     pub addrs: BTreeMap<u64, String>,
     pub procs: BTreeMap<u64, Child>,
     pub snapshot_logs: u64,
+    /// Worker processes by node id.
+    pub workers: BTreeMap<String, Child>,
 }
 
 impl Cluster {
@@ -42,7 +44,13 @@ impl Cluster {
     pub fn start(n: u64, snapshot_logs: u64) -> Cluster {
         let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
         let mut c =
-            Cluster { dir: tempfile::tempdir().expect("tempdir"), addrs, procs: BTreeMap::new(), snapshot_logs };
+            Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            addrs,
+            procs: BTreeMap::new(),
+            snapshot_logs,
+            workers: BTreeMap::new(),
+        };
         for id in 1..=n {
             c.spawn(id, false);
         }
@@ -79,6 +87,40 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts `qm worker run --node-id NODE --slots ROLE=N...` against every node.
+    pub fn spawn_worker(&mut self, node: &str, slots: &[&str]) {
+        let mut cmd = Command::new(qm_bin());
+        cmd.args(["worker", "run", "--node-id", node, "--session-ttl-ms", "3000", "--endpoint", &self.endpoints()]);
+        for s in slots {
+            cmd.args(["--slots", s]);
+        }
+        cmd.env("QM_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null());
+        self.workers.insert(node.to_string(), cmd.spawn().expect("spawn qm worker run"));
+    }
+
+    /// SIGKILL worker `node` and reap it.
+    pub fn kill_worker(&mut self, node: &str) {
+        if let Some(mut child) = self.workers.remove(node) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits (bounded) until `n` workers are registered.
+    pub async fn wait_workers(&self, n: usize) {
+        let client = self.client();
+        for _ in 0..200 {
+            let got = client
+                .call(|ch| async move { Ok(Client::tasks(ch).workers(pb::ListWorkersRequest {}).await?.into_inner()) })
+                .await;
+            if got.is_ok_and(|w| w.workers.len() >= n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{n} workers did not register within 10 s");
     }
 
     /// Every node's address, comma-separated, as `--endpoint` takes them.
@@ -137,6 +179,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        let nodes: Vec<String> = self.workers.keys().cloned().collect();
+        for n in nodes {
+            self.kill_worker(&n);
+        }
         let ids: Vec<u64> = self.procs.keys().copied().collect();
         for id in ids {
             self.kill(id);

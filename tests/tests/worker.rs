@@ -1,0 +1,137 @@
+//! Workers and agents as a user runs them: real `qm coordinator` and `qm worker` processes on
+//! loopback, scripted executors, SIGKILL by PID.
+
+use std::time::Duration;
+
+use qm_shared::client::Client;
+use qm_shared::pb::v1 as pb;
+use qm_tests::{Cluster, Fence};
+
+async fn submit(client: &Client, resource: &str, priority: u32, duration_ms: u64, work_item: &str) -> u64 {
+    let payload = serde_json::json!({"executor": "scripted", "duration_ms": duration_ms, "steps": 20}).to_string();
+    let req = pb::SubmitTaskRequest {
+        role: "implementer".into(),
+        resources: vec![pb::ResourceRequest { path: resource.into(), mode: pb::Mode::Exclusive as i32, units: 0 }],
+        payload: payload.into_bytes(),
+        priority,
+        work_item_id: work_item.into(),
+        max_attempts: 3,
+        timeout_ms: 0,
+    };
+    client
+        .call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::tasks(ch).submit(req).await?.into_inner()) }
+        })
+        .await
+        .expect("submit")
+        .task_id
+}
+
+async fn task(client: &Client, id: u64) -> pb::TaskInfo {
+    client
+        .call(|ch| async move { Ok(Client::tasks(ch).get(pb::GetTaskRequest { task_id: id }).await?.into_inner()) })
+        .await
+        .expect("get task")
+}
+
+/// Polls (bounded: 60 s) until `done` holds for the task.
+async fn wait_for(client: &Client, id: u64, what: &str, mut done: impl FnMut(&pb::TaskInfo) -> bool) -> pb::TaskInfo {
+    for _ in 0..1_200 {
+        let t = task(client, id).await;
+        if done(&t) {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("task {id}: {what} did not happen within 60 s: {:?}", task(client, id).await);
+}
+
+/// The fencing token of the reservation a task's agent holds, if any.
+async fn token_of(client: &Client, task: u64) -> Option<u64> {
+    let list = client.list(pb::ListRequest::default()).await.expect("list");
+    list.reservations.iter().find(|r| r.owner == qm_shared::agent::task_owner(task)).map(|r| r.fencing_token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preempted_task_checkpoints_and_resumes_where_it_stopped() {
+    let mut cluster = Cluster::start(3, 10_000);
+    cluster.leader(&[1, 2, 3]).await;
+    cluster.spawn_worker("w1", &["implementer=2"]);
+    cluster.wait_workers(1).await;
+    let client = cluster.client();
+    let declare = pb::DeclareResourceRequest {
+        path: "pg:staging".into(),
+        capacity: None,
+        policy: pb::ResourcePolicy::Preempt as i32,
+        grace_ms: 5_000,
+    };
+    client
+        .call(|ch| {
+            let d = declare.clone();
+            async move { Ok(Client::reservations(ch).declare_resource(d).await?.into_inner()) }
+        })
+        .await
+        .expect("declare");
+
+    let low = submit(&client, "pg:staging", 100, 4_000, "WI-feature").await;
+    let at = wait_for(&client, low, "40% progress", |t| t.percent_done >= 40).await;
+    let low_token = token_of(&client, low).await.expect("the low task holds pg:staging");
+    let fence = Fence::default();
+    assert!(fence.enter("pg:staging", "low", low_token));
+    fence.leave("pg:staging", "low");
+
+    let hotfix = submit(&client, "pg:staging", 900, 500, "WI-hotfix").await;
+    let hot = wait_for(&client, hotfix, "the hotfix to run", |t| t.status == "running" && t.percent_done > 0).await;
+    assert_eq!(hot.attempt, 1);
+    let hot_token = token_of(&client, hotfix).await.expect("the hotfix holds pg:staging");
+    assert!(fence.enter("pg:staging", "hotfix", hot_token), "the hotfix's newer token is accepted");
+    fence.leave("pg:staging", "hotfix");
+    // The preempted holder's token is stale now: a careful adapter refuses it.
+    assert!(!fence.enter("pg:staging", "low (revoked)", low_token), "the revoked holder's token is rejected");
+
+    wait_for(&client, hotfix, "the hotfix to succeed", |t| t.status == "succeeded").await;
+    // The low task resumes from its checkpoint: its progress never drops back below 40%.
+    let mut lowest = u32::MAX;
+    let done = wait_for(&client, low, "the low task to finish", |t| {
+        if t.attempt >= 2 && t.status == "running" {
+            lowest = lowest.min(t.percent_done);
+        }
+        t.status == "succeeded"
+    })
+    .await;
+    assert!(lowest >= at.percent_done.min(40), "resumed at {lowest}%, was at {}%", at.percent_done);
+    assert_eq!(done.attempts.len(), 2, "{done:?}");
+    assert_eq!(done.attempts[0].outcome, "preempted");
+    assert!(done.attempts[1].resumed_from_seq > 0, "the second attempt resumed from a checkpoint: {done:?}");
+    assert_eq!(done.attempts[1].outcome, "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_on_a_killed_worker_completes_on_another_exactly_once() {
+    let mut cluster = Cluster::start(3, 10_000);
+    cluster.leader(&[1, 2, 3]).await;
+    cluster.spawn_worker("w1", &["implementer=1"]);
+    cluster.spawn_worker("w2", &["implementer=1"]);
+    cluster.wait_workers(2).await;
+    let client = cluster.client();
+    let id = submit(&client, "pg:staging/table:orders", 500, 3_000, "WI-7").await;
+    let running = wait_for(&client, id, "20% progress", |t| t.status == "running" && t.percent_done >= 20).await;
+    let victim = running.worker_node_id.clone();
+    cluster.kill_worker(&victim);
+
+    let done = wait_for(&client, id, "completion elsewhere", |t| t.status == "succeeded").await;
+    assert_eq!(done.attempts.len(), 2, "one lost attempt, one that finished: {done:?}");
+    assert_eq!(done.attempts[0].worker_node_id, victim);
+    assert_eq!(done.attempts[0].outcome, "lost");
+    assert_ne!(done.attempts[1].worker_node_id, victim);
+    assert_eq!(done.attempts[1].outcome, "succeeded");
+    // Exactly once: nothing is left running or queued, and the lease is gone.
+    let list = client
+        .call(|ch| async move { Ok(Client::tasks(ch).list(pb::ListTasksRequest::default()).await?.into_inner()) })
+        .await
+        .expect("list tasks");
+    assert_eq!(list.tasks.iter().filter(|t| t.status == "succeeded").count(), 1);
+    assert_eq!(list.queued, 0);
+    assert!(token_of(&client, id).await.is_none(), "the task's lease was released");
+}
