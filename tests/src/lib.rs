@@ -43,8 +43,7 @@ impl Cluster {
     /// Starts `n` voters that form a cluster from config.
     pub fn start(n: u64, snapshot_logs: u64) -> Cluster {
         let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
-        let mut c =
-            Cluster {
+        let mut c = Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             addrs,
             procs: BTreeMap::new(),

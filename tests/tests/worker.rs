@@ -135,3 +135,74 @@ async fn a_task_on_a_killed_worker_completes_on_another_exactly_once() {
     assert_eq!(list.queued, 0);
     assert!(token_of(&client, id).await.is_none(), "the task's lease was released");
 }
+
+/// A local stand-in for an OpenAI-compatible endpoint (llama.cpp, vLLM, a cloud API): it
+/// answers chat completions, with usage or without, and counts calls.
+async fn fake_openai() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use axum::{routing::post, Json, Router};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let calls = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(body): Json<serde_json::Value>| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let prompt = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("");
+                let answer = format!("patched: {prompt}");
+                if body["model"] == "no-usage-model" {
+                    return Json(serde_json::json!({"choices": [{"message": {"role": "assistant", "content": answer}}]}));
+                }
+                Json(serde_json::json!({
+                    "choices": [{"message": {"role": "assistant", "content": answer}}],
+                    "usage": {"prompt_tokens": 120, "completion_tokens": 30, "prompt_tokens_details": {"cached_tokens": 20}}
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/v1"), calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_executor_records_usage_per_task() {
+    let (base_url, calls) = fake_openai().await;
+    let mut cluster = Cluster::start(1, 10_000);
+    cluster.leader(&[1]).await;
+    cluster.spawn_worker("gpu-box", &["implementer=1"]);
+    cluster.wait_workers(1).await;
+    let client = cluster.client();
+    let mut ids = Vec::new();
+    for model in ["llama-3.1-8b-instruct", "no-usage-model"] {
+        let payload = serde_json::json!({
+            "executor": "llm", "api": "openai", "base_url": base_url, "model": model,
+            "system": "You fix bugs.", "prompt": "fix the off-by-one in pager.rs",
+        });
+        let req = pb::SubmitTaskRequest {
+            role: "implementer".into(),
+            payload: payload.to_string().into_bytes(),
+            ..Default::default()
+        };
+        let id = client
+            .call(|ch| {
+                let req = req.clone();
+                async move { Ok(Client::tasks(ch).submit(req).await?.into_inner()) }
+            })
+            .await
+            .expect("submit")
+            .task_id;
+        ids.push(id);
+    }
+    let reported = wait_for(&client, ids[0], "success", |t| t.status == "succeeded").await;
+    assert_eq!(String::from_utf8_lossy(&reported.output), "patched: fix the off-by-one in pager.rs");
+    let u = reported.usage.expect("usage");
+    assert_eq!((u.input_tokens, u.output_tokens, u.cached_tokens, u.estimated), (100, 30, 20, false), "{u:?}");
+
+    let estimated = wait_for(&client, ids[1], "success", |t| t.status == "succeeded").await;
+    let u = estimated.usage.expect("usage");
+    assert!(u.estimated && u.input_tokens > 0 && u.output_tokens > 0, "estimated when the server reports none: {u:?}");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "one call per task");
+}

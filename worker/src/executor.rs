@@ -123,12 +123,47 @@ pub struct CommandSpec {
     pub workdir: Option<String>,
 }
 
+/// API flavour of a model endpoint.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// OpenAI-compatible chat completions (cloud, llama.cpp server, vLLM, Ollama).
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+/// The llm executor's parameters.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Llm {
+    pub api: Api,
+    /// e.g. `http://127.0.0.1:8080/v1` (OpenAI-compatible) or `https://api.anthropic.com`.
+    pub base_url: String,
+    pub model: String,
+    /// Environment variable holding the API key on the worker (keys never travel in tasks).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub system: Option<String>,
+    pub prompt: String,
+    #[serde(default = "Llm::default_max_tokens")]
+    pub max_tokens: u32,
+}
+
+impl Llm {
+    fn default_max_tokens() -> u32 {
+        1_024
+    }
+}
+
 /// A task payload: which executor, with its parameters.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "executor", rename_all = "lowercase")]
 pub enum Payload {
     Scripted(Scripted),
     Command(CommandSpec),
+    Llm(Llm),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -147,6 +182,7 @@ pub async fn run(req: ExecRequest, events: mpsc::Sender<ExecEvent>, control: mps
         match payload {
             Payload::Scripted(s) => scripted(s, &req, events, control).await,
             Payload::Command(c) => command(c, &req, events, control).await,
+            Payload::Llm(l) => llm(l, &req, events, control).await,
         }
     };
     match timeout {
@@ -266,6 +302,166 @@ async fn command(
             }
         }
     }
+}
+
+/// A model's answer and its usage.
+#[derive(Serialize, Deserialize)]
+struct LlmCheckpoint {
+    text: String,
+    input_tokens: u64,
+    output_tokens: u64,
+    cached_tokens: u64,
+    estimated: bool,
+}
+
+/// One call: a completed answer is the checkpoint, so a resumed attempt does not pay twice.
+async fn llm(
+    l: Llm,
+    req: &ExecRequest,
+    events: mpsc::Sender<ExecEvent>,
+    mut control: mpsc::Receiver<Control>,
+) -> ExecResult {
+    if let Some(c) = &req.resume {
+        if let Ok(done) = serde_json::from_slice::<LlmCheckpoint>(c) {
+            return ExecResult {
+                outcome: ExecOutcome::Succeeded,
+                output: done.text.into_bytes(),
+                error: String::new(),
+                usage: Usage::default(),
+            };
+        }
+    }
+    let key = match &l.api_key_env {
+        Some(var) => match std::env::var(var) {
+            Ok(k) => Some(k),
+            Err(_) => return ExecResult::failed(format!("payload.api_key_env: {var} is not set on this worker")),
+        },
+        None => None,
+    };
+    let _ = events
+        .send(ExecEvent::Progress { percent: 0, stage: format!("calling {}", l.model), usage: Usage::default() })
+        .await;
+    let call = call_model(&l, key.as_deref());
+    tokio::pin!(call);
+    let answer = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            c = control.recv() => {
+                if c != Some(Control::Checkpoint) {
+                    // Nothing to keep from a call in flight: a resumed attempt calls again.
+                    return ExecResult { outcome: ExecOutcome::Stopped, output: Vec::new(), error: String::new(), usage: Usage::default() };
+                }
+            }
+        }
+    };
+    match answer {
+        Ok(done) => {
+            let usage = Usage {
+                input_tokens: done.input_tokens,
+                output_tokens: done.output_tokens,
+                cached_tokens: done.cached_tokens,
+                estimated: done.estimated,
+            };
+            let mut checkpoint = serde_json::to_vec(&done).expect("json");
+            if checkpoint.len() <= TASK_CHECKPOINT_BYTES_MAX {
+                let _ = events.send(ExecEvent::Checkpoint(std::mem::take(&mut checkpoint))).await;
+            }
+            let mut output = done.text.into_bytes();
+            output.truncate(TASK_OUTPUT_BYTES_MAX);
+            ExecResult { outcome: ExecOutcome::Succeeded, output, error: String::new(), usage }
+        }
+        Err(e) => ExecResult::failed(e),
+    }
+}
+
+/// Counts tokens the way providers roughly do (4 bytes a token) when they report none.
+fn estimate_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4)
+}
+
+async fn call_model(l: &Llm, key: Option<&str>) -> Result<LlmCheckpoint, String> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(600))
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
+    let base = l.base_url.trim_end_matches('/');
+    let (url, body) = match l.api {
+        Api::Openai => {
+            let mut messages = Vec::new();
+            if let Some(s) = &l.system {
+                messages.push(serde_json::json!({"role": "system", "content": s}));
+            }
+            messages.push(serde_json::json!({"role": "user", "content": l.prompt}));
+            (
+                format!("{base}/chat/completions"),
+                serde_json::json!({"model": l.model, "messages": messages, "max_tokens": l.max_tokens}),
+            )
+        }
+        Api::Anthropic => {
+            let mut body = serde_json::json!({"model": l.model, "max_tokens": l.max_tokens, "messages": [{"role": "user", "content": l.prompt}]});
+            if let Some(s) = &l.system {
+                body["system"] = serde_json::json!(s);
+            }
+            (format!("{base}/v1/messages"), body)
+        }
+    };
+    let mut request = client.post(&url).json(&body);
+    request = match (l.api, key) {
+        (Api::Openai, Some(k)) => request.bearer_auth(k),
+        (Api::Anthropic, k) => {
+            let r = request.header("anthropic-version", "2023-06-01");
+            match k {
+                Some(k) => r.header("x-api-key", k),
+                None => r,
+            }
+        }
+        (Api::Openai, None) => request,
+    };
+    let resp = request.send().await.map_err(|e| format!("POST {url}: {e}"))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| format!("reading the answer of {url}: {e}"))?;
+    if !status.is_success() {
+        let mut t = text;
+        t.truncate(512);
+        return Err(format!("POST {url}: {status}: {t}"));
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("answer of {url} is not JSON: {e}"))?;
+    // Lenient: take what is there, estimate what is not.
+    let u64_at = |p: &str| v.pointer(p).and_then(serde_json::Value::as_u64);
+    let (answer, input, output, cached) = match l.api {
+        Api::Openai => (
+            v.pointer("/choices/0/message/content").and_then(|c| c.as_str()).unwrap_or_default().to_string(),
+            u64_at("/usage/prompt_tokens"),
+            u64_at("/usage/completion_tokens"),
+            u64_at("/usage/prompt_tokens_details/cached_tokens"),
+        ),
+        Api::Anthropic => (
+            v.get("content")
+                .and_then(|c| c.as_array())
+                .map(|parts| {
+                    parts.iter().filter_map(|p| p.get("text").and_then(|t| t.as_str())).collect::<Vec<_>>().join("")
+                })
+                .unwrap_or_default(),
+            u64_at("/usage/input_tokens"),
+            u64_at("/usage/output_tokens"),
+            u64_at("/usage/cache_read_input_tokens"),
+        ),
+    };
+    let prompt_len = l.prompt.len() + l.system.as_deref().map_or(0, str::len);
+    let estimated = input.is_none() || output.is_none();
+    let cached = cached.unwrap_or(0);
+    Ok(LlmCheckpoint {
+        // OpenAI counts cached prompt tokens inside prompt_tokens; Anthropic does not.
+        input_tokens: input.map_or_else(
+            || (prompt_len as u64).div_ceil(4),
+            |i| if l.api == Api::Openai { i.saturating_sub(cached) } else { i },
+        ),
+        output_tokens: output.unwrap_or_else(|| estimate_tokens(&answer)),
+        cached_tokens: cached,
+        estimated,
+        text: answer,
+    })
 }
 
 #[cfg(test)]
