@@ -8,6 +8,11 @@ use qm_coordinator::server;
 use qm_shared::client::Client;
 use qm_shared::pb::v1 as pb;
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use qm_shared::Role;
+
 use crate::reserve::{self, AcquireArgs, Outcome};
 use crate::{status_failure, Failure, Output};
 
@@ -54,13 +59,33 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
         rx.wait_for(|m| m.current_leader.is_some()).await.is_ok()
     })
     .await;
+    // The worker part: an in-process worker with scripted agents, on the same gRPC port.
+    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = {
+        let config = qm_worker::runtime::WorkerConfig {
+            node_id: "dev-worker".into(),
+            slots: [(Role::Implementer, 2), (Role::Verifier, 1)].into_iter().collect(),
+            labels: Default::default(),
+            session_ttl_ms: 10_000,
+        };
+        let client = client.clone();
+        tokio::spawn(async move {
+            let _ = qm_worker::runtime::run(client, config, async {
+                let _ = worker_stopped.await;
+            })
+            .await;
+        })
+    };
     if !args.no_demo {
         demo(&client, output).await?;
+        agents_demo(&client, output).await?;
     }
     if !args.exit_after_demo {
         eprintln!("qm dev: serving; try `qm reserve acquire pg:staging --mode exclusive`, `qm graph`; Ctrl-C stops");
         crate::coordinator::wait_for_signal().await;
     }
+    let _ = stop_worker.send(());
+    let _ = worker.await;
     running.shutdown().await;
     Ok(())
 }
@@ -140,5 +165,136 @@ async fn demo(client: &Client, output: Output) -> Result<(), Failure> {
     reserve::list(client, pb::ListRequest::default(), output).await?;
     client.close_session(alice).await.map_err(status_failure)?;
     client.close_session(bob).await.map_err(status_failure)?;
+    Ok(())
+}
+
+async fn submit(
+    client: &Client,
+    role: &str,
+    resource: &str,
+    priority: u32,
+    ms: u64,
+    work_item: &str,
+) -> Result<u64, Failure> {
+    let payload = serde_json::json!({"executor": "scripted", "duration_ms": ms, "steps": 20,
+        "input_tokens_per_step": 400, "output_tokens_per_step": 60})
+    .to_string();
+    let req = pb::SubmitTaskRequest {
+        role: role.into(),
+        resources: vec![pb::ResourceRequest { path: resource.into(), mode: pb::Mode::Exclusive as i32, units: 0 }],
+        payload: payload.into_bytes(),
+        priority,
+        work_item_id: work_item.into(),
+        max_attempts: 3,
+        timeout_ms: 0,
+    };
+    let resp = client
+        .call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::tasks(ch).submit(req).await?.into_inner()) }
+        })
+        .await
+        .map_err(status_failure)?;
+    eprintln!("submitted task {} ({role}, {work_item}, priority {priority}) needing {resource}", resp.task_id);
+    Ok(resp.task_id)
+}
+
+async fn tasks(client: &Client) -> Result<Vec<pb::TaskInfo>, Failure> {
+    let resp = client
+        .call(|ch| async move { Ok(Client::tasks(ch).list(pb::ListTasksRequest::default()).await?.into_inner()) })
+        .await
+        .map_err(status_failure)?;
+    Ok(resp.tasks)
+}
+
+/// Prints a line whenever a task's status, attempt or progress decile changes.
+fn progress(seen: &mut BTreeMap<u64, (String, u32, u32)>, all: &[pb::TaskInfo]) {
+    for t in all.iter().rev() {
+        let now = (t.status.clone(), t.attempt, t.percent_done / 10);
+        if seen.get(&t.task_id) != Some(&now) {
+            let bar: String = (0..10).map(|i| if i < t.percent_done / 10 { '#' } else { '.' }).collect();
+            let on = if t.worker_node_id.is_empty() { String::new() } else { format!(" on {}", t.worker_node_id) };
+            let resumed = t
+                .attempts
+                .last()
+                .filter(|a| a.resumed_from_seq > 0)
+                .map_or(String::new(), |a| format!(" (resumed from checkpoint #{})", a.resumed_from_seq));
+            eprintln!(
+                "  task {:<3} {:<12} {:<10} [{bar}] {:>3}%  attempt {}{on}{resumed}",
+                t.task_id, t.work_item_id, t.status, t.percent_done, t.attempt
+            );
+            seen.insert(t.task_id, now);
+        }
+    }
+}
+
+/// Agents contending for staging: a preemption with resume, then a summary.
+async fn agents_demo(client: &Client, output: Output) -> Result<(), Failure> {
+    eprintln!("\n== agents: an in-process worker hosts implementer x2 and verifier x1 (scripted executors)");
+    let declare = pb::DeclareResourceRequest {
+        path: "pg:staging".into(),
+        capacity: None,
+        policy: pb::ResourcePolicy::Preempt as i32,
+        grace_ms: 5_000,
+    };
+    client
+        .call(|ch| {
+            let d = declare.clone();
+            async move { Ok(Client::reservations(ch).declare_resource(d).await?.into_inner()) }
+        })
+        .await
+        .map_err(status_failure)?;
+    eprintln!("pg:staging declared with policy preempt (grace 5 s)");
+    let feature = submit(client, "implementer", "pg:staging/table:orders", 100, 4_000, "WI-feature").await?;
+    submit(client, "verifier", "pg:staging/table:users", 500, 2_000, "WI-verify").await?;
+    submit(client, "implementer", "pg:staging/table:orders", 300, 1_500, "WI-refactor").await?;
+    let mut seen = BTreeMap::new();
+    let mut hotfix = None;
+    for _ in 0..240 {
+        let all = tasks(client).await?;
+        progress(&mut seen, &all);
+        let f = all.iter().find(|t| t.task_id == feature);
+        if hotfix.is_none() && f.is_some_and(|t| t.percent_done >= 40) {
+            eprintln!("\n== a hotfix needs all of pg:staging while WI-feature is at 40%: the feature is preempted");
+            hotfix = Some(submit(client, "implementer", "pg:staging", 900, 1_000, "WI-hotfix").await?);
+        }
+        if hotfix.is_some() && all.iter().all(|t| matches!(t.status.as_str(), "succeeded" | "failed" | "cancelled")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("\n== summary");
+    let all = tasks(client).await?;
+    let mut text = format!(
+        "{:<5} {:<12} {:<12} {:<10} {:>8} {:>8}  {}\n",
+        "TASK", "ROLE", "WORK ITEM", "STATUS", "TOK IN", "TOK OUT", "ATTEMPTS"
+    );
+    for t in all.iter().rev() {
+        let u = t.usage.clone().unwrap_or_default();
+        let attempts: Vec<String> = t
+            .attempts
+            .iter()
+            .map(|a| {
+                let resumed = if a.resumed_from_seq > 0 {
+                    format!(" from checkpoint #{}", a.resumed_from_seq)
+                } else {
+                    String::new()
+                };
+                format!("#{} {}{resumed}", a.attempt, a.outcome)
+            })
+            .collect();
+        text.push_str(&format!(
+            "{:<5} {:<12} {:<12} {:<10} {:>8} {:>8}  {}\n",
+            t.task_id,
+            t.role,
+            t.work_item_id,
+            t.status,
+            u.input_tokens,
+            u.output_tokens,
+            attempts.join(", ")
+        ));
+    }
+    let value = serde_json::json!(all.iter().map(crate::task::info_json).collect::<Vec<_>>());
+    reserve::emit(output, &value, &text);
     Ok(())
 }

@@ -532,8 +532,11 @@ pub fn status_failure(status: tonic::Status) -> Failure {
 }
 
 fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("QM_LOG").unwrap_or_else(|_| "info,openraft=warn,sled=warn".into());
+    init_tracing_with("info,openraft=warn,sled=warn");
+}
+
+fn init_tracing_with(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QM_LOG").unwrap_or_else(|_| default.into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
@@ -549,7 +552,8 @@ async fn run(
     let endpoint_flag = vec![("endpoint", endpoint)];
     match command {
         Command::Dev(args) => {
-            init_tracing();
+            // The demo narrates the worker's story itself.
+            init_tracing_with("info,openraft=warn,sled=warn,qm_worker=warn");
             dev::run(args, output).await
         }
         Command::Coordinator { command: CoordinatorCommand::Run(args) } => {

@@ -24,6 +24,8 @@ fn dev_serves_a_coordinator_and_plays_its_demo_over_grpc() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("refused (conflict)") && stderr.contains("held by implementer/WI-1"), "{stderr}");
     assert!(stderr.contains("verifier/WI-2 granted"), "the waiter is granted after the release:\n{stderr}");
+    assert!(stderr.contains("(resumed from checkpoint"), "a preempted task resumes from its checkpoint:\n{stderr}");
+    assert!(stderr.contains("WI-hotfix    succeeded"), "the hotfix ran:\n{stderr}");
     let stdout = text(&out.stdout);
     assert!(stdout.contains("pg:staging/table:orders") && stdout.contains("verifier/WI-2"), "{stdout}");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -620,7 +620,8 @@ async fn connect_loop(
                 }
             })
             .await;
-        let (mut down, tx) = match (opened, sender.lock().expect("sender").take()) {
+        let taken = sender.lock().expect("sender").take();
+        let (mut down, tx) = match (opened, taken) {
             (Ok(d), Some(tx)) => (d, tx),
             (Err(e), _) => {
                 tracing::warn!(error = %e, "connecting to the coordinators failed; retrying");
