@@ -83,6 +83,10 @@ pub struct Node {
     pub shared: Arc<Shared>,
     pub clock: Arc<dyn Clock>,
     batcher: Batcher,
+    /// Set while this leader hands leadership over: it proposes nothing (writes answer
+    /// UNAVAILABLE and are retried by clients), so the followers' leases lapse and the
+    /// target's log stays the newest.
+    pub transferring: std::sync::atomic::AtomicBool,
     /// The term whose RestartLeases has committed (0: none yet).
     restarted_term: watch::Sender<u64>,
     /// Peer clients by address, for forwarding (bounded by the membership).
@@ -153,6 +157,7 @@ impl Node {
             id: config.id,
             advertise: config.advertise.clone(),
             batcher: Batcher::start(raft.clone(), clock.clone()),
+            transferring: std::sync::atomic::AtomicBool::new(false),
             raft,
             shared,
             clock,
@@ -224,6 +229,9 @@ impl Node {
     /// Proposes on this node, which must be the leader.
     pub async fn propose_local(&self, command: Command) -> Result<(LogIndex, Response), ApiError> {
         self.wait_restarted().await?;
+        if self.transferring.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApiError::Unavailable("leadership transfer in progress; retry".into()));
+        }
         self.batcher.propose(command).await
     }
 
@@ -355,7 +363,8 @@ async fn leader_duties(node: Arc<Node>) {
             }
             continue;
         }
-        if ticked && node.shared.read(|d| d.state.has_timed_work()) {
+        let transferring = node.transferring.load(std::sync::atomic::Ordering::SeqCst);
+        if ticked && !transferring && node.shared.read(|d| d.state.has_timed_work()) {
             let request = Request::one(node.clock.now_ms(), Command::Tick);
             if let Err(e) = node.raft.client_write(request).await {
                 tracing::debug!(error = %e, "leader: tick not committed");

@@ -2,7 +2,9 @@
 //!
 //! openraft 0.9 has no transfer primitive, so the leader does it by hand: it checks the
 //! target is a voter whose log has caught up, stops sending heartbeats so the followers'
-//! leader leases lapse, and asks the target (RaftPeer.Elect) to stand for election. The
+//! leader leases lapse, and asks the target (RaftPeer.Elect) to stand for election; while it
+//! does, it proposes nothing (writes are answered UNAVAILABLE and retried), so no append
+//! renews a lease or puts the target behind. The
 //! target, having the newest log, wins the next term before any other follower's election
 //! timer fires; if it does not, a normal election picks someone and the answer says who.
 
@@ -62,6 +64,18 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<pb::TransferLea
     if caught_up != Ok(true) {
         return Err(ApiError::Unavailable(format!("node {target} did not catch up with index {last} in time")));
     }
+    // Stop proposing first, then let the target catch up with the very last entry.
+    node.transferring.store(true, std::sync::atomic::Ordering::SeqCst);
+    let last = node.metrics().last_log_index.unwrap_or(0);
+    let mut rx = node.raft.metrics();
+    let _ = tokio::time::timeout(Duration::from_millis(TRANSFER_WAIT_MS_MAX / 4), async {
+        rx.wait_for(|m| {
+            m.replication.as_ref().and_then(|r| r.get(&target).copied().flatten()).map_or(0, |l| l.index) >= last
+        })
+        .await
+        .is_ok()
+    })
+    .await;
     let term = m.current_term;
     node.raft.runtime_config().heartbeat(false);
     let result = async {
@@ -81,6 +95,7 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<pb::TransferLea
     }
     .await;
     node.raft.runtime_config().heartbeat(true);
+    node.transferring.store(false, std::sync::atomic::Ordering::SeqCst);
     result?;
     let m = node.metrics();
     Ok(pb::TransferLeaderResponse { leader_id: m.current_leader, term: m.current_term })
