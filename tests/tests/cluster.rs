@@ -55,7 +55,16 @@ async fn three_nodes_form_from_config_and_a_follower_only_client_succeeds() {
     let cluster = Cluster::start(3, 10_000);
     let leader = cluster.leader(&[1, 2, 3]).await;
     let follower = [1, 2, 3].into_iter().find(|i| *i != leader).expect("a follower");
-    let status = cluster.status_of(follower).await.expect("status");
+    // The follower learns the membership when it applies the leader's first entries.
+    let mut status = cluster.status_of(follower).await;
+    for _ in 0..200 {
+        if status.as_ref().is_some_and(|s| s.members.len() == 3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = cluster.status_of(follower).await;
+    }
+    let status = status.expect("status");
     assert_eq!(status.members.len(), 3, "{status:?}");
     assert!(status.members.iter().all(|m| m.role == pb::MemberRole::Voter as i32));
 
