@@ -67,6 +67,7 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
             slots: [(Role::Implementer, 2), (Role::Verifier, 1)].into_iter().collect(),
             labels: Default::default(),
             session_ttl_ms: 10_000,
+            blocked_after_ms: 1_000,
         };
         let client = client.clone();
         tokio::spawn(async move {

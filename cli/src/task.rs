@@ -258,6 +258,10 @@ pub struct WorkerArgs {
     /// requeueing its tasks (1000..=300000)
     #[arg(long, default_value_t = 10_000)]
     pub session_ttl_ms: u64,
+    /// An agent whose acquire stays queued this long (ms) reports itself blocked and takes
+    /// other ready work of its role; the waiting task keeps its place and resumes once granted
+    #[arg(long, default_value_t = 2_000)]
+    pub blocked_after_ms: u64,
 }
 
 pub fn worker_config(a: WorkerArgs) -> Result<WorkerConfig, Failure> {
@@ -289,7 +293,10 @@ pub fn worker_config(a: WorkerArgs) -> Result<WorkerConfig, Failure> {
     };
     qm_shared::validate::check_session_ttl_ms(a.session_ttl_ms)
         .map_err(|e| Failure::usage(format!("--session-ttl-ms: {}", e.message)))?;
-    Ok(WorkerConfig { node_id, slots, labels, session_ttl_ms: a.session_ttl_ms })
+    if !(100..=3_600_000).contains(&a.blocked_after_ms) {
+        return Err(Failure::usage(format!("--blocked-after-ms: {} is outside 100..=3600000", a.blocked_after_ms)));
+    }
+    Ok(WorkerConfig { node_id, slots, labels, session_ttl_ms: a.session_ttl_ms, blocked_after_ms: a.blocked_after_ms })
 }
 
 pub async fn run_worker(client: Client, config: WorkerConfig) -> Result<(), Failure> {

@@ -156,3 +156,43 @@ fn task_commands_are_validated_naming_the_field() {
     let Response::Refused(refusal) = r else { panic!("{r:?}") };
     assert!(refusal.to_string().contains("payload"), "{refusal}");
 }
+
+#[test]
+fn a_blocked_agent_lends_its_slot_to_work_that_needs_none_of_its_resources() {
+    let mut c = Core::new();
+    let w = c.worker("box", Role::Implementer, 1);
+    let (blocked, _) = c.submit(Role::Implementer, 500); // needs pg:staging
+                                                         // Two queued candidates of the same work item: one needs pg:staging too, one does not.
+    let spec = |path: &str| TaskSpec {
+        role: Role::Implementer,
+        items: vec![Item { path: ResourcePath::parse(path).unwrap(), mode: Mode::Exclusive, units: 1 }],
+        payload: Vec::new(),
+        priority: 500,
+        work_item: "WI-1".into(),
+        max_attempts: 1,
+        timeout_ms: 0,
+    };
+    let Response::TaskSubmitted { task: same_resource } = c.apply(Command::SubmitTask(spec("pg:staging/table:t"))).0
+    else {
+        panic!()
+    };
+    let Response::TaskSubmitted { task: other } = c.apply(Command::SubmitTask(spec("repo:main"))).0 else { panic!() };
+    let (_, e) = c.apply(Command::ReportTask {
+        session: w,
+        task: blocked,
+        attempt: 1,
+        report: TaskReport::Blocked { message: "waiting for pg:staging".into() },
+    });
+    assert_eq!(assigned(&e), vec![(other, 1, w)], "the free-of-conflict task runs meanwhile: {e:?}");
+    let t = c.state.tasks();
+    assert_eq!(t.get(same_resource).unwrap().status, TaskStatus::Queued);
+    assert_eq!(t.get(blocked).unwrap().status, TaskStatus::Running, "the blocked task keeps its place");
+    // Once unblocked (progress), the slot is full again: nothing more is dispatched.
+    let (_, e) = c.apply(Command::ReportTask {
+        session: w,
+        task: blocked,
+        attempt: 1,
+        report: TaskReport::Progress { percent: 5, stage: "running".into(), usage: Usage::default() },
+    });
+    assert!(assigned(&e).is_empty());
+}

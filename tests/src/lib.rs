@@ -91,7 +91,8 @@ impl Cluster {
     /// Starts `qm worker run --node-id NODE --slots ROLE=N...` against every node.
     pub fn spawn_worker(&mut self, node: &str, slots: &[&str]) {
         let mut cmd = Command::new(qm_bin());
-        cmd.args(["worker", "run", "--node-id", node, "--session-ttl-ms", "3000", "--endpoint", &self.endpoints()]);
+        cmd.args(["worker", "run", "--node-id", node, "--session-ttl-ms", "3000", "--blocked-after-ms", "500"])
+            .args(["--endpoint", &self.endpoints()]);
         for s in slots {
             cmd.args(["--slots", s]);
         }

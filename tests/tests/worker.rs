@@ -206,3 +206,37 @@ async fn the_llm_executor_records_usage_per_task() {
     assert!(u.estimated && u.input_tokens > 0 && u.output_tokens > 0, "estimated when the server reports none: {u:?}");
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "one call per task");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_agents_do_other_work_and_the_blocked_tasks_finish_after() {
+    let mut cluster = Cluster::start(1, 10_000);
+    cluster.leader(&[1]).await;
+    cluster.spawn_worker("w1", &["implementer=2"]);
+    cluster.wait_workers(1).await;
+    let client = cluster.client();
+    // Somebody outside holds staging.
+    let holder = client.open_session("dba", 60_000).await.expect("open").session_id;
+    let held = qm_tests::acquire_wait(&client, holder, "dba", "pg:staging").await.expect("hold staging");
+
+    let blocked = [
+        submit(&client, "pg:staging/table:orders", 500, 300, "WI-1").await,
+        submit(&client, "pg:staging/table:users", 500, 300, "WI-2").await,
+    ];
+    for id in blocked {
+        wait_for(&client, id, "a blocked report", |t| !t.blocked.is_empty()).await;
+    }
+    // Both agents are waiting; the other ready work runs on them meanwhile.
+    let other =
+        [submit(&client, "repo:main", 400, 300, "WI-1").await, submit(&client, "repo:docs", 400, 300, "WI-3").await];
+    for id in other {
+        wait_for(&client, id, "other work to finish while staging is held", |t| t.status == "succeeded").await;
+    }
+    for id in blocked {
+        assert_eq!(task(&client, id).await.status, "running", "the blocked task keeps its place");
+    }
+    qm_tests::release(&client, holder, held.id).await.expect("release staging");
+    for id in blocked {
+        let t = wait_for(&client, id, "the blocked task to finish", |t| t.status == "succeeded").await;
+        assert_eq!(t.attempt, 1, "it kept its attempt and its place: {t:?}");
+    }
+}

@@ -44,14 +44,36 @@ pub enum Event {
     Cancel,
     /// The coordinator no longer considers this attempt ours: stop without a result.
     Abandon,
+    /// The acquire of `task` has waited past the blocked threshold.
+    BlockedTimeout(u64),
+    /// A parked task's resources were granted: run it here.
+    Resume(Assignment, Vec<Lease>),
 }
 
 /// A report to the coordinator about the current attempt.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Report {
-    Progress { percent: u32, stage: String, usage: Usage },
-    Checkpoint { seq: u64, data: Vec<u8>, for_preemption: bool },
-    Result { outcome: Outcome, output: Vec<u8>, error: String, usage: Usage, wall_ms: u64 },
+    Progress {
+        percent: u32,
+        stage: String,
+        usage: Usage,
+    },
+    /// Waiting for resources; the slot takes other work meanwhile.
+    Blocked {
+        message: String,
+    },
+    Checkpoint {
+        seq: u64,
+        data: Vec<u8>,
+        for_preemption: bool,
+    },
+    Result {
+        outcome: Outcome,
+        output: Vec<u8>,
+        error: String,
+        usage: Usage,
+        wall_ms: u64,
+    },
 }
 
 /// Final outcome of an attempt, as reported.
@@ -84,6 +106,9 @@ pub enum Action {
         attempt: u32,
         report: Report,
     },
+    /// Hand the waiting task to the supervisor: its acquire stays queued (keeping its place)
+    /// and it runs on the first idle agent once granted. This agent is free meanwhile.
+    Park(Assignment),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -177,6 +202,17 @@ impl Agent {
                 (Phase::Idle, vec![Action::CancelAcquire { task: a.task }, report(&a, r)])
             }
             (Phase::Acquiring { a, .. }, Event::Abandon) => (Phase::Idle, vec![Action::CancelAcquire { task: a.task }]),
+            (Phase::Acquiring { a, since }, Event::BlockedTimeout(task)) if task == a.task => {
+                let paths: Vec<&str> = a.resources.iter().map(|(p, _, _)| p.as_str()).collect();
+                let message =
+                    format!("waiting for {} since {} ms; re-planning", paths.join(", "), now.saturating_sub(since));
+                (Phase::Idle, vec![report(&a, Report::Blocked { message }), Action::Park(a)])
+            }
+            (Phase::Idle, Event::Resume(a, leases)) => {
+                self.checkpoint_seq = 0;
+                let start = self.start(&a, &leases);
+                (Phase::Running { a, leases, since: now }, start)
+            }
             (Phase::Running { a, leases, since }, Event::Exec(ev)) => {
                 let r = self.exec_report(ev, false);
                 (Phase::Running { a: a.clone(), leases, since }, vec![report(&a, r)])
@@ -337,6 +373,20 @@ mod tests {
         let acts = a.on_event(Event::ExecDone(stopped), 7);
         assert_eq!(acts[0], Action::Release(vec![3]));
         assert!(matches!(&acts[1], Action::Report { report: Report::Result { outcome: Outcome::Preempted, .. }, .. }));
+    }
+
+    #[test]
+    fn a_blocked_acquire_parks_the_task_and_a_resume_runs_it() {
+        let mut a = Agent::new();
+        a.on_event(Event::Assigned(assignment()), 0);
+        assert!(a.on_event(Event::BlockedTimeout(99), 10).is_empty(), "a stale timeout is ignored");
+        let acts = a.on_event(Event::BlockedTimeout(7), 2_000);
+        assert!(matches!(&acts[0], Action::Report { report: Report::Blocked { .. }, .. }), "{acts:?}");
+        assert!(matches!(&acts[1], Action::Park(p) if p.task == 7));
+        assert!(a.is_idle());
+        let acts = a.on_event(Event::Resume(assignment(), vec![Lease { id: 5, fencing_token: 9 }]), 3_000);
+        assert!(matches!(&acts[..], [Action::Start(_)]));
+        assert_eq!(a.current(), Some((7, 1)));
     }
 
     #[test]

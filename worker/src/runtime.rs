@@ -51,14 +51,22 @@ pub struct WorkerConfig {
     pub slots: BTreeMap<Role, u32>,
     pub labels: BTreeMap<String, String>,
     pub session_ttl_ms: u64,
+    /// An acquire queued this long reports Blocked and frees its agent for other work.
+    pub blocked_after_ms: u64,
 }
 
 /// What agents share with the supervisor and the connection.
 #[derive(Debug, Default)]
 struct Book {
-    /// Task → (slot, attempt, leases held).
+    /// Task → (slot, attempt, leases held); the slot is [`PARKED`] while the task waits
+    /// for resources without an agent.
     running: BTreeMap<u64, (String, u32, Vec<u64>)>,
+    /// Pending acquire request by task.
+    pending: BTreeMap<u64, u64>,
 }
+
+/// The slot name of a parked task.
+const PARKED: &str = "(parked)";
 
 #[derive(Clone)]
 struct Shared {
@@ -67,6 +75,7 @@ struct Shared {
     up: mpsc::Sender<pb::WorkerMessage>,
     book: Arc<Mutex<Book>>,
     started: Instant,
+    blocked_after: Duration,
 }
 
 impl Shared {
@@ -83,8 +92,6 @@ impl Shared {
 #[derive(Debug)]
 pub enum AgentMsg {
     Event(Event),
-    /// A pending acquire's request id, for cancelling it.
-    Pending(u64, u64),
 }
 
 struct AgentActor;
@@ -95,8 +102,6 @@ struct AgentState {
     shared: Shared,
     supervisor: ActorRef<SupMsg>,
     control: Option<mpsc::Sender<Control>>,
-    /// Pending acquire request by task.
-    pending: BTreeMap<u64, u64>,
     extender: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -110,15 +115,7 @@ impl Actor for AgentActor {
         _myself: ActorRef<AgentMsg>,
         (slot, shared, supervisor): Self::Arguments,
     ) -> Result<AgentState, ActorProcessingErr> {
-        Ok(AgentState {
-            slot,
-            logic: Agent::new(),
-            shared,
-            supervisor,
-            control: None,
-            pending: BTreeMap::new(),
-            extender: None,
-        })
+        Ok(AgentState { slot, logic: Agent::new(), shared, supervisor, control: None, extender: None })
     }
 
     async fn handle(
@@ -127,22 +124,22 @@ impl Actor for AgentActor {
         msg: AgentMsg,
         st: &mut AgentState,
     ) -> Result<(), ActorProcessingErr> {
-        let event = match msg {
-            AgentMsg::Pending(task, request) => {
-                st.pending.insert(task, request);
-                return Ok(());
-            }
-            AgentMsg::Event(e) => e,
+        let AgentMsg::Event(event) = msg;
+        let granted = match &event {
+            Event::Granted(leases) => st.logic.current().map(|(task, _)| (task, leases.clone())),
+            Event::Resume(a, leases) => Some((a.task, leases.clone())),
+            _ => None,
         };
-        if let Event::Granted(leases) = &event {
-            if let Some((task, _)) = st.logic.current() {
-                st.pending.remove(&task);
-                let ids: Vec<u64> = leases.iter().map(|l| l.id).collect();
-                if let Some(entry) = st.shared.book.lock().expect("book").running.get_mut(&task) {
-                    entry.2 = ids.clone();
-                }
-                st.extender = Some(tokio::spawn(keep_leases(st.shared.clone(), ids)));
+        if let Some((task, leases)) = granted {
+            let ids: Vec<u64> = leases.iter().map(|l| l.id).collect();
+            let mut book = st.shared.book.lock().expect("book");
+            book.pending.remove(&task);
+            if let Some(entry) = book.running.get_mut(&task) {
+                entry.0 = st.slot.clone();
+                entry.2 = ids.clone();
             }
+            drop(book);
+            st.extender = Some(tokio::spawn(keep_leases(st.shared.clone(), ids)));
         }
         if let Event::Assigned(a) = &event {
             st.shared.book.lock().expect("book").running.insert(a.task, (st.slot.clone(), a.attempt, Vec::new()));
@@ -167,17 +164,24 @@ async fn perform(myself: &ActorRef<AgentMsg>, st: &mut AgentState, action: Actio
     let shared = st.shared.clone();
     match action {
         Action::Acquire { task, resources, priority } => {
-            let me = myself.clone();
+            // The outcome goes to the supervisor: by then the task may be parked.
+            let supervisor = st.supervisor.clone();
             tokio::spawn(async move {
-                let event = match acquire(&shared, &me, task, resources, priority).await {
-                    Ok(leases) => Event::Granted(leases),
-                    Err(e) => Event::AcquireFailed(e),
-                };
-                let _ = me.cast(AgentMsg::Event(event));
+                let result = acquire(&shared, task, resources, priority).await;
+                let _ = supervisor.cast(SupMsg::AcquireDone { task, result });
             });
+            let after = st.shared.blocked_after;
+            myself.send_after(after, move || AgentMsg::Event(Event::BlockedTimeout(task)));
+        }
+        Action::Park(a) => {
+            if let Some(entry) = shared.book.lock().expect("book").running.get_mut(&a.task) {
+                entry.0 = PARKED.to_string();
+            }
+            let _ = st.supervisor.cast(SupMsg::Parked { slot: st.slot.clone(), a });
         }
         Action::CancelAcquire { task } => {
-            if let Some(request) = st.pending.remove(&task) {
+            let pending = shared.book.lock().expect("book").pending.remove(&task);
+            if let Some(request) = pending {
                 tokio::spawn(async move {
                     let target = Some(pb::release_request::Target::RequestId(request));
                     let _ = shared.client.release(pb::ReleaseRequest { session_id: shared.session(), target }).await;
@@ -239,7 +243,6 @@ async fn keep_leases(shared: Shared, ids: Vec<u64>) {
 /// Acquires the task's resources as one atomic set, waiting until granted.
 async fn acquire(
     shared: &Shared,
-    me: &ActorRef<AgentMsg>,
     task: u64,
     resources: Vec<(String, bool, u32)>,
     priority: u32,
@@ -274,7 +277,7 @@ async fn acquire(
     match shared.client.acquire(req).await.map_err(|s| s.message().to_string())?.outcome {
         Some(O::Granted(g)) => Ok(leases(g.reservations)),
         Some(O::Queued(q)) => {
-            let _ = me.cast(AgentMsg::Pending(task, q.request_id));
+            shared.book.lock().expect("book").pending.insert(task, q.request_id);
             while let Some(ev) = events.next().await {
                 use pb::watch_event::Kind;
                 match ev.map_err(|s| s.message().to_string())?.kind {
@@ -323,6 +326,14 @@ fn report_msg(task_id: u64, attempt: u32, report: Report) -> pb::WorkerMessage {
         Report::Checkpoint { seq, data, for_preemption } => {
             Msg::Checkpoint(Checkpoint { task_id, attempt, seq, data, for_preemption })
         }
+        Report::Blocked { message } => Msg::Blocked(pb::worker_message::Blocked {
+            task_id,
+            attempt,
+            resources: Vec::new(),
+            holders: Vec::new(),
+            request_id: 0,
+            message,
+        }),
         Report::Result { outcome, output, error, usage, wall_ms } => Msg::Result(TaskResult {
             task_id,
             attempt,
@@ -352,6 +363,16 @@ pub enum SupMsg {
     Abandon(Vec<u64>),
     Idle(String),
     Restart(String),
+    /// An agent handed over a task whose acquire waits.
+    Parked {
+        slot: String,
+        a: Assignment,
+    },
+    /// An acquire finished (for an agent's task or a parked one).
+    AcquireDone {
+        task: u64,
+        result: Result<Vec<Lease>, String>,
+    },
 }
 
 struct Supervisor;
@@ -368,6 +389,10 @@ struct SupState {
     slots: BTreeMap<String, Slot>,
     /// Assignments that found no idle slot of their role yet.
     backlog: Vec<Assignment>,
+    /// Tasks waiting for resources without an agent (their acquire keeps its place).
+    parked: BTreeMap<u64, (Role, Assignment)>,
+    /// Parked tasks granted their resources, waiting for an idle agent.
+    ready: Vec<(Role, Assignment, Vec<Lease>)>,
 }
 
 impl Supervisor {
@@ -399,7 +424,13 @@ impl Actor for Supervisor {
         myself: ActorRef<SupMsg>,
         (config, shared): Self::Arguments,
     ) -> Result<SupState, ActorProcessingErr> {
-        let mut st = SupState { shared, slots: BTreeMap::new(), backlog: Vec::new() };
+        let mut st = SupState {
+            shared,
+            slots: BTreeMap::new(),
+            backlog: Vec::new(),
+            parked: BTreeMap::new(),
+            ready: Vec::new(),
+        };
         for (role, n) in &config.slots {
             for i in 0..*n {
                 let name = format!("{}/{}-{}", config.node_id, role, i);
@@ -444,7 +475,23 @@ impl Actor for Supervisor {
                     }
                 }
                 Some(Msg::Cancel(c)) => {
-                    if let Some(agent) = Supervisor::agent_of_task(st, c.task_id) {
+                    if let Some((_, a)) = st.parked.remove(&c.task_id) {
+                        let pending = st.shared.book.lock().expect("book").pending.remove(&a.task);
+                        if let Some(request) = pending {
+                            let target = Some(pb::release_request::Target::RequestId(request));
+                            let req = pb::ReleaseRequest { session_id: st.shared.session(), target };
+                            let _ = st.shared.client.release(req).await;
+                        }
+                        st.shared.book.lock().expect("book").running.remove(&a.task);
+                        let report = Report::Result {
+                            outcome: Outcome::Cancelled,
+                            output: Vec::new(),
+                            error: String::new(),
+                            usage: Usage::default(),
+                            wall_ms: 0,
+                        };
+                        let _ = st.shared.up.send(report_msg(a.task, a.attempt, report)).await;
+                    } else if let Some(agent) = Supervisor::agent_of_task(st, c.task_id) {
                         let _ = agent.cast(AgentMsg::Event(Event::Cancel));
                     }
                 }
@@ -457,10 +504,53 @@ impl Actor for Supervisor {
                     }
                 }
             }
+            SupMsg::Parked { slot, a } => {
+                tracing::info!(task = a.task, "blocked on resources: parked; the agent takes other work");
+                if let Some(role) = st.slots.get(&slot).map(|s| s.role) {
+                    st.parked.insert(a.task, (role, a));
+                }
+            }
+            SupMsg::AcquireDone { task, result } => match st.parked.remove(&task) {
+                Some((role, a)) => match result {
+                    Ok(leases) => {
+                        let ids = leases.iter().map(|l| l.id).collect();
+                        if let Some(entry) = st.shared.book.lock().expect("book").running.get_mut(&task) {
+                            entry.2 = ids;
+                        }
+                        st.ready.push((role, a, leases));
+                        resume_ready(st);
+                    }
+                    Err(e) => {
+                        st.shared.book.lock().expect("book").running.remove(&task);
+                        let report = Report::Result {
+                            outcome: Outcome::Failed,
+                            output: Vec::new(),
+                            error: format!("acquiring the task's resources: {e}"),
+                            usage: Usage::default(),
+                            wall_ms: 0,
+                        };
+                        let _ = st.shared.up.send(report_msg(a.task, a.attempt, report)).await;
+                    }
+                },
+                None => {
+                    if let Some(agent) = Supervisor::agent_of_task(st, task) {
+                        let event = match result {
+                            Ok(leases) => Event::Granted(leases),
+                            Err(e) => Event::AcquireFailed(e),
+                        };
+                        let _ = agent.cast(AgentMsg::Event(event));
+                    } else if let Ok(leases) = result {
+                        // Nobody wants it any more (cancelled or abandoned meanwhile).
+                        release_all(&st.shared, leases.iter().map(|l| l.id).collect()).await;
+                    }
+                }
+            },
             SupMsg::Idle(slot) => {
                 if let Some(s) = st.slots.get_mut(&slot) {
                     s.idle = true;
                 }
+                // Granted parked tasks first: they hold leases while they wait.
+                resume_ready(st);
                 let backlog = std::mem::take(&mut st.backlog);
                 for a in backlog {
                     let role = st.slots.get(&slot).map(|s| s.role);
@@ -534,6 +624,28 @@ impl Actor for Supervisor {
     }
 }
 
+/// Starts granted parked tasks on idle agents of their role.
+fn resume_ready(st: &mut SupState) {
+    let ready = std::mem::take(&mut st.ready);
+    for (role, a, leases) in ready {
+        if !st.shared.book.lock().expect("book").running.contains_key(&a.task) {
+            continue; // abandoned meanwhile
+        }
+        let slot = st.slots.iter_mut().find(|(_, s)| s.idle && s.agent.is_some() && s.role == role);
+        match slot {
+            Some((name, s)) => {
+                s.idle = false;
+                tracing::info!(task = a.task, slot = %name, "resources granted: resuming the parked task");
+                if let Some(entry) = st.shared.book.lock().expect("book").running.get_mut(&a.task) {
+                    entry.0 = name.clone();
+                }
+                let _ = s.agent.as_ref().expect("agent").cast(AgentMsg::Event(Event::Resume(a, leases)));
+            }
+            None => st.ready.push((role, a, leases)),
+        }
+    }
+}
+
 fn assign(st: &mut SupState, role: Role, a: Assignment) {
     let slot = st.slots.iter_mut().find(|(_, s)| s.role == role && s.idle && s.agent.is_some());
     match slot {
@@ -562,6 +674,7 @@ pub async fn run(
         up: up_tx,
         book: Arc::new(Mutex::new(Book::default())),
         started: Instant::now(),
+        blocked_after: Duration::from_millis(config.blocked_after_ms),
     };
     let (supervisor, handle) =
         Actor::spawn(Some(format!("{}/supervisor", config.node_id)), Supervisor, (config.clone(), shared.clone()))

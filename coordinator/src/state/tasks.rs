@@ -186,13 +186,21 @@ pub struct Worker {
     pub labels: BTreeMap<String, String>,
     /// Running tasks and their roles.
     pub running: BTreeMap<TaskId, Role>,
+    /// Running tasks whose agent waits for resources and lent its slot to other work.
+    pub blocked: BTreeSet<TaskId>,
 }
 
 impl Worker {
     fn free(&self, role: Role) -> u32 {
-        let used = self.running.values().filter(|r| **r == role).count() as u32;
+        let used = self.running.iter().filter(|(t, r)| **r == role && !self.blocked.contains(*t)).count() as u32;
         self.slots.get(&role).copied().unwrap_or(0).saturating_sub(used)
     }
+}
+
+/// Whether two resource paths overlap (one is the other or under it).
+fn overlaps(a: &str, b: &str) -> bool {
+    let under = |x: &str, y: &str| x == y || x.strip_prefix(y).is_some_and(|rest| rest.starts_with('/'));
+    under(a, b) || under(b, a)
 }
 
 /// The job model's part of the replicated state.
@@ -240,6 +248,7 @@ impl Tasks {
             }
         }
         for w in self.workers.values() {
+            assert!(w.blocked.iter().all(|t| w.running.contains_key(t)), "blocked tasks of {} run there", w.session);
             for id in w.running.keys() {
                 let t = &self.tasks[id];
                 assert!(
@@ -381,9 +390,10 @@ impl State {
             })
             .copied()
             .collect();
+        let blocked = self.tasks.workers.get(&w.session).map(|old| old.blocked.clone()).unwrap_or_default();
         self.tasks.workers.insert(
             w.session,
-            Worker { session: w.session, node_id: w.node_id, slots: w.slots, labels: w.labels, running },
+            Worker { session: w.session, node_id: w.node_id, slots: w.slots, labels: w.labels, running, blocked },
         );
         self.dispatch_tasks(ctx);
         Response::WorkerRegistered { session: w.session, abandon }
@@ -413,13 +423,22 @@ impl State {
                 t.usage.add(&usage);
                 t.blocked = None;
                 ctx.effects.push(Effect::TaskProgress { task: id, attempt, percent });
+                if let Some(w) = self.tasks.workers.get_mut(&session) {
+                    w.blocked.remove(&id);
+                }
             }
             TaskReport::Checkpoint { seq, data, for_preemption: _ } => {
                 if t.checkpoint.as_ref().is_none_or(|c| (c.attempt, c.seq) < (attempt, seq)) {
                     t.checkpoint = Some(Checkpoint { attempt, seq, data });
                 }
             }
-            TaskReport::Blocked { message } => t.blocked = Some(message),
+            TaskReport::Blocked { message } => {
+                t.blocked = Some(message);
+                let first = self.tasks.workers.get_mut(&session).is_some_and(|w| w.blocked.insert(id));
+                if first {
+                    self.replan(session, id, ctx);
+                }
+            }
             TaskReport::Finished { outcome, output, error, usage, wall_ms: _ } => {
                 t.usage.add(&usage);
                 t.output = output;
@@ -431,6 +450,7 @@ impl State {
                 }
                 if let Some(w) = self.tasks.workers.get_mut(&session) {
                     w.running.remove(&id);
+                    w.blocked.remove(&id);
                 }
                 let t = self.tasks.tasks.get_mut(&id).expect("present");
                 t.session = None;
@@ -463,9 +483,35 @@ impl State {
                 a.ended_at = Some(ctx.now);
             }
             t.session = None;
+            t.blocked = None;
             self.requeue_task(*id, ctx);
         }
         self.dispatch_tasks(ctx);
+    }
+
+    /// An agent of `session` waits for `blocked`'s resources: its slot takes other ready work
+    /// of the role that needs none of them — from the same work item first — while the
+    /// blocked task keeps its place in the resource queues.
+    fn replan(&mut self, session: SessionId, blocked: TaskId, ctx: &mut Ctx) {
+        let b = &self.tasks.tasks[&blocked];
+        let (role, work_item) = (b.spec.role, b.spec.work_item.clone());
+        let paths: Vec<&str> = b.spec.items.iter().map(|i| i.path.as_str()).collect();
+        if self.tasks.workers.get(&session).is_none_or(|w| w.free(role) == 0) {
+            return;
+        }
+        let candidate = |same_item: bool| {
+            self.tasks
+                .queue
+                .iter()
+                .map(|(_, id)| &self.tasks.tasks[id])
+                .filter(|t| {
+                    t.spec.role == role && (!same_item || (t.spec.work_item == work_item && !work_item.is_empty()))
+                })
+                .find(|t| !t.spec.items.iter().any(|i| paths.iter().any(|p| overlaps(i.path.as_str(), p))))
+                .map(|t| t.id)
+        };
+        let Some(next) = candidate(true).or_else(|| candidate(false)) else { return };
+        self.assign(next, session, ctx);
     }
 
     fn requeue_task(&mut self, id: TaskId, ctx: &mut Ctx) {
@@ -521,8 +567,16 @@ impl State {
                 break;
             }
         }
-        for (key, id, session) in assign {
-            self.tasks.queue.remove(&(key, id));
+        for (_, id, session) in assign {
+            self.assign(id, session, ctx);
+        }
+    }
+
+    /// Starts the next attempt of queued task `id` on the worker of `session`.
+    fn assign(&mut self, id: TaskId, session: SessionId, ctx: &mut Ctx) {
+        {
+            let priority = self.tasks.tasks[&id].spec.priority;
+            self.tasks.queue.remove(&(u32::MAX - priority, id));
             let w = self.tasks.workers.get_mut(&session).expect("worker exists");
             let t = self.tasks.tasks.get_mut(&id).expect("task exists");
             w.running.insert(id, t.spec.role);
