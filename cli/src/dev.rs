@@ -188,6 +188,7 @@ async fn submit(
         work_item_id: work_item.into(),
         max_attempts: 3,
         timeout_ms: 0,
+        incremental: false,
     };
     let resp = client
         .call(|ch| {

@@ -43,6 +43,10 @@ pub struct SubmitArgs {
     /// Time limit of one attempt in ms (0: none)
     #[arg(long, default_value_t = 0)]
     pub timeout_ms: u64,
+    /// Acquire the resources one at a time in the order given (locking as it goes) instead of
+    /// as one atomic set; a deadlock this causes is broken and the victim retries atomically
+    #[arg(long)]
+    pub incremental: bool,
     /// Wait until the task ends, showing progress on stderr; exit 1 unless it succeeded
     #[arg(long)]
     pub wait: bool,
@@ -97,6 +101,7 @@ pub async fn submit(client: &Client, a: SubmitArgs, output: Output) -> Result<()
         work_item_id: a.work_item.clone(),
         max_attempts: a.max_attempts,
         timeout_ms: a.timeout_ms,
+        incremental: a.incremental,
     };
     let id = client
         .call(|ch| {

@@ -50,6 +50,7 @@ impl Core {
             work_item: "WI-1".into(),
             max_attempts: 2,
             timeout_ms: 0,
+            incremental: false,
         };
         let (r, e) = self.apply(Command::SubmitTask(spec));
         let Response::TaskSubmitted { task } = r else { panic!("{r:?}") };
@@ -151,6 +152,7 @@ fn task_commands_are_validated_naming_the_field() {
         work_item: String::new(),
         max_attempts: 1,
         timeout_ms: 0,
+        incremental: false,
     };
     let (r, _) = c.apply(Command::SubmitTask(spec));
     let Response::Refused(refusal) = r else { panic!("{r:?}") };
@@ -171,6 +173,7 @@ fn a_blocked_agent_lends_its_slot_to_work_that_needs_none_of_its_resources() {
         work_item: "WI-1".into(),
         max_attempts: 1,
         timeout_ms: 0,
+        incremental: false,
     };
     let Response::TaskSubmitted { task: same_resource } = c.apply(Command::SubmitTask(spec("pg:staging/table:t"))).0
     else {

@@ -17,7 +17,12 @@ async fn submit(client: &Client, resource: &str, priority: u32, duration_ms: u64
         work_item_id: work_item.into(),
         max_attempts: 3,
         timeout_ms: 0,
+        incremental: false,
     };
+    submit_request(client, req).await
+}
+
+async fn submit_request(client: &Client, req: pb::SubmitTaskRequest) -> u64 {
     client
         .call(|ch| {
             let req = req.clone();
@@ -186,15 +191,7 @@ async fn the_llm_executor_records_usage_per_task() {
             payload: payload.to_string().into_bytes(),
             ..Default::default()
         };
-        let id = client
-            .call(|ch| {
-                let req = req.clone();
-                async move { Ok(Client::tasks(ch).submit(req).await?.into_inner()) }
-            })
-            .await
-            .expect("submit")
-            .task_id;
-        ids.push(id);
+        ids.push(submit_request(&client, req).await);
     }
     let reported = wait_for(&client, ids[0], "success", |t| t.status == "succeeded").await;
     assert_eq!(String::from_utf8_lossy(&reported.output), "patched: fix the off-by-one in pager.rs");
@@ -207,16 +204,23 @@ async fn the_llm_executor_records_usage_per_task() {
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "one call per task");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocked_agents_do_other_work_and_the_blocked_tasks_finish_after() {
+/// One coordinator, one worker with two implementer agents, and an outside session holding
+/// `resource` exclusively.
+async fn two_agents_and_an_outside_holder_of(resource: &str) -> (Cluster, Client, u64, pb::Reservation) {
     let mut cluster = Cluster::start(1, 10_000);
     cluster.leader(&[1]).await;
     cluster.spawn_worker("w1", &["implementer=2"]);
     cluster.wait_workers(1).await;
     let client = cluster.client();
-    // Somebody outside holds staging.
     let holder = client.open_session("dba", 60_000).await.expect("open").session_id;
-    let held = qm_tests::acquire_wait(&client, holder, "dba", "pg:staging").await.expect("hold staging");
+    let held = qm_tests::acquire_wait(&client, holder, "dba", resource).await.expect("hold the resource");
+    (cluster, client, holder, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_agents_do_other_work_and_the_blocked_tasks_finish_after() {
+    // Somebody outside holds staging.
+    let (_cluster, client, holder, held) = two_agents_and_an_outside_holder_of("pg:staging").await;
 
     let blocked = [
         submit(&client, "pg:staging/table:orders", 500, 300, "WI-1").await,
@@ -239,4 +243,48 @@ async fn blocked_agents_do_other_work_and_the_blocked_tasks_finish_after() {
         let t = wait_for(&client, id, "the blocked task to finish", |t| t.status == "succeeded").await;
         assert_eq!(t.attempt, 1, "it kept its attempt and its place: {t:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_between_two_agents_is_broken_and_both_tasks_complete() {
+    // Two tasks locking as they go, in opposite orders. An outside holder of B lines them up
+    // so the cycle closes for certain: T2 waits for B; T1 takes A and queues for B behind T2;
+    // B is released to T2, which then asks for A — held by T1.
+    let (_cluster, client, holder, held) = two_agents_and_an_outside_holder_of("pg:b").await;
+    let incremental = |resources: [&str; 2], priority: u32, wi: &str| pb::SubmitTaskRequest {
+        role: "implementer".into(),
+        resources: resources
+            .iter()
+            .map(|p| pb::ResourceRequest { path: p.to_string(), mode: pb::Mode::Exclusive as i32, units: 0 })
+            .collect(),
+        payload: serde_json::json!({"executor": "scripted", "duration_ms": 300, "steps": 5}).to_string().into_bytes(),
+        priority,
+        work_item_id: wi.into(),
+        max_attempts: 3,
+        timeout_ms: 0,
+        incremental: true,
+    };
+    let t2 = submit_request(&client, incremental(["pg:b", "pg:a"], 500, "WI-2")).await;
+    wait_for(&client, t2, "T2 to queue for B", |t| t.status == "running").await;
+    let t1 = submit_request(&client, incremental(["pg:a", "pg:b"], 400, "WI-1")).await;
+    for _ in 0..200 {
+        if token_of(&client, t1).await.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(token_of(&client, t1).await.is_some(), "T1 holds A");
+    tokio::time::sleep(Duration::from_millis(200)).await; // T1 queues for B
+    qm_tests::release(&client, holder, held.id).await.expect("release B");
+
+    // The lower-priority T1 is the victim: it gives A back, re-plans, and retries atomically.
+    let mut victim_reported = false;
+    let done1 = wait_for(&client, t1, "T1 to finish", |t| {
+        victim_reported |= t.blocked.contains("deadlock victim");
+        t.status == "succeeded"
+    })
+    .await;
+    let done2 = wait_for(&client, t2, "T2 to finish", |t| t.status == "succeeded").await;
+    assert!(victim_reported, "T1 reported itself a deadlock victim: {done1:?}");
+    assert_eq!((done1.attempt, done2.attempt), (1, 1), "no attempt was lost to the deadlock");
 }

@@ -24,6 +24,8 @@ pub struct Assignment {
     pub priority: u32,
     pub resume: Option<Vec<u8>>,
     pub timeout_ms: u64,
+    /// Acquire one resource at a time, in order (locking as it goes).
+    pub incremental: bool,
 }
 
 /// A granted reservation.
@@ -38,6 +40,8 @@ pub enum Event {
     Assigned(Assignment),
     Granted(Vec<Lease>),
     AcquireFailed(String),
+    /// The pending acquire was aborted to break a deadlock.
+    DeadlockVictim(String),
     Exec(ExecEvent),
     ExecDone(ExecResult),
     Preempt,
@@ -108,15 +112,34 @@ pub enum Action {
     },
     /// Hand the waiting task to the supervisor: its acquire stays queued (keeping its place)
     /// and it runs on the first idle agent once granted. This agent is free meanwhile.
-    Park(Assignment),
+    /// `retry`: the acquire is gone (a deadlock victim); acquire again, as one atomic set.
+    Park {
+        a: Assignment,
+        retry: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
 enum Phase {
     Idle,
-    Acquiring { a: Assignment, since: u64 },
-    Running { a: Assignment, leases: Vec<Lease>, since: u64 },
-    Stopping { a: Assignment, leases: Vec<Lease>, since: u64, reason: Stop },
+    /// `held`: granted so far (incremental); `next`: index of the next resource to ask for.
+    Acquiring {
+        a: Assignment,
+        since: u64,
+        held: Vec<Lease>,
+        next: usize,
+    },
+    Running {
+        a: Assignment,
+        leases: Vec<Lease>,
+        since: u64,
+    },
+    Stopping {
+        a: Assignment,
+        leases: Vec<Lease>,
+        since: u64,
+        reason: Stop,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,14 +197,37 @@ impl Agent {
                     let start = self.start(&a, &[]);
                     return (Phase::Running { a, leases: Vec::new(), since: now }, start);
                 }
-                let acquire = Action::Acquire { task: a.task, resources: a.resources.clone(), priority: a.priority };
-                (Phase::Acquiring { a, since: now }, vec![acquire])
+                let next = if a.incremental { 1 } else { a.resources.len() };
+                let acquire =
+                    Action::Acquire { task: a.task, resources: a.resources[..next].to_vec(), priority: a.priority };
+                (Phase::Acquiring { a, since: now, held: Vec::new(), next }, vec![acquire])
             }
-            (Phase::Acquiring { a, since: _ }, Event::Granted(leases)) => {
-                let start = self.start(&a, &leases);
-                (Phase::Running { a, leases, since: now }, start)
+            (Phase::Acquiring { a, since, mut held, next }, Event::Granted(leases)) => {
+                held.extend(leases);
+                if next < a.resources.len() {
+                    let acquire = Action::Acquire {
+                        task: a.task,
+                        resources: vec![a.resources[next].clone()],
+                        priority: a.priority,
+                    };
+                    return (Phase::Acquiring { a, since, held, next: next + 1 }, vec![acquire]);
+                }
+                let start = self.start(&a, &held);
+                (Phase::Running { a, leases: held, since: now }, start)
             }
-            (Phase::Acquiring { a, since }, Event::AcquireFailed(error)) => {
+            (Phase::Acquiring { a, held, .. }, Event::DeadlockVictim(why)) => {
+                // Give back what it holds so the other side of the cycle can finish, free this
+                // agent for other work, and retry the whole set atomically.
+                let mut actions = Vec::new();
+                if !held.is_empty() {
+                    actions.push(Action::Release(held.iter().map(|l| l.id).collect()));
+                }
+                let message = format!("deadlock victim ({why}); released what it held, re-planning");
+                actions.push(report(&a, Report::Blocked { message }));
+                actions.push(Action::Park { a: Assignment { incremental: false, ..a }, retry: true });
+                (Phase::Idle, actions)
+            }
+            (Phase::Acquiring { a, since, held, .. }, Event::AcquireFailed(error)) => {
                 let r = Report::Result {
                     outcome: Outcome::Failed,
                     output: Vec::new(),
@@ -189,9 +235,9 @@ impl Agent {
                     usage: Usage::default(),
                     wall_ms: now.saturating_sub(since),
                 };
-                (Phase::Idle, vec![report(&a, r)])
+                (Phase::Idle, release_then(&held, report(&a, r)))
             }
-            (Phase::Acquiring { a, since }, Event::Cancel) => {
+            (Phase::Acquiring { a, since, held, .. }, Event::Cancel) => {
                 let r = Report::Result {
                     outcome: Outcome::Cancelled,
                     output: Vec::new(),
@@ -199,14 +245,27 @@ impl Agent {
                     usage: Usage::default(),
                     wall_ms: now.saturating_sub(since),
                 };
-                (Phase::Idle, vec![Action::CancelAcquire { task: a.task }, report(&a, r)])
+                let mut actions = vec![Action::CancelAcquire { task: a.task }];
+                actions.extend(release_then(&held, report(&a, r)));
+                (Phase::Idle, actions)
             }
-            (Phase::Acquiring { a, .. }, Event::Abandon) => (Phase::Idle, vec![Action::CancelAcquire { task: a.task }]),
-            (Phase::Acquiring { a, since }, Event::BlockedTimeout(task)) if task == a.task => {
+            (Phase::Acquiring { a, held, .. }, Event::Abandon) => {
+                let mut actions = vec![Action::CancelAcquire { task: a.task }];
+                if !held.is_empty() {
+                    actions.push(Action::Release(held.iter().map(|l| l.id).collect()));
+                }
+                (Phase::Idle, actions)
+            }
+            // An incremental acquisition keeps its agent: it locks as it goes, and what it
+            // holds (or will be granted next) only makes sense to the agent walking the set.
+            (Phase::Acquiring { a, since, held, next }, Event::BlockedTimeout(task))
+                if task == a.task && !a.incremental =>
+            {
+                let _ = (held, next);
                 let paths: Vec<&str> = a.resources.iter().map(|(p, _, _)| p.as_str()).collect();
                 let message =
                     format!("waiting for {} since {} ms; re-planning", paths.join(", "), now.saturating_sub(since));
-                (Phase::Idle, vec![report(&a, Report::Blocked { message }), Action::Park(a)])
+                (Phase::Idle, vec![report(&a, Report::Blocked { message }), Action::Park { a, retry: false }])
             }
             (Phase::Idle, Event::Resume(a, leases)) => {
                 self.checkpoint_seq = 0;
@@ -326,7 +385,30 @@ mod tests {
             priority: 100,
             resume: None,
             timeout_ms: 0,
+            incremental: false,
         }
+    }
+
+    #[test]
+    fn incremental_acquisition_locks_as_it_goes_and_a_deadlock_victim_gives_back_and_parks() {
+        let mut a = Agent::new();
+        let two = Assignment {
+            resources: vec![("pg:a".into(), true, 1), ("pg:b".into(), true, 1)],
+            incremental: true,
+            ..assignment()
+        };
+        let acts = a.on_event(Event::Assigned(two), 0);
+        assert!(
+            matches!(&acts[..], [Action::Acquire { resources, .. }] if resources.len() == 1 && resources[0].0 == "pg:a")
+        );
+        let acts = a.on_event(Event::Granted(vec![Lease { id: 1, fencing_token: 10 }]), 1);
+        assert!(matches!(&acts[..], [Action::Acquire { resources, .. }] if resources[0].0 == "pg:b"));
+        assert!(a.on_event(Event::BlockedTimeout(7), 2_000).is_empty(), "locking as it goes, it stays");
+        let acts = a.on_event(Event::DeadlockVictim("cycle".into()), 2_001);
+        assert_eq!(acts[0], Action::Release(vec![1]));
+        assert!(matches!(&acts[1], Action::Report { report: Report::Blocked { .. }, .. }));
+        assert!(matches!(&acts[2], Action::Park { a: p, retry: true } if !p.incremental));
+        assert!(a.is_idle());
     }
 
     #[test]
@@ -382,7 +464,7 @@ mod tests {
         assert!(a.on_event(Event::BlockedTimeout(99), 10).is_empty(), "a stale timeout is ignored");
         let acts = a.on_event(Event::BlockedTimeout(7), 2_000);
         assert!(matches!(&acts[0], Action::Report { report: Report::Blocked { .. }, .. }), "{acts:?}");
-        assert!(matches!(&acts[1], Action::Park(p) if p.task == 7));
+        assert!(matches!(&acts[1], Action::Park { a: p, retry: false } if p.task == 7));
         assert!(a.is_idle());
         let acts = a.on_event(Event::Resume(assignment(), vec![Lease { id: 5, fencing_token: 9 }]), 3_000);
         assert!(matches!(&acts[..], [Action::Start(_)]));

@@ -173,11 +173,12 @@ async fn perform(myself: &ActorRef<AgentMsg>, st: &mut AgentState, action: Actio
             let after = st.shared.blocked_after;
             myself.send_after(after, move || AgentMsg::Event(Event::BlockedTimeout(task)));
         }
-        Action::Park(a) => {
+        Action::Park { a, retry } => {
             if let Some(entry) = shared.book.lock().expect("book").running.get_mut(&a.task) {
                 entry.0 = PARKED.to_string();
+                entry.2.clear();
             }
-            let _ = st.supervisor.cast(SupMsg::Parked { slot: st.slot.clone(), a });
+            let _ = st.supervisor.cast(SupMsg::Parked { slot: st.slot.clone(), a, retry });
         }
         Action::CancelAcquire { task } => {
             let pending = shared.book.lock().expect("book").pending.remove(&task);
@@ -240,8 +241,42 @@ async fn keep_leases(shared: Shared, ids: Vec<u64>) {
     }
 }
 
-/// Acquires the task's resources as one atomic set, waiting until granted.
+/// Why an acquire did not end in a grant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AcquireError {
+    /// Aborted (or refused) to break a wait-for cycle.
+    Deadlock(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for AcquireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AcquireError::Deadlock(why) => write!(f, "deadlock victim: {why}"),
+            AcquireError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Pause before a deadlock victim's parked task acquires again.
+const PARK_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Acquires `resources` as one atomic set, waiting until granted.
 async fn acquire(
+    shared: &Shared,
+    task: u64,
+    resources: Vec<(String, bool, u32)>,
+    priority: u32,
+) -> Result<Vec<Lease>, AcquireError> {
+    acquire_set(shared, task, resources, priority).await.map_err(|e| match e.strip_prefix(DEADLOCK) {
+        Some(why) => AcquireError::Deadlock(why.to_string()),
+        None => AcquireError::Failed(e),
+    })
+}
+
+const DEADLOCK: &str = "deadlock:";
+
+async fn acquire_set(
     shared: &Shared,
     task: u64,
     resources: Vec<(String, bool, u32)>,
@@ -287,12 +322,15 @@ async fn acquire(
                         return Err("the wait was cancelled".into())
                     }
                     Some(Kind::DeadlockVictim(d)) if d.request_id == q.request_id => {
-                        return Err(format!("chosen as a deadlock victim (cycle {})", d.cycle_owners.join(" → ")))
+                        return Err(format!("{DEADLOCK}cycle {}", d.cycle_owners.join(" → ")))
                     }
                     _ => {}
                 }
             }
             Err("the watch stream ended while waiting".into())
+        }
+        Some(O::Refused(r)) if r.reason == pb::RefusalReason::Deadlock as i32 => {
+            Err(format!("{DEADLOCK}refused as closing a cycle"))
         }
         Some(O::Refused(r)) => Err(format!("refused: {:?}", pb::RefusalReason::try_from(r.reason).unwrap_or_default())),
         None => Err("empty answer".into()),
@@ -363,15 +401,16 @@ pub enum SupMsg {
     Abandon(Vec<u64>),
     Idle(String),
     Restart(String),
-    /// An agent handed over a task whose acquire waits.
+    /// An agent handed over a task whose acquire waits (or, `retry`, must be made again).
     Parked {
         slot: String,
         a: Assignment,
+        retry: bool,
     },
     /// An acquire finished (for an agent's task or a parked one).
     AcquireDone {
         task: u64,
-        result: Result<Vec<Lease>, String>,
+        result: Result<Vec<Lease>, AcquireError>,
     },
 }
 
@@ -462,6 +501,7 @@ impl Actor for Supervisor {
                         priority: a.priority,
                         resume: (!a.resume_checkpoint.is_empty()).then_some(a.resume_checkpoint),
                         timeout_ms: a.timeout_ms,
+                        incremental: a.incremental,
                     };
                     if st.shared.book.lock().expect("book").running.contains_key(&assignment.task) {
                         return Ok(()); // already running here (a resend after a reconnect)
@@ -504,8 +544,18 @@ impl Actor for Supervisor {
                     }
                 }
             }
-            SupMsg::Parked { slot, a } => {
-                tracing::info!(task = a.task, "blocked on resources: parked; the agent takes other work");
+            SupMsg::Parked { slot, a, retry } => {
+                tracing::info!(task = a.task, retry, "blocked on resources: parked; the agent takes other work");
+                if retry {
+                    // Acquire the whole set again, atomically, after a short pause.
+                    let (shared, me) = (st.shared.clone(), myself.clone());
+                    let (task, resources, priority) = (a.task, a.resources.clone(), a.priority);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(PARK_RETRY_DELAY).await;
+                        let result = acquire(&shared, task, resources, priority).await;
+                        let _ = me.cast(SupMsg::AcquireDone { task, result });
+                    });
+                }
                 if let Some(role) = st.slots.get(&slot).map(|s| s.role) {
                     st.parked.insert(a.task, (role, a));
                 }
@@ -522,6 +572,7 @@ impl Actor for Supervisor {
                     }
                     Err(e) => {
                         st.shared.book.lock().expect("book").running.remove(&task);
+                        let e = e.to_string();
                         let report = Report::Result {
                             outcome: Outcome::Failed,
                             output: Vec::new(),
@@ -536,7 +587,8 @@ impl Actor for Supervisor {
                     if let Some(agent) = Supervisor::agent_of_task(st, task) {
                         let event = match result {
                             Ok(leases) => Event::Granted(leases),
-                            Err(e) => Event::AcquireFailed(e),
+                            Err(AcquireError::Deadlock(why)) => Event::DeadlockVictim(why),
+                            Err(AcquireError::Failed(e)) => Event::AcquireFailed(e),
                         };
                         let _ = agent.cast(AgentMsg::Event(event));
                     } else if let Ok(leases) = result {

@@ -128,6 +128,7 @@ impl pb::tasks_server::Tasks for TasksApi {
             work_item: req.work_item_id,
             max_attempts,
             timeout_ms: req.timeout_ms,
+            incremental: req.incremental,
         };
         let command = Command::SubmitTask(spec);
         crate::state::validate_command(&command).map_err(ApiError::from)?;

@@ -88,6 +88,7 @@ fn assignment(node: &Node, task: TaskId, session: SessionId) -> Option<pb::Coord
                 work_item_id: t.spec.work_item.clone(),
                 model_tier: 0,
                 timeout_ms: t.spec.timeout_ms,
+                incremental: t.spec.incremental,
             })),
         })
     })

@@ -40,6 +40,8 @@ pub struct TaskSpec {
     pub max_attempts: u32,
     /// Time limit of one attempt, enforced by the agent; 0 means none.
     pub timeout_ms: u64,
+    /// Acquire the resources one at a time in order, rather than as one atomic set.
+    pub incremental: bool,
 }
 
 /// A worker's announcement.
