@@ -177,18 +177,33 @@ async fn submit(
     ms: u64,
     work_item: &str,
 ) -> Result<u64, Failure> {
+    submit_set(client, role, &[resource], priority, ms, work_item, false).await
+}
+
+async fn submit_set(
+    client: &Client,
+    role: &str,
+    resources: &[&str],
+    priority: u32,
+    ms: u64,
+    work_item: &str,
+    incremental: bool,
+) -> Result<u64, Failure> {
     let payload = serde_json::json!({"executor": "scripted", "duration_ms": ms, "steps": 20,
         "input_tokens_per_step": 400, "output_tokens_per_step": 60})
     .to_string();
     let req = pb::SubmitTaskRequest {
         role: role.into(),
-        resources: vec![pb::ResourceRequest { path: resource.into(), mode: pb::Mode::Exclusive as i32, units: 0 }],
+        resources: resources
+            .iter()
+            .map(|r| pb::ResourceRequest { path: r.to_string(), mode: pb::Mode::Exclusive as i32, units: 0 })
+            .collect(),
         payload: payload.into_bytes(),
         priority,
         work_item_id: work_item.into(),
         max_attempts: 3,
         timeout_ms: 0,
-        incremental: false,
+        incremental,
     };
     let resp = client
         .call(|ch| {
@@ -197,7 +212,12 @@ async fn submit(
         })
         .await
         .map_err(status_failure)?;
-    eprintln!("submitted task {} ({role}, {work_item}, priority {priority}) needing {resource}", resp.task_id);
+    let how = if incremental { ", one at a time" } else { "" };
+    eprintln!(
+        "submitted task {} ({role}, {work_item}, priority {priority}) needing {}{how}",
+        resp.task_id,
+        resources.join(" + ")
+    );
     Ok(resp.task_id)
 }
 
@@ -210,9 +230,14 @@ async fn tasks(client: &Client) -> Result<Vec<pb::TaskInfo>, Failure> {
 }
 
 /// Prints a line whenever a task's status, attempt or progress decile changes.
-fn progress(seen: &mut BTreeMap<u64, (String, u32, u32)>, all: &[pb::TaskInfo]) {
+fn progress(seen: &mut BTreeMap<u64, (String, u32, u32, String)>, all: &[pb::TaskInfo]) {
     for t in all.iter().rev() {
-        let now = (t.status.clone(), t.attempt, t.percent_done / 10);
+        let now = (t.status.clone(), t.attempt, t.percent_done / 10, t.blocked.clone());
+        if seen.get(&t.task_id).is_some_and(|old| old.3 != t.blocked && !t.blocked.is_empty())
+            || (!seen.contains_key(&t.task_id) && !t.blocked.is_empty())
+        {
+            eprintln!("  task {:<3} {:<12} blocked: {}", t.task_id, t.work_item_id, t.blocked);
+        }
         if seen.get(&t.task_id) != Some(&now) {
             let bar: String = (0..10).map(|i| if i < t.percent_done / 10 { '#' } else { '.' }).collect();
             let on = if t.worker_node_id.is_empty() { String::new() } else { format!(" on {}", t.worker_node_id) };
@@ -265,6 +290,8 @@ async fn agents_demo(client: &Client, output: Output) -> Result<(), Failure> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    replan_demo(client, &mut seen).await?;
+    deadlock_demo(client, &mut seen).await?;
     eprintln!("\n== summary");
     let all = tasks(client).await?;
     let mut text = format!(
@@ -299,4 +326,80 @@ async fn agents_demo(client: &Client, output: Output) -> Result<(), Failure> {
     let value = serde_json::json!(all.iter().map(crate::task::info_json).collect::<Vec<_>>());
     reserve::emit(output, &value, &text);
     Ok(())
+}
+
+/// Polls and prints progress until every task has ended (bounded: 30 s).
+async fn until_all_end(client: &Client, seen: &mut BTreeMap<u64, (String, u32, u32, String)>) -> Result<(), Failure> {
+    for _ in 0..300 {
+        let all = tasks(client).await?;
+        progress(seen, &all);
+        if all.iter().all(|t| matches!(t.status.as_str(), "succeeded" | "failed" | "cancelled")) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Holds `resource` in a demo session (the "somebody else" of the story).
+async fn hold(client: &Client, owner: &str, resource: &str) -> Result<(u64, u64), Failure> {
+    let session = client.open_session(owner, 30_000).await.map_err(status_failure)?.session_id;
+    match reserve::acquire(client, &args(owner, session, &[resource], pb::Mode::Exclusive, false)).await? {
+        Outcome::Granted { reservations, .. } => Ok((session, reservations[0].id)),
+        Outcome::Refused { text, .. } => Err(Failure::error(format!("demo: {text}"))),
+    }
+}
+
+async fn let_go(client: &Client, (session, reservation): (u64, u64)) -> Result<(), Failure> {
+    let target = Some(pb::release_request::Target::ReservationId(reservation));
+    client.release(pb::ReleaseRequest { session_id: session, target }).await.map_err(status_failure)?;
+    client.close_session(session).await.map_err(status_failure)?;
+    Ok(())
+}
+
+/// Both implementer agents block on a GPU somebody else holds; they re-plan onto other work.
+async fn replan_demo(client: &Client, seen: &mut BTreeMap<u64, (String, u32, u32, String)>) -> Result<(), Failure> {
+    eprintln!("\n== re-plan: someone holds gpu:box-7; two training tasks need it; other work is ready");
+    let gpu = hold(client, "ops/maintenance", "gpu:box-7").await?;
+    submit(client, "implementer", "gpu:box-7", 500, 1_000, "WI-train-a").await?;
+    submit(client, "implementer", "gpu:box-7", 500, 1_000, "WI-train-b").await?;
+    // Let both agents wait past the blocked threshold, then offer other work.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    submit(client, "implementer", "repo:docs", 400, 800, "WI-docs").await?;
+    submit(client, "implementer", "repo:lint", 400, 800, "WI-lint").await?;
+    for _ in 0..60 {
+        let all = tasks(client).await?;
+        progress(seen, &all);
+        let side_done = all
+            .iter()
+            .filter(|t| t.work_item_id == "WI-docs" || t.work_item_id == "WI-lint")
+            .all(|t| t.status == "succeeded");
+        if side_done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("the blocked agents finished other work meanwhile; now the GPU frees up");
+    let_go(client, gpu).await?;
+    until_all_end(client, seen).await
+}
+
+/// Two agents lock as they go in opposite orders; the cycle is broken and both finish.
+async fn deadlock_demo(client: &Client, seen: &mut BTreeMap<u64, (String, u32, u32, String)>) -> Result<(), Failure> {
+    eprintln!("\n== deadlock: two tasks lock pg:a and pg:b one at a time, in opposite orders");
+    let b = hold(client, "ops/backup", "pg:b").await?;
+    let second = submit_set(client, "implementer", &["pg:b", "pg:a"], 500, 600, "WI-sync", true).await?;
+    let first = submit_set(client, "implementer", &["pg:a", "pg:b"], 400, 600, "WI-migrate", true).await?;
+    // WI-sync waits for pg:b; WI-migrate takes pg:a and queues for pg:b behind it.
+    for _ in 0..50 {
+        let list = client.list(pb::ListRequest::default()).await.map_err(status_failure)?;
+        if list.reservations.iter().any(|r| r.owner == qm_shared::agent::task_owner(first)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    eprintln!("pg:b is released to task {second}, which then needs pg:a, held by task {first}: a cycle");
+    let_go(client, b).await?;
+    until_all_end(client, seen).await
 }

@@ -26,6 +26,10 @@ fn dev_serves_a_coordinator_and_plays_its_demo_over_grpc() {
     assert!(stderr.contains("verifier/WI-2 granted"), "the waiter is granted after the release:\n{stderr}");
     assert!(stderr.contains("(resumed from checkpoint"), "a preempted task resumes from its checkpoint:\n{stderr}");
     assert!(stderr.contains("WI-hotfix    succeeded"), "the hotfix ran:\n{stderr}");
+    assert!(stderr.contains("WI-train-a   blocked: waiting for gpu:box-7"), "an agent re-plans:\n{stderr}");
+    assert!(stderr.contains("WI-docs      succeeded"), "other work ran meanwhile:\n{stderr}");
+    assert!(stderr.contains("blocked: deadlock victim"), "a deadlock is broken:\n{stderr}");
+    assert!(stderr.contains("WI-migrate   succeeded"), "the victim finishes:\n{stderr}");
     let stdout = text(&out.stdout);
     assert!(stdout.contains("pg:staging/table:orders") && stdout.contains("verifier/WI-2"), "{stdout}");
     std::fs::remove_dir_all(&dir).unwrap();
