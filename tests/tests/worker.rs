@@ -288,3 +288,26 @@ async fn a_deadlock_between_two_agents_is_broken_and_both_tasks_complete() {
     assert!(victim_reported, "T1 reported itself a deadlock victim: {done1:?}");
     assert_eq!((done1.attempt, done2.attempt), (1, 1), "no attempt was lost to the deadlock");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_rides_out_a_leader_sigkill_without_losing_or_repeating_work() {
+    let mut cluster = Cluster::start(3, 10_000);
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    cluster.spawn_worker("w1", &["implementer=1"]);
+    cluster.wait_workers(1).await;
+    let client = cluster.client();
+    let id = submit(&client, "pg:staging", 500, 3_000, "WI-9").await;
+    wait_for(&client, id, "20% progress", |t| t.percent_done >= 20).await;
+    cluster.kill(leader);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    cluster.leader(&others).await;
+
+    let done = wait_for(&client, id, "completion after the failover", |t| t.status == "succeeded").await;
+    assert_eq!(done.attempts.len(), 1, "the same attempt finished, nothing was run twice: {done:?}");
+    assert_eq!(done.attempts[0].worker_node_id, "w1");
+    let workers = client
+        .call(|ch| async move { Ok(Client::tasks(ch).workers(pb::ListWorkersRequest {}).await?.into_inner()) })
+        .await
+        .expect("workers");
+    assert_eq!(workers.workers.len(), 1, "the worker kept its one session: {workers:?}");
+}
