@@ -68,6 +68,8 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
             labels: Default::default(),
             session_ttl_ms: 10_000,
             blocked_after_ms: 1_000,
+            providers: Vec::new(),
+            gpus: Vec::new(),
         };
         let client = client.clone();
         tokio::spawn(async move {

@@ -227,22 +227,36 @@ pub async fn workers(client: &Client, output: Output) -> Result<(), Failure> {
         .call(|ch| async move { Ok(Client::tasks(ch).workers(pb::ListWorkersRequest {}).await?.into_inner()) })
         .await
         .map_err(status_failure)?;
-    let mut text = format!("{:<20} {:<8} {:<40} {}\n", "NODE", "SESSION", "SLOTS", "RUNNING");
+    let mut text =
+        format!("{:<20} {:<8} {:<36} {:<5} {:<24} {}\n", "NODE", "SESSION", "SLOTS", "GPUS", "PROVIDERS", "RUNNING");
     for w in &resp.workers {
         let slots: Vec<String> = w.slots.iter().map(|(r, n)| format!("{r}={n}")).collect();
         let running: Vec<String> = w.running_task_ids.iter().map(|t| t.to_string()).collect();
+        let providers: Vec<String> =
+            w.model_providers.iter().map(|p| format!("{}{}", p.name, if p.local { " (local)" } else { "" })).collect();
         text.push_str(&format!(
-            "{:<20} {:<8} {:<40} {}\n",
+            "{:<20} {:<8} {:<36} {:<5} {:<24} {}\n",
             w.node_id,
             w.session_id,
             slots.join(","),
+            w.gpus.len(),
+            providers.join(","),
             running.join(",")
         ));
     }
     let value = json!(resp
         .workers
         .iter()
-        .map(|w| json!({"node_id": w.node_id, "session_id": w.session_id, "slots": w.slots, "running": w.running_task_ids, "labels": w.labels}))
+        .map(|w| json!({
+            "node_id": w.node_id, "session_id": w.session_id, "slots": w.slots, "running": w.running_task_ids,
+            "labels": w.labels,
+            "gpus": w.gpus.iter().map(|g| json!({"index": g.index, "model": g.model, "memory_bytes": g.memory_bytes})).collect::<Vec<_>>(),
+            "model_providers": w.model_providers.iter().map(|p| json!({
+                "name": p.name,
+                "kind": if p.kind == pb::ProviderKind::Anthropic as i32 { "anthropic" } else { "openai" },
+                "local": p.local,
+            })).collect::<Vec<_>>(),
+        }))
         .collect::<Vec<_>>());
     emit(output, &value, &text);
     Ok(())
@@ -267,6 +281,28 @@ pub struct WorkerArgs {
     /// other ready work of its role; the waiting task keeps its place and resumes once granted
     #[arg(long, default_value_t = 2_000)]
     pub blocked_after_ms: u64,
+    /// A model provider this worker reaches, as NAME=KIND:URL (KIND openai or anthropic);
+    /// a loopback URL marks it local. Repeat. e.g. local-vllm=openai:http://127.0.0.1:8000/v1
+    #[arg(long = "provider")]
+    pub providers: Vec<String>,
+}
+
+fn provider(text: &str) -> Result<pb::ModelProvider, Failure> {
+    let bad = || Failure::usage(format!("--provider {text:?}: expected NAME=KIND:URL with KIND openai or anthropic"));
+    let (name, rest) = text.split_once('=').ok_or_else(bad)?;
+    let (kind, url) = rest.split_once(':').ok_or_else(bad)?;
+    let kind = match kind {
+        "openai" => pb::ProviderKind::OpenaiCompatible,
+        "anthropic" => pb::ProviderKind::Anthropic,
+        _ => return Err(bad()),
+    };
+    if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(bad());
+    }
+    let authority = url.split("://").nth(1).unwrap_or("");
+    let host = authority.split(['/', ':']).next().unwrap_or("");
+    let local = host == "localhost" || host.starts_with("127.") || authority.starts_with("[::1]");
+    Ok(pb::ModelProvider { name: name.to_string(), kind: kind as i32, local, ..Default::default() })
 }
 
 pub fn worker_config(a: WorkerArgs) -> Result<WorkerConfig, Failure> {
@@ -301,14 +337,30 @@ pub fn worker_config(a: WorkerArgs) -> Result<WorkerConfig, Failure> {
     if !(100..=3_600_000).contains(&a.blocked_after_ms) {
         return Err(Failure::usage(format!("--blocked-after-ms: {} is outside 100..=3600000", a.blocked_after_ms)));
     }
-    Ok(WorkerConfig { node_id, slots, labels, session_ttl_ms: a.session_ttl_ms, blocked_after_ms: a.blocked_after_ms })
+    let providers = a.providers.iter().map(|p| provider(p)).collect::<Result<Vec<_>, _>>()?;
+    Ok(WorkerConfig {
+        node_id,
+        slots,
+        labels,
+        session_ttl_ms: a.session_ttl_ms,
+        blocked_after_ms: a.blocked_after_ms,
+        providers,
+        gpus: Vec::new(),
+    })
 }
 
-pub async fn run_worker(client: Client, config: WorkerConfig) -> Result<(), Failure> {
+pub async fn run_worker(client: Client, mut config: WorkerConfig) -> Result<(), Failure> {
+    config.gpus = qm_worker::runtime::detect_gpus().await;
     eprintln!(
-        "qm worker {}: slots {}",
+        "qm worker {}: slots {}; {} GPU(s); providers: {}",
         config.node_id,
-        config.slots.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>().join(",")
+        config.slots.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>().join(","),
+        config.gpus.len(),
+        if config.providers.is_empty() {
+            "none".to_string()
+        } else {
+            config.providers.iter().map(|p| p.name.clone()).collect::<Vec<_>>().join(",")
+        }
     );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

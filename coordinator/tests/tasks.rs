@@ -36,6 +36,8 @@ impl Core {
             slots: BTreeMap::from([(role, slots)]),
             labels: BTreeMap::new(),
             running: Vec::new(),
+            gpus: Vec::new(),
+            providers: Vec::new(),
         };
         assert!(matches!(self.apply(Command::RegisterWorker(spec)).0, Response::WorkerRegistered { .. }));
         session

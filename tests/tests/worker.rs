@@ -166,6 +166,22 @@ async fn fake_openai() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>)
             }
         }),
     );
+    let anthropic_calls = calls.clone();
+    let app = app.route(
+        "/v1/messages",
+        post(move |headers: axum::http::HeaderMap, Json(body): Json<serde_json::Value>| {
+            let counter = anthropic_calls.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(headers.get("anthropic-version").map(|v| v.as_bytes()), Some(&b"2023-06-01"[..]));
+                assert_eq!(body["system"], "You fix bugs.");
+                Json(serde_json::json!({
+                    "content": [{"type": "text", "text": "anthropic says: "}, {"type": "text", "text": "done"}],
+                    "usage": {"input_tokens": 50, "output_tokens": 7, "cache_read_input_tokens": 40}
+                }))
+            }
+        }),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -181,9 +197,14 @@ async fn the_llm_executor_records_usage_per_task() {
     cluster.wait_workers(1).await;
     let client = cluster.client();
     let mut ids = Vec::new();
-    for model in ["llama-3.1-8b-instruct", "no-usage-model"] {
+    let anthropic_base = base_url.trim_end_matches("/v1").to_string();
+    for (api, base, model) in [
+        ("openai", &base_url, "llama-3.1-8b-instruct"),
+        ("openai", &base_url, "no-usage-model"),
+        ("anthropic", &anthropic_base, "claude-sonnet"),
+    ] {
         let payload = serde_json::json!({
-            "executor": "llm", "api": "openai", "base_url": base_url, "model": model,
+            "executor": "llm", "api": api, "base_url": base, "model": model,
             "system": "You fix bugs.", "prompt": "fix the off-by-one in pager.rs",
         });
         let req = pb::SubmitTaskRequest {
@@ -201,7 +222,11 @@ async fn the_llm_executor_records_usage_per_task() {
     let estimated = wait_for(&client, ids[1], "success", |t| t.status == "succeeded").await;
     let u = estimated.usage.expect("usage");
     assert!(u.estimated && u.input_tokens > 0 && u.output_tokens > 0, "estimated when the server reports none: {u:?}");
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "one call per task");
+    let claude = wait_for(&client, ids[2], "success", |t| t.status == "succeeded").await;
+    assert_eq!(String::from_utf8_lossy(&claude.output), "anthropic says: done");
+    let u = claude.usage.expect("usage");
+    assert_eq!((u.input_tokens, u.output_tokens, u.cached_tokens, u.estimated), (50, 7, 40, false), "{u:?}");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3, "one call per task");
 }
 
 /// One coordinator, one worker with two implementer agents, and an outside session holding

@@ -215,6 +215,25 @@ impl pb::tasks_server::Tasks for TasksApi {
                     slots: w.slots.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
                     running_task_ids: w.running.keys().map(|t| t.0).collect(),
                     labels: w.labels.clone().into_iter().collect(),
+                    gpus: w
+                        .gpus
+                        .iter()
+                        .map(|g| pb::Gpu { index: g.index, model: g.model.clone(), memory_bytes: g.memory_bytes })
+                        .collect(),
+                    model_providers: w
+                        .providers
+                        .iter()
+                        .map(|p| pb::ModelProvider {
+                            name: p.name.clone(),
+                            kind: if p.kind == "anthropic" {
+                                pb::ProviderKind::Anthropic
+                            } else {
+                                pb::ProviderKind::OpenaiCompatible
+                            } as i32,
+                            local: p.local,
+                            ..Default::default()
+                        })
+                        .collect(),
                 })
                 .collect()
         });

@@ -29,7 +29,7 @@ use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::state::tasks::{Outcome, TaskReport, TaskStatus, Usage, WorkerSpec};
+use crate::state::tasks::{GpuInfo, Outcome, ProviderInfo, TaskReport, TaskStatus, Usage, WorkerSpec};
 use crate::state::{Command, Effect, Refusal, Response, SessionId, TaskId};
 
 /// Messages queued toward one worker before the stream applies backpressure.
@@ -167,6 +167,23 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
             slots,
             labels: reg.labels.clone().into_iter().collect(),
             running: listed.iter().copied().collect(),
+            gpus: reg
+                .gpus
+                .iter()
+                .map(|g| GpuInfo { index: g.index, model: g.model.clone(), memory_bytes: g.memory_bytes })
+                .collect(),
+            providers: reg
+                .model_providers
+                .iter()
+                .map(|p| ProviderInfo {
+                    name: p.name.clone(),
+                    kind: match pb::ProviderKind::try_from(p.kind) {
+                        Ok(pb::ProviderKind::Anthropic) => "anthropic".into(),
+                        _ => "openai".into(),
+                    },
+                    local: p.local,
+                })
+                .collect(),
         };
         let command = Command::RegisterWorker(spec);
         crate::state::validate_command(&command).map_err(ApiError::from)?;

@@ -54,6 +54,26 @@ pub struct WorkerSpec {
     pub labels: BTreeMap<String, String>,
     /// Tasks the worker still runs (after a reconnect).
     pub running: Vec<TaskId>,
+    pub gpus: Vec<GpuInfo>,
+    pub providers: Vec<ProviderInfo>,
+}
+
+/// A GPU on a worker's box.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub model: String,
+    pub memory_bytes: u64,
+}
+
+/// A model provider a worker reaches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderInfo {
+    pub name: String,
+    /// `openai` (OpenAI-compatible) or `anthropic`.
+    pub kind: String,
+    /// On the worker's own box (priced by its amortised cost).
+    pub local: bool,
 }
 
 /// How an attempt ended.
@@ -190,6 +210,8 @@ pub struct Worker {
     pub running: BTreeMap<TaskId, Role>,
     /// Running tasks whose agent waits for resources and lent its slot to other work.
     pub blocked: BTreeSet<TaskId>,
+    pub gpus: Vec<GpuInfo>,
+    pub providers: Vec<ProviderInfo>,
 }
 
 impl Worker {
@@ -297,6 +319,18 @@ pub fn validate_task_command(cmd: &Command) -> Result<(), Invalid> {
             for (k, v) in &w.labels {
                 len(&format!("labels[{k}]"), k.len() + v.len(), WORKER_NODE_ID_LEN_MAX_BYTES)?;
             }
+            if w.gpus.len() > WORKER_LABELS_MAX || w.providers.len() > WORKER_LABELS_MAX {
+                return Err(Invalid::new(
+                    "gpus",
+                    format!("gpus and model_providers: at most {WORKER_LABELS_MAX} each"),
+                ));
+            }
+            for (i, p) in w.providers.iter().enumerate() {
+                len(&format!("model_providers[{i}].name"), p.name.len(), WORKER_NODE_ID_LEN_MAX_BYTES)?;
+            }
+            for (i, g) in w.gpus.iter().enumerate() {
+                len(&format!("gpus[{i}].model"), g.model.len(), WORKER_NODE_ID_LEN_MAX_BYTES)?;
+            }
             if w.running.len() > WORKER_SLOTS_PER_ROLE_MAX as usize * Role::ALL.len() {
                 return Err(Invalid::new("running_task_ids", "lists more tasks than a worker can run"));
             }
@@ -395,7 +429,16 @@ impl State {
         let blocked = self.tasks.workers.get(&w.session).map(|old| old.blocked.clone()).unwrap_or_default();
         self.tasks.workers.insert(
             w.session,
-            Worker { session: w.session, node_id: w.node_id, slots: w.slots, labels: w.labels, running, blocked },
+            Worker {
+                session: w.session,
+                node_id: w.node_id,
+                slots: w.slots,
+                labels: w.labels,
+                running,
+                blocked,
+                gpus: w.gpus,
+                providers: w.providers,
+            },
         );
         self.dispatch_tasks(ctx);
         Response::WorkerRegistered { session: w.session, abandon }
