@@ -24,7 +24,9 @@ impl Invalid {
 
     /// The same error, reported for a field nested under `prefix` (`resources[2]`).
     pub fn within(mut self, prefix: &str) -> Invalid {
-        self.field = format!("{prefix}.{}", self.field);
+        if !prefix.is_empty() {
+            self.field = format!("{prefix}.{}", self.field);
+        }
         self
     }
 }

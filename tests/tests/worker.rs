@@ -336,3 +336,40 @@ async fn a_worker_rides_out_a_leader_sigkill_without_losing_or_repeating_work() 
         .expect("workers");
     assert_eq!(workers.workers.len(), 1, "the worker kept its one session: {workers:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_task_requests_name_the_field_and_bound_and_change_nothing() {
+    let cluster = Cluster::start(1, 10_000);
+    cluster.leader(&[1]).await;
+    let client = cluster.client();
+    let good = pb::SubmitTaskRequest { role: "implementer".into(), payload: b"{}".to_vec(), ..Default::default() };
+    let cases = [
+        (pb::SubmitTaskRequest { role: "orchestrator".into(), ..good.clone() }, "role: unknown role"),
+        (pb::SubmitTaskRequest { max_attempts: 17, ..good.clone() }, "max_attempts: 17 is over the limit of 16"),
+        (pb::SubmitTaskRequest { priority: 1_001, ..good.clone() }, "priority: 1001"),
+        (
+            pb::SubmitTaskRequest {
+                resources: vec![pb::ResourceRequest { path: "pg:".into(), mode: pb::Mode::Exclusive as i32, units: 0 }],
+                ..good.clone()
+            },
+            "resources[0].path: ",
+        ),
+        (pb::SubmitTaskRequest { payload: vec![b' '; 64 * 1024 + 1], ..good.clone() }, "payload: is 65537 bytes"),
+    ];
+    for (req, want) in cases {
+        let got = client
+            .call(|ch| {
+                let req = req.clone();
+                async move { Ok(Client::tasks(ch).submit(req).await?.into_inner()) }
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(got.code(), tonic::Code::InvalidArgument, "{got:?}");
+        assert!(got.message().starts_with(want), "{:?} does not start with {want:?}", got.message());
+    }
+    let list = client
+        .call(|ch| async move { Ok(Client::tasks(ch).list(pb::ListTasksRequest::default()).await?.into_inner()) })
+        .await
+        .expect("list");
+    assert!(list.tasks.is_empty(), "nothing was written: {list:?}");
+}

@@ -23,7 +23,7 @@ pub fn mode_to_pb(mode: Mode) -> i32 {
 }
 
 pub fn path(field: &str, text: &str) -> Result<ResourcePath, Invalid> {
-    ResourcePath::parse(text).map_err(|e| Invalid::new(field, e.message).within(""))
+    ResourcePath::parse(text).map_err(|e| Invalid::new(field, e.message))
 }
 
 /// The optional resource-prefix filter of List, Watch and Graph.
