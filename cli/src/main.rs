@@ -379,7 +379,11 @@ enum TaskCommand {
     #[command(after_help = "Examples:\n  \
         qm task submit --role implementer --resource pg:staging --scripted-ms 3000 --wait\n  \
         qm task submit --role verifier --resource pg:staging:shared --cmd 'make test' --priority 800\n  \
-        qm task submit --role implementer --payload '{\"executor\":\"scripted\",\"duration_ms\":5000,\"steps\":20}'")]
+        qm task submit --role implementer --payload '{\"executor\":\"scripted\",\"duration_ms\":5000,\"steps\":20}'\n  \
+        qm task submit --role implementer --payload '{\"executor\":\"llm\",\"api\":\"openai\",\"base_url\":\"http://127.0.0.1:8000/v1\",\"model\":\"qwen2.5-coder\",\"prompt\":\"...\"}'\n\n\
+        Executors: scripted {duration_ms, steps, input_tokens_per_step, output_tokens_per_step, fail_at_step, output}; \
+        command {cmd, workdir}; llm {api: openai|anthropic, base_url, model, prompt, system, max_tokens, api_key_env}. \
+        The agent runs it with QM_FENCING_TOKEN and QM_RESERVATION_ID set.")]
     Submit(task::SubmitArgs),
     /// Tasks, newest first.
     List {
