@@ -81,6 +81,12 @@ pub const KEYS: &[Key] = &[
         default: "10000",
         help: "snapshot and purge the log every this many entries",
     },
+    Key {
+        name: "jobs.classes",
+        env: "QM_JOBS_CLASSES",
+        default: "incident=1000,hotfix=900,security=800,feature=500,refactor=300,docs=100",
+        help: "work-item class priorities as class=priority,... (1..=1000)",
+    },
 ];
 
 /// Where a value came from.

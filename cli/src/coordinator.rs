@@ -72,8 +72,27 @@ pub fn node_config(config: &Config, join: bool) -> Result<(NodeConfig, SocketAdd
         election_timeout_max_ms: max,
         tick_ms: config.u64("raft.tick_ms", 10, 10_000)?,
         snapshot_logs: config.u64("raft.snapshot_logs", 100, 10_000_000)?,
+        classes: classes(config.get("jobs.classes"))?,
     };
     Ok((node, listen, admin))
+}
+
+/// `jobs.classes`: `class=priority,...`.
+fn classes(text: &str) -> Result<std::collections::BTreeMap<String, u32>, Failure> {
+    let mut out = std::collections::BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || Failure::usage(format!("jobs.classes: {part:?} is not class=priority with priority 1..=1000"));
+        let (class, p) = part.split_once('=').ok_or_else(bad)?;
+        let p: u32 = p.trim().parse().map_err(|_| bad())?;
+        if !(1..=1000).contains(&p) || class.trim().is_empty() {
+            return Err(bad());
+        }
+        out.insert(class.trim().to_string(), p);
+    }
+    if out.is_empty() {
+        return Err(Failure::usage("jobs.classes: names no class"));
+    }
+    Ok(out)
 }
 
 /// Runs until SIGINT/SIGTERM.

@@ -64,7 +64,9 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
     let worker = {
         let config = qm_worker::runtime::WorkerConfig {
             node_id: "dev-worker".into(),
-            slots: [(Role::Implementer, 2), (Role::Verifier, 1)].into_iter().collect(),
+            // Implementers and a verifier for the agents demo; one of every other role too, so
+            // the built-in workflows run end to end.
+            slots: Role::ALL.into_iter().map(|r| (r, if r == Role::Implementer { 2 } else { 1 })).collect(),
             labels: Default::default(),
             session_ttl_ms: 10_000,
             blocked_after_ms: 1_000,
@@ -82,9 +84,14 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
     if !args.no_demo {
         demo(&client, output).await?;
         agents_demo(&client, output).await?;
+        jobs_demo(&client).await?;
     }
     if !args.exit_after_demo {
-        eprintln!("qm dev: serving; try `qm reserve acquire pg:staging --mode exclusive`, `qm graph`; Ctrl-C stops");
+        eprintln!(
+            "qm dev: serving; try `qm reserve acquire pg:staging --mode exclusive`, `qm graph`, \
+             `qm job submit --title T --team platform --project demo --workflow docs --wait`, \
+             `qm cost report --by pass`; Ctrl-C stops"
+        );
         crate::coordinator::wait_for_signal().await;
     }
     let _ = stop_worker.send(());
@@ -404,4 +411,119 @@ async fn deadlock_demo(client: &Client, seen: &mut BTreeMap<u64, (String, u32, u
     eprintln!("pg:b is released to task {second}, which then needs pg:a, held by task {first}: a cycle");
     let_go(client, b).await?;
     until_all_end(client, seen).await
+}
+
+/// Work items: the demo project, a team budget, a new feature through all seven passes (a
+/// human gate approved on the way), its cost by pass, then an identical rerun served by the
+/// artifact cache.
+async fn jobs_demo(client: &Client) -> Result<(), Failure> {
+    eprintln!("\n== work items: the demo project (team platform), a team budget, the new-feature workflow");
+    let project = pb::ApplyProjectRequest { project_toml: qm_shared::workflow_file::DEMO_PROJECT.to_string() };
+    client
+        .call(|ch| {
+            let p = project.clone();
+            async move { Ok(Client::jobs(ch).apply_project(p).await?.into_inner()) }
+        })
+        .await
+        .map_err(status_failure)?;
+    let budget = pb::SetBudgetRequest {
+        scope: "team".into(),
+        name: "platform".into(),
+        limit_micros: 5_000_000,
+        period: "month".into(),
+    };
+    client
+        .call(|ch| {
+            let b = budget.clone();
+            async move { Ok(Client::jobs(ch).set_budget(b).await?.into_inner()) }
+        })
+        .await
+        .map_err(status_failure)?;
+    eprintln!("project demo registered; team platform budget $5.00 a month");
+    let args = crate::job::SubmitArgs {
+        title: Some("Add CSV export to reports".into()),
+        class: Some("feature".into()),
+        team: Some("platform".into()),
+        project: Some("demo".into()),
+        workflow: Some("new-feature".into()),
+        commit: Some("4f2a9c1".into()),
+        inputs: vec!["ticket=Reports can be exported as CSV".into()],
+        scripted_ms: 400,
+        ..crate::job::SubmitArgs::default()
+    };
+    let req = crate::job::submit_request(&args)?;
+    let run = |req: pb::SubmitJobRequest| async move {
+        let id = client
+            .call(|ch| {
+                let req = req.clone();
+                async move { Ok(Client::jobs(ch).submit(req).await?.into_inner()) }
+            })
+            .await
+            .map_err(status_failure)?
+            .job_id;
+        let mut printed = 0;
+        for _ in 0..600 {
+            let j = client
+                .call(
+                    |ch| async move { Ok(Client::jobs(ch).get(pb::GetJobRequest { job_id: id }).await?.into_inner()) },
+                )
+                .await
+                .map_err(status_failure)?;
+            for e in j.events.iter().skip(printed) {
+                let pass = if e.pass.is_empty() { String::new() } else { format!("{}: ", e.pass) };
+                eprintln!("j{id} {pass}{}", e.message);
+            }
+            printed = j.events.len();
+            if let Some(p) = j.passes.iter().find(|p| p.status == "awaiting-human") {
+                eprintln!("j{id} (the demo approves it, as `qm gate approve j{id} {}` would)", p.name);
+                let d = pb::DecideGateRequest {
+                    job_id: id,
+                    pass: p.name.clone(),
+                    approve: true,
+                    note: "approved in the demo".into(),
+                    by: "dev-demo".into(),
+                };
+                client
+                    .call(|ch| {
+                        let d = d.clone();
+                        async move { Ok(Client::jobs(ch).decide_gate(d).await?.into_inner()) }
+                    })
+                    .await
+                    .map_err(status_failure)?;
+            }
+            if j.status != "running" {
+                return Ok::<pb::JobInfo, Failure>(j);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Failure::error(format!("work item j{id} did not end within 60 s")))
+    };
+    let first = run(req.clone()).await?;
+    eprintln!("\n== cost by pass (qm cost report --by pass)");
+    for p in &first.passes {
+        eprintln!(
+            "{:<14} {:<13} {:<9} {:<18} tokens in {:>6} out {:>6} {:>9}  {:.1}s",
+            p.name,
+            p.role,
+            p.tier,
+            p.model,
+            p.input_tokens,
+            p.output_tokens,
+            qm_shared::workflow::dollars(p.cost_micros),
+            p.wall_ms as f64 / 1000.0
+        );
+    }
+    eprintln!("j{} {}: total {}", first.job_id, first.status, qm_shared::workflow::dollars(first.cost_micros));
+    eprintln!("\n== the same work item again: every pass reuses its cached artifact");
+    let again = run(req).await?;
+    let cached = again.passes.iter().filter(|p| p.status == "cached").count();
+    eprintln!(
+        "j{} {}: {cached} of {} passes from the cache, cost {}, saved {}",
+        again.job_id,
+        again.status,
+        again.passes.len(),
+        qm_shared::workflow::dollars(again.cost_micros),
+        qm_shared::workflow::dollars(again.saved_micros)
+    );
+    Ok(())
 }

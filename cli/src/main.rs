@@ -22,8 +22,10 @@ mod bench;
 mod config;
 mod coordinator;
 mod dev;
+mod job;
 mod reserve;
 mod task;
+mod workflow;
 
 use qm_shared::client::Client;
 use qm_shared::pb::v1 as pb;
@@ -68,6 +70,8 @@ pub enum Output {
     Table,
     Json,
     Dot,
+    /// CSV (qm cost report only).
+    Csv,
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,6 +118,50 @@ enum Command {
         #[command(subcommand)]
         command: WorkerCommand,
     },
+    /// Work items: tickets that flow through a workflow's passes, gates and budgets.
+    #[command(
+        after_help = "Examples:\n  qm project apply --demo\n  qm job submit --title 'Add CSV export' --class feature --team platform --project demo --workflow new-feature --wait\n  qm job show j1\n  qm gate approve j1 design"
+    )]
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+    /// Decide a pass waiting for a human: a human gate, or a spend approval at a budget's
+    /// `at` threshold.
+    Gate {
+        #[command(subcommand)]
+        command: GateCommand,
+    },
+    /// Budgets at org, team, project and work-item scope, enforced at dispatch.
+    #[command(after_help = "Thresholds: approaching (80%): low-priority work dispatches only when nothing \
+                  higher waits; at (95%): low-priority work pauses and high-cost dispatches need \
+                  `qm gate approve`; over: everything in scope pauses. A dispatch whose forecast \
+                  would cross the limit waits. Raising a budget or a period rollover resumes work.")]
+    Budget {
+        #[command(subcommand)]
+        command: BudgetCommand,
+    },
+    /// The cost ledger: every attempt's model, provider, tokens, money, wall time, agent,
+    /// worker and outcome.
+    Cost {
+        #[command(subcommand)]
+        command: CostCommand,
+    },
+    /// Workflows: DAGs of passes as TOML files (five are built in).
+    Workflow {
+        #[command(subcommand)]
+        command: WorkflowCommand,
+    },
+    /// Projects: the resources, providers and prices a team works against.
+    Project {
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+    /// The scheduler's replicated tunables: aging, fair share, budget thresholds.
+    Scheduler {
+        #[command(subcommand)]
+        command: SchedulerCommand,
+    },
     /// Agent specs: markdown with YAML front matter (a superset of .claude/agents files).
     Agent {
         #[command(subcommand)]
@@ -134,6 +182,117 @@ enum Command {
         #[command(subcommand)]
         command: ScriptCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum JobCommand {
+    /// Start a work item on a workflow (from flags or a file)
+    Submit(job::SubmitArgs),
+    /// Where a work item stands: passes, gate results, what it waits for and why, its cost
+    Show { id: String },
+    /// Work items, newest first
+    List {
+        /// running, succeeded, failed or cancelled
+        #[arg(long, default_value = "")]
+        status: String,
+        #[arg(long, default_value = "")]
+        team: String,
+    },
+    /// Stop a running work item (running passes are told to stop)
+    Cancel { id: String },
+    /// Run a failed or cancelled work item again from its unfinished passes
+    Retry { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum GateCommand {
+    /// Pass the gate (or approve the spend) of PASS of work item ID
+    Approve {
+        id: String,
+        pass: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Who decides (default: $USER)
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Fail the gate (its on_fail applies) or refuse the spend (the work item fails)
+    Reject {
+        id: String,
+        pass: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BudgetCommand {
+    /// Set a budget: SCOPE (org, team, project, work-item), NAME (`org` for the org scope,
+    /// `j7` for a work item) and LIMIT in dollars; 0 removes it
+    Set {
+        scope: String,
+        name: String,
+        limit: String,
+        /// day, week, month or total
+        #[arg(long, default_value = "month")]
+        period: String,
+    },
+    /// Every budget with its spending this period
+    Show,
+}
+
+#[derive(Subcommand, Debug)]
+enum CostCommand {
+    /// Roll the ledger up (-o table|json|csv; csv lists the entries themselves)
+    Report {
+        #[arg(long, value_enum, default_value_t = job::By::WorkItem)]
+        by: job::By,
+        /// A duration back from now (30m, 24h, 7d) or epoch ms
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Forecast one run of a workflow (built-in name or file) from the ledger's history
+    Forecast { workflow: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkflowCommand {
+    /// The built-in workflows
+    List,
+    /// A workflow's passes in order (a built-in name or a file)
+    Show { workflow: String },
+    /// Check workflow files (cycles, unknown roles, unknown resources with --project); the
+    /// built-ins when none are given
+    Validate {
+        paths: Vec<PathBuf>,
+        /// Check resources against this project file
+        #[arg(long)]
+        project: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ProjectCommand {
+    /// Register or update a project on the coordinators (declares its resources and its
+    /// providers' concurrency as counted resources api:<provider>)
+    Apply {
+        file: Option<PathBuf>,
+        /// The demo project (team platform)
+        #[arg(long, conflicts_with = "file")]
+        demo: bool,
+    },
+    /// Check a project file
+    Validate { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum SchedulerCommand {
+    /// The current tunables
+    Show,
+    /// Change tunables (only the flags given)
+    Set(job::SchedulerArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -553,6 +712,9 @@ async fn run(
     if output == Output::Dot && !matches!(command, Command::Graph { .. }) {
         return Err(Failure::usage("-o dot applies to qm graph only"));
     }
+    if output == Output::Csv && !matches!(command, Command::Cost { command: CostCommand::Report { .. } }) {
+        return Err(Failure::usage("-o csv applies to qm cost report only"));
+    }
     let endpoint_flag = vec![("endpoint", endpoint)];
     match command {
         Command::Dev(args) => {
@@ -567,6 +729,12 @@ async fn run(
             let config = config::Config::load(config_file.as_deref(), &flags)?;
             coordinator::run(&config, args.join).await
         }
+        Command::Workflow { command } => match command {
+            WorkflowCommand::List => workflow::list(output),
+            WorkflowCommand::Show { workflow } => workflow::show(&workflow, output),
+            WorkflowCommand::Validate { paths, project } => workflow::validate(&paths, project.as_deref(), output),
+        },
+        Command::Project { command: ProjectCommand::Validate { file } } => workflow::project_validate(&file, output),
         Command::Agent { command: AgentCommand::List { paths } } => agent::list(&agent::default_paths(paths), output),
         Command::Agent { command: AgentCommand::Validate { paths } } => {
             agent::validate(&agent::default_paths(paths), output)
@@ -626,6 +794,37 @@ async fn run_client(command: Command, output: Output, client: &Client) -> Result
             TaskCommand::Cancel { id } => task::cancel(client, id, output).await,
         },
         Command::Worker { command: WorkerCommand::List } => task::workers(client, output).await,
+        Command::Job { command } => match command {
+            JobCommand::Submit(a) => job::submit(client, a, output).await,
+            JobCommand::Show { id } => job::show(client, &id, output).await,
+            JobCommand::List { status, team } => job::list(client, status, team, output).await,
+            JobCommand::Cancel { id } => job::cancel(client, &id, false, output).await,
+            JobCommand::Retry { id } => job::cancel(client, &id, true, output).await,
+        },
+        Command::Gate { command } => match command {
+            GateCommand::Approve { id, pass, note, by } => job::decide(client, &id, pass, true, note, by, output).await,
+            GateCommand::Reject { id, pass, note, by } => job::decide(client, &id, pass, false, note, by, output).await,
+        },
+        Command::Budget { command } => match command {
+            BudgetCommand::Set { scope, name, limit, period } => {
+                job::budget_set(client, scope, name, limit, period, output).await
+            }
+            BudgetCommand::Show => job::budget_show(client, output).await,
+        },
+        Command::Cost { command } => match command {
+            CostCommand::Report { by, since } => job::cost_report(client, by, since, output).await,
+            CostCommand::Forecast { workflow } => job::forecast(client, workflow, output).await,
+        },
+        Command::Project { command: ProjectCommand::Apply { file, demo } } => {
+            if file.is_none() && !demo {
+                return Err(Failure::usage("give a project FILE or --demo"));
+            }
+            job::project_apply(client, file, output).await
+        }
+        Command::Scheduler { command } => match command {
+            SchedulerCommand::Show => job::scheduler(client, None, output).await,
+            SchedulerCommand::Set(a) => job::scheduler(client, Some(a), output).await,
+        },
         Command::Worker { command: WorkerCommand::Run(a) } => {
             init_tracing();
             task::run_worker(client.clone(), task::worker_config(a)?).await
@@ -715,6 +914,8 @@ async fn run_client(command: Command, output: Output, client: &Client) -> Result
         | Command::Coordinator { .. }
         | Command::Config { .. }
         | Command::Script { .. }
+        | Command::Workflow { .. }
+        | Command::Project { command: ProjectCommand::Validate { .. } }
         | Command::Agent { .. } => {
             unreachable!("handled before")
         }
@@ -882,7 +1083,7 @@ fn run_script(command: ScriptCommand, output: Output) -> Result<(), Failure> {
 /// Transcripts as text (one after another) or as a JSON array of `{file, transcript}`.
 fn emit(output: Output, transcripts: &[(&str, String)]) -> Result<(), Failure> {
     match output {
-        Output::Table | Output::Dot => {
+        Output::Table | Output::Dot | Output::Csv => {
             for (i, (name, transcript)) in transcripts.iter().enumerate() {
                 if transcripts.len() > 1 {
                     if i > 0 {

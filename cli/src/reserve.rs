@@ -394,7 +394,7 @@ pub async fn graph(client: &Client, prefix: String, output: Output) -> Result<()
             });
             emit(output, &value, "");
         }
-        Output::Table => {
+        Output::Table | Output::Csv => {
             let mut out =
                 format!("wait-for graph at index {}: {} owners, {} edges\n", g.index, g.nodes.len(), g.edges.len());
             out.push_str(&format!(

@@ -30,6 +30,9 @@ fn dev_serves_a_coordinator_and_plays_its_demo_over_grpc() {
     assert!(stderr.contains("WI-docs      succeeded"), "other work ran meanwhile:\n{stderr}");
     assert!(stderr.contains("blocked: deadlock victim"), "a deadlock is broken:\n{stderr}");
     assert!(stderr.contains("WI-migrate   succeeded"), "the victim finishes:\n{stderr}");
+    assert!(stderr.contains("design: waits for a human gate"), "a human gate:\n{stderr}");
+    assert!(stderr.contains("succeeded: cost $"), "the feature went through every pass:\n{stderr}");
+    assert!(stderr.contains("7 of 7 passes from the cache, cost $0.00"), "the rerun is cached:\n{stderr}");
     let stdout = text(&out.stdout);
     assert!(stdout.contains("pg:staging/table:orders") && stdout.contains("verifier/WI-2"), "{stdout}");
     std::fs::remove_dir_all(&dir).unwrap();

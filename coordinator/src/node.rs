@@ -57,6 +57,8 @@ pub struct NodeConfig {
     pub tick_ms: u64,
     /// Build a snapshot (and purge the log before it) every this many entries.
     pub snapshot_logs: u64,
+    /// Work-item class → priority (`jobs.classes`).
+    pub classes: BTreeMap<String, u32>,
 }
 
 impl NodeConfig {
@@ -71,8 +73,14 @@ impl NodeConfig {
             election_timeout_max_ms: 300,
             tick_ms: 200,
             snapshot_logs: 10_000,
+            classes: default_classes(),
         }
     }
+}
+
+/// The default class priorities: incident > hotfix > security > feature > refactor > docs.
+pub fn default_classes() -> BTreeMap<String, u32> {
+    qm_shared::workflow_file::CLASSES.iter().map(|(c, p)| (c.to_string(), *p)).collect()
 }
 
 /// A running coordinator.
@@ -93,6 +101,7 @@ pub struct Node {
     peers: Mutex<BTreeMap<String, pb::raft_peer_client::RaftPeerClient<Channel>>>,
     store_size: Arc<dyn Fn() -> u64 + Send + Sync>,
     tick_ms: u64,
+    pub classes: BTreeMap<String, u32>,
 }
 
 impl std::fmt::Debug for Node {
@@ -165,6 +174,7 @@ impl Node {
             peers: Mutex::new(BTreeMap::new()),
             store_size: Arc::new(move || size_store.size_bytes()),
             tick_ms: config.tick_ms,
+            classes: config.classes.clone(),
         });
         if !config.initial_members.is_empty()
             && config.initial_members.keys().next() == Some(&config.id)

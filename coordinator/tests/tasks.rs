@@ -53,6 +53,10 @@ impl Core {
             max_attempts: 2,
             timeout_ms: 0,
             incremental: false,
+            team: String::new(),
+            project: String::new(),
+            tier: None,
+            requires: Vec::new(),
         };
         let (r, e) = self.apply(Command::SubmitTask(spec));
         let Response::TaskSubmitted { task } = r else { panic!("{r:?}") };
@@ -81,6 +85,7 @@ fn finished(outcome: Outcome) -> TaskReport {
         error: String::new(),
         usage: Usage::default(),
         wall_ms: 5,
+        agent: "w1/implementer-0".into(),
     }
 }
 
@@ -155,6 +160,10 @@ fn task_commands_are_validated_naming_the_field() {
         max_attempts: 1,
         timeout_ms: 0,
         incremental: false,
+        team: String::new(),
+        project: String::new(),
+        tier: None,
+        requires: Vec::new(),
     };
     let (r, _) = c.apply(Command::SubmitTask(spec));
     let Response::Refused(refusal) = r else { panic!("{r:?}") };
@@ -176,6 +185,10 @@ fn a_blocked_agent_lends_its_slot_to_work_that_needs_none_of_its_resources() {
         max_attempts: 1,
         timeout_ms: 0,
         incremental: false,
+        team: String::new(),
+        project: String::new(),
+        tier: None,
+        requires: Vec::new(),
     };
     let Response::TaskSubmitted { task: same_resource } = c.apply(Command::SubmitTask(spec("pg:staging/table:t"))).0
     else {

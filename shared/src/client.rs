@@ -217,6 +217,12 @@ impl Client {
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
     }
 
+    pub fn jobs(ch: Channel) -> pb::jobs_client::JobsClient<Channel> {
+        pb::jobs_client::JobsClient::new(ch)
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+    }
+
     pub fn cluster(ch: Channel) -> pb::cluster_client::ClusterClient<Channel> {
         pb::cluster_client::ClusterClient::new(ch)
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)

@@ -14,6 +14,8 @@ pub mod limits;
 pub mod pb;
 pub mod resource;
 pub mod validate;
+pub mod workflow;
+pub mod workflow_file;
 
 pub use agent::{Role, Tier};
 pub use resource::{LockMode, Mode, ResourcePath, RowRange};

@@ -137,3 +137,43 @@ pub const WORKER_NODE_ID_LEN_MAX_BYTES: usize = 256;
 pub const WORKER_LABELS_MAX: usize = 64;
 /// Most agent slots per role on one worker.
 pub const WORKER_SLOTS_PER_ROLE_MAX: u32 = 256;
+
+/// Largest amount of money anywhere (budgets, prices, ledger), in micro-dollars ($1e9).
+pub const MONEY_MICROS_MAX: u64 = 1_000_000_000_000_000;
+/// Largest workflow or project file.
+pub const WORKFLOW_FILE_BYTES_MAX: usize = 256 * 1024;
+/// Most passes in one workflow.
+pub const WORKFLOW_PASSES_MAX: usize = 64;
+/// Longest workflow, pass, project, team, provider, model or input name.
+pub const NAME_LEN_MAX_BYTES: usize = 128;
+/// Longest gate criteria, description or work-item title.
+pub const TEXT_LEN_MAX_BYTES: usize = 4 * 1024;
+/// Most inputs of one work item (and most named inputs or outputs of one pass).
+pub const JOB_INPUTS_MAX: usize = 64;
+/// Largest value of one work-item input.
+pub const JOB_INPUT_BYTES_MAX: usize = 16 * 1024;
+/// Most work items the replicated state holds; ended ones are forgotten oldest first past
+/// `JOBS_ENDED_RETAINED_MAX`.
+pub const JOBS_MAX: usize = 50_000;
+pub const JOBS_ENDED_RETAINED_MAX: usize = 10_000;
+/// Events kept per work item (the oldest are dropped first).
+pub const JOB_EVENTS_MAX: usize = 128;
+/// Most projects, and most resources, providers and prices in one project.
+pub const PROJECTS_MAX: usize = 1_024;
+pub const PROJECT_ENTRIES_MAX: usize = 256;
+/// Most budgets (scope × name).
+pub const BUDGETS_MAX: usize = 10_000;
+/// Ledger entries kept for reports (oldest dropped first; totals stay exact).
+pub const LEDGER_ENTRIES_MAX: usize = 100_000;
+/// Artifacts kept in the content-addressed cache (oldest evicted first).
+pub const ARTIFACTS_MAX: usize = 20_000;
+/// Most gate failures a pass may tolerate before its work item fails.
+pub const GATE_FAILURES_MAX: u32 = 16;
+/// Bytes of artifacts kept in the cache (oldest evicted first).
+pub const ARTIFACT_BYTES_TOTAL_MAX: usize = 64 * 1024 * 1024;
+/// Most calls in flight at once to one model provider (its `api:<name>` capacity).
+pub const PROVIDER_CONCURRENCY_MAX: u32 = 10_000;
+/// Longest time limit of one pass attempt.
+pub const PASS_TIMEOUT_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
+/// The preemption grace a project resource gets when its file names none.
+pub const PROJECT_GRACE_MS_DEFAULT: u64 = 5_000;

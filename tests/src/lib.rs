@@ -123,6 +123,29 @@ impl Cluster {
         panic!("{n} workers did not register within 10 s");
     }
 
+    /// Runs `qm ARGS… --endpoint <every node> -o json` and parses its stdout; panics naming
+    /// the command and its stderr unless it exits 0.
+    pub fn qm_json(&self, args: &[&str]) -> serde_json::Value {
+        let (code, out, err) = self.qm(args);
+        assert_eq!(code, 0, "qm {} exited {code}: {err}", args.join(" "));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("qm {}: stdout is not JSON ({e}): {out}", args.join(" ")))
+    }
+
+    /// Runs `qm ARGS… --endpoint <every node> -o json`: (exit code, stdout, stderr).
+    pub fn qm(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(qm_bin())
+            .args(args)
+            .args(["--endpoint", &self.endpoints(), "-o", "json"])
+            .env("QM_LOG", "warn")
+            .output()
+            .expect("run qm");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
     /// Every node's address, comma-separated, as `--endpoint` takes them.
     pub fn endpoints(&self) -> String {
         self.addrs.values().cloned().collect::<Vec<_>>().join(",")

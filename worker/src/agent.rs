@@ -26,6 +26,8 @@ pub struct Assignment {
     pub timeout_ms: u64,
     /// Acquire one resource at a time, in order (locking as it goes).
     pub incremental: bool,
+    /// The model the coordinator routed the attempt to (empty: none).
+    pub model: String,
 }
 
 /// A granted reservation.
@@ -348,6 +350,7 @@ impl Agent {
             resume: a.resume.clone(),
             env,
             timeout_ms: a.timeout_ms,
+            model: a.model.clone(),
         })]
     }
 
@@ -386,6 +389,7 @@ mod tests {
             resume: None,
             timeout_ms: 0,
             incremental: false,
+            model: String::new(),
         }
     }
 

@@ -39,6 +39,9 @@ pub struct ExecRequest {
     pub env: Vec<(String, String)>,
     /// 0 means none.
     pub timeout_ms: u64,
+    /// The model the coordinator routed the attempt to; an llm payload whose `model` is empty
+    /// or `auto` uses it.
+    pub model: String,
 }
 
 /// Reported while running.
@@ -140,6 +143,8 @@ pub struct Llm {
     pub api: Api,
     /// e.g. `http://127.0.0.1:8080/v1` (OpenAI-compatible) or `https://api.anthropic.com`.
     pub base_url: String,
+    /// Empty or `auto`: the model the coordinator routed the task to (its tier's model).
+    #[serde(default)]
     pub model: String,
     /// Environment variable holding the API key on the worker (keys never travel in tasks).
     #[serde(default)]
@@ -316,11 +321,17 @@ struct LlmCheckpoint {
 
 /// One call: a completed answer is the checkpoint, so a resumed attempt does not pay twice.
 async fn llm(
-    l: Llm,
+    mut l: Llm,
     req: &ExecRequest,
     events: mpsc::Sender<ExecEvent>,
     mut control: mpsc::Receiver<Control>,
 ) -> ExecResult {
+    if l.model.is_empty() || l.model == "auto" {
+        if req.model.is_empty() {
+            return ExecResult::failed("payload.model: empty (or auto) and the task was routed to no model");
+        }
+        l.model = req.model.clone();
+    }
     if let Some(c) = &req.resume {
         if let Ok(done) = serde_json::from_slice::<LlmCheckpoint>(c) {
             return ExecResult {
@@ -476,6 +487,7 @@ mod tests {
             resume,
             env: Vec::new(),
             timeout_ms: 0,
+            model: String::new(),
         }
     }
 

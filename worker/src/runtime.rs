@@ -256,7 +256,7 @@ async fn perform(myself: &ActorRef<AgentMsg>, st: &mut AgentState, action: Actio
         }
         Action::Release(ids) => release_all(&shared, ids).await,
         Action::Report { task, attempt, report } => {
-            let _ = shared.up.send(report_msg(task, attempt, report)).await;
+            let _ = shared.up.send(report_msg(&st.slot, task, attempt, report)).await;
         }
     }
 }
@@ -391,7 +391,7 @@ fn usage_pb(u: Usage) -> Vec<pb::TokenUsage> {
     }]
 }
 
-fn report_msg(task_id: u64, attempt: u32, report: Report) -> pb::WorkerMessage {
+fn report_msg(agent: &str, task_id: u64, attempt: u32, report: Report) -> pb::WorkerMessage {
     use pb::worker_message::{Checkpoint, Msg, Progress, TaskResult};
     let msg = match report {
         Report::Progress { percent, stage, usage } => Msg::Progress(Progress {
@@ -427,6 +427,7 @@ fn report_msg(task_id: u64, attempt: u32, report: Report) -> pb::WorkerMessage {
             error,
             usage: usage_pb(usage),
             wall_time_ms: wall_ms,
+            agent: agent.to_string(),
         }),
     };
     pb::WorkerMessage { msg: Some(msg) }
@@ -543,6 +544,7 @@ impl Actor for Supervisor {
                         resume: (!a.resume_checkpoint.is_empty()).then_some(a.resume_checkpoint),
                         timeout_ms: a.timeout_ms,
                         incremental: a.incremental,
+                        model: a.model,
                     };
                     if st.shared.book.lock().expect("book").running.contains_key(&assignment.task) {
                         return Ok(()); // already running here (a resend after a reconnect)
@@ -571,7 +573,7 @@ impl Actor for Supervisor {
                             usage: Usage::default(),
                             wall_ms: 0,
                         };
-                        let _ = st.shared.up.send(report_msg(a.task, a.attempt, report)).await;
+                        let _ = st.shared.up.send(report_msg("", a.task, a.attempt, report)).await;
                     } else if let Some(agent) = Supervisor::agent_of_task(st, c.task_id) {
                         let _ = agent.cast(AgentMsg::Event(Event::Cancel));
                     }
@@ -621,7 +623,7 @@ impl Actor for Supervisor {
                             usage: Usage::default(),
                             wall_ms: 0,
                         };
-                        let _ = st.shared.up.send(report_msg(a.task, a.attempt, report)).await;
+                        let _ = st.shared.up.send(report_msg("", a.task, a.attempt, report)).await;
                     }
                 },
                 None => {
@@ -699,7 +701,7 @@ impl Actor for Supervisor {
                 usage: Usage::default(),
                 wall_ms: 0,
             };
-            let _ = st.shared.up.send(report_msg(task, attempt, report)).await;
+            let _ = st.shared.up.send(report_msg(&name, task, attempt, report)).await;
         }
         let slot = st.slots.get_mut(&name).expect("slot");
         slot.agent = None;

@@ -189,7 +189,11 @@ pub fn effect_subject(e: &Effect) -> (Option<&str>, Option<SessionId>, Option<&s
         Effect::TaskAssigned { session, .. } | Effect::TaskCancelRequested { session, .. } => {
             (None, Some(*session), None)
         }
-        Effect::TaskQueued { .. } | Effect::TaskProgress { .. } | Effect::TaskEnded { .. } => (None, None, None),
+        Effect::TaskQueued { .. }
+        | Effect::TaskProgress { .. }
+        | Effect::TaskEnded { .. }
+        | Effect::JobEvent { .. }
+        | Effect::BudgetLevel { .. } => (None, None, None),
     }
 }
 
@@ -275,7 +279,17 @@ pub fn watch_event(index: u64, at_ms: u64, e: &Effect) -> Option<pb::WatchEvent>
         | Effect::TaskAssigned { .. }
         | Effect::TaskCancelRequested { .. }
         | Effect::TaskProgress { .. }
-        | Effect::TaskEnded { .. } => return None,
+        | Effect::TaskEnded { .. }
+        | Effect::JobEvent { .. }
+        | Effect::BudgetLevel { .. } => return None,
     };
     Some(pb::WatchEvent { index, at_ms, kind: Some(kind) })
+}
+
+pub fn tier_to_pb(t: qm_shared::Tier) -> pb::ModelTier {
+    match t {
+        qm_shared::Tier::Cheap => pb::ModelTier::Cheap,
+        qm_shared::Tier::Standard => pb::ModelTier::Standard,
+        qm_shared::Tier::Frontier => pb::ModelTier::Frontier,
+    }
 }

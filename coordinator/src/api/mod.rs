@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod convert;
 pub mod graph;
+pub mod jobs;
 pub mod peer;
 pub mod reservations;
 pub mod sessions;
@@ -53,6 +54,9 @@ pub async fn serve(
     let tasks = pb::tasks_server::TasksServer::new(tasks::TasksApi { node: node.clone() })
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let jobs = pb::jobs_server::JobsServer::new(jobs::JobsApi { node: node.clone(), classes: node.classes.clone() })
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
     let gateway = pb::worker_gateway_server::WorkerGatewayServer::new(worker::GatewayApi { node: node.clone() })
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
@@ -68,6 +72,7 @@ pub async fn serve(
         .add_service(reservations)
         .add_service(cluster)
         .add_service(tasks)
+        .add_service(jobs)
         .add_service(gateway)
         .add_service(peer)
         // A caller-supplied listener bypasses the builder's socket options: set them here, or
@@ -90,8 +95,14 @@ async fn report_health(node: Arc<Node>, health: tonic_health::server::HealthRepo
         if last != Some(serving) {
             let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
             health.set_service_status("", status).await;
-            for name in ["qm.v1.Sessions", "qm.v1.Reservations", "qm.v1.Cluster", "qm.v1.Tasks", "qm.v1.WorkerGateway"]
-            {
+            for name in [
+                "qm.v1.Sessions",
+                "qm.v1.Reservations",
+                "qm.v1.Cluster",
+                "qm.v1.Tasks",
+                "qm.v1.Jobs",
+                "qm.v1.WorkerGateway",
+            ] {
                 health.set_service_status(name, status).await;
             }
             last = Some(serving);

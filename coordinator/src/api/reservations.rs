@@ -42,7 +42,11 @@ fn refusal_reason(r: &Refusal) -> pb::RefusalReason {
         Refusal::TaskUnknown { .. }
         | Refusal::StaleAttempt { .. }
         | Refusal::NotAWorker { .. }
-        | Refusal::TaskEnded { .. } => pb::RefusalReason::Unspecified,
+        | Refusal::TaskEnded { .. }
+        | Refusal::JobUnknown { .. }
+        | Refusal::JobState { .. }
+        | Refusal::ProjectUnknown { .. }
+        | Refusal::NotAwaitingDecision { .. } => pb::RefusalReason::Unspecified,
         Refusal::Invalid(_) => pb::RefusalReason::Unspecified,
     }
 }

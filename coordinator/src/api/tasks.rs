@@ -129,6 +129,10 @@ impl pb::tasks_server::Tasks for TasksApi {
             max_attempts,
             timeout_ms: req.timeout_ms,
             incremental: req.incremental,
+            team: String::new(),
+            project: String::new(),
+            tier: None,
+            requires: Vec::new(),
         };
         let command = Command::SubmitTask(spec);
         crate::state::validate_command(&command).map_err(ApiError::from)?;

@@ -80,15 +80,17 @@ fn assignment(node: &Node, task: TaskId, session: SessionId) -> Option<pb::Coord
                 task_id: t.id.0,
                 attempt: t.attempt,
                 role: t.spec.role.to_string(),
-                resources: super::convert::items_to_pb(&t.spec.items),
+                resources: super::convert::items_to_pb(&t.attempt_items()),
                 reservations: Vec::new(),
                 payload: t.spec.payload.clone(),
                 priority: t.spec.priority,
                 resume_checkpoint: t.checkpoint.as_ref().map(|c| c.data.clone()).unwrap_or_default(),
                 work_item_id: t.spec.work_item.clone(),
-                model_tier: 0,
+                model_tier: t.spec.tier.map_or(pb::ModelTier::Unspecified, super::convert::tier_to_pb) as i32,
                 timeout_ms: t.spec.timeout_ms,
                 incremental: t.spec.incremental,
+                provider: t.route.as_ref().map(|r| r.provider.clone()).unwrap_or_default(),
+                model: t.route.as_ref().map(|r| r.model.clone()).unwrap_or_default(),
             })),
         })
     })
@@ -325,6 +327,7 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
                             error: r.error,
                             usage: usage_from_pb(&r.usage),
                             wall_ms: r.wall_time_ms,
+                            agent: r.agent,
                         };
                         let key = (r.task_id, r.attempt);
                         (

@@ -90,6 +90,14 @@ impl fmt::Display for Response {
                 write!(f, "leases restarted reservations={reservations} sessions={sessions}")
             }
             Response::Configured => f.write_str("configured"),
+            Response::JobSubmitted { job } => write!(f, "work item {job} submitted"),
+            Response::JobCancelled { job } => write!(f, "work item {job} cancelled"),
+            Response::JobRetried { job } => write!(f, "work item {job} retried"),
+            Response::GateDecided { job, pass } => write!(f, "gate of {job}/{pass} decided"),
+            Response::BudgetSet { scope, name } => write!(f, "budget {} {name} set", scope.as_str()),
+            Response::ProjectApplied { name, resources } => {
+                write!(f, "project {name} applied ({resources} resources declared)")
+            }
             Response::Refused(refusal) => write!(f, "REFUSED {refusal}"),
         }
     }
@@ -128,6 +136,14 @@ impl fmt::Display for Refusal {
             Refusal::NotAWorker { session } => write!(f, "session {session} registered no worker"),
             Refusal::TaskEnded { task } => write!(f, "task {task} already ended"),
             Refusal::Invalid(invalid) => write!(f, "INVALID_ARGUMENT {invalid}"),
+            Refusal::JobUnknown { job } => write!(f, "work item {job} unknown"),
+            Refusal::JobState { job, status } => write!(f, "work item {job} is {status}"),
+            Refusal::ProjectUnknown { project } => {
+                write!(f, "project {project:?} unknown (register it with qm project apply FILE)")
+            }
+            Refusal::NotAwaitingDecision { job, pass, status } => {
+                write!(f, "pass {pass} of {job} waits for no decision (it is {status})")
+            }
         }
     }
 }
@@ -176,6 +192,13 @@ impl fmt::Display for Effect {
                 write!(f, "TaskProgress {task} attempt={attempt} {percent}%")
             }
             Effect::TaskEnded { task, status } => write!(f, "TaskEnded {task} {}", status.as_str()),
+            Effect::JobEvent { job, pass, message } => write!(f, "JobEvent {job} {pass}: {message}"),
+            Effect::BudgetLevel { scope, name, level, spent_micros, limit_micros } => write!(
+                f,
+                "BudgetLevel {} {name} {} spent={spent_micros} limit={limit_micros}",
+                scope.as_str(),
+                level.as_str()
+            ),
         }
     }
 }

@@ -20,6 +20,7 @@
 
 mod display;
 mod invariants;
+pub mod jobs;
 mod lock_table;
 mod records;
 mod render;
@@ -67,6 +68,19 @@ pub struct Config {
     /// Break wait-for cycles as they close (the default). Off, cycles are left to wait
     /// timeouts, as with `innodb_deadlock_detect = OFF`; used to study detection itself.
     pub deadlock_detection: bool,
+    /// Priority points a team's head of queue loses per task it runs (weighted fair share
+    /// between teams); 0 turns fair share off.
+    pub fair_share_points: u32,
+    /// Work at or above this priority is high-priority for the budget policies.
+    pub high_priority_min: u32,
+    /// Budget thresholds, percent of the limit: approaching and at (over is above 100).
+    pub budget_approaching_pct: u32,
+    pub budget_at_pct: u32,
+    /// At the `at` threshold, a high-priority dispatch forecast to cost this much or more
+    /// waits for an approval (`qm gate approve`).
+    pub high_cost_micros: u64,
+    /// Forecast of a pass before any history, per tier (cheap, standard, frontier).
+    pub forecast_default_micros: [u64; 3],
 }
 
 impl Default for Config {
@@ -77,6 +91,12 @@ impl Default for Config {
             preempt_gap: PREEMPT_GAP_DEFAULT,
             queue_len_max: QUEUE_LEN_MAX,
             deadlock_detection: true,
+            fair_share_points: 10,
+            high_priority_min: 800,
+            budget_approaching_pct: 80,
+            budget_at_pct: 95,
+            high_cost_micros: 1_000_000,
+            forecast_default_micros: [20_000, 100_000, 500_000],
         }
     }
 }
@@ -141,6 +161,7 @@ pub struct State {
     wait_for: WaitFor,
     stats: Stats,
     tasks: tasks::Tasks,
+    jobs: jobs::Jobs,
 }
 
 /// What one apply accumulates on its way.
@@ -268,16 +289,40 @@ pub fn validate_command(cmd: &Command) -> Result<(), Invalid> {
             validate::check_range("aging_interval_ms", config.aging_interval_ms, 1, 3_600_000)?;
             validate::check_range("aging_step", config.aging_step.into(), 1, PRIORITY_MAX.into())?;
             validate::check_range("preempt_gap", config.preempt_gap.into(), 0, PRIORITY_MAX.into())?;
-            validate::check_range("queue_len_max", config.queue_len_max.into(), 1, QUEUE_LEN_MAX.into())
+            validate::check_range("queue_len_max", config.queue_len_max.into(), 1, QUEUE_LEN_MAX.into())?;
+            validate::check_range("fair_share_points", config.fair_share_points.into(), 0, PRIORITY_MAX.into())?;
+            validate::check_range("high_priority_min", config.high_priority_min.into(), 0, PRIORITY_MAX.into())?;
+            validate::check_range("budget_approaching_pct", config.budget_approaching_pct.into(), 1, 100)?;
+            validate::check_range(
+                "budget_at_pct",
+                config.budget_at_pct.into(),
+                config.budget_approaching_pct.into(),
+                100,
+            )?;
+            validate::check_range("high_cost_micros", config.high_cost_micros, 0, qm_shared::limits::MONEY_MICROS_MAX)?;
+            for (i, f) in config.forecast_default_micros.iter().enumerate() {
+                validate::check_range(
+                    &format!("forecast_default_micros[{i}]"),
+                    *f,
+                    0,
+                    qm_shared::limits::MONEY_MICROS_MAX,
+                )?;
+            }
+            Ok(())
         }
         Command::SubmitTask(_) | Command::RegisterWorker(_) | Command::ReportTask { .. } => {
             tasks::validate_task_command(cmd)
+        }
+        Command::SubmitJob(_) | Command::DecideGate { .. } | Command::SetBudget { .. } | Command::ApplyProject(_) => {
+            jobs::validate_job_command(cmd)
         }
         Command::KeepAlive { .. }
         | Command::CloseSession { .. }
         | Command::Release { .. }
         | Command::Cancel { .. }
         | Command::CancelTask { .. }
+        | Command::CancelJob { .. }
+        | Command::RetryJob { .. }
         | Command::Tick
         | Command::RestartLeases => Ok(()),
     }
@@ -386,21 +431,10 @@ impl State {
                 self.apply_extend(session, reservation, lease_ms, ctx)
             }
             Command::DeclareResource { path, capacity, policy, grace_ms } => {
-                if self.resources.len() >= RESOURCES_DECLARED_MAX && !self.resources.contains_key(path.as_str()) {
-                    return Response::Refused(Refusal::Exhausted {
-                        what: "declared resources".into(),
-                        max: RESOURCES_DECLARED_MAX as u64,
-                    });
+                match self.declare_resource(&path, ResourceConfig { capacity, policy, grace_ms }, ctx) {
+                    Ok(()) => Response::ResourceDeclared { path },
+                    Err(r) => Response::Refused(r),
                 }
-                let config = ResourceConfig { capacity, policy, grace_ms };
-                if let Some(old) = self.resources.insert(path.as_str().to_string(), config) {
-                    self.policy_counts[old.policy as usize] -= 1;
-                }
-                self.policy_counts[policy as usize] += 1;
-                if let Some(id) = self.table.lookup(path.as_str()) {
-                    self.touch(ctx, id, None);
-                }
-                Response::ResourceDeclared { path }
             }
             Command::Tick => {
                 self.apply_tick(ctx);
@@ -409,8 +443,20 @@ impl State {
             Command::RestartLeases => self.apply_restart_leases(ctx),
             Command::Configure { config } => {
                 self.config = config;
+                self.tasks.rekey(&self.config);
+                self.dispatch_tasks(ctx);
                 Response::Configured
             }
+            Command::SubmitJob(spec) => self.apply_submit_job(*spec, ctx),
+            Command::CancelJob { job } => self.apply_cancel_job(job, ctx),
+            Command::RetryJob { job } => self.apply_retry_job(job, ctx),
+            Command::DecideGate { job, pass, approve, note, by } => {
+                self.apply_decide_gate(job, pass, approve, note, by, ctx)
+            }
+            Command::SetBudget { scope, name, limit_micros, period } => {
+                self.apply_set_budget(scope, name, limit_micros, period, ctx)
+            }
+            Command::ApplyProject(project) => self.apply_project(*project, ctx),
             Command::SubmitTask(spec) => self.apply_submit_task(spec, ctx),
             Command::CancelTask { task } => self.apply_cancel_task(task, ctx),
             Command::RegisterWorker(w) => self.apply_register_worker(w, ctx),
@@ -847,6 +893,22 @@ impl State {
 
     // ---------------------------------------------------------------- time
 
+    /// Declares (or redeclares) a resource's capacity, policy and grace.
+    fn declare_resource(&mut self, path: &ResourcePath, config: ResourceConfig, ctx: &mut Ctx) -> Result<(), Refusal> {
+        if self.resources.len() >= RESOURCES_DECLARED_MAX && !self.resources.contains_key(path.as_str()) {
+            return Err(Refusal::Exhausted { what: "declared resources".into(), max: RESOURCES_DECLARED_MAX as u64 });
+        }
+        let policy = config.policy;
+        if let Some(old) = self.resources.insert(path.as_str().to_string(), config) {
+            self.policy_counts[old.policy as usize] -= 1;
+        }
+        self.policy_counts[policy as usize] += 1;
+        if let Some(id) = self.table.lookup(path.as_str()) {
+            self.touch(ctx, id, None);
+        }
+        Ok(())
+    }
+
     fn apply_tick(&mut self, ctx: &mut Ctx) {
         let now = ctx.now;
         self.table.collect();
@@ -899,6 +961,8 @@ impl State {
             }
             self.set_effective(id, effective, ctx);
         }
+        self.roll_budget_periods(ctx);
+        self.dispatch_tasks(ctx);
     }
 
     fn apply_restart_leases(&mut self, ctx: &mut Ctx) -> Response {
@@ -941,6 +1005,34 @@ impl State {
     /// The declared config nearest to `path` (itself or an ancestor).
     fn resource_config(&self, path: &ResourcePath) -> Option<&ResourceConfig> {
         (1..=path.depth()).rev().find_map(|n| self.resources.get(path.prefix(n)))
+    }
+
+    /// The first of `items` a newcomer at `priority` could not have now, when its holders are
+    /// not ones it would preempt (policy `preempt` and at least `preempt_gap` below it).
+    pub(crate) fn held_against(&self, items: &[Item], priority: u32) -> Option<String> {
+        let key = QueueKey { inv_priority: PRIORITY_MAX - priority.min(PRIORITY_MAX), seq: self.next_seq };
+        let nobody = OwnerId(u64::MAX);
+        for item in items {
+            let deepest = [self.table.deepest(&item.path)];
+            let one = std::slice::from_ref(item);
+            if !self.is_blocked(nobody, key, one, Starts::Deepest(&deepest)) {
+                continue;
+            }
+            let mut b = Blockers::report();
+            self.blockers(nobody, key, one, Starts::Deepest(&deepest), &mut b);
+            let holders = self.holder_infos(one, &b);
+            let preemptible = b.waiters.is_empty()
+                && !holders.is_empty()
+                && holders.iter().all(|h| {
+                    let g = &self.grants[&h.reservation];
+                    self.resource_config(&g.path).is_some_and(|c| c.policy == Policy::Preempt)
+                        && priority >= g.priority.saturating_add(self.config.preempt_gap)
+                });
+            if !preemptible {
+                return Some(item.path.to_string());
+            }
+        }
+        None
     }
 
     /// Whether `items` are blocked for `owner` at queue position `key`. `targets` are the

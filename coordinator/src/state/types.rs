@@ -54,6 +54,11 @@ id_type!(
     TaskId,
     "t"
 );
+id_type!(
+    /// A work item: a ticket flowing through a workflow's passes.
+    JobId,
+    "j"
+);
 
 /// What happens to a holder when a waiter far above it in priority is blocked by it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -178,6 +183,34 @@ pub enum Command {
         attempt: u32,
         report: super::tasks::TaskReport,
     },
+    /// Start a work item on its workflow.
+    SubmitJob(Box<super::jobs::JobSpec>),
+    /// Stop a work item: queued passes end, running ones are told to stop.
+    CancelJob {
+        job: JobId,
+    },
+    /// Run a failed (or cancelled) work item again from its unfinished passes.
+    RetryJob {
+        job: JobId,
+    },
+    /// A human's decision on a pass waiting for one (a human gate or a spend approval).
+    DecideGate {
+        job: JobId,
+        pass: String,
+        approve: bool,
+        note: String,
+        by: String,
+    },
+    /// Set (or change) a budget; a limit of 0 removes it.
+    SetBudget {
+        scope: super::jobs::Scope,
+        name: String,
+        limit_micros: u64,
+        period: super::jobs::Period,
+    },
+    /// Register (or update) a project: its resources are declared, its providers' concurrency
+    /// becomes counted resources `api:<provider>`.
+    ApplyProject(Box<qm_shared::workflow::Project>),
 }
 
 /// A granted reservation as reported to clients and in effects.
@@ -260,6 +293,23 @@ pub enum Refusal {
     TaskEnded {
         task: TaskId,
     },
+    JobUnknown {
+        job: JobId,
+    },
+    /// The work item is not in a state the command applies to.
+    JobState {
+        job: JobId,
+        status: String,
+    },
+    ProjectUnknown {
+        project: String,
+    },
+    /// The pass is not waiting for a decision.
+    NotAwaitingDecision {
+        job: JobId,
+        pass: String,
+        status: String,
+    },
     /// A state-wide bound was reached (sessions, reservations, requests).
     Exhausted {
         what: String,
@@ -327,6 +377,27 @@ pub enum Response {
     TaskReported {
         task: TaskId,
         status: super::tasks::TaskStatus,
+    },
+    JobSubmitted {
+        job: JobId,
+    },
+    JobCancelled {
+        job: JobId,
+    },
+    JobRetried {
+        job: JobId,
+    },
+    GateDecided {
+        job: JobId,
+        pass: String,
+    },
+    BudgetSet {
+        scope: super::jobs::Scope,
+        name: String,
+    },
+    ProjectApplied {
+        name: String,
+        resources: u32,
     },
     /// Raft's own entries (a new leader's blank entry, membership changes) change nothing
     /// here and answer `Noop`.
@@ -444,5 +515,20 @@ pub enum Effect {
     TaskEnded {
         task: TaskId,
         status: super::tasks::TaskStatus,
+    },
+    /// Something happened to a work item (a pass started, a gate decided, a budget paused
+    /// it), with the reason.
+    JobEvent {
+        job: JobId,
+        pass: String,
+        message: String,
+    },
+    /// A budget rose to a new level (approaching, at, over).
+    BudgetLevel {
+        scope: super::jobs::Scope,
+        name: String,
+        level: super::jobs::Level,
+        spent_micros: u64,
+        limit_micros: u64,
     },
 }

@@ -1,0 +1,451 @@
+//! Work items in the replicated core: workflows with gates, budgets at dispatch, the cost
+//! ledger, the artifact cache, class priority with aging, backfill and model routing.
+
+use std::collections::BTreeMap;
+
+use qm_coordinator::state::jobs::{JobSpec, JobStatus, PassStatus, Period, Scope};
+use qm_coordinator::state::tasks::{Outcome, TaskReport, TaskStatus, Usage, WorkerSpec};
+use qm_coordinator::state::{Acquire, Command, Config, Effect, Item, JobId, Response, SessionId, State, TaskId, Wait};
+use qm_shared::workflow::{Gate, Need, OnFail, Pass, Price, Project, ProjectResource, Provider, Reviewer, Workflow};
+use qm_shared::{Mode, ResourcePath, Role, Tier};
+
+struct Core {
+    state: State,
+    index: u64,
+    now: u64,
+    running: BTreeMap<TaskId, (u32, SessionId)>,
+}
+
+impl Core {
+    fn new() -> Core {
+        Core::with(Config::default())
+    }
+
+    fn with(config: Config) -> Core {
+        let mut c = Core { state: State::new(config), index: 0, now: 1_700_000_000_000, running: BTreeMap::new() };
+        let (r, _) = c.apply(Command::ApplyProject(Box::new(project())));
+        assert!(matches!(r, Response::ProjectApplied { .. }), "{r:?}");
+        c
+    }
+
+    fn apply(&mut self, cmd: Command) -> (Response, Vec<Effect>) {
+        self.index += 1;
+        self.now += 10;
+        let (r, e) = self.state.apply(self.index, self.now, cmd);
+        for ef in &e {
+            match ef {
+                Effect::TaskAssigned { task, attempt, session } => {
+                    self.running.insert(*task, (*attempt, *session));
+                }
+                Effect::TaskEnded { task, .. } | Effect::TaskQueued { task, .. } => {
+                    self.running.remove(task);
+                }
+                _ => {}
+            }
+        }
+        (r, e)
+    }
+
+    fn worker(&mut self, node: &str, slots: &[(Role, u32)]) -> SessionId {
+        let (r, _) = self.apply(Command::OpenSession { label: node.into(), ttl_ms: 300_000 });
+        let Response::SessionOpened { session, .. } = r else { panic!("{r:?}") };
+        let spec = WorkerSpec {
+            session,
+            node_id: node.into(),
+            slots: slots.iter().copied().collect(),
+            labels: BTreeMap::new(),
+            running: Vec::new(),
+            gpus: Vec::new(),
+            providers: Vec::new(),
+        };
+        assert!(matches!(self.apply(Command::RegisterWorker(spec)).0, Response::WorkerRegistered { .. }));
+        session
+    }
+
+    fn submit(&mut self, spec: JobSpec) -> JobId {
+        let (r, _) = self.apply(Command::SubmitJob(Box::new(spec)));
+        let Response::JobSubmitted { job } = r else { panic!("{r:?}") };
+        job
+    }
+
+    /// Finishes the running attempt of `task` with `output` and `tokens` in / out.
+    fn finish(&mut self, task: TaskId, output: &str, tokens: (u64, u64)) {
+        let (attempt, session) = self.running[&task];
+        let report = TaskReport::Finished {
+            outcome: Outcome::Succeeded,
+            output: output.as_bytes().to_vec(),
+            error: String::new(),
+            usage: Usage { input_tokens: tokens.0, output_tokens: tokens.1, cached_tokens: 0, estimated: false },
+            wall_ms: 1_000,
+            agent: format!("node/{}-0", self.state.tasks().get(task).unwrap().spec.role),
+        };
+        let (r, _) = self.apply(Command::ReportTask { session, task, attempt, report });
+        assert!(matches!(r, Response::TaskReported { .. }), "{r:?}");
+    }
+
+    fn pass(&self, job: JobId, name: &str) -> qm_coordinator::state::jobs::PassState {
+        self.state.jobs().get(job).unwrap().passes.iter().find(|p| p.name == name).unwrap().clone()
+    }
+
+    /// Runs the work item to its end (or until nothing runs), answering every task with
+    /// `tokens` and every review with PASS, approving human gates.
+    fn drive(&mut self, job: JobId) {
+        for _ in 0..100 {
+            let j = self.state.jobs().get(job).unwrap().clone();
+            if j.status != JobStatus::Running {
+                return;
+            }
+            if let Some(p) = j.passes.iter().find(|p| p.status == PassStatus::AwaitingHuman) {
+                let cmd = Command::DecideGate {
+                    job,
+                    pass: p.name.clone(),
+                    approve: true,
+                    note: "ok".into(),
+                    by: "ana".into(),
+                };
+                assert!(matches!(self.apply(cmd).0, Response::GateDecided { .. }));
+                continue;
+            }
+            let Some(task) = self.running.keys().next().copied() else { return };
+            let review = j.passes.iter().any(|p| p.review == Some(task));
+            self.finish(task, if review { "PASS: fine" } else { "artifact" }, (10_000, 2_000));
+        }
+    }
+}
+
+fn path(p: &str) -> ResourcePath {
+    ResourcePath::parse(p).unwrap()
+}
+
+fn project() -> Project {
+    let models = |prefix: &str| Tier::ALL.iter().map(|t| (*t, format!("{prefix}-{t}"))).collect();
+    let price =
+        |i: u64, o: u64| Price { input_per_mtok_micros: i, output_per_mtok_micros: o, cached_per_mtok_micros: 0 };
+    Project {
+        name: "demo".into(),
+        team: "platform".into(),
+        resources: vec![
+            ProjectResource { path: path("repo:app"), capacity: None, policy: "preempt".into(), grace_ms: 1_000 },
+            ProjectResource { path: path("pg:staging"), capacity: None, policy: "none".into(), grace_ms: 1_000 },
+        ],
+        repos: Vec::new(),
+        tools: Vec::new(),
+        providers: vec![
+            Provider {
+                name: "cloud".into(),
+                kind: "anthropic".into(),
+                endpoint: "https://example.invalid".into(),
+                local: false,
+                concurrency: 10,
+                models: models("claude"),
+                hourly_micros: 0,
+            },
+            Provider {
+                name: "local".into(),
+                kind: "openai".into(),
+                endpoint: "http://127.0.0.1:8080/v1".into(),
+                local: true,
+                concurrency: 1,
+                models: BTreeMap::from([(Tier::Cheap, "llama-small".to_string())]),
+                hourly_micros: 360_000,
+            },
+        ],
+        prices: BTreeMap::from([
+            ("claude-cheap".to_string(), price(1_000_000, 5_000_000)),
+            ("claude-standard".to_string(), price(3_000_000, 15_000_000)),
+            ("claude-frontier".to_string(), price(15_000_000, 75_000_000)),
+        ]),
+    }
+}
+
+fn pass(name: &str, role: Role, after: &[&str], gate: Option<Gate>) -> Pass {
+    Pass {
+        name: name.into(),
+        role,
+        tier: None,
+        after: after.iter().map(|s| s.to_string()).collect(),
+        needs: vec![Need { path: path("repo:app"), mode: Mode::Shared, units: 1 }],
+        requires: Vec::new(),
+        inputs: vec!["ticket".into()],
+        outputs: vec![format!("{name}.md")],
+        gate,
+        timeout_ms: 0,
+        retries: 1,
+        run: Vec::new(),
+    }
+}
+
+fn gate(reviewer: Reviewer, review_role: Role, on_fail: OnFail) -> Option<Gate> {
+    Some(Gate { criteria: "meets the ticket".into(), reviewer, review_role, on_fail, max_failures: 3, run: Vec::new() })
+}
+
+fn job(title: &str, class: &str, priority: u32, team: &str, passes: Vec<Pass>) -> JobSpec {
+    JobSpec {
+        title: title.into(),
+        class: class.into(),
+        priority,
+        team: team.into(),
+        project: "demo".into(),
+        workflow: Workflow { name: "wf".into(), description: String::new(), passes },
+        budget_micros: None,
+        inputs: BTreeMap::from([("ticket".to_string(), format!("{title} ticket"))]),
+        commit: "abc123".into(),
+        run: br#"{"executor":"scripted","output":"{{pass}} of {{title}}"}"#.to_vec(),
+        review_run: br#"{"executor":"scripted","output":"PASS"}"#.to_vec(),
+    }
+}
+
+fn feature_passes() -> Vec<Pass> {
+    vec![
+        pass("spec", Role::Specifier, &[], gate(Reviewer::Agent, Role::Analyst, OnFail::Retry)),
+        pass(
+            "design",
+            Role::Architect,
+            &["spec"],
+            gate(Reviewer::Human, Role::Analyst, OnFail::SendBack("spec".into())),
+        ),
+        pass("generate", Role::Implementer, &["design"], gate(Reviewer::Agent, Role::Verifier, OnFail::Escalate)),
+    ]
+}
+
+const ALL_ROLES: [(Role, u32); 5] =
+    [(Role::Specifier, 1), (Role::Analyst, 1), (Role::Architect, 1), (Role::Implementer, 2), (Role::Verifier, 1)];
+
+#[test]
+fn a_workflow_runs_every_pass_through_its_gates_and_the_ledger_adds_up() {
+    let mut c = Core::new();
+    c.worker("w1", &ALL_ROLES);
+    let j = c.submit(job("CSV export", "feature", 500, "platform", feature_passes()));
+    // spec runs first, alone; design waits for it.
+    assert_eq!(c.pass(j, "spec").status, PassStatus::Running);
+    assert_eq!(c.pass(j, "design").status, PassStatus::Pending);
+    let spec_task = c.pass(j, "spec").task.unwrap();
+    // Routed by tier: specifier's default tier is standard → the cloud model.
+    let route = c.state.tasks().get(spec_task).unwrap().route.clone().unwrap();
+    assert_eq!((route.provider.as_str(), route.model.as_str()), ("cloud", "claude-standard"));
+    c.finish(spec_task, "the spec", (10_000, 2_000));
+    assert_eq!(c.pass(j, "spec").status, PassStatus::Reviewing);
+    let review = c.pass(j, "spec").review.unwrap();
+    assert_eq!(c.state.tasks().get(review).unwrap().spec.role, Role::Analyst);
+    c.finish(review, "PASS: complete", (1_000, 100));
+    assert_eq!(c.pass(j, "spec").status, PassStatus::Passed);
+    // design has a human gate.
+    let design = c.pass(j, "design").task.unwrap();
+    c.finish(design, "the design", (5_000, 1_000));
+    assert_eq!(c.pass(j, "design").status, PassStatus::AwaitingHuman);
+    let (r, _) = c.apply(Command::DecideGate {
+        job: j,
+        pass: "spec".into(),
+        approve: true,
+        note: String::new(),
+        by: "x".into(),
+    });
+    assert!(matches!(r, Response::Refused(_)), "spec waits for no decision: {r:?}");
+    c.apply(Command::DecideGate {
+        job: j,
+        pass: "design".into(),
+        approve: true,
+        note: "ship it".into(),
+        by: "ana".into(),
+    });
+    assert_eq!(c.pass(j, "design").status, PassStatus::Passed);
+    assert_eq!(c.pass(j, "design").gates[0].reviewer, "human ana");
+    c.drive(j);
+    let done = c.state.jobs().get(j).unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+    // The ledger: one entry per attempt; money from the price table; sums agree.
+    let entries: Vec<_> = c.state.jobs().ledger().collect();
+    assert_eq!(entries.len(), 5, "spec, spec#gate, design, generate, generate#gate");
+    let spec_entry = entries.iter().find(|e| e.pass == "spec").unwrap();
+    assert_eq!(spec_entry.model, "claude-standard");
+    assert_eq!(spec_entry.money_micros, 10_000 * 3 + 2_000 * 15, "10k in at $3/M + 2k out at $15/M");
+    assert_eq!(spec_entry.agent, "node/specifier-0");
+    let sum: u64 = entries.iter().map(|e| e.money_micros).sum();
+    assert_eq!(sum, c.state.jobs().total_micros());
+    assert_eq!(sum, done.cost_micros);
+    assert_eq!(done.passes.iter().map(|p| p.cost_micros).sum::<u64>(), sum);
+}
+
+#[test]
+fn an_identical_rerun_reuses_cached_artifacts_and_a_changed_input_reruns_its_passes() {
+    let mut c = Core::new();
+    c.worker("w1", &ALL_ROLES);
+    let first = c.submit(job("CSV export", "feature", 500, "platform", feature_passes()));
+    c.drive(first);
+    let cost = c.state.jobs().get(first).unwrap().cost_micros;
+    let again = c.submit(job("CSV export", "feature", 500, "platform", feature_passes()));
+    let j = c.state.jobs().get(again).unwrap();
+    assert_eq!(j.status, JobStatus::Succeeded, "every pass came from the cache");
+    assert!(j.passes.iter().all(|p| p.status == PassStatus::Cached));
+    assert_eq!(j.cost_micros, 0);
+    assert_eq!(j.saved_micros, cost);
+    assert_eq!(c.state.jobs().saved_micros(), cost);
+    // A different commit: nothing is reused.
+    let mut changed = job("CSV export", "feature", 500, "platform", feature_passes());
+    changed.commit = "def456".into();
+    let third = c.submit(changed);
+    assert_eq!(c.pass(third, "spec").status, PassStatus::Running);
+}
+
+#[test]
+fn a_failed_gate_escalates_a_tier_or_sends_back() {
+    let mut c = Core::new();
+    c.worker("w1", &ALL_ROLES);
+    let j = c.submit(job("x", "feature", 500, "platform", feature_passes()));
+    let t = c.pass(j, "spec").task.unwrap();
+    c.finish(t, "s", (1, 1));
+    c.finish(c.pass(j, "spec").review.unwrap(), "PASS", (1, 1));
+    let t = c.pass(j, "design").task.unwrap();
+    c.finish(t, "d", (1, 1));
+    // Reject the human gate of design: on_fail send back to spec → spec and design run again.
+    c.apply(Command::DecideGate { job: j, pass: "design".into(), approve: false, note: "no".into(), by: "ana".into() });
+    assert_eq!(c.pass(j, "spec").status, PassStatus::Running);
+    assert_eq!(c.pass(j, "spec").runs, 2);
+    assert_eq!(c.pass(j, "design").status, PassStatus::Pending);
+    c.finish(c.pass(j, "spec").task.unwrap(), "s2", (1, 1));
+    c.finish(c.pass(j, "spec").review.unwrap(), "PASS", (1, 1));
+    c.finish(c.pass(j, "design").task.unwrap(), "d2", (1, 1));
+    c.apply(Command::DecideGate {
+        job: j,
+        pass: "design".into(),
+        approve: true,
+        note: String::new(),
+        by: "ana".into(),
+    });
+    // generate: an agent review fails → escalated from standard to frontier.
+    let g = c.pass(j, "generate");
+    assert_eq!(g.tier, Tier::Standard);
+    c.finish(g.task.unwrap(), "code", (1, 1));
+    c.finish(c.pass(j, "generate").review.unwrap(), "FAIL: no tests", (1, 1));
+    let g = c.pass(j, "generate");
+    assert_eq!((g.tier, g.runs, g.gate_failures), (Tier::Frontier, 2, 1));
+    let route = c.state.tasks().get(g.task.unwrap()).unwrap().route.clone().unwrap();
+    assert_eq!(route.model, "claude-frontier");
+    c.drive(j);
+    assert_eq!(c.state.jobs().get(j).unwrap().status, JobStatus::Succeeded);
+}
+
+#[test]
+fn a_budget_holds_a_pass_whose_forecast_would_cross_it_until_raised() {
+    let mut c = Core::new();
+    c.worker("w1", &ALL_ROLES);
+    // The default forecast of a standard pass is $0.10; the team budget is just above it.
+    c.apply(Command::SetBudget {
+        scope: Scope::Team,
+        name: "platform".into(),
+        limit_micros: 120_000,
+        period: Period::Month,
+    });
+    let passes = vec![pass("one", Role::Implementer, &[], None), pass("two", Role::Implementer, &["one"], None)];
+    let j = c.submit(job("budgeted", "feature", 500, "platform", passes));
+    c.finish(c.pass(j, "one").task.unwrap(), "1", (10_000, 2_000)); // $0.06
+    let two = c.pass(j, "two");
+    assert_eq!(two.status, PassStatus::Queued);
+    let wait = two.wait.expect("a reason");
+    assert!(wait.contains("team platform budget") && wait.contains("would cross the limit $0.12"), "{wait}");
+    assert!(c.running.is_empty());
+    c.apply(Command::SetBudget {
+        scope: Scope::Team,
+        name: "platform".into(),
+        limit_micros: 1_000_000,
+        period: Period::Month,
+    });
+    assert_eq!(c.pass(j, "two").status, PassStatus::Running);
+    c.drive(j);
+    assert_eq!(c.state.jobs().get(j).unwrap().status, JobStatus::Succeeded);
+    let b = c.state.jobs().budgets().next().unwrap();
+    assert_eq!(b.spent_micros, c.state.jobs().total_micros());
+}
+
+#[test]
+fn a_hotfix_goes_first_and_docs_wait_at_most_their_aging_bound() {
+    let config = Config { aging_interval_ms: 100, aging_step: 10, ..Config::default() };
+    let mut c = Core::with(config.clone());
+    let one = |name: &str| vec![pass(name, Role::Documenter, &[], None)];
+    for i in 0..3 {
+        c.submit(job(&format!("f{i}"), "feature", 500, "platform", one("f")));
+    }
+    let docs = c.submit(job("docs", "docs", 100, "platform", one("d")));
+    let hotfix = c.submit(job("hotfix", "hotfix", 900, "platform", one("h")));
+    let w = c.worker("w1", &[(Role::Documenter, 1)]);
+    let _ = w;
+    assert_eq!(c.pass(hotfix, "h").status, PassStatus::Running, "the hotfix goes first");
+    // Features keep arriving; the docs item overtakes fresh ones once aged.
+    let bound = config.aging_bound_ms(100);
+    let submitted = c.state.jobs().get(docs).unwrap().submitted_at;
+    let mut dispatched_at = None;
+    for i in 0..2_000 {
+        if c.pass(docs, "d").status != PassStatus::Queued {
+            dispatched_at = Some(c.now);
+            break;
+        }
+        c.submit(job(&format!("g{i}"), "feature", 500, "platform", one("f")));
+        c.now += 40;
+        let t = *c.running.keys().next().unwrap();
+        c.finish(t, "x", (1, 1));
+    }
+    let waited = dispatched_at.expect("docs dispatched") - submitted;
+    assert!(waited <= bound, "docs waited {waited} ms, bound {bound} ms");
+}
+
+#[test]
+fn backfill_skips_a_pass_whose_resource_is_held_for_runnable_work() {
+    let mut c = Core::new();
+    // An outsider holds pg:staging exclusively (policy none: no preemption).
+    let (r, _) = c.apply(Command::OpenSession { label: "human".into(), ttl_ms: 300_000 });
+    let Response::SessionOpened { session, .. } = r else { panic!() };
+    let acquire = Acquire {
+        session,
+        owner: "dba".into(),
+        items: vec![Item { path: path("pg:staging"), mode: Mode::Exclusive, units: 1 }],
+        wait: Wait::Try,
+        priority: 500,
+        lease_ms: 600_000,
+    };
+    assert!(matches!(c.apply(Command::Acquire(acquire)).0, Response::Granted { .. }));
+    let mut blocked = pass("migrate", Role::Implementer, &[], None);
+    blocked.needs = vec![Need { path: path("pg:staging"), mode: Mode::Exclusive, units: 1 }];
+    let first = c.submit(job("migrate", "feature", 600, "platform", vec![blocked]));
+    let second = c.submit(job("other", "feature", 500, "platform", vec![pass("code", Role::Implementer, &[], None)]));
+    c.worker("w1", &[(Role::Implementer, 1)]);
+    assert_eq!(c.pass(second, "code").status, PassStatus::Running, "backfilled");
+    let p = c.pass(first, "migrate");
+    assert_eq!(p.status, PassStatus::Queued);
+    assert!(p.wait.unwrap().contains("pg:staging is held"));
+}
+
+#[test]
+fn a_local_provider_of_the_tier_is_preferred_when_free_and_priced_by_wall_time() {
+    let mut c = Core::new();
+    let (r, _) = c.apply(Command::OpenSession { label: "gpu".into(), ttl_ms: 300_000 });
+    let Response::SessionOpened { session, .. } = r else { panic!() };
+    let spec = WorkerSpec {
+        session,
+        node_id: "gpu-box".into(),
+        slots: BTreeMap::from([(Role::Documenter, 2)]),
+        labels: BTreeMap::new(),
+        running: Vec::new(),
+        gpus: Vec::new(),
+        providers: vec![qm_coordinator::state::tasks::ProviderInfo {
+            name: "local".into(),
+            kind: "openai".into(),
+            local: true,
+        }],
+    };
+    c.apply(Command::RegisterWorker(spec));
+    // documenter's default tier is cheap; the local provider serves cheap with 1 slot.
+    let a = c.submit(job("a", "docs", 100, "platform", vec![pass("d", Role::Documenter, &[], None)]));
+    let b = c.submit(job("b", "docs", 100, "platform", vec![pass("d", Role::Documenter, &[], None)]));
+    let ra = c.state.tasks().get(c.pass(a, "d").task.unwrap()).unwrap().route.clone().unwrap();
+    let rb = c.state.tasks().get(c.pass(b, "d").task.unwrap()).unwrap().route.clone().unwrap();
+    // The first takes the local slot only once its lease is held; both were routed before
+    // any agent acquired, so the second also sees the local slot free. Routing prefers local.
+    assert_eq!((ra.provider.as_str(), ra.local), ("local", true));
+    let _ = rb;
+    let task = c.pass(a, "d").task.unwrap();
+    assert!(c.state.tasks().get(task).unwrap().attempt_items().iter().any(|i| i.path.as_str() == "api:local"));
+    c.finish(task, "docs", (50_000, 10_000));
+    let e = c.state.jobs().ledger().find(|e| e.task == task).unwrap();
+    assert_eq!(e.money_micros, 100, "$0.36/h × 1 s");
+    assert_eq!(c.state.tasks().get(task).unwrap().status, TaskStatus::Succeeded);
+}
