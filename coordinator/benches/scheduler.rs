@@ -2,7 +2,7 @@
 //! 100,000 queued passes and 1,000 agents.
 //!
 //! Setup: one project, ten teams with team budgets (so every decision runs the budget
-//! policies), 25,000 work items of a four-pass workflow whose passes all start at once (so
+//! policies), 12,500 work items of an eight-pass workflow whose passes all start at once (so
 //! 100,000 passes queue across four roles and ten teams, at every class priority), then 100
 //! workers of 10 agent slots each. One measured step is one apply: an agent reports its pass
 //! succeeded (ledger entry, budgets charged, work item advanced) and the freed slot gets the
@@ -24,11 +24,12 @@ use qm_shared::workflow::{Need, Pass, Price, Project, ProjectResource, Provider,
 use qm_shared::{Mode, ResourcePath, Role, Tier};
 
 const QUEUED: usize = 100_000;
-const PASSES: usize = 4;
+/// Passes per work item (roles cycle through `ROLES`): 12,500 work items queue 100,000 passes.
+const PASSES: usize = 8;
 const TEAMS: usize = 10;
 const WORKERS: usize = 100;
-const ROLES: [Role; PASSES] = [Role::Implementer, Role::Verifier, Role::Documenter, Role::Analyst];
-const SLOTS: [u32; PASSES] = [4, 2, 2, 2];
+const ROLES: [Role; 4] = [Role::Implementer, Role::Verifier, Role::Documenter, Role::Analyst];
+const SLOTS: [u32; 4] = [4, 2, 2, 2];
 
 struct Bench {
     state: State,
@@ -76,7 +77,8 @@ impl Bench {
         }
     }
 
-    fn new() -> Bench {
+    /// The project, the team budgets and 100,000 queued passes; no workers yet.
+    fn new_without_workers() -> Bench {
         let mut b =
             Bench { state: State::default(), index: 0, now: 1_700_000_000_000, running: Vec::new(), submitted: 0 };
         let (r, _) = b.apply(Command::ApplyProject(Box::new(project())));
@@ -91,6 +93,11 @@ impl Bench {
             b.apply(cmd);
         }
         b.submit(QUEUED / PASSES);
+        b
+    }
+
+    fn new() -> Bench {
+        let mut b = Bench::new_without_workers();
         for w in 0..WORKERS {
             let (r, _) = b.apply(Command::OpenSession { label: format!("w{w}"), ttl_ms: 300_000 });
             let Response::SessionOpened { session, .. } = r else { panic!("{r:?}") };
@@ -130,12 +137,10 @@ fn workflow() -> Workflow {
     Workflow {
         name: "bench".into(),
         description: String::new(),
-        passes: ROLES
-            .iter()
-            .enumerate()
-            .map(|(i, role)| Pass {
+        passes: (0..PASSES)
+            .map(|i| Pass {
                 name: format!("p{i}"),
-                role: *role,
+                role: ROLES[i % ROLES.len()],
                 tier: None,
                 after: Vec::new(),
                 needs: vec![Need { path: ResourcePath::parse("repo:app").unwrap(), mode: Mode::Shared, units: 1 }],
@@ -206,7 +211,7 @@ fn scheduler(c: &mut Criterion) {
             let mut left = iters;
             while left > 0 {
                 let queued = b.state.tasks().queued();
-                if queued < QUEUED - 5_000 {
+                if queued < QUEUED - 5_000 && b.state.jobs().iter().count() < 40_000 {
                     b.submit((QUEUED - queued) / PASSES);
                 }
                 let n = left.min(2_000);
@@ -219,6 +224,39 @@ fn scheduler(c: &mut Criterion) {
             }
             spent
         })
+    });
+    // Decisions alone: 1,000 agent slots come free at once (a worker of 250 slots per role
+    // registers) with 100,000 passes queued; one apply makes 1,000 dispatch decisions.
+    let fresh = Bench::new_without_workers();
+    let slots = 250;
+    g.throughput(Throughput::Elements(slots as u64 * ROLES.len() as u64));
+    g.sample_size(10);
+    g.bench_function("fill_1k_free_slots_from_100k_queued", |bn| {
+        bn.iter_batched(
+            || fresh.state.clone(),
+            |mut state| {
+                let (r, _) = state.apply(
+                    fresh.index + 1,
+                    fresh.now + 1,
+                    Command::OpenSession { label: "big".into(), ttl_ms: 300_000 },
+                );
+                let Response::SessionOpened { session, .. } = r else { panic!("{r:?}") };
+                let spec = WorkerSpec {
+                    session,
+                    node_id: "big".into(),
+                    slots: ROLES.iter().map(|r| (*r, slots)).collect(),
+                    labels: BTreeMap::new(),
+                    running: Vec::new(),
+                    gpus: Vec::new(),
+                    providers: Vec::new(),
+                };
+                let (_, e) = state.apply(fresh.index + 2, fresh.now + 2, Command::RegisterWorker(spec));
+                let assigned = e.iter().filter(|e| matches!(e, Effect::TaskAssigned { .. })).count();
+                assert_eq!(assigned, slots as usize * ROLES.len());
+                (state, e)
+            },
+            criterion::BatchSize::PerIteration,
+        )
     });
     g.finish();
     let b = bench.borrow();

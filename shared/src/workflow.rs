@@ -34,6 +34,7 @@ impl Reviewer {
 
 /// What a failed gate does.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OnFail {
     /// Run the pass again at the same tier.
     Retry,
@@ -68,6 +69,7 @@ pub struct Gate {
     /// Failed gates tolerated before the work item fails (each failure re-runs the pass).
     pub max_failures: u32,
     /// Executor payload of the review (JSON); empty: the job's default review payload.
+    #[serde(with = "text_bytes")]
     pub run: Vec<u8>,
 }
 
@@ -121,6 +123,7 @@ pub struct Pass {
     /// Attempts after a failing one (not counting gate failures).
     pub retries: u32,
     /// Executor payload (JSON); empty: the job's default payload.
+    #[serde(with = "text_bytes")]
     pub run: Vec<u8>,
 }
 
@@ -229,4 +232,17 @@ pub fn parse_dollars(field: &str, s: &str) -> Result<u64, crate::Invalid> {
         ));
     }
     Ok(micros)
+}
+
+/// Executor payloads are JSON text: serialized as a string, so `-o json` shows them readably.
+mod text_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(String::deserialize(d)?.into_bytes())
+    }
 }

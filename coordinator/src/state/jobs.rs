@@ -413,7 +413,8 @@ pub struct Jobs {
     ended: BTreeSet<(Millis, JobId)>,
     by_task: BTreeMap<TaskId, (JobId, usize, Kind)>,
     projects: BTreeMap<String, Project>,
-    budgets: BTreeMap<(Scope, String), Budget>,
+    /// Budgets per scope, by name.
+    budgets: BTreeMap<Scope, BTreeMap<String, Budget>>,
     /// Forecasts of running job tasks, counted in their budgets' `committed`.
     commits: BTreeMap<TaskId, u64>,
     ledger: BTreeMap<u64, LedgerEntry>,
@@ -421,7 +422,7 @@ pub struct Jobs {
     total_micros: u64,
     saved_micros: u64,
     /// (workflow, pass, tier) → (succeeded attempts, their money): the forecast's history.
-    history: BTreeMap<(String, String, Tier), (u64, u64)>,
+    history: BTreeMap<String, BTreeMap<String, [(u64, u64); 3]>>,
     cache: BTreeMap<String, CacheEntry>,
     cache_order: BTreeMap<u64, String>,
     artifacts: BTreeMap<String, (u64, Vec<u8>)>,
@@ -440,7 +441,35 @@ impl Jobs {
     }
 
     pub fn budgets(&self) -> impl Iterator<Item = &Budget> {
-        self.budgets.values()
+        self.budgets.values().flat_map(|m| m.values())
+    }
+
+    fn budget_count(&self) -> usize {
+        self.budgets.values().map(|m| m.len()).sum()
+    }
+
+    /// The name a scope's budget covering this work has (`None`: the work has no such scope).
+    fn scope_name<'a>(scope: Scope, team: &'a str, project: &'a str, job: &'a str) -> Option<&'a str> {
+        let name = match scope {
+            Scope::Org => "org",
+            Scope::Team => team,
+            Scope::Project => project,
+            Scope::Item => job,
+        };
+        (!name.is_empty()).then_some(name)
+    }
+
+    /// The budgets covering work of `team`, `project` and work item `job` (`j7`; empty: none).
+    fn covering<'a>(&'a self, team: &'a str, project: &'a str, job: &'a str) -> impl Iterator<Item = &'a Budget> {
+        self.budgets.iter().filter_map(move |(scope, m)| m.get(Jobs::scope_name(*scope, team, project, job)?))
+    }
+
+    fn for_covering(&mut self, team: &str, project: &str, job: &str, mut f: impl FnMut(&mut Budget)) {
+        for (scope, m) in self.budgets.iter_mut() {
+            if let Some(b) = Jobs::scope_name(*scope, team, project, job).and_then(|n| m.get_mut(n)) {
+                f(b);
+            }
+        }
     }
 
     pub fn projects(&self) -> impl Iterator<Item = &Project> {
@@ -468,8 +497,8 @@ impl Jobs {
     /// The forecast of one run of `pass` at `tier`, and whether history backs it (else the
     /// tier's default).
     pub fn forecast(&self, config: &super::Config, workflow: &str, pass: &str, tier: Tier) -> (u64, u64) {
-        match self.history.get(&(workflow.to_string(), pass.to_string(), tier)) {
-            Some((n, money)) if *n > 0 => (money / n, *n),
+        match self.history.get(workflow).and_then(|m| m.get(pass)).map(|h| h[tier as usize]) {
+            Some((n, money)) if n > 0 => (money / n, n),
             _ => (config.forecast_default_micros[tier as usize], 0),
         }
     }
@@ -514,21 +543,6 @@ impl Jobs {
             self.cache.remove(&old);
         }
     }
-
-    /// The budgets that cover work of `team`, `project` and work item `job`.
-    fn scopes(team: &str, project: &str, job: Option<JobId>) -> Vec<(Scope, String)> {
-        let mut s = vec![(Scope::Org, "org".to_string())];
-        if !team.is_empty() {
-            s.push((Scope::Team, team.to_string()));
-        }
-        if !project.is_empty() {
-            s.push((Scope::Project, project.to_string()));
-        }
-        if let Some(j) = job {
-            s.push((Scope::Item, j.to_string()));
-        }
-        s
-    }
 }
 
 /// Hex SHA-256.
@@ -538,7 +552,13 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in h.finalize() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// `text` as the inside of a JSON string.
@@ -813,7 +833,7 @@ impl State {
                 }
             }
         }
-        if spec.budget_micros.is_some() && self.jobs.budgets.len() >= BUDGETS_MAX {
+        if spec.budget_micros.is_some() && self.jobs.budget_count() >= BUDGETS_MAX {
             return Response::Refused(Refusal::Exhausted { what: "budgets".into(), max: BUDGETS_MAX as u64 });
         }
         self.jobs.next_job += 1;
@@ -829,8 +849,8 @@ impl State {
             spec.workflow.passes.len()
         );
         if let Some(limit) = spec.budget_micros {
-            self.jobs.budgets.insert(
-                (Scope::Item, id.to_string()),
+            self.jobs.budgets.entry(Scope::Item).or_default().insert(
+                id.to_string(),
                 Budget {
                     scope: Scope::Item,
                     name: id.to_string(),
@@ -960,13 +980,15 @@ impl State {
         period: Period,
         ctx: &mut Ctx,
     ) -> Response {
-        let key = (scope, name.clone());
+        let exists = self.jobs.budgets.get(&scope).is_some_and(|m| m.contains_key(&name));
         if limit_micros == 0 {
-            self.jobs.budgets.remove(&key);
-        } else if self.jobs.budgets.contains_key(&key) {
+            if let Some(m) = self.jobs.budgets.get_mut(&scope) {
+                m.remove(&name);
+            }
+        } else if exists {
             let start = period.start(ctx.now);
             let spent = self.jobs.spent_since(scope, &name, start);
-            let b = self.jobs.budgets.get_mut(&key).expect("present");
+            let b = self.jobs.budgets.get_mut(&scope).and_then(|m| m.get_mut(&name)).expect("present");
             b.limit_micros = limit_micros;
             if b.period != period {
                 b.period = period;
@@ -974,14 +996,14 @@ impl State {
                 b.spent_micros = spent;
             }
         } else {
-            if self.jobs.budgets.len() >= BUDGETS_MAX {
+            if self.jobs.budget_count() >= BUDGETS_MAX {
                 return Response::Refused(Refusal::Exhausted { what: "budgets".into(), max: BUDGETS_MAX as u64 });
             }
             let start = period.start(ctx.now);
             let spent = self.jobs.spent_since(scope, &name, start);
             let committed = self.jobs.committed_in(scope, &name, &self.tasks);
-            self.jobs.budgets.insert(
-                key.clone(),
+            self.jobs.budgets.entry(scope).or_default().insert(
+                name.clone(),
                 Budget {
                     scope,
                     name: name.clone(),
@@ -1003,7 +1025,7 @@ impl State {
     /// Budgets whose period ended start again from zero.
     pub(super) fn roll_budget_periods(&mut self, ctx: &mut Ctx) {
         let mut rolled = false;
-        for b in self.jobs.budgets.values_mut() {
+        for b in self.jobs.budgets.values_mut().flat_map(|m| m.values_mut()) {
             if b.period.end(b.period_start).is_some_and(|end| end <= ctx.now) {
                 b.period_start = b.period.start(ctx.now);
                 b.spent_micros = 0;
@@ -1019,7 +1041,7 @@ impl State {
     /// Re-derives each budget's level; a rise is an event.
     fn update_levels(&mut self, ctx: &mut Ctx) {
         let (approaching, at) = (self.config.budget_approaching_pct, self.config.budget_at_pct);
-        for b in self.jobs.budgets.values_mut() {
+        for b in self.jobs.budgets.values_mut().flat_map(|m| m.values_mut()) {
             let used = u128::from(b.spent_micros) * 100;
             let limit = u128::from(b.limit_micros.max(1));
             let level = if b.spent_micros > b.limit_micros {
@@ -1053,8 +1075,12 @@ impl State {
         let (forecast, _) =
             self.jobs.forecast(&self.config, &job.spec.workflow.name, &ledger_pass(&pass.name, kind), tier);
         let low = t.spec.priority < self.config.high_priority_min;
-        for key in Jobs::scopes(&job.spec.team, &job.spec.project, Some(job_id)) {
-            let Some(b) = self.jobs.budgets.get(&key) else { continue };
+        let item = if self.jobs.budgets.get(&Scope::Item).is_some_and(|m| !m.is_empty()) {
+            job_id.to_string()
+        } else {
+            String::new()
+        };
+        for b in self.jobs.covering(&job.spec.team, &job.spec.project, &item) {
             let what = format!("{} {} budget", b.scope.as_str(), b.name);
             if b.spent_micros > b.limit_micros {
                 return Admission::Hold(format!(
@@ -1154,14 +1180,10 @@ impl State {
         if kind == Kind::Work {
             p.status = PassStatus::Running;
         }
-        let name = ledger_pass(&p.name, kind);
+        let name = ledger_pass(&p.name, kind).into_owned();
         let (forecast, _) = self.jobs.forecast(&self.config, &workflow, &name, tier);
         self.jobs.commits.insert(task, forecast);
-        for key in Jobs::scopes(&team, &project, Some(job_id)) {
-            if let Some(b) = self.jobs.budgets.get_mut(&key) {
-                b.committed_micros += forecast;
-            }
-        }
+        self.jobs.for_covering(&team, &project, &job_id.to_string(), |b| b.committed_micros += forecast);
         let what = if kind == Kind::Review { "review running" } else { "running" };
         self.jobs.event(job_id, &name, format!("{what} on {node} (attempt {attempt}, {tier}{route})"), ctx);
     }
@@ -1169,7 +1191,7 @@ impl State {
     pub(super) fn job_task_waits(&mut self, task: TaskId, reason: String, ctx: &mut Ctx) {
         let Some((job_id, i, kind)) = self.jobs.link(task) else { return };
         let job = self.jobs.jobs.get_mut(&job_id).expect("job exists");
-        let name = ledger_pass(&job.passes[i].name, kind);
+        let name = ledger_pass(&job.passes[i].name, kind).into_owned();
         job.passes[i].wait = Some(reason.clone());
         self.jobs.event(job_id, &name, format!("waits: {reason}"), ctx);
     }
@@ -1188,7 +1210,7 @@ impl State {
         let link = self.jobs.link(task);
         let job = link.and_then(|(j, _, _)| self.jobs.jobs.get(&j));
         let pass_name = match (link, job) {
-            (Some((_, i, kind)), Some(j)) => ledger_pass(&j.passes[i].name, kind),
+            (Some((_, i, kind)), Some(j)) => ledger_pass(&j.passes[i].name, kind).into_owned(),
             _ => String::new(),
         };
         let money = self.price(t, &usage, wall_ms);
@@ -1219,20 +1241,27 @@ impl State {
             worker,
             outcome: outcome_str(outcome).to_string(),
         };
-        let scopes = Jobs::scopes(&entry.team, &entry.project, entry.job);
+        let (team, project) = (entry.team.clone(), entry.project.clone());
+        let item = entry.job.map(|j| j.to_string()).unwrap_or_default();
         if let (Some(Outcome::Succeeded), Some(j), Some(tier)) = (outcome, job, entry.tier) {
-            let h = self.jobs.history.entry((j.spec.workflow.name.clone(), pass_name, tier)).or_default();
+            let by_pass = match self.jobs.history.get_mut(&j.spec.workflow.name) {
+                Some(m) => m,
+                None => self.jobs.history.entry(j.spec.workflow.name.clone()).or_default(),
+            };
+            let h = match by_pass.get_mut(&pass_name) {
+                Some(h) => h,
+                None => by_pass.entry(pass_name).or_default(),
+            };
+            let h = &mut h[tier as usize];
             h.0 += 1;
             h.1 = h.1.saturating_add(money);
         }
         self.add_ledger(entry, ctx);
         let committed = self.jobs.commits.remove(&task).unwrap_or(0);
-        for key in scopes {
-            if let Some(b) = self.jobs.budgets.get_mut(&key) {
-                b.spent_micros = b.spent_micros.saturating_add(money);
-                b.committed_micros = b.committed_micros.saturating_sub(committed);
-            }
-        }
+        self.jobs.for_covering(&team, &project, &item, |b| {
+            b.spent_micros = b.spent_micros.saturating_add(money);
+            b.committed_micros = b.committed_micros.saturating_sub(committed);
+        });
         if let Some((job_id, i, _)) = link {
             if let Some(j) = self.jobs.jobs.get_mut(&job_id) {
                 j.cost_micros = j.cost_micros.saturating_add(money);
@@ -1598,8 +1627,13 @@ impl State {
         }
         while self.jobs.ended.len() > JOBS_ENDED_RETAINED_MAX {
             let (_, old) = self.jobs.ended.pop_first().expect("non-empty");
-            self.jobs.jobs.remove(&old);
-            self.jobs.by_task.retain(|_, (j, _, _)| *j != old);
+            // Earlier runs' tasks leave `by_task` when the tasks themselves are forgotten.
+            if let Some(gone) = self.jobs.jobs.remove(&old) {
+                for task in gone.passes.iter().flat_map(|p| p.task.into_iter().chain(p.review)) {
+                    self.jobs.by_task.remove(&task);
+                    self.jobs.commits.remove(&task);
+                }
+            }
         }
     }
 }
@@ -1637,10 +1671,10 @@ fn in_scope(scope: Scope, name: &str, team: &str, project: &str, job: Option<Job
 }
 
 /// The ledger's name of a pass's task: the pass, or `<pass>#gate` for its review.
-fn ledger_pass(pass: &str, kind: Kind) -> String {
+fn ledger_pass(pass: &str, kind: Kind) -> std::borrow::Cow<'_, str> {
     match kind {
-        Kind::Work => pass.to_string(),
-        Kind::Review => format!("{pass}#gate"),
+        Kind::Work => pass.into(),
+        Kind::Review => format!("{pass}#gate").into(),
     }
 }
 
