@@ -1,7 +1,8 @@
 //! `qm`, the one Quartermaster binary.
 //!
-//! Commands: `dev`, `coordinator run`, `cluster …`, `reserve …`, `graph`, `config show`,
-//! `bench reserve`, `script …`. Conventions every command keeps: noun–verb subcommands, `-o table|json` (or `--json`), stable JSON on
+//! Commands: `dev`, `coordinator run`, `cluster …`, `reserve …`, `graph`, `resource`, `task …`,
+//! `worker …`, `job …`, `gate …`, `budget …`, `cost …`, `workflow …`, `project …`,
+//! `scheduler …`, `agent …`, `config show`, `bench reserve`, `script …`. Conventions every command keeps: noun–verb subcommands, `-o table|json` (or `--json`), stable JSON on
 //! stdout, human text on stderr, exit codes 0 ok / 1 error / 2 usage or bad input / 3
 //! conflict or not found.
 
