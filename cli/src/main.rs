@@ -49,7 +49,8 @@ use serde_json::json;
                   Exit codes: 0 ok, 1 error, 2 usage or bad input, 3 conflict or not found."
 )]
 struct Cli {
-    /// Output format: human-readable text, stable JSON on stdout, or DOT (qm graph only).
+    /// Output format: human-readable text, stable JSON on stdout, DOT (qm graph only) or CSV
+    /// (qm cost report only).
     #[arg(short = 'o', long = "output", value_enum, global = true, default_value_t = Output::Table)]
     output: Output,
     /// Shorthand for `-o json`.
@@ -233,8 +234,11 @@ enum BudgetCommand {
     /// Set a budget: SCOPE (org, team, project, work-item), NAME (`org` for the org scope,
     /// `j7` for a work item) and LIMIT in dollars; 0 removes it
     Set {
+        /// org, team, project or work-item
         scope: String,
+        /// The team, project or work item (j7); `org` for the org scope
         name: String,
+        /// Dollars, e.g. 250 or 12.50
         limit: String,
         /// day, week, month or total
         #[arg(long, default_value = "month")]

@@ -449,3 +449,76 @@ fn a_local_provider_of_the_tier_is_preferred_when_free_and_priced_by_wall_time()
     assert_eq!(e.money_micros, 100, "$0.36/h × 1 s");
     assert_eq!(c.state.tasks().get(task).unwrap().status, TaskStatus::Succeeded);
 }
+
+#[test]
+fn at_the_at_threshold_low_priority_work_pauses_and_a_costly_dispatch_waits_for_approval() {
+    let config = Config { high_cost_micros: 400_000, ..Config::default() };
+    let mut c = Core::with(config);
+    c.worker("w1", &[(Role::Implementer, 1), (Role::Architect, 1)]);
+    c.apply(Command::SetBudget {
+        scope: Scope::Project,
+        name: "demo".into(),
+        limit_micros: 2_000_000,
+        period: Period::Month,
+    });
+    // Spend $1.92 of $2.00 (96%, past the 95% `at` threshold): 64k in at $3/M + 115.2k out at $15/M.
+    let first = c.submit(job("spend", "feature", 500, "platform", vec![pass("p", Role::Implementer, &[], None)]));
+    c.finish(c.pass(first, "p").task.unwrap(), "x", (64_000, 115_200));
+    assert_eq!(c.state.jobs().budgets().next().unwrap().spent_micros, 1_920_000);
+    // Raise it to $3.00 (64%) so the next passes fit, then lower the thresholds to 60/64% so
+    // the budget stands at `at` with room left: the rules below apply on their own.
+    c.apply(Command::SetBudget {
+        scope: Scope::Project,
+        name: "demo".into(),
+        limit_micros: 3_000_000,
+        period: Period::Month,
+    });
+    let at = Config { high_cost_micros: 400_000, budget_approaching_pct: 60, budget_at_pct: 64, ..Config::default() };
+    c.apply(Command::Configure { config: at });
+    let low = c.submit(job("low", "docs", 100, "platform", vec![pass("q", Role::Implementer, &[], None)]));
+    let wait = c.pass(low, "q").wait.unwrap();
+    assert!(wait.contains("is at 64%") && wait.contains("low-priority work paused"), "{wait}");
+    // A security fix on the frontier tier: forecast $0.50 ≥ $0.40 → it waits for an approval.
+    let mut design = pass("design", Role::Architect, &[], None);
+    design.tier = Some(Tier::Frontier);
+    let urgent = c.submit(job("urgent", "security", 800, "platform", vec![design]));
+    let p = c.pass(urgent, "design");
+    assert!(p.approval_wanted);
+    assert!(p.wait.unwrap().contains("needs approval (qm gate approve"));
+    let (r, _) = c.apply(Command::DecideGate {
+        job: urgent,
+        pass: "design".into(),
+        approve: true,
+        note: String::new(),
+        by: "cfo".into(),
+    });
+    assert!(matches!(r, Response::GateDecided { .. }), "{r:?}");
+    assert_eq!(c.pass(urgent, "design").status, PassStatus::Running);
+    assert_eq!(c.pass(low, "q").status, PassStatus::Queued, "low-priority work still paused");
+}
+
+#[test]
+fn an_over_budget_scope_pauses_until_the_period_rolls_over() {
+    let mut c = Core::new();
+    c.worker("w1", &[(Role::Implementer, 1)]);
+    c.apply(Command::SetBudget {
+        scope: Scope::Team,
+        name: "platform".into(),
+        limit_micros: 150_000,
+        period: Period::Day,
+    });
+    let a = c.submit(job("a", "feature", 500, "platform", vec![pass("p", Role::Implementer, &[], None)]));
+    c.finish(c.pass(a, "p").task.unwrap(), "x", (20_000, 10_000)); // $0.21 > $0.15: over
+    let b = c.submit(job("b", "incident", 1000, "platform", vec![pass("q", Role::Implementer, &[], None)]));
+    let wait = c.pass(b, "q").wait.unwrap();
+    assert!(wait.contains("is over") && wait.contains("until it is raised or the day rolls over"), "{wait}");
+    // The next UTC day: spending starts again from zero on the Tick.
+    // (A day without keepalives also ended the worker's session; a fresh worker joins.)
+    c.now = (c.now / 86_400_000 + 1) * 86_400_000;
+    c.apply(Command::Tick);
+    assert_eq!(c.state.jobs().budgets().next().unwrap().spent_micros, 0);
+    c.worker("w2", &[(Role::Implementer, 1)]);
+    assert_eq!(c.pass(b, "q").status, PassStatus::Running, "{:?}", c.pass(b, "q").wait);
+    let events: Vec<String> = c.state.jobs().get(b).unwrap().events.iter().map(|e| e.message.clone()).collect();
+    assert!(events.iter().any(|e| e.starts_with("waits: team platform budget is over")), "{events:?}");
+}

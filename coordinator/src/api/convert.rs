@@ -192,7 +192,6 @@ pub fn effect_subject(e: &Effect) -> (Option<&str>, Option<SessionId>, Option<&s
         Effect::TaskQueued { .. }
         | Effect::TaskProgress { .. }
         | Effect::TaskEnded { .. }
-        | Effect::JobEvent { .. }
         | Effect::BudgetLevel { .. } => (None, None, None),
     }
 }
@@ -280,7 +279,6 @@ pub fn watch_event(index: u64, at_ms: u64, e: &Effect) -> Option<pb::WatchEvent>
         | Effect::TaskCancelRequested { .. }
         | Effect::TaskProgress { .. }
         | Effect::TaskEnded { .. }
-        | Effect::JobEvent { .. }
         | Effect::BudgetLevel { .. } => return None,
     };
     Some(pb::WatchEvent { index, at_ms, kind: Some(kind) })

@@ -192,7 +192,6 @@ impl fmt::Display for Effect {
                 write!(f, "TaskProgress {task} attempt={attempt} {percent}%")
             }
             Effect::TaskEnded { task, status } => write!(f, "TaskEnded {task} {}", status.as_str()),
-            Effect::JobEvent { job, pass, message } => write!(f, "JobEvent {job} {pass}: {message}"),
             Effect::BudgetLevel { scope, name, level, spent_micros, limit_micros } => write!(
                 f,
                 "BudgetLevel {} {name} {} spent={spent_micros} limit={limit_micros}",

@@ -413,6 +413,8 @@ pub struct Jobs {
     ended: BTreeSet<(Millis, JobId)>,
     by_task: BTreeMap<TaskId, (JobId, usize, Kind)>,
     projects: BTreeMap<String, Project>,
+    /// `api:<provider>` of every project's providers (parsed once, when the project is applied).
+    provider_paths: BTreeMap<String, ResourcePath>,
     /// Budgets per scope, by name.
     budgets: BTreeMap<Scope, BTreeMap<String, Budget>>,
     /// Forecasts of running job tasks, counted in their budgets' `committed`.
@@ -512,8 +514,10 @@ impl Jobs {
         if j.events.len() >= JOB_EVENTS_MAX {
             j.events.remove(0);
         }
-        j.events.push(JobEvent { at: ctx.now, pass: pass.to_string(), message: message.clone() });
-        ctx.effects.push(Effect::JobEvent { job, pass: pass.to_string(), message });
+        if j.events.capacity() == 0 {
+            j.events.reserve_exact(4 * j.passes.len() + 2);
+        }
+        j.events.push(JobEvent { at: ctx.now, pass: pass.to_string(), message });
     }
 
     fn store_artifact(&mut self, digest: &str, data: Vec<u8>) {
@@ -802,6 +806,7 @@ impl State {
         }
         for pr in &p.providers {
             let Ok(path) = ResourcePath::parse(&format!("api:{}", pr.name)) else { continue };
+            self.jobs.provider_paths.insert(pr.name.clone(), path.clone());
             let config =
                 ResourceConfig { capacity: Some(pr.concurrency), policy: Policy::None, grace_ms: PREEMPT_GRACE_MS_MIN };
             if let Err(refusal) = self.declare_resource(&path, config, ctx) {
@@ -1146,9 +1151,9 @@ impl State {
         let worker = self.tasks.worker(session)?;
         let hosts = |name: &str| worker.providers.iter().any(|p| p.name == name);
         let free = |name: &str| {
-            ResourcePath::parse(&format!("api:{name}"))
-                .map(|path| self.held_against(&[Item { path, mode: Mode::Shared, units: 1 }], 0).is_none())
-                .unwrap_or(false)
+            self.jobs.provider_paths.get(name).is_some_and(|path| {
+                self.held_against(&[Item { path: path.clone(), mode: Mode::Shared, units: 1 }], 0).is_none()
+            })
         };
         let serving: Vec<_> = project.providers.iter().filter(|p| p.models.contains_key(&tier)).collect();
         let pick = serving
@@ -1316,7 +1321,7 @@ impl State {
             return;
         }
         let name = job.passes[i].name.clone();
-        let gate = job.spec.workflow.passes[i].gate.clone();
+        let gate = job.spec.workflow.passes[i].gate.as_ref().map(|g| (g.reviewer, g.review_role));
         match (kind, status) {
             (Kind::Work, TaskStatus::Succeeded) => {
                 let digest = sha256_hex(&[&output]);
@@ -1324,8 +1329,8 @@ impl State {
                 self.jobs.store_artifact(&digest, output);
                 match gate {
                     None => self.pass_passed(job_id, i, ctx),
-                    Some(g) if g.reviewer == Reviewer::Human => self.await_human(job_id, i, ctx),
-                    Some(g) => self.start_review(job_id, i, g.review_role, ctx),
+                    Some((Reviewer::Human, _)) => self.await_human(job_id, i, ctx),
+                    Some((_, review_role)) => self.start_review(job_id, i, review_role, ctx),
                 }
             }
             (Kind::Review, TaskStatus::Succeeded) => {
@@ -1336,7 +1341,7 @@ impl State {
                 p.gates.push(GateResult { round, reviewer: reviewer.clone(), passed, note: note.clone(), at: ctx.now });
                 let verdict = if passed { "passed" } else { "failed" };
                 self.jobs.event(job_id, &name, format!("gate {verdict} ({reviewer}): {note}"), ctx);
-                match (passed, gate.map(|g| g.reviewer)) {
+                match (passed, gate.map(|g| g.0)) {
                     (true, Some(Reviewer::Both)) => self.await_human(job_id, i, ctx),
                     (true, _) => self.pass_passed(job_id, i, ctx),
                     (false, _) => self.gate_failed(job_id, i, ctx),

@@ -516,13 +516,6 @@ pub enum Effect {
         task: TaskId,
         status: super::tasks::TaskStatus,
     },
-    /// Something happened to a work item (a pass started, a gate decided, a budget paused
-    /// it), with the reason.
-    JobEvent {
-        job: JobId,
-        pass: String,
-        message: String,
-    },
     /// A budget rose to a new level (approaching, at, over).
     BudgetLevel {
         scope: super::jobs::Scope,
