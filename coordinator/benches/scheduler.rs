@@ -12,6 +12,10 @@
 //! Run: `cargo bench -p qm-coordinator --bench scheduler`. Goal: at least 50,000 decisions/s.
 
 use std::cell::RefCell;
+
+/// The allocator the `qm` binary ships with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

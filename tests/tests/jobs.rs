@@ -326,3 +326,26 @@ async fn bad_work_items_name_the_field_and_change_nothing() {
     let listed = c.qm_json(&["job", "list"]);
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 0, "nothing was written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_item_survives_a_coordinator_sigkill_and_finishes_with_its_ledger_intact() {
+    let mut c = cluster_with_worker(&ALL_ROLES);
+    c.wait_workers(1).await;
+    c.qm_json(&["budget", "set", "team", "platform", "50"]);
+    let id = submit(&c, &["--title", "survives", "--class", "feature", "--workflow", "docs"]);
+    let before = wait_job(&c, &id, "write passed", |j| pass(j, "write")["status"] == "passed");
+    let spent_before = c.qm_json(&["budget", "show"])["budgets"][0]["spent_micros"].as_u64().unwrap();
+    assert!(spent_before > 0);
+    // SIGKILL the only coordinator mid-workflow and start it again from its sled directory.
+    c.kill(1);
+    c.spawn(1, false);
+    let j = wait_job(&c, &id, "the end", |j| j["status"] != "running");
+    assert_eq!(j["status"], "succeeded", "{j:#}");
+    assert_eq!(pass(&j, "write")["artifact"], pass(&before, "write")["artifact"], "the artifact survived");
+    let report = c.qm_json(&["cost", "report", "--by", "pass"]);
+    let sum: u64 = report["rows"].as_array().unwrap().iter().map(|r| r["money_micros"].as_u64().unwrap()).sum();
+    assert_eq!(sum, j["cost_micros"].as_u64().unwrap());
+    let spent = c.qm_json(&["budget", "show"])["budgets"][0]["spent_micros"].as_u64().unwrap();
+    assert_eq!(spent, sum, "the budget was charged for every attempt, before and after the restart");
+    c.kill_worker("w1");
+}
