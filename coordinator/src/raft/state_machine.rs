@@ -210,6 +210,10 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
             }
         }
         for applied in published {
+            // A budget crossing a threshold is the operator's notification (and `qm budget show`).
+            for e in applied.effects.iter().filter(|e| matches!(e, crate::state::Effect::BudgetLevel { .. })) {
+                tracing::warn!(index = applied.index, "{e}");
+            }
             self.shared.publish(applied);
         }
         Ok(responses)
