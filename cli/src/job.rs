@@ -865,4 +865,33 @@ mod tests {
         let bad = SubmitArgs { budget: Some("lots".into()), ..a };
         assert_eq!(submit_request(&bad).err().map(|f| f.code), Some(2));
     }
+
+    #[test]
+    fn a_work_item_file_gives_every_field_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("qm-job-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("item.toml");
+        std::fs::write(
+            &path,
+            "title = \"From a file\"\nclass = \"hotfix\"\nteam = \"platform\"\nproject = \"demo\"\n\
+             workflow = \"production-bug\"\nbudget = \"3.25\"\ncommit = \"abc\"\n\
+             inputs = { ticket = \"T-9\" }\nrun = { executor = \"command\", cmd = \"make fix\" }\n",
+        )
+        .unwrap();
+        let a = SubmitArgs { file: Some(path.clone()), class: Some("incident".into()), ..SubmitArgs::default() };
+        let r = submit_request(&a).expect("valid");
+        assert_eq!(
+            (r.title.as_str(), r.class.as_str(), r.workflow.as_str()),
+            ("From a file", "incident", "production-bug")
+        );
+        assert_eq!(r.budget_micros, 3_250_000);
+        assert_eq!(r.inputs.get("ticket").map(String::as_str), Some("T-9"));
+        let run: Value = serde_json::from_slice(&r.run).unwrap();
+        assert_eq!(run["cmd"], "make fix");
+        std::fs::write(&path, "title = \"x\"\nsurprise = 1\n").unwrap();
+        let err = submit_request(&SubmitArgs { file: Some(path), ..SubmitArgs::default() }).err().unwrap();
+        assert_eq!(err.code, 2);
+        assert!(err.message.contains("surprise"), "{}", err.message);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -522,3 +522,45 @@ fn an_over_budget_scope_pauses_until_the_period_rolls_over() {
     let events: Vec<String> = c.state.jobs().get(b).unwrap().events.iter().map(|e| e.message.clone()).collect();
     assert!(events.iter().any(|e| e.starts_with("waits: team platform budget is over")), "{events:?}");
 }
+
+#[test]
+fn fair_share_gives_an_idle_team_the_next_slot_over_a_busy_team_at_the_same_class() {
+    let mut c = Core::new();
+    c.worker("w1", &[(Role::Implementer, 3)]);
+    let one = || vec![pass("p", Role::Implementer, &[], None)];
+    // Team a fills every slot and queues more; team b arrives later at the same class.
+    let a: Vec<JobId> = (0..6).map(|i| c.submit(job(&format!("a{i}"), "feature", 500, "a", one()))).collect();
+    let b = c.submit(job("b0", "feature", 500, "b", one()));
+    assert_eq!(c.pass(b, "p").status, PassStatus::Queued);
+    // A slot frees: a runs 2 after this, b none — b's head of queue beats a's older one.
+    let t = c.pass(a[0], "p").task.unwrap();
+    c.finish(t, "x", (1, 1));
+    assert_eq!(c.pass(b, "p").status, PassStatus::Running, "fair share");
+    assert_eq!(c.pass(a[3], "p").status, PassStatus::Queued);
+}
+
+#[test]
+fn a_pass_that_requires_a_gpu_goes_only_to_a_worker_with_one() {
+    let mut c = Core::new();
+    c.worker("laptop", &[(Role::Implementer, 1)]);
+    let mut train = pass("train", Role::Implementer, &[], None);
+    train.requires = vec![qm_shared::workflow::Capability::Gpu];
+    let j = c.submit(job("train", "feature", 500, "platform", vec![train]));
+    let p = c.pass(j, "train");
+    assert_eq!(p.status, PassStatus::Queued);
+    assert!(p.wait.unwrap().contains("with gpu"));
+    let (r, _) = c.apply(Command::OpenSession { label: "gpu".into(), ttl_ms: 300_000 });
+    let Response::SessionOpened { session, .. } = r else { panic!() };
+    let spec = WorkerSpec {
+        session,
+        node_id: "gpu-box".into(),
+        slots: BTreeMap::from([(Role::Implementer, 1)]),
+        labels: BTreeMap::new(),
+        running: Vec::new(),
+        gpus: vec![qm_coordinator::state::tasks::GpuInfo { index: 0, model: "L4".into(), memory_bytes: 24 << 30 }],
+        providers: Vec::new(),
+    };
+    c.apply(Command::RegisterWorker(spec));
+    let task = c.pass(j, "train").task.unwrap();
+    assert_eq!(c.state.tasks().get(task).unwrap().session, Some(session));
+}
