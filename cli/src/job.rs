@@ -539,12 +539,24 @@ struct Row {
 pub async fn cost_report(client: &Client, by: By, since: Option<String>, output: Output) -> Result<(), Failure> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let since_ms = since.as_deref().map(|s| since_ms(s, now)).transpose()?.unwrap_or(0);
-    let resp = client
-        .call(|ch| async move {
-            Ok(Client::jobs(ch).cost_report(pb::CostReportRequest { since_ms, limit: 0 }).await?.into_inner())
-        })
-        .await
-        .map_err(status_failure)?;
+    // Page through the ledger (10,000 entries a page).
+    let mut resp = pb::CostReportResponse::default();
+    let mut after_seq = 0;
+    loop {
+        let page = client
+            .call(|ch| async move {
+                let req = pb::CostReportRequest { since_ms, limit: 0, after_seq };
+                Ok(Client::jobs(ch).cost_report(req).await?.into_inner())
+            })
+            .await
+            .map_err(status_failure)?;
+        resp.entries.extend(page.entries);
+        (resp.total_micros, resp.saved_micros, resp.retained) = (page.total_micros, page.saved_micros, page.retained);
+        if page.next_after_seq == 0 {
+            break;
+        }
+        after_seq = page.next_after_seq;
+    }
     let key = |e: &pb::LedgerEntryInfo| match by {
         By::WorkItem => {
             if e.job_id == 0 {

@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use qm_shared::limits::{LEDGER_ENTRIES_MAX, LIST_PAGE_DEFAULT, LIST_PAGE_MAX, WORKFLOW_FILE_BYTES_MAX};
+use qm_shared::limits::{LIST_PAGE_DEFAULT, LIST_PAGE_MAX, WORKFLOW_FILE_BYTES_MAX};
+
+/// Ledger entries per cost-report page (a page stays well under the 4 MiB message bound).
+const COST_PAGE_MAX: u32 = 10_000;
 use qm_shared::pb::v1 as pb;
 use qm_shared::workflow::{Reviewer, Workflow};
 use qm_shared::workflow_file::{self, FileError};
@@ -115,7 +118,8 @@ fn pass_info(job: &Job, i: usize, state: &State) -> pb::PassInfo {
     }
 }
 
-pub fn job_info(job: &Job, state: &State, events: bool) -> pb::JobInfo {
+/// One work item; `full` adds its events and inputs (lists leave them out: bounded replies).
+pub fn job_info(job: &Job, state: &State, full: bool) -> pb::JobInfo {
     pb::JobInfo {
         job_id: job.id.0,
         title: job.spec.title.clone(),
@@ -131,7 +135,7 @@ pub fn job_info(job: &Job, state: &State, events: bool) -> pb::JobInfo {
         saved_micros: job.saved_micros,
         budget_micros: job.spec.budget_micros.unwrap_or(0),
         passes: (0..job.passes.len()).map(|i| pass_info(job, i, state)).collect(),
-        events: if events {
+        events: if full {
             job.events
                 .iter()
                 .map(|e| pb::JobEventInfo { at_ms: e.at, pass: e.pass.clone(), message: e.message.clone() })
@@ -139,7 +143,7 @@ pub fn job_info(job: &Job, state: &State, events: bool) -> pb::JobInfo {
         } else {
             Vec::new()
         },
-        inputs: job.spec.inputs.clone().into_iter().collect(),
+        inputs: if full { job.spec.inputs.clone().into_iter().collect() } else { Default::default() },
         commit: job.spec.commit.clone(),
     }
 }
@@ -365,24 +369,20 @@ impl pb::jobs_server::Jobs for JobsApi {
         request: Request<pb::CostReportRequest>,
     ) -> Result<GrpcResponse<pb::CostReportResponse>, Status> {
         let req = request.into_inner();
-        let limit = if req.limit == 0 { LEDGER_ENTRIES_MAX as u32 } else { req.limit };
-        validate::check_range("limit", limit.into(), 1, LEDGER_ENTRIES_MAX as u64).map_err(ApiError::from)?;
+        let limit = if req.limit == 0 { COST_PAGE_MAX } else { req.limit };
+        validate::check_range("limit", limit.into(), 1, COST_PAGE_MAX.into()).map_err(ApiError::from)?;
         self.node.read_index().await?;
         let resp = self.node.shared.read(|d| {
             let jobs = d.state.jobs();
-            let mut entries: Vec<pb::LedgerEntryInfo> = jobs
-                .ledger()
-                .rev()
-                .take_while(|e| e.at >= req.since_ms)
-                .take(limit as usize)
-                .map(ledger_info)
-                .collect();
-            entries.reverse();
+            let mut page = jobs.ledger_after(req.after_seq).filter(|e| e.at >= req.since_ms).peekable();
+            let entries: Vec<pb::LedgerEntryInfo> = page.by_ref().take(limit as usize).map(ledger_info).collect();
+            let more = page.peek().is_some();
             pb::CostReportResponse {
+                next_after_seq: if more { entries.last().map_or(0, |e| e.seq) } else { 0 },
                 entries,
                 total_micros: jobs.total_micros(),
                 saved_micros: jobs.saved_micros(),
-                retained: jobs.ledger().count() as u64,
+                retained: jobs.ledger_len() as u64,
             }
         });
         Ok(GrpcResponse::new(resp))

@@ -478,9 +478,18 @@ impl Jobs {
         self.projects.values()
     }
 
-    /// Ledger entries from `since` on, oldest first.
+    /// Ledger entries, oldest first.
     pub fn ledger(&self) -> impl DoubleEndedIterator<Item = &LedgerEntry> {
         self.ledger.values()
+    }
+
+    /// Ledger entries after sequence number `seq`, oldest first.
+    pub fn ledger_after(&self, seq: u64) -> impl Iterator<Item = &LedgerEntry> {
+        self.ledger.range(seq.saturating_add(1)..).map(|(_, e)| e)
+    }
+
+    pub fn ledger_len(&self) -> usize {
+        self.ledger.len()
     }
 
     /// Money of every attempt ever recorded (kept exact past the retained entries).
