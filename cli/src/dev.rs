@@ -461,7 +461,7 @@ async fn jobs_demo(client: &Client) -> Result<(), Failure> {
             .await
             .map_err(status_failure)?
             .job_id;
-        let mut printed = 0;
+        let mut last = None;
         for _ in 0..600 {
             let j = client
                 .call(
@@ -469,11 +469,9 @@ async fn jobs_demo(client: &Client) -> Result<(), Failure> {
                 )
                 .await
                 .map_err(status_failure)?;
-            for e in j.events.iter().skip(printed) {
-                let pass = if e.pass.is_empty() { String::new() } else { format!("{}: ", e.pass) };
-                eprintln!("j{id} {pass}{}", e.message);
+            for e in crate::job::new_events(&j.events, &mut last) {
+                eprintln!("{}", crate::job::event_line(id, e));
             }
-            printed = j.events.len();
             if let Some(p) = j.passes.iter().find(|p| p.status == "awaiting-human") {
                 eprintln!("j{id} (the demo approves it, as `qm gate approve j{id} {}` would)", p.name);
                 let d = pb::DecideGateRequest {

@@ -212,17 +212,31 @@ pub async fn submit(client: &Client, a: SubmitArgs, output: Output) -> Result<()
     }
 }
 
+/// The events after `last` (all of them when `last` is not among them any more), and the new
+/// last one.
+pub fn new_events<'a>(events: &'a [pb::JobEventInfo], last: &mut Option<pb::JobEventInfo>) -> &'a [pb::JobEventInfo] {
+    let from = last.as_ref().and_then(|l| events.iter().rposition(|e| e == l)).map_or(0, |i| i + 1);
+    if let Some(e) = events.last() {
+        *last = Some(e.clone());
+    }
+    &events[from..]
+}
+
+/// A work item's event as one line.
+pub fn event_line(id: u64, e: &pb::JobEventInfo) -> String {
+    let pass = if e.pass.is_empty() { String::new() } else { format!("{}: ", e.pass) };
+    format!("j{id} {pass}{}", e.message)
+}
+
 /// Polls until the work item ends, printing new events on stderr when `progress`.
 pub async fn wait_end(client: &Client, id: u64, progress: bool) -> Result<pb::JobInfo, Failure> {
-    let mut seen = 0u64;
+    let mut last = None;
     loop {
         let j = get(client, id).await?;
         if progress {
-            for e in j.events.iter().filter(|e| e.at_ms > seen || seen == 0) {
-                let pass = if e.pass.is_empty() { String::new() } else { format!("{}: ", e.pass) };
-                eprintln!("j{id} {pass}{}", e.message);
+            for e in new_events(&j.events, &mut last) {
+                eprintln!("{}", event_line(id, e));
             }
-            seen = j.events.last().map_or(seen, |e| e.at_ms.max(seen));
         }
         if j.status != "running" {
             return Ok(j);
@@ -905,5 +919,19 @@ mod tests {
         assert_eq!(err.code, 2);
         assert!(err.message.contains("surprise"), "{}", err.message);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn new_events_resume_after_the_last_one_printed_even_when_the_oldest_are_dropped() {
+        let ev = |at: u64, m: &str| pb::JobEventInfo { at_ms: at, pass: String::new(), message: m.into() };
+        let mut last = None;
+        let first = vec![ev(1, "a"), ev(1, "b")];
+        assert_eq!(new_events(&first, &mut last).len(), 2);
+        // Same millisecond, more events; then the oldest dropped by the bound.
+        let second = vec![ev(1, "a"), ev(1, "b"), ev(1, "c")];
+        assert_eq!(new_events(&second, &mut last), &second[2..]);
+        let third = vec![ev(1, "c"), ev(2, "d")];
+        assert_eq!(new_events(&third, &mut last), &third[1..]);
+        assert!(new_events(&third, &mut last).is_empty());
     }
 }
