@@ -139,6 +139,7 @@ needs = [{ path = "repo:app", mode = "shared" }]
     assert_eq!(second["status"], "queued");
     let reason = second["wait"].as_str().unwrap();
     assert!(reason.contains("team platform budget") && reason.contains("would cross the limit"), "{reason}");
+    eprintln!("second pass waits: {reason}");
     assert_eq!(pass(&j, "first")["status"], "passed");
     let budgets = c.qm_json(&["budget", "show"]);
     assert!(budgets["budgets"][0]["spent_micros"].as_u64().unwrap() > 0);
