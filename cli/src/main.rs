@@ -31,6 +31,7 @@ mod coordinator;
 mod dev;
 mod job;
 mod reserve;
+mod sim;
 mod task;
 mod workflow;
 
@@ -184,6 +185,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+    /// The simulator: contention studies of the replicated core with modelled agents.
+    Sim {
+        #[command(subcommand)]
+        command: sim::SimCommand,
     },
     /// Scripts against the replicated core (no server needed).
     Script {
@@ -661,6 +667,7 @@ fn main() -> ExitCode {
     let output = if cli.json { Output::Json } else { cli.output };
     let result = match cli.command {
         Command::Script { command } => run_script(command, output),
+        Command::Sim { command } => sim::run(command, output),
         command => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             runtime.block_on(run(command, output, cli.endpoint, cli.config))
@@ -925,6 +932,7 @@ async fn run_client(command: Command, output: Output, client: &Client) -> Result
         | Command::Coordinator { .. }
         | Command::Config { .. }
         | Command::Script { .. }
+        | Command::Sim { .. }
         | Command::Workflow { .. }
         | Command::Project { command: ProjectCommand::Validate { .. } }
         | Command::Agent { .. } => {

@@ -397,8 +397,21 @@ impl Harness {
                             for item in &w.items {
                                 let conflicts =
                                     claims_conflict(item.path.as_str(), item.mode, grant.resource.as_str(), grant.mode);
-                                let competes =
-                                    capacity(&self.caps, item.path.as_str()).is_some() && item.path == grant.resource;
+                                // On a counted resource a later grant may take free units, but
+                                // never ones the earlier waiter needs.
+                                let competes = match capacity(&self.caps, item.path.as_str()) {
+                                    Some(cap) if item.path == grant.resource => {
+                                        let used: u32 = self
+                                            .holders
+                                            .values()
+                                            .filter(|g| g.resource == item.path)
+                                            .map(|g| g.units)
+                                            .sum();
+                                        let need = if item.mode == Mode::Exclusive { cap } else { item.units };
+                                        used + need > cap
+                                    }
+                                    _ => false,
+                                };
                                 assert!(
                                     !conflicts && !competes,
                                     "{} overtook top-priority waiter {} on {}",
@@ -507,8 +520,9 @@ impl Harness {
     /// The edges the core keeps, computed per node from the holdings and the requests' queue
     /// entries: the conflicting waiters ahead up to the nearest one whose mode conflicts with
     /// everything the waiter's does, and the conflicting holders only where no such covering
-    /// waiter exists (it waits for them itself); among a counted resource's own waiters only
-    /// the nearest, and all of its holders when it is short of units.
+    /// waiter exists (it waits for them itself); among a counted resource's own waiters the
+    /// nearest whose units no longer fit beside its own, and all of its holders when it is
+    /// short of units.
     fn reduced_edges(state: &State, caps: &Caps) -> BTreeSet<(OwnerKey, OwnerKey)> {
         let grants: Vec<GrantInfo> = state.grants().collect();
         let waiters: Vec<WaiterInfo> = state.waiters().collect();
@@ -583,9 +597,23 @@ impl Harness {
                             }
                         }
                     }
-                    if counted.is_some() && node == path {
-                        if let Some((_, other, _, _)) = ahead.iter().find(|e| e.3) {
-                            edges.insert((me.clone(), other.clone()));
+                    // Among a counted resource's own waiters: the nearest one ahead whose
+                    // units, with those of the waiters between, no longer fit beside ours.
+                    if let Some(cap) = counted.filter(|_| node == path) {
+                        let need = |it: &Item| if it.mode == Mode::Exclusive { cap } else { it.units };
+                        let used: u32 = grants.iter().filter(|g| g.resource.as_str() == path).map(|g| g.units).sum();
+                        let mut reserved = used + need(item);
+                        for (k, other, _, _) in ahead.iter().filter(|e| e.3) {
+                            let theirs = waiters
+                                .iter()
+                                .find(|x| key(x) == *k && (x.session, x.owner.clone()) == *other)
+                                .and_then(|x| x.items.iter().find(|it| it.path.as_str() == path))
+                                .map_or(cap, need);
+                            reserved += theirs;
+                            if reserved > cap {
+                                edges.insert((me.clone(), other.clone()));
+                                break;
+                            }
                         }
                     }
                 }

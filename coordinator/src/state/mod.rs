@@ -1009,7 +1009,7 @@ impl State {
 
     /// The first of `items` a newcomer at `priority` could not have now, when its holders are
     /// not ones it would preempt (policy `preempt` and at least `preempt_gap` below it).
-    pub(crate) fn held_against(&self, items: &[Item], priority: u32) -> Option<String> {
+    pub fn held_against(&self, items: &[Item], priority: u32) -> Option<String> {
         let key = QueueKey { inv_priority: PRIORITY_MAX - priority.min(PRIORITY_MAX), seq: self.next_seq };
         let nobody = OwnerId(u64::MAX);
         for item in items {
@@ -1079,10 +1079,22 @@ impl State {
                                 .extend(node.grants.iter().map(|g| self.grants[g].owner).filter(|o| *o != owner));
                         }
                     }
-                    // Strict FIFO among a counted resource's own waiters: the nearest one ahead
-                    // already waits for all before it.
+                    // No barging on a counted resource: a newcomer may take free units only
+                    // if enough stay free for every waiter ahead of it. A waiter ahead that is
+                    // held up elsewhere (by another item of its set) keeps its units, but does
+                    // not stop the whole queue behind it while units stand idle.
+                    let mut reserved = node.units + u64::from(needed);
                     for entry in node.queue.range(..key).rev().map(|(_, e)| e) {
-                        if entry.target && entry.owner != owner {
+                        if !entry.target || entry.owner == owner {
+                            continue;
+                        }
+                        let ahead = self
+                            .requests
+                            .get(&entry.request)
+                            .and_then(|r| r.items.iter().find(|it| it.path == item.path))
+                            .map_or(capacity, |it| if it.mode == Mode::Exclusive { capacity } else { it.units });
+                        reserved += u64::from(ahead);
+                        if reserved > u64::from(capacity) {
                             blocked = true;
                             match out.as_deref_mut() {
                                 Some(out) => {
@@ -1408,17 +1420,25 @@ impl State {
         }
     }
 
+    /// The priority a waiter preempts with: its own, or what it inherited as a holder, but
+    /// never what it gained by aging. Aging orders the queue so nothing starves; letting it
+    /// preempt would make equal-priority holders evict each other in turn.
+    fn preempting_priority(&self, id: RequestId) -> u32 {
+        let r = &self.requests[&id];
+        r.priority.max(self.owners.get(&r.owner).map_or(0, |o| o.inherited)).min(PRIORITY_MAX)
+    }
+
     /// Preemption for a request still waiting once the apply has settled: every `preempt`
     /// lease in its way held at least `preempt_gap` below it is asked to yield within its
     /// resource's grace.
     fn apply_preemption(&mut self, id: RequestId, ctx: &mut Ctx) {
-        let effective = self.requests[&id].effective;
+        let claim = self.preempting_priority(id);
         for g in self.blocking_grants(id) {
             let grant = &self.grants[&g];
             let Some(rc) = self.resource_config(&grant.path) else { continue };
             if rc.policy != Policy::Preempt
                 || grant.preempt_deadline.is_some()
-                || effective < grant.priority.saturating_add(self.config.preempt_gap)
+                || claim < grant.priority.saturating_add(self.config.preempt_gap)
             {
                 continue;
             }
@@ -1453,7 +1473,7 @@ impl State {
         nodes.iter().flat_map(|n| self.table.node(*n).queue.values()).any(|e| {
             let r = &self.requests[&e.request];
             r.owner != grant.owner
-                && r.effective >= threshold
+                && self.preempting_priority(e.request) >= threshold
                 && r.items.iter().any(|item| self.grant_blocks(grant, item))
         })
     }
