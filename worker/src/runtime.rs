@@ -463,6 +463,10 @@ struct Slot {
     agent: Option<ActorRef<AgentMsg>>,
     idle: bool,
     restarts: Vec<Instant>,
+    /// Priority of the task it works on.
+    priority: u32,
+    /// Asked to hand the slot back to a parked task whose resources arrived.
+    yielding: bool,
 }
 
 struct SupState {
@@ -515,7 +519,10 @@ impl Actor for Supervisor {
         for (role, n) in &config.slots {
             for i in 0..*n {
                 let name = format!("{}/{}-{}", config.node_id, role, i);
-                st.slots.insert(name.clone(), Slot { role: *role, agent: None, idle: false, restarts: Vec::new() });
+                st.slots.insert(
+                    name.clone(),
+                    Slot { role: *role, agent: None, idle: false, restarts: Vec::new(), priority: 0, yielding: false },
+                );
                 Supervisor::spawn_agent(&myself, &mut st, &name).await;
             }
         }
@@ -643,6 +650,7 @@ impl Actor for Supervisor {
             SupMsg::Idle(slot) => {
                 if let Some(s) = st.slots.get_mut(&slot) {
                     s.idle = true;
+                    s.yielding = false;
                 }
                 // Granted parked tasks first: they hold leases while they wait.
                 resume_ready(st);
@@ -730,14 +738,35 @@ fn resume_ready(st: &mut SupState) {
         match slot {
             Some((name, s)) => {
                 s.idle = false;
+                s.priority = a.priority;
                 tracing::info!(task = a.task, slot = %name, "resources granted: resuming the parked task");
                 if let Some(entry) = st.shared.book.lock().expect("book").running.get_mut(&a.task) {
                     entry.0 = name.clone();
                 }
                 let _ = s.agent.as_ref().expect("agent").cast(AgentMsg::Event(Event::Resume(a, leases)));
             }
-            None => st.ready.push((role, a, leases)),
+            None => {
+                reclaim_slot(st, role, a.priority);
+                st.ready.push((role, a, leases));
+            }
         }
+    }
+}
+
+/// A parked task's resources arrived but every agent of its role is busy with work it took
+/// while the task waited: take a slot back rather than hold the leases idle. The agent with
+/// the lowest-priority work (never above the parked task's) checkpoints and stops; its task
+/// is requeued and resumes from the checkpoint.
+fn reclaim_slot(st: &mut SupState, role: Role, priority: u32) {
+    let victim = st
+        .slots
+        .iter_mut()
+        .filter(|(_, s)| s.role == role && !s.idle && !s.yielding && s.agent.is_some() && s.priority <= priority)
+        .min_by_key(|(_, s)| s.priority);
+    if let Some((name, s)) = victim {
+        s.yielding = true;
+        tracing::info!(slot = %name, "taking the slot back for a parked task whose resources arrived");
+        let _ = s.agent.as_ref().expect("agent").cast(AgentMsg::Event(Event::Preempt));
     }
 }
 
@@ -746,6 +775,7 @@ fn assign(st: &mut SupState, role: Role, a: Assignment) {
     match slot {
         Some((name, s)) => {
             s.idle = false;
+            s.priority = a.priority;
             tracing::info!(task = a.task, attempt = a.attempt, slot = %name, "assigned");
             let _ = s.agent.as_ref().expect("agent").cast(AgentMsg::Event(Event::Assigned(a)));
         }

@@ -138,6 +138,10 @@ struct Slot {
     idle: bool,
     exec: Option<Exec>,
     leases: Vec<u64>,
+    /// Priority of the task it works on.
+    priority: u32,
+    /// Asked to hand its slot back to a granted parked task.
+    yielding: bool,
 }
 
 #[derive(Debug)]
@@ -208,6 +212,8 @@ pub struct Run<'a> {
     arrival_rng: Rng,
     behaviour_rng: Rng,
     gen: u64,
+    /// The class of the work item being submitted (its first passes queue inside the apply).
+    submitting: Option<usize>,
     m: Metrics,
 }
 
@@ -306,6 +312,7 @@ impl<'a> Run<'a> {
             arrival_rng: Rng::keyed(seed, &[2]),
             behaviour_rng: Rng::keyed(seed, &[3]),
             gen: 0,
+            submitting: None,
             m,
         }
     }
@@ -391,6 +398,8 @@ impl<'a> Run<'a> {
                             idle: true,
                             exec: None,
                             leases: Vec::new(),
+                            priority: 0,
+                            yielding: false,
                         });
                     }
                 }
@@ -625,7 +634,10 @@ impl<'a> Run<'a> {
         let class = class_index(&a.class);
         self.m.submitted[class] += 1;
         self.m.r.items_submitted += 1;
-        match self.apply(Command::SubmitJob(Box::new(spec))) {
+        self.submitting = Some(class);
+        let resp = self.apply(Command::SubmitJob(Box::new(spec)));
+        self.submitting = None;
+        match resp {
             Response::JobSubmitted { job } => {
                 self.jobs.insert(job.0, class);
                 self.open_jobs.insert(job.0);
@@ -645,7 +657,7 @@ impl<'a> Run<'a> {
                     .get(task)
                     .and_then(|t| t.spec.work_item.strip_prefix('j').and_then(|j| j.parse::<u64>().ok()))
                     .unwrap_or(0);
-                let class = self.jobs.get(&job).copied().unwrap_or(0);
+                let class = self.jobs.get(&job).copied().or(self.submitting).unwrap_or(0);
                 let info = self.tasks.entry(task.0).or_default();
                 *info = TaskInfo { class, job, queued_at: now, assigned_at: None };
             }
@@ -825,6 +837,7 @@ impl<'a> Run<'a> {
         match worker.slots.iter().position(|s| s.role == role && s.idle) {
             Some(s) => {
                 worker.slots[s].idle = false;
+                worker.slots[s].priority = a.priority;
                 self.m.occupied(role, self.now, 1.0);
                 self.inbox.push_back(Msg::Agent { w, s, event: Event::Assigned(a) });
             }
@@ -860,6 +873,7 @@ impl<'a> Run<'a> {
         let slot = &mut self.workers[w].slots[s];
         if slot.agent.is_idle() && !slot.idle {
             slot.idle = true;
+            slot.yielding = false;
             slot.leases.clear();
             let role = slot.role;
             self.m.occupied(role, self.now, -1.0);
@@ -1024,10 +1038,30 @@ impl<'a> Run<'a> {
             match worker.slots.iter().position(|s| s.role == role && s.idle) {
                 Some(s) => {
                     worker.slots[s].idle = false;
+                    worker.slots[s].priority = a.priority;
                     self.m.occupied(role, self.now, 1.0);
                     self.inbox.push_back(Msg::Agent { w, s, event: Event::Resume(a, leases) });
                 }
-                None => worker.ready.push((role, a, leases)),
+                None => {
+                    // The slot it lent is busy with other work: take it back (the other work
+                    // checkpoints and is requeued), rather than hold the leases idle.
+                    if self.pol.reclaim {
+                        let victim = worker
+                            .slots
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, x)| x.role == role && !x.idle && !x.yielding && x.exec.is_some())
+                            .filter(|(_, x)| x.priority <= a.priority)
+                            .min_by_key(|(i, x)| (x.priority, *i))
+                            .map(|(i, _)| i);
+                        if let Some(v) = victim {
+                            worker.slots[v].yielding = true;
+                            self.m.r.reclaims += 1;
+                            self.inbox.push_back(Msg::Agent { w, s: v, event: Event::Preempt });
+                        }
+                    }
+                    worker.ready.push((role, a, leases));
+                }
             }
         }
     }

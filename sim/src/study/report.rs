@@ -172,6 +172,8 @@ pub struct Report {
     /// Passes started by an agent whose worker had a parked, still-blocked task: work done
     /// thanks to re-planning.
     pub replan_starts: u64,
+    /// Slots taken back from other work for a parked task whose resources arrived.
+    pub reclaims: u64,
     pub queue_full: u64,
     pub human_decisions: u64,
     pub spend_approvals: u64,
@@ -394,6 +396,7 @@ impl Comparison {
         row("preemptions", &|r| r.preemptions.to_string());
         row("re-plans", &|r| r.replans.to_string());
         row("passes started meanwhile", &|r| r.replan_starts.to_string());
+        row("slots taken back", &|r| r.reclaims.to_string());
         row("longest wait", &|r| hms(r.longest_wait.ms));
         row("cost", &|r| qm_shared::workflow::dollars(r.cost_micros));
         s

@@ -39,6 +39,9 @@ pub struct Policies {
     pub replan: bool,
     /// How long an acquire waits before the agent re-plans.
     pub replan_after_ms: u64,
+    /// A parked task whose resources arrive takes its slot back from the work that borrowed
+    /// it (which checkpoints and is requeued) instead of holding its leases until a slot frees.
+    pub reclaim: bool,
     /// `coarse` locks each footprint at its first `coarse_depth` path segments.
     pub coarse: bool,
     pub coarse_depth: usize,
@@ -55,6 +58,7 @@ impl Default for Policies {
             preemption: None,
             replan: true,
             replan_after_ms: 2_000,
+            reclaim: true,
             coarse: false,
             coarse_depth: 1,
             fair_share_points: c.fair_share_points,
@@ -328,6 +332,7 @@ struct RawPolicy {
     preemption: Option<String>,
     replan: Option<bool>,
     replan_after: Option<String>,
+    reclaim: Option<bool>,
     granularity: Option<String>,
     coarse_depth: Option<usize>,
     fair_share_points: Option<u32>,
@@ -421,6 +426,9 @@ impl Cx<'_> {
         }
         if let Some(v) = raw.replan {
             p.replan = v;
+        }
+        if let Some(v) = raw.reclaim {
+            p.reclaim = v;
         }
         if let Some(s) = &raw.replan_after {
             p.replan_after_ms = self.duration(&format!("{field}.replan_after"), s, 3_600_000).max(1);
@@ -966,8 +974,16 @@ pub fn coarsen(path: &str, depth: usize) -> String {
 }
 
 /// The policy settings `qm sim compare --vary` accepts.
-pub const SETTINGS: [&str; 7] =
-    ["preemption", "replan", "replan_after", "granularity", "fair_share_points", "deadlock_detection", "aging_step"];
+pub const SETTINGS: [&str; 8] = [
+    "preemption",
+    "replan",
+    "replan_after",
+    "reclaim",
+    "granularity",
+    "fair_share_points",
+    "deadlock_detection",
+    "aging_step",
+];
 
 /// One policy setting changed: `key` is one of [`SETTINGS`], `value` as in a scenario file
 /// (`on`/`off` for switches).
@@ -987,6 +1003,7 @@ pub fn apply_setting(base: &Policies, key: &str, value: &str) -> Result<Policies
             )
         }
         "replan" => p.replan = switch(value)?,
+        "reclaim" => p.reclaim = switch(value)?,
         "deadlock_detection" => p.deadlock_detection = switch(value)?,
         "replan_after" => {
             p.replan_after_ms = parse_duration(value).map_err(|e| format!("{key}: {e}"))?.clamp(1, 3_600_000)
