@@ -737,6 +737,15 @@ pub fn parse(
                 continue;
             }
         };
+        let mut pick = BTreeMap::new();
+        for (k, vals) in &a.pick {
+            match expand(vals) {
+                Ok(v) => {
+                    pick.insert(k.clone(), v);
+                }
+                Err(e) => cx.err(format!("{f}.pick.{k}"), e),
+            }
+        }
         // Every template value the footprints use must be picked, and every path they can
         // make must parse and lie under the project's resources.
         let mut keys = BTreeSet::new();
@@ -746,7 +755,7 @@ pub fn parse(
             }
         }
         for k in &keys {
-            match a.pick.get(k) {
+            match pick.get(k) {
                 Some(v) if !v.is_empty() => {}
                 _ => cx.err(
                     format!("{f}.pick.{k}"),
@@ -757,7 +766,7 @@ pub fn parse(
         if cx.errors.is_empty() {
             for (pi, list) in wf.needs.iter().enumerate() {
                 for (t, _, _) in list {
-                    for v in instantiations(t, &a.pick) {
+                    for v in instantiations(t, &pick) {
                         match ResourcePath::parse(&v) {
                             Ok(p) if project.covers(&p) => {}
                             Ok(_) => cx.err(
@@ -792,7 +801,7 @@ pub fn parse(
             pattern,
             from_ms,
             until_ms,
-            pick: a.pick.clone(),
+            pick,
             budget_micros,
         });
     }
@@ -931,6 +940,35 @@ pub fn parse(
         policies,
         variants,
     })
+}
+
+/// Most values one template name may take.
+pub const PICK_VALUES_MAX: usize = 100_000;
+
+/// Expands pick values; `"s{0000..1999}"` stands for `s0000`, `s0001`, … `s1999` (zero
+/// padded to the width of the first bound).
+fn expand(vals: &[String]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for v in vals {
+        let range = v.find('{').and_then(|s| v[s..].find('}').map(|e| (s, s + e)));
+        let Some((s, e)) = range.filter(|(s, e)| v[s + 1..*e].contains("..")) else {
+            out.push(v.clone());
+            continue;
+        };
+        let (lo, hi) = v[s + 1..e].split_once("..").expect("checked");
+        let bad = || format!("{v:?}: write a range as prefix{{0..99}}suffix");
+        let (a, b): (u64, u64) = (lo.parse().map_err(|_| bad())?, hi.parse().map_err(|_| bad())?);
+        if a > b || (b - a) as usize >= PICK_VALUES_MAX {
+            return Err(format!("{v:?}: the range must run upwards and hold at most {PICK_VALUES_MAX} values"));
+        }
+        for n in a..=b {
+            out.push(format!("{}{n:0w$}{}", &v[..s], &v[e + 1..], w = lo.len()));
+        }
+    }
+    if out.len() > PICK_VALUES_MAX {
+        return Err(format!("{} values is above {PICK_VALUES_MAX}", out.len()));
+    }
+    Ok(out)
 }
 
 /// Template names in a footprint path: `pg:staging/schema:{schema}` → `schema`.
