@@ -1,26 +1,80 @@
-//! Level-B simulation tests: the real coordinator cluster under turmoil.
+//! Level-B simulation tests: the real coordinator cluster (openraft, gRPC services, peer
+//! transport) under turmoil, with the workload, the nemesis and every invariant.
+//!
+//! * 20 seeds with faults, in four groups (cargo runs the groups in parallel);
+//! * determinism: one seed run twice gives the same trace hash;
+//! * every pinned regression seed (`qm_sim::cluster::regressions::SEEDS`).
+//!
+//! A failure names the seed, the broken invariant and the command that reproduces it.
+//! Runs use `TEST_CHAOS_MS` of chaos (shorter than the CLI's default) to keep the suite fast.
 
-use qm_sim::cluster::{self, Options};
+use qm_sim::cluster::{self, regressions, Options, Report};
 
-fn seed_from_env() -> Option<u64> {
-    std::env::var("QM_SIM_SEED").ok().and_then(|s| s.parse().ok())
+/// Simulated milliseconds of chaos per test run.
+const TEST_CHAOS_MS: u64 = 10_000;
+
+fn run(seed: u64, nodes: u64) -> Report {
+    cluster::run(&Options::from_seed(seed, nodes, TEST_CHAOS_MS))
+}
+
+fn assert_clean(r: &Report) {
+    if let Some(v) = &r.violation {
+        let tail: Vec<&str> = r.trace_tail.iter().map(String::as_str).collect();
+        panic!(
+            "seed {}: invariant {} violated at {}ms: {}\nlast trace lines:\n{}\nreproduce with: {}",
+            r.seed,
+            v.invariant,
+            v.t_ms,
+            v.message,
+            tail.join("\n"),
+            r.command()
+        );
+    }
+    assert!(r.ops > 0, "seed {}: the workload did nothing ({})", r.seed, r.command());
+}
+
+fn seeds(range: std::ops::Range<u64>) {
+    for seed in range {
+        let r = run(seed, 3);
+        eprintln!("seed {seed}: hash {} ops {} faults {} sim {}ms", r.trace_hash, r.ops, r.faults, r.sim_ms);
+        assert_clean(&r);
+    }
 }
 
 #[test]
-fn dev_one_seed() {
-    let Some(seed) = seed_from_env() else { return };
-    let chaos: u64 = std::env::var("QM_SIM_CHAOS_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let mut opts = Options::from_seed(seed, 3, chaos);
-    opts.faults = std::env::var("QM_SIM_NOFAULTS").is_err();
-    let started = std::time::Instant::now();
-    let r = cluster::run(&opts);
-    eprintln!("{:?}", opts);
-    for l in &r.trace_tail {
-        eprintln!("{l}");
+fn seeds_1_to_5() {
+    seeds(1..6);
+}
+
+#[test]
+fn seeds_6_to_10() {
+    seeds(6..11);
+}
+
+#[test]
+fn seeds_11_to_15() {
+    seeds(11..16);
+}
+
+#[test]
+fn seeds_16_to_20() {
+    seeds(16..21);
+}
+
+#[test]
+fn same_seed_same_trace() {
+    let a = run(7, 3);
+    let b = run(7, 3);
+    assert_clean(&a);
+    assert_eq!(a.trace_hash, b.trace_hash, "seed 7 ran twice with different traces ({})", a.command());
+    assert_eq!((a.ops, a.faults, a.sim_ms), (b.ops, b.faults, b.sim_ms));
+    let c = run(8, 3);
+    assert_ne!(a.trace_hash, c.trace_hash, "seeds 7 and 8 gave the same trace");
+}
+
+#[test]
+fn pinned_regression_seeds() {
+    for &(seed, nodes) in regressions::SEEDS {
+        assert_clean(&run(seed, nodes));
     }
-    eprintln!(
-        "seed={} hash={} ops={} grants={} writes={} rejected={} faults={:?} sim_ms={} applied={} wall={:?} violation={:?}",
-        r.seed, r.trace_hash, r.ops, r.grants_acked, r.fenced_writes, r.fenced_rejected, r.faults_by_kind, r.sim_ms,
-        r.applied_index, started.elapsed(), r.violation
-    );
 }

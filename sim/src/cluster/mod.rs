@@ -66,6 +66,8 @@ pub struct Violation {
 pub struct Report {
     pub seed: u64,
     pub nodes: u64,
+    pub chaos_ms: u64,
+    pub faults_enabled: bool,
     pub trace_hash: String,
     pub trace_lines: u64,
     /// Operations the clients started.
@@ -85,7 +87,14 @@ pub struct Report {
 impl Report {
     /// The one-line command that reproduces this run.
     pub fn command(&self) -> String {
-        format!("qm sim cluster --seed {} --nodes {}", self.seed, self.nodes)
+        let mut c = format!("qm sim cluster --seed {} --nodes {}", self.seed, self.nodes);
+        if self.chaos_ms != options::CHAOS_MS_DEFAULT {
+            c.push_str(&format!(" --chaos-ms {}", self.chaos_ms));
+        }
+        if !self.faults_enabled {
+            c.push_str(" --no-faults");
+        }
+        c
     }
 }
 
@@ -366,6 +375,8 @@ fn run_inner(opts: &Options) -> Report {
     let report = Report {
         seed: opts.seed,
         nodes: opts.nodes,
+        chaos_ms: opts.chaos_ms,
+        faults_enabled: opts.faults,
         trace_hash: w.trace.hash(),
         trace_lines: w.trace.lines(),
         ops: w.history.ops,

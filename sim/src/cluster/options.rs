@@ -5,6 +5,8 @@ use super::rng::Rng;
 
 /// Most coordinators a run may have.
 pub const NODES_MAX: u64 = 5;
+/// Simulated milliseconds of chaos when not asked otherwise.
+pub const CHAOS_MS_DEFAULT: u64 = 20_000;
 /// Most simulated milliseconds of chaos a run may ask for.
 pub const CHAOS_MS_MAX: u64 = 600_000;
 
