@@ -33,6 +33,7 @@ pub mod regressions;
 pub mod rng;
 pub mod store;
 pub mod trace;
+pub mod workers;
 pub mod workload;
 pub mod world;
 
@@ -48,7 +49,7 @@ use qm_coordinator::raft::state_machine::{Applied, Subscription};
 pub use options::Options;
 
 use clock::SimClock;
-use invariants::{End, Final, Invariant, Obs, Replica};
+use invariants::{End, Final, FinalTask, Invariant, Obs, Replica};
 use nemesis::Nemesis;
 use store::SimStore;
 use world::{lock, Phase, Shared, World};
@@ -169,7 +170,19 @@ fn replicas(shared: &Shared, clocks: &BTreeMap<u64, SimClock>, t: u64, obs: &mut
         if leader {
             obs.leader_clock_max_ms = obs.leader_clock_max_ms.max(clocks[&id].reading_at(t));
         }
-        let (grants, edges) = node.shared.read(|d| (d.state.grants().collect(), d.state.wait_for_edges()));
+        let (grants, edges, waiters, preempt_gap, checkpoints) = node.shared.read(|d| {
+            (
+                d.state.grants().collect(),
+                d.state.wait_for_edges(),
+                d.state.waiters().map(|w| (w.request.0, w.effective_priority)).collect(),
+                d.state.config().preempt_gap,
+                d.state
+                    .tasks()
+                    .iter()
+                    .filter_map(|t| t.checkpoint.as_ref().map(|c| (t.id.0, (c.attempt, c.seq))))
+                    .collect(),
+            )
+        });
         out.push(Replica {
             id,
             leader,
@@ -177,6 +190,9 @@ fn replicas(shared: &Shared, clocks: &BTreeMap<u64, SimClock>, t: u64, obs: &mut
             applied: m.last_applied.map_or(0, |l| l.index),
             grants,
             edges,
+            waiters,
+            preempt_gap,
+            checkpoints,
         });
     }
     out
@@ -221,6 +237,11 @@ fn run_inner(opts: &Options) -> Report {
         lock(&shared).history.progress.insert(format!("c{c}"), 0);
         sim.host(format!("c{c}"), move || workload::run(c, o.clone(), sh.clone()));
         hosts.push(format!("c{c}"));
+    }
+    for w in 1..=opts.workers {
+        let (o, sh) = (opts.clone(), shared.clone());
+        sim.host(format!("w{w}"), move || workers::run(w, o.clone(), sh.clone()));
+        hosts.push(format!("w{w}"));
     }
     {
         let (o, sh) = (opts.clone(), shared.clone());
@@ -321,7 +342,17 @@ fn run_inner(opts: &Options) -> Report {
                                 .state
                                 .tasks()
                                 .iter()
-                                .map(|t| (t.id.0, t.checkpoint.as_ref().map_or(u64::MAX, |c| c.seq)))
+                                .map(|t| {
+                                    (
+                                        t.id.0,
+                                        FinalTask {
+                                            status: t.status,
+                                            attempt: t.attempt,
+                                            output: String::from_utf8_lossy(&t.output).into_owned(),
+                                            checkpoint: t.checkpoint.as_ref().map(|c| (c.attempt, c.seq)),
+                                        },
+                                    )
+                                })
                                 .collect(),
                         })
                     })

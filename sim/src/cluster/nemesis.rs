@@ -9,6 +9,8 @@
 //! | crash + restart | the host's runtime dropped, its store loses a random suffix of the unflushed writes; restarted after a short or a long outage (long: followers come back through a snapshot) |
 //! | clock jump / skew | the node's [`SimClock`] stepped (±) or run fast/slow |
 //! | leadership transfer | `Cluster.TransferLeader` through the control host |
+//! | worker crash + restart | the worker host's runtime dropped; a new incarnation registers |
+//! | worker isolation | every link of a worker held for longer than its session: the coordinator requeues its tasks while its agents run on (zombies) |
 //!
 //! Duplicated requests are the workload's (it resends a request whose answer it "lost").
 //! Message loss in the datagram sense does not exist on TCP; it is modelled as delay
@@ -38,6 +40,7 @@ enum Undo {
     RepairOneway(String, String),
     Latency(String, String),
     Restart(u64),
+    RestartWorker(String),
     Rate(u64),
 }
 
@@ -49,6 +52,7 @@ pub struct Nemesis {
     next_at_ms: u64,
     undo: BTreeMap<u64, Vec<Undo>>,
     crashed: BTreeSet<u64>,
+    crashed_workers: BTreeSet<String>,
     pub stores: BTreeMap<u64, SimStore>,
     pub clocks: BTreeMap<u64, SimClock>,
     /// Faults injected, by kind.
@@ -71,6 +75,7 @@ impl Nemesis {
             next_at_ms: first,
             undo: BTreeMap::new(),
             crashed: BTreeSet::new(),
+            crashed_workers: BTreeSet::new(),
             stores,
             clocks,
             injected: BTreeMap::new(),
@@ -205,11 +210,35 @@ impl Nemesis {
                 trace("clock-rate", format_args!("n{id} {ppm:+}ppm for {dur}ms"));
                 self.count("clock-rate");
             }
-            82..=91 => {
+            82..=88 => {
                 let to = if self.rng.chance(50) { Some(self.node()) } else { None };
                 lock(shared).transfers.push(to);
                 trace("transfer", format_args!("to {to:?}"));
                 self.count("transfer");
+            }
+            89..=92 if self.opts.workers > 0 => {
+                let w = format!("w{}", self.rng.range(1, self.opts.workers + 1));
+                if self.crashed_workers.contains(&w) {
+                    return;
+                }
+                let down = self.rng.range(500, 8_000);
+                sim.crash(w.as_str());
+                self.crashed_workers.insert(w.clone());
+                self.later(t + down, Undo::RestartWorker(w.clone()));
+                trace("worker-crash", format_args!("{w} down {down}ms"));
+                self.count("worker-crash");
+            }
+            93..=95 if self.opts.workers > 0 => {
+                // Longer than a session: the coordinator requeues its tasks and frees their
+                // leases while its agents keep running (zombies once it is back).
+                let w = format!("w{}", self.rng.range(1, self.opts.workers + 1));
+                let dur = self.opts.session_ttl_ms + self.rng.range(500, 5_000);
+                for o in self.hosts.clone().iter().filter(|h| **h != w) {
+                    sim.hold(w.as_str(), o.as_str());
+                    self.later(t + dur, Undo::Release(w.clone(), o.clone()));
+                }
+                trace("worker-isolate", format_args!("{w} for {dur}ms"));
+                self.count("worker-isolate");
             }
             _ => {
                 // A quiet spell: the cluster runs undisturbed for a while.
@@ -233,6 +262,12 @@ impl Nemesis {
                     lock(shared).trace.event(t, "nemesis", format_args!("restart n{id}"));
                 }
             }
+            Undo::RestartWorker(w) => {
+                if self.crashed_workers.remove(&w) {
+                    sim.bounce(w.as_str());
+                    lock(shared).trace.event(t, "nemesis", format_args!("restart {w}"));
+                }
+            }
             Undo::Rate(id) => self.clocks[&id].set_rate(t, 0),
         }
     }
@@ -245,6 +280,9 @@ impl Nemesis {
         }
         for id in std::mem::take(&mut self.crashed) {
             sim.bounce(net::node_host(id).as_str());
+        }
+        for w in std::mem::take(&mut self.crashed_workers) {
+            sim.bounce(w.as_str());
         }
         lock(shared).trace.event(t, "nemesis", format_args!("heal"));
     }

@@ -33,7 +33,11 @@ pub const OPS_MAX: u64 = 10_000;
 /// Polls of a queued request at most.
 pub const POLLS_MAX: u64 = 100;
 
-/// The resource paths of a run.
+/// Priorities clients and tasks ask at: far enough apart (more than the default preemption
+/// gap of 100) that preemption happens on resources declared `preempt`.
+pub const PRIORITIES: [u32; 5] = [10, 10, 50, 150, 300];
+
+/// The resource paths of a run; the first one is declared with the `preempt` policy.
 pub fn resource_paths(opts: &Options) -> Vec<String> {
     (0..opts.resources).map(|i| format!("pg:sim/table:t{i}")).collect()
 }
@@ -86,6 +90,9 @@ pub async fn run(index: u64, opts: Options, shared: Shared) -> turmoil::Result {
         opts,
     };
     tokio::spawn(keepalive(ctx.client.clone(), ctx.session.clone(), ctx.opts.session_ttl_ms));
+    if index == 1 {
+        declare(&mut ctx).await;
+    }
     for op in 0..OPS_MAX {
         if ctx.phase() >= Phase::Converge {
             break;
@@ -104,6 +111,34 @@ pub async fn run(index: u64, opts: Options, shared: Shared) -> turmoil::Result {
         }
     }
     Ok(())
+}
+
+/// Declares the first resource `preempt` (retried until it is acknowledged, bounded).
+async fn declare(ctx: &mut Ctx) {
+    let grace_ms = ctx.rng.range(300, 2_000);
+    let req = pb::DeclareResourceRequest {
+        path: ctx.paths[0].clone(),
+        capacity: None,
+        policy: pb::ResourcePolicy::Preempt as i32,
+        grace_ms,
+    };
+    for _ in 0..20 {
+        let answer = ctx
+            .client
+            .call(|ch| {
+                let req = req.clone();
+                async move { Ok(Client::reservations(ch).declare_resource(req).await?.into_inner()) }
+            })
+            .await;
+        match answer {
+            Ok(r) => {
+                ctx.event("declare", format_args!("{} preempt grace={grace_ms}ms index={}", ctx.paths[0], r.index));
+                return;
+            }
+            Err(e) => ctx.event("declare", format_args!("failed {}", status_text(&e))),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn open_session(ctx: &Ctx) {
@@ -166,7 +201,7 @@ async fn acquire(ctx: &mut Ctx, owner: &str, path: &str) -> Option<AckedGrant> {
         owner: owner.to_string(),
         resources: vec![pb::ResourceRequest { path: path.to_string(), mode: pb::Mode::Exclusive as i32, units: 1 }],
         kind: if wait { pb::AcquireKind::Wait } else { pb::AcquireKind::Try } as i32,
-        priority: ctx.rng.range(1, 4) as u32,
+        priority: *ctx.rng.pick(&PRIORITIES),
         lease_ms: ctx.rng.range(1_000, 5_000),
         wait_timeout_ms: wait.then_some(wait_ms),
     };
@@ -337,12 +372,22 @@ async fn read_op(ctx: &mut Ctx) {
 }
 
 async fn task_op(ctx: &mut Ctx) {
-    let payload = format!("{}-{}", ctx.name, ctx.rng.next_u64()).into_bytes();
+    // A real scripted-executor payload; `output` names the resource the simulated executor
+    // writes to (see `workers`).
+    let path = ctx.rng.pick(&ctx.paths).clone();
+    let payload = serde_json::json!({
+        "executor": "scripted",
+        "duration_ms": ctx.rng.range(300, 3_000),
+        "steps": ctx.rng.range(2, 8),
+        "output": path,
+    })
+    .to_string()
+    .into_bytes();
     let req = pb::SubmitTaskRequest {
         role: "implementer".into(),
-        resources: Vec::new(),
+        resources: vec![pb::ResourceRequest { path, mode: pb::Mode::Exclusive as i32, units: 1 }],
         payload,
-        priority: ctx.rng.range(1, 4) as u32,
+        priority: *ctx.rng.pick(&PRIORITIES),
         work_item_id: String::new(),
         max_attempts: 3,
         timeout_ms: 30_000,

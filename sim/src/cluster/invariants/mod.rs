@@ -19,13 +19,16 @@ pub mod grants;
 pub mod lease_expiry;
 pub mod liveness;
 pub mod mutual_exclusion;
+pub mod preemption;
 pub mod stale_read;
+pub mod task_results;
 pub mod token_order;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use qm_coordinator::raft::state_machine::Applied;
+use qm_coordinator::state::tasks::TaskStatus;
 use qm_coordinator::state::{GrantInfo, OwnerRef};
 
 use super::fenced::FencedWrite;
@@ -40,6 +43,11 @@ pub struct Replica {
     pub applied: u64,
     pub grants: Vec<GrantInfo>,
     pub edges: Vec<(OwnerRef, OwnerRef)>,
+    /// Pending requests: id → effective priority.
+    pub waiters: BTreeMap<u64, u32>,
+    pub preempt_gap: u32,
+    /// Tasks' checkpoints: task → (attempt, sequence).
+    pub checkpoints: BTreeMap<u64, (u32, u64)>,
 }
 
 /// What the checkers see after a step.
@@ -68,7 +76,16 @@ pub struct Final {
     pub applied: u64,
     pub snapshot: Vec<u8>,
     pub grants: Vec<GrantInfo>,
-    pub tasks: BTreeMap<u64, u64>,
+    pub tasks: BTreeMap<u64, FinalTask>,
+}
+
+/// A task in a replica's final state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalTask {
+    pub status: TaskStatus,
+    pub attempt: u32,
+    pub output: String,
+    pub checkpoint: Option<(u32, u64)>,
 }
 
 /// What the checkers see at the end.
@@ -106,6 +123,8 @@ pub fn all() -> Vec<Box<dyn Invariant>> {
         Box::new(deadlock::Deadlock),
         Box::new(stale_read::StaleRead),
         Box::new(grants::Grants),
-        Box::new(durability::Durability),
+        Box::new(preemption::Preemption::default()),
+        Box::new(durability::Durability::default()),
+        Box::new(task_results::TaskResults),
     ]
 }
