@@ -62,6 +62,7 @@ fn line_json(r: &Report) -> serde_json::Value {
         "faults_by_kind": r.faults_by_kind,
         "sim_ms": r.sim_ms,
         "applied_index": r.applied_index,
+        "snapshot_installs": r.snapshot_installs,
         "result": if r.violation.is_some() { "violation" } else { "ok" },
         "violation": r.violation.as_ref().map(|v| json!({"invariant": v.invariant, "message": v.message, "t_ms": v.t_ms})),
         "reproduce": r.command(),

@@ -80,6 +80,7 @@ pub struct Report {
     pub faults_by_kind: BTreeMap<String, u64>,
     pub sim_ms: u64,
     pub applied_index: u64,
+    pub snapshot_installs: u64,
     pub violation: Option<Violation>,
     pub trace_tail: Vec<String>,
     pub trace_all: Option<Vec<String>>,
@@ -131,6 +132,10 @@ struct Observer {
     subs: BTreeMap<u64, (Arc<Node>, Subscription)>,
     applied: BTreeMap<u64, Arc<Applied>>,
     leader_clock_max_ms: u64,
+    /// Each live replica's applied index at the previous step.
+    last_applied: BTreeMap<u64, u64>,
+    /// Followers that caught up by installing a snapshot (their log was purged past them).
+    snapshot_installs: u64,
 }
 
 impl Observer {
@@ -167,6 +172,13 @@ fn replicas(shared: &Shared, clocks: &BTreeMap<u64, SimClock>, t: u64, obs: &mut
     for (id, node) in nodes {
         let m = node.metrics();
         let leader = m.state == ServerState::Leader;
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let snap = m.snapshot.map_or(0, |l| l.index);
+        let before = obs.last_applied.insert(id, applied);
+        if before.is_some_and(|b| snap > b + 1 && applied >= snap && !leader) {
+            obs.snapshot_installs += 1;
+            lock(shared).trace.event(t, "snapshot", format_args!("n{id} installed a snapshot at index {snap}"));
+        }
         if leader {
             obs.leader_clock_max_ms = obs.leader_clock_max_ms.max(clocks[&id].reading_at(t));
         }
@@ -187,7 +199,7 @@ fn replicas(shared: &Shared, clocks: &BTreeMap<u64, SimClock>, t: u64, obs: &mut
             id,
             leader,
             term: m.current_term,
-            applied: m.last_applied.map_or(0, |l| l.index),
+            applied,
             grants,
             edges,
             waiters,
@@ -418,6 +430,7 @@ fn run_inner(opts: &Options) -> Report {
         faults_by_kind: nemesis.injected.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         sim_ms: t,
         applied_index: observer.applied.keys().next_back().copied().unwrap_or(0),
+        snapshot_installs: observer.snapshot_installs,
         violation,
         trace_tail: w.trace.tail().cloned().collect(),
         trace_all: w.trace.all().map(|a| a.to_vec()),

@@ -6,6 +6,7 @@
 //! | isolate a node / the leader | every link of the node held (TCP's view of a partition: data waits and is retransmitted after it heals) or dropped (segments lost: the connection stalls until HTTP/2 keepalive gives up) |
 //! | one-way partition | `partition_oneway` between two coordinators |
 //! | message delay | a link's latency raised to hundreds of ms |
+//! | crash at a vote | a node that has just voted in a new term crashes before the winner's first append reaches it |
 //! | crash + restart | the host's runtime dropped, its store loses a random suffix of the unflushed writes; restarted after a short or a long outage (long: followers come back through a snapshot) |
 //! | clock jump / skew | the node's [`SimClock`] stepped (±) or run fast/slow |
 //! | leadership transfer | `Cluster.TransferLeader` through the control host |
@@ -58,6 +59,8 @@ pub struct Nemesis {
     /// Faults injected, by kind.
     pub injected: BTreeMap<&'static str, u64>,
     hosts: Vec<String>,
+    /// Each node's vote as last seen, to notice a fresh (uncommitted) vote.
+    votes: BTreeMap<u64, (u64, Option<u64>)>,
 }
 
 impl Nemesis {
@@ -80,6 +83,7 @@ impl Nemesis {
             clocks,
             injected: BTreeMap::new(),
             hosts,
+            votes: BTreeMap::new(),
         }
     }
 
@@ -118,7 +122,11 @@ impl Nemesis {
                 self.apply_undo(sim, t, shared, u);
             }
         }
-        if !self.opts.faults || t < self.next_at_ms || lock(shared).phase != Phase::Chaos {
+        if !self.opts.faults || lock(shared).phase != Phase::Chaos {
+            return;
+        }
+        self.crash_at_vote(sim, t, shared);
+        if t < self.next_at_ms {
             return;
         }
         self.next_at_ms = t + self.rng.range(self.opts.fault_gap_ms.0, self.opts.fault_gap_ms.1);
@@ -126,6 +134,55 @@ impl Nemesis {
             return;
         }
         self.inject(sim, t, shared);
+    }
+
+    /// Crashes a node that has just cast a vote in a new term, before the winner's first
+    /// append (whose flush would also cover the vote) — the moment a vote that is not
+    /// durable on its own would be lost.
+    fn crash_at_vote(&mut self, sim: &mut turmoil::Sim<'_>, t: u64, shared: &Shared) {
+        let fresh: Vec<u64> = {
+            let w = lock(shared);
+            let mut fresh = Vec::new();
+            for (id, node) in &w.nodes {
+                let v = node.metrics().vote;
+                let now = (v.leader_id.term, v.leader_id.voted_for());
+                let before = self.votes.insert(*id, now);
+                if before.is_some_and(|b| b != now) && !v.committed && v.leader_id.voted_for() != Some(*id) {
+                    fresh.push(*id);
+                }
+            }
+            fresh
+        };
+        for id in fresh {
+            if self.rng.chance(self.opts.vote_crash_pct) {
+                let down = self.rng.range(100, 1_500);
+                self.crash(sim, t, shared, id, down, "crash-at-vote");
+            }
+        }
+    }
+
+    /// Crashes coordinator `id` for `down` ms (its store keeps a random prefix of what it had
+    /// not flushed), unless that would take down a majority.
+    fn crash(&mut self, sim: &mut turmoil::Sim<'_>, t: u64, shared: &Shared, id: u64, down: u64, kind: &'static str) {
+        let n = self.opts.nodes;
+        if self.crashed.contains(&id) || self.crashed.len() + 1 > ((n - 1) / 2).max(1) as usize {
+            return;
+        }
+        let store = self.stores[&id].clone();
+        let unflushed = store.unflushed();
+        let keep = self.rng.range(0, unflushed as u64 + 1) as usize;
+        lock(shared).nodes.remove(&id);
+        self.votes.remove(&id);
+        sim.crash(net::node_host(id).as_str());
+        let lost = store.crash(keep);
+        self.crashed.insert(id);
+        self.later(t + down, Undo::Restart(id));
+        lock(shared).trace.event(
+            t,
+            "nemesis",
+            format_args!("{kind} n{id} down {down}ms lost {lost} of {unflushed} unflushed writes"),
+        );
+        self.count(kind);
     }
 
     fn node(&mut self) -> u64 {
@@ -179,21 +236,9 @@ impl Nemesis {
             }
             42..=61 => {
                 let id = if self.rng.chance(30) { Nemesis::leader(shared).unwrap_or(1) } else { self.node() };
-                if self.crashed.contains(&id) || self.crashed.len() + 1 > ((n - 1) / 2).max(1) as usize {
-                    return;
-                }
                 let long = self.rng.chance(25);
                 let down = if long { self.rng.range(8_000, 15_000) } else { self.rng.range(200, 3_000) };
-                let store = self.stores[&id].clone();
-                let unflushed = store.unflushed();
-                let keep = self.rng.range(0, unflushed as u64 + 1) as usize;
-                lock(shared).nodes.remove(&id);
-                sim.crash(net::node_host(id).as_str());
-                let lost = store.crash(keep);
-                self.crashed.insert(id);
-                self.later(t + down, Undo::Restart(id));
-                trace("crash", format_args!("n{id} down {down}ms lost {lost} of {unflushed} unflushed writes"));
-                self.count(if long { "crash-long" } else { "crash" });
+                self.crash(sim, t, shared, id, down, if long { "crash-long" } else { "crash" });
             }
             62..=71 => {
                 let id = self.node();

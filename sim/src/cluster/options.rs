@@ -41,6 +41,8 @@ pub struct Options {
     pub keep_trace: bool,
     /// Workers running scripted agents.
     pub workers: u64,
+    /// Percent of fresh votes the nemesis answers with a crash of the voter.
+    pub vote_crash_pct: u64,
 }
 
 impl Options {
@@ -67,6 +69,7 @@ impl Options {
             duplicate_pct: rng.range(0, 15),
             keep_trace: false,
             workers: rng.range(1, 3),
+            vote_crash_pct: rng.range(0, 40),
         }
     }
 

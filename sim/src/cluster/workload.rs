@@ -97,7 +97,7 @@ pub async fn run(index: u64, opts: Options, shared: Shared) -> turmoil::Result {
         if ctx.phase() >= Phase::Converge {
             break;
         }
-        let think = ctx.rng.range(20, 400);
+        let think = ctx.rng.range(10, 200);
         tokio::time::sleep(Duration::from_millis(think)).await;
         if ctx.session.load(Ordering::SeqCst) == 0 {
             open_session(&ctx).await;
