@@ -86,6 +86,9 @@ pub fn run(args: &ClusterArgs) -> ExitCode {
     if args.seed.checked_add(args.seeds).is_none() {
         return usage("--seed plus --seeds overflows");
     }
+    if !cluster::DETERMINISTIC {
+        eprintln!("qm sim cluster: warning: built without --cfg tokio_unstable; a seed may not reproduce its run");
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let started = std::time::Instant::now();

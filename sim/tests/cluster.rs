@@ -63,6 +63,10 @@ fn seeds_16_to_20() {
 
 #[test]
 fn same_seed_same_trace() {
+    assert!(
+        cluster::DETERMINISTIC,
+        "qm-sim was built without --cfg tokio_unstable (see .cargo/config.toml): runs are not reproducible"
+    );
     let a = run(7, 3);
     let b = run(7, 3);
     assert_clean(&a);

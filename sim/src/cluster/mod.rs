@@ -16,11 +16,17 @@
 //! seed: the trace (every client request and answer, every fault, every applied record) is
 //! hashed, and the same seed must give the same hash.
 //!
-//! What determinism needed in practice: openraft's election timeout comes from an unseeded
-//! thread RNG, so each node's range is one wide and the seed picks it; every clock is
-//! simulated time; the client library measures its retry budget on tokio's clock. tokio's
-//! own `select!` branch order is randomized unless built with `--cfg tokio_unstable`; see
-//! `sim/tests/cluster.rs` for what the determinism test shows without it.
+//! What determinism needed in practice:
+//! * openraft draws its election timeout from an unseeded thread RNG: each node's range is
+//!   one wide and the seed picks it;
+//! * every clock is simulated time: the coordinator's `Clock` is a [`clock::SimClock`], and
+//!   the client library and the worker runtime measure durations on tokio's clock (they used
+//!   `std::time::Instant`, which is real time even under turmoil);
+//! * tokio's `select!` picks among ready branches with a per-runtime RNG seeded from the OS
+//!   unless tokio is built with `--cfg tokio_unstable`, which lets turmoil seed it from the
+//!   run's seed. Without it the same seed gave different traces in about one run in three
+//!   once workers were in play; `.cargo/config.toml` sets the flag for the whole workspace,
+//!   and [`DETERMINISTIC`] says whether this build has it.
 
 pub mod clock;
 pub mod fenced;
@@ -53,6 +59,10 @@ use invariants::{End, Final, FinalTask, Invariant, Obs, Replica};
 use nemesis::Nemesis;
 use store::SimStore;
 use world::{lock, Phase, Shared, World};
+
+/// Whether this build seeds tokio's RNG from the run's seed (`--cfg tokio_unstable`); without
+/// it a seed's run can differ from one execution to the next (see the module docs).
+pub const DETERMINISTIC: bool = cfg!(tokio_unstable);
 
 /// A broken invariant.
 #[derive(Clone, Debug)]
