@@ -209,6 +209,8 @@ fn replicas(shared: &Shared, clocks: &BTreeMap<u64, SimClock>, t: u64, obs: &mut
             id,
             leader,
             term: m.current_term,
+            vote: m.vote,
+            vote_text: format!("vote={} leader={:?} last_log={:?}", m.vote, m.current_leader, m.last_log_index),
             applied,
             grants,
             edges,

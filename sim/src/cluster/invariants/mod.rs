@@ -40,6 +40,10 @@ pub struct Replica {
     pub id: u64,
     pub leader: bool,
     pub term: u64,
+    /// The vote this replica has persisted (openraft reports it once `save_vote` returned).
+    pub vote: openraft::Vote<u64>,
+    /// The persisted vote and the leader this replica follows, for reports.
+    pub vote_text: String,
     pub applied: u64,
     pub grants: Vec<GrantInfo>,
     pub edges: Vec<(OwnerRef, OwnerRef)>,
