@@ -7,14 +7,34 @@
 //!
 //! A failure names the seed, the broken invariant and the command that reproduces it.
 //! Runs use `TEST_CHAOS_MS` of chaos (shorter than the CLI's default) to keep the suite fast.
+//!
+//! A run is reproducible from its seed when it has the process to itself: simulations
+//! running at once on other threads share process-wide counters (tokio task ids, ractor
+//! actor ids) that change the order a crashed host's tasks are dropped in. The determinism
+//! tests therefore take [`EXCLUSIVE`] for writing; every other test takes it for reading.
+
+use std::sync::RwLock;
 
 use qm_sim::cluster::{self, regressions, Options, Report};
 
 /// Simulated milliseconds of chaos per test run.
 const TEST_CHAOS_MS: u64 = 10_000;
 
+/// Held for writing by the determinism tests, for reading by every other run.
+static EXCLUSIVE: RwLock<()> = RwLock::new(());
+
+fn run_with(seed: u64, nodes: u64, chaos_ms: u64) -> Report {
+    cluster::run(&Options::from_seed(seed, nodes, chaos_ms))
+}
+
 fn run(seed: u64, nodes: u64) -> Report {
-    cluster::run(&Options::from_seed(seed, nodes, TEST_CHAOS_MS))
+    let _shared = EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner());
+    run_with(seed, nodes, TEST_CHAOS_MS)
+}
+
+fn run_alone(seed: u64, nodes: u64) -> Report {
+    let _alone = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
+    run_with(seed, nodes, TEST_CHAOS_MS)
 }
 
 fn assert_clean(r: &Report) {
@@ -67,8 +87,8 @@ fn same_seed_same_trace() {
         cluster::DETERMINISTIC,
         "qm-sim was built without --cfg tokio_unstable (see .cargo/config.toml): runs are not reproducible"
     );
-    let a = run(7, 3);
-    let b = run(7, 3);
+    let a = run_alone(7, 3);
+    let b = run_alone(7, 3);
     assert_clean(&a);
     assert_eq!(a.trace_hash, b.trace_hash, "seed 7 ran twice with different traces ({})", a.command());
     assert_eq!((a.ops, a.faults, a.sim_ms), (b.ops, b.faults, b.sim_ms));
@@ -78,7 +98,8 @@ fn same_seed_same_trace() {
 
 #[test]
 fn pinned_regression_seeds() {
-    for &(seed, nodes) in regressions::SEEDS {
-        assert_clean(&run(seed, nodes));
+    for &(seed, nodes, chaos_ms) in regressions::SEEDS {
+        let _shared = EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner());
+        assert_clean(&run_with(seed, nodes, chaos_ms));
     }
 }

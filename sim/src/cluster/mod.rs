@@ -222,13 +222,21 @@ fn replicas(shared: &Shared, clocks: &BTreeMap<u64, SimClock>, t: u64, obs: &mut
     out
 }
 
-/// Runs one seed to the end (or to its first violation).
+/// Runs one seed to the end (or to its first violation), on a thread of its own: the
+/// simulation builds its own runtimes (which cannot nest in a caller's), and thread-local
+/// state left by an earlier run on the same thread would make this run differ.
 pub fn run(opts: &Options) -> Report {
     install_panic_hook();
-    PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
-    let report = run_inner(opts);
-    PANICS.with(|p| *p.borrow_mut() = None);
-    report
+    let opts = opts.clone();
+    let run = std::thread::Builder::new().name(format!("sim-seed-{}", opts.seed)).spawn(move || {
+        PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
+        run_inner(&opts)
+    });
+    match run.map(|handle| handle.join()) {
+        Ok(Ok(report)) => report,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => panic!("spawning the simulation thread: {e}"),
+    }
 }
 
 fn run_inner(opts: &Options) -> Report {
