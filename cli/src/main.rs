@@ -32,6 +32,7 @@ mod dev;
 mod job;
 mod reserve;
 mod sim;
+mod sim_cluster;
 mod task;
 mod workflow;
 
@@ -667,6 +668,10 @@ fn main() -> ExitCode {
     let output = if cli.json { Output::Json } else { cli.output };
     let result = match cli.command {
         Command::Script { command } => run_script(command, output),
+        Command::Sim { command: sim::SimCommand::Cluster(mut args) } => {
+            args.output = output;
+            return sim_cluster::run(&args);
+        }
         Command::Sim { command } => sim::run(command, output),
         command => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");

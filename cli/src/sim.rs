@@ -23,6 +23,18 @@ pub enum SimCommand {
         after_help = "Examples:\n  qm sim compare sim/scenarios/replan-under-contention.toml\n  qm sim compare sim/scenarios/standup-rush.toml --vary granularity=coarse,fine\n  qm sim compare S.toml --vary preemption=preempt,inherit,none --vary replan=on,off\n\nSettings: preemption (preempt|inherit|none), replan (on|off), replan_after (e.g. 2s), granularity (coarse|fine), fair_share_points (0..=1000), deadlock_detection (on|off), aging_step (1..=1000).\nEvery variant sees the same arrivals and the same drawn work."
     )]
     Compare(CompareArgs),
+    /// Run the real coordinator cluster (openraft, the gRPC services, workers with agent
+    /// actors) under turmoil: simulated network and time, a nemesis (partitions, loss,
+    /// crashes, clock jumps, duplicated requests, leadership transfer, worker crashes, hung
+    /// agents) and invariants checked every step; then heal and check progress.
+    #[command(after_help = "Examples:
+  qm sim cluster --seed 7
+  qm sim cluster --seeds 500          # the release check
+  qm sim cluster --seed 7 --trace t.log
+
+A failure prints the invariant, the seed and the one-line command that reproduces it.
+The same seed gives the same trace hash (builds use --cfg tokio_unstable, set in .cargo/config.toml).")]
+    Cluster(crate::sim_cluster::ClusterArgs),
 }
 
 #[derive(Args, Debug)]
@@ -73,6 +85,7 @@ pub fn run(command: SimCommand, output: Output) -> Result<(), Failure> {
         return Err(Failure::usage("qm sim prints -o table or -o json (and --report FILE for HTML)"));
     }
     match command {
+        SimCommand::Cluster(_) => Err(Failure::error("qm sim cluster runs from main")),
         SimCommand::Run(a) => {
             let sc = load(&a.scenario)?;
             let seed = a.seed.unwrap_or(sc.seed);

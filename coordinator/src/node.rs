@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
+use qm_shared::client::Connector;
 use qm_shared::pb::v1 as pb;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -90,6 +91,8 @@ pub struct Node {
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub clock: Arc<dyn Clock>,
+    /// How this node dials its peers (real TCP, or the simulator's network).
+    pub connector: Connector,
     batcher: Batcher,
     /// Set while this leader hands leadership over: it proposes nothing (writes answer
     /// UNAVAILABLE and are retried by clients), so the followers' leases lapse and the
@@ -139,6 +142,16 @@ impl Node {
         clock: Arc<dyn Clock>,
         store: S,
     ) -> Result<Arc<Node>, StartError> {
+        Node::start_with_connector(config, clock, store, Connector::tcp()).await
+    }
+
+    /// Like [`Node::start_with`], dialing peers through `connector` (the simulator's network).
+    pub async fn start_with_connector<S: Store>(
+        config: NodeConfig,
+        clock: Arc<dyn Clock>,
+        store: S,
+        connector: Connector,
+    ) -> Result<Arc<Node>, StartError> {
         let raft_config = openraft::Config {
             cluster_name: "quartermaster".into(),
             heartbeat_interval: config.heartbeat_ms,
@@ -158,9 +171,10 @@ impl Node {
         let log = LogStore::new(store.clone());
         let sm = StateMachine::open(store.clone()).map_err(|e| StartError::Raft(e.to_string()))?;
         let shared = sm.shared();
-        let raft = Raft::new(config.id, Arc::new(raft_config), NetworkFactory, log, sm)
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft =
+            Raft::new(config.id, Arc::new(raft_config), NetworkFactory { connector: connector.clone() }, log, sm)
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
         let size_store = store.clone();
         let node = Arc::new(Node {
             id: config.id,
@@ -170,6 +184,7 @@ impl Node {
             raft,
             shared,
             clock,
+            connector,
             restarted_term: watch::Sender::new(0),
             peers: Mutex::new(BTreeMap::new()),
             store_size: Arc::new(move || size_store.size_bytes()),
@@ -214,8 +229,8 @@ impl Node {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let channel =
-            network::channel(addr).map_err(|e| ApiError::Unavailable(format!("leader address {addr}: {e}")))?;
+        let channel = network::channel(addr, &self.connector)
+            .map_err(|e| ApiError::Unavailable(format!("leader address {addr}: {e}")))?;
         let client = network::peer_client(channel);
         // Bounded: addresses come from the membership; forget them all if it ever grows odd.
         if peers.len() >= 64 {

@@ -53,21 +53,59 @@ pub fn normalize(endpoint: &str) -> String {
     }
 }
 
-fn channel(endpoint: &str) -> Result<Channel, ClientError> {
+/// The transport seam: how a configured [`Endpoint`] becomes a [`Channel`].
+///
+/// Production dials real TCP ([`Connector::tcp`], the default); the simulator passes one that
+/// dials its simulated network (`Endpoint::connect_with_connector_lazy`). Every channel the
+/// client library, the coordinator's peer transport and the worker open goes through one.
+#[derive(Clone)]
+pub struct Connector(Arc<dyn Fn(Endpoint) -> Channel + Send + Sync>);
+
+impl Connector {
+    /// Real TCP: `Endpoint::connect_lazy`.
+    pub fn tcp() -> Connector {
+        Connector(Arc::new(|ep: Endpoint| ep.connect_lazy()))
+    }
+
+    /// A connector from a function turning an endpoint into a lazily connected channel.
+    pub fn new(f: impl Fn(Endpoint) -> Channel + Send + Sync + 'static) -> Connector {
+        Connector(Arc::new(f))
+    }
+
+    /// A lazily connected channel for `endpoint`.
+    pub fn connect(&self, endpoint: Endpoint) -> Channel {
+        (self.0)(endpoint)
+    }
+}
+
+impl Default for Connector {
+    fn default() -> Connector {
+        Connector::tcp()
+    }
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector")
+    }
+}
+
+fn channel(endpoint: &str, connector: &Connector) -> Result<Channel, ClientError> {
     let ep = Endpoint::from_shared(normalize(endpoint))
         .map_err(|e| ClientError::BadEndpoint { endpoint: endpoint.to_string(), message: e.to_string() })?;
-    Ok(ep
-        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+    Ok(connector.connect(
+        ep.connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true),
+    ))
 }
 
 #[derive(Debug)]
 struct Inner {
     endpoints: Vec<String>,
     channels: Vec<Channel>,
+    connector: Connector,
     /// Index into `endpoints` of the node believed to lead.
     current: usize,
 }
@@ -94,6 +132,15 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        Client::with_connector(endpoints, Connector::tcp())
+    }
+
+    /// Like [`Client::new`], dialing through `connector` (the simulator's network).
+    pub fn with_connector<I, S>(endpoints: I, connector: Connector) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         let endpoints: Vec<String> = endpoints
             .into_iter()
             .flat_map(|s| s.as_ref().split(',').map(|e| e.trim().to_string()).collect::<Vec<_>>())
@@ -103,8 +150,8 @@ impl Client {
         if endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
-        let channels = endpoints.iter().map(|e| channel(e)).collect::<Result<_, _>>()?;
-        Ok(Client { inner: Arc::new(Mutex::new(Inner { endpoints, channels, current: 0 })) })
+        let channels = endpoints.iter().map(|e| channel(e, &connector)).collect::<Result<_, _>>()?;
+        Ok(Client { inner: Arc::new(Mutex::new(Inner { endpoints, channels, connector, current: 0 })) })
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -140,7 +187,7 @@ impl Client {
         if inner.endpoints.len() >= 64 {
             return Ok(());
         }
-        let ch = channel(&addr)?;
+        let ch = channel(&addr, &inner.connector)?;
         inner.endpoints.push(addr);
         inner.channels.push(ch);
         inner.current = inner.endpoints.len() - 1;
@@ -153,7 +200,8 @@ impl Client {
         F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        let started = std::time::Instant::now();
+        // tokio's clock, not the OS's: the same in production, and simulated time in the simulator.
+        let started = tokio::time::Instant::now();
         let mut backoff = BACKOFF_MS_FIRST;
         let mut last = Status::unavailable("no attempt made");
         for _ in 0..ATTEMPTS_MAX {

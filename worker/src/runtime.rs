@@ -17,7 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, not the OS's: the same in production, simulated time in the simulator.
+use tokio::time::Instant;
 
 use futures::StreamExt;
 use qm_shared::agent::task_owner;
@@ -28,7 +31,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc;
 
 use crate::agent::{Action, Agent, Assignment, Event, Lease, Outcome, Report};
-use crate::executor::{self, Control, Usage};
+use crate::executor::{self, Control, ExecEvent, ExecRequest, ExecResult, Usage};
 
 /// Lease asked for each task resource; extended every third of it while held.
 pub const TASK_LEASE_MS: u64 = 60_000;
@@ -99,9 +102,52 @@ struct Book {
 /// The slot name of a parked task.
 const PARKED: &str = "(parked)";
 
+/// The executor seam: what runs a task once its agent holds the resources. Production uses
+/// [`executor::run`] ([`Executor::builtin`]); the simulator wraps it to also write to its
+/// fenced resources and to hang.
+#[derive(Clone)]
+pub struct Executor(
+    Arc<
+        dyn Fn(
+                ExecRequest,
+                mpsc::Sender<ExecEvent>,
+                mpsc::Receiver<Control>,
+            ) -> futures::future::BoxFuture<'static, ExecResult>
+            + Send
+            + Sync,
+    >,
+);
+
+impl Executor {
+    /// The executors of [`executor::run`] (scripted, command, llm).
+    pub fn builtin() -> Executor {
+        Executor::new(|req, events, control| Box::pin(executor::run(req, events, control)))
+    }
+
+    pub fn new(
+        f: impl Fn(
+                ExecRequest,
+                mpsc::Sender<ExecEvent>,
+                mpsc::Receiver<Control>,
+            ) -> futures::future::BoxFuture<'static, ExecResult>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Executor {
+        Executor(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Executor")
+    }
+}
+
 #[derive(Clone)]
 struct Shared {
     client: Client,
+    executor: Executor,
     session: Arc<AtomicU64>,
     up: mpsc::Sender<pb::WorkerMessage>,
     book: Arc<Mutex<Book>>,
@@ -236,7 +282,7 @@ async fn perform(myself: &ActorRef<AgentMsg>, st: &mut AgentState, action: Actio
             st.control = Some(control_tx);
             let me = myself.clone();
             tokio::spawn(async move {
-                let run = tokio::spawn(executor::run(req, events_tx, control_rx));
+                let run = tokio::spawn((shared.executor.0)(req, events_tx, control_rx));
                 while let Some(ev) = events_rx.recv().await {
                     let _ = me.cast(AgentMsg::Event(Event::Exec(ev)));
                 }
@@ -792,9 +838,20 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
+    run_with(client, config, Executor::builtin(), shutdown).await
+}
+
+/// [`run`] with the executor seam set (the simulator's).
+pub async fn run_with(
+    client: Client,
+    config: WorkerConfig,
+    executor: Executor,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
     let (up_tx, mut up_rx) = mpsc::channel(UP_BUFFER_LEN);
     let shared = Shared {
         client: client.clone(),
+        executor,
         session: Arc::new(AtomicU64::new(0)),
         up: up_tx,
         book: Arc::new(Mutex::new(Book::default())),

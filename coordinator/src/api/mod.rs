@@ -33,6 +33,27 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    // A caller-supplied listener bypasses the builder's socket options: set them here, or
+    // small replies wait on Nagle and the peer's delayed ACK (~40 ms per round trip).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(30)));
+    serve_incoming(node, incoming, shutdown).await
+}
+
+/// Serves every gRPC service of `node` on a stream of accepted connections (the transport
+/// seam: real TCP in [`serve`], the simulator's network in `qm-sim`) until `shutdown` resolves.
+pub async fn serve_incoming<I, IO, IE>(
+    node: Arc<Node>,
+    incoming: I,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error>
+where
+    I: futures::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (health, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(report_health(node.clone(), health));
     let reflection = tonic_reflection::server::Builder::configure()
@@ -75,14 +96,7 @@ pub async fn serve(
         .add_service(jobs)
         .add_service(gateway)
         .add_service(peer)
-        // A caller-supplied listener bypasses the builder's socket options: set them here, or
-        // small replies wait on Nagle and the peer's delayed ACK (~40 ms per round trip).
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(30))),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 

@@ -80,7 +80,7 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<pb::TransferLea
     node.raft.runtime_config().heartbeat(false);
     let result = async {
         let mut client = crate::raft::network::peer_client(
-            crate::raft::network::channel(&addr).map_err(|e| ApiError::Unavailable(e.to_string()))?,
+            crate::raft::network::channel(&addr, &node.connector).map_err(|e| ApiError::Unavailable(e.to_string()))?,
         );
         client
             .elect(pb::ElectRequest { term })

@@ -13,6 +13,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use qm_shared::client::Connector;
 use qm_shared::limits::PEER_MESSAGE_BYTES_MAX;
 use qm_shared::pb::v1 as pb;
 use tonic::transport::{Channel, Endpoint};
@@ -22,18 +23,20 @@ use super::{Node, NodeId, TypeConfig};
 /// How long to wait for a TCP connection to a peer.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
 
-/// Opens a lazily connected channel to a peer's gRPC address.
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+/// Opens a lazily connected channel to a peer's gRPC address, dialing through `connector`
+/// (real TCP in production, the simulated network in the simulator).
+pub fn channel(addr: &str, connector: &Connector) -> Result<Channel, tonic::transport::Error> {
     let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
     } else {
         format!("http://{addr}")
     };
-    Ok(Endpoint::from_shared(uri)?
-        .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .connect_lazy())
+    Ok(connector.connect(
+        Endpoint::from_shared(uri)?
+            .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10)),
+    ))
 }
 
 /// A peer client for openraft's RPCs.
@@ -51,15 +54,17 @@ pub(crate) fn from_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
     bincode::deserialize(bytes)
 }
 
-/// Creates one [`Network`] per peer.
+/// Creates one [`Network`] per peer, dialing through its connector.
 #[derive(Clone, Debug, Default)]
-pub struct NetworkFactory;
+pub struct NetworkFactory {
+    pub connector: Connector,
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Network;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Network {
-        Network { target, addr: node.addr.clone(), client: channel(&node.addr).ok().map(peer_client) }
+        Network { target, addr: node.addr.clone(), client: channel(&node.addr, &self.connector).ok().map(peer_client) }
     }
 }
 

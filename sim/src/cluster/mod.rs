@@ -1,0 +1,463 @@
+//! Level-B simulation: the real coordinator cluster under turmoil.
+//!
+//! ```text
+//!   seed ─▶ Options (nodes, clients, latencies, election timeouts, snapshot threshold, …)
+//!        ─▶ turmoil Sim: hosts n1..nN  real Node + real gRPC services on SimStore/SimClock
+//!                        hosts c1..cK  workload through the real client library
+//!                        host  ctl     leadership transfers for the nemesis
+//!        ─▶ loop, one 1 ms step at a time, bounded by Options::deadline_ms:
+//!              nemesis.before_step ─▶ sim.step ─▶ observe ─▶ every invariant
+//!           phases: chaos (faults) ─▶ heal ─▶ liveness ─▶ converge ─▶ end checks
+//!        ─▶ Report { trace hash, ops, faults, violation? }
+//! ```
+//!
+//! Everything inside the hosts is production code; the simulator owns only the network, the
+//! clocks, the disks, the workload, the faults and the checkers. A run is a function of its
+//! seed: the trace (every client request and answer, every fault, every applied record) is
+//! hashed, and the same seed must give the same hash.
+//!
+//! What determinism needed in practice:
+//! * openraft draws its election timeout from an unseeded thread RNG: each node's range is
+//!   one wide and the seed picks it;
+//! * every clock is simulated time: the coordinator's `Clock` is a [`clock::SimClock`], and
+//!   the client library and the worker runtime measure durations on tokio's clock (they used
+//!   `std::time::Instant`, which is real time even under turmoil);
+//! * tokio's `select!` picks among ready branches with a per-runtime RNG seeded from the OS
+//!   unless tokio is built with `--cfg tokio_unstable`, which lets turmoil seed it from the
+//!   run's seed. Without it the same seed gave different traces in about one run in three
+//!   once workers were in play; `.cargo/config.toml` sets the flag for the whole workspace,
+//!   and [`DETERMINISTIC`] says whether this build has it.
+
+pub mod clock;
+pub mod fenced;
+pub mod hosts;
+pub mod invariants;
+pub mod nemesis;
+pub mod net;
+pub mod options;
+pub mod regressions;
+pub mod rng;
+pub mod store;
+pub mod trace;
+pub mod workers;
+pub mod workload;
+pub mod world;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use qm_coordinator::node::Node;
+use qm_coordinator::raft::state_machine::{Applied, Subscription};
+
+pub use options::Options;
+
+use clock::SimClock;
+use invariants::{End, Final, FinalTask, Invariant, Obs, Replica};
+use nemesis::Nemesis;
+use store::SimStore;
+use world::{lock, Phase, Shared, World};
+
+/// Whether this build seeds tokio's RNG from the run's seed (`--cfg tokio_unstable`); without
+/// it a seed's run can differ from one execution to the next (see the module docs).
+pub const DETERMINISTIC: bool = cfg!(tokio_unstable);
+
+/// A broken invariant.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub invariant: String,
+    pub message: String,
+    pub t_ms: u64,
+}
+
+/// The outcome of one seed.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub seed: u64,
+    pub nodes: u64,
+    pub chaos_ms: u64,
+    pub faults_enabled: bool,
+    pub trace_hash: String,
+    pub trace_lines: u64,
+    /// Operations the clients started.
+    pub ops: u64,
+    pub grants_acked: u64,
+    pub fenced_writes: u64,
+    pub fenced_rejected: u64,
+    pub faults: u64,
+    pub faults_by_kind: BTreeMap<String, u64>,
+    pub sim_ms: u64,
+    pub applied_index: u64,
+    pub snapshot_installs: u64,
+    pub violation: Option<Violation>,
+    pub trace_tail: Vec<String>,
+    pub trace_all: Option<Vec<String>>,
+}
+
+impl Report {
+    /// The one-line command that reproduces this run.
+    pub fn command(&self) -> String {
+        let mut c = format!("qm sim cluster --seed {} --nodes {}", self.seed, self.nodes);
+        if self.chaos_ms != options::CHAOS_MS_DEFAULT {
+            c.push_str(&format!(" --chaos-ms {}", self.chaos_ms));
+        }
+        if !self.faults_enabled {
+            c.push_str(" --no-faults");
+        }
+        c
+    }
+}
+
+thread_local! {
+    /// Panics raised on this thread while a simulation runs on it (host tasks included).
+    static PANICS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let recorded = PANICS.with(|p| match p.borrow_mut().as_mut() {
+                Some(list) => {
+                    if list.len() < 16 {
+                        list.push(info.to_string());
+                    }
+                    true
+                }
+                None => false,
+            });
+            if !recorded {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Subscriptions to each live replica's applied records.
+#[derive(Default)]
+struct Observer {
+    subs: BTreeMap<u64, (Arc<Node>, Subscription)>,
+    applied: BTreeMap<u64, Arc<Applied>>,
+    leader_clock_max_ms: u64,
+    /// Each live replica's applied index at the previous step.
+    last_applied: BTreeMap<u64, u64>,
+    /// Followers that caught up by installing a snapshot (their log was purged past them).
+    snapshot_installs: u64,
+}
+
+impl Observer {
+    fn drain(&mut self, shared: &Shared, t: u64) -> Vec<(u64, Arc<Applied>)> {
+        let nodes: Vec<(u64, Arc<Node>)> = lock(shared).nodes.iter().map(|(k, v)| (*k, v.clone())).collect();
+        self.subs.retain(|id, (n, _)| nodes.iter().any(|(i, m)| i == id && Arc::ptr_eq(n, m)));
+        let mut out = Vec::new();
+        for (id, node) in nodes {
+            let (_, rx) = self.subs.entry(id).or_insert_with(|| (node.clone(), node.shared.subscribe()));
+            for _ in 0..100_000 {
+                match rx.try_recv() {
+                    Ok(a) => out.push((id, a)),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
+                        lock(shared).trace.event(t, "observer", format_args!("n{id} lagged {n} records"));
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut w = lock(shared);
+        for (id, a) in &out {
+            if !self.applied.contains_key(&a.index) {
+                w.trace.event(t, "apply", format_args!("n{id} index={} now={} {:?}", a.index, a.now, a.effects));
+                self.applied.insert(a.index, a.clone());
+            }
+        }
+        out
+    }
+}
+
+fn replicas(shared: &Shared, clocks: &BTreeMap<u64, SimClock>, t: u64, obs: &mut Observer) -> Vec<Replica> {
+    let nodes: Vec<(u64, Arc<Node>)> = lock(shared).nodes.iter().map(|(k, v)| (*k, v.clone())).collect();
+    let mut out = Vec::new();
+    for (id, node) in nodes {
+        let m = node.metrics();
+        let leader = m.state == ServerState::Leader;
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let snap = m.snapshot.map_or(0, |l| l.index);
+        let before = obs.last_applied.insert(id, applied);
+        if before.is_some_and(|b| snap > b + 1 && applied >= snap && !leader) {
+            obs.snapshot_installs += 1;
+            lock(shared).trace.event(t, "snapshot", format_args!("n{id} installed a snapshot at index {snap}"));
+        }
+        if leader {
+            obs.leader_clock_max_ms = obs.leader_clock_max_ms.max(clocks[&id].reading_at(t));
+        }
+        let (grants, edges, waiters, preempt_gap, checkpoints) = node.shared.read(|d| {
+            (
+                d.state.grants().collect(),
+                d.state.wait_for_edges(),
+                d.state.waiters().map(|w| (w.request.0, w.effective_priority)).collect(),
+                d.state.config().preempt_gap,
+                d.state
+                    .tasks()
+                    .iter()
+                    .filter_map(|t| t.checkpoint.as_ref().map(|c| (t.id.0, (c.attempt, c.seq))))
+                    .collect(),
+            )
+        });
+        out.push(Replica {
+            id,
+            leader,
+            term: m.current_term,
+            vote: m.vote,
+            vote_text: format!("vote={} leader={:?} last_log={:?}", m.vote, m.current_leader, m.last_log_index),
+            applied,
+            grants,
+            edges,
+            waiters,
+            preempt_gap,
+            checkpoints,
+        });
+    }
+    out
+}
+
+/// Runs one seed to the end (or to its first violation), on a thread of its own: the
+/// simulation builds its own runtimes (which cannot nest in a caller's), and thread-local
+/// state left by an earlier run on the same thread would make this run differ.
+pub fn run(opts: &Options) -> Report {
+    install_panic_hook();
+    let opts = opts.clone();
+    let run = std::thread::Builder::new().name(format!("sim-seed-{}", opts.seed)).spawn(move || {
+        PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
+        run_inner(&opts)
+    });
+    match run.map(|handle| handle.join()) {
+        Ok(Ok(report)) => report,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => panic!("spawning the simulation thread: {e}"),
+    }
+}
+
+fn run_inner(opts: &Options) -> Report {
+    let shared = World::new(opts.keep_trace);
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_millis(opts.deadline_ms() + 10_000))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(opts.latency_ms.0))
+        .max_message_latency(Duration::from_millis(opts.latency_ms.1))
+        .tcp_capacity(65_536)
+        .rng_seed(opts.seed)
+        .build();
+
+    let mut stores = BTreeMap::new();
+    let mut clocks = BTreeMap::new();
+    let mut rng = rng::Rng::new(opts.seed).fork(3);
+    let mut hosts = Vec::new();
+    for id in 1..=opts.nodes {
+        let store = SimStore::new();
+        let clock = SimClock::new(rng.range(0, 2_000) as i64 - 1_000);
+        stores.insert(id, store.clone());
+        clocks.insert(id, clock.clone());
+        let host = hosts::NodeHost { id, store, clock, config: hosts::node_config(opts, id) };
+        let sh = shared.clone();
+        sim.host(net::node_host(id), move || host.clone().run(sh.clone()));
+        hosts.push(net::node_host(id));
+    }
+    for c in 1..=opts.clients {
+        let (o, sh) = (opts.clone(), shared.clone());
+        lock(&shared).history.progress.insert(format!("c{c}"), 0);
+        sim.host(format!("c{c}"), move || workload::run(c, o.clone(), sh.clone()));
+        hosts.push(format!("c{c}"));
+    }
+    for w in 1..=opts.workers {
+        let (o, sh) = (opts.clone(), shared.clone());
+        sim.host(format!("w{w}"), move || workers::run(w, o.clone(), sh.clone()));
+        hosts.push(format!("w{w}"));
+    }
+    {
+        let (o, sh) = (opts.clone(), shared.clone());
+        sim.host("ctl", move || nemesis::control(o.clone(), sh.clone()));
+        hosts.push("ctl".into());
+    }
+
+    let mut nemesis = Nemesis::new(opts, stores.clone(), clocks.clone(), hosts);
+    let mut checks = invariants::all();
+    let mut liveness = invariants::liveness::Liveness::default();
+    let mut observer = Observer::default();
+    let mut healed_at: Option<u64> = None;
+    let mut converge_started = 0;
+    let mut violation: Option<Violation> = None;
+    let mut finals: Vec<Final> = Vec::new();
+    let fail = |name: &str, message: String, t_ms: u64| Some(Violation { invariant: name.to_string(), message, t_ms });
+
+    let steps_max = opts.deadline_ms();
+    let mut t = 0;
+    for _ in 0..steps_max {
+        t = sim.elapsed().as_millis() as u64;
+        for c in clocks.values() {
+            c.set_now(t);
+        }
+        let phase = lock(&shared).phase;
+        if phase == Phase::Chaos && t >= opts.chaos_ms {
+            nemesis.heal(&mut sim, t, &shared);
+            healed_at = Some(t);
+            lock(&shared).phase = Phase::Liveness;
+        } else if phase == Phase::Liveness {
+            let clients = opts.clients as usize;
+            if liveness.satisfied(clients) || t >= healed_at.unwrap_or(0) + opts.liveness_ms {
+                lock(&shared).phase = Phase::Converge;
+                lock(&shared).trace.event(t, "phase", format_args!("converge"));
+                converge_started = t;
+            }
+        }
+        nemesis.before_step(&mut sim, t, &shared);
+        if let Err(e) = sim.step() {
+            violation = fail("host-software", format!("a host failed: {e}"), t);
+            break;
+        }
+        t = sim.elapsed().as_millis() as u64;
+        if let Some(p) = PANICS.with(|p| p.borrow().as_ref().and_then(|l| l.first().cloned())) {
+            violation = fail("no-panic", format!("a host panicked: {p}"), t);
+            break;
+        }
+        let records = observer.drain(&shared, t);
+        let reps = replicas(&shared, &clocks, t, &mut observer);
+        let (writes, reads, phase) = {
+            let mut w = lock(&shared);
+            w.applied_max = w.applied_max.max(reps.iter().map(|r| r.applied).max().unwrap_or(0));
+            (std::mem::take(&mut w.new_writes), std::mem::take(&mut w.history.reads), w.phase)
+        };
+        {
+            let w = lock(&shared);
+            let obs = Obs {
+                t_ms: t,
+                phase,
+                healed_at_ms: healed_at,
+                replicas: &reps,
+                records: &records,
+                applied: &observer.applied,
+                writes: &writes,
+                reads: &reads,
+                history: &w.history,
+                leader_clock_max_ms: observer.leader_clock_max_ms,
+            };
+            for c in checks.iter_mut() {
+                if let Err(m) = c.on_step(&obs) {
+                    violation = fail(c.name(), m, t);
+                    break;
+                }
+            }
+            if violation.is_none() {
+                if let Err(m) = liveness.on_step(&obs) {
+                    violation = fail(liveness.name(), m, t);
+                }
+            }
+        }
+        if violation.is_some() {
+            break;
+        }
+        if phase == Phase::Converge {
+            let all_up = reps.len() as u64 == opts.nodes;
+            let same = reps.windows(2).all(|p| p[0].applied == p[1].applied);
+            let nodes: Vec<(u64, Arc<Node>)> = lock(&shared).nodes.iter().map(|(k, v)| (*k, v.clone())).collect();
+            if all_up && same && reps.first().is_some_and(|r| r.applied > 0) && t >= converge_started + 2_000 {
+                finals = nodes
+                    .iter()
+                    .map(|(id, n)| {
+                        n.shared.read(|d| Final {
+                            id: *id,
+                            applied: d.last_applied.map_or(0, |l| l.index),
+                            snapshot: d.state.snapshot(),
+                            grants: d.state.grants().collect(),
+                            tasks: d
+                                .state
+                                .tasks()
+                                .iter()
+                                .map(|t| {
+                                    (
+                                        t.id.0,
+                                        FinalTask {
+                                            status: t.status,
+                                            attempt: t.attempt,
+                                            output: String::from_utf8_lossy(&t.output).into_owned(),
+                                            checkpoint: t.checkpoint.as_ref().map(|c| (c.attempt, c.seq)),
+                                        },
+                                    )
+                                })
+                                .collect(),
+                        })
+                    })
+                    .collect();
+                lock(&shared).phase = Phase::Done;
+                break;
+            }
+            if t >= converge_started + opts.converge_ms {
+                let applied: Vec<String> = reps.iter().map(|r| format!("n{}@{}", r.id, r.applied)).collect();
+                violation = fail(
+                    "replicas-converge",
+                    format!("replicas did not catch up within {}ms: {}", opts.converge_ms, applied.join(" ")),
+                    t,
+                );
+                break;
+            }
+        }
+    }
+    if violation.is_none() {
+        if finals.is_empty() {
+            violation = fail("run-finished", format!("the run hit its deadline at {t}ms before converging"), t);
+        } else {
+            let w = lock(&shared);
+            let end = End {
+                t_ms: t,
+                healed_at_ms: healed_at.unwrap_or(0),
+                replicas: &finals,
+                applied: &observer.applied,
+                history: &w.history,
+            };
+            for c in checks.iter_mut() {
+                if let Err(m) = c.at_end(&end) {
+                    violation = fail(c.name(), m, t);
+                    break;
+                }
+            }
+            if violation.is_none() {
+                if let Err(m) = liveness.at_end(&end) {
+                    violation = fail(liveness.name(), m, t);
+                }
+            }
+        }
+    }
+    lock(&shared).phase = Phase::Done;
+    let mut w = lock(&shared);
+    if let Some(v) = &violation {
+        w.trace.event(v.t_ms, "VIOLATION", format_args!("{}: {}", v.invariant, v.message));
+    }
+    let fenced_writes = w.fenced.values().map(|f| f.accepted + f.rejected).sum();
+    let fenced_rejected = w.fenced.values().map(|f| f.rejected).sum();
+    let report = Report {
+        seed: opts.seed,
+        nodes: opts.nodes,
+        chaos_ms: opts.chaos_ms,
+        faults_enabled: opts.faults,
+        trace_hash: w.trace.hash(),
+        trace_lines: w.trace.lines(),
+        ops: w.history.ops,
+        grants_acked: w.history.grants.len() as u64,
+        fenced_writes,
+        fenced_rejected,
+        faults: nemesis.total(),
+        faults_by_kind: nemesis.injected.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        sim_ms: t,
+        applied_index: observer.applied.keys().next_back().copied().unwrap_or(0),
+        snapshot_installs: observer.snapshot_installs,
+        violation,
+        trace_tail: w.trace.tail().cloned().collect(),
+        trace_all: w.trace.all().map(|a| a.to_vec()),
+    };
+    drop(w);
+    // Drop every host (and the node handles) while the simulation is still alive.
+    lock(&shared).nodes.clear();
+    drop(sim);
+    report
+}

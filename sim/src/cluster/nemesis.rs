@@ -1,0 +1,369 @@
+//! The nemesis: faults drawn from the seed, injected between simulation steps, each undone
+//! after its own duration; at the heal every fault is undone at once.
+//!
+//! | fault | how |
+//! |---|---|
+//! | isolate a node / the leader | every link of the node held (TCP's view of a partition: data waits and is retransmitted after it heals) or dropped (segments lost: the connection stalls until HTTP/2 keepalive gives up) |
+//! | one-way partition | `partition_oneway` between two coordinators |
+//! | message delay | a link's latency raised to hundreds of ms |
+//! | crash at a vote | a node that has just voted in a new term crashes before the winner's first append reaches it |
+//! | crash + restart | the host's runtime dropped, its store loses a random suffix of the unflushed writes; restarted after a short or a long outage (long: followers come back through a snapshot) |
+//! | clock jump / skew | the node's [`SimClock`] stepped (±) or run fast/slow |
+//! | leadership transfer | `Cluster.TransferLeader` through the control host |
+//! | worker crash + restart | the worker host's runtime dropped; a new incarnation registers |
+//! | worker isolation | every link of a worker held for longer than its session: the coordinator requeues its tasks while its agents run on (zombies) |
+//!
+//! Duplicated requests are the workload's (it resends a request whose answer it "lost").
+//! Message loss in the datagram sense does not exist on TCP; it is modelled as delay
+//! (held links) and as lost segments (dropped links), see above.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use qm_shared::client::Client;
+use qm_shared::pb::v1 as pb;
+
+use super::clock::SimClock;
+use super::net;
+use super::options::Options;
+use super::rng::Rng;
+use super::store::SimStore;
+use super::world::{lock, now_ms, Phase, Shared};
+
+/// Faults in force at once at most (a new one waits).
+pub const FAULTS_ACTIVE_MAX: usize = 3;
+
+/// Something to undo later.
+#[derive(Clone, Debug)]
+enum Undo {
+    Repair(String, String),
+    Release(String, String),
+    RepairOneway(String, String),
+    Latency(String, String),
+    Restart(u64),
+    RestartWorker(String),
+    Rate(u64),
+}
+
+/// The fault injector of one run.
+#[derive(Debug)]
+pub struct Nemesis {
+    rng: Rng,
+    opts: Options,
+    next_at_ms: u64,
+    undo: BTreeMap<u64, Vec<Undo>>,
+    crashed: BTreeSet<u64>,
+    crashed_workers: BTreeSet<String>,
+    pub stores: BTreeMap<u64, SimStore>,
+    pub clocks: BTreeMap<u64, SimClock>,
+    /// Faults injected, by kind.
+    pub injected: BTreeMap<&'static str, u64>,
+    hosts: Vec<String>,
+    /// Each node's vote as last seen, to notice a fresh (uncommitted) vote.
+    votes: BTreeMap<u64, (u64, Option<u64>)>,
+}
+
+impl Nemesis {
+    pub fn new(
+        opts: &Options,
+        stores: BTreeMap<u64, SimStore>,
+        clocks: BTreeMap<u64, SimClock>,
+        hosts: Vec<String>,
+    ) -> Nemesis {
+        let mut rng = Rng::new(opts.seed).fork(2);
+        let first = rng.range(1_000, 3_000);
+        Nemesis {
+            rng,
+            opts: opts.clone(),
+            next_at_ms: first,
+            undo: BTreeMap::new(),
+            crashed: BTreeSet::new(),
+            crashed_workers: BTreeSet::new(),
+            stores,
+            clocks,
+            injected: BTreeMap::new(),
+            hosts,
+            votes: BTreeMap::new(),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.injected.values().sum()
+    }
+
+    fn count(&mut self, kind: &'static str) {
+        *self.injected.entry(kind).or_default() += 1;
+    }
+
+    fn active(&self) -> usize {
+        self.undo.values().map(Vec::len).sum()
+    }
+
+    fn later(&mut self, at: u64, u: Undo) {
+        self.undo.entry(at).or_default().push(u);
+    }
+
+    /// The leader as the live nodes see it (the highest term's).
+    fn leader(shared: &Shared) -> Option<u64> {
+        let w = lock(shared);
+        w.nodes
+            .values()
+            .map(|n| n.metrics())
+            .filter(|m| m.state == openraft::ServerState::Leader)
+            .max_by_key(|m| m.current_term)
+            .map(|m| m.id)
+    }
+
+    /// Runs before each step: undoes what is due, and injects the next fault when it is time.
+    pub fn before_step(&mut self, sim: &mut turmoil::Sim<'_>, t: u64, shared: &Shared) {
+        let due: Vec<u64> = self.undo.range(..=t).map(|(k, _)| *k).collect();
+        for k in due {
+            for u in self.undo.remove(&k).unwrap_or_default() {
+                self.apply_undo(sim, t, shared, u);
+            }
+        }
+        if !self.opts.faults || lock(shared).phase != Phase::Chaos {
+            return;
+        }
+        self.crash_at_vote(sim, t, shared);
+        if t < self.next_at_ms {
+            return;
+        }
+        self.next_at_ms = t + self.rng.range(self.opts.fault_gap_ms.0, self.opts.fault_gap_ms.1);
+        if self.active() >= FAULTS_ACTIVE_MAX {
+            return;
+        }
+        self.inject(sim, t, shared);
+    }
+
+    /// Crashes a node that has just cast a vote in a new term, before the winner's first
+    /// append (whose flush would also cover the vote) — the moment a vote that is not
+    /// durable on its own would be lost.
+    fn crash_at_vote(&mut self, sim: &mut turmoil::Sim<'_>, t: u64, shared: &Shared) {
+        let fresh: Vec<u64> = {
+            let w = lock(shared);
+            let mut fresh = Vec::new();
+            for (id, node) in &w.nodes {
+                let v = node.metrics().vote;
+                let now = (v.leader_id.term, v.leader_id.voted_for());
+                let before = self.votes.insert(*id, now);
+                if before.is_some_and(|b| b != now) && !v.committed && v.leader_id.voted_for() != Some(*id) {
+                    fresh.push(*id);
+                }
+            }
+            fresh
+        };
+        for id in fresh {
+            if self.rng.chance(self.opts.vote_crash_pct) {
+                let down = self.rng.range(100, 1_500);
+                self.crash(sim, t, shared, id, down, "crash-at-vote");
+            }
+        }
+    }
+
+    /// Crashes coordinator `id` for `down` ms (its store keeps a random prefix of what it had
+    /// not flushed), unless that would take down a majority.
+    fn crash(&mut self, sim: &mut turmoil::Sim<'_>, t: u64, shared: &Shared, id: u64, down: u64, kind: &'static str) {
+        let n = self.opts.nodes;
+        if self.crashed.contains(&id) || self.crashed.len() + 1 > ((n - 1) / 2).max(1) as usize {
+            return;
+        }
+        let store = self.stores[&id].clone();
+        let unflushed = store.unflushed();
+        let keep = self.rng.range(0, unflushed as u64 + 1) as usize;
+        lock(shared).nodes.remove(&id);
+        self.votes.remove(&id);
+        sim.crash(net::node_host(id).as_str());
+        let lost = store.crash(keep);
+        self.crashed.insert(id);
+        self.later(t + down, Undo::Restart(id));
+        lock(shared).trace.event(
+            t,
+            "nemesis",
+            format_args!("{kind} n{id} down {down}ms lost {lost} of {unflushed} unflushed writes"),
+        );
+        self.count(kind);
+    }
+
+    fn node(&mut self) -> u64 {
+        self.rng.range(1, self.opts.nodes + 1)
+    }
+
+    fn inject(&mut self, sim: &mut turmoil::Sim<'_>, t: u64, shared: &Shared) {
+        let n = self.opts.nodes;
+        let kind = self.rng.range(0, 100);
+        let dur = self.rng.range(500, 6_000);
+        let trace = |what: &str, detail: std::fmt::Arguments<'_>| {
+            lock(shared).trace.event(t, "nemesis", format_args!("{what} {detail}"))
+        };
+        match kind {
+            0..=19 => {
+                let target = if self.rng.chance(50) { Nemesis::leader(shared).unwrap_or(1) } else { self.node() };
+                let me = net::node_host(target);
+                let hold = self.rng.chance(50);
+                let others: Vec<String> = self.hosts.iter().filter(|h| **h != me).cloned().collect();
+                for o in &others {
+                    if hold {
+                        sim.hold(me.as_str(), o.as_str());
+                        self.later(t + dur, Undo::Release(me.clone(), o.clone()));
+                    } else {
+                        sim.partition(me.as_str(), o.as_str());
+                        self.later(t + dur, Undo::Repair(me.clone(), o.clone()));
+                    }
+                }
+                trace("isolate", format_args!("{me} {} for {dur}ms", if hold { "held" } else { "dropped" }));
+                self.count("isolate");
+            }
+            20..=29 if n > 1 => {
+                let a = self.node();
+                let b = (a % n) + 1;
+                let (a, b) = (net::node_host(a), net::node_host(b));
+                sim.partition_oneway(a.as_str(), b.as_str());
+                self.later(t + dur, Undo::RepairOneway(a.clone(), b.clone()));
+                trace("oneway", format_args!("{a}->{b} for {dur}ms"));
+                self.count("oneway");
+            }
+            30..=41 => {
+                let a = net::node_host(self.node());
+                let b = self.rng.pick(&self.hosts).clone();
+                if a != b {
+                    let ms = self.rng.range(50, 600);
+                    sim.set_link_max_message_latency(a.as_str(), b.as_str(), Duration::from_millis(ms));
+                    self.later(t + dur, Undo::Latency(a.clone(), b.clone()));
+                    trace("delay", format_args!("{a}<->{b} up to {ms}ms for {dur}ms"));
+                    self.count("delay");
+                }
+            }
+            42..=61 => {
+                let id = if self.rng.chance(30) { Nemesis::leader(shared).unwrap_or(1) } else { self.node() };
+                let long = self.rng.chance(25);
+                let down = if long { self.rng.range(8_000, 15_000) } else { self.rng.range(200, 3_000) };
+                self.crash(sim, t, shared, id, down, if long { "crash-long" } else { "crash" });
+            }
+            62..=71 => {
+                let id = self.node();
+                let delta = self.rng.range(100, 30_000) as i64 * if self.rng.chance(50) { 1 } else { -1 };
+                self.clocks[&id].jump(delta);
+                trace("clock-jump", format_args!("n{id} {delta:+}ms"));
+                self.count("clock-jump");
+            }
+            72..=81 => {
+                let id = self.node();
+                let ppm = self.rng.range(10_000, 500_000) as i64 * if self.rng.chance(50) { 1 } else { -1 };
+                self.clocks[&id].set_rate(t, ppm);
+                self.later(t + dur, Undo::Rate(id));
+                trace("clock-rate", format_args!("n{id} {ppm:+}ppm for {dur}ms"));
+                self.count("clock-rate");
+            }
+            82..=88 => {
+                let to = if self.rng.chance(50) { Some(self.node()) } else { None };
+                lock(shared).transfers.push(to);
+                trace("transfer", format_args!("to {to:?}"));
+                self.count("transfer");
+            }
+            89..=92 if self.opts.workers > 0 => {
+                let w = format!("w{}", self.rng.range(1, self.opts.workers + 1));
+                if self.crashed_workers.contains(&w) {
+                    return;
+                }
+                let down = self.rng.range(500, 8_000);
+                sim.crash(w.as_str());
+                self.crashed_workers.insert(w.clone());
+                self.later(t + down, Undo::RestartWorker(w.clone()));
+                trace("worker-crash", format_args!("{w} down {down}ms"));
+                self.count("worker-crash");
+            }
+            93..=95 if self.opts.workers > 0 => {
+                // Longer than a session: the coordinator requeues its tasks and frees their
+                // leases while its agents keep running (zombies once it is back).
+                let w = format!("w{}", self.rng.range(1, self.opts.workers + 1));
+                let dur = self.opts.session_ttl_ms + self.rng.range(500, 5_000);
+                for o in self.hosts.clone().iter().filter(|h| **h != w) {
+                    sim.hold(w.as_str(), o.as_str());
+                    self.later(t + dur, Undo::Release(w.clone(), o.clone()));
+                }
+                trace("worker-isolate", format_args!("{w} for {dur}ms"));
+                self.count("worker-isolate");
+            }
+            _ => {
+                // A quiet spell: the cluster runs undisturbed for a while.
+                trace("quiet", format_args!("{dur}ms"));
+                self.next_at_ms = t + dur;
+            }
+        }
+    }
+
+    fn apply_undo(&mut self, sim: &mut turmoil::Sim<'_>, t: u64, shared: &Shared, u: Undo) {
+        match u {
+            Undo::Repair(a, b) => sim.repair(a.as_str(), b.as_str()),
+            Undo::Release(a, b) => sim.release(a.as_str(), b.as_str()),
+            Undo::RepairOneway(a, b) => sim.repair_oneway(a.as_str(), b.as_str()),
+            Undo::Latency(a, b) => {
+                sim.set_link_max_message_latency(a.as_str(), b.as_str(), Duration::from_millis(self.opts.latency_ms.1))
+            }
+            Undo::Restart(id) => {
+                if self.crashed.remove(&id) {
+                    sim.bounce(net::node_host(id).as_str());
+                    lock(shared).trace.event(t, "nemesis", format_args!("restart n{id}"));
+                }
+            }
+            Undo::RestartWorker(w) => {
+                if self.crashed_workers.remove(&w) {
+                    sim.bounce(w.as_str());
+                    lock(shared).trace.event(t, "nemesis", format_args!("restart {w}"));
+                }
+            }
+            Undo::Rate(id) => self.clocks[&id].set_rate(t, 0),
+        }
+    }
+
+    /// Undoes every fault in force: links repaired, crashed nodes restarted, clocks at rate.
+    pub fn heal(&mut self, sim: &mut turmoil::Sim<'_>, t: u64, shared: &Shared) {
+        let all: Vec<Undo> = std::mem::take(&mut self.undo).into_values().flatten().collect();
+        for u in all {
+            self.apply_undo(sim, t, shared, u);
+        }
+        for id in std::mem::take(&mut self.crashed) {
+            sim.bounce(net::node_host(id).as_str());
+        }
+        for w in std::mem::take(&mut self.crashed_workers) {
+            sim.bounce(w.as_str());
+        }
+        lock(shared).trace.event(t, "nemesis", format_args!("heal"));
+    }
+}
+
+/// The control host: runs the leadership transfers the nemesis asks for.
+pub async fn control(opts: Options, shared: Shared) -> turmoil::Result {
+    let endpoints: Vec<String> = (1..=opts.nodes).map(net::node_endpoint).collect();
+    let client = Client::with_connector(&endpoints, net::connector())?;
+    for _ in 0..10_000_000u64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let next = {
+            let mut w = lock(&shared);
+            if w.phase == Phase::Done {
+                return Ok(());
+            }
+            if w.transfers.is_empty() {
+                None
+            } else {
+                Some(w.transfers.remove(0))
+            }
+        };
+        let Some(to) = next else { continue };
+        let answer = client
+            .call(|ch| async move {
+                Ok(Client::cluster(ch)
+                    .transfer_leader(pb::TransferLeaderRequest { to_node_id: to })
+                    .await?
+                    .into_inner())
+            })
+            .await;
+        let text = match answer {
+            Ok(r) => format!("leader={:?} term={}", r.leader_id, r.term),
+            Err(e) => format!("failed {:?}", e.code()),
+        };
+        lock(&shared).trace.event(now_ms(), "transfer", format_args!("to {to:?}: {text}"));
+    }
+    Ok(())
+}
