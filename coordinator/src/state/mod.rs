@@ -55,6 +55,10 @@ const OWNERS_VACANT_MAX: usize = 4_096;
 /// re-orders something; a loop past this bound is a bug).
 const SETTLE_ROUNDS_MAX: usize = 100_000;
 
+/// Most waiters ahead on a counted resource whose units a newcomer looks at before it just
+/// waits its turn (see `scan_item`).
+const COUNTED_LOOKAHEAD_MAX: usize = 64;
+
 /// Tunables that are part of the replicated state (every replica must agree on them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
@@ -1084,16 +1088,23 @@ impl State {
                     // held up elsewhere (by another item of its set) keeps its units, but does
                     // not stop the whole queue behind it while units stand idle.
                     let mut reserved = node.units + u64::from(needed);
+                    let mut looked = 0;
                     for entry in node.queue.range(..key).rev().map(|(_, e)| e) {
                         if !entry.target || entry.owner == owner {
                             continue;
+                        }
+                        // Bounded: past COUNTED_LOOKAHEAD_MAX waiters ahead, the newcomer
+                        // waits its turn (plain FIFO) rather than the scan growing with the queue.
+                        looked += 1;
+                        if looked > COUNTED_LOOKAHEAD_MAX {
+                            reserved = u64::MAX;
                         }
                         let ahead = self
                             .requests
                             .get(&entry.request)
                             .and_then(|r| r.items.iter().find(|it| it.path == item.path))
                             .map_or(capacity, |it| if it.mode == Mode::Exclusive { capacity } else { it.units });
-                        reserved += u64::from(ahead);
+                        reserved = reserved.saturating_add(u64::from(ahead));
                         if reserved > u64::from(capacity) {
                             blocked = true;
                             match out.as_deref_mut() {
