@@ -832,16 +832,20 @@ impl<'a> Run<'a> {
         self.workers[w].slots.iter().position(|s| s.agent.current().is_some_and(|(t, _)| t == task))
     }
 
+    /// An idle slot of `role` on worker `w`, now taken for work of `priority`.
+    fn take_idle(&mut self, w: usize, role: Role, priority: u32) -> Option<usize> {
+        let slots = &mut self.workers[w].slots;
+        let s = slots.iter().position(|s| s.role == role && s.idle)?;
+        slots[s].idle = false;
+        slots[s].priority = priority;
+        self.m.occupied(role, self.now, 1.0);
+        Some(s)
+    }
+
     fn assign(&mut self, w: usize, role: Role, a: Assignment) {
-        let worker = &mut self.workers[w];
-        match worker.slots.iter().position(|s| s.role == role && s.idle) {
-            Some(s) => {
-                worker.slots[s].idle = false;
-                worker.slots[s].priority = a.priority;
-                self.m.occupied(role, self.now, 1.0);
-                self.inbox.push_back(Msg::Agent { w, s, event: Event::Assigned(a) });
-            }
-            None => worker.backlog.push_back((role, a)),
+        match self.take_idle(w, role, a.priority) {
+            Some(s) => self.inbox.push_back(Msg::Agent { w, s, event: Event::Assigned(a) }),
+            None => self.workers[w].backlog.push_back((role, a)),
         }
     }
 
@@ -1034,15 +1038,10 @@ impl<'a> Run<'a> {
     fn resume_ready(&mut self, w: usize) {
         let ready = std::mem::take(&mut self.workers[w].ready);
         for (role, a, leases) in ready {
-            let worker = &mut self.workers[w];
-            match worker.slots.iter().position(|s| s.role == role && s.idle) {
-                Some(s) => {
-                    worker.slots[s].idle = false;
-                    worker.slots[s].priority = a.priority;
-                    self.m.occupied(role, self.now, 1.0);
-                    self.inbox.push_back(Msg::Agent { w, s, event: Event::Resume(a, leases) });
-                }
+            match self.take_idle(w, role, a.priority) {
+                Some(s) => self.inbox.push_back(Msg::Agent { w, s, event: Event::Resume(a, leases) }),
                 None => {
+                    let worker = &mut self.workers[w];
                     // The slot it lent is busy with other work: take it back (the other work
                     // checkpoints and is requeued), rather than hold the leases idle.
                     if self.pol.reclaim {

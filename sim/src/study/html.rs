@@ -41,6 +41,20 @@ fn axes(svg: &mut String, x_label: &str, y_label: &str) {
     );
 }
 
+/// 0%, 25%, … 100% down the y axis.
+fn percent_labels(svg: &mut String, y: &dyn Fn(f64) -> f64) {
+    for k in 0..=4 {
+        let f = k as f64 / 4.0;
+        let _ = write!(
+            svg,
+            "<text x=\"{}\" y=\"{:.0}\" font-size=\"10\" text-anchor=\"end\">{:.0}%</text>",
+            PAD - 4.0,
+            y(f) + 3.0,
+            f * 100.0
+        );
+    }
+}
+
 fn polyline(svg: &mut String, pts: &[(f64, f64)], color: &str) {
     let d: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
     let _ = write!(svg, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\" points=\"{}\"/>", d.join(" "));
@@ -81,16 +95,7 @@ pub fn cdf_svg(r: &Report) -> String {
             hms(ms)
         );
     }
-    for k in 0..=4 {
-        let f = k as f64 / 4.0;
-        let _ = write!(
-            svg,
-            "<text x=\"{}\" y=\"{:.0}\" font-size=\"10\" text-anchor=\"end\">{:.0}%</text>",
-            PAD - 4.0,
-            y(f) + 3.0,
-            f * 100.0
-        );
-    }
+    percent_labels(&mut svg, &y);
     let mut items = Vec::new();
     for (i, c) in r.classes.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
@@ -119,15 +124,8 @@ pub fn utilisation_svg(r: &Report) -> String {
             H - PAD + 13.0,
             hms(b as u64 * r.bucket_ms)
         );
-        let f = k as f64 / 4.0;
-        let _ = write!(
-            svg,
-            "<text x=\"{}\" y=\"{:.0}\" font-size=\"10\" text-anchor=\"end\">{:.0}%</text>",
-            PAD - 4.0,
-            y(f) + 3.0,
-            f * 100.0
-        );
     }
+    percent_labels(&mut svg, &y);
     let mut items = vec![("agents running".to_string(), "#000")];
     polyline(&mut svg, &r.agent_series.iter().enumerate().map(|(b, v)| (x(b), y(*v))).collect::<Vec<_>>(), "#000");
     let mut busiest: Vec<&super::report::ResourceUse> = r.resources.iter().filter(|x| x.grants > 0).collect();
