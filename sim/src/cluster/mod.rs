@@ -99,20 +99,15 @@ pub struct Report {
 impl Report {
     /// The one-line command that reproduces this run.
     pub fn command(&self) -> String {
-        let mut c = format!("qm sim cluster --seed {} --nodes {}", self.seed, self.nodes);
-        if self.chaos_ms != options::CHAOS_MS_DEFAULT {
-            c.push_str(&format!(" --chaos-ms {}", self.chaos_ms));
-        }
-        if !self.faults_enabled {
-            c.push_str(" --no-faults");
-        }
-        c
+        options::command(self.seed, self.nodes, self.chaos_ms, self.faults_enabled)
     }
 }
 
 thread_local! {
     /// Panics raised on this thread while a simulation runs on it (host tasks included).
     static PANICS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    /// The command reproducing the run on this thread.
+    static COMMAND: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 fn install_panic_hook() {
@@ -129,6 +124,13 @@ fn install_panic_hook() {
                 }
                 None => false,
             });
+            if recorded {
+                // Also said at once, with the command that reproduces the run: a panic inside
+                // a host can take the process down before the report is printed (a panicking
+                // task makes turmoil shut the host's runtime down, and tokio may abort).
+                let command = COMMAND.with(|c| c.borrow().clone()).unwrap_or_default();
+                eprintln!("panic in the simulation: {info}\nreproduce with: {command}");
+            }
             if !recorded {
                 previous(info);
             }
@@ -230,6 +232,7 @@ pub fn run(opts: &Options) -> Report {
     let opts = opts.clone();
     let run = std::thread::Builder::new().name(format!("sim-seed-{}", opts.seed)).spawn(move || {
         PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
+        COMMAND.with(|c| *c.borrow_mut() = Some(Options::command(&opts)));
         run_inner(&opts)
     });
     match run.map(|handle| handle.join()) {
