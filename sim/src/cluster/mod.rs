@@ -26,7 +26,7 @@
 //!   unless tokio is built with `--cfg tokio_unstable`, which lets turmoil seed it from the
 //!   run's seed. Without it the same seed gave different traces in about one run in three
 //!   once workers were in play; `.cargo/config.toml` sets the flag for the whole workspace,
-//!   and [`DETERMINISTIC`] says whether this build has it.
+//!   and [`deterministic`] says whether this build has it.
 
 pub mod clock;
 pub mod fenced;
@@ -62,7 +62,9 @@ use world::{lock, Phase, Shared, World};
 
 /// Whether this build seeds tokio's RNG from the run's seed (`--cfg tokio_unstable`); without
 /// it a seed's run can differ from one execution to the next (see the module docs).
-pub const DETERMINISTIC: bool = cfg!(tokio_unstable);
+pub fn deterministic() -> bool {
+    cfg!(tokio_unstable)
+}
 
 /// A broken invariant.
 #[derive(Clone, Debug)]
@@ -169,9 +171,9 @@ impl Observer {
         }
         let mut w = lock(shared);
         for (id, a) in &out {
-            if !self.applied.contains_key(&a.index) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.applied.entry(a.index) {
                 w.trace.event(t, "apply", format_args!("n{id} index={} now={} {:?}", a.index, a.now, a.effects));
-                self.applied.insert(a.index, a.clone());
+                slot.insert(a.clone());
             }
         }
         out
