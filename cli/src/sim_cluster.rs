@@ -86,7 +86,7 @@ pub fn run(args: &ClusterArgs) -> ExitCode {
     if args.seed.checked_add(args.seeds).is_none() {
         return usage("--seed plus --seeds overflows");
     }
-    if !cluster::DETERMINISTIC {
+    if !cluster::deterministic() {
         eprintln!("qm sim cluster: warning: built without --cfg tokio_unstable; a seed may not reproduce its run");
     }
     let stdout = std::io::stdout();

@@ -84,7 +84,7 @@ fn seeds_16_to_20() {
 #[test]
 fn same_seed_same_trace() {
     assert!(
-        cluster::DETERMINISTIC,
+        cluster::deterministic(),
         "qm-sim was built without --cfg tokio_unstable (see .cargo/config.toml): runs are not reproducible"
     );
     let a = run_alone(7, 3);

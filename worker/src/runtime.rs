@@ -106,17 +106,12 @@ const PARKED: &str = "(parked)";
 /// [`executor::run`] ([`Executor::builtin`]); the simulator wraps it to also write to its
 /// fenced resources and to hang.
 #[derive(Clone)]
-pub struct Executor(
-    Arc<
-        dyn Fn(
-                ExecRequest,
-                mpsc::Sender<ExecEvent>,
-                mpsc::Receiver<Control>,
-            ) -> futures::future::BoxFuture<'static, ExecResult>
-            + Send
-            + Sync,
-    >,
-);
+pub struct Executor(Arc<ExecFn>);
+
+/// What an [`Executor`] calls: the request, where to send events, where controls arrive.
+pub type ExecFn = dyn Fn(ExecRequest, mpsc::Sender<ExecEvent>, mpsc::Receiver<Control>) -> futures::future::BoxFuture<'static, ExecResult>
+    + Send
+    + Sync;
 
 impl Executor {
     /// The executors of [`executor::run`] (scripted, command, llm).

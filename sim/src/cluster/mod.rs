@@ -26,7 +26,7 @@
 //!   unless tokio is built with `--cfg tokio_unstable`, which lets turmoil seed it from the
 //!   run's seed. Without it the same seed gave different traces in about one run in three
 //!   once workers were in play; `.cargo/config.toml` sets the flag for the whole workspace,
-//!   and [`DETERMINISTIC`] says whether this build has it.
+//!   and [`deterministic`] says whether this build has it.
 
 pub mod clock;
 pub mod fenced;
@@ -62,7 +62,9 @@ use world::{lock, Phase, Shared, World};
 
 /// Whether this build seeds tokio's RNG from the run's seed (`--cfg tokio_unstable`); without
 /// it a seed's run can differ from one execution to the next (see the module docs).
-pub const DETERMINISTIC: bool = cfg!(tokio_unstable);
+pub fn deterministic() -> bool {
+    cfg!(tokio_unstable)
+}
 
 /// A broken invariant.
 #[derive(Clone, Debug)]
@@ -99,20 +101,15 @@ pub struct Report {
 impl Report {
     /// The one-line command that reproduces this run.
     pub fn command(&self) -> String {
-        let mut c = format!("qm sim cluster --seed {} --nodes {}", self.seed, self.nodes);
-        if self.chaos_ms != options::CHAOS_MS_DEFAULT {
-            c.push_str(&format!(" --chaos-ms {}", self.chaos_ms));
-        }
-        if !self.faults_enabled {
-            c.push_str(" --no-faults");
-        }
-        c
+        options::command(self.seed, self.nodes, self.chaos_ms, self.faults_enabled)
     }
 }
 
 thread_local! {
     /// Panics raised on this thread while a simulation runs on it (host tasks included).
     static PANICS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    /// The command reproducing the run on this thread.
+    static COMMAND: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 fn install_panic_hook() {
@@ -129,6 +126,13 @@ fn install_panic_hook() {
                 }
                 None => false,
             });
+            if recorded {
+                // Also said at once, with the command that reproduces the run: a panic inside
+                // a host can take the process down before the report is printed (a panicking
+                // task makes turmoil shut the host's runtime down, and tokio may abort).
+                let command = COMMAND.with(|c| c.borrow().clone()).unwrap_or_default();
+                eprintln!("panic in the simulation: {info}\nreproduce with: {command}");
+            }
             if !recorded {
                 previous(info);
             }
@@ -167,9 +171,9 @@ impl Observer {
         }
         let mut w = lock(shared);
         for (id, a) in &out {
-            if !self.applied.contains_key(&a.index) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.applied.entry(a.index) {
                 w.trace.event(t, "apply", format_args!("n{id} index={} now={} {:?}", a.index, a.now, a.effects));
-                self.applied.insert(a.index, a.clone());
+                slot.insert(a.clone());
             }
         }
         out
@@ -230,6 +234,7 @@ pub fn run(opts: &Options) -> Report {
     let opts = opts.clone();
     let run = std::thread::Builder::new().name(format!("sim-seed-{}", opts.seed)).spawn(move || {
         PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
+        COMMAND.with(|c| *c.borrow_mut() = Some(Options::command(&opts)));
         run_inner(&opts)
     });
     match run.map(|handle| handle.join()) {

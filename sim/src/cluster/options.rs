@@ -45,7 +45,24 @@ pub struct Options {
     pub vote_crash_pct: u64,
 }
 
+/// The one-line command that reproduces a run.
+pub fn command(seed: u64, nodes: u64, chaos_ms: u64, faults: bool) -> String {
+    let mut c = format!("qm sim cluster --seed {seed} --nodes {nodes}");
+    if chaos_ms != CHAOS_MS_DEFAULT {
+        c.push_str(&format!(" --chaos-ms {chaos_ms}"));
+    }
+    if !faults {
+        c.push_str(" --no-faults");
+    }
+    c
+}
+
 impl Options {
+    /// The one-line command that reproduces this run.
+    pub fn command(&self) -> String {
+        command(self.seed, self.nodes, self.chaos_ms, self.faults)
+    }
+
     /// The options of `seed` with `nodes` coordinators and `chaos_ms` of chaos.
     pub fn from_seed(seed: u64, nodes: u64, chaos_ms: u64) -> Options {
         let mut rng = Rng::new(seed).fork(1);

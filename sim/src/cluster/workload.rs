@@ -337,7 +337,7 @@ async fn lock_op(ctx: &mut Ctx, op: u64) {
         };
         let times = if ctx.rng.chance(ctx.opts.duplicate_pct) { 2 } else { 1 };
         for _ in 0..times {
-            let r = ctx.client.release(req.clone()).await;
+            let r = ctx.client.release(req).await;
             ctx.event(
                 "release",
                 format_args!(

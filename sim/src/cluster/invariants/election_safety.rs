@@ -36,7 +36,7 @@ impl Invariant for ElectionSafety {
                     ));
                 }
             }
-            self.votes.insert(r.id, (r.vote.clone(), r.vote_text.clone()));
+            self.votes.insert(r.id, (r.vote, r.vote_text.clone()));
             if r.leader {
                 let key = (r.vote.leader_id.term, r.vote.leader_id.voted_for().unwrap_or(0));
                 if let Some(other) = leaders.insert(key, r.id) {

@@ -48,13 +48,11 @@ impl Invariant for Preemption {
                             ));
                         }
                     }
-                    Effect::Revoked { reservation, owner, .. } => {
-                        if !self.asked.contains(&reservation.0) {
-                            return Err(format!(
-                                "r{} ({owner}) revoked at index {} without a preemption request",
-                                reservation.0, rec.index
-                            ));
-                        }
+                    Effect::Revoked { reservation, owner, .. } if !self.asked.contains(&reservation.0) => {
+                        return Err(format!(
+                            "r{} ({owner}) revoked at index {} without a preemption request",
+                            reservation.0, rec.index
+                        ));
                     }
                     _ => {}
                 }
