@@ -69,6 +69,79 @@ fn line_json(r: &Report) -> serde_json::Value {
     })
 }
 
+/// Runs one seed in this process: its JSON line, and on a violation its account on stderr.
+fn run_here(args: &ClusterArgs, seed: u64) -> serde_json::Value {
+    let mut opts = Options::from_seed(seed, args.nodes, args.chaos_ms);
+    opts.faults = !args.no_faults;
+    opts.keep_trace = args.trace.is_some();
+    // A thread of its own: the simulator builds its own runtimes, which cannot nest in the
+    // caller's, and its panic capture is per thread.
+    let Ok(r) = std::thread::scope(|s| s.spawn(|| cluster::run(&opts)).join()) else {
+        eprintln!("seed {seed}: the simulator itself panicked");
+        let command = cluster::options::command(seed, args.nodes, args.chaos_ms, !args.no_faults);
+        eprintln!("reproduce with: {command}");
+        return crashed(seed, args, "the simulator panicked".into());
+    };
+    if let (Some(path), Some(all)) = (&args.trace, &r.trace_all) {
+        if let Err(e) = std::fs::write(path, all.join("\n") + "\n") {
+            eprintln!("qm sim cluster: writing the trace to {}: {e}", path.display());
+        }
+    }
+    if let Some(v) = &r.violation {
+        eprintln!("seed {seed}: invariant {} violated at {}ms: {}", v.invariant, v.t_ms, v.message);
+        eprintln!("last trace lines:");
+        for l in &r.trace_tail {
+            eprintln!("  {l}");
+        }
+        eprintln!("reproduce with: {}", r.command());
+    }
+    line_json(&r)
+}
+
+/// Runs one seed as `qm sim cluster --seed N -o json` in a child process (its stderr passes
+/// through) and returns the line it printed; a child that dies is a failed seed.
+fn run_child(args: &ClusterArgs, seed: u64) -> serde_json::Value {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return crashed(seed, args, format!("cannot find the qm binary to run the seed: {e}")),
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["sim", "cluster", "-o", "json", "--seed", &seed.to_string()])
+        .args(["--nodes", &args.nodes.to_string(), "--chaos-ms", &args.chaos_ms.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    if args.no_faults {
+        cmd.arg("--no-faults");
+    }
+    if let Some(path) = &args.trace {
+        cmd.arg("--trace").arg(path);
+    }
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) => return crashed(seed, args, format!("cannot start the seed's process: {e}")),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.get("seed").is_some());
+    match line {
+        Some(line) => line,
+        None => crashed(seed, args, format!("the seed's process died ({}) before reporting", out.status)),
+    }
+}
+
+/// The line of a seed whose run ended without a report.
+fn crashed(seed: u64, args: &ClusterArgs, why: String) -> serde_json::Value {
+    json!({
+        "seed": seed,
+        "nodes": args.nodes,
+        "result": "crashed",
+        "violation": {"invariant": "no-panic", "message": why, "t_ms": null},
+        "reproduce": cluster::options::command(seed, args.nodes, args.chaos_ms, !args.no_faults),
+    })
+}
+
 /// Runs the seeds and prints what happened; see the module docs for the exit codes.
 pub fn run(args: &ClusterArgs) -> ExitCode {
     if args.nodes != 3 && args.nodes != 5 {
@@ -92,7 +165,7 @@ pub fn run(args: &ClusterArgs) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let started = std::time::Instant::now();
-    let mut failed = Vec::new();
+    let mut failed: Vec<(u64, String)> = Vec::new();
     if matches!(args.output, Output::Table) {
         let _ = writeln!(
             out,
@@ -100,54 +173,41 @@ pub fn run(args: &ClusterArgs) -> ExitCode {
             "seed", "trace hash", "ops", "faults", "sim s"
         );
     }
+    // One seed runs here; several run each in a process of its own, so that every line is
+    // exactly what its reproduce command gives (runs sharing a process share its task and
+    // actor id counters, which order a crashed host's drops), and a run that takes the
+    // process down is reported like any other failure.
+    let alone = args.seeds == 1;
     for seed in args.seed..args.seed + args.seeds {
-        let mut opts = Options::from_seed(seed, args.nodes, args.chaos_ms);
-        opts.faults = !args.no_faults;
-        opts.keep_trace = args.trace.is_some();
-        // A thread of its own: the simulator builds its own runtimes, which cannot nest in
-        // the caller's, and its panic capture is per thread.
-        let r = match std::thread::scope(|s| s.spawn(|| cluster::run(&opts)).join()) {
-            Ok(r) => r,
-            Err(_) => {
-                eprintln!("seed {seed}: the simulator itself panicked");
-                eprintln!("reproduce with: qm sim cluster --seed {seed} --nodes {}", args.nodes);
-                return ExitCode::from(1);
-            }
-        };
+        let line = if alone { run_here(args, seed) } else { run_child(args, seed) };
         match args.output {
             Output::Json => {
-                let _ = writeln!(out, "{}", line_json(&r));
+                let _ = writeln!(out, "{line}");
             }
             _ => {
-                let result = match &r.violation {
-                    None => "ok".to_string(),
-                    Some(v) => format!("VIOLATED {} at {}ms: {}", v.invariant, v.t_ms, v.message),
+                let result = match &line["violation"] {
+                    serde_json::Value::Null => "ok".to_string(),
+                    v => format!(
+                        "VIOLATED {} at {}ms: {}",
+                        v["invariant"].as_str().unwrap_or("?"),
+                        v["t_ms"],
+                        v["message"].as_str().unwrap_or("")
+                    ),
                 };
                 let _ = writeln!(
                     out,
                     "{:>10}  {:<16}  {:>5}  {:>6}  {:>6.1}  {result}",
-                    r.seed,
-                    r.trace_hash,
-                    r.ops,
-                    r.faults,
-                    r.sim_ms as f64 / 1000.0
+                    seed,
+                    line["trace_hash"].as_str().unwrap_or("-"),
+                    line["ops"].as_u64().unwrap_or(0),
+                    line["faults"].as_u64().unwrap_or(0),
+                    line["sim_ms"].as_f64().unwrap_or(0.0) / 1000.0
                 );
             }
         }
         let _ = out.flush();
-        if let (Some(path), Some(all)) = (&args.trace, &r.trace_all) {
-            if let Err(e) = std::fs::write(path, all.join("\n") + "\n") {
-                eprintln!("qm sim cluster: writing the trace to {}: {e}", path.display());
-            }
-        }
-        if let Some(v) = &r.violation {
-            eprintln!("seed {seed}: invariant {} violated at {}ms: {}", v.invariant, v.t_ms, v.message);
-            eprintln!("last trace lines:");
-            for l in &r.trace_tail {
-                eprintln!("  {l}");
-            }
-            eprintln!("reproduce with: {}", r.command());
-            failed.push(r);
+        if line["result"] != "ok" {
+            failed.push((seed, line["reproduce"].as_str().unwrap_or_default().to_string()));
         }
     }
     let secs = started.elapsed().as_secs_f64();
@@ -156,7 +216,7 @@ pub fn run(args: &ClusterArgs) -> ExitCode {
             let summary = json!({
                 "summary": {
                     "seeds": args.seeds,
-                    "failed": failed.iter().map(|r| json!({"seed": r.seed, "reproduce": r.command()})).collect::<Vec<_>>(),
+                    "failed": failed.iter().map(|(seed, cmd)| json!({"seed": seed, "reproduce": cmd})).collect::<Vec<_>>(),
                     "wall_s": secs,
                 }
             });
@@ -170,8 +230,8 @@ pub fn run(args: &ClusterArgs) -> ExitCode {
                 args.seeds - failed.len() as u64,
                 failed.len()
             );
-            for r in &failed {
-                let _ = writeln!(out, "reproduce: {}", r.command());
+            for (_, cmd) in &failed {
+                let _ = writeln!(out, "reproduce: {cmd}");
             }
         }
     }

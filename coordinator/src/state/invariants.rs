@@ -105,18 +105,21 @@ impl State {
         }
         for r in self.requests.values() {
             // One entry per touched node, with the join of the modes the items need there.
-            let mut touches: BTreeMap<String, (LockMode, bool)> = BTreeMap::new();
+            let mut touches: BTreeMap<String, (LockMode, bool, u32)> = BTreeMap::new();
             for item in &r.items {
                 let d = item.path.depth();
                 for n in 1..=d {
                     let mode = if n == d { item.mode.lock_mode() } else { item.mode.intention() };
-                    let t = touches.entry(item.path.prefix(n).to_string()).or_insert((mode, n == d));
+                    let t = touches.entry(item.path.prefix(n).to_string()).or_insert((mode, n == d, 0));
                     t.0 = t.0.join(mode);
                     t.1 |= n == d;
+                    if n == d && item.mode == Mode::Shared {
+                        t.2 += item.units;
+                    }
                 }
             }
-            for (key, (mode, target)) in touches {
-                let entry = QueueEntry { request: r.id, owner: r.owner, mode, target };
+            for (key, (mode, target, units)) in touches {
+                let entry = QueueEntry { request: r.id, owner: r.owner, mode, target, units };
                 expect.entry(key).or_default().queue.insert(r.key(), entry);
             }
             assert_eq!(r.targets.len(), r.items.len());
@@ -180,6 +183,14 @@ impl State {
             }
             assert_eq!(node.queued_total, queued, "queued totals at {key}");
             assert_eq!(node.targeted as usize, node.queue.values().filter(|e| e.target).count(), "targeted at {key}");
+            let targets = node.queue.values().filter(|e| e.target);
+            let units: u64 = targets.clone().filter(|e| e.mode != LockMode::X).map(|e| u64::from(e.units)).sum();
+            let exclusive = targets.filter(|e| e.mode == LockMode::X).count();
+            assert_eq!(
+                (node.queued_units, node.queued_exclusive as usize),
+                (units, exclusive),
+                "queued units at {key}"
+            );
             assert!(e.rows.iter().all(|r| node.rows.contains_key(r)), "row children at {key}");
             for (range, child) in &node.rows {
                 let c = self.table.node(*child);

@@ -56,6 +56,20 @@ pub(crate) struct QueueEntry {
     pub(crate) mode: LockMode,
     /// True on the node the request names; false on its ancestors (intention entries).
     pub(crate) target: bool,
+    /// Units asked of this node by a shared item naming it (0 otherwise; an exclusive item
+    /// on a counted resource needs its whole capacity, whatever that is when it is looked at).
+    pub(crate) units: u32,
+}
+
+impl QueueEntry {
+    /// Units this entry needs of a counted resource of `capacity`.
+    pub(crate) fn need(&self, capacity: u32) -> u64 {
+        match (self.target, self.mode) {
+            (false, _) => 0,
+            (true, LockMode::X) => u64::from(capacity),
+            (true, _) => u64::from(self.units),
+        }
+    }
 }
 
 /// Most vacant nodes kept before they are collected without waiting for a Tick.
@@ -83,6 +97,10 @@ pub(crate) struct Node {
     pub(crate) queued_total: ModeCounts,
     /// Queue entries whose request names this node (bounded by `queue_len_max`).
     pub(crate) targeted: u32,
+    /// Units asked by the shared entries naming this node (counted resources).
+    pub(crate) queued_units: u64,
+    /// Exclusive entries naming this node (each needs the whole capacity).
+    pub(crate) queued_exclusive: u32,
     /// Row-range children that exist as nodes.
     pub(crate) rows: BTreeMap<RowRange, NodeId>,
     /// Child nodes that exist (row ranges included); a node with children is never freed.
@@ -101,6 +119,8 @@ impl Node {
             queue: BTreeMap::new(),
             queued_total: [0; 5],
             targeted: 0,
+            queued_units: 0,
+            queued_exclusive: 0,
             rows: BTreeMap::new(),
             children: 0,
         }
@@ -128,6 +148,8 @@ impl Node {
         self.queued_total[entry.mode.index()] += 1;
         if entry.target {
             self.targeted += 1;
+            self.queued_units += u64::from(entry.units);
+            self.queued_exclusive += u32::from(entry.mode == LockMode::X);
         }
         let previous = self.queue.insert(key, entry);
         assert!(previous.is_none(), "queue keys are unique");
@@ -138,6 +160,8 @@ impl Node {
         self.queued_total[entry.mode.index()] -= 1;
         if entry.target {
             self.targeted -= 1;
+            self.queued_units -= u64::from(entry.units);
+            self.queued_exclusive -= u32::from(entry.mode == LockMode::X);
         }
         entry
     }
@@ -161,6 +185,11 @@ impl Node {
                 out.insert(*other);
             }
         }
+    }
+
+    /// Units the waiters naming this counted node need together, at `capacity`.
+    pub(crate) fn queued_need(&self, capacity: u32) -> u64 {
+        self.queued_units + u64::from(self.queued_exclusive) * u64::from(capacity)
     }
 
     /// Whether any queued mode at all conflicts with `mode` (fast pre-check).

@@ -188,17 +188,31 @@ struct Ctx {
 
 /// What changed at a node during one apply: a set of modes (bit = `LockMode::index`), or
 /// everything (a capacity was redeclared).
+///
+/// On a counted resource it also sums the units that came free (grants released, waiters
+/// gone): a waiter there whose set fits now even with those units taken back fitted before
+/// too, so nothing about this node changed for it.
 #[derive(Clone, Copy, Debug, Default)]
 struct Change {
     modes: u8,
     all: bool,
+    freed: u64,
 }
 
 impl Change {
-    /// Whether a waiter holding `mode` at this node may be affected.
-    fn affects(self, mode: LockMode, counted: bool) -> bool {
-        self.all || counted || LockMode::ALL.iter().any(|m| self.modes & (1 << m.index()) != 0 && !mode.compatible(*m))
+    /// Whether a waiter asking `mode` at this node may be affected by a change of modes.
+    fn affects(self, mode: LockMode) -> bool {
+        self.all || LockMode::ALL.iter().any(|m| self.modes & (1 << m.index()) != 0 && !mode.compatible(*m))
     }
+}
+
+/// What one request asks of one node it touches: the join of its items' modes there, whether
+/// an item names the node, and the units its shared items ask there.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Touch {
+    pub(crate) mode: LockMode,
+    pub(crate) target: bool,
+    pub(crate) units: u32,
 }
 
 /// What a grant is given: the requester's priority, the lease, and the request it ends (if
@@ -224,6 +238,11 @@ impl Starts<'_> {
             Starts::Targets(t) => Some((t[i], depth)),
             Starts::Deepest(d) => d[i],
         }
+    }
+
+    /// Whether the request is queued (and so counted among the waiters of its nodes).
+    fn queued(self) -> bool {
+        matches!(self, Starts::Targets(_))
     }
 }
 
@@ -750,6 +769,9 @@ impl State {
                 n.unhold(grant.owner, grant.mode.lock_mode());
                 n.grants.remove(&id);
                 n.units -= u64::from(grant.units);
+                if !n.queue.is_empty() && grant.units > 0 {
+                    ctx.dirty.entry(nid).or_default().freed += u64::from(grant.units);
+                }
             } else {
                 n.unhold(grant.owner, grant.mode.intention());
             }
@@ -782,8 +804,8 @@ impl State {
     fn enqueue(&mut self, request: &mut Request, ctx: &mut Ctx) {
         request.targets = request.items.iter().map(|item| self.table.ensure(&item.path)).collect();
         let key = request.key();
-        for (nid, (mode, target)) in self.queue_touches(request) {
-            let entry = QueueEntry { request: request.id, owner: request.owner, mode, target };
+        for (nid, Touch { mode, target, units }) in self.queue_touches(request) {
+            let entry = QueueEntry { request: request.id, owner: request.owner, mode, target, units };
             self.table.node_mut(nid).enqueue(key, entry);
         }
         for (item, node) in request.items.iter().zip(&request.targets) {
@@ -795,7 +817,12 @@ impl State {
     fn dequeue(&mut self, request: &Request, ctx: &mut Ctx) {
         let key = request.key();
         for (nid, _) in self.queue_touches(request) {
-            self.table.node_mut(nid).dequeue(&key);
+            let entry = self.table.node_mut(nid).dequeue(&key);
+            if entry.target {
+                if let Some(capacity) = self.capacity(self.table.node(nid).path.as_str()) {
+                    self.freed(ctx, nid, entry.need(capacity));
+                }
+            }
         }
         for (item, node) in request.items.iter().zip(&request.targets) {
             self.touch_claim(ctx, *node, item.mode);
@@ -808,15 +835,17 @@ impl State {
     /// The queue entries of a request: one per node it touches, with the join of the modes its
     /// items need there (an item's mode on its own node, the intention on ancestors) and
     /// whether some item names the node.
-    pub(crate) fn queue_touches(&self, request: &Request) -> BTreeMap<NodeId, (LockMode, bool)> {
-        let mut touches: BTreeMap<NodeId, (LockMode, bool)> = BTreeMap::new();
+    pub(crate) fn queue_touches(&self, request: &Request) -> BTreeMap<NodeId, Touch> {
+        let mut touches: BTreeMap<NodeId, Touch> = BTreeMap::new();
         for (item, node) in request.items.iter().zip(&request.targets) {
             for (i, nid) in self.table.chain(*node).enumerate() {
                 let target = i == 0;
                 let mode = if target { item.mode.lock_mode() } else { item.mode.intention() };
-                let entry = touches.entry(nid).or_insert((mode, target));
-                entry.0 = entry.0.join(mode);
-                entry.1 |= target;
+                let units = if target && item.mode == Mode::Shared { item.units } else { 0 };
+                let t = touches.entry(nid).or_insert(Touch { mode, target, units: 0 });
+                t.mode = t.mode.join(mode);
+                t.target |= target;
+                t.units += units;
             }
         }
         touches
@@ -1045,12 +1074,12 @@ impl State {
         items
             .iter()
             .enumerate()
-            .any(|(i, item)| self.scan_item(owner, key, item, starts.get(i, item.path.depth()), None))
+            .any(|(i, item)| self.scan_item(owner, key, item, starts.get(i, item.path.depth()), starts.queued(), None))
     }
 
     fn blockers(&self, owner: OwnerId, key: QueueKey, items: &[Item], starts: Starts, out: &mut Blockers) {
         for (i, item) in items.iter().enumerate() {
-            self.scan_item(owner, key, item, starts.get(i, item.path.depth()), Some(out));
+            self.scan_item(owner, key, item, starts.get(i, item.path.depth()), starts.queued(), Some(out));
         }
     }
 
@@ -1063,6 +1092,7 @@ impl State {
         key: QueueKey,
         item: &Item,
         start: Option<(NodeId, usize)>,
+        queued: bool,
         mut out: Option<&mut Blockers>,
     ) -> bool {
         let depth = item.path.depth();
@@ -1075,8 +1105,8 @@ impl State {
             blocked |= scan_node(node, owner, key, mode, out.as_deref_mut());
             if is_target {
                 if let Some(capacity) = self.capacity(item.path.as_str()) {
-                    let needed = if item.mode == Mode::Exclusive { capacity } else { item.units };
-                    if node.units + u64::from(needed) > u64::from(capacity) {
+                    let needed = u64::from(if item.mode == Mode::Exclusive { capacity } else { item.units });
+                    if node.units + needed > u64::from(capacity) {
                         blocked = true;
                         if let Some(out) = out.as_deref_mut() {
                             out.holders
@@ -1087,34 +1117,36 @@ impl State {
                     // if enough stay free for every waiter ahead of it. A waiter ahead that is
                     // held up elsewhere (by another item of its set) keeps its units, but does
                     // not stop the whole queue behind it while units stand idle.
-                    let mut reserved = node.units + u64::from(needed);
-                    let mut looked = 0;
-                    for entry in node.queue.range(..key).rev().map(|(_, e)| e) {
-                        if !entry.target || entry.owner == owner {
-                            continue;
-                        }
-                        // Bounded: past COUNTED_LOOKAHEAD_MAX waiters ahead, the newcomer
-                        // waits its turn (plain FIFO) rather than the scan growing with the queue.
-                        looked += 1;
-                        if looked > COUNTED_LOOKAHEAD_MAX {
-                            reserved = u64::MAX;
-                        }
-                        let ahead = self
-                            .requests
-                            .get(&entry.request)
-                            .and_then(|r| r.items.iter().find(|it| it.path == item.path))
-                            .map_or(capacity, |it| if it.mode == Mode::Exclusive { capacity } else { it.units });
-                        reserved = reserved.saturating_add(u64::from(ahead));
-                        if reserved > u64::from(capacity) {
-                            blocked = true;
-                            match out.as_deref_mut() {
-                                Some(out) => {
-                                    out.waiters.insert(entry.owner);
-                                    if !out.full {
-                                        break;
+                    //
+                    // When the holders and every waiter fit together (a queued request is one
+                    // of those waiters), nobody ahead can be short: no need to look.
+                    let everyone = node.units + node.queued_need(capacity) + if queued { 0 } else { needed };
+                    if everyone > u64::from(capacity) {
+                        let mut reserved = node.units + needed;
+                        let mut looked = 0;
+                        for entry in node.queue.range(..key).rev().map(|(_, e)| e) {
+                            if !entry.target || entry.owner == owner {
+                                continue;
+                            }
+                            // Bounded: past COUNTED_LOOKAHEAD_MAX waiters ahead, the newcomer
+                            // waits its turn (plain FIFO) rather than the scan growing with
+                            // the queue.
+                            looked += 1;
+                            if looked > COUNTED_LOOKAHEAD_MAX {
+                                reserved = u64::MAX;
+                            }
+                            reserved = reserved.saturating_add(entry.need(capacity));
+                            if reserved > u64::from(capacity) {
+                                blocked = true;
+                                match out.as_deref_mut() {
+                                    Some(out) => {
+                                        out.waiters.insert(entry.owner);
+                                        if !out.full {
+                                            break;
+                                        }
                                     }
+                                    None => break,
                                 }
-                                None => break,
                             }
                         }
                     }
@@ -1295,6 +1327,13 @@ impl State {
         }
     }
 
+    /// Notes that `units` of counted node `id` came free for its waiters during this apply.
+    fn freed(&self, ctx: &mut Ctx, id: NodeId, units: u64) {
+        if units > 0 && self.table.try_node(id).is_some_and(|n| !n.queue.is_empty()) {
+            ctx.dirty.entry(id).or_default().freed += units;
+        }
+    }
+
     /// A claim (held or waiting) of `mode` on node `target` changed: touch every node up to
     /// the root, and the row ranges overlapping it.
     fn touch_claim(&self, ctx: &mut Ctx, target: NodeId, mode: Mode) {
@@ -1318,9 +1357,20 @@ impl State {
         let mut out = BTreeSet::new();
         for (id, change) in std::mem::take(&mut ctx.dirty) {
             let Some(node) = self.table.try_node(id) else { continue };
-            let counted = self.capacity(node.path.as_str()).is_some();
+            // On a counted resource, a waiter naming it is looked at again unless every
+            // waiter there fits beside the holders, before this apply's changes as after
+            // (see `scan_item`): then neither its blocking nor its edges changed here.
+            let units_settled = self.capacity(node.path.as_str()).is_none_or(|capacity| {
+                node.units.saturating_add(node.queued_need(capacity)).saturating_add(change.freed)
+                    <= u64::from(capacity)
+            });
+            let modes_settled = !change.all
+                && !LockMode::ALL.iter().any(|m| change.modes & (1 << m.index()) != 0 && node.queue_may_conflict(*m));
+            if units_settled && modes_settled {
+                continue;
+            }
             for (k, e) in &node.queue {
-                if change.affects(e.mode, counted && e.target) {
+                if change.affects(e.mode) || (e.target && !units_settled) {
                     out.insert((*k, e.request));
                 }
             }
