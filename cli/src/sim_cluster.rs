@@ -23,7 +23,8 @@ pub struct ClusterArgs {
     /// First seed (every random choice of a run derives from it).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// How many seeds to run: seed, seed+1, …, seed+seeds-1.
+    /// How many seeds to run: seed, seed+1, …, seed+seeds-1. With more than one, each runs in
+    /// a process of its own, so every line is exactly what its reproduce command gives.
     #[arg(long, default_value_t = 1)]
     pub seeds: u64,
     /// Coordinators in the cluster: 3 or 5.
