@@ -372,6 +372,7 @@ async fn acquire_set(
         .watch(pb::WatchRequest { session_id: Some(session), owner: Some(owner.clone()), ..Default::default() })
         .await
         .map_err(|s| s.message().to_string())?;
+    let wanted = resources.len();
     let req = pb::AcquireRequest {
         session_id: session,
         owner,
@@ -395,10 +396,18 @@ async fn acquire_set(
         Some(O::Granted(g)) => Ok(leases(g.reservations)),
         Some(O::Queued(q)) => {
             shared.book.lock().expect("book").pending.insert(task, q.request_id);
+            // A set is granted whole in one apply, but watchers see one event per item:
+            // collect them all, or the leases after the first would be held for nobody.
+            let mut granted = Vec::with_capacity(wanted);
             while let Some(ev) = events.next().await {
                 use pb::watch_event::Kind;
                 match ev.map_err(|s| s.message().to_string())?.kind {
-                    Some(Kind::Granted(g)) if g.request_id == q.request_id => return Ok(leases(g.reservations)),
+                    Some(Kind::Granted(g)) if g.request_id == q.request_id => {
+                        granted.extend(leases(g.reservations));
+                        if granted.len() >= wanted {
+                            return Ok(granted);
+                        }
+                    }
                     Some(Kind::TimedOut(t)) if t.request_id == q.request_id => return Err("the wait timed out".into()),
                     Some(Kind::Cancelled(c)) if c.request_id == q.request_id => {
                         return Err("the wait was cancelled".into())

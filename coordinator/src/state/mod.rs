@@ -1481,13 +1481,12 @@ impl State {
         }
     }
 
-    /// The priority a waiter preempts with: its effective priority (aging and inheritance
-    /// included). Known issue: aged waiters can preempt holders of their own priority (the
-    /// simulator shows equal-priority holders evicting each other); preempting by the own
-    /// priority alone left a requeued task waiting forever in `tests/tests/jobs.rs`, so the
-    /// change waits for that hang to be understood (docs/simulator.md, bug ledger).
+    /// The priority a waiter preempts with: its own, or the priority it inherited. Aging
+    /// orders queues but does not preempt: an aged waiter would evict a holder of its own
+    /// priority, which then ages and evicts it back.
     fn preempting_priority(&self, id: RequestId) -> u32 {
-        self.requests[&id].effective
+        let request = &self.requests[&id];
+        request.priority.max(self.owners[&request.owner].inherited.min(PRIORITY_MAX))
     }
 
     /// Preemption for a request still waiting once the apply has settled: every `preempt`
