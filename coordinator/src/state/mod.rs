@@ -1588,7 +1588,7 @@ impl State {
         self.grants.get(&id).map(|g| g.info(&self.owners[&g.owner].name))
     }
 
-    /// Every pending request: `(id, owner, session, resources, effective priority, enqueued_at)`.
+    /// Every pending request, with its own, effective and preempting priorities.
     pub fn waiters(&self) -> impl Iterator<Item = WaiterInfo> + '_ {
         self.requests.values().map(|r| WaiterInfo {
             request: r.id,
@@ -1597,6 +1597,7 @@ impl State {
             items: r.items.clone(),
             priority: r.priority,
             effective_priority: r.effective,
+            preempting_priority: self.preempting_priority(r.id),
             enqueued_at: r.enqueued_at,
             seq: r.seq,
         })
@@ -1644,6 +1645,8 @@ pub struct WaiterInfo {
     pub items: Vec<Item>,
     pub priority: u32,
     pub effective_priority: u32,
+    /// What it preempts with: its own or inherited priority, never the aged one.
+    pub preempting_priority: u32,
     pub enqueued_at: Millis,
     /// Arrival order (FIFO within a priority).
     pub seq: u64,

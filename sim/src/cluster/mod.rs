@@ -200,7 +200,7 @@ fn replicas(shared: &Shared, clocks: &BTreeMap<u64, SimClock>, t: u64, obs: &mut
             (
                 d.state.grants().collect(),
                 d.state.wait_for_edges(),
-                d.state.waiters().map(|w| (w.request.0, w.effective_priority)).collect(),
+                d.state.waiters().map(|w| (w.request.0, w.preempting_priority)).collect(),
                 d.state.config().preempt_gap,
                 d.state
                     .tasks()

@@ -47,7 +47,7 @@ pub struct Replica {
     pub applied: u64,
     pub grants: Vec<GrantInfo>,
     pub edges: Vec<(OwnerRef, OwnerRef)>,
-    /// Pending requests: id → effective priority.
+    /// Pending requests: id → the priority they preempt with (own or inherited, not aged).
     pub waiters: BTreeMap<u64, u32>,
     pub preempt_gap: u32,
     /// Tasks' checkpoints: task → (attempt, sequence).

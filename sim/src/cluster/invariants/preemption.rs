@@ -1,6 +1,6 @@
-//! Preemption follows the policy: a holder is asked to yield only for a waiter whose
-//! effective priority is at least `preempt_gap` above the holder's, and a lease is revoked
-//! only after such a request.
+//! Preemption follows the policy: a holder is asked to yield only for a waiter whose own or
+//! inherited priority (aging does not count) is at least `preempt_gap` above the holder's, and
+//! a lease is revoked only after such a request.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -43,7 +43,7 @@ impl Invariant for Preemption {
                         };
                         if *waiter < holder.saturating_add(replica.preempt_gap) {
                             return Err(format!(
-                                "r{} ({owner}, priority {holder}) asked to yield at index {} for request {} of effective priority {waiter}, less than {} above it",
+                                "r{} ({owner}, priority {holder}) asked to yield at index {} for request {} of preempting priority {waiter}, less than {} above it",
                                 reservation.0, rec.index, by.0, replica.preempt_gap
                             ));
                         }
