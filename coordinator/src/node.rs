@@ -305,8 +305,12 @@ impl Node {
     /// Read-index: returns once this node has applied everything committed before the call,
     /// confirmed by the leader with a quorum. Reads after it are linearizable.
     pub async fn read_index(&self) -> Result<LogIndex, ApiError> {
+        if self.metrics().state == ServerState::Leader {
+            return self.local_read_index().await;
+        }
         match self.raft.ensure_linearizable().await {
-            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+            // Became leader since: ask again once this term's RestartLeases has applied.
+            Ok(_) => self.local_read_index().await,
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) else {
                     return Err(self.not_leader());
@@ -338,7 +342,14 @@ impl Node {
     }
 
     /// The local read index, for a follower asking (leader only).
+    ///
+    /// A node that restarts with a committed vote for itself comes back as leader of its old
+    /// term at once, with the commit index it last persisted, which can be behind what the
+    /// followers have applied. Its RestartLeases is the first entry it commits in this
+    /// incarnation and lies past everything in its log, so once it has applied, the commit
+    /// index is current again: reads wait for it, as writes do.
     pub async fn local_read_index(&self) -> Result<LogIndex, ApiError> {
+        self.wait_restarted().await?;
         match self.raft.ensure_linearizable().await {
             Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
             Err(_) => Err(self.not_leader()),

@@ -7,6 +7,7 @@
 //! | one-way partition | `partition_oneway` between two coordinators |
 //! | message delay | a link's latency raised to hundreds of ms |
 //! | crash at a vote | a node that has just voted in a new term crashes before the winner's first append reaches it |
+//! | leader blink | the leader crashed and restarted within the shortest election timeout: it resumes as leader of its old term with the commit index it last persisted |
 //! | crash + restart | the host's runtime dropped, its store loses a random suffix of the unflushed writes; restarted after a short or a long outage (long: followers come back through a snapshot) |
 //! | clock jump / skew | the node's [`SimClock`] stepped (±) or run fast/slow |
 //! | leadership transfer | `Cluster.TransferLeader` through the control host |
@@ -284,6 +285,14 @@ impl Nemesis {
                 }
                 trace("worker-isolate", format_args!("{w} for {dur}ms"));
                 self.count("worker-isolate");
+            }
+            96..=97 => {
+                // Down for less than any election timeout: the leader comes back as leader of
+                // its old term (its vote was committed), with the commit index it last persisted.
+                let Some(id) = Nemesis::leader(shared) else { return };
+                let shortest = self.opts.election_ms.iter().copied().min().unwrap_or(300);
+                let down = self.rng.range(20, shortest.max(40));
+                self.crash(sim, t, shared, id, down, "leader-blink");
             }
             _ => {
                 // A quiet spell: the cluster runs undisturbed for a while.
