@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use qm_sim::cluster::options::{CHAOS_MS_DEFAULT, CHAOS_MS_MAX};
+use qm_sim::cluster::options::{Focus, CHAOS_MS_DEFAULT, CHAOS_MS_MAX};
 use qm_sim::cluster::{self, Options, Report};
 use serde_json::json;
 
@@ -36,6 +36,11 @@ pub struct ClusterArgs {
     /// Run the workload without faults (a baseline).
     #[arg(long = "no-faults")]
     pub no_faults: bool,
+    /// Favour one fault kind: 60% of the nemesis's faults are of it. One of isolate, oneway,
+    /// delay, crash, clock-jump, clock-rate, transfer, worker-crash, worker-isolate,
+    /// leader-blink (a leader down for less than any election timeout).
+    #[arg(long, value_name = "KIND", conflicts_with = "no_faults")]
+    pub focus: Option<Focus>,
     /// Write every trace line of the (last) run to this file.
     #[arg(long)]
     pub trace: Option<std::path::PathBuf>,
@@ -74,12 +79,13 @@ fn line_json(r: &Report) -> serde_json::Value {
 fn run_here(args: &ClusterArgs, seed: u64) -> serde_json::Value {
     let mut opts = Options::from_seed(seed, args.nodes, args.chaos_ms);
     opts.faults = !args.no_faults;
+    opts.focus = args.focus;
     opts.keep_trace = args.trace.is_some();
     // A thread of its own: the simulator builds its own runtimes, which cannot nest in the
     // caller's, and its panic capture is per thread.
     let Ok(r) = std::thread::scope(|s| s.spawn(|| cluster::run(&opts)).join()) else {
         eprintln!("seed {seed}: the simulator itself panicked");
-        let command = cluster::options::command(seed, args.nodes, args.chaos_ms, !args.no_faults);
+        let command = cluster::options::command(seed, args.nodes, args.chaos_ms, !args.no_faults, args.focus);
         eprintln!("reproduce with: {command}");
         return crashed(seed, args, "the simulator panicked".into());
     };
@@ -114,6 +120,9 @@ fn run_child(args: &ClusterArgs, seed: u64) -> serde_json::Value {
     if args.no_faults {
         cmd.arg("--no-faults");
     }
+    if let Some(f) = args.focus {
+        cmd.args(["--focus", f.name]);
+    }
     if let Some(path) = &args.trace {
         cmd.arg("--trace").arg(path);
     }
@@ -139,7 +148,7 @@ fn crashed(seed: u64, args: &ClusterArgs, why: String) -> serde_json::Value {
         "nodes": args.nodes,
         "result": "crashed",
         "violation": {"invariant": "no-panic", "message": why, "t_ms": null},
-        "reproduce": cluster::options::command(seed, args.nodes, args.chaos_ms, !args.no_faults),
+        "reproduce": cluster::options::command(seed, args.nodes, args.chaos_ms, !args.no_faults, args.focus),
     })
 }
 

@@ -129,12 +129,14 @@ fn same_seed_same_trace() {
 }
 
 fn options_command(seed: u64) -> String {
-    cluster::options::command(seed, 3, TEST_CHAOS_MS, true)
+    cluster::options::command(seed, 3, TEST_CHAOS_MS, true, None)
 }
 
 #[test]
 fn pinned_regression_seeds() {
-    for &(seed, nodes, chaos_ms) in regressions::SEEDS {
-        assert_clean(&run_with(seed, nodes, chaos_ms));
+    for r in regressions::SEEDS {
+        let mut opts = Options::from_seed(r.seed, r.nodes, r.chaos_ms);
+        opts.focus = r.focus.map(|f| f.parse().expect("a pinned seed's focus is a fault kind"));
+        assert_clean(&cluster::run(&opts));
     }
 }

@@ -81,6 +81,7 @@ pub struct Report {
     pub nodes: u64,
     pub chaos_ms: u64,
     pub faults_enabled: bool,
+    pub focus: Option<options::Focus>,
     pub trace_hash: String,
     pub trace_lines: u64,
     /// Operations the clients started.
@@ -101,7 +102,7 @@ pub struct Report {
 impl Report {
     /// The one-line command that reproduces this run.
     pub fn command(&self) -> String {
-        options::command(self.seed, self.nodes, self.chaos_ms, self.faults_enabled)
+        options::command(self.seed, self.nodes, self.chaos_ms, self.faults_enabled, self.focus)
     }
 }
 
@@ -445,6 +446,7 @@ fn run_inner(opts: &Options) -> Report {
         nodes: opts.nodes,
         chaos_ms: opts.chaos_ms,
         faults_enabled: opts.faults,
+        focus: opts.focus,
         trace_hash: w.trace.hash(),
         trace_lines: w.trace.lines(),
         ops: w.history.ops,

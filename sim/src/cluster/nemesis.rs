@@ -192,7 +192,10 @@ impl Nemesis {
 
     fn inject(&mut self, sim: &mut turmoil::Sim<'_>, t: u64, shared: &Shared) {
         let n = self.opts.nodes;
-        let kind = self.rng.range(0, 100);
+        let kind = match self.opts.focus {
+            Some(f) if self.rng.chance(super::options::FOCUS_PCT) => f.draw,
+            _ => self.rng.range(0, 100),
+        };
         let dur = self.rng.range(500, 6_000);
         let trace = |what: &str, detail: std::fmt::Arguments<'_>| {
             lock(shared).trace.event(t, "nemesis", format_args!("{what} {detail}"))

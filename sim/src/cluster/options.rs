@@ -10,6 +10,41 @@ pub const CHAOS_MS_DEFAULT: u64 = 20_000;
 /// Most simulated milliseconds of chaos a run may ask for.
 pub const CHAOS_MS_MAX: u64 = 600_000;
 
+/// Percent of a focused nemesis's faults that are of the focused kind.
+pub const FOCUS_PCT: u64 = 60;
+
+/// Fault kinds the nemesis can be focused on, with the draw that selects each in its table.
+pub const FOCUS_KINDS: &[(&str, u64)] = &[
+    ("isolate", 0),
+    ("oneway", 20),
+    ("delay", 30),
+    ("crash", 42),
+    ("clock-jump", 62),
+    ("clock-rate", 72),
+    ("transfer", 82),
+    ("worker-crash", 89),
+    ("worker-isolate", 93),
+    ("leader-blink", 96),
+];
+
+/// A fault kind the nemesis favours (`--focus`): [`FOCUS_PCT`]% of its faults are of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Focus {
+    pub name: &'static str,
+    pub draw: u64,
+}
+
+impl std::str::FromStr for Focus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Focus, String> {
+        FOCUS_KINDS.iter().find(|(n, _)| *n == s).map(|&(name, draw)| Focus { name, draw }).ok_or_else(|| {
+            let names: Vec<&str> = FOCUS_KINDS.iter().map(|(n, _)| *n).collect();
+            format!("unknown fault kind {s:?}; one of: {}", names.join(", "))
+        })
+    }
+}
+
 /// The shape of one run.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -43,10 +78,12 @@ pub struct Options {
     pub workers: u64,
     /// Percent of fresh votes the nemesis answers with a crash of the voter.
     pub vote_crash_pct: u64,
+    /// The fault kind the nemesis favours, if any.
+    pub focus: Option<Focus>,
 }
 
 /// The one-line command that reproduces a run.
-pub fn command(seed: u64, nodes: u64, chaos_ms: u64, faults: bool) -> String {
+pub fn command(seed: u64, nodes: u64, chaos_ms: u64, faults: bool, focus: Option<Focus>) -> String {
     let mut c = format!("qm sim cluster --seed {seed} --nodes {nodes}");
     if chaos_ms != CHAOS_MS_DEFAULT {
         c.push_str(&format!(" --chaos-ms {chaos_ms}"));
@@ -54,13 +91,16 @@ pub fn command(seed: u64, nodes: u64, chaos_ms: u64, faults: bool) -> String {
     if !faults {
         c.push_str(" --no-faults");
     }
+    if let Some(f) = focus {
+        c.push_str(&format!(" --focus {}", f.name));
+    }
     c
 }
 
 impl Options {
     /// The one-line command that reproduces this run.
     pub fn command(&self) -> String {
-        command(self.seed, self.nodes, self.chaos_ms, self.faults)
+        command(self.seed, self.nodes, self.chaos_ms, self.faults, self.focus)
     }
 
     /// The options of `seed` with `nodes` coordinators and `chaos_ms` of chaos.
@@ -87,6 +127,7 @@ impl Options {
             keep_trace: false,
             workers: rng.range(1, 3),
             vote_crash_pct: rng.range(0, 40),
+            focus: None,
         }
     }
 

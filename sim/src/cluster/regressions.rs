@@ -1,9 +1,21 @@
 //! Pinned regression seeds: every seed that once failed stays in this table and is run by
-//! `sim/tests/cluster.rs` (and by `qm sim cluster --seed N --nodes M --chaos-ms C`).
+//! `sim/tests/cluster.rs` (and by the command in its row).
 //!
-//! | seed | nodes | chaos ms | what it found | resolution |
-//! |---|---|---|---|---|
-//! | 7 | 3 | 10000 | "two leaders in term 4" (n1 and n2) after n3 had been cut off: n3 granted T4-N1, then T4-N2 | not a bug: openraft's default mode orders votes by `LeaderId` = (term, node), so two leaders per term are legal; the election-safety checker now checks what openraft relies on (persisted votes never go backwards, one leader per `LeaderId`) |
+//! | seed | nodes | chaos ms | focus | what it found | resolution |
+//! |---|---|---|---|---|---|
+//! | 7 | 3 | 10000 | | "two leaders in term 4" (n1 and n2) after n3 had been cut off: n3 granted T4-N1, then T4-N2 | not a bug: openraft's default mode orders votes by `LeaderId` = (term, node), so two leaders per term are legal; the election-safety checker now checks what openraft relies on (persisted votes never go backwards, one leader per `LeaderId`) |
+//! | 175 | 3 | 20000 | leader-blink | stale read: n3, leader, applied 192, crashed for 314 ms losing its unflushed commit index, and came back as leader of its old term; a read at n2 got read index 191 from it | fixed: a leader serves read-index only once its term's RestartLeases has applied in this incarnation (`Node::local_read_index`) |
 
-/// `(seed, nodes, chaos_ms)` runs that must stay clean.
-pub const SEEDS: &[(u64, u64, u64)] = &[(7, 3, 10_000)];
+/// A run that must stay clean: `qm sim cluster --seed S --nodes N --chaos-ms C [--focus F]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Pinned {
+    pub seed: u64,
+    pub nodes: u64,
+    pub chaos_ms: u64,
+    pub focus: Option<&'static str>,
+}
+
+pub const SEEDS: &[Pinned] = &[
+    Pinned { seed: 7, nodes: 3, chaos_ms: 10_000, focus: None },
+    Pinned { seed: 175, nodes: 3, chaos_ms: 20_000, focus: Some("leader-blink") },
+];
