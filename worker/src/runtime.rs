@@ -389,36 +389,22 @@ async fn acquire_set(
         lease_ms: TASK_LEASE_MS,
         wait_timeout_ms: None,
     };
-    let leases =
-        |rs: Vec<pb::Reservation>| rs.into_iter().map(|r| Lease { id: r.id, fencing_token: r.fencing_token }).collect();
     use pb::acquire_response::Outcome as O;
     match shared.client.acquire(req).await.map_err(|s| s.message().to_string())?.outcome {
-        Some(O::Granted(g)) => Ok(leases(g.reservations)),
+        Some(O::Granted(g)) => Ok(leases_of(g.reservations)),
         Some(O::Queued(q)) => {
             shared.book.lock().expect("book").pending.insert(task, q.request_id);
-            // A set is granted whole in one apply, but watchers see one event per item:
-            // collect them all, or the leases after the first would be held for nobody.
-            let mut granted = Vec::with_capacity(wanted);
-            while let Some(ev) = events.next().await {
-                use pb::watch_event::Kind;
-                match ev.map_err(|s| s.message().to_string())?.kind {
-                    Some(Kind::Granted(g)) if g.request_id == q.request_id => {
-                        granted.extend(leases(g.reservations));
-                        if granted.len() >= wanted {
-                            return Ok(granted);
-                        }
-                    }
-                    Some(Kind::TimedOut(t)) if t.request_id == q.request_id => return Err("the wait timed out".into()),
-                    Some(Kind::Cancelled(c)) if c.request_id == q.request_id => {
-                        return Err("the wait was cancelled".into())
-                    }
-                    Some(Kind::DeadlockVictim(d)) if d.request_id == q.request_id => {
-                        return Err(format!("{DEADLOCK}cycle {}", d.cycle_owners.join(" → ")))
-                    }
-                    _ => {}
+            let waited = wait_for_grant(&mut events, q.request_id, wanted).await;
+            // Timed out, cancelled or a victim: the request is gone, and a later CancelAcquire
+            // must not name it. (A grant is cleared when the agent takes its leases, so a
+            // cancel before then still releases them by request.)
+            if waited.is_err() {
+                let mut book = shared.book.lock().expect("book");
+                if book.pending.get(&task) == Some(&q.request_id) {
+                    book.pending.remove(&task);
                 }
             }
-            Err("the watch stream ended while waiting".into())
+            waited
         }
         Some(O::Refused(r)) if r.reason == pb::RefusalReason::Deadlock as i32 => {
             Err(format!("{DEADLOCK}refused as closing a cycle"))
@@ -426,6 +412,39 @@ async fn acquire_set(
         Some(O::Refused(r)) => Err(format!("refused: {:?}", pb::RefusalReason::try_from(r.reason).unwrap_or_default())),
         None => Err("empty answer".into()),
     }
+}
+
+fn leases_of(rs: Vec<pb::Reservation>) -> Vec<Lease> {
+    rs.into_iter().map(|r| Lease { id: r.id, fencing_token: r.fencing_token }).collect()
+}
+
+/// Waits on the watch stream until every item of queued request `request` is granted.
+/// A set is granted whole in one apply, but watchers see one event per item: collect them
+/// all, or the leases after the first would be held for nobody.
+async fn wait_for_grant(
+    events: &mut tonic::Streaming<pb::WatchEvent>,
+    request: u64,
+    wanted: usize,
+) -> Result<Vec<Lease>, String> {
+    use pb::watch_event::Kind;
+    let mut granted = Vec::with_capacity(wanted);
+    while let Some(ev) = events.next().await {
+        match ev.map_err(|s| s.message().to_string())?.kind {
+            Some(Kind::Granted(g)) if g.request_id == request => {
+                granted.extend(leases_of(g.reservations));
+                if granted.len() >= wanted {
+                    return Ok(granted);
+                }
+            }
+            Some(Kind::TimedOut(t)) if t.request_id == request => return Err("the wait timed out".into()),
+            Some(Kind::Cancelled(c)) if c.request_id == request => return Err("the wait was cancelled".into()),
+            Some(Kind::DeadlockVictim(d)) if d.request_id == request => {
+                return Err(format!("{DEADLOCK}cycle {}", d.cycle_owners.join(" → ")))
+            }
+            _ => {}
+        }
+    }
+    Err("the watch stream ended while waiting".into())
 }
 
 fn usage_pb(u: Usage) -> Vec<pb::TokenUsage> {
