@@ -959,15 +959,17 @@ async fn cluster(command: ClusterCommand, output: Output, client: &Client) -> Re
                 "node_id": s.node_id, "term": s.term, "leader_id": s.leader_id, "leader_address": s.leader_address,
                 "applied_index": s.applied_index, "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
                 "membership_changing": s.membership_changing, "version": s.version,
+                "ready": s.ready, "not_ready_reason": s.not_ready_reason,
                 "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
             });
             let mut text = format!(
-                "answered by node {} (term {}, applied {}, snapshot {}); leader: {}\n{:<6} {:<28} {:<8} {:<7} {}\n",
+                "answered by node {} (term {}, applied {}, snapshot {}); leader: {}; {}\n{:<6} {:<28} {:<8} {:<7} {}\n",
                 s.node_id,
                 s.term,
                 s.applied_index,
                 s.snapshot_index,
                 s.leader_id.map_or("none".to_string(), |l| format!("node {l} at {}", s.leader_address)),
+                if s.ready { "ready".to_string() } else { format!("NOT READY: {}", s.not_ready_reason) },
                 "ID",
                 "ADDRESS",
                 "ROLE",

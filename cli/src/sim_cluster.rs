@@ -38,7 +38,8 @@ pub struct ClusterArgs {
     pub no_faults: bool,
     /// Favour one fault kind: 60% of the nemesis's faults are of it. One of isolate, oneway,
     /// delay, crash, clock-jump, clock-rate, transfer, worker-crash, worker-isolate,
-    /// leader-blink (a leader down for less than any election timeout).
+    /// leader-blink (a leader down for less than any election timeout), leader-return (a
+    /// deposed leader catches up by snapshot and is elected again, then a quiet spell).
     #[arg(long, value_name = "KIND", conflicts_with = "no_faults")]
     pub focus: Option<Focus>,
     /// Write every trace line of the (last) run to this file.

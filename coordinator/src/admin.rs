@@ -1,7 +1,9 @@
 //! The admin HTTP port (axum): `/metrics` (Prometheus text), `/livez`, `/readyz`, `/health`.
 //!
-//! `/livez` answers while the process serves HTTP; `/readyz` only while a leader is known
-//! (the node can serve writes, directly or forwarded); `/health` is a JSON summary.
+//! `/livez` answers while the process serves HTTP; `/readyz` only while the node can serve
+//! writes, directly or forwarded: a follower that knows a leader, or a leader whose term's
+//! RestartLeases has committed (a leader that is not serving is not ready); `/health` is a
+//! JSON summary with the same verdict and its reason.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -34,23 +36,25 @@ pub async fn serve(
 }
 
 async fn readyz(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {
-    match node.metrics().current_leader {
-        Some(l) => (StatusCode::OK, format!("ok: leader is node {l}\n")),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader known\n".to_string()),
+    match node.readiness() {
+        Ok(why) => (StatusCode::OK, format!("ok: {why}\n")),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
     }
 }
 
 async fn health(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {
     let m = node.metrics();
+    let ready = node.readiness();
     let body = serde_json::json!({
         "node_id": node.id,
         "state": format!("{:?}", m.state),
         "term": m.current_term,
         "leader_id": m.current_leader,
         "applied_index": m.last_applied.map_or(0, |l| l.index),
-        "ready": m.current_leader.is_some(),
+        "ready": ready.is_ok(),
+        "readiness": match &ready { Ok(why) | Err(why) => why },
     });
-    let code = if m.current_leader.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body))
 }
 

@@ -13,6 +13,10 @@
 //! delay: a lone proposal goes out at once as a batch of one. Commands keep their arrival
 //! order inside a batch, and the state machine applies them in that order at the entry's
 //! index (`State::apply_batch`).
+//!
+//! No batch waits forever: each waits for its answer at most `PROPOSAL_WAIT_MS_MAX`, and
+//! only while the term it was proposed in lasts ([`crate::raft::bounded`]); an abandoned
+//! batch answers its callers UNAVAILABLE with an unknown outcome.
 
 use std::sync::Arc;
 
@@ -21,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::clock::Clock;
 use crate::error::ApiError;
+use crate::raft::bounded::{within_term, PROPOSAL_WAIT_MS_MAX};
 use crate::raft::{Node as RaftNode, NodeId, Raft, Request};
 use crate::state::{Command, LogIndex, Response};
 
@@ -100,16 +105,26 @@ async fn run(raft: Raft, clock: Arc<dyn Clock>, mut queue: mpsc::Receiver<Propos
         let now = clock.now_ms();
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-            match raft.client_write(Request { now, commands }).await {
-                Ok(written) => {
+            // Bounded, and given up when the term ends: an entry proposed by a leader that was
+            // deposed and then caught up by snapshot is never answered, and an unanswered batch
+            // would hold its in-flight permit (and its callers) forever.
+            let write = raft.client_write(Request { now, commands });
+            match within_term(raft.metrics(), PROPOSAL_WAIT_MS_MAX, write).await {
+                Ok(Ok(written)) => {
                     let index = written.log_id.index;
                     for (reply, response) in replies.into_iter().zip(written.data) {
                         let _ = reply.send(Ok((index, response)));
                     }
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     for reply in replies {
                         let _ = reply.send(Err(write_error(&e)));
+                    }
+                }
+                Err(abandoned) => {
+                    tracing::warn!(%abandoned, "a batch of writes was abandoned");
+                    for reply in replies {
+                        let _ = reply.send(Err(ApiError::Unavailable(abandoned.to_string())));
                     }
                 }
             }

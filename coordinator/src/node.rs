@@ -9,6 +9,13 @@
 //!                     └─ no ─▶ ask the leader for its read index, wait to apply it
 //!   leader duties: on a new term propose RestartLeases first, then Tick every tick_ms
 //! ```
+//!
+//! No wait here lasts forever. Every wait on a Raft write is bounded and given up when the
+//! term it was made in ends ([`crate::raft::bounded`]): openraft leaves a write unanswered
+//! when its leader is deposed and then catches up by snapshot. A leader whose term's
+//! RestartLeases does not commit within `RESTART_COMMIT_MS_MAX` is not serving: it steps
+//! down ([`crate::api::transfer::step_down`]), and until then `/readyz` and `qm cluster
+//! status` call it not ready.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -25,6 +32,7 @@ use tonic::transport::Channel;
 use crate::batcher::Batcher;
 use crate::clock::Clock;
 use crate::error::ApiError;
+use crate::raft::bounded::{within_term, Abandoned};
 use crate::raft::log_store::LogStore;
 use crate::raft::mem_store::MemStore;
 use crate::raft::network::{self, NetworkFactory};
@@ -34,8 +42,11 @@ use crate::raft::store::Store;
 use crate::raft::{Node as RaftNode, NodeId, Raft, RaftMetrics, Request};
 use crate::state::{validate_command, Command, LogIndex, Response};
 
-/// How long a new leader's writes wait for its RestartLeases to commit.
-const RESTART_WAIT_MS_MAX: u64 = 5_000;
+/// How long a new leader may take to commit its term's RestartLeases before it steps down;
+/// its writes and reads wait for it at most this long.
+pub const RESTART_COMMIT_MS_MAX: u64 = 5_000;
+/// How long one Tick may wait to commit.
+const TICK_WAIT_MS_MAX: u64 = 2_000;
 /// Deadline of a forwarded write or read-index call.
 const FORWARD_TIMEOUT_MS: u64 = 5_000;
 
@@ -268,13 +279,39 @@ impl Node {
         }
         let term = m.current_term;
         let mut rx = self.restarted_term.subscribe();
-        let waited = tokio::time::timeout(Duration::from_millis(RESTART_WAIT_MS_MAX), async {
-            rx.wait_for(|t| *t >= term).await.is_ok()
-        })
-        .await;
-        match waited {
+        let restarted = async { rx.wait_for(|t| *t >= term).await.is_ok() };
+        match within_term(self.raft.metrics(), RESTART_COMMIT_MS_MAX, restarted).await {
             Ok(true) => Ok(()),
-            _ => Err(ApiError::Unavailable(format!("leader of term {term} has not restarted leases yet"))),
+            Err(Abandoned::TermEnded { .. }) => Err(self.not_leader()),
+            _ => Err(ApiError::Unavailable(format!(
+                "leader of term {term} has not restarted leases yet (it steps down if that takes over {} ms)",
+                RESTART_COMMIT_MS_MAX
+            ))),
+        }
+    }
+
+    /// The term whose RestartLeases has committed here, as it changes.
+    pub fn restarted_term(&self) -> watch::Receiver<u64> {
+        self.restarted_term.subscribe()
+    }
+
+    /// Whether this node serves requests now, and why not: a leader once its term's
+    /// RestartLeases has committed, a follower while it knows a leader.
+    pub fn readiness(&self) -> Result<String, String> {
+        let m = self.metrics();
+        if m.state == ServerState::Leader {
+            let term = m.current_term;
+            return if *self.restarted_term.borrow() >= term {
+                Ok(format!("leader of term {term}, serving"))
+            } else {
+                Err(format!(
+                    "leader of term {term} has not committed its first entry (RestartLeases); it serves nothing until it does"
+                ))
+            };
+        }
+        match m.current_leader {
+            Some(l) => Ok(format!("following node {l} (term {})", m.current_term)),
+            None => Err("no leader known".into()),
         }
     }
 
@@ -308,7 +345,9 @@ impl Node {
         if self.metrics().state == ServerState::Leader {
             return self.local_read_index().await;
         }
-        match self.raft.ensure_linearizable().await {
+        let confirmed = within_term(self.raft.metrics(), FORWARD_TIMEOUT_MS, self.raft.ensure_linearizable()).await;
+        let Ok(confirmed) = confirmed else { return Err(self.not_leader()) };
+        match confirmed {
             // Became leader since: ask again once this term's RestartLeases has applied.
             Ok(_) => self.local_read_index().await,
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -350,9 +389,9 @@ impl Node {
     /// index is current again: reads wait for it, as writes do.
     pub async fn local_read_index(&self) -> Result<LogIndex, ApiError> {
         self.wait_restarted().await?;
-        match self.raft.ensure_linearizable().await {
-            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
-            Err(_) => Err(self.not_leader()),
+        match within_term(self.raft.metrics(), FORWARD_TIMEOUT_MS, self.raft.ensure_linearizable()).await {
+            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
+            _ => Err(self.not_leader()),
         }
     }
 
@@ -367,6 +406,10 @@ impl Node {
 }
 
 /// The leader's duties: RestartLeases first in each new term, then a Tick every `tick_ms`.
+///
+/// Each write is awaited within its term and a bound, so a write that will never be answered
+/// (proposed in a term that ended) cannot stall the duties of a later term. A RestartLeases
+/// that does not commit in `RESTART_COMMIT_MS_MAX` makes the leader step down.
 async fn leader_duties(node: Arc<Node>) {
     let mut metrics = node.raft.metrics();
     let mut ticker = tokio::time::interval(Duration::from_millis(node.tick_ms));
@@ -389,22 +432,36 @@ async fn leader_duties(node: Arc<Node>) {
             continue;
         }
         if *node.restarted_term.borrow() < term {
-            let request = Request::one(node.clock.now_ms(), Command::RestartLeases);
-            match node.raft.client_write(request).await {
-                Ok(r) => {
-                    tracing::info!(term, index = r.log_id.index, "leader: leases restarted with a full TTL");
-                    node.restarted_term.send_replace(term);
-                }
-                Err(e) => tracing::warn!(term, error = %e, "leader: RestartLeases failed"),
-            }
+            restart_leases(&node, term).await;
             continue;
         }
         let transferring = node.transferring.load(std::sync::atomic::Ordering::SeqCst);
         if ticked && !transferring && node.shared.read(|d| d.state.has_timed_work()) {
             let request = Request::one(node.clock.now_ms(), Command::Tick);
-            if let Err(e) = node.raft.client_write(request).await {
-                tracing::debug!(error = %e, "leader: tick not committed");
+            match within_term(node.raft.metrics(), TICK_WAIT_MS_MAX, node.raft.client_write(request)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "leader: tick not committed"),
+                Err(abandoned) => tracing::debug!(%abandoned, "leader: tick abandoned"),
             }
         }
+    }
+}
+
+/// Commits this term's RestartLeases (every lease restarts with a full TTL before any may
+/// expire), or steps down when it cannot within `RESTART_COMMIT_MS_MAX`.
+async fn restart_leases(node: &Node, term: u64) {
+    let request = Request::one(node.clock.now_ms(), Command::RestartLeases);
+    let write = node.raft.client_write(request);
+    match within_term(node.raft.metrics(), RESTART_COMMIT_MS_MAX, write).await {
+        Ok(Ok(r)) => {
+            tracing::info!(term, index = r.log_id.index, "leader: leases restarted with a full TTL");
+            node.restarted_term.send_replace(term);
+        }
+        Ok(Err(e)) => tracing::warn!(term, error = %e, "leader: RestartLeases failed"),
+        Err(Abandoned::TimedOut { .. }) => {
+            let why = format!("its term's RestartLeases did not commit within {RESTART_COMMIT_MS_MAX} ms");
+            crate::api::transfer::step_down(node, term, &why).await;
+        }
+        Err(abandoned) => tracing::info!(term, %abandoned, "leader: RestartLeases abandoned"),
     }
 }

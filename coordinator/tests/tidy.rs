@@ -80,3 +80,52 @@ fn the_scanner_catches_what_it_forbids() {
     assert_eq!(violations(sample)[0].0, 1);
     assert!(violations("let state = BTreeMap::new(); // no I/O, no tokio").is_empty());
 }
+
+/// openraft calls whose futures resolve only when an entry is applied or truncated: a leader
+/// deposed before its entry committed, which then catches up by snapshot, never sees them
+/// resolve.
+const UNBOUNDED_RAFT_WAITS: &[&str] =
+    &[".client_write(", ".change_membership(", ".add_learner(", ".ensure_linearizable("];
+
+/// `(line number, call)` for every such call in `source` that is not handed to `within_term`
+/// (on its line or the two before, where a long call is split).
+fn unbounded_waits(source: &str) -> Vec<(usize, &'static str)> {
+    let lines: Vec<&str> = source.lines().map(|l| l.split("//").next().unwrap_or("")).collect();
+    let mut found = Vec::new();
+    for (n, code) in lines.iter().enumerate() {
+        for call in UNBOUNDED_RAFT_WAITS.iter().filter(|c| code.contains(*c)) {
+            let bounded = lines[n.saturating_sub(2)..=n].iter().any(|l| l.contains("within_term("))
+                || lines.get(n + 1).is_some_and(|l| l.contains("within_term("));
+            if !bounded {
+                found.push((n + 1, *call));
+            }
+        }
+    }
+    found
+}
+
+/// Architecture Invariant: no wait on a Raft write is unbounded. Every openraft call that is
+/// answered only on apply goes through `raft::bounded::within_term`, which gives up when the
+/// term ends or a deadline passes.
+#[test]
+fn every_wait_on_a_raft_write_is_bounded() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    let mut problems = Vec::new();
+    for file in files {
+        let source = std::fs::read_to_string(&file).unwrap();
+        for (line, call) in unbounded_waits(&source) {
+            problems.push(format!("{}:{line}: `{call}` is awaited without `within_term`", file.display()));
+        }
+    }
+    assert!(problems.is_empty(), "waits on Raft writes must be bounded:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn the_wait_scanner_catches_an_unbounded_write() {
+    let bad = "let r = node.raft.client_write(request).await;\n// raft.client_write( in a comment";
+    assert_eq!(unbounded_waits(bad), [(1, ".client_write(")]);
+    let good = "let w = raft.client_write(req);\nmatch within_term(m, 10, w).await {}";
+    assert!(unbounded_waits(good).is_empty());
+}

@@ -14,8 +14,14 @@ use std::time::Duration;
 use qm_shared::client::Client;
 use qm_shared::pb::v1 as pb;
 
-/// The `qm` binary built beside this test.
+/// The `qm` binary built beside this test, or the one `QM_BIN` names (to run the black-box
+/// tests against another build, e.g. a release binary or an older commit's).
 pub fn qm_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("QM_BIN").filter(|b| !b.is_empty()) {
+        let bin = PathBuf::from(bin);
+        assert!(bin.exists(), "QM_BIN={} does not exist", bin.display());
+        return bin;
+    }
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
     let bin = dir.join("qm");
@@ -68,9 +74,9 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("n{id}")))
             .args(["--snapshot-logs", &self.snapshot_logs.to_string()])
-            .env("QM_LOG", "warn")
+            .env("QM_LOG", std::env::var("QM_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(self.log_file(&format!("n{id}")));
         if join {
             cmd.arg("--join");
         } else {
@@ -80,12 +86,39 @@ impl Cluster {
         self.procs.insert(id, child);
     }
 
+    /// Where a process's stderr goes: appended to `$QM_TEST_LOGS/<name>.log` when that is set
+    /// (with `QM_TEST_LOG` as the log filter, default `warn`), else nowhere.
+    fn log_file(&self, name: &str) -> Stdio {
+        let Some(dir) = std::env::var_os("QM_TEST_LOGS") else { return Stdio::null() };
+        let path = PathBuf::from(dir).join(format!("{name}.log"));
+        match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(f) => Stdio::from(f),
+            Err(e) => panic!("opening {}: {e}", path.display()),
+        }
+    }
+
     /// SIGKILL node `id` and reap it.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.procs.remove(&id) {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Pauses node `id` (SIGSTOP): it neither answers nor times out until [`Cluster::resume`].
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// Resumes a paused node (SIGCONT).
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
+        let pid = self.procs.get(&id).unwrap_or_else(|| panic!("node {id} is not running")).id();
+        let status = Command::new("kill").args([signal, &pid.to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} (node {id}) failed");
     }
 
     /// Starts `qm worker run --node-id NODE --slots ROLE=N...` against every node.
@@ -133,9 +166,18 @@ impl Cluster {
 
     /// Runs `qm ARGS… --endpoint <every node> -o json`: (exit code, stdout, stderr).
     pub fn qm(&self, args: &[&str]) -> (i32, String, String) {
+        self.qm_at(&self.endpoints(), args)
+    }
+
+    /// Runs `qm ARGS… --endpoint <node id's address> -o json`: (exit code, stdout, stderr).
+    pub fn qm_on(&self, id: u64, args: &[&str]) -> (i32, String, String) {
+        self.qm_at(&self.addrs[&id], args)
+    }
+
+    fn qm_at(&self, endpoints: &str, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(qm_bin())
             .args(args)
-            .args(["--endpoint", &self.endpoints(), "-o", "json"])
+            .args(["--endpoint", endpoints, "-o", "json"])
             .env("QM_LOG", "warn")
             .output()
             .expect("run qm");

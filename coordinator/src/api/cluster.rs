@@ -12,6 +12,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::raft::bounded::within_term;
 use crate::raft::{Node as RaftNode, NodeId};
 
 /// Longest a `wait` snapshot request or a caught-up learner add waits.
@@ -59,6 +60,19 @@ impl ClusterApi {
         }
     }
 
+    /// A membership change, awaited within its term and `ADMIN_WAIT_MS_MAX` (openraft answers
+    /// it like a write: never, if this leader is deposed and then catches up by snapshot).
+    async fn change_members(
+        &self,
+        change: ChangeMembers<NodeId, RaftNode>,
+    ) -> Result<openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>, ApiError> {
+        let fut = self.node.raft.change_membership(change, false);
+        within_term(self.node.raft.metrics(), ADMIN_WAIT_MS_MAX, fut)
+            .await
+            .map_err(|abandoned| ApiError::Unavailable(format!("membership change: {abandoned}")))?
+            .map_err(|e| self.write_err(e))
+    }
+
     fn check_node_id(id: u64) -> Result<(), ApiError> {
         if id == 0 {
             return Err(Invalid::new("node_id", "must be at least 1").into());
@@ -72,6 +86,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<GrpcResponse<pb::StatusResponse>, Status> {
         let m = self.node.metrics();
         let leader = self.node.leader();
+        let ready = self.node.readiness();
         Ok(GrpcResponse::new(pb::StatusResponse {
             node_id: self.node.id,
             term: m.current_term,
@@ -84,6 +99,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
             members: self.members(),
             membership_changing: m.membership_config.membership().get_joint_config().len() > 1,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            ready: ready.is_ok(),
+            not_ready_reason: ready.err().unwrap_or_default(),
         }))
     }
 
@@ -98,9 +115,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
             return Err(ApiError::FailedPrecondition(format!("node {} is already a member", req.node_id)).into());
         }
         let fut = self.node.raft.add_learner(req.node_id, RaftNode { addr: req.address }, req.wait_caught_up);
-        let resp = tokio::time::timeout(Duration::from_millis(ADMIN_WAIT_MS_MAX), fut)
+        let resp = within_term(self.node.raft.metrics(), ADMIN_WAIT_MS_MAX, fut)
             .await
-            .map_err(|_| ApiError::Unavailable("the learner did not catch up in time".into()))?
+            .map_err(|abandoned| ApiError::Unavailable(format!("adding the learner: {abandoned}")))?
             .map_err(|e| self.write_err(e))?;
         Ok(GrpcResponse::new(pb::AddLearnerResponse { log_index: resp.log_id.index, members: self.members() }))
     }
@@ -108,12 +125,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
     async fn promote(&self, request: Request<pb::PromoteRequest>) -> Result<GrpcResponse<pb::PromoteResponse>, Status> {
         let id = request.into_inner().node_id;
         Self::check_node_id(id)?;
-        let resp = self
-            .node
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(|e| self.write_err(e))?;
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        let resp = self.change_members(change).await?;
         Ok(GrpcResponse::new(pb::PromoteResponse { log_index: resp.log_id.index, members: self.members() }))
     }
 
@@ -129,7 +142,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        let resp = self.node.raft.change_membership(change, false).await.map_err(|e| self.write_err(e))?;
+        let resp = self.change_members(change).await?;
         Ok(GrpcResponse::new(pb::RemoveResponse { log_index: resp.log_id.index, members: self.members() }))
     }
 

@@ -100,12 +100,16 @@ where
         .await
 }
 
-/// gRPC health: NOT_SERVING until a leader is known, SERVING while one is.
+/// gRPC health: SERVING while the node is ready ([`Node::readiness`]: a follower that knows
+/// a leader, a leader whose term's RestartLeases has committed), NOT_SERVING otherwise.
 async fn report_health(node: Arc<Node>, health: tonic_health::server::HealthReporter) {
     let mut metrics = node.raft.metrics();
+    let mut restarted = node.restarted_term();
     let mut last = None;
     loop {
-        let serving = metrics.borrow_and_update().current_leader.is_some();
+        metrics.borrow_and_update();
+        restarted.borrow_and_update();
+        let serving = node.readiness().is_ok();
         if last != Some(serving) {
             let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
             health.set_service_status("", status).await;
@@ -121,7 +125,11 @@ async fn report_health(node: Arc<Node>, health: tonic_health::server::HealthRepo
             }
             last = Some(serving);
         }
-        if metrics.changed().await.is_err() {
+        let changed = tokio::select! {
+            m = metrics.changed() => m,
+            r = restarted.changed() => r,
+        };
+        if changed.is_err() {
             return;
         }
     }

@@ -76,16 +76,59 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<pb::TransferLea
         .is_ok()
     })
     .await;
-    let term = m.current_term;
+    hand_over(node, m.current_term, Some((target, addr))).await?;
+    let m = node.metrics();
+    Ok(pb::TransferLeaderResponse { leader_id: m.current_leader, term: m.current_term })
+}
+
+/// A leader that cannot serve steps down: it hands leadership to the voter with the longest
+/// log it knows of, or, with no one to hand it to, stops heartbeating until a newer term
+/// starts. Bounded; says why in the log.
+pub async fn step_down(node: &Node, term: u64, why: &str) {
+    let m = node.metrics();
+    if m.state != ServerState::Leader || m.current_term != term {
+        return;
+    }
+    let (voters, nodes) = node.members();
+    let replication = m.replication.clone().unwrap_or_default();
+    let target = voters
+        .iter()
+        .copied()
+        .filter(|v| *v != node.id)
+        .max_by_key(|v| replication.get(v).copied().flatten().map_or(0, |l| l.index))
+        .and_then(|v| nodes.get(&v).map(|a| (v, a.clone())));
+    tracing::error!(term, to = ?target.as_ref().map(|t| t.0), "leader: stepping down: {why}");
+    if target.is_none() {
+        // Alone: a new election of our own starts a new term, whose duties start afresh.
+        if let Err(e) = node.raft.trigger().elect().await {
+            tracing::warn!(error = %e, "leader: could not start a new election");
+        }
+        return;
+    }
+    node.transferring.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Err(e) = hand_over(node, term, target).await {
+        tracing::warn!(term, error = %e, "leader: stepping down did not complete");
+    }
+}
+
+/// The common tail of a transfer and a step-down: stop heartbeating so the followers' leases
+/// lapse, ask `target` to stand, and wait (bounded) for a newer term with a leader; then
+/// heartbeat and propose again whatever happened. The caller has set `transferring`.
+async fn hand_over(node: &Node, term: u64, target: Option<(NodeId, String)>) -> Result<(), ApiError> {
     node.raft.runtime_config().heartbeat(false);
     let result = async {
-        let mut client = crate::raft::network::peer_client(
-            crate::raft::network::channel(&addr, &node.connector).map_err(|e| ApiError::Unavailable(e.to_string()))?,
-        );
-        client
-            .elect(pb::ElectRequest { term })
-            .await
-            .map_err(|s| ApiError::Unavailable(format!("node {target} refused to stand: {}", s.message())))?;
+        if let Some((id, addr)) = target {
+            let mut client = crate::raft::network::peer_client(
+                crate::raft::network::channel(&addr, &node.connector)
+                    .map_err(|e| ApiError::Unavailable(e.to_string()))?,
+            );
+            let mut req = tonic::Request::new(pb::ElectRequest { term });
+            req.set_timeout(Duration::from_millis(TRANSFER_WAIT_MS_MAX));
+            client
+                .elect(req)
+                .await
+                .map_err(|s| ApiError::Unavailable(format!("node {id} refused to stand: {}", s.message())))?;
+        }
         let mut rx = node.raft.metrics();
         let _ = tokio::time::timeout(Duration::from_millis(TRANSFER_WAIT_MS_MAX), async {
             rx.wait_for(|m| m.current_term > term && m.current_leader.is_some()).await.is_ok()
@@ -96,9 +139,7 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<pb::TransferLea
     .await;
     node.raft.runtime_config().heartbeat(true);
     node.transferring.store(false, std::sync::atomic::Ordering::SeqCst);
-    result?;
-    let m = node.metrics();
-    Ok(pb::TransferLeaderResponse { leader_id: m.current_leader, term: m.current_term })
+    result
 }
 
 /// The target's side: stand for election once the old leader's lease has lapsed.

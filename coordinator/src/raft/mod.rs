@@ -15,6 +15,7 @@
 //! core's. I/O failures are typed ([`store::StoreError`]) and surface as openraft
 //! `StorageError`s, which stop the node rather than let replicas diverge.
 
+pub mod bounded;
 pub mod log_store;
 pub mod mem_store;
 pub mod network;

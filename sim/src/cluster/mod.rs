@@ -4,7 +4,7 @@
 //!   seed ─▶ Options (nodes, clients, latencies, election timeouts, snapshot threshold, …)
 //!        ─▶ turmoil Sim: hosts n1..nN  real Node + real gRPC services on SimStore/SimClock
 //!                        hosts c1..cK  workload through the real client library
-//!                        host  ctl     leadership transfers for the nemesis
+//!                        host  ctl     leadership transfers and snapshots for the nemesis
 //!        ─▶ loop, one 1 ms step at a time, bounded by Options::deadline_ms:
 //!              nemesis.before_step ─▶ sim.step ─▶ observe ─▶ every invariant
 //!           phases: chaos (faults) ─▶ heal ─▶ liveness ─▶ converge ─▶ end checks
@@ -347,6 +347,7 @@ fn run_inner(opts: &Options) -> Report {
                 reads: &reads,
                 history: &w.history,
                 leader_clock_max_ms: observer.leader_clock_max_ms,
+                healthy_since_ms: nemesis.healthy_since_ms,
             };
             for c in checks.iter_mut() {
                 if let Err(m) = c.on_step(&obs) {

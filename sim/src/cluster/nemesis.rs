@@ -8,6 +8,7 @@
 //! | message delay | a link's latency raised to hundreds of ms |
 //! | crash at a vote | a node that has just voted in a new term crashes before the winner's first append reaches it |
 //! | leader blink | the leader crashed and restarted within the shortest election timeout: it resumes as leader of its old term with the commit index it last persisted |
+//! | leader return | the leader crashed while the others run ahead and compact their logs (`SnapshotNow`), restarted (it resumes as leader of its old term and proposes in it, then catches up by installing a snapshot), and leadership transferred back to it; then a quiet spell, in which it must serve |
 //! | crash + restart | the host's runtime dropped, its store loses a random suffix of the unflushed writes; restarted after a short or a long outage (long: followers come back through a snapshot) |
 //! | clock jump / skew | the node's [`SimClock`] stepped (±) or run fast/slow |
 //! | leadership transfer | `Cluster.TransferLeader` through the control host |
@@ -29,14 +30,20 @@ use super::net;
 use super::options::Options;
 use super::rng::Rng;
 use super::store::SimStore;
-use super::world::{lock, now_ms, Phase, Shared};
+use super::world::{lock, now_ms, ControlOp, Phase, Shared};
 
 /// Faults in force at once at most (a new one waits).
 pub const FAULTS_ACTIVE_MAX: usize = 3;
 
-/// Something to undo later.
+/// How long the nemesis keeps quiet after a leader return: longer than the serving-leader
+/// bound, so that invariant sees whether the returned leader serves.
+pub const RETURN_QUIET_MS: u64 = super::invariants::serving::SERVE_WITHIN_MS + 3_000;
+
+/// Something to undo (or do) later.
 #[derive(Clone, Debug)]
 enum Undo {
+    /// An administrative call for the control host (a scenario's later step).
+    Control(Vec<ControlOp>),
     Repair(String, String),
     Release(String, String),
     RepairOneway(String, String),
@@ -62,6 +69,24 @@ pub struct Nemesis {
     hosts: Vec<String>,
     /// Each node's vote as last seen, to notice a fresh (uncommitted) vote.
     votes: BTreeMap<u64, (u64, Option<u64>)>,
+    /// Since when every coordinator has been up with every link of theirs intact (no crash,
+    /// partition, held link or added delay in force); `None` while one is.
+    pub healthy_since_ms: Option<u64>,
+}
+
+impl Undo {
+    /// Whether this fault, while in force, takes a coordinator down or cuts or slows a link of
+    /// one (worker faults, clock faults and pending administrative calls do not).
+    fn disturbs_coordinators(&self) -> bool {
+        let coordinator = |h: &str| h.starts_with('n');
+        match self {
+            Undo::Repair(a, b) | Undo::Release(a, b) | Undo::RepairOneway(a, b) | Undo::Latency(a, b) => {
+                coordinator(a) || coordinator(b)
+            }
+            Undo::Restart(_) => true,
+            Undo::RestartWorker(_) | Undo::Rate(_) | Undo::Control(_) => false,
+        }
+    }
 }
 
 impl Nemesis {
@@ -85,6 +110,7 @@ impl Nemesis {
             injected: BTreeMap::new(),
             hosts,
             votes: BTreeMap::new(),
+            healthy_since_ms: Some(0),
         }
     }
 
@@ -117,6 +143,16 @@ impl Nemesis {
 
     /// Runs before each step: undoes what is due, and injects the next fault when it is time.
     pub fn before_step(&mut self, sim: &mut turmoil::Sim<'_>, t: u64, shared: &Shared) {
+        self.step_faults(sim, t, shared);
+        let disturbed = !self.crashed.is_empty() || self.undo.values().flatten().any(Undo::disturbs_coordinators);
+        self.healthy_since_ms = match (disturbed, self.healthy_since_ms) {
+            (true, _) => None,
+            (false, None) => Some(t),
+            (false, since) => since,
+        };
+    }
+
+    fn step_faults(&mut self, sim: &mut turmoil::Sim<'_>, t: u64, shared: &Shared) {
         let due: Vec<u64> = self.undo.range(..=t).map(|(k, _)| *k).collect();
         for k in due {
             for u in self.undo.remove(&k).unwrap_or_default() {
@@ -135,6 +171,27 @@ impl Nemesis {
             return;
         }
         self.inject(sim, t, shared);
+    }
+
+    /// A deposed leader that catches up by snapshot and is then elected again (see the table
+    /// in the module docs). Needs every coordinator up, so that crashing the leader is allowed.
+    fn leader_return(&mut self, sim: &mut turmoil::Sim<'_>, t: u64, shared: &Shared) {
+        let Some(id) = Nemesis::leader(shared) else { return };
+        if !self.crashed.is_empty() || self.opts.nodes < 3 {
+            return;
+        }
+        // Long enough for the others to run further ahead than the log a snapshot keeps
+        // (`snapshot_logs` entries), so the returning node can only catch up by snapshot.
+        let down = self.rng.range(8_000, 14_000);
+        self.crash(sim, t, shared, id, down, "leader-return");
+        if !self.crashed.contains(&id) {
+            return;
+        }
+        let others: Vec<ControlOp> = (1..=self.opts.nodes).filter(|n| *n != id).map(ControlOp::Snapshot).collect();
+        self.later(t + down - 100, Undo::Control(others));
+        let transfer_at = t + down + self.rng.range(500, 3_000);
+        self.later(transfer_at, Undo::Control(vec![ControlOp::Transfer(Some(id))]));
+        self.next_at_ms = transfer_at + RETURN_QUIET_MS;
     }
 
     /// Crashes a node that has just cast a vote in a new term, before the winner's first
@@ -261,7 +318,7 @@ impl Nemesis {
             }
             82..=88 => {
                 let to = if self.rng.chance(50) { Some(self.node()) } else { None };
-                lock(shared).transfers.push(to);
+                lock(shared).control.push(ControlOp::Transfer(to));
                 trace("transfer", format_args!("to {to:?}"));
                 self.count("transfer");
             }
@@ -289,6 +346,7 @@ impl Nemesis {
                 trace("worker-isolate", format_args!("{w} for {dur}ms"));
                 self.count("worker-isolate");
             }
+            98..=99 => self.leader_return(sim, t, shared),
             96..=97 => {
                 // Down for less than any election timeout: the leader comes back as leader of
                 // its old term (its vote was committed), with the commit index it last persisted.
@@ -326,6 +384,11 @@ impl Nemesis {
                 }
             }
             Undo::Rate(id) => self.clocks[&id].set_rate(t, 0),
+            Undo::Control(ops) => {
+                let mut w = lock(shared);
+                w.trace.event(t, "nemesis", format_args!("control {ops:?}"));
+                w.control.extend(ops);
+            }
         }
     }
 
@@ -345,10 +408,14 @@ impl Nemesis {
     }
 }
 
-/// The control host: runs the leadership transfers the nemesis asks for.
+/// The control host: makes the administrative calls the nemesis asks for (leadership
+/// transfers, snapshots), in order, through the real client library.
 pub async fn control(opts: Options, shared: Shared) -> turmoil::Result {
     let endpoints: Vec<String> = (1..=opts.nodes).map(net::node_endpoint).collect();
     let client = Client::with_connector(&endpoints, net::connector())?;
+    let per_node: BTreeMap<u64, Client> = (1..=opts.nodes)
+        .map(|id| Ok((id, Client::with_connector(&[net::node_endpoint(id)], net::connector())?)))
+        .collect::<Result<_, Box<dyn std::error::Error>>>()?;
     for _ in 0..10_000_000u64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let next = {
@@ -356,26 +423,42 @@ pub async fn control(opts: Options, shared: Shared) -> turmoil::Result {
             if w.phase == Phase::Done {
                 return Ok(());
             }
-            if w.transfers.is_empty() {
+            if w.control.is_empty() {
                 None
             } else {
-                Some(w.transfers.remove(0))
+                Some(w.control.remove(0))
             }
         };
-        let Some(to) = next else { continue };
-        let answer = client
-            .call(|ch| async move {
-                Ok(Client::cluster(ch)
-                    .transfer_leader(pb::TransferLeaderRequest { to_node_id: to })
-                    .await?
-                    .into_inner())
-            })
-            .await;
-        let text = match answer {
-            Ok(r) => format!("leader={:?} term={}", r.leader_id, r.term),
-            Err(e) => format!("failed {:?}", e.code()),
-        };
-        lock(&shared).trace.event(now_ms(), "transfer", format_args!("to {to:?}: {text}"));
+        match next {
+            None => {}
+            Some(ControlOp::Transfer(to)) => {
+                let answer = client
+                    .call(|ch| async move {
+                        Ok(Client::cluster(ch)
+                            .transfer_leader(pb::TransferLeaderRequest { to_node_id: to })
+                            .await?
+                            .into_inner())
+                    })
+                    .await;
+                let text = match answer {
+                    Ok(r) => format!("leader={:?} term={}", r.leader_id, r.term),
+                    Err(e) => format!("failed {:?}", e.code()),
+                };
+                lock(&shared).trace.event(now_ms(), "transfer", format_args!("to {to:?}: {text}"));
+            }
+            Some(ControlOp::Snapshot(id)) => {
+                let answer = per_node[&id]
+                    .call(|ch| async move {
+                        Ok(Client::cluster(ch).snapshot_now(pb::SnapshotNowRequest { wait: true }).await?.into_inner())
+                    })
+                    .await;
+                let text = match answer {
+                    Ok(r) => format!("at index {}", r.snapshot_index),
+                    Err(e) => format!("failed {:?}", e.code()),
+                };
+                lock(&shared).trace.event(now_ms(), "snapshot-now", format_args!("n{id}: {text}"));
+            }
+        }
     }
     Ok(())
 }

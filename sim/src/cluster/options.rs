@@ -25,6 +25,7 @@ pub const FOCUS_KINDS: &[(&str, u64)] = &[
     ("worker-crash", 89),
     ("worker-isolate", 93),
     ("leader-blink", 96),
+    ("leader-return", 98),
 ];
 
 /// A fault kind the nemesis favours (`--focus`): [`FOCUS_PCT`]% of its faults are of it.

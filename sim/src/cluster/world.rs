@@ -81,8 +81,17 @@ pub struct World {
     pub applied_max: u64,
     /// Errors host software reported that are violations by themselves.
     pub host_errors: Vec<String>,
-    /// Leadership transfers the nemesis asked for (target, or any), run by the control host.
-    pub transfers: Vec<Option<u64>>,
+    /// Administrative calls the nemesis asked for, run in order by the control host.
+    pub control: Vec<ControlOp>,
+}
+
+/// An administrative call the control host makes for the nemesis, through the real API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlOp {
+    /// `Cluster.TransferLeader` to this node, or to any.
+    Transfer(Option<u64>),
+    /// `Cluster.SnapshotNow` on this node (its log is compacted).
+    Snapshot(u64),
 }
 
 /// The world behind a lock, shared by every host.
@@ -99,7 +108,7 @@ impl World {
             history: History::default(),
             applied_max: 0,
             host_errors: Vec::new(),
-            transfers: Vec::new(),
+            control: Vec::new(),
         }))
     }
 

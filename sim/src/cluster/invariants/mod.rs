@@ -20,6 +20,7 @@ pub mod lease_expiry;
 pub mod liveness;
 pub mod mutual_exclusion;
 pub mod preemption;
+pub mod serving;
 pub mod stale_read;
 pub mod task_results;
 pub mod token_order;
@@ -71,6 +72,9 @@ pub struct Obs<'a> {
     pub history: &'a History,
     /// The highest clock reading of any node while it was leader, so far.
     pub leader_clock_max_ms: u64,
+    /// Since when every coordinator has been up and connected (no fault of the nemesis's
+    /// affecting them in force); `None` while one is.
+    pub healthy_since_ms: Option<u64>,
 }
 
 /// The final state of one replica, after the converge phase.
@@ -130,5 +134,6 @@ pub fn all() -> Vec<Box<dyn Invariant>> {
         Box::new(preemption::Preemption::default()),
         Box::new(durability::Durability::default()),
         Box::new(task_results::TaskResults),
+        Box::new(serving::ServingLeader::default()),
     ]
 }
