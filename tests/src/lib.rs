@@ -74,7 +74,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("n{id}")))
             .args(["--snapshot-logs", &self.snapshot_logs.to_string()])
-            .env("QM_LOG", std::env::var("QM_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("QM_LOG", std::env::var("QM_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()))
             .stdout(Stdio::null())
             .stderr(self.log_file(&format!("n{id}")));
         if join {
@@ -86,15 +86,25 @@ impl Cluster {
         self.procs.insert(id, child);
     }
 
-    /// Where a process's stderr goes: appended to `$QM_TEST_LOGS/<name>.log` when that is set
-    /// (with `QM_TEST_LOG` as the log filter, default `warn`), else nowhere.
+    /// Where a coordinator's log goes: `<name>.log` in `$QM_TEST_LOGS` when that is set (kept
+    /// after the test), else in the cluster's own directory; appended across restarts.
+    fn log_path(&self, name: &str) -> PathBuf {
+        let dir = std::env::var_os("QM_TEST_LOGS").map_or_else(|| self.dir.path().to_path_buf(), PathBuf::from);
+        dir.join(format!("{name}.log"))
+    }
+
     fn log_file(&self, name: &str) -> Stdio {
-        let Some(dir) = std::env::var_os("QM_TEST_LOGS") else { return Stdio::null() };
-        let path = PathBuf::from(dir).join(format!("{name}.log"));
+        let path = self.log_path(name);
         match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
             Ok(f) => Stdio::from(f),
             Err(e) => panic!("opening {}: {e}", path.display()),
         }
+    }
+
+    /// What node `id` has logged so far (every incarnation), at `QM_TEST_LOG` (default: info,
+    /// openraft and sled at warn).
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(&format!("n{id}"))).unwrap_or_default()
     }
 
     /// SIGKILL node `id` and reap it.

@@ -316,6 +316,21 @@ async fn re_elected_leader_that_caught_up_by_snapshot_serves_writes() {
         }
     }
     let proposed = proposed.unwrap_or_else(|| panic!("node {old} never proposed as leader of its old term"));
+    // A leader that has not committed its term's RestartLeases serves nothing, and says so.
+    assert!(
+        !proposed.ready && proposed.not_ready_reason.contains("RestartLeases"),
+        "node {old} is leader without serving, and reports itself not ready: {proposed:?}"
+    );
+    // Unable to commit it, it steps down and says why in its log.
+    let mut stepped_down = false;
+    for _ in 0..600 {
+        if cluster.log_of(old).contains("stepping down: its term's RestartLeases did not commit") {
+            stepped_down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stepped_down, "node {old} never stepped down:\n{}", cluster.log_of(old));
     for id in &others {
         cluster.resume(*id);
     }

@@ -38,6 +38,13 @@ pub const FAULTS_ACTIVE_MAX: usize = 3;
 /// How long the nemesis keeps quiet after a leader return: longer than the serving-leader
 /// bound, so that invariant sees whether the returned leader serves.
 pub const RETURN_QUIET_MS: u64 = super::invariants::serving::SERVE_WITHIN_MS + 3_000;
+/// Longest a leader return waits for the cluster to run ahead of the crashed leader.
+pub const RETURN_WAIT_MS_MAX: u64 = 30_000;
+/// Writes the control host makes at most to run the cluster ahead.
+pub const RUN_AHEAD_WRITES_MAX: u64 = 4_000;
+/// Concurrent writers running the cluster ahead (each write its own entry, mostly: the
+/// leader keeps four entries in flight).
+const RUN_AHEAD_WRITERS: u64 = 4;
 
 /// Something to undo (or do) later.
 #[derive(Clone, Debug)]
@@ -49,6 +56,14 @@ enum Undo {
     RepairOneway(String, String),
     Latency(String, String),
     Restart(u64),
+    /// Restart node `id` with every link of its held for `held_ms`, once the control host has
+    /// made `after` calls (or at `until` regardless), then transfer leadership back to it.
+    RestartHeld {
+        id: u64,
+        held_ms: u64,
+        after: u64,
+        until: u64,
+    },
     RestartWorker(String),
     Rate(u64),
 }
@@ -69,6 +84,8 @@ pub struct Nemesis {
     hosts: Vec<String>,
     /// Each node's vote as last seen, to notice a fresh (uncommitted) vote.
     votes: BTreeMap<u64, (u64, Option<u64>)>,
+    /// Administrative calls handed to the control host so far.
+    control_asked: u64,
     /// Since when every coordinator has been up with every link of theirs intact (no crash,
     /// partition, held link or added delay in force); `None` while one is.
     pub healthy_since_ms: Option<u64>,
@@ -83,7 +100,7 @@ impl Undo {
             Undo::Repair(a, b) | Undo::Release(a, b) | Undo::RepairOneway(a, b) | Undo::Latency(a, b) => {
                 coordinator(a) || coordinator(b)
             }
-            Undo::Restart(_) => true,
+            Undo::Restart(_) | Undo::RestartHeld { .. } => true,
             Undo::RestartWorker(_) | Undo::Rate(_) | Undo::Control(_) => false,
         }
     }
@@ -110,6 +127,7 @@ impl Nemesis {
             injected: BTreeMap::new(),
             hosts,
             votes: BTreeMap::new(),
+            control_asked: 0,
             healthy_since_ms: Some(0),
         }
     }
@@ -175,23 +193,41 @@ impl Nemesis {
 
     /// A deposed leader that catches up by snapshot and is then elected again (see the table
     /// in the module docs). Needs every coordinator up, so that crashing the leader is allowed.
+    ///
+    /// ```text
+    ///   crash L ─▶ control: run ahead (snapshot_logs + 100 entries), transfer to a survivor
+    ///             (the leader elected meanwhile keeps the log L needs: its replication to L is
+    ///             in flight from where L was), snapshot every survivor
+    ///         ─▶ once those are done: restart L with its links held (it resumes as leader of
+    ///             its old term and proposes in it), release, transfer back to L ─▶ quiet
+    /// ```
     fn leader_return(&mut self, sim: &mut turmoil::Sim<'_>, t: u64, shared: &Shared) {
         let Some(id) = Nemesis::leader(shared) else { return };
         if !self.crashed.is_empty() || self.opts.nodes < 3 {
             return;
         }
-        // Long enough for the others to run further ahead than the log a snapshot keeps
-        // (`snapshot_logs` entries), so the returning node can only catch up by snapshot.
-        let down = self.rng.range(8_000, 14_000);
+        let down = self.rng.range(1_000, 3_000);
         self.crash(sim, t, shared, id, down, "leader-return");
         if !self.crashed.contains(&id) {
             return;
         }
-        let others: Vec<ControlOp> = (1..=self.opts.nodes).filter(|n| *n != id).map(ControlOp::Snapshot).collect();
-        self.later(t + down - 100, Undo::Control(others));
-        let transfer_at = t + down + self.rng.range(500, 3_000);
-        self.later(transfer_at, Undo::Control(vec![ControlOp::Transfer(Some(id))]));
-        self.next_at_ms = transfer_at + RETURN_QUIET_MS;
+        let mut ops = vec![ControlOp::RunAhead(self.opts.snapshot_logs + 100), ControlOp::Transfer(None)];
+        ops.extend((1..=self.opts.nodes).filter(|n| *n != id).map(ControlOp::Snapshot));
+        let after = self.control(shared, t, ops);
+        let held_ms = self.rng.range(200, 800);
+        self.undo.entry(t + down).or_default().retain(|u| !matches!(u, Undo::Restart(n) if *n == id));
+        self.later(t + down, Undo::RestartHeld { id, held_ms, after, until: t + RETURN_WAIT_MS_MAX });
+        self.next_at_ms = t + RETURN_WAIT_MS_MAX;
+    }
+
+    /// Hands `ops` to the control host; returns how many control calls will have been made
+    /// once they are done.
+    fn control(&mut self, shared: &Shared, t: u64, ops: Vec<ControlOp>) -> u64 {
+        let mut w = lock(shared);
+        w.trace.event(t, "nemesis", format_args!("control {ops:?}"));
+        self.control_asked += ops.len() as u64;
+        w.control.extend(ops);
+        self.control_asked
     }
 
     /// Crashes a node that has just cast a vote in a new term, before the winner's first
@@ -318,7 +354,7 @@ impl Nemesis {
             }
             82..=88 => {
                 let to = if self.rng.chance(50) { Some(self.node()) } else { None };
-                lock(shared).control.push(ControlOp::Transfer(to));
+                self.control(shared, t, vec![ControlOp::Transfer(to)]);
                 trace("transfer", format_args!("to {to:?}"));
                 self.count("transfer");
             }
@@ -377,6 +413,22 @@ impl Nemesis {
                     lock(shared).trace.event(t, "nemesis", format_args!("restart n{id}"));
                 }
             }
+            Undo::RestartHeld { id, held_ms, after, until } => {
+                if lock(shared).control_done < after && t < until && lock(shared).phase == Phase::Chaos {
+                    self.later(t + 100, Undo::RestartHeld { id, held_ms, after, until });
+                } else if self.crashed.remove(&id) {
+                    let me = net::node_host(id);
+                    sim.bounce(me.as_str());
+                    for o in self.hosts.clone().iter().filter(|h| **h != me) {
+                        sim.hold(me.as_str(), o.as_str());
+                        self.later(t + held_ms, Undo::Release(me.clone(), o.clone()));
+                    }
+                    lock(shared).trace.event(t, "nemesis", format_args!("restart n{id}, links held {held_ms}ms"));
+                    let back_at = t + held_ms + self.rng.range(1_000, 3_000);
+                    self.later(back_at, Undo::Control(vec![ControlOp::Transfer(Some(id))]));
+                    self.next_at_ms = self.next_at_ms.max(back_at + RETURN_QUIET_MS);
+                }
+            }
             Undo::RestartWorker(w) => {
                 if self.crashed_workers.remove(&w) {
                     sim.bounce(w.as_str());
@@ -385,9 +437,7 @@ impl Nemesis {
             }
             Undo::Rate(id) => self.clocks[&id].set_rate(t, 0),
             Undo::Control(ops) => {
-                let mut w = lock(shared);
-                w.trace.event(t, "nemesis", format_args!("control {ops:?}"));
-                w.control.extend(ops);
+                self.control(shared, t, ops);
             }
         }
     }
@@ -446,6 +496,10 @@ pub async fn control(opts: Options, shared: Shared) -> turmoil::Result {
                 };
                 lock(&shared).trace.event(now_ms(), "transfer", format_args!("to {to:?}: {text}"));
             }
+            Some(ControlOp::RunAhead(entries)) => {
+                let text = run_ahead(&client, entries).await;
+                lock(&shared).trace.event(now_ms(), "run-ahead", format_args!("{entries} entries: {text}"));
+            }
             Some(ControlOp::Snapshot(id)) => {
                 let answer = per_node[&id]
                     .call(|ch| async move {
@@ -459,6 +513,33 @@ pub async fn control(opts: Options, shared: Shared) -> turmoil::Result {
                 lock(&shared).trace.event(now_ms(), "snapshot-now", format_args!("n{id}: {text}"));
             }
         }
+        if next.is_some() {
+            lock(&shared).control_done += 1;
+        }
     }
     Ok(())
+}
+
+/// Writes (a session opened and closed, two entries) from a few concurrent writers until the
+/// cluster has applied `entries` more, or `RUN_AHEAD_WRITES_MAX` writes were made.
+async fn run_ahead(client: &Client, entries: u64) -> String {
+    let applied = |s: Result<pb::StatusResponse, tonic::Status>| s.map_or(0, |s| s.applied_index);
+    let start = applied(client.status().await);
+    let writers = (0..RUN_AHEAD_WRITERS).map(|w| {
+        let client = client.clone();
+        async move {
+            let mut written = 0u64;
+            for i in 0..RUN_AHEAD_WRITES_MAX / RUN_AHEAD_WRITERS / 2 {
+                if i % 16 == 0 && applied(client.status().await) >= start + entries {
+                    break;
+                }
+                if let Ok(s) = client.open_session(&format!("ahead-{w}-{i}"), 60_000).await {
+                    written += 1 + u64::from(client.close_session(s.session_id).await.is_ok());
+                }
+            }
+            written
+        }
+    });
+    let written: u64 = futures::future::join_all(writers).await.into_iter().sum();
+    format!("{written} writes, applied {start} -> {}", applied(client.status().await))
 }

@@ -83,6 +83,8 @@ pub struct World {
     pub host_errors: Vec<String>,
     /// Administrative calls the nemesis asked for, run in order by the control host.
     pub control: Vec<ControlOp>,
+    /// Administrative calls the control host has made (whatever their outcome).
+    pub control_done: u64,
 }
 
 /// An administrative call the control host makes for the nemesis, through the real API.
@@ -92,6 +94,8 @@ pub enum ControlOp {
     Transfer(Option<u64>),
     /// `Cluster.SnapshotNow` on this node (its log is compacted).
     Snapshot(u64),
+    /// Writes until the cluster has applied this many more entries (bounded).
+    RunAhead(u64),
 }
 
 /// The world behind a lock, shared by every host.
@@ -109,6 +113,7 @@ impl World {
             applied_max: 0,
             host_errors: Vec::new(),
             control: Vec::new(),
+            control_done: 0,
         }))
     }
 
