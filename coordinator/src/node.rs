@@ -324,6 +324,8 @@ impl Node {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 tracing::debug!(%status, leader, "forwarding to the leader failed");
+                // Dial it afresh next time: a connection that timed out may be stalled.
+                self.peers.lock().expect("peers lock poisoned").remove(addr);
                 return Err(hint());
             }
         };

@@ -176,6 +176,16 @@ impl Client {
         }
     }
 
+    /// Replaces endpoint `i`'s channel after a call on it got no answer in time: the connection
+    /// may be stalled (segments lost in a partition; HTTP/2 keepalive notices only after tens
+    /// of seconds), and every later call on it would time out too.
+    fn redial(&self, i: usize) {
+        let mut inner = self.inner.lock().expect("client lock");
+        if let Ok(ch) = channel(&inner.endpoints[i], &inner.connector) {
+            inner.channels[i] = ch;
+        }
+    }
+
     fn follow(&self, addr: &str) -> Result<(), ClientError> {
         let addr = normalize(addr);
         let mut inner = self.inner.lock().expect("client lock");
@@ -210,7 +220,10 @@ impl Client {
             let status = match attempt {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(status)) => status,
-                Err(_) => Status::deadline_exceeded(format!("no answer within {CALL_DEADLINE_MS} ms")),
+                Err(_) => {
+                    self.redial(i);
+                    Status::deadline_exceeded(format!("no answer within {CALL_DEADLINE_MS} ms"))
+                }
             };
             // Retry at once only when a node names a leader other than the one just tried;
             // otherwise (no leader yet, a stale hint, a dead node) back off first.

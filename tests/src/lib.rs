@@ -29,9 +29,55 @@ pub fn qm_bin() -> PathBuf {
     bin
 }
 
-/// A free loopback port (bound, then released).
+/// Ports handed out to servers are taken from this range, below the kernel's ephemeral range
+/// (32768–60999 by default), so no outgoing connection of any process can be holding one.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// Ports this test process has handed out: never handed out twice, though a server may not
+/// have bound its port yet when the next test asks for one.
+static PORTS_TAKEN: Mutex<Option<std::collections::BTreeSet<u16>>> = Mutex::new(None);
+
+/// A free loopback port for a server to listen on: one this process has not handed out before,
+/// outside the ephemeral range, and free to bind when handed out. Parallel tests in one binary
+/// cannot race for it; test binaries run one after another.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    let mut taken = PORTS_TAKEN.lock().expect("ports lock");
+    let taken = taken.get_or_insert_with(Default::default);
+    // Start where the process id points, so consecutive test binaries use different ports.
+    let span = u32::from(PORTS.end - PORTS.start);
+    let offset = (std::process::id() % span) as u16;
+    for i in 0..span as u16 {
+        let port = PORTS.start + (offset + i) % (span as u16);
+        if !taken.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?}");
+}
+
+/// Every poll of [`eventually`] waits this long before the next.
+pub const POLL_MS: u64 = 50;
+
+/// The one way a process test waits for something: runs `probe` every [`POLL_MS`] until it
+/// returns `Ok`, for at most `within`, and panics naming `what` and the last thing `probe`
+/// saw (its `Err`).
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let last = match probe().await {
+            Ok(t) => return t,
+            Err(seen) => seen,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what} did not happen within {within:?}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+    }
 }
 
 /// A cluster of coordinator processes.
@@ -154,16 +200,18 @@ impl Cluster {
     /// Waits (bounded) until `n` workers are registered.
     pub async fn wait_workers(&self, n: usize) {
         let client = self.client();
-        for _ in 0..200 {
+        eventually(&format!("{n} workers registering"), Duration::from_secs(10), || async {
             let got = client
                 .call(|ch| async move { Ok(Client::tasks(ch).workers(pb::ListWorkersRequest {}).await?.into_inner()) })
-                .await;
-            if got.is_ok_and(|w| w.workers.len() >= n) {
-                return;
+                .await
+                .map_err(|e| e.to_string())?;
+            if got.workers.len() >= n {
+                Ok(())
+            } else {
+                Err(format!("{} registered", got.workers.len()))
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{n} workers did not register within 10 s");
+        })
+        .await
     }
 
     /// Runs `qm ARGS… --endpoint <every node> -o json` and parses its stdout; panics naming
@@ -223,32 +271,29 @@ impl Cluster {
 
     /// Waits (bounded) until some node reports a leader among `among`; returns its id.
     pub async fn leader(&self, among: &[u64]) -> u64 {
-        for _ in 0..300 {
+        eventually(&format!("a leader among {among:?}"), Duration::from_secs(15), || async {
             for id in among {
-                if let Some(s) = self.status_of(*id).await {
-                    if let Some(l) = s.leader_id {
-                        if among.contains(&l) {
-                            return l;
-                        }
+                if let Some(l) = self.status_of(*id).await.and_then(|s| s.leader_id) {
+                    if among.contains(&l) {
+                        return Ok(l);
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no leader among {among:?} within 15 s");
+            Err("no node of them names one of them leader".into())
+        })
+        .await
     }
 
     /// Waits (bounded) until node `id` has applied at least `index`.
     pub async fn wait_applied(&self, id: u64, index: u64) -> pb::StatusResponse {
-        for _ in 0..600 {
-            if let Some(s) = self.status_of(id).await {
-                if s.applied_index >= index {
-                    return s;
-                }
+        eventually(&format!("node {id} applying index {index}"), Duration::from_secs(30), || async {
+            match self.status_of(id).await {
+                Some(s) if s.applied_index >= index => Ok(s),
+                Some(s) => Err(format!("applied {}", s.applied_index)),
+                None => Err("no answer".into()),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("node {id} did not apply index {index} within 30 s");
+        })
+        .await
     }
 }
 
@@ -265,8 +310,13 @@ impl Drop for Cluster {
     }
 }
 
-/// A resource guarded by fencing tokens, as a careful adapter would be: it rejects a token
-/// lower than the highest it has seen and records any overlap of exclusive holders.
+/// A resource guarded by fencing tokens, as a careful adapter would be: it refuses a token
+/// lower than the highest it has seen, and records as a violation both every refused token (a
+/// holder writing with a token older than one already used: either the cluster handed out
+/// tokens out of order, or a holder outlived its lease) and any overlap of exclusive holders.
+///
+/// A test expecting a refusal (a revoked holder, on purpose) says so with
+/// [`Fence::take_refusals`]; every other test asserts [`Fence::violations`] is empty.
 #[derive(Debug, Default)]
 pub struct Fence {
     inner: Mutex<FenceState>,
@@ -276,22 +326,28 @@ pub struct Fence {
 struct FenceState {
     highest: BTreeMap<String, u64>,
     holder: BTreeMap<String, (String, u64)>,
-    violations: Vec<String>,
+    refusals: Vec<String>,
+    overlaps: Vec<String>,
     entries: u64,
 }
 
+/// How long a cluster test's holder stays inside the fence: long enough for a second holder
+/// granted by mistake to arrive while the first is still there.
+pub const FENCE_HOLD_MS: u64 = 5;
+
 impl Fence {
-    /// A holder with `token` starts writing to `resource`. Returns false if rejected.
+    /// A holder with `token` starts writing to `resource`. Returns false if refused (and
+    /// records the refusal).
     pub fn enter(&self, resource: &str, who: &str, token: u64) -> bool {
         let mut s = self.inner.lock().expect("fence");
         let high = s.highest.get(resource).copied().unwrap_or(0);
         if token < high {
+            s.refusals.push(format!("{resource}: {who} wrote with token {token} after token {high} was used"));
             return false;
         }
         s.highest.insert(resource.to_string(), token);
         if let Some((other, t)) = s.holder.get(resource).cloned() {
-            s.violations
-                .push(format!("{resource}: {who} (token {token}) entered while {other} (token {t}) was inside"));
+            s.overlaps.push(format!("{resource}: {who} (token {token}) entered while {other} (token {t}) was inside"));
         }
         s.holder.insert(resource.to_string(), (who.to_string(), token));
         s.entries += 1;
@@ -305,12 +361,62 @@ impl Fence {
         }
     }
 
+    /// Enters, holds for [`FENCE_HOLD_MS`] and leaves, as a holder doing one write would.
+    pub async fn write(&self, resource: &str, who: &str, token: u64) -> bool {
+        if !self.enter(resource, who, token) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(FENCE_HOLD_MS)).await;
+        self.leave(resource, who);
+        true
+    }
+
+    /// Every refused token and every overlap seen so far.
     pub fn violations(&self) -> Vec<String> {
-        self.inner.lock().expect("fence").violations.clone()
+        let s = self.inner.lock().expect("fence");
+        s.refusals.iter().chain(&s.overlaps).cloned().collect()
+    }
+
+    /// The refusals so far, forgotten: for a test that made one on purpose.
+    pub fn take_refusals(&self) -> Vec<String> {
+        std::mem::take(&mut self.inner.lock().expect("fence").refusals)
     }
 
     pub fn entries(&self) -> u64 {
         self.inner.lock().expect("fence").entries
+    }
+}
+
+#[cfg(test)]
+mod fence_tests {
+    use super::Fence;
+
+    #[test]
+    fn a_backward_token_is_a_violation() {
+        let f = Fence::default();
+        assert!(f.enter("r", "a", 7));
+        f.leave("r", "a");
+        assert!(!f.enter("r", "b", 5), "an older token is refused");
+        assert_eq!(f.violations(), ["r: b wrote with token 5 after token 7 was used"]);
+    }
+
+    #[test]
+    fn an_overlap_is_a_violation_and_equal_tokens_are_not_refused() {
+        let f = Fence::default();
+        assert!(f.enter("r", "a", 7));
+        assert!(f.enter("r", "b", 7));
+        assert_eq!(f.violations(), ["r: b (token 7) entered while a (token 7) was inside"]);
+        assert!(f.take_refusals().is_empty());
+    }
+
+    #[test]
+    fn a_refusal_made_on_purpose_is_taken_back() {
+        let f = Fence::default();
+        assert!(f.enter("r", "new", 9));
+        f.leave("r", "new");
+        assert!(!f.enter("r", "revoked", 3));
+        assert_eq!(f.take_refusals().len(), 1);
+        assert!(f.violations().is_empty());
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use qm_shared::client::Client;
 use qm_shared::pb::v1 as pb;
-use qm_tests::{acquire_wait, release, Cluster, Fence};
+use qm_tests::{acquire_wait, eventually, release, Cluster, Fence};
 
 /// One client's loop: acquire, enter the fence, leave, release; `rounds` times.
 async fn worker(
@@ -41,10 +41,8 @@ async fn worker(
             session = None;
             continue;
         };
-        if fence.enter(&r.resource, &me, r.fencing_token) {
-            tokio::task::yield_now().await;
-            fence.leave(&r.resource, &me);
-        }
+        // A refused token or an overlap is recorded; the test asserts there were none.
+        fence.write(&r.resource, &me, r.fencing_token).await;
         let _ = release(&client, s, r.id).await;
         done += 1;
     }
@@ -57,16 +55,13 @@ async fn three_nodes_form_from_config_and_a_follower_only_client_succeeds() {
     let leader = cluster.leader(&[1, 2, 3]).await;
     let follower = [1, 2, 3].into_iter().find(|i| *i != leader).expect("a follower");
     // The follower learns the membership when it applies the leader's first entries.
-    let mut status = cluster.status_of(follower).await;
-    for _ in 0..200 {
-        if status.as_ref().is_some_and(|s| s.members.len() == 3) {
-            break;
+    let status = eventually("the follower knowing all three members", Duration::from_secs(10), || async {
+        match cluster.status_of(follower).await {
+            Some(s) if s.members.len() == 3 => Ok(s),
+            other => Err(format!("{other:?}")),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        status = cluster.status_of(follower).await;
-    }
-    let status = status.expect("status");
-    assert_eq!(status.members.len(), 3, "{status:?}");
+    })
+    .await;
     assert!(status.members.iter().all(|m| m.role == pb::MemberRole::Voter as i32));
 
     // A client that knows only a follower: writes are forwarded, reads use read-index.
@@ -118,12 +113,14 @@ async fn leader_sigkill_under_load_loses_no_acknowledged_grant() {
         tasks.push(tokio::spawn(worker(cluster.client(), fence.clone(), format!("agent-{i}"), resource, 15)));
     }
     // Kill the leader once the load is running.
-    for _ in 0..200 {
+    eventually("eight fenced writes before the kill", Duration::from_secs(10), || async {
         if fence.entries() >= 8 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{} writes", fence.entries()))
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await;
     cluster.kill(leader);
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
     let new_leader = cluster.leader(&others).await;
@@ -305,32 +302,32 @@ async fn re_elected_leader_that_caught_up_by_snapshot_serves_writes() {
         cluster.pause(*id);
     }
     cluster.spawn(old, false);
-    let mut proposed = None;
-    for _ in 0..600 {
-        match cluster.status_of(old).await {
-            Some(s) if s.leader_id == Some(old) && s.last_log_index > s.applied_index => {
-                proposed = Some(s);
-                break;
+    let proposed =
+        eventually(&format!("node {old} proposing as leader of its old term"), Duration::from_secs(30), || {
+            let cluster = &cluster;
+            async move {
+                match cluster.status_of(old).await {
+                    Some(s) if s.leader_id == Some(old) && s.last_log_index > s.applied_index => Ok(s),
+                    other => Err(format!("{other:?}")),
+                }
             }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let proposed = proposed.unwrap_or_else(|| panic!("node {old} never proposed as leader of its old term"));
+        })
+        .await;
     // A leader that has not committed its term's RestartLeases serves nothing, and says so.
     assert!(
         !proposed.ready && proposed.not_ready_reason.contains("RestartLeases"),
         "node {old} is leader without serving, and reports itself not ready: {proposed:?}"
     );
     // Unable to commit it, it steps down and says why in its log.
-    let mut stepped_down = false;
-    for _ in 0..600 {
-        if cluster.log_of(old).contains("stepping down: its term's RestartLeases did not commit") {
-            stepped_down = true;
-            break;
+    eventually(&format!("node {old} stepping down"), Duration::from_secs(30), || async {
+        let log = cluster.log_of(old);
+        if log.contains("stepping down: its term's RestartLeases did not commit") {
+            Ok(())
+        } else {
+            Err(format!("its log:\n{log}"))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(stepped_down, "node {old} never stepped down:\n{}", cluster.log_of(old));
+    })
+    .await;
     for id in &others {
         cluster.resume(*id);
     }
@@ -339,17 +336,14 @@ async fn re_elected_leader_that_caught_up_by_snapshot_serves_writes() {
     assert!(caught_up.snapshot_index > start, "node {old} caught up through a snapshot: {caught_up:?}");
 
     // Hand leadership back to it (retried: it may still be catching up with the last entries).
-    let mut moved = None;
-    for _ in 0..50 {
-        let (code, out, _) = cluster.qm(&["cluster", "transfer-leader", "--to", &old.to_string()]);
-        let answer: Option<serde_json::Value> = serde_json::from_str(&out).ok();
-        if code == 0 && answer.as_ref().is_some_and(|a| a["leader_id"] == old) {
-            moved = answer;
-            break;
+    let moved = eventually(&format!("leadership moving to node {old}"), Duration::from_secs(30), || async {
+        let (code, out, err) = cluster.qm(&["cluster", "transfer-leader", "--to", &old.to_string()]);
+        match serde_json::from_str::<serde_json::Value>(&out) {
+            Ok(answer) if code == 0 && answer["leader_id"] == old => Ok(answer),
+            _ => Err(format!("exit {code}: {out}{err}")),
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let moved = moved.unwrap_or_else(|| panic!("leadership never moved to node {old}"));
+    })
+    .await;
 
     // Writes succeed through it. Each attempt is a client call with its own retry budget; a
     // leader that never commits its term's RestartLeases refuses every one of them.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use qm_tests::Cluster;
+use qm_tests::{eventually, Cluster};
 use serde_json::Value;
 
 /// Every role's slots on one worker.
@@ -37,16 +37,16 @@ fn pass<'a>(job: &'a Value, name: &str) -> &'a Value {
 }
 
 /// Polls `qm job show` (bounded: 60 s) until `done` holds.
-fn wait_job(c: &Cluster, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
+async fn wait_job(c: &Cluster, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    eventually(&format!("{id}: {what}"), Duration::from_secs(60), || async {
         let j = show(c, id);
         if done(&j) {
-            return j;
+            Ok(j)
+        } else {
+            Err(format!("{j:#}"))
         }
-        std::thread::sleep(Duration::from_millis(150));
-    }
-    panic!("{id}: {what} did not happen within 60 s: {:#}", show(c, id));
+    })
+    .await
 }
 
 fn submit(c: &Cluster, args: &[&str]) -> String {
@@ -70,13 +70,14 @@ async fn a_feature_runs_every_pass_and_gate_and_the_cost_report_adds_up() {
     // The human gate (design): the work item waits for it, says so, and an approval moves it on.
     let j = wait_job(&c, &id, "a pass awaiting a human", |j| {
         j["passes"].as_array().unwrap().iter().any(|p| p["status"] == "awaiting-human")
-    });
+    })
+    .await;
     let waiting = j["passes"].as_array().unwrap().iter().find(|p| p["status"] == "awaiting-human").unwrap();
     assert_eq!(waiting["gate"]["reviewer"], "human");
     let name = waiting["name"].as_str().unwrap().to_string();
     let ack = c.qm_json(&["gate", "approve", &id, &name, "--note", "looks right", "--by", "ana"]);
     assert!(ack["message"].as_str().unwrap().contains("approved"));
-    let j = wait_job(&c, &id, "the end", |j| j["status"] != "running");
+    let j = wait_job(&c, &id, "the end", |j| j["status"] != "running").await;
     assert_eq!(j["status"], "succeeded", "{j:#}");
     let passes = j["passes"].as_array().unwrap();
     assert_eq!(passes.len(), 7, "spec, design, IR, validation, generation, verification, integration");
@@ -134,7 +135,7 @@ needs = [{ path = "repo:app", mode = "shared" }]
     let limit = format!("{:.6}", first as f64 * 1.2 / 1e6);
     c.qm_json(&["budget", "set", "team", "platform", &limit, "--period", "month"]);
     let id = submit(&c, &["--title", "budgeted", "--workflow", &wf]);
-    let j = wait_job(&c, &id, "second waits with a reason", |j| pass(j, "second")["wait"] != "");
+    let j = wait_job(&c, &id, "second waits with a reason", |j| pass(j, "second")["wait"] != "").await;
     let second = pass(&j, "second");
     assert_eq!(second["status"], "queued");
     let reason = second["wait"].as_str().unwrap();
@@ -145,7 +146,7 @@ needs = [{ path = "repo:app", mode = "shared" }]
     assert!(budgets["budgets"][0]["spent_micros"].as_u64().unwrap() > 0);
     // Raising it resumes the work.
     c.qm_json(&["budget", "set", "team", "platform", "100"]);
-    let j = wait_job(&c, &id, "the end", |j| j["status"] != "running");
+    let j = wait_job(&c, &id, "the end", |j| j["status"] != "running").await;
     assert_eq!(j["status"], "succeeded");
     c.kill_worker("w1");
 }
@@ -170,16 +171,25 @@ async fn a_hotfix_goes_first_and_preempts_and_a_docs_item_waits_at_most_its_agin
     let hotfix = one("hotfix-edit", "implementer", "exclusive", 500);
     // A feature holds repo:app; two more queue behind it.
     let f1 = submit(&c, &["--title", "f1", "--class", "feature", "--workflow", &feature]);
-    wait_job(&c, &f1, "f1 running", |j| pass(j, "work")["status"] == "running");
-    std::thread::sleep(Duration::from_millis(600));
+    wait_job(&c, &f1, "f1 running", |j| pass(j, "work")["status"] == "running").await;
+    // Let it make progress first, so that its preemption has a checkpoint to resume from.
+    eventually("f1 making progress", Duration::from_secs(30), || async {
+        let tasks = c.qm_json(&["task", "list"]);
+        let mine = tasks["tasks"].as_array().unwrap().iter().find(|t| t["work_item"] == f1.as_str()).cloned();
+        match mine {
+            Some(t) if t["percent_done"].as_u64().unwrap_or(0) >= 10 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     let f2 = submit(&c, &["--title", "f2", "--class", "feature", "--workflow", &feature]);
     let h = submit(&c, &["--title", "h", "--class", "hotfix", "--workflow", &hotfix]);
-    let j = wait_job(&c, &h, "the hotfix ends", |j| j["status"] != "running");
+    let j = wait_job(&c, &h, "the hotfix ends", |j| j["status"] != "running").await;
     assert_eq!(j["status"], "succeeded");
     let f2_now = show(&c, &f2);
     assert_ne!(f2_now["status"], "succeeded", "the hotfix went first: {f2_now:#}");
     // f1 was preempted (policy preempt on repo:app) and resumes.
-    let f1_done = wait_job(&c, &f1, "f1 ends", |j| j["status"] != "running");
+    let f1_done = wait_job(&c, &f1, "f1 ends", |j| j["status"] != "running").await;
     assert_eq!(f1_done["status"], "succeeded");
     let report = c.qm_json(&["cost", "report", "--by", "work-item"]);
     let preempted = report["entries"]
@@ -188,7 +198,7 @@ async fn a_hotfix_goes_first_and_preempts_and_a_docs_item_waits_at_most_its_agin
         .iter()
         .any(|e| e["outcome"] == "preempted" && e["work_item"] == f1.as_str());
     assert!(preempted, "f1's first attempt was preempted: {report:#}");
-    wait_job(&c, &f2, "f2 ends", |j| j["status"] != "running");
+    wait_job(&c, &f2, "f2 ends", |j| j["status"] != "running").await;
 
     // Docs vs a stream of features on the one documenter slot.
     let busy = one("busy-docs", "documenter", "shared", 400);
@@ -265,7 +275,7 @@ inputs = ["outline.md", "notes"]
 outputs = ["docs.md"]
 "#,
     );
-    let run = |notes: &str| {
+    let run = async |notes: &str| {
         let id = submit(
             &c,
             &[
@@ -283,18 +293,18 @@ outputs = ["docs.md"]
                 &format!("notes={notes}"),
             ],
         );
-        wait_job(&c, &id, "the end", |j| j["status"] != "running")
+        wait_job(&c, &id, "the end", |j| j["status"] != "running").await
     };
-    let first = run("v1");
+    let first = run("v1").await;
     assert_eq!(first["status"], "succeeded");
     let cost = first["cost_micros"].as_u64().unwrap();
-    let again = run("v1");
+    let again = run("v1").await;
     assert_eq!(again["status"], "succeeded");
     assert!(again["passes"].as_array().unwrap().iter().all(|p| p["status"] == "cached"), "{again:#}");
     assert_eq!(again["cost_micros"], 0);
     assert_eq!(again["saved_micros"].as_u64().unwrap(), cost);
     // Notes changed: the outline is reused, the write pass runs.
-    let changed = run("v2");
+    let changed = run("v2").await;
     assert_eq!(pass(&changed, "outline")["status"], "cached");
     assert_eq!(pass(&changed, "write")["status"], "passed");
     let report = c.qm_json(&["cost", "report", "--by", "work-item"]);
@@ -333,13 +343,13 @@ async fn a_work_item_survives_a_coordinator_sigkill_and_finishes_with_its_ledger
     c.wait_workers(1).await;
     c.qm_json(&["budget", "set", "team", "platform", "50"]);
     let id = submit(&c, &["--title", "survives", "--class", "feature", "--workflow", "docs"]);
-    let before = wait_job(&c, &id, "write passed", |j| pass(j, "write")["status"] == "passed");
+    let before = wait_job(&c, &id, "write passed", |j| pass(j, "write")["status"] == "passed").await;
     let spent_before = c.qm_json(&["budget", "show"])["budgets"][0]["spent_micros"].as_u64().unwrap();
     assert!(spent_before > 0);
     // SIGKILL the only coordinator mid-workflow and start it again from its sled directory.
     c.kill(1);
     c.spawn(1, false);
-    let j = wait_job(&c, &id, "the end", |j| j["status"] != "running");
+    let j = wait_job(&c, &id, "the end", |j| j["status"] != "running").await;
     assert_eq!(j["status"], "succeeded", "{j:#}");
     assert_eq!(pass(&j, "write")["artifact"], pass(&before, "write")["artifact"], "the artifact survived");
     let report = c.qm_json(&["cost", "report", "--by", "pass"]);

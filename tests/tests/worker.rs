@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use qm_shared::client::Client;
 use qm_shared::pb::v1 as pb;
-use qm_tests::{Cluster, Fence};
+use qm_tests::{eventually, Cluster, Fence};
 
 async fn submit(client: &Client, resource: &str, priority: u32, duration_ms: u64, work_item: &str) -> u64 {
     let payload = serde_json::json!({"executor": "scripted", "duration_ms": duration_ms, "steps": 20}).to_string();
@@ -42,14 +42,16 @@ async fn task(client: &Client, id: u64) -> pb::TaskInfo {
 
 /// Polls (bounded: 60 s) until `done` holds for the task.
 async fn wait_for(client: &Client, id: u64, what: &str, mut done: impl FnMut(&pb::TaskInfo) -> bool) -> pb::TaskInfo {
-    for _ in 0..1_200 {
+    let done = std::sync::Mutex::new(&mut done);
+    eventually(&format!("task {id}: {what}"), Duration::from_secs(60), || async {
         let t = task(client, id).await;
-        if done(&t) {
-            return t;
+        if (done.lock().expect("predicate"))(&t) {
+            Ok(t)
+        } else {
+            Err(format!("{t:?}"))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("task {id}: {what} did not happen within 60 s: {:?}", task(client, id).await);
+    })
+    .await
 }
 
 /// The fencing token of the reservation a task's agent holds, if any.
@@ -94,6 +96,8 @@ async fn a_preempted_task_checkpoints_and_resumes_where_it_stopped() {
     fence.leave("pg:staging", "hotfix");
     // The preempted holder's token is stale now: a careful adapter refuses it.
     assert!(!fence.enter("pg:staging", "low (revoked)", low_token), "the revoked holder's token is rejected");
+    assert_eq!(fence.take_refusals().len(), 1, "the refusal was recorded");
+    assert!(fence.violations().is_empty(), "{:?}", fence.violations());
 
     wait_for(&client, hotfix, "the hotfix to succeed", |t| t.status == "succeeded").await;
     // The low task resumes from its checkpoint: its progress never drops back below 40%.
@@ -292,14 +296,20 @@ async fn a_deadlock_between_two_agents_is_broken_and_both_tasks_complete() {
     let t2 = submit_request(&client, incremental(["pg:b", "pg:a"], 500, "WI-2")).await;
     wait_for(&client, t2, "T2 to queue for B", |t| t.status == "running").await;
     let t1 = submit_request(&client, incremental(["pg:a", "pg:b"], 400, "WI-1")).await;
-    for _ in 0..200 {
-        if token_of(&client, t1).await.is_some() {
-            break;
+    eventually("T1 holding A", Duration::from_secs(10), || async {
+        token_of(&client, t1).await.ok_or_else(|| "no lease of T1's".to_string())
+    })
+    .await;
+    eventually("T1 queueing for B", Duration::from_secs(10), || async {
+        let list = client.list(pb::ListRequest { include_pending: true, ..Default::default() }).await.expect("list");
+        let t1_owner = qm_shared::agent::task_owner(t1);
+        if list.pending.iter().any(|p| p.owner == t1_owner) {
+            Ok(())
+        } else {
+            Err(format!("pending: {:?}", list.pending))
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(token_of(&client, t1).await.is_some(), "T1 holds A");
-    tokio::time::sleep(Duration::from_millis(200)).await; // T1 queues for B
+    })
+    .await;
     qm_tests::release(&client, holder, held.id).await.expect("release B");
 
     // The lower-priority T1 is the victim: it gives A back, re-plans, and retries atomically.

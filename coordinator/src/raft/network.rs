@@ -64,7 +64,13 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Network;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Network {
-        Network { target, addr: node.addr.clone(), client: channel(&node.addr, &self.connector).ok().map(peer_client) }
+        let connector = self.connector.clone();
+        Network {
+            target,
+            addr: node.addr.clone(),
+            client: channel(&node.addr, &connector).ok().map(peer_client),
+            connector,
+        }
     }
 }
 
@@ -74,6 +80,7 @@ pub struct Network {
     target: NodeId,
     addr: String,
     client: Option<pb::raft_peer_client::RaftPeerClient<Channel>>,
+    connector: Connector,
 }
 
 type RpcErr<E> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
@@ -92,6 +99,20 @@ fn decode_err<E: std::error::Error>(e: bincode::Error) -> RpcErr<E> {
 }
 
 impl Network {
+    /// Notes a failed call. Each call is bounded here by openraft's soft deadline, before openraft
+    /// gives up on it at the hard one and drops it unseen. A missed deadline can mean the
+    /// connection itself is stalled: after
+    /// a partition that lost segments, TCP may not retransmit for a long while and HTTP/2
+    /// keepalive notices only after its interval and timeout (tens of seconds), during which
+    /// every call on it times out. Heartbeats and votes would be lost all that time, so the
+    /// peer is dialled afresh instead.
+    fn failed<E: std::error::Error>(&mut self, status: tonic::Status) -> RpcErr<E> {
+        if status.code() == tonic::Code::DeadlineExceeded {
+            self.client = channel(&self.addr, &self.connector).ok().map(peer_client);
+        }
+        transport(status)
+    }
+
     fn client<E: std::error::Error>(&self) -> Result<pb::raft_peer_client::RaftPeerClient<Channel>, RpcErr<E>> {
         self.client.clone().ok_or_else(|| {
             let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad peer address {:?}", self.addr));
@@ -138,7 +159,11 @@ impl RaftNetwork<TypeConfig> for Network {
         let mut client = self.client()?;
         let req =
             self.request(pb::AppendEntriesRequest { payload: to_bytes(&rpc), target_node_id: self.target }, &option);
-        let resp = client.append_entries(req).await.map_err(transport)?.into_inner();
+        let resp = match tokio::time::timeout(option.soft_ttl(), client.append_entries(req)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => return Err(self.failed(status)),
+            Err(_) => return Err(self.failed(tonic::Status::deadline_exceeded("no answer within the RPC's deadline"))),
+        };
         let (ok, err) = match resp.outcome {
             Some(pb::append_entries_response::Outcome::Ok(b)) => (Some(b), None),
             Some(pb::append_entries_response::Outcome::Error(b)) => (None, Some(b)),
@@ -155,7 +180,11 @@ impl RaftNetwork<TypeConfig> for Network {
         let mut client = self.client()?;
         let req =
             self.request(pb::InstallSnapshotRequest { payload: to_bytes(&rpc), target_node_id: self.target }, &option);
-        let resp = client.install_snapshot(req).await.map_err(transport)?.into_inner();
+        let resp = match tokio::time::timeout(option.soft_ttl(), client.install_snapshot(req)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => return Err(self.failed(status)),
+            Err(_) => return Err(self.failed(tonic::Status::deadline_exceeded("no answer within the RPC's deadline"))),
+        };
         let (ok, err) = match resp.outcome {
             Some(pb::install_snapshot_response::Outcome::Ok(b)) => (Some(b), None),
             Some(pb::install_snapshot_response::Outcome::Error(b)) => (None, Some(b)),
@@ -171,7 +200,11 @@ impl RaftNetwork<TypeConfig> for Network {
     ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
         let mut client = self.client()?;
         let req = self.request(pb::VoteRequest { payload: to_bytes(&rpc), target_node_id: self.target }, &option);
-        let resp = client.vote(req).await.map_err(transport)?.into_inner();
+        let resp = match tokio::time::timeout(option.soft_ttl(), client.vote(req)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => return Err(self.failed(status)),
+            Err(_) => return Err(self.failed(tonic::Status::deadline_exceeded("no answer within the RPC's deadline"))),
+        };
         let (ok, err) = match resp.outcome {
             Some(pb::vote_response::Outcome::Ok(b)) => (Some(b), None),
             Some(pb::vote_response::Outcome::Error(b)) => (None, Some(b)),

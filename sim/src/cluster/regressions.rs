@@ -8,6 +8,8 @@
 
 //! | 4 | 3 | 20000 | leader-return | leader-serves: n1, crashed as leader, came back as leader of its old term and proposed its RestartLeases, then caught up by installing a snapshot; elected again in term 4 it committed nothing for 15 s with every node up ("leader of term 4 has not restarted leases yet"): its leader duties still awaited the old term's write, which openraft never answers | fixed: every wait on a Raft write is bounded and given up when its term ends (`raft::bounded::within_term`); a leader whose RestartLeases does not commit in 5 s steps down |
 
+//! | 261 | 3 | 20000 | | leader-serves (first seen when that checker came, with 235, 288 and 495 in `--seeds 500`): after partitions that dropped segments healed, every node up, nothing committed for 15 s: n1 at term 11 while n3 led term 2 and never heard of it, n3's appends to n2 unanswered. The peer connections were stalled (segments lost; HTTP/2 keepalive notices only after 10 + 20 s) and every RPC on them timed out | fixed: a peer RPC that misses its deadline dials the peer afresh; so do the client library and the forwarding path |
+
 /// A run that must stay clean: `qm sim cluster --seed S --nodes N --chaos-ms C [--focus F]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Pinned {
@@ -21,4 +23,5 @@ pub const SEEDS: &[Pinned] = &[
     Pinned { seed: 7, nodes: 3, chaos_ms: 10_000, focus: None },
     Pinned { seed: 175, nodes: 3, chaos_ms: 20_000, focus: Some("leader-blink") },
     Pinned { seed: 4, nodes: 3, chaos_ms: 20_000, focus: Some("leader-return") },
+    Pinned { seed: 261, nodes: 3, chaos_ms: 20_000, focus: None },
 ];
