@@ -387,39 +387,6 @@ impl Fence {
     }
 }
 
-#[cfg(test)]
-mod fence_tests {
-    use super::Fence;
-
-    #[test]
-    fn a_backward_token_is_a_violation() {
-        let f = Fence::default();
-        assert!(f.enter("r", "a", 7));
-        f.leave("r", "a");
-        assert!(!f.enter("r", "b", 5), "an older token is refused");
-        assert_eq!(f.violations(), ["r: b wrote with token 5 after token 7 was used"]);
-    }
-
-    #[test]
-    fn an_overlap_is_a_violation_and_equal_tokens_are_not_refused() {
-        let f = Fence::default();
-        assert!(f.enter("r", "a", 7));
-        assert!(f.enter("r", "b", 7));
-        assert_eq!(f.violations(), ["r: b (token 7) entered while a (token 7) was inside"]);
-        assert!(f.take_refusals().is_empty());
-    }
-
-    #[test]
-    fn a_refusal_made_on_purpose_is_taken_back() {
-        let f = Fence::default();
-        assert!(f.enter("r", "new", 9));
-        f.leave("r", "new");
-        assert!(!f.enter("r", "revoked", 3));
-        assert_eq!(f.take_refusals().len(), 1);
-        assert!(f.violations().is_empty());
-    }
-}
-
 /// Acquires `resource` exclusively under `session`, waiting; returns the reservation.
 pub async fn acquire_wait(
     client: &Client,
@@ -470,4 +437,37 @@ pub async fn release(client: &Client, session: u64, id: u64) -> Result<(), Strin
         .await
         .map(|_| ())
         .map_err(|s| s.to_string())
+}
+
+#[cfg(test)]
+mod fence_tests {
+    use super::Fence;
+
+    #[test]
+    fn a_backward_token_is_a_violation() {
+        let f = Fence::default();
+        assert!(f.enter("r", "a", 7));
+        f.leave("r", "a");
+        assert!(!f.enter("r", "b", 5), "an older token is refused");
+        assert_eq!(f.violations(), ["r: b wrote with token 5 after token 7 was used"]);
+    }
+
+    #[test]
+    fn an_overlap_is_a_violation_and_equal_tokens_are_not_refused() {
+        let f = Fence::default();
+        assert!(f.enter("r", "a", 7));
+        assert!(f.enter("r", "b", 7));
+        assert_eq!(f.violations(), ["r: b (token 7) entered while a (token 7) was inside"]);
+        assert!(f.take_refusals().is_empty());
+    }
+
+    #[test]
+    fn a_refusal_made_on_purpose_is_taken_back() {
+        let f = Fence::default();
+        assert!(f.enter("r", "new", 9));
+        f.leave("r", "new");
+        assert!(!f.enter("r", "revoked", 3));
+        assert_eq!(f.take_refusals().len(), 1);
+        assert!(f.violations().is_empty());
+    }
 }
