@@ -42,11 +42,7 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<pb::TransferLea
             }
             id
         }
-        None => voters
-            .iter()
-            .copied()
-            .filter(|v| *v != node.id)
-            .max_by_key(|v| replication.get(v).copied().flatten().map_or(0, |l| l.index))
+        None => most_caught_up(node.id, &voters, &replication)
             .ok_or_else(|| ApiError::FailedPrecondition("no other voter to hand leadership to".into()))?,
     };
     let addr =
@@ -81,6 +77,19 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<pb::TransferLea
     Ok(pb::TransferLeaderResponse { leader_id: m.current_leader, term: m.current_term })
 }
 
+/// The voter other than `me` whose log the leader has replicated furthest.
+fn most_caught_up(
+    me: NodeId,
+    voters: &std::collections::BTreeSet<NodeId>,
+    replication: &std::collections::BTreeMap<NodeId, Option<crate::raft::LogId>>,
+) -> Option<NodeId> {
+    voters
+        .iter()
+        .copied()
+        .filter(|v| *v != me)
+        .max_by_key(|v| replication.get(v).copied().flatten().map_or(0, |l| l.index))
+}
+
 /// A leader that cannot serve steps down: it hands leadership to the voter with the longest
 /// log it knows of, or, with no one to hand it to, stops heartbeating until a newer term
 /// starts. Bounded; says why in the log.
@@ -91,12 +100,7 @@ pub async fn step_down(node: &Node, term: u64, why: &str) {
     }
     let (voters, nodes) = node.members();
     let replication = m.replication.clone().unwrap_or_default();
-    let target = voters
-        .iter()
-        .copied()
-        .filter(|v| *v != node.id)
-        .max_by_key(|v| replication.get(v).copied().flatten().map_or(0, |l| l.index))
-        .and_then(|v| nodes.get(&v).map(|a| (v, a.clone())));
+    let target = most_caught_up(node.id, &voters, &replication).and_then(|v| nodes.get(&v).map(|a| (v, a.clone())));
     tracing::error!(term, to = ?target.as_ref().map(|t| t.0), "leader: stepping down: {why}");
     if target.is_none() {
         // Alone: a new election of our own starts a new term, whose duties start afresh.
