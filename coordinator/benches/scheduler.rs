@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-use qm_coordinator::state::jobs::{JobSpec, Period, Scope};
-use qm_coordinator::state::tasks::{Outcome, TaskReport, Usage, WorkerSpec};
 use qm_coordinator::state::{Command, Effect, Response, SessionId, State, TaskId};
+use qm_coordinator::state::{JobSpec, Period, Scope};
+use qm_coordinator::state::{Outcome, TaskReport, Usage, WorkerSpec};
 use qm_shared::workflow::{Need, Pass, Price, Project, ProjectResource, Provider, Workflow};
 use qm_shared::{Mode, ResourcePath, Role, Tier};
 

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use qm_coordinator::state::jobs::{JobSpec, JobStatus, PassStatus, Period, Scope};
-use qm_coordinator::state::tasks::{Outcome, TaskReport, TaskStatus, Usage, WorkerSpec};
 use qm_coordinator::state::{Acquire, Command, Config, Effect, Item, JobId, Response, SessionId, State, TaskId, Wait};
+use qm_coordinator::state::{JobSpec, JobStatus, PassStatus, Period, Scope};
+use qm_coordinator::state::{Outcome, TaskReport, TaskStatus, Usage, WorkerSpec};
 use qm_shared::workflow::{Gate, Need, OnFail, Pass, Price, Project, ProjectResource, Provider, Reviewer, Workflow};
 use qm_shared::{Mode, ResourcePath, Role, Tier};
 
@@ -83,7 +83,7 @@ impl Core {
         assert!(matches!(r, Response::TaskReported { .. }), "{r:?}");
     }
 
-    fn pass(&self, job: JobId, name: &str) -> qm_coordinator::state::jobs::PassState {
+    fn pass(&self, job: JobId, name: &str) -> qm_coordinator::state::PassState {
         self.state.jobs().get(job).unwrap().passes.iter().find(|p| p.name == name).unwrap().clone()
     }
 
@@ -426,7 +426,7 @@ fn a_local_provider_of_the_tier_is_preferred_when_free_and_priced_by_wall_time()
         labels: BTreeMap::new(),
         running: Vec::new(),
         gpus: Vec::new(),
-        providers: vec![qm_coordinator::state::tasks::ProviderInfo {
+        providers: vec![qm_coordinator::state::ProviderInfo {
             name: "local".into(),
             kind: "openai".into(),
             local: true,
@@ -438,10 +438,10 @@ fn a_local_provider_of_the_tier_is_preferred_when_free_and_priced_by_wall_time()
     let b = c.submit(job("b", "docs", 100, "platform", vec![pass("d", Role::Documenter, &[], None)]));
     let ra = c.state.tasks().get(c.pass(a, "d").task.unwrap()).unwrap().route.clone().unwrap();
     let rb = c.state.tasks().get(c.pass(b, "d").task.unwrap()).unwrap().route.clone().unwrap();
-    // The first takes the local slot only once its lease is held; both were routed before
-    // any agent acquired, so the second also sees the local slot free. Routing prefers local.
+    // Both are routed in one dispatch, before either agent acquired: the local provider's one
+    // slot goes to the first, and the second goes to the cloud rather than queue behind it.
     assert_eq!((ra.provider.as_str(), ra.local), ("local", true));
-    let _ = rb;
+    assert_eq!((rb.provider.as_str(), rb.local), ("cloud", false), "the local provider is busy");
     let task = c.pass(a, "d").task.unwrap();
     assert!(c.state.tasks().get(task).unwrap().attempt_items().iter().any(|i| i.path.as_str() == "api:local"));
     c.finish(task, "docs", (50_000, 10_000));
@@ -557,7 +557,7 @@ fn a_pass_that_requires_a_gpu_goes_only_to_a_worker_with_one() {
         slots: BTreeMap::from([(Role::Implementer, 1)]),
         labels: BTreeMap::new(),
         running: Vec::new(),
-        gpus: vec![qm_coordinator::state::tasks::GpuInfo { index: 0, model: "L4".into(), memory_bytes: 24 << 30 }],
+        gpus: vec![qm_coordinator::state::GpuInfo { index: 0, model: "L4".into(), memory_bytes: 24 << 30 }],
         providers: Vec::new(),
     };
     c.apply(Command::RegisterWorker(spec));

@@ -14,6 +14,10 @@
 //! * no waiter at the top priority is overtaken by a later conflicting request, and aging
 //!   lifts every waiter at least as fast as the configured rate, so nothing waits past the
 //!   aging bound while its resource keeps being granted;
+//! * progress: a request is refused as blocked only when something blocks it (or, as its own
+//!   deadlock, only when its owner's own units fill the resource), and no waiter is left waiting
+//!   for nothing after an apply (every waiter has a conflicting holder or a conflicting waiter
+//!   ahead), so a core that queued or refused grantable requests fails;
 //! * the twin, restored from snapshots midway, gives the same responses, effects and bytes.
 //!
 //! 10,000 cases run in the normal test run (`QM_MODEL_CASES` overrides); the seed is fixed so
@@ -26,7 +30,7 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config as PropConfig, RngSeed, TestRunner};
 
 use qm_coordinator::state::{
-    Acquire, Command, Config, Effect, GrantInfo, Item, Policy, Response, SessionId, State, Wait, WaiterInfo,
+    Acquire, Command, Config, Effect, GrantInfo, Item, Policy, Refusal, Response, SessionId, State, Wait, WaiterInfo,
 };
 use qm_shared::limits::PRIORITY_MAX;
 use qm_shared::{Mode, ResourcePath};
@@ -209,6 +213,53 @@ fn short_of_units(caps: &Caps, grants: &[GrantInfo], item: &Item) -> bool {
     used + need > cap
 }
 
+/// Who a request of `me` with queue key `key` (priority from the top, then arrival) waits for:
+/// every other owner holding a conflicting claim (or filling a counted resource it is short
+/// of), and every other owner queued ahead with a conflicting claim (or on the same counted
+/// resource).
+fn blockers(
+    me: &OwnerKey,
+    key: (u32, u64),
+    items: &[Item],
+    grants: &[GrantInfo],
+    waiters: &[WaiterInfo],
+    caps: &Caps,
+) -> BTreeSet<OwnerKey> {
+    let mut out = BTreeSet::new();
+    for item in items {
+        let path = item.path.as_str();
+        let counted = capacity(caps, path);
+        let short = short_of_units(caps, grants, item);
+        for g in grants {
+            let other: OwnerKey = (g.session, g.owner.to_string());
+            let full = short && g.resource == item.path;
+            if other != *me && (full || claims_conflict(path, item.mode, g.resource.as_str(), g.mode)) {
+                out.insert(other);
+            }
+        }
+        for x in waiters {
+            let other: OwnerKey = (x.session, x.owner.clone());
+            let ahead = (PRIORITY_MAX - x.effective_priority, x.seq) < key;
+            if other == *me || !ahead {
+                continue;
+            }
+            let conflict = x.items.iter().any(|xi| {
+                claims_conflict(path, item.mode, xi.path.as_str(), xi.mode)
+                    || (counted.is_some() && xi.path == item.path)
+            });
+            if conflict {
+                out.insert(other);
+            }
+        }
+    }
+    out
+}
+
+/// Whether an item asks more units than its counted resource has at all (it can never fit).
+fn beyond_capacity(caps: &Caps, item: &Item) -> bool {
+    capacity(caps, item.path.as_str()).is_some_and(|cap| item.units > cap)
+}
+
 fn capacity(caps: &Caps, path: &str) -> Option<u32> {
     caps.get(path).copied()
 }
@@ -362,11 +413,38 @@ impl Harness {
             copy.apply(self.index, self.now, Command::Configure { config });
             copy
         });
+        // What a try would wait for, judged before the apply: a new request is queued behind
+        // every waiter of its priority or above.
+        let acquire_blockers = match &cmd {
+            Command::Acquire(a) => {
+                let grants: Vec<GrantInfo> = self.state.grants().collect();
+                let key = (PRIORITY_MAX - a.priority, u64::MAX);
+                let me = (a.session, a.owner.clone());
+                let impossible = a.items.iter().any(|i| beyond_capacity(&self.caps, i));
+                let short = a.items.iter().any(|i| short_of_units(&self.caps, &grants, i));
+                Some((blockers(&me, key, &a.items, &grants, &before_waiters, &self.caps), impossible, short))
+            }
+            _ => None,
+        };
         let (response, effects) = self.state.apply(self.index, self.now, cmd.clone());
         let (twin_response, twin_effects) = self.twin.apply(self.index, self.now, cmd.clone());
         assert_eq!(response, twin_response, "twin diverged on {cmd:?}");
         assert_eq!(effects, twin_effects, "twin effects diverged on {cmd:?}");
 
+        if let Some((blockers, impossible, short)) = acquire_blockers {
+            match &response {
+                Response::Refused(Refusal::Conflict { .. }) => {
+                    assert!(!blockers.is_empty() || impossible, "a try nothing blocks was refused: {cmd:?}");
+                }
+                // Waiting only for its own owner's units is the one deadlock a lone request
+                // can be refused for.
+                Response::Refused(Refusal::Deadlock { cycle_len: 1, .. }) => {
+                    assert!(short, "refused as its own deadlock with units to spare: {cmd:?}");
+                }
+                _ => {}
+            }
+        }
+        self.check_progress();
         self.check_effects(&effects, &before_waiters);
         self.check_holders(&effects);
         self.check_wait_for();
@@ -483,35 +561,9 @@ impl Harness {
         let mut edges = BTreeSet::new();
         for w in &waiters {
             let me: OwnerKey = (w.session, w.owner.clone());
-            for item in &w.items {
-                let path = item.path.as_str();
-                let counted = capacity(caps, path);
-                let short = short_of_units(caps, &grants, item);
-                for g in &grants {
-                    let other: OwnerKey = (g.session, g.owner.to_string());
-                    if other == me {
-                        continue;
-                    }
-                    let full = short && g.resource == item.path;
-                    if full || claims_conflict(path, item.mode, g.resource.as_str(), g.mode) {
-                        edges.insert((me.clone(), other));
-                    }
-                }
-                for x in &waiters {
-                    let other: OwnerKey = (x.session, x.owner.clone());
-                    let ahead =
-                        (PRIORITY_MAX - x.effective_priority, x.seq) < (PRIORITY_MAX - w.effective_priority, w.seq);
-                    if other == me || !ahead {
-                        continue;
-                    }
-                    let conflict = x.items.iter().any(|xi| {
-                        claims_conflict(path, item.mode, xi.path.as_str(), xi.mode)
-                            || (counted.is_some() && xi.path == item.path)
-                    });
-                    if conflict {
-                        edges.insert((me.clone(), other));
-                    }
-                }
+            let key = (PRIORITY_MAX - w.effective_priority, w.seq);
+            for other in blockers(&me, key, &w.items, &grants, &waiters, caps) {
+                edges.insert((me.clone(), other));
             }
         }
         edges
@@ -630,6 +682,25 @@ impl Harness {
         let full = Self::full_edges(&self.state, &self.caps);
         assert!(reduced.is_subset(&full), "an edge the full relation does not have");
         assert!(find_cycle(&full).is_none(), "a cycle survived the apply: {full:?}");
+    }
+
+    /// Progress: no request waits for nothing. Every waiter has someone to wait for (a
+    /// conflicting holder or a conflicting waiter ahead), or asks more units than its resource
+    /// has at all. A core that queued a grantable request would fail here.
+    fn check_progress(&self) {
+        let grants: Vec<GrantInfo> = self.state.grants().collect();
+        let waiters: Vec<WaiterInfo> = self.state.waiters().collect();
+        for w in &waiters {
+            let me: OwnerKey = (w.session, w.owner.clone());
+            let key = (PRIORITY_MAX - w.effective_priority, w.seq);
+            let impossible = w.items.iter().any(|i| beyond_capacity(&self.caps, i));
+            assert!(
+                impossible || !blockers(&me, key, &w.items, &grants, &waiters, &self.caps).is_empty(),
+                "{} waits for nothing: {:?}",
+                w.request,
+                w.items
+            );
+        }
     }
 
     /// Every victim lay on a cycle the command really closed; every cycle it closed was broken.

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use qm_coordinator::state::tasks::{Outcome, TaskReport, TaskSpec, TaskStatus, Usage, WorkerSpec};
 use qm_coordinator::state::{Command, Effect, Item, Response, SessionId, State, TaskId};
+use qm_coordinator::state::{Outcome, TaskReport, TaskSpec, TaskStatus, Usage, WorkerSpec};
 use qm_shared::{Mode, ResourcePath, Role};
 
 struct Core {

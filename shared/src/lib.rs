@@ -9,6 +9,7 @@
 //! Domain types never mix with `pb::` types; conversions live beside the client library.
 
 pub mod agent;
+pub mod attempt;
 pub mod client;
 pub mod limits;
 pub mod pb;

@@ -82,15 +82,7 @@ pub enum Report {
     },
 }
 
-/// Final outcome of an attempt, as reported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Succeeded,
-    Failed,
-    Cancelled,
-    Preempted,
-    TimedOut,
-}
+pub use qm_shared::attempt::Outcome;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {

@@ -19,13 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 /// Usage an executor reports, per step or in all.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cached_tokens: u64,
-    pub estimated: bool,
-}
+pub use qm_shared::attempt::Usage;
 
 /// What to run.
 #[derive(Clone, Debug, PartialEq, Eq)]

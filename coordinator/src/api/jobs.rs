@@ -19,7 +19,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::state::jobs::{Budget, Job, JobSpec, LedgerEntry, Period, Scope};
+use crate::state::{Budget, Job, JobSpec, LedgerEntry, Period, Scope};
 use crate::state::{Command, Config, JobId, Refusal, Response, State};
 
 #[derive(Debug)]

@@ -10,8 +10,8 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use super::convert;
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::state::tasks::{Outcome, Task, TaskSpec, TaskStatus, Usage};
 use crate::state::{Command, Refusal, Response, State, TaskId};
+use crate::state::{Outcome, Task, TaskSpec, TaskStatus, Usage};
 
 /// Attempts a task gets when the request names none.
 const MAX_ATTEMPTS_DEFAULT: u32 = 3;

@@ -29,8 +29,8 @@ use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::state::tasks::{GpuInfo, Outcome, ProviderInfo, TaskReport, TaskStatus, Usage, WorkerSpec};
 use crate::state::{Command, Effect, Refusal, Response, SessionId, TaskId};
+use crate::state::{GpuInfo, Outcome, ProviderInfo, TaskReport, TaskStatus, Usage, WorkerSpec};
 
 /// Messages queued toward one worker before the stream applies backpressure.
 const OUTBOUND_BUFFER_LEN: usize = 256;

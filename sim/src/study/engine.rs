@@ -22,11 +22,11 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 
-use qm_coordinator::state::jobs::{JobSpec, JobStatus, PassStatus};
-use qm_coordinator::state::tasks::{ProviderInfo, TaskReport, WorkerSpec};
 use qm_coordinator::state::{
     Acquire, Command, Config, Effect, Item, JobId, Refusal, RequestId, Response, SessionId, State, TaskId, Wait,
 };
+use qm_coordinator::state::{JobSpec, JobStatus, PassStatus};
+use qm_coordinator::state::{ProviderInfo, TaskReport, WorkerSpec};
 use qm_shared::agent::{owner_task, task_owner};
 use qm_shared::limits::{LEASE_MS_MAX, SESSION_TTL_MS_MAX};
 use qm_shared::workflow::Need;
@@ -386,7 +386,7 @@ impl<'a> Run<'a> {
                     providers.extend(locals.iter().cloned());
                 }
                 let gpus = (0..g.gpus)
-                    .map(|k| qm_coordinator::state::tasks::GpuInfo { index: k, model: "sim".into(), memory_bytes: 0 })
+                    .map(|k| qm_coordinator::state::GpuInfo { index: k, model: "sim".into(), memory_bytes: 0 })
                     .collect();
                 let w = self.workers.len();
                 let mut slots = Vec::new();
@@ -1071,29 +1071,14 @@ impl<'a> Run<'a> {
             Some(s) => format!("{}/{}-{s}", self.workers[w].node, self.workers[w].slots[s].role.as_str()),
             None => String::new(),
         };
-        let usage = |u: ExecUsage| qm_coordinator::state::tasks::Usage {
-            input_tokens: u.input_tokens,
-            output_tokens: u.output_tokens,
-            cached_tokens: u.cached_tokens,
-            estimated: u.estimated,
-        };
         let report = match report {
-            AgentReport::Progress { percent, stage, usage: u } => {
-                TaskReport::Progress { percent, stage, usage: usage(u) }
-            }
+            AgentReport::Progress { percent, stage, usage: u } => TaskReport::Progress { percent, stage, usage: u },
             AgentReport::Blocked { message } => TaskReport::Blocked { message },
             AgentReport::Checkpoint { seq, data, for_preemption } => {
                 TaskReport::Checkpoint { seq, data, for_preemption }
             }
             AgentReport::Result { outcome, output, error, usage: u, wall_ms } => {
-                use qm_coordinator::state::tasks::Outcome as O;
-                let outcome = match outcome {
-                    AgentOutcome::Succeeded => O::Succeeded,
-                    AgentOutcome::Failed => O::Failed,
-                    AgentOutcome::Cancelled => O::Cancelled,
-                    AgentOutcome::Preempted => O::Preempted,
-                    AgentOutcome::TimedOut => O::TimedOut,
-                };
+                use qm_coordinator::state::Outcome as O;
                 match outcome {
                     O::Failed => self.m.r.attempts_failed += 1,
                     O::TimedOut => self.m.r.attempts_timed_out += 1,
@@ -1103,7 +1088,7 @@ impl<'a> Run<'a> {
                 if outcome == O::Succeeded && output.starts_with(b"FAIL") {
                     self.m.r.gate_failures += 1;
                 }
-                TaskReport::Finished { outcome, output, error, usage: usage(u), wall_ms, agent }
+                TaskReport::Finished { outcome, output, error, usage: u, wall_ms, agent }
             }
         };
         self.apply(Command::ReportTask { session, task: TaskId(task), attempt, report });

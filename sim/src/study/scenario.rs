@@ -157,10 +157,10 @@ pub struct Behaviour {
 /// A budget set before the run starts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BudgetSpec {
-    pub scope: qm_coordinator::state::jobs::Scope,
+    pub scope: qm_coordinator::state::Scope,
     pub name: String,
     pub limit_micros: u64,
-    pub period: qm_coordinator::state::jobs::Period,
+    pub period: qm_coordinator::state::Period,
 }
 
 /// A parsed, checked scenario.

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use qm_coordinator::state::tasks::TaskStatus;
+use qm_coordinator::state::TaskStatus;
 
 use super::{End, Invariant, Obs};
 

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use qm_coordinator::raft::state_machine::Applied;
-use qm_coordinator::state::tasks::TaskStatus;
+use qm_coordinator::state::TaskStatus;
 use qm_coordinator::state::{GrantInfo, OwnerRef};
 
 use super::fenced::FencedWrite;

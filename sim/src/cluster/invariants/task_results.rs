@@ -2,7 +2,7 @@
 //! the simulated executor stamps with its attempt number) is the output of the task's current
 //! attempt. A zombie — an older attempt whose worker lost the task — must be refused.
 
-use qm_coordinator::state::tasks::TaskStatus;
+use qm_coordinator::state::TaskStatus;
 
 use super::{End, Invariant};
 use crate::cluster::workers::attempt_output;

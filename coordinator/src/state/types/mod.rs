@@ -6,9 +6,14 @@
 //!
 //! [`apply`]: super::State::apply
 
+use qm_shared::{Invalid, Mode, ResourcePath};
 use serde::{Deserialize, Serialize};
 
-use qm_shared::{Invalid, Mode, ResourcePath};
+mod budget;
+mod work;
+
+pub use budget::*;
+pub use work::*;
 
 /// Milliseconds since the Unix epoch, as stamped by the leader.
 pub type Millis = u64;
@@ -168,23 +173,23 @@ pub enum Command {
     /// failover never expires anything early.
     RestartLeases,
     /// Queue a task for an agent of its role.
-    SubmitTask(super::tasks::TaskSpec),
+    SubmitTask(TaskSpec),
     /// Stop a task: queued ones end at once, running ones are told to stop.
     CancelTask {
         task: TaskId,
     },
     /// A worker (re)announces itself on its session: the agent slots it hosts per role.
     /// Re-registering on the same session keeps its assignments.
-    RegisterWorker(super::tasks::WorkerSpec),
+    RegisterWorker(WorkerSpec),
     /// A worker reports on one attempt of a task it was assigned.
     ReportTask {
         session: SessionId,
         task: TaskId,
         attempt: u32,
-        report: super::tasks::TaskReport,
+        report: TaskReport,
     },
     /// Start a work item on its workflow.
-    SubmitJob(Box<super::jobs::JobSpec>),
+    SubmitJob(Box<JobSpec>),
     /// Stop a work item: queued passes end, running ones are told to stop.
     CancelJob {
         job: JobId,
@@ -203,10 +208,10 @@ pub enum Command {
     },
     /// Set (or change) a budget; a limit of 0 removes it.
     SetBudget {
-        scope: super::jobs::Scope,
+        scope: Scope,
         name: String,
         limit_micros: u64,
-        period: super::jobs::Period,
+        period: Period,
     },
     /// Register (or update) a project: its resources are declared, its providers' concurrency
     /// becomes counted resources `api:<provider>`.
@@ -376,7 +381,7 @@ pub enum Response {
     },
     TaskReported {
         task: TaskId,
-        status: super::tasks::TaskStatus,
+        status: TaskStatus,
     },
     JobSubmitted {
         job: JobId,
@@ -392,7 +397,7 @@ pub enum Response {
         pass: String,
     },
     BudgetSet {
-        scope: super::jobs::Scope,
+        scope: Scope,
         name: String,
     },
     ProjectApplied {
@@ -514,13 +519,13 @@ pub enum Effect {
     /// The task ended for good.
     TaskEnded {
         task: TaskId,
-        status: super::tasks::TaskStatus,
+        status: TaskStatus,
     },
     /// A budget rose to a new level (approaching, at, over).
     BudgetLevel {
-        scope: super::jobs::Scope,
+        scope: Scope,
         name: String,
-        level: super::jobs::Level,
+        level: Level,
         spent_micros: u64,
         limit_micros: u64,
     },

@@ -1,0 +1,101 @@
+//! The artifact cache: a pass whose inputs are unchanged reuses the previous output instead
+//! of running again.
+
+use qm_shared::limits::{ARTIFACTS_MAX, ARTIFACT_BYTES_TOTAL_MAX};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(in crate::state) struct CacheEntry {
+    pub(in crate::state) digest: String,
+    pub(in crate::state) cost_micros: u64,
+    pub(in crate::state) seq: u64,
+}
+
+impl Jobs {
+    pub fn artifact(&self, digest: &str) -> Option<&[u8]> {
+        self.artifacts.get(digest).map(|(_, d)| d.as_slice())
+    }
+
+    pub(in crate::state) fn store_artifact(&mut self, digest: &str, data: Vec<u8>) {
+        if self.artifacts.contains_key(digest) {
+            return;
+        }
+        self.seq += 1;
+        self.artifact_bytes += data.len();
+        self.artifacts.insert(digest.to_string(), (self.seq, data));
+        self.artifact_order.insert(self.seq, digest.to_string());
+        while self.artifacts.len() > ARTIFACTS_MAX || self.artifact_bytes > ARTIFACT_BYTES_TOTAL_MAX {
+            let Some((_, old)) = self.artifact_order.pop_first() else { break };
+            if let Some((_, d)) = self.artifacts.remove(&old) {
+                self.artifact_bytes -= d.len();
+            }
+        }
+    }
+
+    pub(in crate::state) fn remember(&mut self, key: String, digest: String, cost_micros: u64) {
+        self.seq += 1;
+        if let Some(old) = self.cache.insert(key.clone(), CacheEntry { digest, cost_micros, seq: self.seq }) {
+            self.cache_order.remove(&old.seq);
+        }
+        self.cache_order.insert(self.seq, key);
+        while self.cache.len() > ARTIFACTS_MAX {
+            let Some((_, old)) = self.cache_order.pop_first() else { break };
+            self.cache.remove(&old);
+        }
+    }
+}
+
+/// Hex SHA-256.
+pub(in crate::state) fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    pub(in crate::state) const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in h.finalize() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+/// The cache key of pass `i`: the workflow and pass, its role, the repo commit, the digests
+/// of the inputs it names (work-item inputs or upstream outputs) and of the passes it
+/// comes after.
+pub(in crate::state) fn cache_key(job: &Job, i: usize) -> String {
+    let w = &job.spec.workflow;
+    let pass = &w.passes[i];
+    let mut parts: Vec<Vec<u8>> = vec![
+        b"qm-cache-v1".to_vec(),
+        w.name.clone().into_bytes(),
+        pass.name.clone().into_bytes(),
+        pass.role.as_str().as_bytes().to_vec(),
+        job.spec.commit.clone().into_bytes(),
+    ];
+    let mut inputs: Vec<&String> = pass.inputs.iter().collect();
+    inputs.sort();
+    for name in inputs {
+        let value = match job.spec.inputs.get(name) {
+            Some(v) => sha256_hex(&[v.as_bytes()]),
+            None => w
+                .passes
+                .iter()
+                .zip(&job.passes)
+                .find(|(p, _)| p.outputs.contains(name))
+                .and_then(|(_, s)| s.artifact.clone())
+                .unwrap_or_else(|| "-".into()),
+        };
+        parts.push(format!("{name}={value}").into_bytes());
+    }
+    for a in &pass.after {
+        let digest = w.pass(a).and_then(|(k, _)| job.passes[k].artifact.clone()).unwrap_or_default();
+        parts.push(format!("after {a}={digest}").into_bytes());
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+    sha256_hex(&refs)
+}

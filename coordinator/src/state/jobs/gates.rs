@@ -1,0 +1,317 @@
+//! Gates: where a pass's gate is decided — the pass's own outcome, a reviewer's verdict,
+//! or a human decision — and what a failed gate does (retry, go back, stop).
+
+use std::collections::BTreeSet;
+
+use qm_shared::workflow::{dollars, OnFail};
+use qm_shared::{Invalid, Role};
+
+use crate::state::types::TaskSpec;
+use crate::state::types::{JobId, Refusal, Response, TaskId};
+use crate::state::{Ctx, State};
+
+use super::*;
+
+/// `text` as the inside of a JSON string.
+pub(in crate::state) fn json_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A gate review's verdict: it fails when the output starts with FAIL or REJECT.
+pub(in crate::state) fn verdict(output: &[u8]) -> (bool, String) {
+    let text = String::from_utf8_lossy(output);
+    let first = text.trim().lines().next().unwrap_or("").chars().take(200).collect::<String>();
+    let upper = first.to_ascii_uppercase();
+    (!(upper.starts_with("FAIL") || upper.starts_with("REJECT")), first)
+}
+
+impl State {
+    pub(in crate::state) fn apply_decide_gate(
+        &mut self,
+        id: JobId,
+        pass: String,
+        approve: bool,
+        note: String,
+        by: String,
+        ctx: &mut Ctx,
+    ) -> Response {
+        let Some(job) = self.jobs.jobs.get_mut(&id) else {
+            return Response::Refused(Refusal::JobUnknown { job: id });
+        };
+        let Some(i) = job.passes.iter().position(|p| p.name == pass) else {
+            let names: Vec<&str> = job.passes.iter().map(|p| p.name.as_str()).collect();
+            return Response::Refused(Refusal::Invalid(Invalid::new(
+                "pass",
+                format!("{pass:?} is not a pass of {id}; its passes: {}", names.join(", ")),
+            )));
+        };
+        let p = &mut job.passes[i];
+        let who = if by.is_empty() { "human".to_string() } else { format!("human {by}") };
+        if p.status == PassStatus::AwaitingHuman {
+            let round = p.gate_failures + 1;
+            p.gates.push(GateResult { round, reviewer: who.clone(), passed: approve, note: note.clone(), at: ctx.now });
+            let verdict = if approve { "approved" } else { "rejected" };
+            let note = if note.is_empty() { String::new() } else { format!(": {note}") };
+            self.jobs.event(id, &pass, format!("gate {verdict} by {who}{note}"), ctx);
+            if approve {
+                self.pass_passed(id, i, ctx);
+            } else {
+                self.gate_failed(id, i, ctx);
+            }
+        } else if p.status == PassStatus::Queued && p.approval_wanted {
+            if approve {
+                p.approval_wanted = false;
+                p.spend_approved = true;
+                self.jobs.event(id, &pass, format!("spend approved by {who}"), ctx);
+                self.release_held();
+            } else {
+                self.jobs.event(id, &pass, format!("spend rejected by {who}"), ctx);
+                self.end_job(id, JobStatus::Failed, format!("{pass}: spend rejected"), ctx);
+            }
+        } else {
+            let status = p.status.as_str().to_string();
+            return Response::Refused(Refusal::NotAwaitingDecision { job: id, pass, status });
+        }
+        self.advance(id, ctx);
+        self.dispatch_tasks(ctx);
+        Response::GateDecided { job: id, pass }
+    }
+
+    /// Marks the pass of a held task as waiting for a spend approval.
+    pub(in crate::state) fn want_approval(&mut self, task: TaskId) {
+        if let Some((job, i, _)) = self.jobs.link(task) {
+            if let Some(j) = self.jobs.jobs.get_mut(&job) {
+                j.passes[i].approval_wanted = true;
+            }
+        }
+    }
+
+    pub(in crate::state) fn await_human(&mut self, job: JobId, i: usize, ctx: &mut Ctx) {
+        let j = self.jobs.jobs.get_mut(&job).expect("job exists");
+        let p = &mut j.passes[i];
+        p.status = PassStatus::AwaitingHuman;
+        let name = p.name.clone();
+        let criteria = j.spec.workflow.passes[i].gate.as_ref().map(|g| g.criteria.clone()).unwrap_or_default();
+        self.jobs.event(
+            job,
+            &name,
+            format!("waits for a human gate ({criteria}): qm gate approve {job} {name} | qm gate reject {job} {name}"),
+            ctx,
+        );
+    }
+
+    pub(in crate::state) fn start_review(&mut self, job_id: JobId, i: usize, role: Role, ctx: &mut Ctx) {
+        let job = &self.jobs.jobs[&job_id];
+        let pass = &job.spec.workflow.passes[i];
+        let gate = pass.gate.as_ref().expect("reviewed passes have gates");
+        let template = if gate.run.is_empty() { &job.spec.review_run } else { &gate.run };
+        let payload = fill(template, job, i, &gate.criteria);
+        let spec = TaskSpec {
+            role,
+            items: Vec::new(),
+            payload,
+            priority: job.spec.priority,
+            work_item: job_id.to_string(),
+            max_attempts: 2,
+            timeout_ms: pass.timeout_ms,
+            incremental: false,
+            team: job.spec.team.clone(),
+            project: job.spec.project.clone(),
+            tier: Some(role.default_tier()),
+            requires: Vec::new(),
+        };
+        match self.new_task(spec, ctx) {
+            Ok(task) => {
+                self.jobs.by_task.insert(task, (job_id, i, Kind::Review));
+                let p = &mut self.jobs.jobs.get_mut(&job_id).expect("job").passes[i];
+                p.status = PassStatus::Reviewing;
+                p.review = Some(task);
+                let name = p.name.clone();
+                self.jobs.event(
+                    job_id,
+                    &name,
+                    format!("output ready; gate review by the {role} role queued ({task})"),
+                    ctx,
+                );
+            }
+            Err(r) => self.end_job(job_id, JobStatus::Failed, format!("gate review could not be queued: {r:?}"), ctx),
+        }
+    }
+
+    pub(in crate::state) fn pass_passed(&mut self, job_id: JobId, i: usize, ctx: &mut Ctx) {
+        let j = self.jobs.jobs.get_mut(&job_id).expect("job exists");
+        let p = &mut j.passes[i];
+        p.status = PassStatus::Passed;
+        p.wait = None;
+        let (name, key, digest, cost) = (p.name.clone(), p.cache_key.clone(), p.artifact.clone(), p.run_cost_micros);
+        if let Some(d) = digest {
+            if !key.is_empty() {
+                self.jobs.remember(key, d, cost);
+            }
+        }
+        self.jobs.event(job_id, &name, format!("passed ({} this run)", dollars(cost)), ctx);
+    }
+
+    pub(in crate::state) fn gate_failed(&mut self, job_id: JobId, i: usize, ctx: &mut Ctx) {
+        let j = self.jobs.jobs.get_mut(&job_id).expect("job exists");
+        let gate = j.spec.workflow.passes[i].gate.clone().expect("failed gates exist");
+        let p = &mut j.passes[i];
+        p.gate_failures += 1;
+        let name = p.name.clone();
+        if p.gate_failures > gate.max_failures {
+            p.status = PassStatus::Failed;
+            let why = format!("{name}: gate failed {} times (max_failures {})", p.gate_failures, gate.max_failures);
+            self.end_job(job_id, JobStatus::Failed, why, ctx);
+            return;
+        }
+        match &gate.on_fail {
+            OnFail::Retry => {
+                p.status = PassStatus::Pending;
+                self.jobs.event(job_id, &name, "gate failed: runs again".into(), ctx);
+            }
+            OnFail::Escalate => {
+                let from = p.tier;
+                p.tier = p.tier.escalated();
+                p.status = PassStatus::Pending;
+                let to = p.tier;
+                self.jobs.event(job_id, &name, format!("gate failed: runs again, escalated {from} → {to}"), ctx);
+            }
+            OnFail::SendBack(to) => {
+                let (from, _) = j.spec.workflow.pass(to).expect("validated");
+                // The target and everything downstream of it run again.
+                let mut again: BTreeSet<usize> = BTreeSet::from([from]);
+                for (k, pass) in j.spec.workflow.passes.iter().enumerate().skip(from + 1) {
+                    let after = pass.after.iter().filter_map(|a| j.spec.workflow.pass(a).map(|x| x.0));
+                    if after.into_iter().any(|x| again.contains(&x)) {
+                        again.insert(k);
+                    }
+                }
+                let mut stop = Vec::new();
+                let mut stale = Vec::new();
+                for k in again {
+                    let q = &mut j.passes[k];
+                    if q.status.active() {
+                        stop.extend(q.task.into_iter().chain(q.review));
+                    }
+                    q.status = PassStatus::Pending;
+                    q.wait = None;
+                    stale.push(std::mem::take(&mut q.cache_key));
+                }
+                // What a later gate rejected is not reused: the passes run again for real.
+                for key in stale {
+                    if let Some(e) = self.jobs.cache.remove(&key) {
+                        self.jobs.cache_order.remove(&e.seq);
+                    }
+                }
+                self.jobs.event(job_id, &name, format!("gate failed: sent back to {to}"), ctx);
+                for task in stop {
+                    self.jobs.by_task.remove(&task);
+                    if self.tasks.get(task).is_some_and(|t| !t.status.ended()) {
+                        self.stop_task(task, ctx);
+                    }
+                }
+            }
+            OnFail::Stop => {
+                p.status = PassStatus::Failed;
+                self.end_job(job_id, JobStatus::Failed, format!("{name}: gate failed (on_fail stop)"), ctx);
+            }
+        }
+    }
+}
+
+/// Fills a payload template: `{{pass}}`, `{{role}}`, `{{tier}}`, `{{title}}`, `{{job}}`,
+/// `{{workflow}}`, `{{criteria}}` and `{{input.<name>}}`, JSON-escaped.
+pub(in crate::state) fn fill(template: &[u8], job: &Job, i: usize, criteria: &str) -> Vec<u8> {
+    let Ok(text) = std::str::from_utf8(template) else { return template.to_vec() };
+    if !text.contains("{{") {
+        return template.to_vec();
+    }
+    let pass = &job.spec.workflow.passes[i];
+    let mut out = text
+        .replace("{{pass}}", &json_escape(&pass.name))
+        .replace("{{role}}", pass.role.as_str())
+        .replace("{{tier}}", job.passes[i].tier.as_str())
+        .replace("{{title}}", &json_escape(&job.spec.title))
+        .replace("{{job}}", &job.id.to_string())
+        .replace("{{workflow}}", &json_escape(&job.spec.workflow.name))
+        .replace("{{criteria}}", &json_escape(criteria));
+    for (k, v) in &job.spec.inputs {
+        out = out.replace(&format!("{{{{input.{k}}}}}"), &json_escape(v));
+    }
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn review_verdicts_fail_only_on_fail_or_reject() {
+        assert!(verdict(b"PASS: criteria met").0);
+        assert!(verdict(b"looks good").0);
+        assert!(!verdict(b"FAIL: missing tests\nmore").0);
+        assert_eq!(verdict(b"  reject: no\n").1, "reject: no");
+    }
+
+    #[test]
+    fn templates_are_filled_json_escaped() {
+        let text = "{\"output\":\"{{pass}} of {{title}} / {{input.spec}}\"}";
+        let job = Job {
+            id: JobId(3),
+            spec: JobSpec {
+                title: "say \"hi\"".into(),
+                class: "feature".into(),
+                priority: 500,
+                team: "t".into(),
+                project: "p".into(),
+                workflow: Workflow {
+                    name: "w".into(),
+                    description: String::new(),
+                    passes: vec![qm_shared::workflow::Pass {
+                        name: "spec".into(),
+                        role: Role::Specifier,
+                        tier: None,
+                        after: vec![],
+                        needs: vec![],
+                        requires: vec![],
+                        inputs: vec![],
+                        outputs: vec![],
+                        gate: None,
+                        timeout_ms: 0,
+                        retries: 0,
+                        run: vec![],
+                    }],
+                },
+                budget_micros: None,
+                inputs: BTreeMap::from([("spec".to_string(), "line\nbreak".to_string())]),
+                commit: String::new(),
+                run: vec![],
+                review_run: vec![],
+            },
+            status: JobStatus::Running,
+            passes: vec![],
+            submitted_at: 0,
+            ended_at: None,
+            events: vec![],
+            cost_micros: 0,
+            saved_micros: 0,
+        };
+        let mut job = job;
+        job.passes.push(PassState::new("spec", Tier::Standard));
+        let filled = fill(text.as_bytes(), &job, 0, "");
+        let v: serde_json::Value = serde_json::from_slice(&filled).expect("valid json");
+        assert_eq!(v["output"], "spec of say \"hi\" / line\nbreak");
+    }
+}

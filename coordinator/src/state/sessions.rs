@@ -1,0 +1,62 @@
+//! Sessions: open, keep alive, close, and what ending one releases.
+
+use super::*;
+
+impl State {
+    pub(super) fn apply_open_session(&mut self, label: String, ttl_ms: u64, ctx: &mut Ctx) -> Response {
+        if self.sessions.len() >= SESSIONS_MAX {
+            return Response::Refused(Refusal::Exhausted { what: "sessions".into(), max: SESSIONS_MAX as u64 });
+        }
+        let id = SessionId(take(&mut self.next_session));
+        let expires_at = ctx.now + ttl_ms;
+        self.sessions.insert(id, Session { id, label, ttl_ms, expires_at, owners: BTreeMap::new() });
+        self.session_timers.insert((expires_at, id));
+        ctx.effects.push(Effect::SessionOpened { session: id });
+        Response::SessionOpened { session: id, ttl_ms, expires_at }
+    }
+
+    pub(super) fn apply_keep_alive(&mut self, id: SessionId, ctx: &mut Ctx) -> Response {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return Response::Refused(Refusal::SessionUnknown { session: id });
+        };
+        self.session_timers.remove(&(session.expires_at, id));
+        session.expires_at = ctx.now + session.ttl_ms;
+        self.session_timers.insert((session.expires_at, id));
+        Response::SessionKept { session: id, expires_at: session.expires_at }
+    }
+
+    pub(super) fn apply_close_session(&mut self, id: SessionId, ctx: &mut Ctx) -> Response {
+        match self.end_session(id, ReleaseReason::SessionClosed, ctx) {
+            None => Response::Refused(Refusal::SessionUnknown { session: id }),
+            Some((released, cancelled)) => Response::SessionClosed { session: id, released, cancelled },
+        }
+    }
+
+    /// Releases everything a session holds and cancels its waits.
+    pub(super) fn end_session(&mut self, id: SessionId, reason: ReleaseReason, ctx: &mut Ctx) -> Option<(u32, u32)> {
+        let session = self.sessions.remove(&id)?;
+        self.worker_lost(id, ctx);
+        self.session_timers.remove(&(session.expires_at, id));
+        if reason == ReleaseReason::SessionExpired {
+            ctx.effects.push(Effect::SessionExpired { session: id });
+        }
+        let (mut released, mut cancelled) = (0, 0);
+        for owner in session.owners.values() {
+            let o = &self.owners[owner];
+            let grants: Vec<ReservationId> = o.grants.iter().copied().collect();
+            if let Some(request) = o.pending {
+                let (name, session) = (o.name.to_string(), o.session);
+                self.remove_request(request, ctx);
+                ctx.effects.push(Effect::Cancelled { request, owner: name, session });
+                cancelled += 1;
+            }
+            for g in grants {
+                let grant = self.remove_grant(g, ctx);
+                ctx.effects.push(Effect::Released { reservation: g, resource: grant.path, reason });
+                released += 1;
+            }
+            ctx.gc.push(*owner);
+        }
+        Some((released, cancelled))
+    }
+}
