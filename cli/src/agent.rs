@@ -1,11 +1,38 @@
-//! `qm agent list|validate`: agent specs on disk.
+//! `qm agent list|validate`: its arguments and handlers; agent specs on disk.
 
 use std::path::{Path, PathBuf};
 
+use clap::Subcommand;
 use qm_worker::spec::{self, AgentSpec, SpecError};
 use serde_json::json;
 
 use crate::{Failure, Output};
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// List the specs found: name, role, tier, resources and file.
+    #[command(
+        after_help = "Examples:\n  qm agent list                  # ./agents\n  qm agent list .claude/agents -o json"
+    )]
+    List {
+        /// Spec files or directories of `*.md` specs [default: agents]
+        paths: Vec<PathBuf>,
+    },
+    /// Check specs; every error names the file, line and field. Exit 1 if any is invalid.
+    #[command(after_help = "Examples:\n  qm agent validate\n  qm agent validate agents/implementer.md .claude/agents")]
+    Validate {
+        /// Spec files or directories of `*.md` specs [default: agents]
+        paths: Vec<PathBuf>,
+    },
+}
+
+/// `qm agent …`.
+pub fn dispatch(command: AgentCommand, output: Output) -> Result<(), Failure> {
+    match command {
+        AgentCommand::List { paths } => list(&default_paths(paths), output),
+        AgentCommand::Validate { paths } => validate(&default_paths(paths), output),
+    }
+}
 
 /// Specs from each path: a directory contributes its `*.md` files, a file itself.
 fn load(paths: &[PathBuf]) -> (Vec<AgentSpec>, Vec<SpecError>) {
@@ -30,7 +57,7 @@ fn error_json(e: &SpecError) -> serde_json::Value {
     json!({"file": e.file, "line": e.line, "field": e.field, "message": e.message})
 }
 
-pub fn list(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
+fn list(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
     let (specs, errors) = load(paths);
     let rows: Vec<[String; 5]> = specs
         .iter()
@@ -61,7 +88,7 @@ pub fn list(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
     report(&errors)
 }
 
-pub fn validate(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
+fn validate(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
     let (specs, errors) = load(paths);
     let mut text = String::new();
     for s in &specs {
@@ -95,7 +122,7 @@ fn report(errors: &[SpecError]) -> Result<(), Failure> {
 }
 
 /// The default place specs live: `./agents`.
-pub fn default_paths(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+fn default_paths(paths: Vec<PathBuf>) -> Vec<PathBuf> {
     if paths.is_empty() {
         vec![Path::new("agents").to_path_buf()]
     } else {

@@ -1,4 +1,5 @@
-//! `qm bench reserve`: a closed-loop load generator against a running cluster.
+//! `qm bench reserve`: its arguments and handler, a closed-loop load generator against a
+//! running cluster.
 //!
 //! Each client opens its own session and a watch on it, then loops: acquire (wait) an
 //! exclusive lease, check the fencing token against an in-process fenced resource, release.
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::Subcommand;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use qm_shared::client::Client;
@@ -19,14 +21,49 @@ use serde_json::json;
 
 use crate::{status_failure, Failure, Output};
 
-#[derive(Debug, Clone)]
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Acquire+release cycles against a running cluster, fencing-checked.
+    #[command(
+        after_help = "The four standard runs:\n  qm bench reserve --clients 1\n  qm bench reserve --clients 16\n  qm bench reserve --clients 64\n  qm bench reserve --clients 64 --resources 8 --contention 1"
+    )]
+    Reserve(BenchArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
+    /// Concurrent clients (each with its own session).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub clients: u32,
+    /// Shared hot resources.
+    #[arg(long, default_value_t = 0)]
     pub resources: u32,
+    /// Probability that a cycle uses a shared hot resource (0..=1).
+    #[arg(long, default_value_t = 0.0)]
     pub contention: f64,
+    /// How long to run.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub duration_s: u64,
+    /// Stop after this many cycles in all.
+    #[arg(long, default_value_t = 10_000_000)]
     pub cycles_max: u64,
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+/// `qm bench …`: checks the arguments, then runs.
+pub async fn dispatch(command: BenchCommand, client: &Client, output: Output) -> Result<(), Failure> {
+    match command {
+        BenchCommand::Reserve(args) => {
+            if !(0.0..=1.0).contains(&args.contention) {
+                return Err(Failure::usage(format!("--contention {}: must be within 0..=1", args.contention)));
+            }
+            if args.contention > 0.0 && args.resources == 0 {
+                return Err(Failure::usage("--contention needs --resources of at least 1"));
+            }
+            reserve(client, args, output).await
+        }
+    }
 }
 
 /// A fenced resource: refuses tokens lower than the highest seen, records overlapping holders.
@@ -68,7 +105,7 @@ impl Rng {
     }
 }
 
-pub async fn reserve(client: &Client, args: BenchArgs, output: Output) -> Result<(), Failure> {
+async fn reserve(client: &Client, args: BenchArgs, output: Output) -> Result<(), Failure> {
     let fence = Arc::new(Mutex::new(Fence::default()));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_s);

@@ -1,10 +1,46 @@
 //! Effective configuration: defaults, then a TOML file, then `QM_*` environment variables,
-//! then flags; later sources win. `qm config show` prints every key with its source.
+//! then flags; later sources win. Also `qm config show` (its arguments and handler), which
+//! prints every key with its value and source.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::Failure;
+use clap::Subcommand;
+
+use crate::reserve::emit;
+use crate::{Failure, Output};
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print every setting, its effective value and where it came from.
+    Show,
+}
+
+/// `qm config …`.
+pub fn dispatch(
+    command: ConfigCommand,
+    file: Option<&Path>,
+    flags: &[(&'static str, Option<String>)],
+    output: Output,
+) -> Result<(), Failure> {
+    match command {
+        ConfigCommand::Show => {
+            let config = Config::load(file, flags)?;
+            let rows = config.show();
+            let mut text = format!("{:<32} {:<40} {}\n", "KEY", "VALUE", "SOURCE");
+            for r in &rows {
+                text.push_str(&format!(
+                    "{:<32} {:<40} {}\n",
+                    r["key"].as_str().unwrap_or(""),
+                    r["value"].as_str().unwrap_or(""),
+                    r["source"].as_str().unwrap_or("")
+                ));
+            }
+            emit(output, &serde_json::Value::Array(rows), &text);
+            Ok(())
+        }
+    }
+}
 
 /// Largest config file read.
 const CONFIG_LEN_MAX_BYTES: u64 = 1024 * 1024;

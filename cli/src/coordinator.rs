@@ -1,14 +1,93 @@
-//! `qm coordinator run` and `qm dev`: a coordinator process in the foreground.
+//! `qm coordinator run` (its arguments and handler) and the coordinator process `qm dev`
+//! also starts: node configuration from the effective config, serving in the foreground.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
 
 use qm_coordinator::node::NodeConfig;
 use qm_coordinator::server;
 
 use crate::config::Config;
 use crate::Failure;
+
+#[derive(Subcommand, Debug)]
+pub enum CoordinatorCommand {
+    /// Run a coordinator in the foreground until SIGINT/SIGTERM.
+    #[command(after_help = "A three-node cluster on one machine:\n  \
+        qm coordinator run --id 1 --listen 127.0.0.1:7071 --admin-listen 127.0.0.1:7181 --data-dir d1 --peers 1=127.0.0.1:7071,2=127.0.0.1:7072,3=127.0.0.1:7073\n  \
+        (same for ids 2 and 3 with their own ports and directories)\n\
+        The node with the lowest id forms the cluster the first time; afterwards each node \
+        restarts from its data directory.")]
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Raft node id (1 or more). [config: node.id]
+    #[arg(long)]
+    id: Option<u64>,
+    /// gRPC listen address. [config: node.listen]
+    #[arg(long)]
+    listen: Option<String>,
+    /// Admin HTTP listen address; empty disables it. [config: node.admin_listen]
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Address others reach this node at. [config: node.advertise]
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Data directory (sled). [config: node.data_dir]
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Initial voters, id=address,... [config: node.peers]
+    #[arg(long)]
+    peers: Option<String>,
+    /// Start empty and wait to be added with `qm cluster add`.
+    #[arg(long)]
+    join: bool,
+    /// Period of the leader's Tick in ms. [config: raft.tick_ms]
+    #[arg(long)]
+    tick_ms: Option<String>,
+    /// Snapshot every this many log entries. [config: raft.snapshot_logs]
+    #[arg(long)]
+    snapshot_logs: Option<String>,
+}
+
+impl RunArgs {
+    /// The flags given, by config key.
+    fn flags(&self) -> Vec<(&'static str, Option<String>)> {
+        vec![
+            ("node.id", self.id.map(|i| i.to_string())),
+            ("node.listen", self.listen.clone()),
+            ("node.admin_listen", self.admin_listen.clone()),
+            ("node.advertise", self.advertise.clone()),
+            ("node.data_dir", self.data_dir.clone()),
+            ("node.peers", self.peers.clone()),
+            ("raft.tick_ms", self.tick_ms.clone()),
+            ("raft.snapshot_logs", self.snapshot_logs.clone()),
+        ]
+    }
+}
+
+/// `qm coordinator …`: the config file and the global flags (`endpoint`) join the command's
+/// own flags.
+pub async fn dispatch(
+    command: CoordinatorCommand,
+    config_file: Option<&Path>,
+    global_flags: Vec<(&'static str, Option<String>)>,
+) -> Result<(), Failure> {
+    match command {
+        CoordinatorCommand::Run(args) => {
+            crate::init_tracing();
+            let mut flags = args.flags();
+            flags.extend(global_flags);
+            let config = Config::load(config_file, &flags)?;
+            run(&config, args.join).await
+        }
+    }
+}
 
 fn addr(config: &Config, key: &str) -> Result<Option<SocketAddr>, Failure> {
     let raw = config.get(key);

@@ -1,5 +1,5 @@
-//! `qm dev`: a single-node coordinator on an embedded sled directory, a demo played against
-//! it over real gRPC, then serving until Ctrl-C.
+//! `qm dev`: its arguments and handler. A single-node coordinator on an embedded sled
+//! directory, a demo played against it over real gRPC, then serving until Ctrl-C.
 
 use std::path::PathBuf;
 
@@ -156,7 +156,8 @@ async fn demo(client: &Client, output: Output) -> Result<(), Failure> {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     step("the wait-for graph while it waits");
-    reserve::graph(client, String::new(), if output == Output::Json { Output::Json } else { Output::Table }).await?;
+    crate::graph::show(client, String::new(), if output == Output::Json { Output::Json } else { Output::Table })
+        .await?;
     client
         .release(pb::ReleaseRequest {
             session_id: alice,

@@ -1,10 +1,12 @@
-//! `qm job …`, `qm gate …`, `qm budget …`, `qm cost …`, `qm project apply` and
-//! `qm scheduler …`: work items and what they cost.
+//! `qm job submit|show|list|cancel|retry`: its arguments and handlers. Work items: tickets
+//! that flow through a workflow's passes, gates and budgets. Also the pieces other commands
+//! share: work-item ids, reading work-item and workflow files, following a work item's events.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::Subcommand;
 use qm_shared::client::Client;
 use qm_shared::pb::v1 as pb;
 use qm_shared::workflow::{dollars, parse_dollars};
@@ -16,6 +18,37 @@ use crate::{status_failure, Failure, Output};
 
 /// Largest work-item or workflow file read.
 const FILE_LEN_MAX_BYTES: u64 = 256 * 1024;
+
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Start a work item on a workflow (from flags or a file)
+    Submit(SubmitArgs),
+    /// Where a work item stands: passes, gate results, what it waits for and why, its cost
+    Show { id: String },
+    /// Work items, newest first
+    List {
+        /// running, succeeded, failed or cancelled
+        #[arg(long, default_value = "")]
+        status: String,
+        #[arg(long, default_value = "")]
+        team: String,
+    },
+    /// Stop a running work item (running passes are told to stop)
+    Cancel { id: String },
+    /// Run a failed or cancelled work item again from its unfinished passes
+    Retry { id: String },
+}
+
+/// `qm job …`.
+pub async fn dispatch(command: JobCommand, client: &Client, output: Output) -> Result<(), Failure> {
+    match command {
+        JobCommand::Submit(a) => submit(client, a, output).await,
+        JobCommand::Show { id } => show(client, &id, output).await,
+        JobCommand::List { status, team } => list(client, status, team, output).await,
+        JobCommand::Cancel { id } => cancel(client, &id, false, output).await,
+        JobCommand::Retry { id } => cancel(client, &id, true, output).await,
+    }
+}
 
 #[derive(clap::Args, Debug, Default)]
 pub struct SubmitArgs {
@@ -84,7 +117,8 @@ struct JobFile {
     review_run: Option<toml::Value>,
 }
 
-fn read_file(path: &std::path::Path) -> Result<String, Failure> {
+/// A work-item, workflow or project file's text, within the size bound.
+pub fn read_file(path: &Path) -> Result<String, Failure> {
     let meta = std::fs::metadata(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
     if meta.len() > FILE_LEN_MAX_BYTES {
         return Err(Failure::usage(format!(
@@ -121,6 +155,18 @@ fn default_review_run(ms: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A workflow as given: a file (it ends in `.toml` or is one) as its name (the file stem) and
+/// its text, else a built-in name and no text.
+pub fn workflow_source(workflow: String) -> Result<(String, String), Failure> {
+    let path = Path::new(&workflow);
+    if workflow.ends_with(".toml") || path.is_file() {
+        let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        Ok((name, read_file(path)?))
+    } else {
+        Ok((workflow, String::new()))
+    }
+}
+
 /// The request a `qm job submit` sends (flags over the file over defaults).
 pub fn submit_request(a: &SubmitArgs) -> Result<pb::SubmitJobRequest, Failure> {
     let file: JobFile = match &a.file {
@@ -130,18 +176,12 @@ pub fn submit_request(a: &SubmitArgs) -> Result<pb::SubmitJobRequest, Failure> {
     let pick = |flag: &Option<String>, file: &Option<String>| flag.clone().or_else(|| file.clone());
     let need = |name: &str, v: Option<String>| v.ok_or_else(|| Failure::usage(format!("--{name} is required")));
     let workflow = need("workflow", pick(&a.workflow, &file.workflow))?;
-    let (workflow, workflow_toml) = if workflow.ends_with(".toml") || std::path::Path::new(&workflow).is_file() {
-        let path = std::path::Path::new(&workflow);
-        let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-        (name, read_file(path)?)
-    } else {
-        (workflow, String::new())
-    };
+    let (workflow, workflow_toml) = workflow_source(workflow)?;
     let mut inputs = file.inputs.clone();
     for i in &a.inputs {
         let (k, v) = i.split_once('=').ok_or_else(|| Failure::usage(format!("--input {i:?}: expected NAME=VALUE")))?;
         let v = match v.strip_prefix('@') {
-            Some(path) => read_file(std::path::Path::new(path))?,
+            Some(path) => read_file(Path::new(path))?,
             None => v.to_string(),
         };
         inputs.insert(k.to_string(), v);
@@ -184,7 +224,7 @@ async fn get(client: &Client, id: u64) -> Result<pb::JobInfo, Failure> {
         .map_err(status_failure)
 }
 
-pub async fn submit(client: &Client, a: SubmitArgs, output: Output) -> Result<(), Failure> {
+async fn submit(client: &Client, a: SubmitArgs, output: Output) -> Result<(), Failure> {
     let req = submit_request(&a)?;
     let resp = client
         .call(|ch| {
@@ -369,13 +409,13 @@ pub fn job_id(text: &str) -> Result<u64, Failure> {
         .map_err(|_| Failure::usage(format!("{text:?} is not a work-item id (j7 or 7)")))
 }
 
-pub async fn show(client: &Client, id: &str, output: Output) -> Result<(), Failure> {
+async fn show(client: &Client, id: &str, output: Output) -> Result<(), Failure> {
     let j = get(client, job_id(id)?).await?;
     emit(output, &job_json(&j), &show_text(&j));
     Ok(())
 }
 
-pub async fn list(client: &Client, status: String, team: String, output: Output) -> Result<(), Failure> {
+async fn list(client: &Client, status: String, team: String, output: Output) -> Result<(), Failure> {
     let resp = client
         .call(|ch| {
             let req = pb::ListJobsRequest { status: status.clone(), team: team.clone(), limit: 0 };
@@ -410,7 +450,7 @@ pub async fn list(client: &Client, status: String, team: String, output: Output)
     Ok(())
 }
 
-pub async fn cancel(client: &Client, id: &str, retry: bool, output: Output) -> Result<(), Failure> {
+async fn cancel(client: &Client, id: &str, retry: bool, output: Output) -> Result<(), Failure> {
     let job_id = job_id(id)?;
     let ack = client
         .call(|ch| async move {
@@ -424,452 +464,9 @@ pub async fn cancel(client: &Client, id: &str, retry: bool, output: Output) -> R
     Ok(())
 }
 
-pub async fn decide(
-    client: &Client,
-    id: &str,
-    pass: String,
-    approve: bool,
-    note: String,
-    by: Option<String>,
-    output: Output,
-) -> Result<(), Failure> {
-    let job_id = job_id(id)?;
-    let by = by.or_else(|| std::env::var("USER").ok()).unwrap_or_default();
-    let req = pb::DecideGateRequest { job_id, pass, approve, note, by };
-    let ack = client
-        .call(|ch| {
-            let req = req.clone();
-            async move { Ok(Client::jobs(ch).decide_gate(req).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
-    emit(output, &json!({"job_id": ack.job_id, "message": ack.message}), &format!("{}\n", ack.message));
-    Ok(())
-}
-
-fn budget_json(b: &pb::BudgetInfo) -> Value {
-    json!({"scope": b.scope, "name": b.name, "limit_micros": b.limit_micros, "period": b.period,
-        "period_start_ms": b.period_start_ms, "period_end_ms": b.period_end_ms,
-        "spent_micros": b.spent_micros, "committed_micros": b.committed_micros, "level": b.level})
-}
-
-fn budget_line(b: &pb::BudgetInfo) -> String {
-    let pct = b.spent_micros as f64 * 100.0 / b.limit_micros.max(1) as f64;
-    format!(
-        "{:<10} {:<16} {:>10} {:>10} {:>10} {:>6.1}%  {:<7} {}\n",
-        b.scope,
-        b.name,
-        dollars(b.limit_micros),
-        dollars(b.spent_micros),
-        dollars(b.committed_micros),
-        pct,
-        b.period,
-        b.level
-    )
-}
-
-const BUDGET_HEADER: &str = "SCOPE      NAME                  LIMIT      SPENT    RUNNING    USED  PERIOD  LEVEL\n";
-
-pub async fn budget_set(
-    client: &Client,
-    scope: String,
-    name: String,
-    limit: String,
-    period: String,
-    output: Output,
-) -> Result<(), Failure> {
-    let limit_micros = parse_dollars("LIMIT", &limit).map_err(|e| Failure::usage(e.to_string()))?;
-    let req = pb::SetBudgetRequest { scope, name, limit_micros, period };
-    let b = client
-        .call(|ch| {
-            let req = req.clone();
-            async move { Ok(Client::jobs(ch).set_budget(req).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
-    emit(output, &budget_json(&b), &format!("{BUDGET_HEADER}{}", budget_line(&b)));
-    Ok(())
-}
-
-pub async fn budget_show(client: &Client, output: Output) -> Result<(), Failure> {
-    let resp = client
-        .call(|ch| async move { Ok(Client::jobs(ch).list_budgets(pb::ListBudgetsRequest {}).await?.into_inner()) })
-        .await
-        .map_err(status_failure)?;
-    let text: String = std::iter::once(BUDGET_HEADER.to_string()).chain(resp.budgets.iter().map(budget_line)).collect();
-    emit(output, &json!({"budgets": resp.budgets.iter().map(budget_json).collect::<Vec<_>>()}), &text);
-    Ok(())
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum By {
-    WorkItem,
-    Team,
-    Project,
-    Model,
-    Role,
-    Pass,
-}
-
-/// `--since`: a duration back from now (`30m`, `24h`, `7d`) or ms since the Unix epoch.
-pub fn since_ms(text: &str, now_ms: u64) -> Result<u64, Failure> {
-    let bad = || Failure::usage(format!("--since {text:?}: expected a duration like 90s, 30m, 24h, 7d or epoch ms"));
-    let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let ms = match unit {
-        "" => return Ok(n),
-        "ms" => n,
-        "s" => n * 1_000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
-        _ => return Err(bad()),
-    };
-    Ok(now_ms.saturating_sub(ms))
-}
-
-fn entry_json(e: &pb::LedgerEntryInfo) -> Value {
-    json!({"seq": e.seq, "at_ms": e.at_ms, "task_id": e.task_id, "attempt": e.attempt,
-        "work_item": if e.job_id == 0 { String::new() } else { format!("j{}", e.job_id) },
-        "team": e.team, "project": e.project, "workflow": e.workflow, "pass": e.pass, "role": e.role,
-        "tier": e.tier, "provider": e.provider, "model": e.model, "input_tokens": e.input_tokens,
-        "output_tokens": e.output_tokens, "cached_tokens": e.cached_tokens, "estimated": e.estimated,
-        "money_micros": e.money_micros, "saved_micros": e.saved_micros, "wall_ms": e.wall_ms,
-        "agent": e.agent, "worker": e.worker, "outcome": e.outcome})
-}
-
-#[derive(Default)]
-struct Row {
-    attempts: u64,
-    input: u64,
-    output: u64,
-    cached: u64,
-    money: u64,
-    saved: u64,
-    wall_ms: u64,
-    models: std::collections::BTreeSet<String>,
-}
-
-pub async fn cost_report(client: &Client, by: By, since: Option<String>, output: Output) -> Result<(), Failure> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let since_ms = since.as_deref().map(|s| since_ms(s, now)).transpose()?.unwrap_or(0);
-    // Page through the ledger (10,000 entries a page).
-    let mut resp = pb::CostReportResponse::default();
-    let mut after_seq = 0;
-    loop {
-        let page = client
-            .call(|ch| async move {
-                let req = pb::CostReportRequest { since_ms, limit: 0, after_seq };
-                Ok(Client::jobs(ch).cost_report(req).await?.into_inner())
-            })
-            .await
-            .map_err(status_failure)?;
-        resp.entries.extend(page.entries);
-        (resp.total_micros, resp.saved_micros, resp.retained) = (page.total_micros, page.saved_micros, page.retained);
-        if page.next_after_seq == 0 {
-            break;
-        }
-        after_seq = page.next_after_seq;
-    }
-    let key = |e: &pb::LedgerEntryInfo| match by {
-        By::WorkItem => {
-            if e.job_id == 0 {
-                "-".to_string()
-            } else {
-                format!("j{}", e.job_id)
-            }
-        }
-        By::Team => e.team.clone(),
-        By::Project => e.project.clone(),
-        By::Model => {
-            if e.model.is_empty() {
-                "-".into()
-            } else {
-                e.model.clone()
-            }
-        }
-        By::Role => e.role.clone(),
-        By::Pass => {
-            if e.pass.is_empty() {
-                "-".into()
-            } else {
-                format!("{}/{}", e.workflow, e.pass)
-            }
-        }
-    };
-    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
-    for e in &resp.entries {
-        let r = rows.entry(key(e)).or_default();
-        r.attempts += u64::from(e.outcome != "cached");
-        r.input += e.input_tokens;
-        r.output += e.output_tokens;
-        r.cached += e.cached_tokens;
-        r.money += e.money_micros;
-        r.saved += e.saved_micros;
-        r.wall_ms += e.wall_ms;
-        if !e.model.is_empty() {
-            r.models.insert(e.model.clone());
-        }
-    }
-    let total: u64 = resp.entries.iter().map(|e| e.money_micros).sum();
-    let saved: u64 = resp.entries.iter().map(|e| e.saved_micros).sum();
-    let by_name = format!("{by:?}").to_lowercase();
-    match output {
-        Output::Csv => {
-            let mut s = String::from("seq,at_ms,work_item,team,project,workflow,pass,role,tier,provider,model,input_tokens,output_tokens,cached_tokens,estimated,money_micros,saved_micros,wall_ms,agent,worker,outcome\n");
-            for e in &resp.entries {
-                let wi = if e.job_id == 0 { String::new() } else { format!("j{}", e.job_id) };
-                let cells = [
-                    e.seq.to_string(),
-                    e.at_ms.to_string(),
-                    wi,
-                    e.team.clone(),
-                    e.project.clone(),
-                    e.workflow.clone(),
-                    e.pass.clone(),
-                    e.role.clone(),
-                    e.tier.clone(),
-                    e.provider.clone(),
-                    e.model.clone(),
-                    e.input_tokens.to_string(),
-                    e.output_tokens.to_string(),
-                    e.cached_tokens.to_string(),
-                    e.estimated.to_string(),
-                    e.money_micros.to_string(),
-                    e.saved_micros.to_string(),
-                    e.wall_ms.to_string(),
-                    e.agent.clone(),
-                    e.worker.clone(),
-                    e.outcome.clone(),
-                ];
-                let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
-                s.push_str(&line.join(","));
-                s.push('\n');
-            }
-            crate::print_stdout(&s);
-        }
-        _ => {
-            let value = json!({
-                "by": by_name, "since_ms": since_ms,
-                "rows": rows.iter().map(|(k, r)| json!({"key": k, "attempts": r.attempts, "input_tokens": r.input, "output_tokens": r.output, "cached_tokens": r.cached, "money_micros": r.money, "saved_micros": r.saved, "wall_ms": r.wall_ms, "models": r.models})).collect::<Vec<_>>(),
-                "entries": resp.entries.iter().map(entry_json).collect::<Vec<_>>(),
-                "total_micros": total, "saved_micros": saved,
-                "ledger_total_micros": resp.total_micros, "ledger_saved_micros": resp.saved_micros,
-                "retained": resp.retained,
-            });
-            let mut text = format!(
-                "{:<28} {:>8} {:>10} {:>10} {:>11} {:>9} {:>9}  {}\n",
-                by_name.to_uppercase(),
-                "ATTEMPTS",
-                "TOK-IN",
-                "TOK-OUT",
-                "COST",
-                "SAVED",
-                "WALL",
-                "MODELS"
-            );
-            for (k, r) in &rows {
-                let models: Vec<&str> = r.models.iter().map(|m| m.as_str()).collect();
-                text.push_str(&format!(
-                    "{:<28} {:>8} {:>10} {:>10} {:>11} {:>9} {:>8.1}s  {}\n",
-                    k,
-                    r.attempts,
-                    r.input,
-                    r.output,
-                    dollars(r.money),
-                    dollars(r.saved),
-                    r.wall_ms as f64 / 1000.0,
-                    models.join(",")
-                ));
-            }
-            text.push_str(&format!(
-                "{:<28} {:>8} {:>10} {:>10} {:>11} {:>9}\n",
-                "TOTAL",
-                rows.values().map(|r| r.attempts).sum::<u64>(),
-                rows.values().map(|r| r.input).sum::<u64>(),
-                rows.values().map(|r| r.output).sum::<u64>(),
-                dollars(total),
-                dollars(saved)
-            ));
-            text.push_str(&format!(
-                "ledger total (all time): {}  saved by the cache: {}  ({} entries retained)\n",
-                dollars(resp.total_micros),
-                dollars(resp.saved_micros),
-                resp.retained
-            ));
-            emit(output, &value, &text);
-        }
-    }
-    Ok(())
-}
-
-fn csv_cell(c: &str) -> String {
-    if c.contains([',', '"', '\n']) {
-        format!("\"{}\"", c.replace('"', "\"\""))
-    } else {
-        c.to_string()
-    }
-}
-
-pub async fn forecast(client: &Client, workflow: String, output: Output) -> Result<(), Failure> {
-    let path = std::path::Path::new(&workflow);
-    let (name, toml) = if workflow.ends_with(".toml") || path.is_file() {
-        (path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(), read_file(path)?)
-    } else {
-        (workflow, String::new())
-    };
-    let resp = client
-        .call(|ch| {
-            let req = pb::ForecastRequest { workflow: name.clone(), workflow_toml: toml.clone() };
-            async move { Ok(Client::jobs(ch).forecast(req).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
-    let mut text = format!(
-        "forecast of one run of {}\n{:<16} {:<13} {:<9} {:>10} {:>10}  {}\n",
-        resp.workflow, "PASS", "ROLE", "TIER", "PASS", "GATE", "BASIS"
-    );
-    for p in &resp.passes {
-        let basis = if p.samples == 0 { "tier default".to_string() } else { format!("mean of {} runs", p.samples) };
-        text.push_str(&format!(
-            "{:<16} {:<13} {:<9} {:>10} {:>10}  {basis}\n",
-            p.pass,
-            p.role,
-            p.tier,
-            dollars(p.micros),
-            dollars(p.review_micros)
-        ));
-    }
-    text.push_str(&format!("total {}\n", dollars(resp.total_micros)));
-    let value = json!({"workflow": resp.workflow, "total_micros": resp.total_micros,
-        "passes": resp.passes.iter().map(|p| json!({"pass": p.pass, "role": p.role, "tier": p.tier, "micros": p.micros, "samples": p.samples, "review_micros": p.review_micros, "review_samples": p.review_samples})).collect::<Vec<_>>()});
-    emit(output, &value, &text);
-    Ok(())
-}
-
-pub async fn project_apply(client: &Client, file: Option<PathBuf>, output: Output) -> Result<(), Failure> {
-    let text = match &file {
-        Some(p) => read_file(p)?,
-        None => qm_shared::workflow_file::DEMO_PROJECT.to_string(),
-    };
-    // Check locally first: errors name file and line.
-    let name = file.as_ref().map_or("demo project".to_string(), |p| p.display().to_string());
-    if let Err(errors) = qm_shared::workflow_file::parse_project(&text, &name) {
-        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        return Err(Failure::usage(lines.join("\n")));
-    }
-    let resp = client
-        .call(|ch| {
-            let req = pb::ApplyProjectRequest { project_toml: text.clone() };
-            async move { Ok(Client::jobs(ch).apply_project(req).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
-    emit(
-        output,
-        &json!({"name": resp.name, "resources_declared": resp.resources_declared}),
-        &format!("project {} applied: {} resources declared\n", resp.name, resp.resources_declared),
-    );
-    Ok(())
-}
-
-#[derive(clap::Args, Debug, Default)]
-pub struct SchedulerArgs {
-    /// Queued work gains --aging-step priority points every this many ms (lock queues too)
-    #[arg(long)]
-    pub aging_interval_ms: Option<u64>,
-    #[arg(long)]
-    pub aging_step: Option<u32>,
-    /// Points a team's head of queue loses per task it runs (0: fair share off)
-    #[arg(long)]
-    pub fair_share_points: Option<u32>,
-    /// Work at or above this priority is high-priority for the budget policies
-    #[arg(long)]
-    pub high_priority_min: Option<u32>,
-    /// Budget thresholds in percent of the limit
-    #[arg(long)]
-    pub budget_approaching_pct: Option<u32>,
-    #[arg(long)]
-    pub budget_at_pct: Option<u32>,
-    /// At the `at` threshold, a high-priority dispatch forecast at this many dollars or more
-    /// waits for `qm gate approve`
-    #[arg(long)]
-    pub high_cost: Option<String>,
-    /// A waiter this far above a holder preempts it (resources with policy preempt)
-    #[arg(long)]
-    pub preempt_gap: Option<u32>,
-}
-
-pub async fn scheduler(client: &Client, set: Option<SchedulerArgs>, output: Output) -> Result<(), Failure> {
-    let cfg = match set {
-        None => client
-            .call(
-                |ch| async move { Ok(Client::jobs(ch).get_scheduler(pb::GetSchedulerRequest {}).await?.into_inner()) },
-            )
-            .await
-            .map_err(status_failure)?,
-        Some(a) => {
-            let high_cost = a
-                .high_cost
-                .as_deref()
-                .map(|h| parse_dollars("--high-cost", h))
-                .transpose()
-                .map_err(|e| Failure::usage(e.to_string()))?;
-            let req = pb::SchedulerConfig {
-                aging_interval_ms: a.aging_interval_ms.unwrap_or(0),
-                aging_step: a.aging_step.unwrap_or(0),
-                fair_share_points: a.fair_share_points.unwrap_or(0),
-                set_fair_share: a.fair_share_points.is_some(),
-                high_priority_min: a.high_priority_min.unwrap_or(0),
-                budget_approaching_pct: a.budget_approaching_pct.unwrap_or(0),
-                budget_at_pct: a.budget_at_pct.unwrap_or(0),
-                high_cost_micros: high_cost.unwrap_or(0),
-                preempt_gap: a.preempt_gap.unwrap_or(0),
-                docs_aging_bound_ms: 0,
-            };
-            client
-                .call(|ch| async move { Ok(Client::jobs(ch).set_scheduler(req).await?.into_inner()) })
-                .await
-                .map_err(status_failure)?
-        }
-    };
-    let value = json!({"aging_interval_ms": cfg.aging_interval_ms, "aging_step": cfg.aging_step,
-        "fair_share_points": cfg.fair_share_points, "high_priority_min": cfg.high_priority_min,
-        "budget_approaching_pct": cfg.budget_approaching_pct, "budget_at_pct": cfg.budget_at_pct,
-        "high_cost_micros": cfg.high_cost_micros, "preempt_gap": cfg.preempt_gap,
-        "docs_aging_bound_ms": cfg.docs_aging_bound_ms});
-    let text = format!(
-        "aging               +{} points every {} ms (a docs item, priority 100, is overtaken by nothing newer after {:.1} s)\n\
-         fair share          {} points per running task of a team\n\
-         high priority       {} and above\n\
-         budget thresholds   approaching {}%, at {}%, over 100%\n\
-         high-cost approval  forecast {} or more at the `at` threshold\n\
-         preemption gap      {} points\n",
-        cfg.aging_step,
-        cfg.aging_interval_ms,
-        cfg.docs_aging_bound_ms as f64 / 1000.0,
-        cfg.fair_share_points,
-        cfg.high_priority_min,
-        cfg.budget_approaching_pct,
-        cfg.budget_at_pct,
-        dollars(cfg.high_cost_micros),
-        cfg.preempt_gap
-    );
-    emit(output, &value, &text);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn since_takes_durations_and_epoch_ms() {
-        assert_eq!(since_ms("90s", 100_000).ok(), Some(10_000));
-        assert_eq!(since_ms("2h", 10 * 3_600_000).ok(), Some(8 * 3_600_000));
-        assert_eq!(since_ms("1700000000000", 5).ok(), Some(1_700_000_000_000));
-        assert!(since_ms("yesterday", 5).is_err());
-    }
 
     #[test]
     fn flags_override_the_file_and_defaults_fill_the_rest() {

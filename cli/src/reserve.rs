@@ -1,13 +1,181 @@
-//! `qm reserve …` and `qm graph`: the lock table from the command line.
+//! `qm reserve acquire|release|extend|list|watch|run`: its arguments and handlers, the lock
+//! table from the command line. Also what other commands share: acquiring (`qm dev`), the
+//! JSON of reservations and modes, and `emit`, which prints a command's result as JSON or text.
 
 use std::time::Duration;
 
+use clap::Subcommand;
 use futures::StreamExt;
 use qm_shared::client::Client;
 use qm_shared::pb::v1 as pb;
 use serde_json::{json, Value};
 
 use crate::{print_stdout, status_failure, Failure, Output};
+
+#[derive(Subcommand, Debug)]
+pub enum ReserveCommand {
+    /// Acquire one resource or an atomic set. Prints the reservation and fencing token;
+    /// a refusal exits 3 and names the holders.
+    #[command(
+        after_help = "Examples:\n  qm reserve acquire pg:staging/table:orders --mode exclusive\n  qm reserve acquire 'pg:staging/table:orders/rows:[0,1000)' --mode shared --wait --timeout-ms 5000\n  qm reserve acquire gpu:box-1 api:anthropic --mode exclusive -o json"
+    )]
+    Acquire {
+        /// Resource paths, granted all-or-nothing.
+        #[arg(required = true)]
+        resources: Vec<String>,
+        #[command(flatten)]
+        flags: AcquireFlags,
+    },
+    /// Release a reservation (or cancel a queued request with --request).
+    Release {
+        /// Reservation id.
+        #[arg(required_unless_present = "request")]
+        id: Option<u64>,
+        /// Cancel this pending request instead.
+        #[arg(long)]
+        request: Option<u64>,
+        /// Session that owns it.
+        #[arg(long)]
+        session: u64,
+    },
+    /// Renew a reservation's lease.
+    Extend {
+        /// Reservation id.
+        id: u64,
+        #[arg(long)]
+        session: u64,
+        /// New lease from now, ms (0: the default 5 minutes).
+        #[arg(long, default_value_t = 0)]
+        lease_ms: u64,
+    },
+    /// List reservations (and queued requests with --pending).
+    List {
+        #[command(flatten)]
+        filter: Filter,
+        #[arg(long)]
+        pending: bool,
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    /// Stream lock-table events (one line each; -o json for JSON lines).
+    Watch {
+        #[command(flatten)]
+        filter: Filter,
+        /// Replay retained events from this log index first.
+        #[arg(long, default_value_t = 0)]
+        from_index: u64,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Run a command while holding a resource, like flock(1): acquire (waiting), export
+    /// QM_FENCING_TOKEN and QM_RESERVATION_ID, keep the lease alive, release when the command
+    /// exits, and exit with its code.
+    #[command(after_help = "Example:\n  qm reserve run pg:staging --mode exclusive -- ./migrate.sh")]
+    Run {
+        resource: String,
+        #[command(flatten)]
+        flags: AcquireFlags,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+}
+
+/// Which reservations `qm reserve list` and `qm reserve watch` cover.
+#[derive(clap::Args, Debug)]
+pub struct Filter {
+    #[arg(long, default_value = "")]
+    prefix: String,
+    #[arg(long)]
+    session: Option<u64>,
+    #[arg(long)]
+    owner: Option<String>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AcquireFlags {
+    /// Access mode.
+    #[arg(long, value_parser = ["shared", "exclusive"], default_value = "exclusive")]
+    mode: String,
+    /// Queue until granted instead of failing fast.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this long in the queue (ms).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Lease length in ms (1000..=3600000; 0: the server default of 5 minutes).
+    #[arg(long, default_value_t = 0)]
+    lease_ms: u64,
+    /// Priority 0..=1000 (higher wins; 0: the default 500).
+    #[arg(long, default_value_t = 0)]
+    priority: u32,
+    /// Owner label shown to others. [default: $USER@qm]
+    #[arg(long)]
+    owner: Option<String>,
+    /// Existing session to acquire under; otherwise a new session is opened.
+    #[arg(long)]
+    session: Option<u64>,
+    /// TTL of the session opened for this acquire (1000..=300000 ms). The reservation lives
+    /// while the session does: it is released when the session expires.
+    #[arg(long, default_value_t = 300_000)]
+    session_ttl_ms: u64,
+}
+
+impl AcquireFlags {
+    fn args(&self, resources: Vec<String>) -> AcquireArgs {
+        AcquireArgs {
+            resources,
+            mode: if self.mode == "shared" { pb::Mode::Shared } else { pb::Mode::Exclusive },
+            wait: self.wait,
+            timeout_ms: self.timeout_ms,
+            lease_ms: self.lease_ms,
+            priority: self.priority,
+            owner: self
+                .owner
+                .clone()
+                .unwrap_or_else(|| format!("{}@qm", std::env::var("USER").unwrap_or_else(|_| "cli".into()))),
+            session: self.session,
+            session_ttl_ms: self.session_ttl_ms,
+        }
+    }
+}
+
+/// `qm reserve …`.
+pub async fn dispatch(command: ReserveCommand, client: &Client, output: Output) -> Result<(), Failure> {
+    match command {
+        ReserveCommand::Acquire { resources, flags } => acquire_cmd(client, flags.args(resources), output).await,
+        ReserveCommand::Release { id, request, session } => release(client, id, request, session, output).await,
+        ReserveCommand::Extend { id, session, lease_ms } => extend(client, id, session, lease_ms, output).await,
+        ReserveCommand::List { filter: Filter { prefix, session, owner }, pending, limit, page_token } => {
+            let req = pb::ListRequest {
+                resource_prefix: prefix,
+                session_id: session,
+                owner,
+                limit,
+                page_token,
+                include_pending: pending,
+            };
+            list(client, req, output).await
+        }
+        ReserveCommand::Watch { filter: Filter { prefix, session, owner }, from_index, count } => {
+            let req = pb::WatchRequest { resource_prefix: prefix, session_id: session, owner, start_index: from_index };
+            watch(client, req, count, output).await
+        }
+        ReserveCommand::Run { resource, flags, cmd } => {
+            let mut flags = flags;
+            flags.wait = true;
+            let code = run(client, flags.args(vec![resource]), cmd).await?;
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(Failure { code, message: String::new() })
+            }
+        }
+    }
+}
 
 pub fn mode_name(mode: i32) -> &'static str {
     match pb::Mode::try_from(mode) {
@@ -167,7 +335,7 @@ fn refused(session_id: u64, r: &pb::acquire_response::Refused) -> Outcome {
 }
 
 /// `qm reserve acquire`.
-pub async fn acquire_cmd(client: &Client, args: AcquireArgs, output: Output) -> Result<(), Failure> {
+async fn acquire_cmd(client: &Client, args: AcquireArgs, output: Output) -> Result<(), Failure> {
     match acquire(client, &args).await? {
         Outcome::Granted { session, reservations } => {
             let first = &reservations[0];
@@ -201,11 +369,49 @@ pub async fn acquire_cmd(client: &Client, args: AcquireArgs, output: Output) -> 
     }
 }
 
+/// A command's result: `value` as pretty JSON with `-o json`, else `text`.
 pub fn emit(output: Output, value: &Value, text: &str) {
     match output {
         Output::Json => print_stdout(&format!("{}\n", serde_json::to_string_pretty(value).expect("json"))),
         _ => print_stdout(text),
     }
+}
+
+/// `qm reserve release`: reservation `id`, or the queued `request`.
+async fn release(
+    client: &Client,
+    id: Option<u64>,
+    request: Option<u64>,
+    session: u64,
+    output: Output,
+) -> Result<(), Failure> {
+    let target = match (id, request) {
+        (_, Some(r)) => pb::release_request::Target::RequestId(r),
+        (Some(id), None) => pb::release_request::Target::ReservationId(id),
+        (None, None) => return Err(Failure::usage("give a reservation id or --request")),
+    };
+    let resp = client
+        .release(pb::ReleaseRequest { session_id: session, target: Some(target) })
+        .await
+        .map_err(status_failure)?;
+    let value = json!({"released": resp.released_reservation_ids, "cancelled": resp.cancelled_request_ids});
+    emit(
+        output,
+        &value,
+        &format!("released {:?} cancelled {:?}\n", resp.released_reservation_ids, resp.cancelled_request_ids),
+    );
+    Ok(())
+}
+
+/// `qm reserve extend`: renews reservation `id` for `lease_ms` from now.
+async fn extend(client: &Client, id: u64, session: u64, lease_ms: u64, output: Output) -> Result<(), Failure> {
+    let resp = client
+        .extend(pb::ExtendRequest { reservation_id: id, session_id: session, lease_ms })
+        .await
+        .map_err(status_failure)?;
+    let r = resp.reservation.unwrap_or_default();
+    emit(output, &reservation_json(&r), &format!("extended {} until {} ms\n", r.id, r.expires_at_ms));
+    Ok(())
 }
 
 /// `qm reserve list`.
@@ -250,7 +456,7 @@ pub async fn list(client: &Client, req: pb::ListRequest, output: Output) -> Resu
 }
 
 /// `qm reserve watch`: prints events until `count` were printed (or forever).
-pub async fn watch(client: &Client, req: pb::WatchRequest, count: Option<u64>, output: Output) -> Result<(), Failure> {
+async fn watch(client: &Client, req: pb::WatchRequest, count: Option<u64>, output: Output) -> Result<(), Failure> {
     let mut stream = client.watch(req).await.map_err(status_failure)?;
     let mut seen = 0;
     while let Some(ev) = stream.next().await {
@@ -316,7 +522,7 @@ fn describe(ev: &pb::WatchEvent) -> (&'static str, String) {
 
 /// `qm reserve run`: acquire, run CMD with the token in its environment, keep the lease and
 /// session alive while it runs, release, exit with CMD's code.
-pub async fn run(client: &Client, args: AcquireArgs, cmd: Vec<String>) -> Result<u8, Failure> {
+async fn run(client: &Client, args: AcquireArgs, cmd: Vec<String>) -> Result<u8, Failure> {
     let lease_ms = args.lease_ms;
     let ttl_ms = args.session_ttl_ms;
     let (session, reservations) = match acquire(client, &args).await? {
@@ -360,67 +566,4 @@ pub async fn run(client: &Client, args: AcquireArgs, cmd: Vec<String>) -> Result
     let _ = client.close_session(session).await;
     let status = status.map_err(|e| Failure::error(format!("waiting for {}: {e}", cmd[0])))?;
     Ok(status.code().map_or(1, |c| c as u8))
-}
-
-/// `qm graph`.
-pub async fn graph(client: &Client, prefix: String, output: Output) -> Result<(), Failure> {
-    let g = client.graph(pb::GraphRequest { resource_prefix: prefix }).await.map_err(status_failure)?;
-    match output {
-        Output::Dot => {
-            let mut out = String::from("digraph waits_for {\n  rankdir=LR;\n");
-            for n in &g.nodes {
-                out.push_str(&format!(
-                    "  \"{}@s{}\" [label=\"{}\\ns{} p{}\"];\n",
-                    n.owner, n.session_id, n.owner, n.session_id, n.priority
-                ));
-            }
-            for e in &g.edges {
-                out.push_str(&format!(
-                    "  \"{}\" -> \"{}\" [label=\"{} {}\"];\n",
-                    node_name(&g, &e.from_owner),
-                    node_name(&g, &e.to_owner),
-                    mode_name(e.wanted_mode),
-                    e.resource
-                ));
-            }
-            out.push_str("}\n");
-            print_stdout(&out);
-        }
-        Output::Json => {
-            let value = json!({
-                "index": g.index,
-                "nodes": g.nodes.iter().map(|n| json!({"owner": n.owner, "session_id": n.session_id, "priority": n.priority, "blocking_reservation_ids": n.blocking_reservation_ids, "pending_request_id": n.pending.as_ref().map(|p| p.request_id)})).collect::<Vec<_>>(),
-                "edges": g.edges.iter().map(|e| json!({"from": e.from_owner, "to": e.to_owner, "resource": e.resource, "request_id": e.request_id, "reservation_id": e.reservation_id, "wanted_mode": mode_name(e.wanted_mode), "held_mode": mode_name(e.held_mode)})).collect::<Vec<_>>(),
-            });
-            emit(output, &value, "");
-        }
-        Output::Table | Output::Csv => {
-            let mut out =
-                format!("wait-for graph at index {}: {} owners, {} edges\n", g.index, g.nodes.len(), g.edges.len());
-            out.push_str(&format!(
-                "{:<24} {:<24} {:<40} {:<10} {:<10}\n",
-                "WAITER", "WAITS FOR", "RESOURCE", "WANTS", "HELD AS"
-            ));
-            for e in &g.edges {
-                out.push_str(&format!(
-                    "{:<24} {:<24} {:<40} {:<10} {:<10}\n",
-                    e.from_owner,
-                    e.to_owner,
-                    e.resource,
-                    mode_name(e.wanted_mode),
-                    mode_name(e.held_mode)
-                ));
-            }
-            print_stdout(&out);
-        }
-    }
-    Ok(())
-}
-
-fn node_name(g: &pb::GraphResponse, owner: &str) -> String {
-    g.nodes
-        .iter()
-        .find(|n| n.owner == owner)
-        .map(|n| format!("{}@s{}", n.owner, n.session_id))
-        .unwrap_or_else(|| owner.to_string())
 }

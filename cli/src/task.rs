@@ -1,16 +1,58 @@
-//! `qm task submit|list|show|cancel` and `qm worker run|list`.
+//! `qm task submit|list|show|cancel`: its arguments and handlers. Tasks are units of agent
+//! work: a role, resources with modes and an executor payload.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use clap::Subcommand;
 use qm_shared::client::Client;
 use qm_shared::pb::v1 as pb;
-use qm_shared::Role;
-use qm_worker::runtime::WorkerConfig;
 use serde_json::{json, Value};
 
 use crate::reserve::emit;
 use crate::{status_failure, Failure, Output};
+
+#[derive(Subcommand, Debug)]
+pub enum TaskCommand {
+    /// Queue a task for an agent of its role.
+    #[command(after_help = "Examples:\n  \
+        qm task submit --role implementer --resource pg:staging --scripted-ms 3000 --wait\n  \
+        qm task submit --role verifier --resource pg:staging:shared --cmd 'make test' --priority 800\n  \
+        qm task submit --role implementer --payload '{\"executor\":\"scripted\",\"duration_ms\":5000,\"steps\":20}'\n  \
+        qm task submit --role implementer --payload '{\"executor\":\"llm\",\"api\":\"openai\",\"base_url\":\"http://127.0.0.1:8000/v1\",\"model\":\"qwen2.5-coder\",\"prompt\":\"...\"}'\n\n\
+        Executors: scripted {duration_ms, steps, input_tokens_per_step, output_tokens_per_step, fail_at_step, output}; \
+        command {cmd, workdir}; llm {api: openai|anthropic, base_url, model, prompt, system, max_tokens, api_key_env}. \
+        The agent runs it with QM_FENCING_TOKEN and QM_RESERVATION_ID set.")]
+    Submit(SubmitArgs),
+    /// Tasks, newest first.
+    List {
+        /// Only this status: queued, running, succeeded, failed, cancelled
+        #[arg(long, default_value = "")]
+        status: String,
+        /// At most this many (1..=10000)
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One task: status, progress, checkpoint, usage and every attempt.
+    Show {
+        /// Task id
+        id: u64,
+    },
+    /// Cancel a task (a running one is told to stop).
+    Cancel {
+        /// Task id
+        id: u64,
+    },
+}
+
+/// `qm task …`.
+pub async fn dispatch(command: TaskCommand, client: &Client, output: Output) -> Result<(), Failure> {
+    match command {
+        TaskCommand::Submit(a) => submit(client, a, output).await,
+        TaskCommand::List { status, limit } => list(client, status, limit, output).await,
+        TaskCommand::Show { id } => show(client, id, output).await,
+        TaskCommand::Cancel { id } => cancel(client, id, output).await,
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
@@ -83,7 +125,7 @@ async fn get(client: &Client, id: u64) -> Result<pb::TaskInfo, Failure> {
         .map_err(status_failure)
 }
 
-pub async fn submit(client: &Client, a: SubmitArgs, output: Output) -> Result<(), Failure> {
+async fn submit(client: &Client, a: SubmitArgs, output: Output) -> Result<(), Failure> {
     let payload = match (&a.payload, a.scripted_ms, &a.cmd) {
         (Some(p), _, _) => {
             serde_json::from_str::<Value>(p).map_err(|e| Failure::usage(format!("--payload is not JSON: {e}")))?;
@@ -182,13 +224,13 @@ fn show_text(t: &pb::TaskInfo) -> String {
     s
 }
 
-pub async fn show(client: &Client, id: u64, output: Output) -> Result<(), Failure> {
+async fn show(client: &Client, id: u64, output: Output) -> Result<(), Failure> {
     let t = get(client, id).await?;
     emit(output, &info_json(&t), &show_text(&t));
     Ok(())
 }
 
-pub async fn list(client: &Client, status: String, limit: u32, output: Output) -> Result<(), Failure> {
+async fn list(client: &Client, status: String, limit: u32, output: Output) -> Result<(), Failure> {
     let resp = client
         .call(|ch| {
             let status = status.clone();
@@ -211,7 +253,7 @@ pub async fn list(client: &Client, status: String, limit: u32, output: Output) -
     Ok(())
 }
 
-pub async fn cancel(client: &Client, id: u64, output: Output) -> Result<(), Failure> {
+async fn cancel(client: &Client, id: u64, output: Output) -> Result<(), Failure> {
     client
         .call(
             |ch| async move { Ok(Client::tasks(ch).cancel(pb::CancelTaskRequest { task_id: id }).await?.into_inner()) },
@@ -220,150 +262,4 @@ pub async fn cancel(client: &Client, id: u64, output: Output) -> Result<(), Fail
         .map_err(status_failure)?;
     emit(output, &json!({"id": id, "cancel": "requested"}), &format!("task {id}: cancel requested\n"));
     Ok(())
-}
-
-pub async fn workers(client: &Client, output: Output) -> Result<(), Failure> {
-    let resp = client
-        .call(|ch| async move { Ok(Client::tasks(ch).workers(pb::ListWorkersRequest {}).await?.into_inner()) })
-        .await
-        .map_err(status_failure)?;
-    let mut text =
-        format!("{:<20} {:<8} {:<36} {:<5} {:<24} {}\n", "NODE", "SESSION", "SLOTS", "GPUS", "PROVIDERS", "RUNNING");
-    for w in &resp.workers {
-        let slots: Vec<String> = w.slots.iter().map(|(r, n)| format!("{r}={n}")).collect();
-        let running: Vec<String> = w.running_task_ids.iter().map(|t| t.to_string()).collect();
-        let providers: Vec<String> =
-            w.model_providers.iter().map(|p| format!("{}{}", p.name, if p.local { " (local)" } else { "" })).collect();
-        text.push_str(&format!(
-            "{:<20} {:<8} {:<36} {:<5} {:<24} {}\n",
-            w.node_id,
-            w.session_id,
-            slots.join(","),
-            w.gpus.len(),
-            providers.join(","),
-            running.join(",")
-        ));
-    }
-    let value = json!(resp
-        .workers
-        .iter()
-        .map(|w| json!({
-            "node_id": w.node_id, "session_id": w.session_id, "slots": w.slots, "running": w.running_task_ids,
-            "labels": w.labels,
-            "gpus": w.gpus.iter().map(|g| json!({"index": g.index, "model": g.model, "memory_bytes": g.memory_bytes})).collect::<Vec<_>>(),
-            "model_providers": w.model_providers.iter().map(|p| json!({
-                "name": p.name,
-                "kind": if p.kind == pb::ProviderKind::Anthropic as i32 { "anthropic" } else { "openai" },
-                "local": p.local,
-            })).collect::<Vec<_>>(),
-        }))
-        .collect::<Vec<_>>());
-    emit(output, &value, &text);
-    Ok(())
-}
-
-#[derive(clap::Args, Debug)]
-pub struct WorkerArgs {
-    /// This worker's node id, unique among workers [default: the host name]
-    #[arg(long)]
-    pub node_id: Option<String>,
-    /// Agent slots as ROLE=N; repeat per role [default: implementer=1, verifier=1]
-    #[arg(long = "slots")]
-    pub slots: Vec<String>,
-    /// A label as KEY=VALUE; repeat
-    #[arg(long = "label")]
-    pub labels: Vec<String>,
-    /// Session TTL in ms: how long the coordinators wait for a silent worker before
-    /// requeueing its tasks (1000..=300000)
-    #[arg(long, default_value_t = 10_000)]
-    pub session_ttl_ms: u64,
-    /// An agent whose acquire stays queued this long (ms) reports itself blocked and takes
-    /// other ready work of its role; the waiting task keeps its place and resumes once granted
-    #[arg(long, default_value_t = 2_000)]
-    pub blocked_after_ms: u64,
-    /// A model provider this worker reaches, as NAME=KIND:URL (KIND openai or anthropic);
-    /// a loopback URL marks it local. Repeat. e.g. local-vllm=openai:http://127.0.0.1:8000/v1
-    #[arg(long = "provider")]
-    pub providers: Vec<String>,
-}
-
-fn provider(text: &str) -> Result<pb::ModelProvider, Failure> {
-    let bad = || Failure::usage(format!("--provider {text:?}: expected NAME=KIND:URL with KIND openai or anthropic"));
-    let (name, rest) = text.split_once('=').ok_or_else(bad)?;
-    let (kind, url) = rest.split_once(':').ok_or_else(bad)?;
-    let kind = match kind {
-        "openai" => pb::ProviderKind::OpenaiCompatible,
-        "anthropic" => pb::ProviderKind::Anthropic,
-        _ => return Err(bad()),
-    };
-    if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(bad());
-    }
-    let authority = url.split("://").nth(1).unwrap_or("");
-    let host = authority.split(['/', ':']).next().unwrap_or("");
-    let local = host == "localhost" || host.starts_with("127.") || authority.starts_with("[::1]");
-    Ok(pb::ModelProvider { name: name.to_string(), kind: kind as i32, local, ..Default::default() })
-}
-
-pub fn worker_config(a: WorkerArgs) -> Result<WorkerConfig, Failure> {
-    let mut slots = BTreeMap::new();
-    let given = if a.slots.is_empty() { vec!["implementer=1".to_string(), "verifier=1".to_string()] } else { a.slots };
-    for s in given {
-        let (role, n) = s.split_once('=').ok_or_else(|| Failure::usage(format!("--slots {s:?}: expected ROLE=N")))?;
-        let role: Role =
-            role.parse().map_err(|e: qm_shared::agent::UnknownName| Failure::usage(format!("--slots: {e}")))?;
-        let n: u32 = n.parse().map_err(|_| Failure::usage(format!("--slots {s:?}: N must be a number")))?;
-        if n == 0 || n > qm_shared::limits::WORKER_SLOTS_PER_ROLE_MAX {
-            return Err(Failure::usage(format!(
-                "--slots {s:?}: N must be 1..={}",
-                qm_shared::limits::WORKER_SLOTS_PER_ROLE_MAX
-            )));
-        }
-        slots.insert(role, n);
-    }
-    let mut labels = BTreeMap::new();
-    for l in a.labels {
-        let (k, v) = l.split_once('=').ok_or_else(|| Failure::usage(format!("--label {l:?}: expected KEY=VALUE")))?;
-        labels.insert(k.to_string(), v.to_string());
-    }
-    let node_id = match a.node_id {
-        Some(n) => n,
-        None => {
-            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into())
-        }
-    };
-    qm_shared::validate::check_session_ttl_ms(a.session_ttl_ms)
-        .map_err(|e| Failure::usage(format!("--session-ttl-ms: {}", e.message)))?;
-    if !(100..=3_600_000).contains(&a.blocked_after_ms) {
-        return Err(Failure::usage(format!("--blocked-after-ms: {} is outside 100..=3600000", a.blocked_after_ms)));
-    }
-    let providers = a.providers.iter().map(|p| provider(p)).collect::<Result<Vec<_>, _>>()?;
-    Ok(WorkerConfig {
-        node_id,
-        slots,
-        labels,
-        session_ttl_ms: a.session_ttl_ms,
-        blocked_after_ms: a.blocked_after_ms,
-        providers,
-        gpus: Vec::new(),
-    })
-}
-
-pub async fn run_worker(client: Client, mut config: WorkerConfig) -> Result<(), Failure> {
-    config.gpus = qm_worker::runtime::detect_gpus().await;
-    eprintln!(
-        "qm worker {}: slots {}; {} GPU(s); providers: {}",
-        config.node_id,
-        config.slots.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>().join(","),
-        config.gpus.len(),
-        if config.providers.is_empty() {
-            "none".to_string()
-        } else {
-            config.providers.iter().map(|p| p.name.clone()).collect::<Vec<_>>().join(",")
-        }
-    );
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    qm_worker::runtime::run(client, config, shutdown).await.map_err(Failure::error)
 }

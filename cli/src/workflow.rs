@@ -1,8 +1,10 @@
-//! `qm workflow list|show|validate` and `qm project validate`: workflow and project files,
-//! checked locally (no coordinator needed).
+//! `qm workflow list|show|validate`: its arguments and handlers. Workflow files are checked
+//! locally (no coordinator needed); the file reading and error report here also serve
+//! `qm project validate`.
 
 use std::path::{Path, PathBuf};
 
+use clap::Subcommand;
 use qm_shared::limits::WORKFLOW_FILE_BYTES_MAX;
 use qm_shared::workflow::{Pass, Project, Workflow};
 use qm_shared::workflow_file::{self, FileError, BUILTIN_WORKFLOWS};
@@ -10,8 +12,33 @@ use serde_json::json;
 
 use crate::{Failure, Output};
 
+#[derive(Subcommand, Debug)]
+pub enum WorkflowCommand {
+    /// The built-in workflows
+    List,
+    /// A workflow's passes in order (a built-in name or a file)
+    Show { workflow: String },
+    /// Check workflow files (cycles, unknown roles, unknown resources with --project); the
+    /// built-ins when none are given
+    Validate {
+        paths: Vec<PathBuf>,
+        /// Check resources against this project file
+        #[arg(long)]
+        project: Option<PathBuf>,
+    },
+}
+
+/// `qm workflow …`.
+pub fn dispatch(command: WorkflowCommand, output: Output) -> Result<(), Failure> {
+    match command {
+        WorkflowCommand::List => list(output),
+        WorkflowCommand::Show { workflow } => show(&workflow, output),
+        WorkflowCommand::Validate { paths, project } => validate(&paths, project.as_deref(), output),
+    }
+}
+
 /// `qm workflow list`: the built-in workflows.
-pub fn list(output: Output) -> Result<(), Failure> {
+fn list(output: Output) -> Result<(), Failure> {
     let mut rows = Vec::new();
     let mut values = Vec::new();
     for (name, text) in BUILTIN_WORKFLOWS {
@@ -26,7 +53,7 @@ pub fn list(output: Output) -> Result<(), Failure> {
 
 /// `qm workflow show`: a workflow's passes in the order they run. `name_or_path` is a file
 /// when it is one or ends in `.toml`, else a built-in name.
-pub fn show(name_or_path: &str, output: Output) -> Result<(), Failure> {
+fn show(name_or_path: &str, output: Output) -> Result<(), Failure> {
     let path = Path::new(name_or_path);
     let (w, source) = if path.is_file() || name_or_path.ends_with(".toml") {
         let text = read(path).map_err(|e| report(&[e]))?;
@@ -118,7 +145,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// `qm workflow validate`: each file (a directory contributes its `*.toml` files; the
 /// built-ins when no path is given), and with `--project` every resource a pass needs is
 /// checked against the project's declarations. Any error fails the command (exit 2).
-pub fn validate(paths: &[PathBuf], project: Option<&Path>, output: Output) -> Result<(), Failure> {
+fn validate(paths: &[PathBuf], project: Option<&Path>, output: Output) -> Result<(), Failure> {
     let mut errors: Vec<FileError> = Vec::new();
     let project: Option<Project> = match project {
         Some(p) => {
@@ -182,32 +209,8 @@ pub fn validate(paths: &[PathBuf], project: Option<&Path>, output: Output) -> Re
     }
 }
 
-/// `qm project validate`: a project file's resources, providers and prices.
-pub fn project_validate(path: &Path, output: Output) -> Result<(), Failure> {
-    let file = path.display().to_string();
-    let parsed = read(path).map_err(|e| vec![e]).and_then(|t| workflow_file::parse_project(&t, &file));
-    match parsed {
-        Ok(p) => {
-            let text = format!(
-                "ok {file}: project {} (team {}): {} resources, {} providers, {} prices\n",
-                p.name,
-                p.team,
-                p.resources.len(),
-                p.providers.len(),
-                p.prices.len()
-            );
-            crate::reserve::emit(output, &json!({"file": file, "project": p, "errors": []}), &text);
-            Ok(())
-        }
-        Err(errors) => {
-            crate::reserve::emit(output, &json!({"file": file, "project": null, "errors": errors}), "");
-            Err(report(&errors))
-        }
-    }
-}
-
 /// A file's text, within the size bound.
-fn read(path: &Path) -> Result<String, FileError> {
+pub fn read(path: &Path) -> Result<String, FileError> {
     let fail =
         |message: String| FileError { file: path.display().to_string(), line: None, field: String::new(), message };
     let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
@@ -231,7 +234,7 @@ fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
 }
 
 /// Errors on stderr, one per line; the command fails as a usage error (exit 2).
-fn report(errors: &[FileError]) -> Failure {
+pub fn report(errors: &[FileError]) -> Failure {
     for e in errors {
         eprintln!("error: {e}");
     }

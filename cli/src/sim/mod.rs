@@ -1,4 +1,6 @@
-//! `qm sim`: contention studies of the replicated core with modelled agents.
+//! `qm sim run|compare|cluster`: its arguments and handlers. `run` and `compare` are
+//! contention studies of the replicated core with modelled agents (here); `cluster` runs the
+//! real coordinator cluster under turmoil (`cluster.rs`).
 
 use std::path::PathBuf;
 
@@ -7,6 +9,8 @@ use clap::{Args, Subcommand};
 use qm_sim::study::{self, scenario, Variant};
 
 use crate::{Failure, Output};
+
+pub mod cluster;
 
 #[derive(Subcommand, Debug)]
 pub enum SimCommand {
@@ -34,7 +38,7 @@ pub enum SimCommand {
 
 A failure prints the invariant, the seed and the one-line command that reproduces it.
 The same seed gives the same trace hash (builds use --cfg tokio_unstable, set in .cargo/config.toml).")]
-    Cluster(crate::sim_cluster::ClusterArgs),
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Args, Debug)]

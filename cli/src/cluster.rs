@@ -1,0 +1,185 @@
+//! `qm cluster status|add|remove|transfer-leader|snapshot`: its arguments and handlers.
+//! Cluster status and membership, through any node (leader hints are followed).
+
+use clap::Subcommand;
+use qm_shared::client::Client;
+use qm_shared::pb::v1 as pb;
+use serde_json::json;
+
+use crate::reserve::emit;
+use crate::{status_failure, Failure, Output};
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Term, leader, applied index and members with their roles.
+    Status,
+    /// Add a node: as a learner, caught up, then promoted to voter (unless --learner).
+    Add {
+        /// Node id of the new coordinator.
+        id: u64,
+        /// Its gRPC address.
+        address: String,
+        /// Leave it a non-voting learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node (voter or learner).
+    Remove {
+        /// Node id to remove.
+        id: u64,
+    },
+    /// Hand leadership to another voter (the most up-to-date one unless --to).
+    TransferLeader {
+        /// Node id of the voter to hand leadership to
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Build a snapshot now on the answering node and compact its log.
+    Snapshot,
+}
+
+/// `qm cluster …`.
+pub async fn dispatch(command: ClusterCommand, client: &Client, output: Output) -> Result<(), Failure> {
+    match command {
+        ClusterCommand::Status => status(client, output).await,
+        ClusterCommand::Add { id, address, learner } => add(client, id, &address, learner, output).await,
+        ClusterCommand::Remove { id } => remove(client, id, output).await,
+        ClusterCommand::TransferLeader { to } => transfer_leader(client, to, output).await,
+        ClusterCommand::Snapshot => snapshot(client, output).await,
+    }
+}
+
+fn role_name(m: &pb::Member) -> &'static str {
+    if m.role == pb::MemberRole::Voter as i32 {
+        "voter"
+    } else {
+        "learner"
+    }
+}
+
+fn member_json(m: &pb::Member) -> serde_json::Value {
+    json!({"node_id": m.node_id, "address": m.address, "role": role_name(m), "is_leader": m.is_leader, "matched_index": m.matched_index})
+}
+
+/// `qm cluster status`: the answering node's view and every member.
+async fn status(client: &Client, output: Output) -> Result<(), Failure> {
+    let s = client.status().await.map_err(status_failure)?;
+    let value = json!({
+        "node_id": s.node_id, "term": s.term, "leader_id": s.leader_id, "leader_address": s.leader_address,
+        "applied_index": s.applied_index, "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
+        "membership_changing": s.membership_changing, "version": s.version,
+        "ready": s.ready, "not_ready_reason": s.not_ready_reason,
+        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+    });
+    let mut text = format!(
+        "answered by node {} (term {}, applied {}, snapshot {}); leader: {}; {}\n{:<6} {:<28} {:<8} {:<7} {}\n",
+        s.node_id,
+        s.term,
+        s.applied_index,
+        s.snapshot_index,
+        s.leader_id.map_or("none".to_string(), |l| format!("node {l} at {}", s.leader_address)),
+        if s.ready { "ready".to_string() } else { format!("NOT READY: {}", s.not_ready_reason) },
+        "ID",
+        "ADDRESS",
+        "ROLE",
+        "LEADER",
+        "MATCHED"
+    );
+    for m in &s.members {
+        text.push_str(&format!(
+            "{:<6} {:<28} {:<8} {:<7} {}\n",
+            m.node_id,
+            m.address,
+            role_name(m),
+            if m.is_leader { "*" } else { "" },
+            m.matched_index.map_or("-".into(), |i| i.to_string())
+        ));
+    }
+    emit(output, &value, &text);
+    Ok(())
+}
+
+/// `qm cluster add`: node `id` at `address` as a learner, caught up, then promoted to voter
+/// unless `learner`.
+async fn add(client: &Client, id: u64, address: &str, learner: bool, output: Output) -> Result<(), Failure> {
+    let address = qm_shared::client::normalize(address);
+    let added = client
+        .call(|ch| {
+            let address = address.clone();
+            async move {
+                Ok(Client::cluster(ch)
+                    .add_learner(pb::AddLearnerRequest { node_id: id, address, wait_caught_up: true })
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
+        .map_err(status_failure)?;
+    let members = if learner {
+        added.members
+    } else {
+        client
+            .call(|ch| async move {
+                Ok(Client::cluster(ch).promote(pb::PromoteRequest { node_id: id }).await?.into_inner())
+            })
+            .await
+            .map_err(status_failure)?
+            .members
+    };
+    let value = json!({"added": id, "members": members.iter().map(member_json).collect::<Vec<_>>()});
+    emit(
+        output,
+        &value,
+        &format!("node {id} added as {}; {} members\n", if learner { "learner" } else { "voter" }, members.len()),
+    );
+    Ok(())
+}
+
+/// `qm cluster remove`.
+async fn remove(client: &Client, id: u64, output: Output) -> Result<(), Failure> {
+    let resp = client
+        .call(|ch| async move { Ok(Client::cluster(ch).remove(pb::RemoveRequest { node_id: id }).await?.into_inner()) })
+        .await
+        .map_err(status_failure)?;
+    let value = json!({"removed": id, "members": resp.members.iter().map(member_json).collect::<Vec<_>>()});
+    emit(output, &value, &format!("node {id} removed; {} members\n", resp.members.len()));
+    Ok(())
+}
+
+/// `qm cluster transfer-leader`: to voter `to`, or the most up-to-date one.
+async fn transfer_leader(client: &Client, to: Option<u64>, output: Output) -> Result<(), Failure> {
+    let resp = client
+        .call(|ch| async move {
+            Ok(Client::cluster(ch).transfer_leader(pb::TransferLeaderRequest { to_node_id: to }).await?.into_inner())
+        })
+        .await
+        .map_err(status_failure)?;
+    let value = json!({"leader_id": resp.leader_id, "term": resp.term});
+    emit(
+        output,
+        &value,
+        &format!(
+            "leader is now {} (term {})\n",
+            resp.leader_id.map_or("unknown".into(), |l| format!("node {l}")),
+            resp.term
+        ),
+    );
+    Ok(())
+}
+
+/// `qm cluster snapshot`: on the answering node, waiting for it to finish.
+async fn snapshot(client: &Client, output: Output) -> Result<(), Failure> {
+    let resp = client
+        .call(|ch| async move {
+            Ok(Client::cluster(ch).snapshot_now(pb::SnapshotNowRequest { wait: true }).await?.into_inner())
+        })
+        .await
+        .map_err(status_failure)?;
+    let value = json!({"snapshot_index": resp.snapshot_index, "store_size_bytes": resp.snapshot_size_bytes});
+    emit(
+        output,
+        &value,
+        &format!("snapshot at index {} (store {} bytes)\n", resp.snapshot_index, resp.snapshot_size_bytes),
+    );
+    Ok(())
+}

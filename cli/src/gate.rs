@@ -1,0 +1,75 @@
+//! `qm gate approve|reject`: its arguments and handler. A human decides a pass waiting for
+//! one: a human gate, or a spend approval at a budget's `at` threshold.
+
+use clap::Subcommand;
+use qm_shared::client::Client;
+use qm_shared::pb::v1 as pb;
+use serde_json::json;
+
+use crate::job::job_id;
+use crate::reserve::emit;
+use crate::{status_failure, Failure, Output};
+
+#[derive(Subcommand, Debug)]
+pub enum GateCommand {
+    /// Pass the gate (or approve the spend) of PASS of work item ID
+    Approve {
+        #[command(flatten)]
+        decision: Decision,
+        /// Who decides (default: $USER)
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Fail the gate (its on_fail applies) or refuse the spend (the work item fails)
+    Reject {
+        #[command(flatten)]
+        decision: Decision,
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+/// The pass a decision is about, and its note.
+#[derive(clap::Args, Debug)]
+pub struct Decision {
+    id: String,
+    pass: String,
+    #[arg(long, default_value = "")]
+    note: String,
+}
+
+/// `qm gate …`.
+pub async fn dispatch(command: GateCommand, client: &Client, output: Output) -> Result<(), Failure> {
+    match command {
+        GateCommand::Approve { decision: Decision { id, pass, note }, by } => {
+            decide(client, &id, pass, true, note, by, output).await
+        }
+        GateCommand::Reject { decision: Decision { id, pass, note }, by } => {
+            decide(client, &id, pass, false, note, by, output).await
+        }
+    }
+}
+
+/// Approves or rejects PASS of work item `id`; `by` defaults to `$USER`.
+async fn decide(
+    client: &Client,
+    id: &str,
+    pass: String,
+    approve: bool,
+    note: String,
+    by: Option<String>,
+    output: Output,
+) -> Result<(), Failure> {
+    let job_id = job_id(id)?;
+    let by = by.or_else(|| std::env::var("USER").ok()).unwrap_or_default();
+    let req = pb::DecideGateRequest { job_id, pass, approve, note, by };
+    let ack = client
+        .call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::jobs(ch).decide_gate(req).await?.into_inner()) }
+        })
+        .await
+        .map_err(status_failure)?;
+    emit(output, &json!({"job_id": ack.job_id, "message": ack.message}), &format!("{}\n", ack.message));
+    Ok(())
+}
