@@ -524,6 +524,28 @@ fn an_over_budget_scope_pauses_until_the_period_rolls_over() {
 }
 
 #[test]
+fn money_spent_after_a_period_ends_counts_in_the_next_even_before_the_tick_rolls_it() {
+    let mut c = Core::new();
+    c.worker("w1", &[(Role::Implementer, 1)]);
+    c.apply(Command::SetBudget {
+        scope: Scope::Team,
+        name: "platform".into(),
+        limit_micros: 10_000_000,
+        period: Period::Day,
+    });
+    let a = c.submit(job("a", "feature", 500, "platform", vec![pass("p", Role::Implementer, &[], None)]));
+    // The attempt ends just after midnight UTC; no Tick has rolled the day yet.
+    c.now = (c.now / 86_400_000 + 1) * 86_400_000;
+    c.finish(c.pass(a, "p").task.unwrap(), "x", (20_000, 10_000));
+    let spent = c.state.jobs().ledger().map(|e| e.money_micros).sum::<u64>();
+    assert_eq!(spent, 210_000, "$3/M in, $15/M out");
+    c.apply(Command::Tick);
+    let b = c.state.jobs().budgets().next().unwrap();
+    assert_eq!(b.period_start, c.now / 86_400_000 * 86_400_000, "the new day");
+    assert_eq!(b.spent_micros, spent, "spent in the new day, not dropped with the old one");
+}
+
+#[test]
 fn fair_share_gives_an_idle_team_the_next_slot_over_a_busy_team_at_the_same_class() {
     let mut c = Core::new();
     c.worker("w1", &[(Role::Implementer, 3)]);

@@ -177,3 +177,14 @@ pub const PROVIDER_CONCURRENCY_MAX: u32 = 10_000;
 pub const PASS_TIMEOUT_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
 /// The preemption grace a project resource gets when its file names none.
 pub const PROJECT_GRACE_MS_DEFAULT: u64 = 5_000;
+
+// Relations the limits above must keep.
+const _: () = assert!(LIST_PAGE_DEFAULT <= LIST_PAGE_MAX);
+const _: () = assert!(TASKS_ENDED_RETAINED_MAX <= TASKS_MAX);
+const _: () = assert!(JOBS_ENDED_RETAINED_MAX <= JOBS_MAX);
+// A worker's report (output, checkpoint) travels in one client message.
+const _: () = assert!(TASK_OUTPUT_BYTES_MAX + TASK_CHECKPOINT_BYTES_MAX < CLIENT_MESSAGE_BYTES_MAX);
+// Any one pass output fits the artifact cache.
+const _: () = assert!(TASK_OUTPUT_BYTES_MAX <= ARTIFACT_BYTES_TOTAL_MAX);
+// A provider's concurrency is the capacity of its `api:<name>` resource.
+const _: () = assert!(PROVIDER_CONCURRENCY_MAX <= CAPACITY_MAX);

@@ -23,6 +23,7 @@ impl State {
         self.check_timers();
         self.check_policy_counts();
         self.tasks.check();
+        self.check_jobs();
         self.check_wait_for();
     }
 

@@ -150,6 +150,9 @@ impl State {
             h.1 = h.1.saturating_add(money);
         }
         self.add_ledger(entry, ctx);
+        // Money spent after a period ended belongs to the next one, whether or not a Tick
+        // has rolled the budgets since.
+        self.roll_budget_periods(ctx);
         let committed = self.jobs.commits.remove(&task).unwrap_or(0);
         self.jobs.for_covering(&team, &project, &item, |b| {
             b.spent_micros = b.spent_micros.saturating_add(money);

@@ -11,6 +11,7 @@
 
 mod budgets;
 mod cache;
+mod check;
 mod gates;
 mod ledger;
 mod passes;
