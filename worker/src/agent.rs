@@ -182,66 +182,21 @@ impl Agent {
         actions
     }
 
+    /// The transition table: the next phase and the actions for `event` in `phase`.
     fn step(&mut self, phase: Phase, event: Event, now: u64) -> (Phase, Vec<Action>) {
-        let report = |a: &Assignment, report: Report| Action::Report { task: a.task, attempt: a.attempt, report };
         match (phase, event) {
-            (Phase::Idle, Event::Assigned(a)) => {
-                self.checkpoint_seq = 0;
-                if a.resources.is_empty() {
-                    let start = self.start(&a, &[]);
-                    return (Phase::Running { a, leases: Vec::new(), since: now }, start);
-                }
-                let next = if a.incremental { 1 } else { a.resources.len() };
-                let acquire =
-                    Action::Acquire { task: a.task, resources: a.resources[..next].to_vec(), priority: a.priority };
-                (Phase::Acquiring { a, since: now, held: Vec::new(), next }, vec![acquire])
-            }
-            (Phase::Acquiring { a, since, mut held, next }, Event::Granted(leases)) => {
-                held.extend(leases);
-                if next < a.resources.len() {
-                    let acquire = Action::Acquire {
-                        task: a.task,
-                        resources: vec![a.resources[next].clone()],
-                        priority: a.priority,
-                    };
-                    return (Phase::Acquiring { a, since, held, next: next + 1 }, vec![acquire]);
-                }
-                let start = self.start(&a, &held);
-                (Phase::Running { a, leases: held, since: now }, start)
+            (Phase::Idle, Event::Assigned(a)) => self.on_assigned(a, now),
+            (Phase::Acquiring { a, since, held, next }, Event::Granted(leases)) => {
+                self.on_granted(Acquiring { a, since, held, next }, leases, now)
             }
             (Phase::Acquiring { a, held, .. }, Event::DeadlockVictim(why)) => {
-                // Give back what it holds so the other side of the cycle can finish, free this
-                // agent for other work, and retry the whole set atomically.
-                let mut actions = Vec::new();
-                if !held.is_empty() {
-                    actions.push(Action::Release(held.iter().map(|l| l.id).collect()));
-                }
-                let message = format!("deadlock victim ({why}); released what it held, re-planning");
-                actions.push(report(&a, Report::Blocked { message }));
-                actions.push(Action::Park { a: Assignment { incremental: false, ..a }, retry: true });
-                (Phase::Idle, actions)
+                (Phase::Idle, deadlock_victim(a, &held, &why))
             }
             (Phase::Acquiring { a, since, held, .. }, Event::AcquireFailed(error)) => {
-                let r = Report::Result {
-                    outcome: Outcome::Failed,
-                    output: Vec::new(),
-                    error: format!("acquiring the task's resources: {error}"),
-                    usage: Usage::default(),
-                    wall_ms: now.saturating_sub(since),
-                };
-                (Phase::Idle, release_then(&held, report(&a, r)))
+                (Phase::Idle, acquire_failed(&a, since, &held, &error, now))
             }
             (Phase::Acquiring { a, since, held, .. }, Event::Cancel) => {
-                let r = Report::Result {
-                    outcome: Outcome::Cancelled,
-                    output: Vec::new(),
-                    error: String::new(),
-                    usage: Usage::default(),
-                    wall_ms: now.saturating_sub(since),
-                };
-                let mut actions = vec![Action::CancelAcquire { task: a.task }];
-                actions.extend(release_then(&held, report(&a, r)));
-                (Phase::Idle, actions)
+                (Phase::Idle, acquire_cancelled(&a, since, &held, now))
             }
             (Phase::Acquiring { a, held, .. }, Event::Abandon) => {
                 let mut actions = vec![Action::CancelAcquire { task: a.task }];
@@ -256,10 +211,7 @@ impl Agent {
                 if task == a.task && !a.incremental =>
             {
                 let _ = (held, next);
-                let paths: Vec<&str> = a.resources.iter().map(|(p, _, _)| p.as_str()).collect();
-                let message =
-                    format!("waiting for {} since {} ms; re-planning", paths.join(", "), now.saturating_sub(since));
-                (Phase::Idle, vec![report(&a, Report::Blocked { message }), Action::Park { a, retry: false }])
+                (Phase::Idle, park_blocked(a, since, now))
             }
             (Phase::Idle, Event::Resume(a, leases)) => {
                 self.checkpoint_seq = 0;
@@ -268,11 +220,11 @@ impl Agent {
             }
             (Phase::Running { a, leases, since }, Event::Exec(ev)) => {
                 let r = self.exec_report(ev, false);
-                (Phase::Running { a: a.clone(), leases, since }, vec![report(&a, r)])
+                (Phase::Running { a: a.clone(), leases, since }, vec![report_on(&a, r)])
             }
             (Phase::Stopping { a, leases, since, reason }, Event::Exec(ev)) => {
                 let r = self.exec_report(ev, reason == Stop::Preempted);
-                let actions = if reason == Stop::Abandoned { Vec::new() } else { vec![report(&a, r)] };
+                let actions = if reason == Stop::Abandoned { Vec::new() } else { vec![report_on(&a, r)] };
                 (Phase::Stopping { a, leases, since, reason }, actions)
             }
             (Phase::Running { a, leases, since }, Event::Preempt) => {
@@ -285,45 +237,43 @@ impl Agent {
                 (Phase::Stopping { a, leases, since, reason: Stop::Abandoned }, vec![Action::Control(Control::Stop)])
             }
             (Phase::Running { a, leases, since }, Event::ExecDone(r)) => {
-                let outcome = match r.outcome {
-                    ExecOutcome::Succeeded => Outcome::Succeeded,
-                    ExecOutcome::Failed | ExecOutcome::Stopped => Outcome::Failed,
-                    ExecOutcome::TimedOut => Outcome::TimedOut,
-                };
-                let result = Report::Result {
-                    outcome,
-                    output: r.output,
-                    error: r.error,
-                    usage: r.usage,
-                    wall_ms: now.saturating_sub(since),
-                };
-                (Phase::Idle, release_then(&leases, report(&a, result)))
+                (Phase::Idle, finished(&a, &leases, since, r, now))
             }
             (Phase::Stopping { a, leases, since, reason }, Event::ExecDone(r)) => {
-                let outcome = match (reason, r.outcome) {
-                    (Stop::Preempted, _) => Outcome::Preempted,
-                    (_, ExecOutcome::Succeeded) => Outcome::Succeeded,
-                    _ => Outcome::Cancelled,
-                };
-                let result = Report::Result {
-                    outcome,
-                    output: r.output,
-                    error: r.error,
-                    usage: r.usage,
-                    wall_ms: now.saturating_sub(since),
-                };
-                let actions = match (reason, leases.is_empty()) {
-                    (Stop::Abandoned, true) => Vec::new(),
-                    (Stop::Abandoned, false) => vec![Action::Release(leases.iter().map(|l| l.id).collect())],
-                    _ => release_then(&leases, report(&a, result)),
-                };
-                (Phase::Idle, actions)
+                (Phase::Idle, stopped(&a, &leases, since, reason, r, now))
             }
             // Anything else is out of order (a late grant after a cancel, a duplicate notice):
             // keep the phase; a late grant is released so nothing is held for nobody.
             (phase, Event::Granted(leases)) => (phase, vec![Action::Release(leases.iter().map(|l| l.id).collect())]),
             (phase, _) => (phase, Vec::new()),
         }
+    }
+
+    /// A new assignment: start it at once if it needs nothing, else ask for its resources
+    /// (all at once, or the first of them when it acquires incrementally).
+    fn on_assigned(&mut self, a: Assignment, now: u64) -> (Phase, Vec<Action>) {
+        self.checkpoint_seq = 0;
+        if a.resources.is_empty() {
+            let start = self.start(&a, &[]);
+            return (Phase::Running { a, leases: Vec::new(), since: now }, start);
+        }
+        let next = if a.incremental { 1 } else { a.resources.len() };
+        let acquire = Action::Acquire { task: a.task, resources: a.resources[..next].to_vec(), priority: a.priority };
+        (Phase::Acquiring { a, since: now, held: Vec::new(), next }, vec![acquire])
+    }
+
+    /// A grant while acquiring: ask for the next resource of an incremental set, or start
+    /// once everything is held.
+    fn on_granted(&mut self, acquiring: Acquiring, leases: Vec<Lease>, now: u64) -> (Phase, Vec<Action>) {
+        let Acquiring { a, since, mut held, next } = acquiring;
+        held.extend(leases);
+        if next < a.resources.len() {
+            let acquire =
+                Action::Acquire { task: a.task, resources: vec![a.resources[next].clone()], priority: a.priority };
+            return (Phase::Acquiring { a, since, held, next: next + 1 }, vec![acquire]);
+        }
+        let start = self.start(&a, &held);
+        (Phase::Running { a, leases: held, since: now }, start)
     }
 
     fn start(&self, a: &Assignment, leases: &[Lease]) -> Vec<Action> {
@@ -354,6 +304,97 @@ impl Agent {
                 Report::Checkpoint { seq: self.checkpoint_seq, data, for_preemption }
             }
         }
+    }
+}
+
+/// The fields of [`Phase::Acquiring`], taken out of the phase.
+struct Acquiring {
+    a: Assignment,
+    since: u64,
+    held: Vec<Lease>,
+    next: usize,
+}
+
+/// A report on the attempt `a` is working on.
+fn report_on(a: &Assignment, report: Report) -> Action {
+    Action::Report { task: a.task, attempt: a.attempt, report }
+}
+
+/// The acquire was aborted to break a deadlock: give back what it holds so the other side of
+/// the cycle can finish, free this agent for other work, and retry the whole set atomically.
+fn deadlock_victim(a: Assignment, held: &[Lease], why: &str) -> Vec<Action> {
+    let mut actions = Vec::new();
+    if !held.is_empty() {
+        actions.push(Action::Release(held.iter().map(|l| l.id).collect()));
+    }
+    let message = format!("deadlock victim ({why}); released what it held, re-planning");
+    actions.push(report_on(&a, Report::Blocked { message }));
+    actions.push(Action::Park { a: Assignment { incremental: false, ..a }, retry: true });
+    actions
+}
+
+/// The acquire failed: give back what it holds and report the attempt failed.
+fn acquire_failed(a: &Assignment, since: u64, held: &[Lease], error: &str, now: u64) -> Vec<Action> {
+    let r = Report::Result {
+        outcome: Outcome::Failed,
+        output: Vec::new(),
+        error: format!("acquiring the task's resources: {error}"),
+        usage: Usage::default(),
+        wall_ms: now.saturating_sub(since),
+    };
+    release_then(held, report_on(a, r))
+}
+
+/// Cancelled while acquiring: withdraw the acquire, give back what it holds, report it cancelled.
+fn acquire_cancelled(a: &Assignment, since: u64, held: &[Lease], now: u64) -> Vec<Action> {
+    let r = Report::Result {
+        outcome: Outcome::Cancelled,
+        output: Vec::new(),
+        error: String::new(),
+        usage: Usage::default(),
+        wall_ms: now.saturating_sub(since),
+    };
+    let mut actions = vec![Action::CancelAcquire { task: a.task }];
+    actions.extend(release_then(held, report_on(a, r)));
+    actions
+}
+
+/// The acquire has waited too long: say so and hand the task to the supervisor to wait there.
+fn park_blocked(a: Assignment, since: u64, now: u64) -> Vec<Action> {
+    let paths: Vec<&str> = a.resources.iter().map(|(p, _, _)| p.as_str()).collect();
+    let message = format!("waiting for {} since {} ms; re-planning", paths.join(", "), now.saturating_sub(since));
+    vec![report_on(&a, Report::Blocked { message }), Action::Park { a, retry: false }]
+}
+
+/// The attempt's result report: its outcome, what the run produced, and the time since `since`.
+fn run_result(outcome: Outcome, r: ExecResult, since: u64, now: u64) -> Report {
+    Report::Result { outcome, output: r.output, error: r.error, usage: r.usage, wall_ms: now.saturating_sub(since) }
+}
+
+/// The run ended by itself: release, then report how it went.
+fn finished(a: &Assignment, leases: &[Lease], since: u64, r: ExecResult, now: u64) -> Vec<Action> {
+    let outcome = match r.outcome {
+        ExecOutcome::Succeeded => Outcome::Succeeded,
+        ExecOutcome::Failed | ExecOutcome::Stopped => Outcome::Failed,
+        ExecOutcome::TimedOut => Outcome::TimedOut,
+    };
+    let result = run_result(outcome, r, since, now);
+    release_then(leases, report_on(a, result))
+}
+
+/// The run we stopped has ended: release, then report it preempted or cancelled (or, when
+/// abandoned, report nothing).
+fn stopped(a: &Assignment, leases: &[Lease], since: u64, reason: Stop, r: ExecResult, now: u64) -> Vec<Action> {
+    let outcome = match (reason, r.outcome) {
+        (Stop::Preempted, _) => Outcome::Preempted,
+        (_, ExecOutcome::Succeeded) => Outcome::Succeeded,
+        _ => Outcome::Cancelled,
+    };
+    let result = run_result(outcome, r, since, now);
+    match (reason, leases.is_empty()) {
+        (Stop::Abandoned, true) => Vec::new(),
+        (Stop::Abandoned, false) => vec![Action::Release(leases.iter().map(|l| l.id).collect())],
+        _ => release_then(leases, report_on(a, result)),
     }
 }
 

@@ -173,150 +173,33 @@ const KNOWN_KEYS: [&str; 11] = [
 
 /// Parses one spec from its text; `file` only names it in errors.
 pub fn parse(file: &Path, text: &str) -> Result<AgentSpec, SpecError> {
-    let err = |line: Option<usize>, field: Option<&str>, message: String| SpecError {
-        file: file.to_path_buf(),
-        line,
-        field: field.map(String::from),
-        message,
-    };
+    let err = |line: Option<usize>, message: String| SpecError { file: file.to_path_buf(), line, field: None, message };
     if text.len() > AGENT_SPEC_BYTES_MAX {
-        return Err(err(None, None, format!("{} bytes is over the limit of {AGENT_SPEC_BYTES_MAX}", text.len())));
+        return Err(err(None, format!("{} bytes is over the limit of {AGENT_SPEC_BYTES_MAX}", text.len())));
     }
     let (yaml, prompt) = split_front_matter(text).ok_or_else(|| {
-        err(Some(1), None, "no front matter: the file must start with a `---` line and close it with another".into())
+        err(Some(1), "no front matter: the file must start with a `---` line and close it with another".into())
     })?;
-    // Front matter starts on line 2 of the file.
-    let file_line = |yaml_line: usize| yaml_line + 1;
-    let key_line = |key: &str| top_level_key_line(yaml, key).map(file_line);
-
-    for key in top_level_keys(yaml) {
-        if !KNOWN_KEYS.contains(&key.0.as_str()) && !CLAUDE_ONLY_KEYS.contains(&key.0.as_str()) {
-            return Err(err(
-                Some(file_line(key.1)),
-                Some(&key.0),
-                format!("unknown field; known fields: {}", KNOWN_KEYS.join(", ")),
-            ));
-        }
-    }
-    let raw: Raw = serde_saphyr::from_str(yaml).map_err(|e| {
-        let line = e.location().map(|l| l.line() as usize);
-        let message = without_yaml_position(&first_line(&e.to_string()));
-        let field = line.and_then(|l| field_at_line(yaml, l)).or_else(|| backticked(&message));
-        err(line.map(file_line), field.as_deref(), message)
-    })?;
-
-    let name = raw.name.ok_or_else(|| err(None, Some("name"), "required".into()))?;
-    let bad_name = name.is_empty()
-        || name.len() > AGENT_NAME_LEN_MAX_BYTES
-        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if bad_name {
-        return Err(err(
-            key_line("name"),
-            Some("name"),
-            format!("{name:?} must be 1..={AGENT_NAME_LEN_MAX_BYTES} bytes of a-z, 0-9 and -"),
-        ));
-    }
-    let description = raw.description.ok_or_else(|| err(None, Some("description"), "required".into()))?;
-    if description.trim().is_empty() || description.len() > AGENT_DESCRIPTION_LEN_MAX_BYTES {
-        return Err(err(
-            key_line("description"),
-            Some("description"),
-            format!("must be 1..={AGENT_DESCRIPTION_LEN_MAX_BYTES} bytes, not {}", description.len()),
-        ));
-    }
-    let list = |field: &str, items: Vec<String>| -> Result<Vec<String>, SpecError> {
-        if items.len() > AGENT_LIST_LEN_MAX {
-            return Err(err(
-                key_line(field),
-                Some(field),
-                format!("{} entries is over the limit of {AGENT_LIST_LEN_MAX}", items.len()),
-            ));
-        }
-        if let Some(i) = items.iter().position(|s| s.trim().is_empty() || s.len() > AGENT_ITEM_LEN_MAX_BYTES) {
-            return Err(err(
-                key_line(field),
-                Some(&format!("{field}[{i}]")),
-                format!("entries must be 1..={AGENT_ITEM_LEN_MAX_BYTES} bytes"),
-            ));
-        }
-        Ok(items)
-    };
-    let tools = list("tools", raw.tools.map(StringOrList::into_list).unwrap_or_default())?;
-    let capabilities = list("capabilities", raw.capabilities)?;
-    let context_scopes = list("context_scopes", raw.context_scopes)?;
-
+    let front = FrontMatter { file, yaml };
+    let raw = front.raw()?;
+    let name = front.name(raw.name)?;
+    let description = front.description(raw.description)?;
+    let tools = front.list("tools", raw.tools.map(StringOrList::into_list).unwrap_or_default())?;
+    let capabilities = front.list("capabilities", raw.capabilities)?;
+    let context_scopes = front.list("context_scopes", raw.context_scopes)?;
     let role = match raw.role {
         None => None,
-        Some(r) => Some(r.parse::<Role>().map_err(|e| err(key_line("role"), Some("role"), e.to_string()))?),
+        Some(r) => Some(r.parse::<Role>().map_err(|e| front.at("role", "role", e.to_string()))?),
     };
     let tier = match raw.tier {
-        Some(t) => t.parse::<Tier>().map_err(|e| err(key_line("tier"), Some("tier"), e.to_string()))?,
+        Some(t) => t.parse::<Tier>().map_err(|e| front.at("tier", "tier", e.to_string()))?,
         None => {
             raw.model.as_deref().and_then(claude_model_tier).or(role.map(Role::default_tier)).unwrap_or(Tier::Standard)
         }
     };
-
-    if raw.resources.len() > AGENT_LIST_LEN_MAX {
-        return Err(err(
-            key_line("resources"),
-            Some("resources"),
-            format!("{} entries is over the limit of {AGENT_LIST_LEN_MAX}", raw.resources.len()),
-        ));
-    }
-    let mut resources = Vec::new();
-    for (i, r) in raw.resources.into_iter().enumerate() {
-        let path = ResourcePath::parse(&r.path)
-            .map_err(|e| err(key_line("resources"), Some(&format!("resources[{i}].path")), e.message))?;
-        let mode = r
-            .mode
-            .parse::<Mode>()
-            .map_err(|e| err(key_line("resources"), Some(&format!("resources[{i}].mode")), e.message))?;
-        resources.push(ResourceAccess { path, mode });
-    }
-
-    let esc = raw.escalation.unwrap_or_default();
-    let max_tier = match esc.max_tier {
-        Some(t) => {
-            t.parse::<Tier>().map_err(|e| err(key_line("escalation"), Some("escalation.max_tier"), e.to_string()))?
-        }
-        None => Tier::Frontier,
-    };
-    if max_tier < tier {
-        return Err(err(
-            key_line("escalation"),
-            Some("escalation.max_tier"),
-            format!("{max_tier} is below the agent's own tier {tier}"),
-        ));
-    }
-    let after_failed_gates = esc.after_failed_gates.unwrap_or(1);
-    if !(1..=10).contains(&after_failed_gates) {
-        return Err(err(
-            key_line("escalation"),
-            Some("escalation.after_failed_gates"),
-            format!("{after_failed_gates} is outside 1..=10"),
-        ));
-    }
-
-    let b = raw.budget.unwrap_or_default();
-    if let Some(usd) = b.usd_per_task {
-        if !(usd > 0.0 && usd <= AGENT_TASK_USD_MAX) {
-            return Err(err(
-                key_line("budget"),
-                Some("budget.usd_per_task"),
-                format!("{usd} is outside (0, {AGENT_TASK_USD_MAX}]"),
-            ));
-        }
-    }
-    if let Some(tokens) = b.tokens_per_task {
-        if !(1..=AGENT_TASK_TOKENS_MAX).contains(&tokens) {
-            return Err(err(
-                key_line("budget"),
-                Some("budget.tokens_per_task"),
-                format!("{tokens} is outside 1..={AGENT_TASK_TOKENS_MAX}"),
-            ));
-        }
-    }
-
+    let resources = front.resources(raw.resources)?;
+    let escalation = front.escalation(raw.escalation.unwrap_or_default(), tier)?;
+    let budget = front.budget(raw.budget.unwrap_or_default())?;
     Ok(AgentSpec {
         name,
         description,
@@ -327,11 +210,165 @@ pub fn parse(file: &Path, text: &str) -> Result<AgentSpec, SpecError> {
         capabilities,
         context_scopes,
         resources,
-        escalation: Escalation { max_tier, after_failed_gates },
-        budget: Budget { usd_per_task: b.usd_per_task, tokens_per_task: b.tokens_per_task },
+        escalation,
+        budget,
         prompt: prompt.trim().to_string(),
         source: file.to_path_buf(),
     })
+}
+
+/// A spec's front matter being checked: each check's error names the file, the line of the
+/// key it is about and the field.
+struct FrontMatter<'a> {
+    file: &'a Path,
+    yaml: &'a str,
+}
+
+impl FrontMatter<'_> {
+    fn err(&self, line: Option<usize>, field: Option<&str>, message: String) -> SpecError {
+        SpecError { file: self.file.to_path_buf(), line, field: field.map(String::from), message }
+    }
+
+    /// An error about `field`, placed at the line of the top-level `key` it is under.
+    fn at(&self, key: &str, field: &str, message: String) -> SpecError {
+        // Front matter starts on line 2 of the file.
+        self.err(top_level_key_line(self.yaml, key).map(|l| l + 1), Some(field), message)
+    }
+
+    /// The front matter's fields, unchecked; an unknown key is an error.
+    fn raw(&self) -> Result<Raw, SpecError> {
+        for key in top_level_keys(self.yaml) {
+            if !KNOWN_KEYS.contains(&key.0.as_str()) && !CLAUDE_ONLY_KEYS.contains(&key.0.as_str()) {
+                return Err(self.err(
+                    Some(key.1 + 1),
+                    Some(&key.0),
+                    format!("unknown field; known fields: {}", KNOWN_KEYS.join(", ")),
+                ));
+            }
+        }
+        serde_saphyr::from_str(self.yaml).map_err(|e| {
+            let line = e.location().map(|l| l.line() as usize);
+            let message = without_yaml_position(&first_line(&e.to_string()));
+            let field = line.and_then(|l| field_at_line(self.yaml, l)).or_else(|| backticked(&message));
+            self.err(line.map(|l| l + 1), field.as_deref(), message)
+        })
+    }
+
+    /// `name`: required, a-z, 0-9 and - only, at most [`AGENT_NAME_LEN_MAX_BYTES`] bytes.
+    fn name(&self, name: Option<String>) -> Result<String, SpecError> {
+        let name = name.ok_or_else(|| self.err(None, Some("name"), "required".into()))?;
+        let bad_name = name.is_empty()
+            || name.len() > AGENT_NAME_LEN_MAX_BYTES
+            || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if bad_name {
+            return Err(self.at(
+                "name",
+                "name",
+                format!("{name:?} must be 1..={AGENT_NAME_LEN_MAX_BYTES} bytes of a-z, 0-9 and -"),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// `description`: required, not blank, bounded.
+    fn description(&self, description: Option<String>) -> Result<String, SpecError> {
+        let description = description.ok_or_else(|| self.err(None, Some("description"), "required".into()))?;
+        if description.trim().is_empty() || description.len() > AGENT_DESCRIPTION_LEN_MAX_BYTES {
+            return Err(self.at(
+                "description",
+                "description",
+                format!("must be 1..={AGENT_DESCRIPTION_LEN_MAX_BYTES} bytes, not {}", description.len()),
+            ));
+        }
+        Ok(description)
+    }
+
+    /// A list field: bounded in length, every entry non-blank and bounded.
+    fn list(&self, field: &str, items: Vec<String>) -> Result<Vec<String>, SpecError> {
+        if items.len() > AGENT_LIST_LEN_MAX {
+            return Err(self.at(
+                field,
+                field,
+                format!("{} entries is over the limit of {AGENT_LIST_LEN_MAX}", items.len()),
+            ));
+        }
+        if let Some(i) = items.iter().position(|s| s.trim().is_empty() || s.len() > AGENT_ITEM_LEN_MAX_BYTES) {
+            return Err(self.at(
+                field,
+                &format!("{field}[{i}]"),
+                format!("entries must be 1..={AGENT_ITEM_LEN_MAX_BYTES} bytes"),
+            ));
+        }
+        Ok(items)
+    }
+
+    /// `resources`: bounded, each a resource path and a lock mode.
+    fn resources(&self, raw: Vec<RawResource>) -> Result<Vec<ResourceAccess>, SpecError> {
+        if raw.len() > AGENT_LIST_LEN_MAX {
+            return Err(self.at(
+                "resources",
+                "resources",
+                format!("{} entries is over the limit of {AGENT_LIST_LEN_MAX}", raw.len()),
+            ));
+        }
+        let mut resources = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let path = ResourcePath::parse(&r.path)
+                .map_err(|e| self.at("resources", &format!("resources[{i}].path"), e.message))?;
+            let mode =
+                r.mode.parse::<Mode>().map_err(|e| self.at("resources", &format!("resources[{i}].mode"), e.message))?;
+            resources.push(ResourceAccess { path, mode });
+        }
+        Ok(resources)
+    }
+
+    /// `escalation`: a ceiling not below the agent's own `tier` (default frontier), after
+    /// 1..=10 failed gates (default 1).
+    fn escalation(&self, esc: RawEscalation, tier: Tier) -> Result<Escalation, SpecError> {
+        let max_tier = match esc.max_tier {
+            Some(t) => t.parse::<Tier>().map_err(|e| self.at("escalation", "escalation.max_tier", e.to_string()))?,
+            None => Tier::Frontier,
+        };
+        if max_tier < tier {
+            return Err(self.at(
+                "escalation",
+                "escalation.max_tier",
+                format!("{max_tier} is below the agent's own tier {tier}"),
+            ));
+        }
+        let after_failed_gates = esc.after_failed_gates.unwrap_or(1);
+        if !(1..=10).contains(&after_failed_gates) {
+            return Err(self.at(
+                "escalation",
+                "escalation.after_failed_gates",
+                format!("{after_failed_gates} is outside 1..=10"),
+            ));
+        }
+        Ok(Escalation { max_tier, after_failed_gates })
+    }
+
+    /// `budget`: optional per-task dollar and token ceilings, each within its bound.
+    fn budget(&self, b: RawBudget) -> Result<Budget, SpecError> {
+        if let Some(usd) = b.usd_per_task {
+            if !(usd > 0.0 && usd <= AGENT_TASK_USD_MAX) {
+                return Err(self.at(
+                    "budget",
+                    "budget.usd_per_task",
+                    format!("{usd} is outside (0, {AGENT_TASK_USD_MAX}]"),
+                ));
+            }
+        }
+        if let Some(tokens) = b.tokens_per_task {
+            if !(1..=AGENT_TASK_TOKENS_MAX).contains(&tokens) {
+                return Err(self.at(
+                    "budget",
+                    "budget.tokens_per_task",
+                    format!("{tokens} is outside 1..={AGENT_TASK_TOKENS_MAX}"),
+                ));
+            }
+        }
+        Ok(Budget { usd_per_task: b.usd_per_task, tokens_per_task: b.tokens_per_task })
+    }
 }
 
 /// Reads and parses one spec file.

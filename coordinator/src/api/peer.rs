@@ -25,6 +25,30 @@ impl PeerApi {
         }
         Ok(())
     }
+
+    /// Serves one of openraft's RPCs: checks it is meant for this node, decodes its payload,
+    /// runs it on the local raft and encodes the result (`ok`) or the error (`error`).
+    async fn serve<Rpc, R, E, O, Fut>(
+        &self,
+        target: u64,
+        payload: &[u8],
+        run: impl FnOnce(Rpc) -> Fut,
+        ok: fn(Vec<u8>) -> O,
+        error: fn(Vec<u8>) -> O,
+    ) -> Result<O, Status>
+    where
+        Rpc: serde::de::DeserializeOwned,
+        R: serde::Serialize,
+        E: serde::Serialize,
+        Fut: std::future::Future<Output = Result<R, E>>,
+    {
+        self.check_target(target)?;
+        let rpc = from_bytes(payload).map_err(undecodable)?;
+        Ok(match run(rpc).await {
+            Ok(r) => ok(to_bytes(&r)),
+            Err(e) => error(to_bytes(&e)),
+        })
+    }
 }
 
 fn undecodable(e: bincode::Error) -> Status {
@@ -37,42 +61,32 @@ impl pb::raft_peer_server::RaftPeer for PeerApi {
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<GrpcResponse<pb::AppendEntriesResponse>, Status> {
-        let req = request.into_inner();
-        self.check_target(req.target_node_id)?;
-        let rpc = from_bytes(&req.payload).map_err(undecodable)?;
         use pb::append_entries_response::Outcome;
-        let outcome = match self.node.raft.append_entries(rpc).await {
-            Ok(r) => Outcome::Ok(to_bytes(&r)),
-            Err(e) => Outcome::Error(to_bytes(&e)),
-        };
-        Ok(GrpcResponse::new(pb::AppendEntriesResponse { outcome: Some(outcome) }))
+        let req = request.into_inner();
+        let raft = &self.node.raft;
+        let outcome =
+            self.serve(req.target_node_id, &req.payload, |rpc| raft.append_entries(rpc), Outcome::Ok, Outcome::Error);
+        Ok(GrpcResponse::new(pb::AppendEntriesResponse { outcome: Some(outcome.await?) }))
     }
 
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<GrpcResponse<pb::VoteResponse>, Status> {
-        let req = request.into_inner();
-        self.check_target(req.target_node_id)?;
-        let rpc = from_bytes(&req.payload).map_err(undecodable)?;
         use pb::vote_response::Outcome;
-        let outcome = match self.node.raft.vote(rpc).await {
-            Ok(r) => Outcome::Ok(to_bytes(&r)),
-            Err(e) => Outcome::Error(to_bytes(&e)),
-        };
-        Ok(GrpcResponse::new(pb::VoteResponse { outcome: Some(outcome) }))
+        let req = request.into_inner();
+        let raft = &self.node.raft;
+        let outcome = self.serve(req.target_node_id, &req.payload, |rpc| raft.vote(rpc), Outcome::Ok, Outcome::Error);
+        Ok(GrpcResponse::new(pb::VoteResponse { outcome: Some(outcome.await?) }))
     }
 
     async fn install_snapshot(
         &self,
         request: Request<pb::InstallSnapshotRequest>,
     ) -> Result<GrpcResponse<pb::InstallSnapshotResponse>, Status> {
-        let req = request.into_inner();
-        self.check_target(req.target_node_id)?;
-        let rpc = from_bytes(&req.payload).map_err(undecodable)?;
         use pb::install_snapshot_response::Outcome;
-        let outcome = match self.node.raft.install_snapshot(rpc).await {
-            Ok(r) => Outcome::Ok(to_bytes(&r)),
-            Err(e) => Outcome::Error(to_bytes(&e)),
-        };
-        Ok(GrpcResponse::new(pb::InstallSnapshotResponse { outcome: Some(outcome) }))
+        let req = request.into_inner();
+        let raft = &self.node.raft;
+        let outcome =
+            self.serve(req.target_node_id, &req.payload, |rpc| raft.install_snapshot(rpc), Outcome::Ok, Outcome::Error);
+        Ok(GrpcResponse::new(pb::InstallSnapshotResponse { outcome: Some(outcome.await?) }))
     }
 
     async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<GrpcResponse<pb::ProposeResponse>, Status> {

@@ -13,7 +13,7 @@
 //! not list, so nothing assigned in between is missed; assignments are de-duplicated by
 //! `(task, attempt)`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,7 @@ use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::raft::state_machine::Subscription;
 use crate::state::{Command, Effect, Refusal, Response, SessionId, TaskId};
 use crate::state::{GpuInfo, Outcome, ProviderInfo, TaskReport, TaskStatus, Usage, WorkerSpec};
 
@@ -114,6 +115,88 @@ fn pending_assignments(
     running.into_iter().filter(|k| sent.insert(*k)).filter_map(|(id, _)| assignment(node, id, session)).collect()
 }
 
+/// The slots per role and the session TTL a worker's `Register` asks for, checked.
+fn checked_registration(reg: &pb::worker_message::Register) -> Result<(BTreeMap<Role, u32>, u64), Status> {
+    validate::check_name("register.node_id", &reg.node_id, WORKER_NODE_ID_LEN_MAX_BYTES).map_err(ApiError::from)?;
+    let mut slots = BTreeMap::new();
+    for (i, r) in reg.roles.iter().enumerate() {
+        let role: Role = r
+            .role
+            .parse()
+            .map_err(|e: qm_shared::agent::UnknownName| {
+                Invalid::new(format!("register.roles[{i}].role"), e.to_string())
+            })
+            .map_err(ApiError::from)?;
+        slots.insert(role, r.slots);
+    }
+    let ttl_ms = if reg.session_ttl_ms == 0 { SESSION_TTL_MS_DEFAULT } else { reg.session_ttl_ms };
+    validate::check_session_ttl_ms(ttl_ms)
+        .map_err(|e| ApiError::Invalid(Invalid::new("register.session_ttl_ms", e.message)))?;
+    Ok((slots, ttl_ms))
+}
+
+/// The worker's session: the one it names if that is still alive, else a new one.
+async fn open_session(node: &Node, reg: &pb::worker_message::Register, ttl_ms: u64) -> Result<SessionId, Status> {
+    let resumed = SessionId(reg.session_id);
+    if reg.session_id != 0
+        && matches!(node.propose(Command::KeepAlive { session: resumed }).await?.1, Response::SessionKept { .. })
+    {
+        return Ok(resumed);
+    }
+    let label = format!("worker/{}", reg.node_id);
+    match node.propose(Command::OpenSession { label, ttl_ms }).await?.1 {
+        Response::SessionOpened { session, .. } => Ok(session),
+        Response::Refused(Refusal::Exhausted { what, max }) => {
+            Err(ApiError::ResourceExhausted(format!("{what}: at most {max}")).into())
+        }
+        other => Err(ApiError::Internal(format!("unexpected answer: {other:?}")).into()),
+    }
+}
+
+/// The worker as `Register` describes it, on `session`, still running the `listed` tasks.
+fn worker_spec(
+    reg: &pb::worker_message::Register,
+    session: SessionId,
+    slots: BTreeMap<Role, u32>,
+    listed: &BTreeSet<TaskId>,
+) -> WorkerSpec {
+    WorkerSpec {
+        session,
+        node_id: reg.node_id.clone(),
+        slots,
+        labels: reg.labels.clone().into_iter().collect(),
+        running: listed.iter().copied().collect(),
+        gpus: reg
+            .gpus
+            .iter()
+            .map(|g| GpuInfo { index: g.index, model: g.model.clone(), memory_bytes: g.memory_bytes })
+            .collect(),
+        providers: reg
+            .model_providers
+            .iter()
+            .map(|p| ProviderInfo {
+                name: p.name.clone(),
+                kind: match pb::ProviderKind::try_from(p.kind) {
+                    Ok(pb::ProviderKind::Anthropic) => "anthropic".into(),
+                    _ => "openai".into(),
+                },
+                local: p.local,
+            })
+            .collect(),
+    }
+}
+
+/// Registers the worker; returns the tasks it listed that it must abandon.
+async fn register_worker(node: &Node, spec: WorkerSpec) -> Result<Vec<u64>, Status> {
+    let command = Command::RegisterWorker(spec);
+    crate::state::validate_command(&command).map_err(ApiError::from)?;
+    match node.propose(command).await?.1 {
+        Response::WorkerRegistered { abandon, .. } => Ok(abandon.into_iter().map(|t| t.0).collect()),
+        Response::Refused(r) => Err(ApiError::FailedPrecondition(r.to_string()).into()),
+        other => Err(ApiError::Internal(format!("unexpected answer: {other:?}")).into()),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
     type ConnectStream = Pin<Box<dyn Stream<Item = Out> + Send + 'static>>;
@@ -128,72 +211,14 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
         let Some(pb::worker_message::Msg::Register(reg)) = first.msg else {
             return Err(ApiError::Invalid(Invalid::new("msg", "the first message must be `register`")).into());
         };
-        validate::check_name("register.node_id", &reg.node_id, WORKER_NODE_ID_LEN_MAX_BYTES).map_err(ApiError::from)?;
-        let mut slots = std::collections::BTreeMap::new();
-        for (i, r) in reg.roles.iter().enumerate() {
-            let role: Role = r
-                .role
-                .parse()
-                .map_err(|e: qm_shared::agent::UnknownName| {
-                    Invalid::new(format!("register.roles[{i}].role"), e.to_string())
-                })
-                .map_err(ApiError::from)?;
-            slots.insert(role, r.slots);
-        }
-        let ttl_ms = if reg.session_ttl_ms == 0 { SESSION_TTL_MS_DEFAULT } else { reg.session_ttl_ms };
-        validate::check_session_ttl_ms(ttl_ms)
-            .map_err(|e| ApiError::Invalid(Invalid::new("register.session_ttl_ms", e.message)))?;
+        let (slots, ttl_ms) = checked_registration(&reg)?;
 
         // Subscribe before registering: nothing assigned from here on is missed.
-        let mut live = self.node.shared.subscribe();
+        let live = self.node.shared.subscribe();
         let node = self.node.clone();
-        let resumed = SessionId(reg.session_id);
-        let session = if reg.session_id != 0
-            && matches!(node.propose(Command::KeepAlive { session: resumed }).await?.1, Response::SessionKept { .. })
-        {
-            resumed
-        } else {
-            let label = format!("worker/{}", reg.node_id);
-            match node.propose(Command::OpenSession { label, ttl_ms }).await?.1 {
-                Response::SessionOpened { session, .. } => session,
-                Response::Refused(Refusal::Exhausted { what, max }) => {
-                    return Err(ApiError::ResourceExhausted(format!("{what}: at most {max}")).into())
-                }
-                other => return Err(ApiError::Internal(format!("unexpected answer: {other:?}")).into()),
-            }
-        };
+        let session = open_session(&node, &reg, ttl_ms).await?;
         let listed: BTreeSet<TaskId> = reg.running_task_ids.iter().map(|id| TaskId(*id)).collect();
-        let spec = WorkerSpec {
-            session,
-            node_id: reg.node_id.clone(),
-            slots,
-            labels: reg.labels.clone().into_iter().collect(),
-            running: listed.iter().copied().collect(),
-            gpus: reg
-                .gpus
-                .iter()
-                .map(|g| GpuInfo { index: g.index, model: g.model.clone(), memory_bytes: g.memory_bytes })
-                .collect(),
-            providers: reg
-                .model_providers
-                .iter()
-                .map(|p| ProviderInfo {
-                    name: p.name.clone(),
-                    kind: match pb::ProviderKind::try_from(p.kind) {
-                        Ok(pb::ProviderKind::Anthropic) => "anthropic".into(),
-                        _ => "openai".into(),
-                    },
-                    local: p.local,
-                })
-                .collect(),
-        };
-        let command = Command::RegisterWorker(spec);
-        crate::state::validate_command(&command).map_err(ApiError::from)?;
-        let abandon: Vec<u64> = match node.propose(command).await?.1 {
-            Response::WorkerRegistered { abandon, .. } => abandon.into_iter().map(|t| t.0).collect(),
-            Response::Refused(r) => return Err(ApiError::FailedPrecondition(r.to_string()).into()),
-            other => return Err(ApiError::Internal(format!("unexpected answer: {other:?}")).into()),
-        };
+        let abandon = register_worker(&node, worker_spec(&reg, session, slots, &listed)).await?;
         tracing::info!(node_id = %reg.node_id, %session, "worker registered");
 
         let (tx, rx) = mpsc::channel::<Out>(OUTBOUND_BUFFER_LEN);
@@ -205,173 +230,192 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
             server_time_ms: node.clock.now_ms(),
             abandon_task_ids: abandon,
         };
-        let _ = tx.send(msg(pb::coordinator_message::Msg::Registered(registered))).await;
-        // Tasks the worker listed keep running there; everything else running on the session
-        // is sent as an assignment.
-        let mut sent: BTreeSet<(TaskId, u32)> = node.shared.read(|d| {
+        let connection = Connection { node, session, tx };
+        let sent = connection.greet(registered, &listed).await;
+        tokio::spawn(connection.clone().forward_effects(live, sent));
+        tokio::spawn(connection.serve_reports(inbound));
+        Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One registered worker's stream: the node serving it, its session, and the queue of
+/// messages toward it.
+#[derive(Clone)]
+struct Connection {
+    node: Arc<Node>,
+    session: SessionId,
+    tx: mpsc::Sender<Out>,
+}
+
+impl Connection {
+    /// Sends `Registered`, then every running assignment of the session the worker did not
+    /// list (tasks it listed keep running there); returns the assignments it now has.
+    async fn greet(
+        &self,
+        registered: pb::coordinator_message::Registered,
+        listed: &BTreeSet<TaskId>,
+    ) -> BTreeSet<(TaskId, u32)> {
+        let _ = self.tx.send(msg(pb::coordinator_message::Msg::Registered(registered))).await;
+        let mut sent: BTreeSet<(TaskId, u32)> = self.node.shared.read(|d| {
             listed
                 .iter()
                 .filter_map(|id| d.state.tasks().get(*id))
-                .filter(|t| t.status == TaskStatus::Running && t.session == Some(session))
+                .filter(|t| t.status == TaskStatus::Running && t.session == Some(self.session))
                 .map(|t| (t.id, t.attempt))
                 .collect()
         });
-        for m in pending_assignments(&node, session, &mut sent) {
-            let _ = tx.send(Ok(m)).await;
+        for m in pending_assignments(&self.node, self.session, &mut sent) {
+            let _ = self.tx.send(Ok(m)).await;
         }
+        sent
+    }
 
-        // Outbound: this session's effects as they apply.
-        {
-            let (node, tx) = (node.clone(), tx.clone());
-            tokio::spawn(async move {
-                loop {
-                    let applied = match live.recv().await {
-                        Ok(a) => a,
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            for m in pending_assignments(&node, session, &mut sent) {
-                                if tx.send(Ok(m)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            continue;
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    };
-                    for e in &applied.effects {
-                        let out = match e {
-                            Effect::TaskAssigned { task, attempt, session: s } if *s == session => {
-                                if !sent.insert((*task, *attempt)) {
-                                    continue;
-                                }
-                                match assignment(&node, *task, session) {
-                                    Some(m) => Ok(m),
-                                    None => continue,
-                                }
-                            }
-                            Effect::TaskCancelRequested { task, session: s, .. } if *s == session => {
-                                msg(pb::coordinator_message::Msg::Cancel(pb::coordinator_message::Cancel {
-                                    task_id: task.0,
-                                    reason: "cancelled".into(),
-                                }))
-                            }
-                            Effect::PreemptRequested { reservation, owner, session: s, grace_ms, deadline, .. }
-                                if *s == session =>
-                            {
-                                let Some(task) = owner_task(owner) else { continue };
-                                msg(pb::coordinator_message::Msg::PreemptNotice(
-                                    pb::coordinator_message::PreemptNotice {
-                                        reservation_id: reservation.0,
-                                        task_id: task,
-                                        grace_ms: *grace_ms,
-                                        deadline_at_ms: *deadline,
-                                    },
-                                ))
-                            }
-                            Effect::SessionExpired { session: s } if *s == session => Err(Status::failed_precondition(
-                                format!("session {session} expired: register again for a new one"),
-                            )),
-                            _ => continue,
-                        };
-                        let end = out.is_err();
-                        if tx.send(out).await.is_err() || end {
+    /// Outbound: this session's effects as they apply, until the worker goes away, the
+    /// session expires or the node stops applying.
+    async fn forward_effects(self, mut live: Subscription, mut sent: BTreeSet<(TaskId, u32)>) {
+        loop {
+            let applied = match live.recv().await {
+                Ok(a) => a,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    for m in pending_assignments(&self.node, self.session, &mut sent) {
+                        if self.tx.send(Ok(m)).await.is_err() {
                             return;
                         }
                     }
+                    continue;
                 }
-            });
-        }
-
-        // Inbound: heartbeats and reports.
-        tokio::spawn(async move {
-            loop {
-                let m = match inbound.message().await {
-                    Ok(Some(m)) => m,
-                    Ok(None) | Err(_) => return,
-                };
-                let Some(m) = m.msg else { continue };
-                use pb::worker_message::Msg;
-                let (command, result) = match m {
-                    Msg::Register(_) => {
-                        let _ = tx.send(Err(Status::invalid_argument("`register` only as the first message"))).await;
-                        return;
-                    }
-                    Msg::Heartbeat(_) => (Command::KeepAlive { session }, None),
-                    Msg::Progress(p) => {
-                        let report = TaskReport::Progress {
-                            percent: p.percent_done,
-                            stage: p.stage,
-                            usage: usage_from_pb(&p.usage),
-                        };
-                        (Command::ReportTask { session, task: TaskId(p.task_id), attempt: p.attempt, report }, None)
-                    }
-                    Msg::Checkpoint(c) => {
-                        let report =
-                            TaskReport::Checkpoint { seq: c.seq, data: c.data, for_preemption: c.for_preemption };
-                        (Command::ReportTask { session, task: TaskId(c.task_id), attempt: c.attempt, report }, None)
-                    }
-                    Msg::Blocked(b) => {
-                        let report = TaskReport::Blocked { message: b.message };
-                        (Command::ReportTask { session, task: TaskId(b.task_id), attempt: b.attempt, report }, None)
-                    }
-                    Msg::Result(r) => {
-                        let outcome = match outcome_from_pb(r.outcome) {
-                            Ok(o) => o,
-                            Err(e) => {
-                                let _ = tx.send(Err(ApiError::Invalid(e).into())).await;
-                                return;
-                            }
-                        };
-                        let report = TaskReport::Finished {
-                            outcome,
-                            output: r.output,
-                            error: r.error,
-                            usage: usage_from_pb(&r.usage),
-                            wall_ms: r.wall_time_ms,
-                            agent: r.agent,
-                        };
-                        let key = (r.task_id, r.attempt);
-                        (
-                            Command::ReportTask { session, task: TaskId(r.task_id), attempt: r.attempt, report },
-                            Some(key),
-                        )
-                    }
-                };
-                if let Err(e) = crate::state::validate_command(&command) {
-                    let _ = tx.send(Err(ApiError::Invalid(e).into())).await;
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            for e in &applied.effects {
+                let Some(out) = self.effect_message(e, &mut sent) else { continue };
+                let end = out.is_err();
+                if self.tx.send(out).await.is_err() || end {
                     return;
                 }
-                match node.propose(command).await {
-                    Ok((_, Response::Refused(Refusal::SessionUnknown { .. } | Refusal::NotAWorker { .. }))) => {
-                        let _ = tx.send(Err(Status::failed_precondition(format!("session {session} is gone")))).await;
-                        return;
-                    }
-                    Ok((_, resp)) => {
-                        if let Some((task_id, attempt)) = result {
-                            let status = match resp {
-                                Response::TaskReported { status, .. } => status.as_str(),
-                                _ => "stale",
-                            };
-                            let accepted = pb::coordinator_message::ResultAccepted {
-                                task_id,
-                                attempt,
-                                status: status.to_string(),
-                            };
-                            if tx.send(msg(pb::coordinator_message::Msg::ResultAccepted(accepted))).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        // The write did not make it (no leader): end the stream so the worker
-                        // reconnects and resends what is unacknowledged.
-                        tracing::debug!(error = %e, %session, "worker report not committed");
-                        let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        return;
-                    }
-                }
             }
-        });
-        Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(rx))))
+        }
+    }
+
+    /// What an applied effect tells this worker, if anything: an assignment not sent yet, a
+    /// cancel, a preemption notice, or (as an error ending the stream) its session's expiry.
+    fn effect_message(&self, e: &Effect, sent: &mut BTreeSet<(TaskId, u32)>) -> Option<Out> {
+        let session = self.session;
+        match e {
+            Effect::TaskAssigned { task, attempt, session: s } if *s == session => {
+                if !sent.insert((*task, *attempt)) {
+                    return None;
+                }
+                assignment(&self.node, *task, session).map(Ok)
+            }
+            Effect::TaskCancelRequested { task, session: s, .. } if *s == session => {
+                Some(msg(pb::coordinator_message::Msg::Cancel(pb::coordinator_message::Cancel {
+                    task_id: task.0,
+                    reason: "cancelled".into(),
+                })))
+            }
+            Effect::PreemptRequested { reservation, owner, session: s, grace_ms, deadline, .. } if *s == session => {
+                let task = owner_task(owner)?;
+                Some(msg(pb::coordinator_message::Msg::PreemptNotice(pb::coordinator_message::PreemptNotice {
+                    reservation_id: reservation.0,
+                    task_id: task,
+                    grace_ms: *grace_ms,
+                    deadline_at_ms: *deadline,
+                })))
+            }
+            Effect::SessionExpired { session: s } if *s == session => Some(Err(Status::failed_precondition(format!(
+                "session {session} expired: register again for a new one"
+            )))),
+            _ => None,
+        }
+    }
+
+    /// Inbound: heartbeats and reports, each proposed as a command, until the worker closes
+    /// the stream or a message ends it.
+    async fn serve_reports(self, mut inbound: Streaming<pb::WorkerMessage>) {
+        loop {
+            let m = match inbound.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) | Err(_) => return,
+            };
+            let Some(m) = m.msg else { continue };
+            let (command, result) = match self.command(m) {
+                Ok(c) => c,
+                Err(status) => {
+                    let _ = self.tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            if !self.commit(command, result).await {
+                return;
+            }
+        }
+    }
+
+    /// The checked command a worker's message asks for and, for a task result, the
+    /// `(task, attempt)` to acknowledge; an error ends the stream.
+    fn command(&self, m: pb::worker_message::Msg) -> Result<(Command, Option<(u64, u32)>), Status> {
+        use pb::worker_message::Msg;
+        let session = self.session;
+        let (command, result) = match m {
+            Msg::Register(_) => return Err(Status::invalid_argument("`register` only as the first message")),
+            Msg::Heartbeat(_) => (Command::KeepAlive { session }, None),
+            Msg::Progress(p) => {
+                let report =
+                    TaskReport::Progress { percent: p.percent_done, stage: p.stage, usage: usage_from_pb(&p.usage) };
+                (Command::ReportTask { session, task: TaskId(p.task_id), attempt: p.attempt, report }, None)
+            }
+            Msg::Checkpoint(c) => {
+                let report = TaskReport::Checkpoint { seq: c.seq, data: c.data, for_preemption: c.for_preemption };
+                (Command::ReportTask { session, task: TaskId(c.task_id), attempt: c.attempt, report }, None)
+            }
+            Msg::Blocked(b) => {
+                let report = TaskReport::Blocked { message: b.message };
+                (Command::ReportTask { session, task: TaskId(b.task_id), attempt: b.attempt, report }, None)
+            }
+            Msg::Result(r) => {
+                let outcome = outcome_from_pb(r.outcome).map_err(ApiError::Invalid)?;
+                let report = TaskReport::Finished {
+                    outcome,
+                    output: r.output,
+                    error: r.error,
+                    usage: usage_from_pb(&r.usage),
+                    wall_ms: r.wall_time_ms,
+                    agent: r.agent,
+                };
+                let key = (r.task_id, r.attempt);
+                (Command::ReportTask { session, task: TaskId(r.task_id), attempt: r.attempt, report }, Some(key))
+            }
+        };
+        crate::state::validate_command(&command).map_err(ApiError::Invalid)?;
+        Ok((command, result))
+    }
+
+    /// Proposes a worker's command and acknowledges a task result with `ResultAccepted`;
+    /// false when the stream must end (the session is gone, the write failed, the worker left).
+    async fn commit(&self, command: Command, result: Option<(u64, u32)>) -> bool {
+        let session = self.session;
+        match self.node.propose(command).await {
+            Ok((_, Response::Refused(Refusal::SessionUnknown { .. } | Refusal::NotAWorker { .. }))) => {
+                let _ = self.tx.send(Err(Status::failed_precondition(format!("session {session} is gone")))).await;
+                false
+            }
+            Ok((_, resp)) => {
+                let Some((task_id, attempt)) = result else { return true };
+                let status = match resp {
+                    Response::TaskReported { status, .. } => status.as_str(),
+                    _ => "stale",
+                };
+                let accepted = pb::coordinator_message::ResultAccepted { task_id, attempt, status: status.to_string() };
+                self.tx.send(msg(pb::coordinator_message::Msg::ResultAccepted(accepted))).await.is_ok()
+            }
+            Err(e) => {
+                // The write did not make it (no leader): end the stream so the worker
+                // reconnects and resends what is unacknowledged.
+                tracing::debug!(error = %e, %session, "worker report not committed");
+                let _ = self.tx.send(Err(Status::unavailable(e.to_string()))).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                false
+            }
+        }
     }
 }

@@ -79,11 +79,37 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct Network {
     target: NodeId,
     addr: String,
-    client: Option<pb::raft_peer_client::RaftPeerClient<Channel>>,
+    client: Option<PeerClient>,
     connector: Connector,
 }
 
 type RpcErr<E> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
+
+type PeerClient = pb::raft_peer_client::RaftPeerClient<Channel>;
+
+/// A peer's answer to one of openraft's RPCs: the encoded result, the encoded error, or neither.
+trait Answer {
+    fn into_parts(self) -> (Option<Vec<u8>>, Option<Vec<u8>>);
+}
+
+/// Implements [`Answer`] for a response message whose `outcome` is the given oneof.
+macro_rules! answer {
+    ($response:ty, $outcome:ident) => {
+        impl Answer for $response {
+            fn into_parts(self) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+                match self.outcome {
+                    Some(pb::$outcome::Outcome::Ok(b)) => (Some(b), None),
+                    Some(pb::$outcome::Outcome::Error(b)) => (None, Some(b)),
+                    None => (None, None),
+                }
+            }
+        }
+    };
+}
+
+answer!(pb::AppendEntriesResponse, append_entries_response);
+answer!(pb::InstallSnapshotResponse, install_snapshot_response);
+answer!(pb::VoteResponse, vote_response);
 
 fn transport<E: std::error::Error>(status: tonic::Status) -> RpcErr<E> {
     match status.code() {
@@ -113,7 +139,7 @@ impl Network {
         transport(status)
     }
 
-    fn client<E: std::error::Error>(&self) -> Result<pb::raft_peer_client::RaftPeerClient<Channel>, RpcErr<E>> {
+    fn client<E: std::error::Error>(&self) -> Result<PeerClient, RpcErr<E>> {
         self.client.clone().ok_or_else(|| {
             let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad peer address {:?}", self.addr));
             RPCError::Unreachable(Unreachable::new(&e))
@@ -124,6 +150,31 @@ impl Network {
         let mut req = tonic::Request::new(message);
         req.set_timeout(option.hard_ttl());
         req
+    }
+
+    /// One of openraft's RPCs to the peer: sent with openraft's hard deadline, awaited up to
+    /// its soft one (see [`Network::failed`]), and its answer turned into openraft's result.
+    async fn call<M, A, R, E, Fut>(
+        &mut self,
+        message: M,
+        option: &RPCOption,
+        send: impl FnOnce(PeerClient, tonic::Request<M>) -> Fut,
+    ) -> Result<R, RpcErr<E>>
+    where
+        A: Answer,
+        Fut: std::future::Future<Output = Result<tonic::Response<A>, tonic::Status>>,
+        R: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        let client = self.client()?;
+        let req = self.request(message, option);
+        let resp = match tokio::time::timeout(option.soft_ttl(), send(client, req)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => return Err(self.failed(status)),
+            Err(_) => return Err(self.failed(tonic::Status::deadline_exceeded("no answer within the RPC's deadline"))),
+        };
+        let (ok, err) = resp.into_parts();
+        self.outcome(ok, err)
     }
 
     /// Turns a `(ok | error)` outcome into openraft's result.
@@ -156,20 +207,8 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        let mut client = self.client()?;
-        let req =
-            self.request(pb::AppendEntriesRequest { payload: to_bytes(&rpc), target_node_id: self.target }, &option);
-        let resp = match tokio::time::timeout(option.soft_ttl(), client.append_entries(req)).await {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(status)) => return Err(self.failed(status)),
-            Err(_) => return Err(self.failed(tonic::Status::deadline_exceeded("no answer within the RPC's deadline"))),
-        };
-        let (ok, err) = match resp.outcome {
-            Some(pb::append_entries_response::Outcome::Ok(b)) => (Some(b), None),
-            Some(pb::append_entries_response::Outcome::Error(b)) => (None, Some(b)),
-            None => (None, None),
-        };
-        self.outcome(ok, err)
+        let message = pb::AppendEntriesRequest { payload: to_bytes(&rpc), target_node_id: self.target };
+        self.call(message, &option, |mut c: PeerClient, req| async move { c.append_entries(req).await }).await
     }
 
     async fn install_snapshot(
@@ -177,20 +216,8 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        let mut client = self.client()?;
-        let req =
-            self.request(pb::InstallSnapshotRequest { payload: to_bytes(&rpc), target_node_id: self.target }, &option);
-        let resp = match tokio::time::timeout(option.soft_ttl(), client.install_snapshot(req)).await {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(status)) => return Err(self.failed(status)),
-            Err(_) => return Err(self.failed(tonic::Status::deadline_exceeded("no answer within the RPC's deadline"))),
-        };
-        let (ok, err) = match resp.outcome {
-            Some(pb::install_snapshot_response::Outcome::Ok(b)) => (Some(b), None),
-            Some(pb::install_snapshot_response::Outcome::Error(b)) => (None, Some(b)),
-            None => (None, None),
-        };
-        self.outcome(ok, err)
+        let message = pb::InstallSnapshotRequest { payload: to_bytes(&rpc), target_node_id: self.target };
+        self.call(message, &option, |mut c: PeerClient, req| async move { c.install_snapshot(req).await }).await
     }
 
     async fn vote(
@@ -198,19 +225,8 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        let mut client = self.client()?;
-        let req = self.request(pb::VoteRequest { payload: to_bytes(&rpc), target_node_id: self.target }, &option);
-        let resp = match tokio::time::timeout(option.soft_ttl(), client.vote(req)).await {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(status)) => return Err(self.failed(status)),
-            Err(_) => return Err(self.failed(tonic::Status::deadline_exceeded("no answer within the RPC's deadline"))),
-        };
-        let (ok, err) = match resp.outcome {
-            Some(pb::vote_response::Outcome::Ok(b)) => (Some(b), None),
-            Some(pb::vote_response::Outcome::Error(b)) => (None, Some(b)),
-            None => (None, None),
-        };
-        self.outcome(ok, err)
+        let message = pb::VoteRequest { payload: to_bytes(&rpc), target_node_id: self.target };
+        self.call(message, &option, |mut c: PeerClient, req| async move { c.vote(req).await }).await
     }
 
     /// After an unreachable peer: 20 ms, doubling to 320 ms. openraft's constant 500 ms would

@@ -246,7 +246,28 @@ pub fn run(opts: &Options) -> Report {
 }
 
 fn run_inner(opts: &Options) -> Report {
-    let shared = World::new(opts.keep_trace);
+    let mut run = Run::new(opts);
+    let violation = match run.steps() {
+        Err(v) => Some(v),
+        Ok(finals) if finals.is_empty() => Some(Violation::new(
+            "run-finished",
+            format!("the run hit its deadline at {}ms before converging", run.t),
+            run.t,
+        )),
+        Ok(finals) => run.check_end(&finals),
+    };
+    run.finish(violation)
+}
+
+impl Violation {
+    fn new(invariant: &str, message: String, t_ms: u64) -> Violation {
+        Violation { invariant: invariant.to_string(), message, t_ms }
+    }
+}
+
+/// The simulation with every host on it (the nodes, the clients, the workers and the control
+/// host), each node's clock, and the nemesis that knows them all.
+fn build(opts: &Options, shared: &Shared) -> (turmoil::Sim<'static>, BTreeMap<u64, SimClock>, Nemesis) {
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_millis(opts.deadline_ms() + 10_000))
         .tick_duration(Duration::from_millis(1))
@@ -272,7 +293,7 @@ fn run_inner(opts: &Options) -> Report {
     }
     for c in 1..=opts.clients {
         let (o, sh) = (opts.clone(), shared.clone());
-        lock(&shared).history.progress.insert(format!("c{c}"), 0);
+        lock(shared).history.progress.insert(format!("c{c}"), 0);
         sim.host(format!("c{c}"), move || workload::run(c, o.clone(), sh.clone()));
         hosts.push(format!("c{c}"));
     }
@@ -286,186 +307,240 @@ fn run_inner(opts: &Options) -> Report {
         sim.host("ctl", move || nemesis::control(o.clone(), sh.clone()));
         hosts.push("ctl".into());
     }
+    let nemesis = Nemesis::new(opts, stores, clocks.clone(), hosts);
+    (sim, clocks, nemesis)
+}
 
-    let mut nemesis = Nemesis::new(opts, stores.clone(), clocks.clone(), hosts);
-    let mut checks = invariants::all();
-    let mut liveness = invariants::liveness::Liveness::default();
-    let mut observer = Observer::default();
-    let mut healed_at: Option<u64> = None;
-    let mut converge_started = 0;
-    let mut violation: Option<Violation> = None;
-    let mut finals: Vec<Final> = Vec::new();
-    let fail = |name: &str, message: String, t_ms: u64| Some(Violation { invariant: name.to_string(), message, t_ms });
+/// One seed's run in progress: the simulation, its faults, its checkers and what they have
+/// seen so far.
+struct Run<'a> {
+    opts: &'a Options,
+    shared: Shared,
+    sim: turmoil::Sim<'static>,
+    clocks: BTreeMap<u64, SimClock>,
+    nemesis: Nemesis,
+    checks: Vec<Box<dyn Invariant>>,
+    liveness: invariants::liveness::Liveness,
+    observer: Observer,
+    healed_at: Option<u64>,
+    converge_started: u64,
+    /// Simulated time at the latest step.
+    t: u64,
+}
 
-    let steps_max = opts.deadline_ms();
-    let mut t = 0;
-    for _ in 0..steps_max {
-        t = sim.elapsed().as_millis() as u64;
-        for c in clocks.values() {
-            c.set_now(t);
+impl<'a> Run<'a> {
+    fn new(opts: &'a Options) -> Run<'a> {
+        let shared = World::new(opts.keep_trace);
+        let (sim, clocks, nemesis) = build(opts, &shared);
+        Run {
+            opts,
+            shared,
+            sim,
+            clocks,
+            nemesis,
+            checks: invariants::all(),
+            liveness: invariants::liveness::Liveness::default(),
+            observer: Observer::default(),
+            healed_at: None,
+            converge_started: 0,
+            t: 0,
         }
-        let phase = lock(&shared).phase;
-        if phase == Phase::Chaos && t >= opts.chaos_ms {
-            nemesis.heal(&mut sim, t, &shared);
-            healed_at = Some(t);
-            lock(&shared).phase = Phase::Liveness;
-        } else if phase == Phase::Liveness {
-            let clients = opts.clients as usize;
-            if liveness.satisfied(clients) || t >= healed_at.unwrap_or(0) + opts.liveness_ms {
-                lock(&shared).phase = Phase::Converge;
-                lock(&shared).trace.event(t, "phase", format_args!("converge"));
-                converge_started = t;
+    }
+
+    /// Steps until the replicas converge (their final states) or an invariant breaks; no
+    /// final states if the deadline comes first.
+    fn steps(&mut self) -> Result<Vec<Final>, Violation> {
+        for _ in 0..self.opts.deadline_ms() {
+            if let Some(finals) = self.step()? {
+                return Ok(finals);
             }
         }
-        nemesis.before_step(&mut sim, t, &shared);
-        if let Err(e) = sim.step() {
-            violation = fail("host-software", format!("a host failed: {e}"), t);
-            break;
+        Ok(Vec::new())
+    }
+
+    /// One 1 ms step: the phase moves on, the nemesis acts, the hosts run, and every checker
+    /// looks at the outcome. `Some`: the replicas have converged, with these final states.
+    fn step(&mut self) -> Result<Option<Vec<Final>>, Violation> {
+        self.t = self.sim.elapsed().as_millis() as u64;
+        for c in self.clocks.values() {
+            c.set_now(self.t);
         }
-        t = sim.elapsed().as_millis() as u64;
+        self.advance_phase();
+        self.nemesis.before_step(&mut self.sim, self.t, &self.shared);
+        if let Err(e) = self.sim.step() {
+            return Err(Violation::new("host-software", format!("a host failed: {e}"), self.t));
+        }
+        self.t = self.sim.elapsed().as_millis() as u64;
         if let Some(p) = PANICS.with(|p| p.borrow().as_ref().and_then(|l| l.first().cloned())) {
-            violation = fail("no-panic", format!("a host panicked: {p}"), t);
-            break;
+            return Err(Violation::new("no-panic", format!("a host panicked: {p}"), self.t));
         }
-        let records = observer.drain(&shared, t);
-        let reps = replicas(&shared, &clocks, t, &mut observer);
+        let records = self.observer.drain(&self.shared, self.t);
+        let reps = replicas(&self.shared, &self.clocks, self.t, &mut self.observer);
         let (writes, reads, phase) = {
-            let mut w = lock(&shared);
+            let mut w = lock(&self.shared);
             w.applied_max = w.applied_max.max(reps.iter().map(|r| r.applied).max().unwrap_or(0));
             (std::mem::take(&mut w.new_writes), std::mem::take(&mut w.history.reads), w.phase)
         };
-        {
-            let w = lock(&shared);
-            let obs = Obs {
-                t_ms: t,
-                phase,
-                healed_at_ms: healed_at,
-                replicas: &reps,
-                records: &records,
-                applied: &observer.applied,
-                writes: &writes,
-                reads: &reads,
-                history: &w.history,
-                leader_clock_max_ms: observer.leader_clock_max_ms,
-                healthy_since_ms: nemesis.healthy_since_ms,
-            };
-            for c in checks.iter_mut() {
-                if let Err(m) = c.on_step(&obs) {
-                    violation = fail(c.name(), m, t);
-                    break;
-                }
-            }
-            if violation.is_none() {
-                if let Err(m) = liveness.on_step(&obs) {
-                    violation = fail(liveness.name(), m, t);
-                }
-            }
-        }
-        if violation.is_some() {
-            break;
-        }
+        self.check_step(phase, &reps, &records, &writes, &reads)?;
         if phase == Phase::Converge {
-            let all_up = reps.len() as u64 == opts.nodes;
-            let same = reps.windows(2).all(|p| p[0].applied == p[1].applied);
-            let nodes: Vec<(u64, Arc<Node>)> = lock(&shared).nodes.iter().map(|(k, v)| (*k, v.clone())).collect();
-            if all_up && same && reps.first().is_some_and(|r| r.applied > 0) && t >= converge_started + 2_000 {
-                finals = nodes
-                    .iter()
-                    .map(|(id, n)| {
-                        n.shared.read(|d| Final {
-                            id: *id,
-                            applied: d.last_applied.map_or(0, |l| l.index),
-                            snapshot: d.state.snapshot(),
-                            grants: d.state.grants().collect(),
-                            tasks: d
-                                .state
-                                .tasks()
-                                .iter()
-                                .map(|t| {
-                                    (
-                                        t.id.0,
-                                        FinalTask {
-                                            status: t.status,
-                                            attempt: t.attempt,
-                                            output: String::from_utf8_lossy(&t.output).into_owned(),
-                                            checkpoint: t.checkpoint.as_ref().map(|c| (c.attempt, c.seq)),
-                                        },
-                                    )
-                                })
-                                .collect(),
-                        })
-                    })
-                    .collect();
-                lock(&shared).phase = Phase::Done;
-                break;
-            }
-            if t >= converge_started + opts.converge_ms {
-                let applied: Vec<String> = reps.iter().map(|r| format!("n{}@{}", r.id, r.applied)).collect();
-                violation = fail(
-                    "replicas-converge",
-                    format!("replicas did not catch up within {}ms: {}", opts.converge_ms, applied.join(" ")),
-                    t,
-                );
-                break;
+            return self.converged(&reps);
+        }
+        Ok(None)
+    }
+
+    /// Chaos ends (faults healed) at `chaos_ms`; liveness ends once every client made
+    /// progress or `liveness_ms` after the heal, and convergence begins.
+    fn advance_phase(&mut self) {
+        let t = self.t;
+        let phase = lock(&self.shared).phase;
+        if phase == Phase::Chaos && t >= self.opts.chaos_ms {
+            self.nemesis.heal(&mut self.sim, t, &self.shared);
+            self.healed_at = Some(t);
+            lock(&self.shared).phase = Phase::Liveness;
+        } else if phase == Phase::Liveness {
+            let clients = self.opts.clients as usize;
+            if self.liveness.satisfied(clients) || t >= self.healed_at.unwrap_or(0) + self.opts.liveness_ms {
+                lock(&self.shared).phase = Phase::Converge;
+                lock(&self.shared).trace.event(t, "phase", format_args!("converge"));
+                self.converge_started = t;
             }
         }
     }
-    if violation.is_none() {
-        if finals.is_empty() {
-            violation = fail("run-finished", format!("the run hit its deadline at {t}ms before converging"), t);
-        } else {
-            let w = lock(&shared);
-            let end = End {
-                t_ms: t,
-                healed_at_ms: healed_at.unwrap_or(0),
-                replicas: &finals,
-                applied: &observer.applied,
-                history: &w.history,
-            };
-            for c in checks.iter_mut() {
-                if let Err(m) = c.at_end(&end) {
-                    violation = fail(c.name(), m, t);
-                    break;
-                }
-            }
-            if violation.is_none() {
-                if let Err(m) = liveness.at_end(&end) {
-                    violation = fail(liveness.name(), m, t);
-                }
+
+    /// Every invariant, then liveness, on what this step showed.
+    fn check_step(
+        &mut self,
+        phase: Phase,
+        reps: &[Replica],
+        records: &[(u64, Arc<Applied>)],
+        writes: &[(String, fenced::FencedWrite)],
+        reads: &[world::ReadObs],
+    ) -> Result<(), Violation> {
+        let t = self.t;
+        let w = lock(&self.shared);
+        let obs = Obs {
+            t_ms: t,
+            phase,
+            healed_at_ms: self.healed_at,
+            replicas: reps,
+            records,
+            applied: &self.observer.applied,
+            writes,
+            reads,
+            history: &w.history,
+            leader_clock_max_ms: self.observer.leader_clock_max_ms,
+            healthy_since_ms: self.nemesis.healthy_since_ms,
+        };
+        for c in self.checks.iter_mut() {
+            c.on_step(&obs).map_err(|m| Violation::new(c.name(), m, t))?;
+        }
+        self.liveness.on_step(&obs).map_err(|m| Violation::new(self.liveness.name(), m, t))
+    }
+
+    /// In the converge phase: every replica's final state once all are up, agree and have
+    /// applied something, 2 s into the phase; a violation once `converge_ms` has passed.
+    fn converged(&mut self, reps: &[Replica]) -> Result<Option<Vec<Final>>, Violation> {
+        let t = self.t;
+        let all_up = reps.len() as u64 == self.opts.nodes;
+        let same = reps.windows(2).all(|p| p[0].applied == p[1].applied);
+        let nodes: Vec<(u64, Arc<Node>)> = lock(&self.shared).nodes.iter().map(|(k, v)| (*k, v.clone())).collect();
+        if all_up && same && reps.first().is_some_and(|r| r.applied > 0) && t >= self.converge_started + 2_000 {
+            let finals = nodes.iter().map(|(id, n)| final_state(*id, n)).collect();
+            lock(&self.shared).phase = Phase::Done;
+            return Ok(Some(finals));
+        }
+        if t >= self.converge_started + self.opts.converge_ms {
+            let applied: Vec<String> = reps.iter().map(|r| format!("n{}@{}", r.id, r.applied)).collect();
+            return Err(Violation::new(
+                "replicas-converge",
+                format!("replicas did not catch up within {}ms: {}", self.opts.converge_ms, applied.join(" ")),
+                t,
+            ));
+        }
+        Ok(None)
+    }
+
+    /// Every invariant's end check, then liveness's, on the replicas' final states.
+    fn check_end(&mut self, finals: &[Final]) -> Option<Violation> {
+        let t = self.t;
+        let w = lock(&self.shared);
+        let end = End {
+            t_ms: t,
+            healed_at_ms: self.healed_at.unwrap_or(0),
+            replicas: finals,
+            applied: &self.observer.applied,
+            history: &w.history,
+        };
+        for c in self.checks.iter_mut() {
+            if let Err(m) = c.at_end(&end) {
+                return Some(Violation::new(c.name(), m, t));
             }
         }
+        self.liveness.at_end(&end).err().map(|m| Violation::new(self.liveness.name(), m, t))
     }
-    lock(&shared).phase = Phase::Done;
-    let mut w = lock(&shared);
-    if let Some(v) = &violation {
-        w.trace.event(v.t_ms, "VIOLATION", format_args!("{}: {}", v.invariant, v.message));
+
+    /// Ends the run: the violation (if any) goes into the trace, the report is taken, and
+    /// every host is dropped while the simulation is still alive.
+    fn finish(self, violation: Option<Violation>) -> Report {
+        let (opts, t) = (self.opts, self.t);
+        lock(&self.shared).phase = Phase::Done;
+        let mut w = lock(&self.shared);
+        if let Some(v) = &violation {
+            w.trace.event(v.t_ms, "VIOLATION", format_args!("{}: {}", v.invariant, v.message));
+        }
+        let fenced_writes = w.fenced.values().map(|f| f.accepted + f.rejected).sum();
+        let fenced_rejected = w.fenced.values().map(|f| f.rejected).sum();
+        let report = Report {
+            seed: opts.seed,
+            nodes: opts.nodes,
+            chaos_ms: opts.chaos_ms,
+            faults_enabled: opts.faults,
+            focus: opts.focus,
+            trace_hash: w.trace.hash(),
+            trace_lines: w.trace.lines(),
+            ops: w.history.ops,
+            grants_acked: w.history.grants.len() as u64,
+            fenced_writes,
+            fenced_rejected,
+            faults: self.nemesis.total(),
+            faults_by_kind: self.nemesis.injected.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            sim_ms: t,
+            applied_index: self.observer.applied.keys().next_back().copied().unwrap_or(0),
+            snapshot_installs: self.observer.snapshot_installs,
+            violation,
+            trace_tail: w.trace.tail().cloned().collect(),
+            trace_all: w.trace.all().map(|a| a.to_vec()),
+        };
+        drop(w);
+        // Drop every host (and the node handles) while the simulation is still alive.
+        lock(&self.shared).nodes.clear();
+        drop(self.sim);
+        report
     }
-    let fenced_writes = w.fenced.values().map(|f| f.accepted + f.rejected).sum();
-    let fenced_rejected = w.fenced.values().map(|f| f.rejected).sum();
-    let report = Report {
-        seed: opts.seed,
-        nodes: opts.nodes,
-        chaos_ms: opts.chaos_ms,
-        faults_enabled: opts.faults,
-        focus: opts.focus,
-        trace_hash: w.trace.hash(),
-        trace_lines: w.trace.lines(),
-        ops: w.history.ops,
-        grants_acked: w.history.grants.len() as u64,
-        fenced_writes,
-        fenced_rejected,
-        faults: nemesis.total(),
-        faults_by_kind: nemesis.injected.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-        sim_ms: t,
-        applied_index: observer.applied.keys().next_back().copied().unwrap_or(0),
-        snapshot_installs: observer.snapshot_installs,
-        violation,
-        trace_tail: w.trace.tail().cloned().collect(),
-        trace_all: w.trace.all().map(|a| a.to_vec()),
-    };
-    drop(w);
-    // Drop every host (and the node handles) while the simulation is still alive.
-    lock(&shared).nodes.clear();
-    drop(sim);
-    report
+}
+
+/// A replica's final state, for the end checks.
+fn final_state(id: u64, node: &Node) -> Final {
+    node.shared.read(|d| Final {
+        id,
+        applied: d.last_applied.map_or(0, |l| l.index),
+        snapshot: d.state.snapshot(),
+        grants: d.state.grants().collect(),
+        tasks: d
+            .state
+            .tasks()
+            .iter()
+            .map(|t| {
+                (
+                    t.id.0,
+                    FinalTask {
+                        status: t.status,
+                        attempt: t.attempt,
+                        output: String::from_utf8_lossy(&t.output).into_owned(),
+                        checkpoint: t.checkpoint.as_ref().map(|c| (c.attempt, c.seq)),
+                    },
+                )
+            })
+            .collect(),
+    })
 }
