@@ -374,18 +374,31 @@ fn a_hotfix_goes_first_and_docs_wait_at_most_their_aging_bound() {
     let bound = config.aging_bound_ms(100);
     let submitted = c.state.jobs().get(docs).unwrap().submitted_at;
     let mut dispatched_at = None;
+    let mut stream = Vec::new();
     for i in 0..2_000 {
         if c.pass(docs, "d").status != PassStatus::Queued {
             dispatched_at = Some(c.now);
             break;
         }
-        c.submit(job(&format!("g{i}"), "feature", 500, "platform", one("f")));
+        stream.push(c.submit(job(&format!("g{i}"), "feature", 500, "platform", one("f"))));
         c.now += 40;
         let t = *c.running.keys().next().unwrap();
         c.finish(t, "x", (1, 1));
     }
-    let waited = dispatched_at.expect("docs dispatched") - submitted;
+    let dispatched_at = dispatched_at.expect("docs dispatched");
+    let waited = dispatched_at - submitted;
     assert!(waited <= bound, "docs waited {waited} ms, bound {bound} ms");
+    assert!(stream.len() > 10, "features kept arriving while it waited: {}", stream.len());
+    // A feature (500) submitted more than (500 - 100) points of aging after the docs item never
+    // goes before it.
+    let overtake_ms = u64::from(500 - 100) * config.aging_interval_ms / u64::from(config.aging_step);
+    for id in stream {
+        let j = c.state.jobs().get(id).unwrap();
+        let ran_first = j.events.iter().any(|e| e.message.starts_with("running") && e.at < dispatched_at);
+        if ran_first {
+            assert!(j.submitted_at <= submitted + overtake_ms, "{id} overtook the docs item");
+        }
+    }
 }
 
 #[test]

@@ -106,8 +106,8 @@ pub const AGENT_DESCRIPTION_LEN_MAX_BYTES: usize = 2_048;
 pub const AGENT_LIST_LEN_MAX: usize = 64;
 /// Longest single entry of such a list.
 pub const AGENT_ITEM_LEN_MAX_BYTES: usize = 512;
-/// Largest per-task budget an agent spec may set, in US dollars.
-pub const AGENT_TASK_USD_MAX: f64 = 10_000.0;
+/// Largest per-task budget an agent spec may set, in micro-dollars ($10,000).
+pub const AGENT_TASK_MONEY_MICROS_MAX: u64 = 10_000_000_000;
 /// Largest per-task token budget an agent spec may set.
 pub const AGENT_TASK_TOKENS_MAX: u64 = 100_000_000;
 
@@ -182,6 +182,7 @@ pub const PROJECT_GRACE_MS_DEFAULT: u64 = 5_000;
 const _: () = assert!(LIST_PAGE_DEFAULT <= LIST_PAGE_MAX);
 const _: () = assert!(TASKS_ENDED_RETAINED_MAX <= TASKS_MAX);
 const _: () = assert!(JOBS_ENDED_RETAINED_MAX <= JOBS_MAX);
+const _: () = assert!(AGENT_TASK_MONEY_MICROS_MAX <= MONEY_MICROS_MAX);
 // A worker's report (output, checkpoint) travels in one client message.
 const _: () = assert!(TASK_OUTPUT_BYTES_MAX + TASK_CHECKPOINT_BYTES_MAX < CLIENT_MESSAGE_BYTES_MAX);
 // Any one pass output fits the artifact cache.

@@ -207,10 +207,12 @@ impl Project {
 
 /// Money as micro-dollars, printed as dollars.
 pub fn dollars(micros: u64) -> String {
+    // Integer arithmetic throughout, rounding half up: money is never a binary float.
     if micros < 10_000 && micros > 0 {
-        format!("${:.4}", micros as f64 / 1e6)
+        format!("$0.{:04}", (micros + 50) / 100)
     } else {
-        format!("${:.2}", micros as f64 / 1e6)
+        let cents = micros / 10_000 + u64::from(micros % 10_000 >= 5_000);
+        format!("${}.{:02}", cents / 100, cents % 100)
     }
 }
 
@@ -244,5 +246,25 @@ mod text_bytes {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         Ok(String::deserialize(d)?.into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_prints_and_parses_exactly_in_integers() {
+        assert_eq!(dollars(0), "$0.00");
+        assert_eq!(dollars(100), "$0.0001");
+        assert_eq!(dollars(9_999), "$0.0100");
+        assert_eq!(dollars(10_000), "$0.01");
+        assert_eq!(dollars(1_234_999), "$1.23");
+        assert_eq!(dollars(1_235_000), "$1.24", "half a cent rounds up");
+        assert_eq!(dollars(crate::limits::MONEY_MICROS_MAX), "$1000000000.00");
+        assert_eq!(parse_dollars("x", "0.1").unwrap(), 100_000);
+        assert_eq!(parse_dollars("x", "$2.50").unwrap(), 2_500_000);
+        assert_eq!(parse_dollars("x", "0.000001").unwrap(), 1);
+        assert!(parse_dollars("x", "0.0000001").is_err(), "finer than a micro-dollar");
     }
 }

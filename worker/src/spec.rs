@@ -29,8 +29,9 @@ use std::path::{Path, PathBuf};
 
 use qm_shared::limits::{
     AGENT_DESCRIPTION_LEN_MAX_BYTES, AGENT_ITEM_LEN_MAX_BYTES, AGENT_LIST_LEN_MAX, AGENT_NAME_LEN_MAX_BYTES,
-    AGENT_SPECS_MAX, AGENT_SPEC_BYTES_MAX, AGENT_TASK_TOKENS_MAX, AGENT_TASK_USD_MAX,
+    AGENT_SPECS_MAX, AGENT_SPEC_BYTES_MAX, AGENT_TASK_MONEY_MICROS_MAX, AGENT_TASK_TOKENS_MAX,
 };
+use qm_shared::workflow::{dollars, parse_dollars};
 use qm_shared::{Mode, ResourcePath, Role, Tier};
 use serde::{Deserialize, Serialize};
 
@@ -72,7 +73,8 @@ pub struct Escalation {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Budget {
-    pub usd_per_task: Option<f64>,
+    /// The per-task money ceiling, in micro-dollars (`usd_per_task` in the file).
+    pub money_per_task_micros: Option<u64>,
     pub tokens_per_task: Option<u64>,
 }
 
@@ -135,8 +137,38 @@ struct RawEscalation {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawBudget {
-    usd_per_task: Option<f64>,
+    usd_per_task: Option<Dollars>,
     tokens_per_task: Option<u64>,
+}
+
+/// An amount of dollars as written (`2.5`, `"2.50"`, `3`), kept as text so that it becomes
+/// integer micro-dollars exactly, never through a binary float.
+struct Dollars(String);
+
+impl<'de> Deserialize<'de> for Dollars {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dollars, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Dollars;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an amount in dollars, such as 2.50")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dollars, E> {
+                Ok(Dollars(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dollars, E> {
+                Ok(Dollars(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Dollars, E> {
+                Ok(Dollars(v.to_string()))
+            }
+            // The shortest text that reads back as the same number: what the file says.
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Dollars, E> {
+                Ok(Dollars(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 #[derive(Deserialize)]
@@ -349,15 +381,24 @@ impl FrontMatter<'_> {
 
     /// `budget`: optional per-task dollar and token ceilings, each within its bound.
     fn budget(&self, b: RawBudget) -> Result<Budget, SpecError> {
-        if let Some(usd) = b.usd_per_task {
-            if !(usd > 0.0 && usd <= AGENT_TASK_USD_MAX) {
-                return Err(self.at(
-                    "budget",
-                    "budget.usd_per_task",
-                    format!("{usd} is outside (0, {AGENT_TASK_USD_MAX}]"),
-                ));
+        let money = match b.usd_per_task {
+            Some(Dollars(text)) => {
+                let field = "budget.usd_per_task";
+                // The line that sets it (front matter starts on line 2), else the budget's.
+                let line = self.yaml.lines().position(|l| l.contains("usd_per_task")).map(|l| l + 2);
+                let at = |message: String| match line {
+                    Some(line) => self.err(Some(line), Some(field), message),
+                    None => self.at("budget", field, message),
+                };
+                let micros = parse_dollars(field, &text).map_err(|e| at(e.message))?;
+                if !(1..=AGENT_TASK_MONEY_MICROS_MAX).contains(&micros) {
+                    let max = dollars(AGENT_TASK_MONEY_MICROS_MAX);
+                    return Err(at(format!("{text} is outside (0, {max}]")));
+                }
+                Some(micros)
             }
-        }
+            None => None,
+        };
         if let Some(tokens) = b.tokens_per_task {
             if !(1..=AGENT_TASK_TOKENS_MAX).contains(&tokens) {
                 return Err(self.at(
@@ -367,7 +408,7 @@ impl FrontMatter<'_> {
                 ));
             }
         }
-        Ok(Budget { usd_per_task: b.usd_per_task, tokens_per_task: b.tokens_per_task })
+        Ok(Budget { money_per_task_micros: money, tokens_per_task: b.tokens_per_task })
     }
 }
 
@@ -550,6 +591,7 @@ mod tests {
         assert_eq!(spec.resources[0].path.to_string(), "pg:staging");
         assert_eq!(spec.escalation, Escalation { max_tier: Tier::Standard, after_failed_gates: 2 });
         assert_eq!(spec.budget.tokens_per_task, Some(1000));
+        assert_eq!(spec.budget.money_per_task_micros, Some(1_500_000), "$1.5 exactly");
     }
 
     #[test]
@@ -573,8 +615,17 @@ mod tests {
 
         let e = p("---\nname: a\ndescription: d\nbudget:\n  usd_per_task: lots\n---\n").unwrap_err();
         assert_eq!(e.line, Some(5), "{e}");
-        assert!(e.to_string().ends_with("field `budget.usd_per_task`: invalid floating point (f64 value)"), "{e}");
+        assert!(
+            e.to_string().ends_with("field `budget.usd_per_task`: \"lots\" is not an amount in dollars (e.g. 2.50)"),
+            "{e}"
+        );
         assert_eq!(e.field.as_deref(), Some("budget.usd_per_task"), "{e}");
+
+        let e = p("---\nname: a\ndescription: d\nbudget:\n  usd_per_task: 20000\n---\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(5), Some("budget.usd_per_task")), "{e}");
+        assert!(e.message.contains("20000 is outside (0, $10000.00]"), "{e}");
+        let tenth = p("---\nname: a\ndescription: d\nbudget: { usd_per_task: 0.1 }\n---\n").unwrap();
+        assert_eq!(tenth.budget.money_per_task_micros, Some(100_000), "a tenth of a dollar, exactly");
 
         let e = p("no front matter").unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
