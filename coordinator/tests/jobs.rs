@@ -391,7 +391,7 @@ fn a_hotfix_goes_first_and_docs_wait_at_most_their_aging_bound() {
     assert!(stream.len() > 10, "features kept arriving while it waited: {}", stream.len());
     // A feature (500) submitted more than (500 - 100) points of aging after the docs item never
     // goes before it.
-    let overtake_ms = u64::from(500 - 100) * config.aging_interval_ms / u64::from(config.aging_step);
+    let overtake_ms = (500 - 100) * config.aging_interval_ms / u64::from(config.aging_step);
     for id in stream {
         let j = c.state.jobs().get(id).unwrap();
         let ran_first = j.events.iter().any(|e| e.message.starts_with("running") && e.at < dispatched_at);
