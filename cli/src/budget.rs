@@ -70,22 +70,13 @@ async fn set(
 ) -> Result<(), Failure> {
     let limit_micros = parse_dollars("LIMIT", &limit).map_err(|e| Failure::usage(e.to_string()))?;
     let req = pb::SetBudgetRequest { scope, name, limit_micros, period };
-    let b = client
-        .call(|ch| {
-            let req = req.clone();
-            async move { Ok(Client::jobs(ch).set_budget(req).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
+    let b = client.set_budget(req).await.map_err(status_failure)?;
     emit(output, &budget_json(&b), &format!("{BUDGET_HEADER}{}", budget_line(&b)));
     Ok(())
 }
 
 async fn show(client: &Client, output: Output) -> Result<(), Failure> {
-    let resp = client
-        .call(|ch| async move { Ok(Client::jobs(ch).list_budgets(pb::ListBudgetsRequest {}).await?.into_inner()) })
-        .await
-        .map_err(status_failure)?;
+    let resp = client.list_budgets().await.map_err(status_failure)?;
     let text: String = std::iter::once(BUDGET_HEADER.to_string()).chain(resp.budgets.iter().map(budget_line)).collect();
     emit(output, &json!({"budgets": resp.budgets.iter().map(budget_json).collect::<Vec<_>>()}), &text);
     Ok(())

@@ -104,27 +104,13 @@ async fn status(client: &Client, output: Output) -> Result<(), Failure> {
 async fn add(client: &Client, id: u64, address: &str, learner: bool, output: Output) -> Result<(), Failure> {
     let address = qm_shared::client::normalize(address);
     let added = client
-        .call(|ch| {
-            let address = address.clone();
-            async move {
-                Ok(Client::cluster(ch)
-                    .add_learner(pb::AddLearnerRequest { node_id: id, address, wait_caught_up: true })
-                    .await?
-                    .into_inner())
-            }
-        })
+        .add_learner(pb::AddLearnerRequest { node_id: id, address, wait_caught_up: true })
         .await
         .map_err(status_failure)?;
     let members = if learner {
         added.members
     } else {
-        client
-            .call(|ch| async move {
-                Ok(Client::cluster(ch).promote(pb::PromoteRequest { node_id: id }).await?.into_inner())
-            })
-            .await
-            .map_err(status_failure)?
-            .members
+        client.promote(pb::PromoteRequest { node_id: id }).await.map_err(status_failure)?.members
     };
     let value = json!({"added": id, "members": members.iter().map(member_json).collect::<Vec<_>>()});
     emit(
@@ -137,10 +123,7 @@ async fn add(client: &Client, id: u64, address: &str, learner: bool, output: Out
 
 /// `qm cluster remove`.
 async fn remove(client: &Client, id: u64, output: Output) -> Result<(), Failure> {
-    let resp = client
-        .call(|ch| async move { Ok(Client::cluster(ch).remove(pb::RemoveRequest { node_id: id }).await?.into_inner()) })
-        .await
-        .map_err(status_failure)?;
+    let resp = client.remove(pb::RemoveRequest { node_id: id }).await.map_err(status_failure)?;
     let value = json!({"removed": id, "members": resp.members.iter().map(member_json).collect::<Vec<_>>()});
     emit(output, &value, &format!("node {id} removed; {} members\n", resp.members.len()));
     Ok(())
@@ -148,12 +131,7 @@ async fn remove(client: &Client, id: u64, output: Output) -> Result<(), Failure>
 
 /// `qm cluster transfer-leader`: to voter `to`, or the most up-to-date one.
 async fn transfer_leader(client: &Client, to: Option<u64>, output: Output) -> Result<(), Failure> {
-    let resp = client
-        .call(|ch| async move {
-            Ok(Client::cluster(ch).transfer_leader(pb::TransferLeaderRequest { to_node_id: to }).await?.into_inner())
-        })
-        .await
-        .map_err(status_failure)?;
+    let resp = client.transfer_leader(pb::TransferLeaderRequest { to_node_id: to }).await.map_err(status_failure)?;
     let value = json!({"leader_id": resp.leader_id, "term": resp.term});
     emit(
         output,
@@ -169,12 +147,7 @@ async fn transfer_leader(client: &Client, to: Option<u64>, output: Output) -> Re
 
 /// `qm cluster snapshot`: on the answering node, waiting for it to finish.
 async fn snapshot(client: &Client, output: Output) -> Result<(), Failure> {
-    let resp = client
-        .call(|ch| async move {
-            Ok(Client::cluster(ch).snapshot_now(pb::SnapshotNowRequest { wait: true }).await?.into_inner())
-        })
-        .await
-        .map_err(status_failure)?;
+    let resp = client.snapshot_now(pb::SnapshotNowRequest { wait: true }).await.map_err(status_failure)?;
     let value = json!({"snapshot_index": resp.snapshot_index, "store_size_bytes": resp.snapshot_size_bytes});
     emit(
         output,

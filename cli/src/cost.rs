@@ -150,10 +150,7 @@ async fn fetch_ledger(client: &Client, since_ms: u64) -> Result<pb::CostReportRe
     let mut after_seq = 0;
     loop {
         let page = client
-            .call(|ch| async move {
-                let req = pb::CostReportRequest { since_ms, limit: 0, after_seq };
-                Ok(Client::jobs(ch).cost_report(req).await?.into_inner())
-            })
+            .cost_report(pb::CostReportRequest { since_ms, limit: 0, after_seq })
             .await
             .map_err(status_failure)?;
         resp.entries.extend(page.entries);
@@ -290,13 +287,8 @@ fn csv_cell(c: &str) -> String {
 /// `qm cost forecast`: one run of a workflow (a built-in name or a file), from the ledger.
 async fn forecast(client: &Client, workflow: String, output: Output) -> Result<(), Failure> {
     let (name, toml) = workflow_source(workflow)?;
-    let resp = client
-        .call(|ch| {
-            let req = pb::ForecastRequest { workflow: name.clone(), workflow_toml: toml.clone() };
-            async move { Ok(Client::jobs(ch).forecast(req).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
+    let resp =
+        client.forecast(pb::ForecastRequest { workflow: name, workflow_toml: toml }).await.map_err(status_failure)?;
     let mut text = format!(
         "forecast of one run of {}\n{:<16} {:<13} {:<9} {:>10} {:>10}  {}\n",
         resp.workflow, "PASS", "ROLE", "TIER", "PASS", "GATE", "BASIS"

@@ -215,13 +215,7 @@ async fn submit_set(
         timeout_ms: 0,
         incremental,
     };
-    let resp = client
-        .call(|ch| {
-            let req = req.clone();
-            async move { Ok(Client::tasks(ch).submit(req).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
+    let resp = client.submit_task(req).await.map_err(status_failure)?;
     let how = if incremental { ", one at a time" } else { "" };
     eprintln!(
         "submitted task {} ({role}, {work_item}, priority {priority}) needing {}{how}",
@@ -232,10 +226,7 @@ async fn submit_set(
 }
 
 async fn tasks(client: &Client) -> Result<Vec<pb::TaskInfo>, Failure> {
-    let resp = client
-        .call(|ch| async move { Ok(Client::tasks(ch).list(pb::ListTasksRequest::default()).await?.into_inner()) })
-        .await
-        .map_err(status_failure)?;
+    let resp = client.list_tasks(pb::ListTasksRequest::default()).await.map_err(status_failure)?;
     Ok(resp.tasks)
 }
 
@@ -274,13 +265,7 @@ async fn agents_demo(client: &Client, output: Output) -> Result<(), Failure> {
         policy: pb::ResourcePolicy::Preempt as i32,
         grace_ms: 5_000,
     };
-    client
-        .call(|ch| {
-            let d = declare.clone();
-            async move { Ok(Client::reservations(ch).declare_resource(d).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
+    client.declare_resource(declare).await.map_err(status_failure)?;
     eprintln!("pg:staging declared with policy preempt (grace 5 s)");
     let feature = submit(client, "implementer", "pg:staging/table:orders", 100, 4_000, "WI-feature").await?;
     submit(client, "verifier", "pg:staging/table:users", 500, 2_000, "WI-verify").await?;
@@ -420,26 +405,14 @@ async fn deadlock_demo(client: &Client, seen: &mut BTreeMap<u64, (String, u32, u
 async fn jobs_demo(client: &Client) -> Result<(), Failure> {
     eprintln!("\n== work items: the demo project (team platform), a team budget, the new-feature workflow");
     let project = pb::ApplyProjectRequest { project_toml: qm_shared::workflow_file::DEMO_PROJECT.to_string() };
-    client
-        .call(|ch| {
-            let p = project.clone();
-            async move { Ok(Client::jobs(ch).apply_project(p).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
+    client.apply_project(project).await.map_err(status_failure)?;
     let budget = pb::SetBudgetRequest {
         scope: "team".into(),
         name: "platform".into(),
         limit_micros: 5_000_000,
         period: "month".into(),
     };
-    client
-        .call(|ch| {
-            let b = budget.clone();
-            async move { Ok(Client::jobs(ch).set_budget(b).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
+    client.set_budget(budget).await.map_err(status_failure)?;
     eprintln!("project demo registered; team platform budget $5.00 a month");
     let args = crate::job::SubmitArgs {
         title: Some("Add CSV export to reports".into()),
@@ -454,22 +427,10 @@ async fn jobs_demo(client: &Client) -> Result<(), Failure> {
     };
     let req = crate::job::submit_request(&args)?;
     let run = |req: pb::SubmitJobRequest| async move {
-        let id = client
-            .call(|ch| {
-                let req = req.clone();
-                async move { Ok(Client::jobs(ch).submit(req).await?.into_inner()) }
-            })
-            .await
-            .map_err(status_failure)?
-            .job_id;
+        let id = client.submit_job(req).await.map_err(status_failure)?.job_id;
         let mut last = None;
         for _ in 0..600 {
-            let j = client
-                .call(
-                    |ch| async move { Ok(Client::jobs(ch).get(pb::GetJobRequest { job_id: id }).await?.into_inner()) },
-                )
-                .await
-                .map_err(status_failure)?;
+            let j = client.get_job(pb::GetJobRequest { job_id: id }).await.map_err(status_failure)?;
             for e in crate::job::new_events(&j.events, &mut last) {
                 eprintln!("{}", crate::job::event_line(id, e));
             }
@@ -482,13 +443,7 @@ async fn jobs_demo(client: &Client) -> Result<(), Failure> {
                     note: "approved in the demo".into(),
                     by: "dev-demo".into(),
                 };
-                client
-                    .call(|ch| {
-                        let d = d.clone();
-                        async move { Ok(Client::jobs(ch).decide_gate(d).await?.into_inner()) }
-                    })
-                    .await
-                    .map_err(status_failure)?;
+                client.decide_gate(d).await.map_err(status_failure)?;
             }
             if j.status != "running" {
                 return Ok::<pb::JobInfo, Failure>(j);

@@ -63,13 +63,7 @@ async fn decide(
     let job_id = job_id(id)?;
     let by = by.or_else(|| std::env::var("USER").ok()).unwrap_or_default();
     let req = pb::DecideGateRequest { job_id, pass, approve, note, by };
-    let ack = client
-        .call(|ch| {
-            let req = req.clone();
-            async move { Ok(Client::jobs(ch).decide_gate(req).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
+    let ack = client.decide_gate(req).await.map_err(status_failure)?;
     emit(output, &json!({"job_id": ack.job_id, "message": ack.message}), &format!("{}\n", ack.message));
     Ok(())
 }

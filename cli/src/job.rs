@@ -218,21 +218,12 @@ pub fn submit_request(a: &SubmitArgs) -> Result<pb::SubmitJobRequest, Failure> {
 }
 
 async fn get(client: &Client, id: u64) -> Result<pb::JobInfo, Failure> {
-    client
-        .call(|ch| async move { Ok(Client::jobs(ch).get(pb::GetJobRequest { job_id: id }).await?.into_inner()) })
-        .await
-        .map_err(status_failure)
+    client.get_job(pb::GetJobRequest { job_id: id }).await.map_err(status_failure)
 }
 
 async fn submit(client: &Client, a: SubmitArgs, output: Output) -> Result<(), Failure> {
     let req = submit_request(&a)?;
-    let resp = client
-        .call(|ch| {
-            let req = req.clone();
-            async move { Ok(Client::jobs(ch).submit(req).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
+    let resp = client.submit_job(req).await.map_err(status_failure)?;
     let id = resp.job_id;
     if !a.wait {
         emit(
@@ -416,13 +407,7 @@ async fn show(client: &Client, id: &str, output: Output) -> Result<(), Failure> 
 }
 
 async fn list(client: &Client, status: String, team: String, output: Output) -> Result<(), Failure> {
-    let resp = client
-        .call(|ch| {
-            let req = pb::ListJobsRequest { status: status.clone(), team: team.clone(), limit: 0 };
-            async move { Ok(Client::jobs(ch).list(req).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
+    let resp = client.list_jobs(pb::ListJobsRequest { status, team, limit: 0 }).await.map_err(status_failure)?;
     let mut text = format!(
         "{:<6} {:<10} {:>4} {:<12} {:<18} {:<10} {:>9}  {}\n",
         "ID", "CLASS", "PRIO", "TEAM", "WORKFLOW", "STATUS", "COST", "TITLE"
@@ -452,14 +437,8 @@ async fn list(client: &Client, status: String, team: String, output: Output) -> 
 
 async fn cancel(client: &Client, id: &str, retry: bool, output: Output) -> Result<(), Failure> {
     let job_id = job_id(id)?;
-    let ack = client
-        .call(|ch| async move {
-            let mut c = Client::jobs(ch);
-            let r = pb::JobRef { job_id };
-            Ok(if retry { c.retry(r).await? } else { c.cancel(r).await? }.into_inner())
-        })
-        .await
-        .map_err(status_failure)?;
+    let r = pb::JobRef { job_id };
+    let ack = if retry { client.retry_job(r).await } else { client.cancel_job(r).await }.map_err(status_failure)?;
     emit(output, &json!({"job_id": ack.job_id, "message": ack.message}), &format!("{}\n", ack.message));
     Ok(())
 }

@@ -42,13 +42,7 @@ pub async fn apply(client: &Client, file: Option<PathBuf>, demo: bool, output: O
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         return Err(Failure::usage(lines.join("\n")));
     }
-    let resp = client
-        .call(|ch| {
-            let req = pb::ApplyProjectRequest { project_toml: text.clone() };
-            async move { Ok(Client::jobs(ch).apply_project(req).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
+    let resp = client.apply_project(pb::ApplyProjectRequest { project_toml: text }).await.map_err(status_failure)?;
     emit(
         output,
         &json!({"name": resp.name, "resources_declared": resp.resources_declared}),

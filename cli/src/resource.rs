@@ -56,13 +56,7 @@ async fn declare(
         _ => pb::ResourcePolicy::None,
     } as i32;
     let req = pb::DeclareResourceRequest { path: path.clone(), capacity, policy, grace_ms };
-    let resp = client
-        .call(|ch| {
-            let req = req.clone();
-            async move { Ok(Client::reservations(ch).declare_resource(req).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
+    let resp = client.declare_resource(req).await.map_err(status_failure)?;
     emit(output, &json!({"path": path, "index": resp.index}), &format!("{path} declared (index {})\n", resp.index));
     Ok(())
 }

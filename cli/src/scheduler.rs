@@ -56,12 +56,7 @@ pub struct SchedulerArgs {
 /// Sets the tunables given in `set` (none: only reads them) and prints them all.
 async fn scheduler(client: &Client, set: Option<SchedulerArgs>, output: Output) -> Result<(), Failure> {
     let cfg = match set {
-        None => client
-            .call(
-                |ch| async move { Ok(Client::jobs(ch).get_scheduler(pb::GetSchedulerRequest {}).await?.into_inner()) },
-            )
-            .await
-            .map_err(status_failure)?,
+        None => client.get_scheduler().await.map_err(status_failure)?,
         Some(a) => {
             let high_cost = a
                 .high_cost
@@ -81,10 +76,7 @@ async fn scheduler(client: &Client, set: Option<SchedulerArgs>, output: Output) 
                 preempt_gap: a.preempt_gap.unwrap_or(0),
                 docs_aging_bound_ms: 0,
             };
-            client
-                .call(|ch| async move { Ok(Client::jobs(ch).set_scheduler(req).await?.into_inner()) })
-                .await
-                .map_err(status_failure)?
+            client.set_scheduler(req).await.map_err(status_failure)?
         }
     };
     let value = json!({"aging_interval_ms": cfg.aging_interval_ms, "aging_step": cfg.aging_step,

@@ -119,10 +119,7 @@ pub fn info_json(t: &pb::TaskInfo) -> Value {
 }
 
 async fn get(client: &Client, id: u64) -> Result<pb::TaskInfo, Failure> {
-    client
-        .call(|ch| async move { Ok(Client::tasks(ch).get(pb::GetTaskRequest { task_id: id }).await?.into_inner()) })
-        .await
-        .map_err(status_failure)
+    client.get_task(pb::GetTaskRequest { task_id: id }).await.map_err(status_failure)
 }
 
 async fn submit(client: &Client, a: SubmitArgs, output: Output) -> Result<(), Failure> {
@@ -145,14 +142,7 @@ async fn submit(client: &Client, a: SubmitArgs, output: Output) -> Result<(), Fa
         timeout_ms: a.timeout_ms,
         incremental: a.incremental,
     };
-    let id = client
-        .call(|ch| {
-            let req = req.clone();
-            async move { Ok(Client::tasks(ch).submit(req).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?
-        .task_id;
+    let id = client.submit_task(req).await.map_err(status_failure)?.task_id;
     if !a.wait {
         emit(output, &json!({"id": id, "status": "queued"}), &format!("task {id} queued\n"));
         return Ok(());
@@ -231,13 +221,7 @@ async fn show(client: &Client, id: u64, output: Output) -> Result<(), Failure> {
 }
 
 async fn list(client: &Client, status: String, limit: u32, output: Output) -> Result<(), Failure> {
-    let resp = client
-        .call(|ch| {
-            let status = status.clone();
-            async move { Ok(Client::tasks(ch).list(pb::ListTasksRequest { status, limit }).await?.into_inner()) }
-        })
-        .await
-        .map_err(status_failure)?;
+    let resp = client.list_tasks(pb::ListTasksRequest { status, limit }).await.map_err(status_failure)?;
     let mut text = format!(
         "{:<8} {:<14} {:<10} {:>4} {:>5} {:<20} {}\n",
         "ID", "ROLE", "STATUS", "TRY", "DONE", "WORKER", "WORK ITEM"
@@ -254,12 +238,7 @@ async fn list(client: &Client, status: String, limit: u32, output: Output) -> Re
 }
 
 async fn cancel(client: &Client, id: u64, output: Output) -> Result<(), Failure> {
-    client
-        .call(
-            |ch| async move { Ok(Client::tasks(ch).cancel(pb::CancelTaskRequest { task_id: id }).await?.into_inner()) },
-        )
-        .await
-        .map_err(status_failure)?;
+    client.cancel_task(pb::CancelTaskRequest { task_id: id }).await.map_err(status_failure)?;
     emit(output, &json!({"id": id, "cancel": "requested"}), &format!("task {id}: cancel requested\n"));
     Ok(())
 }

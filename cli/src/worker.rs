@@ -37,10 +37,7 @@ pub async fn dispatch(command: WorkerCommand, client: &Client, output: Output) -
 
 /// `qm worker list`.
 async fn list(client: &Client, output: Output) -> Result<(), Failure> {
-    let resp = client
-        .call(|ch| async move { Ok(Client::tasks(ch).workers(pb::ListWorkersRequest {}).await?.into_inner()) })
-        .await
-        .map_err(status_failure)?;
+    let resp = client.list_workers().await.map_err(status_failure)?;
     let mut text =
         format!("{:<20} {:<8} {:<36} {:<5} {:<24} {}\n", "NODE", "SESSION", "SLOTS", "GPUS", "PROVIDERS", "RUNNING");
     for w in &resp.workers {

@@ -1,9 +1,12 @@
 //! Errors of the service shell, and their one mapping to gRPC statuses.
 //!
-//! Refusals (held, deadlock, queue full) are not errors: they are answers in the response.
-//! These are the cases where the request could not be answered at all.
+//! Refusals of an acquire (held, deadlock, queue full) are not errors: they are answers in the
+//! response. These are the cases where the request could not be answered at all, and the one
+//! mapping from the core's other refusals to them ([`ApiError::refused`]).
 
 use qm_shared::Invalid;
+
+use crate::state::{Refusal, SessionId};
 
 /// gRPC error-details domain of Quartermaster statuses.
 pub const ERROR_DOMAIN: &str = "qm.v1";
@@ -33,6 +36,48 @@ pub enum ApiError {
     ResourceExhausted(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl ApiError {
+    /// The error a refusal of the core answers with. `session` is the session the request acted
+    /// for, named when a reservation is not held by it.
+    pub fn refused(r: Refusal, session: Option<SessionId>) -> ApiError {
+        match r {
+            Refusal::Invalid(i) => ApiError::Invalid(i),
+            Refusal::Exhausted { what, max } => ApiError::ResourceExhausted(format!("{what}: at most {max}")),
+            Refusal::SessionUnknown { session } => {
+                ApiError::NotFound(format!("session {} is unknown or expired", session.0))
+            }
+            Refusal::ReservationUnknown { reservation } => ApiError::NotFound(match session {
+                Some(s) => format!(
+                    "reservation {} is not held by session {} (expired, revoked or released)",
+                    reservation.0, s.0
+                ),
+                None => format!("reservation {} is unknown (expired, revoked or released)", reservation.0),
+            }),
+            Refusal::TaskUnknown { task } => ApiError::NotFound(format!("task {task} is unknown")),
+            Refusal::JobUnknown { job } => ApiError::NotFound(format!("work item {job} is unknown")),
+            Refusal::ProjectUnknown { project } => ApiError::NotFound(format!(
+                "project {project:?} is not registered: qm project apply FILE (the demo: qm project apply --demo)"
+            )),
+            r @ (Refusal::Conflict { .. }
+            | Refusal::QueueFull { .. }
+            | Refusal::Deadlock { .. }
+            | Refusal::RequestUnknown { .. }
+            | Refusal::AlreadyWaiting { .. }
+            | Refusal::StaleAttempt { .. }
+            | Refusal::NotAWorker { .. }
+            | Refusal::TaskEnded { .. }
+            | Refusal::JobState { .. }
+            | Refusal::NotAwaitingDecision { .. }) => ApiError::FailedPrecondition(r.to_string()),
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        ApiError::refused(r, None)
+    }
 }
 
 fn leader_text(id: &Option<u64>, addr: &Option<String>) -> String {

@@ -15,6 +15,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -205,7 +206,7 @@ impl Client {
     }
 
     /// Runs `f` against the leader, following hints and failing over, within the bounds above.
-    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
         F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
@@ -355,8 +356,196 @@ impl Client {
         .await
     }
 
+    /// Declares (or redeclares) a resource: its capacity and its preemption policy.
+    pub async fn declare_resource(
+        &self,
+        req: pb::DeclareResourceRequest,
+    ) -> Result<pb::DeclareResourceResponse, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::reservations(ch).declare_resource(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Queues a task.
+    pub async fn submit_task(&self, req: pb::SubmitTaskRequest) -> Result<pb::SubmitTaskResponse, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::tasks(ch).submit(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// One task, linearizable.
+    pub async fn get_task(&self, req: pb::GetTaskRequest) -> Result<pb::TaskInfo, Status> {
+        self.call(|ch| async move { Ok(Client::tasks(ch).get(req).await?.into_inner()) }).await
+    }
+
+    /// Tasks, newest first, optionally by status.
+    pub async fn list_tasks(&self, req: pb::ListTasksRequest) -> Result<pb::ListTasksResponse, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::tasks(ch).list(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Cancels a task: a queued one ends at once, a running one is told to stop.
+    pub async fn cancel_task(&self, req: pb::CancelTaskRequest) -> Result<pb::CancelTaskResponse, Status> {
+        self.call(|ch| async move { Ok(Client::tasks(ch).cancel(req).await?.into_inner()) }).await
+    }
+
+    /// Connected workers and their slots.
+    pub async fn list_workers(&self) -> Result<pb::ListWorkersResponse, Status> {
+        self.call(|ch| async move { Ok(Client::tasks(ch).workers(pb::ListWorkersRequest {}).await?.into_inner()) })
+            .await
+    }
+
+    /// Starts a work item.
+    pub async fn submit_job(&self, req: pb::SubmitJobRequest) -> Result<pb::SubmitJobResponse, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::jobs(ch).submit(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// One work item: passes, gate results, what it waits for, cost so far, events.
+    pub async fn get_job(&self, req: pb::GetJobRequest) -> Result<pb::JobInfo, Status> {
+        self.call(|ch| async move { Ok(Client::jobs(ch).get(req).await?.into_inner()) }).await
+    }
+
+    /// Work items, newest first.
+    pub async fn list_jobs(&self, req: pb::ListJobsRequest) -> Result<pb::ListJobsResponse, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::jobs(ch).list(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Stops a running work item.
+    pub async fn cancel_job(&self, req: pb::JobRef) -> Result<pb::JobAck, Status> {
+        self.call(|ch| async move { Ok(Client::jobs(ch).cancel(req).await?.into_inner()) }).await
+    }
+
+    /// Runs a failed or cancelled work item again from its unfinished passes.
+    pub async fn retry_job(&self, req: pb::JobRef) -> Result<pb::JobAck, Status> {
+        self.call(|ch| async move { Ok(Client::jobs(ch).retry(req).await?.into_inner()) }).await
+    }
+
+    /// Approves or rejects a pass waiting for a human.
+    pub async fn decide_gate(&self, req: pb::DecideGateRequest) -> Result<pb::JobAck, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::jobs(ch).decide_gate(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Sets, changes or (limit 0) removes a budget.
+    pub async fn set_budget(&self, req: pb::SetBudgetRequest) -> Result<pb::BudgetInfo, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::jobs(ch).set_budget(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Every budget with its spending in the current period.
+    pub async fn list_budgets(&self) -> Result<pb::ListBudgetsResponse, Status> {
+        self.call(|ch| async move { Ok(Client::jobs(ch).list_budgets(pb::ListBudgetsRequest {}).await?.into_inner()) })
+            .await
+    }
+
+    /// One page of ledger entries.
+    pub async fn cost_report(&self, req: pb::CostReportRequest) -> Result<pb::CostReportResponse, Status> {
+        self.call(|ch| async move { Ok(Client::jobs(ch).cost_report(req).await?.into_inner()) }).await
+    }
+
+    /// A forecast of one run of a workflow from the ledger's history.
+    pub async fn forecast(&self, req: pb::ForecastRequest) -> Result<pb::ForecastResponse, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::jobs(ch).forecast(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Registers or updates a project (resources, providers, prices).
+    pub async fn apply_project(&self, req: pb::ApplyProjectRequest) -> Result<pb::ApplyProjectResponse, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::jobs(ch).apply_project(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// The scheduler's replicated tunables.
+    pub async fn get_scheduler(&self) -> Result<pb::SchedulerConfig, Status> {
+        self.call(
+            |ch| async move { Ok(Client::jobs(ch).get_scheduler(pb::GetSchedulerRequest {}).await?.into_inner()) },
+        )
+        .await
+    }
+
+    /// Changes the scheduler's tunables (fields left 0 keep their value).
+    pub async fn set_scheduler(&self, req: pb::SchedulerConfig) -> Result<pb::SchedulerConfig, Status> {
+        self.call(|ch| async move { Ok(Client::jobs(ch).set_scheduler(req).await?.into_inner()) }).await
+    }
+
     /// Status of whichever node answers first (no leader needed).
     pub async fn status(&self) -> Result<pb::StatusResponse, Status> {
         self.call(|ch| async move { Ok(Client::cluster(ch).status(pb::StatusRequest {}).await?.into_inner()) }).await
+    }
+
+    /// Adds a node as a non-voting learner.
+    pub async fn add_learner(&self, req: pb::AddLearnerRequest) -> Result<pb::AddLearnerResponse, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::cluster(ch).add_learner(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Promotes a learner to voter.
+    pub async fn promote(&self, req: pb::PromoteRequest) -> Result<pb::PromoteResponse, Status> {
+        self.call(|ch| async move { Ok(Client::cluster(ch).promote(req).await?.into_inner()) }).await
+    }
+
+    /// Removes a node (voter or learner) from the cluster.
+    pub async fn remove(&self, req: pb::RemoveRequest) -> Result<pb::RemoveResponse, Status> {
+        self.call(|ch| async move { Ok(Client::cluster(ch).remove(req).await?.into_inner()) }).await
+    }
+
+    /// Asks the leader to hand leadership to another voter.
+    pub async fn transfer_leader(&self, req: pb::TransferLeaderRequest) -> Result<pb::TransferLeaderResponse, Status> {
+        self.call(|ch| async move { Ok(Client::cluster(ch).transfer_leader(req).await?.into_inner()) }).await
+    }
+
+    /// Asks the node that answers to build a state-machine snapshot now (no leader needed).
+    pub async fn snapshot_now(&self, req: pb::SnapshotNowRequest) -> Result<pb::SnapshotNowResponse, Status> {
+        self.call(|ch| async move { Ok(Client::cluster(ch).snapshot_now(req).await?.into_inner()) }).await
+    }
+
+    /// Opens the worker's control stream on the leader. Every attempt gets a fresh upward
+    /// stream, buffering `buffer` messages, that starts with `register`; its sender is returned
+    /// with the downward stream.
+    pub async fn connect_worker(
+        &self,
+        register: pb::WorkerMessage,
+        buffer: usize,
+    ) -> Result<(tonic::Streaming<pb::CoordinatorMessage>, mpsc::Sender<pb::WorkerMessage>), Status> {
+        self.call(|ch| {
+            let (tx, rx) = mpsc::channel(buffer);
+            let _ = tx.try_send(register.clone());
+            async move {
+                let mut gw = pb::worker_gateway_client::WorkerGatewayClient::new(ch);
+                let down = gw.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+                Ok((down, tx))
+            }
+        })
+        .await
     }
 }

@@ -201,10 +201,7 @@ impl Cluster {
     pub async fn wait_workers(&self, n: usize) {
         let client = self.client();
         eventually(&format!("{n} workers registering"), Duration::from_secs(10), || async {
-            let got = client
-                .call(|ch| async move { Ok(Client::tasks(ch).workers(pb::ListWorkersRequest {}).await?.into_inner()) })
-                .await
-                .map_err(|e| e.to_string())?;
+            let got = client.list_workers().await.map_err(|e| e.to_string())?;
             if got.workers.len() >= n {
                 Ok(())
             } else {

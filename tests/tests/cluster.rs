@@ -179,24 +179,10 @@ async fn membership_changes_three_five_three() {
         cluster.spawn(id, true);
         let addr = format!("http://{}", cluster.addrs[&id]);
         client
-            .call(|ch| {
-                let addr = addr.clone();
-                async move {
-                    let req = pb::AddLearnerRequest { node_id: id, address: addr, wait_caught_up: true };
-                    Ok(qm_shared::client::Client::cluster(ch).add_learner(req).await?.into_inner())
-                }
-            })
+            .add_learner(pb::AddLearnerRequest { node_id: id, address: addr, wait_caught_up: true })
             .await
             .expect("add learner");
-        client
-            .call(|ch| async move {
-                Ok(qm_shared::client::Client::cluster(ch)
-                    .promote(pb::PromoteRequest { node_id: id })
-                    .await?
-                    .into_inner())
-            })
-            .await
-            .expect("promote");
+        client.promote(pb::PromoteRequest { node_id: id }).await.expect("promote");
     }
     let status = client.status().await.expect("status");
     let voters = status.members.iter().filter(|m| m.role == pb::MemberRole::Voter as i32).count();
@@ -204,12 +190,7 @@ async fn membership_changes_three_five_three() {
     assert_eq!(worker(client.clone(), fence.clone(), "five".into(), "pg:db".into(), 5).await, 5);
 
     for id in [4, 5] {
-        client
-            .call(|ch| async move {
-                Ok(qm_shared::client::Client::cluster(ch).remove(pb::RemoveRequest { node_id: id }).await?.into_inner())
-            })
-            .await
-            .expect("remove");
+        client.remove(pb::RemoveRequest { node_id: id }).await.expect("remove");
         cluster.kill(id);
     }
     let status = client.status().await.expect("status");

@@ -23,21 +23,11 @@ async fn submit(client: &Client, resource: &str, priority: u32, duration_ms: u64
 }
 
 async fn submit_request(client: &Client, req: pb::SubmitTaskRequest) -> u64 {
-    client
-        .call(|ch| {
-            let req = req.clone();
-            async move { Ok(Client::tasks(ch).submit(req).await?.into_inner()) }
-        })
-        .await
-        .expect("submit")
-        .task_id
+    client.submit_task(req).await.expect("submit").task_id
 }
 
 async fn task(client: &Client, id: u64) -> pb::TaskInfo {
-    client
-        .call(|ch| async move { Ok(Client::tasks(ch).get(pb::GetTaskRequest { task_id: id }).await?.into_inner()) })
-        .await
-        .expect("get task")
+    client.get_task(pb::GetTaskRequest { task_id: id }).await.expect("get task")
 }
 
 /// Polls (bounded: 60 s) until `done` holds for the task.
@@ -73,13 +63,7 @@ async fn a_preempted_task_checkpoints_and_resumes_where_it_stopped() {
         policy: pb::ResourcePolicy::Preempt as i32,
         grace_ms: 5_000,
     };
-    client
-        .call(|ch| {
-            let d = declare.clone();
-            async move { Ok(Client::reservations(ch).declare_resource(d).await?.into_inner()) }
-        })
-        .await
-        .expect("declare");
+    client.declare_resource(declare).await.expect("declare");
 
     let low = submit(&client, "pg:staging", 100, 4_000, "WI-feature").await;
     let at = wait_for(&client, low, "40% progress", |t| t.percent_done >= 40).await;
@@ -136,10 +120,7 @@ async fn a_task_on_a_killed_worker_completes_on_another_exactly_once() {
     assert_ne!(done.attempts[1].worker_node_id, victim);
     assert_eq!(done.attempts[1].outcome, "succeeded");
     // Exactly once: nothing is left running or queued, and the lease is gone.
-    let list = client
-        .call(|ch| async move { Ok(Client::tasks(ch).list(pb::ListTasksRequest::default()).await?.into_inner()) })
-        .await
-        .expect("list tasks");
+    let list = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list tasks");
     assert_eq!(list.tasks.iter().filter(|t| t.status == "succeeded").count(), 1);
     assert_eq!(list.queued, 0);
     assert!(token_of(&client, id).await.is_none(), "the task's lease was released");
@@ -340,10 +321,7 @@ async fn a_worker_rides_out_a_leader_sigkill_without_losing_or_repeating_work() 
     let done = wait_for(&client, id, "completion after the failover", |t| t.status == "succeeded").await;
     assert_eq!(done.attempts.len(), 1, "the same attempt finished, nothing was run twice: {done:?}");
     assert_eq!(done.attempts[0].worker_node_id, "w1");
-    let workers = client
-        .call(|ch| async move { Ok(Client::tasks(ch).workers(pb::ListWorkersRequest {}).await?.into_inner()) })
-        .await
-        .expect("workers");
+    let workers = client.list_workers().await.expect("workers");
     assert_eq!(workers.workers.len(), 1, "the worker kept its one session: {workers:?}");
 }
 
@@ -367,19 +345,10 @@ async fn bad_task_requests_name_the_field_and_bound_and_change_nothing() {
         (pb::SubmitTaskRequest { payload: vec![b' '; 64 * 1024 + 1], ..good.clone() }, "payload: is 65537 bytes"),
     ];
     for (req, want) in cases {
-        let got = client
-            .call(|ch| {
-                let req = req.clone();
-                async move { Ok(Client::tasks(ch).submit(req).await?.into_inner()) }
-            })
-            .await
-            .expect_err("refused");
+        let got = client.submit_task(req).await.expect_err("refused");
         assert_eq!(got.code(), tonic::Code::InvalidArgument, "{got:?}");
         assert!(got.message().starts_with(want), "{:?} does not start with {want:?}", got.message());
     }
-    let list = client
-        .call(|ch| async move { Ok(Client::tasks(ch).list(pb::ListTasksRequest::default()).await?.into_inner()) })
-        .await
-        .expect("list");
+    let list = client.list_tasks(pb::ListTasksRequest::default()).await.expect("list");
     assert!(list.tasks.is_empty(), "nothing was written: {list:?}");
 }

@@ -910,7 +910,6 @@ async fn connect_loop(
     // Results not yet acknowledged, resent after a reconnect.
     let mut unacked: BTreeMap<(u64, u32), pb::WorkerMessage> = BTreeMap::new();
     loop {
-        let sender: Arc<Mutex<Option<mpsc::Sender<pb::WorkerMessage>>>> = Arc::new(Mutex::new(None));
         let register = {
             let running: Vec<u64> = shared.book.lock().expect("book").running.keys().copied().collect();
             pb::WorkerMessage {
@@ -927,27 +926,14 @@ async fn connect_loop(
                 })),
             }
         };
-        let opened = client
-            .call(|ch| {
-                let (tx, rx) = mpsc::channel(UP_BUFFER_LEN);
-                let _ = tx.try_send(register.clone());
-                *sender.lock().expect("sender") = Some(tx);
-                async move {
-                    let mut gw = pb::worker_gateway_client::WorkerGatewayClient::new(ch);
-                    Ok(gw.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner())
-                }
-            })
-            .await;
-        let taken = sender.lock().expect("sender").take();
-        let (mut down, tx) = match (opened, taken) {
-            (Ok(d), Some(tx)) => (d, tx),
-            (Err(e), _) => {
+        let (mut down, tx) = match client.connect_worker(register, UP_BUFFER_LEN).await {
+            Ok(opened) => opened,
+            Err(e) => {
                 tracing::warn!(error = %e, "connecting to the coordinators failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
                 continue;
             }
-            (Ok(_), None) => continue,
         };
         let registered = match down.message().await {
             Ok(Some(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Registered(r)) })) => r,

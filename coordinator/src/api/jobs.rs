@@ -17,10 +17,10 @@ use qm_shared::workflow_file::{self, FileError};
 use qm_shared::{validate, Invalid};
 use tonic::{Request, Response as GrpcResponse, Status};
 
+use super::convert;
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::state::{Budget, Job, JobSpec, LedgerEntry, Period, Scope};
-use crate::state::{Command, Config, JobId, Refusal, Response, State};
+use crate::state::{Command, JobId, JobSpec, Period, Response, Scope};
 
 #[derive(Debug)]
 pub struct JobsApi {
@@ -59,150 +59,6 @@ fn workflow_from(name: &str, toml: &str) -> Result<Workflow, Status> {
         ))
         .into()
     })
-}
-
-fn refused(r: Refusal) -> Status {
-    match r {
-        Refusal::Invalid(i) => ApiError::Invalid(i).into(),
-        Refusal::JobUnknown { job } => ApiError::NotFound(format!("work item {job} is unknown")).into(),
-        Refusal::ProjectUnknown { project } => ApiError::NotFound(format!(
-            "project {project:?} is not registered: qm project apply FILE (the demo: qm project apply --demo)"
-        ))
-        .into(),
-        Refusal::Exhausted { what, max } => ApiError::ResourceExhausted(format!("{what}: at most {max}")).into(),
-        r @ (Refusal::JobState { .. } | Refusal::NotAwaitingDecision { .. }) => {
-            ApiError::FailedPrecondition(r.to_string()).into()
-        }
-        other => ApiError::FailedPrecondition(other.to_string()).into(),
-    }
-}
-
-fn pass_info(job: &Job, i: usize, state: &State) -> pb::PassInfo {
-    let p = &job.passes[i];
-    let w = &job.spec.workflow.passes[i];
-    let route = p.task.and_then(|t| state.tasks().get(t)).and_then(|t| t.route.clone());
-    pb::PassInfo {
-        name: p.name.clone(),
-        role: w.role.to_string(),
-        tier: p.tier.to_string(),
-        status: p.status.as_str().into(),
-        runs: p.runs,
-        gate_failures: p.gate_failures,
-        task_id: p.task.map_or(0, |t| t.0),
-        review_task_id: p.review.map_or(0, |t| t.0),
-        wait: p.wait.clone().unwrap_or_default(),
-        artifact: p.artifact.clone().unwrap_or_default(),
-        cost_micros: p.cost_micros,
-        saved_micros: p.saved_micros,
-        input_tokens: p.input_tokens,
-        output_tokens: p.output_tokens,
-        wall_ms: p.wall_ms,
-        after: w.after.clone(),
-        gate_reviewer: w.gate.as_ref().map(|g| g.reviewer.as_str().to_string()).unwrap_or_default(),
-        gate_criteria: w.gate.as_ref().map(|g| g.criteria.clone()).unwrap_or_default(),
-        on_fail: w.gate.as_ref().map(|g| g.on_fail.to_string()).unwrap_or_default(),
-        gates: p
-            .gates
-            .iter()
-            .map(|g| pb::GateResultInfo {
-                round: g.round,
-                reviewer: g.reviewer.clone(),
-                passed: g.passed,
-                note: g.note.clone(),
-                at_ms: g.at,
-            })
-            .collect(),
-        approval_wanted: p.approval_wanted,
-        model: route.as_ref().map(|r| r.model.clone()).unwrap_or_default(),
-        provider: route.map(|r| r.provider).unwrap_or_default(),
-    }
-}
-
-/// One work item; `full` adds its events and inputs (lists leave them out: bounded replies).
-pub fn job_info(job: &Job, state: &State, full: bool) -> pb::JobInfo {
-    pb::JobInfo {
-        job_id: job.id.0,
-        title: job.spec.title.clone(),
-        class: job.spec.class.clone(),
-        priority: job.spec.priority,
-        team: job.spec.team.clone(),
-        project: job.spec.project.clone(),
-        workflow: job.spec.workflow.name.clone(),
-        status: job.status.as_str().into(),
-        submitted_at_ms: job.submitted_at,
-        ended_at_ms: job.ended_at.unwrap_or(0),
-        cost_micros: job.cost_micros,
-        saved_micros: job.saved_micros,
-        budget_micros: job.spec.budget_micros.unwrap_or(0),
-        passes: (0..job.passes.len()).map(|i| pass_info(job, i, state)).collect(),
-        events: if full {
-            job.events
-                .iter()
-                .map(|e| pb::JobEventInfo { at_ms: e.at, pass: e.pass.clone(), message: e.message.clone() })
-                .collect()
-        } else {
-            Vec::new()
-        },
-        inputs: if full { job.spec.inputs.clone().into_iter().collect() } else { Default::default() },
-        commit: job.spec.commit.clone(),
-    }
-}
-
-fn budget_info(b: &Budget) -> pb::BudgetInfo {
-    pb::BudgetInfo {
-        scope: b.scope.as_str().into(),
-        name: b.name.clone(),
-        limit_micros: b.limit_micros,
-        period: b.period.as_str().into(),
-        period_start_ms: b.period_start,
-        period_end_ms: b.period.end(b.period_start).unwrap_or(0),
-        spent_micros: b.spent_micros,
-        committed_micros: b.committed_micros,
-        level: b.level.as_str().into(),
-    }
-}
-
-fn ledger_info(e: &LedgerEntry) -> pb::LedgerEntryInfo {
-    pb::LedgerEntryInfo {
-        seq: e.seq,
-        at_ms: e.at,
-        task_id: e.task.0,
-        attempt: e.attempt,
-        job_id: e.job.map_or(0, |j| j.0),
-        team: e.team.clone(),
-        project: e.project.clone(),
-        workflow: e.workflow.clone(),
-        pass: e.pass.clone(),
-        role: e.role.to_string(),
-        tier: e.tier.map(|t| t.to_string()).unwrap_or_default(),
-        provider: e.provider.clone(),
-        model: e.model.clone(),
-        input_tokens: e.input_tokens,
-        output_tokens: e.output_tokens,
-        cached_tokens: e.cached_tokens,
-        estimated: e.estimated,
-        money_micros: e.money_micros,
-        saved_micros: e.saved_micros,
-        wall_ms: e.wall_ms,
-        agent: e.agent.clone(),
-        worker: e.worker.clone(),
-        outcome: e.outcome.clone(),
-    }
-}
-
-fn scheduler_info(c: &Config) -> pb::SchedulerConfig {
-    pb::SchedulerConfig {
-        aging_interval_ms: c.aging_interval_ms,
-        aging_step: c.aging_step,
-        fair_share_points: c.fair_share_points,
-        set_fair_share: false,
-        high_priority_min: c.high_priority_min,
-        budget_approaching_pct: c.budget_approaching_pct,
-        budget_at_pct: c.budget_at_pct,
-        high_cost_micros: c.high_cost_micros,
-        preempt_gap: c.preempt_gap,
-        docs_aging_bound_ms: c.aging_bound_ms(100),
-    }
 }
 
 impl JobsApi {
@@ -247,7 +103,7 @@ impl pb::jobs_server::Jobs for JobsApi {
         };
         match self.decide(Command::SubmitJob(Box::new(spec))).await? {
             Response::JobSubmitted { job } => Ok(GrpcResponse::new(pb::SubmitJobResponse { job_id: job.0, priority })),
-            Response::Refused(r) => Err(refused(r)),
+            Response::Refused(r) => Err(ApiError::from(r).into()),
             other => Err(unexpected(other)),
         }
     }
@@ -257,7 +113,7 @@ impl pb::jobs_server::Jobs for JobsApi {
         self.node.read_index().await?;
         self.node
             .shared
-            .read(|d| d.state.jobs().get(id).map(|j| job_info(j, &d.state, true)))
+            .read(|d| d.state.jobs().get(id).map(|j| convert::job_info(j, &d.state, true)))
             .map(GrpcResponse::new)
             .ok_or_else(|| ApiError::NotFound(format!("work item {id} is unknown")).into())
     }
@@ -282,7 +138,7 @@ impl pb::jobs_server::Jobs for JobsApi {
                 .filter(|j| req.status.is_empty() || j.status.as_str() == req.status)
                 .filter(|j| req.team.is_empty() || j.spec.team == req.team)
                 .take(limit as usize)
-                .map(|j| job_info(j, &d.state, false))
+                .map(|j| convert::job_info(j, &d.state, false))
                 .collect()
         });
         Ok(GrpcResponse::new(pb::ListJobsResponse { jobs }))
@@ -294,7 +150,7 @@ impl pb::jobs_server::Jobs for JobsApi {
             Response::JobCancelled { job } => {
                 Ok(GrpcResponse::new(pb::JobAck { job_id: job.0, message: format!("{job} cancelled") }))
             }
-            Response::Refused(r) => Err(refused(r)),
+            Response::Refused(r) => Err(ApiError::from(r).into()),
             other => Err(unexpected(other)),
         }
     }
@@ -305,7 +161,7 @@ impl pb::jobs_server::Jobs for JobsApi {
             Response::JobRetried { job } => {
                 Ok(GrpcResponse::new(pb::JobAck { job_id: job.0, message: format!("{job} running again") }))
             }
-            Response::Refused(r) => Err(refused(r)),
+            Response::Refused(r) => Err(ApiError::from(r).into()),
             other => Err(unexpected(other)),
         }
     }
@@ -324,7 +180,7 @@ impl pb::jobs_server::Jobs for JobsApi {
                 let verdict = if req.approve { "approved" } else { "rejected" };
                 Ok(GrpcResponse::new(pb::JobAck { job_id: job.0, message: format!("{job} {pass}: {verdict}") }))
             }
-            Response::Refused(r) => Err(refused(r)),
+            Response::Refused(r) => Err(ApiError::from(r).into()),
             other => Err(unexpected(other)),
         }
     }
@@ -340,17 +196,16 @@ impl pb::jobs_server::Jobs for JobsApi {
             .await?
         {
             Response::BudgetSet { .. } => {
-                let info = self
-                    .node
-                    .shared
-                    .read(|d| d.state.jobs().budgets().find(|b| b.scope == scope && b.name == name).map(budget_info));
+                let info = self.node.shared.read(|d| {
+                    d.state.jobs().budgets().find(|b| b.scope == scope && b.name == name).map(convert::budget_info)
+                });
                 Ok(GrpcResponse::new(info.unwrap_or(pb::BudgetInfo {
                     scope: scope.as_str().into(),
                     name,
                     ..Default::default()
                 })))
             }
-            Response::Refused(r) => Err(refused(r)),
+            Response::Refused(r) => Err(ApiError::from(r).into()),
             other => Err(unexpected(other)),
         }
     }
@@ -360,7 +215,7 @@ impl pb::jobs_server::Jobs for JobsApi {
         _: Request<pb::ListBudgetsRequest>,
     ) -> Result<GrpcResponse<pb::ListBudgetsResponse>, Status> {
         self.node.read_index().await?;
-        let budgets = self.node.shared.read(|d| d.state.jobs().budgets().map(budget_info).collect());
+        let budgets = self.node.shared.read(|d| d.state.jobs().budgets().map(convert::budget_info).collect());
         Ok(GrpcResponse::new(pb::ListBudgetsResponse { budgets }))
     }
 
@@ -375,7 +230,8 @@ impl pb::jobs_server::Jobs for JobsApi {
         let resp = self.node.shared.read(|d| {
             let jobs = d.state.jobs();
             let mut page = jobs.ledger_after(req.after_seq).filter(|e| e.at >= req.since_ms).peekable();
-            let entries: Vec<pb::LedgerEntryInfo> = page.by_ref().take(limit as usize).map(ledger_info).collect();
+            let entries: Vec<pb::LedgerEntryInfo> =
+                page.by_ref().take(limit as usize).map(convert::ledger_info).collect();
             let more = page.peek().is_some();
             pb::CostReportResponse {
                 next_after_seq: if more { entries.last().map_or(0, |e| e.seq) } else { 0 },
@@ -447,7 +303,7 @@ impl pb::jobs_server::Jobs for JobsApi {
             Response::ProjectApplied { name, resources } => {
                 Ok(GrpcResponse::new(pb::ApplyProjectResponse { name, resources_declared: resources }))
             }
-            Response::Refused(r) => Err(refused(r)),
+            Response::Refused(r) => Err(ApiError::from(r).into()),
             other => Err(unexpected(other)),
         }
     }
@@ -457,7 +313,7 @@ impl pb::jobs_server::Jobs for JobsApi {
         _: Request<pb::GetSchedulerRequest>,
     ) -> Result<GrpcResponse<pb::SchedulerConfig>, Status> {
         self.node.read_index().await?;
-        Ok(GrpcResponse::new(self.node.shared.read(|d| scheduler_info(d.state.config()))))
+        Ok(GrpcResponse::new(self.node.shared.read(|d| convert::scheduler_info(d.state.config()))))
     }
 
     async fn set_scheduler(
@@ -489,8 +345,10 @@ impl pb::jobs_server::Jobs for JobsApi {
             config.fair_share_points = req.fair_share_points;
         }
         match self.decide(Command::Configure { config }).await? {
-            Response::Configured => Ok(GrpcResponse::new(self.node.shared.read(|d| scheduler_info(d.state.config())))),
-            Response::Refused(r) => Err(refused(r)),
+            Response::Configured => {
+                Ok(GrpcResponse::new(self.node.shared.read(|d| convert::scheduler_info(d.state.config()))))
+            }
+            Response::Refused(r) => Err(ApiError::from(r).into()),
             other => Err(unexpected(other)),
         }
     }

@@ -29,28 +29,6 @@ fn unexpected(r: Response) -> Status {
     ApiError::Internal(format!("unexpected answer from the state machine: {r:?}")).into()
 }
 
-fn refusal_reason(r: &Refusal) -> pb::RefusalReason {
-    match r {
-        Refusal::Conflict { .. } => pb::RefusalReason::Conflict,
-        Refusal::QueueFull { .. } => pb::RefusalReason::QueueFull,
-        Refusal::Deadlock { .. } => pb::RefusalReason::Deadlock,
-        Refusal::SessionUnknown { .. } => pb::RefusalReason::SessionUnknown,
-        Refusal::AlreadyWaiting { .. } => pb::RefusalReason::AlreadyWaiting,
-        Refusal::ReservationUnknown { .. } | Refusal::RequestUnknown { .. } | Refusal::Exhausted { .. } => {
-            pb::RefusalReason::OverCapacity
-        }
-        Refusal::TaskUnknown { .. }
-        | Refusal::StaleAttempt { .. }
-        | Refusal::NotAWorker { .. }
-        | Refusal::TaskEnded { .. }
-        | Refusal::JobUnknown { .. }
-        | Refusal::JobState { .. }
-        | Refusal::ProjectUnknown { .. }
-        | Refusal::NotAwaitingDecision { .. } => pb::RefusalReason::Unspecified,
-        Refusal::Invalid(_) => pb::RefusalReason::Unspecified,
-    }
-}
-
 #[tonic::async_trait]
 impl pb::reservations_server::Reservations for ReservationsApi {
     async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<GrpcResponse<pb::AcquireResponse>, Status> {
@@ -67,31 +45,9 @@ impl pb::reservations_server::Reservations for ReservationsApi {
                 let blocked_by = self.node.shared.read(|d| convert::blockers(&d.state, &owner, session, &items));
                 ar::Outcome::Queued(ar::Queued { request_id: request.0, position, estimated_wait_ms, blocked_by })
             }
-            Response::Refused(Refusal::Invalid(e)) => return Err(ApiError::Invalid(e).into()),
             Response::Refused(r) => {
-                let reason = refusal_reason(&r) as i32;
-                let refused = self.node.shared.read(|d| match &r {
-                    Refusal::Conflict { holders, queue_position, estimated_wait_ms, .. } => ar::Refused {
-                        reason,
-                        holders: holders.iter().map(|h| convert::holder(h, &d.state)).collect(),
-                        queue_position: *queue_position,
-                        estimated_wait_ms: *estimated_wait_ms,
-                        retry_after_ms: (*estimated_wait_ms).clamp(100, 5_000),
-                        message: "held by others (or others queued ahead)".into(),
-                    },
-                    Refusal::QueueFull { resource, queue_len, retry_after_ms } => ar::Refused {
-                        reason,
-                        retry_after_ms: *retry_after_ms,
-                        message: format!("queue of {resource} is full ({queue_len} waiting)"),
-                        ..Default::default()
-                    },
-                    Refusal::Deadlock { cycle, cycle_len } => ar::Refused {
-                        reason,
-                        message: format!("would deadlock: cycle of {cycle_len}: {}", cycle.join(" -> ")),
-                        ..Default::default()
-                    },
-                    other => ar::Refused { reason, message: format!("{other:?}"), ..Default::default() },
-                });
+                let refused =
+                    self.node.shared.read(|d| convert::acquire_refused(r, &d.state)).map_err(ApiError::from)?;
                 ar::Outcome::Refused(refused)
             }
             other => return Err(unexpected(other)),
@@ -116,15 +72,7 @@ impl pb::reservations_server::Reservations for ReservationsApi {
                     grant.ok_or_else(|| ApiError::NotFound(format!("reservation {} is gone", reservation.0)))?;
                 Ok(GrpcResponse::new(pb::ExtendResponse { reservation: Some(convert::reservation(&grant)) }))
             }
-            Response::Refused(Refusal::ReservationUnknown { reservation }) => Err(ApiError::NotFound(format!(
-                "reservation {} is not held by session {} (expired, revoked or released)",
-                reservation.0, req.session_id
-            ))
-            .into()),
-            Response::Refused(Refusal::SessionUnknown { session }) => {
-                Err(ApiError::NotFound(format!("session {} is unknown or expired", session.0)).into())
-            }
-            Response::Refused(Refusal::Invalid(e)) => Err(ApiError::Invalid(e).into()),
+            Response::Refused(r) => Err(ApiError::refused(r, Some(SessionId(req.session_id))).into()),
             other => Err(unexpected(other)),
         }
     }
@@ -146,9 +94,7 @@ impl pb::reservations_server::Reservations for ReservationsApi {
             Response::Cancelled { request } => out.cancelled_request_ids.push(request.0),
             // Release is idempotent: something already gone is not an error.
             Response::Refused(Refusal::ReservationUnknown { .. } | Refusal::RequestUnknown { .. }) => {}
-            Response::Refused(Refusal::SessionUnknown { session }) => {
-                return Err(ApiError::NotFound(format!("session {} is unknown or expired", session.0)).into())
-            }
+            Response::Refused(r) => return Err(ApiError::from(r).into()),
             other => return Err(unexpected(other)),
         }
         Ok(GrpcResponse::new(out))
@@ -296,23 +242,13 @@ impl pb::reservations_server::Reservations for ReservationsApi {
     ) -> Result<GrpcResponse<pb::DeclareResourceResponse>, Status> {
         let req = request.into_inner();
         let path = convert::path("path", &req.path).map_err(ApiError::from)?;
-        let policy = match pb::ResourcePolicy::try_from(req.policy) {
-            Ok(pb::ResourcePolicy::Unspecified | pb::ResourcePolicy::None) => crate::state::Policy::None,
-            Ok(pb::ResourcePolicy::Preempt) => crate::state::Policy::Preempt,
-            Ok(pb::ResourcePolicy::Inherit) => crate::state::Policy::Inherit,
-            Err(_) => {
-                return Err(ApiError::Invalid(Invalid::new("policy", format!("{} is not a policy", req.policy))).into())
-            }
-        };
+        let policy = convert::policy_from_pb("policy", req.policy).map_err(ApiError::from)?;
         let grace_ms = if req.grace_ms == 0 { qm_shared::limits::PREEMPT_GRACE_MS_DEFAULT } else { req.grace_ms };
         let command = Command::DeclareResource { path, capacity: req.capacity, policy, grace_ms };
         crate::state::validate_command(&command).map_err(ApiError::from)?;
         match self.node.propose(command).await? {
             (index, Response::ResourceDeclared { .. }) => Ok(GrpcResponse::new(pb::DeclareResourceResponse { index })),
-            (_, Response::Refused(Refusal::Exhausted { what, max })) => {
-                Err(ApiError::ResourceExhausted(format!("{what}: at most {max}")).into())
-            }
-            (_, Response::Refused(Refusal::Invalid(i))) => Err(ApiError::Invalid(i).into()),
+            (_, Response::Refused(r)) => Err(ApiError::from(r).into()),
             (_, other) => Err(unexpected(other)),
         }
     }

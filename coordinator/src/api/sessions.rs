@@ -42,9 +42,7 @@ impl pb::sessions_server::Sessions for SessionsApi {
                 server_time_ms: expires_at.saturating_sub(ttl_ms),
                 expires_at_ms: expires_at,
             })),
-            Response::Refused(Refusal::Exhausted { what, max }) => {
-                Err(ApiError::ResourceExhausted(format!("{what}: at most {max}")).into())
-            }
+            Response::Refused(r) => Err(ApiError::from(r).into()),
             other => Err(unexpected(other)),
         }
     }

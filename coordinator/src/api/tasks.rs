@@ -10,8 +10,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use super::convert;
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::state::{Command, Refusal, Response, State, TaskId};
-use crate::state::{Outcome, Task, TaskSpec, TaskStatus, Usage};
+use crate::state::{Command, Response, TaskId, TaskSpec};
 
 /// Attempts a task gets when the request names none.
 const MAX_ATTEMPTS_DEFAULT: u32 = 3;
@@ -21,83 +20,8 @@ pub struct TasksApi {
     pub node: Arc<Node>,
 }
 
-pub fn outcome_str(o: Option<Outcome>, ended: bool) -> &'static str {
-    match (o, ended) {
-        (Some(Outcome::Succeeded), _) => "succeeded",
-        (Some(Outcome::Failed), _) => "failed",
-        (Some(Outcome::Cancelled), _) => "cancelled",
-        (Some(Outcome::Preempted), _) => "preempted",
-        (Some(Outcome::TimedOut), _) => "timed_out",
-        (None, true) => "lost",
-        (None, false) => "",
-    }
-}
-
-pub fn usage_to_pb(u: &Usage) -> pb::TokenUsage {
-    pb::TokenUsage {
-        input_tokens: u.input_tokens,
-        output_tokens: u.output_tokens,
-        cached_tokens: u.cached_tokens,
-        estimated: u.estimated,
-        ..Default::default()
-    }
-}
-
-pub fn task_info(t: &Task, state: &State) -> pb::TaskInfo {
-    let worker = t.session.and_then(|s| state.tasks().worker(s)).map(|w| w.node_id.clone()).unwrap_or_default();
-    pb::TaskInfo {
-        task_id: t.id.0,
-        role: t.spec.role.to_string(),
-        status: t.status.as_str().to_string(),
-        attempt: t.attempt,
-        priority: t.spec.priority,
-        work_item_id: t.spec.work_item.clone(),
-        resources: convert::items_to_pb(&t.spec.items),
-        worker_node_id: worker,
-        percent_done: t.percent,
-        stage: t.stage.clone(),
-        blocked: t.blocked.clone().unwrap_or_default(),
-        checkpoint_seq: t.checkpoint.as_ref().map_or(0, |c| c.seq),
-        usage: Some(usage_to_pb(&t.usage)),
-        submitted_at_ms: t.submitted_at,
-        ended_at_ms: t.ended_at.unwrap_or(0),
-        error: t.error.clone(),
-        output: t.output.clone(),
-        attempts: t
-            .attempts
-            .iter()
-            .map(|a| pb::TaskAttempt {
-                attempt: a.attempt,
-                worker_node_id: a.node_id.clone(),
-                started_at_ms: a.started_at,
-                ended_at_ms: a.ended_at.unwrap_or(0),
-                outcome: outcome_str(a.outcome, a.ended_at.is_some()).to_string(),
-                resumed_from_seq: a.resumed_from.unwrap_or(0),
-            })
-            .collect(),
-        failures: t.failures,
-    }
-}
-
 fn unexpected(r: Response) -> Status {
     ApiError::Internal(format!("unexpected answer from the state machine: {r:?}")).into()
-}
-
-fn status_filter(s: &str) -> Result<Option<TaskStatus>, Invalid> {
-    Ok(Some(match s {
-        "" => return Ok(None),
-        "queued" => TaskStatus::Queued,
-        "running" => TaskStatus::Running,
-        "succeeded" => TaskStatus::Succeeded,
-        "failed" => TaskStatus::Failed,
-        "cancelled" => TaskStatus::Cancelled,
-        other => {
-            return Err(Invalid::new(
-                "status",
-                format!("{other:?} is not one of queued, running, succeeded, failed, cancelled"),
-            ))
-        }
-    }))
 }
 
 #[tonic::async_trait]
@@ -138,10 +62,7 @@ impl pb::tasks_server::Tasks for TasksApi {
         crate::state::validate_command(&command).map_err(ApiError::from)?;
         match self.node.propose(command).await?.1 {
             Response::TaskSubmitted { task } => Ok(GrpcResponse::new(pb::SubmitTaskResponse { task_id: task.0 })),
-            Response::Refused(Refusal::Exhausted { what, max }) => {
-                Err(ApiError::ResourceExhausted(format!("{what}: at most {max}")).into())
-            }
-            Response::Refused(Refusal::Invalid(i)) => Err(ApiError::Invalid(i).into()),
+            Response::Refused(r) => Err(ApiError::from(r).into()),
             other => Err(unexpected(other)),
         }
     }
@@ -151,7 +72,7 @@ impl pb::tasks_server::Tasks for TasksApi {
         self.node.read_index().await?;
         self.node
             .shared
-            .read(|d| d.state.tasks().get(id).map(|t| task_info(t, &d.state)))
+            .read(|d| d.state.tasks().get(id).map(|t| convert::task_info(t, &d.state)))
             .map(GrpcResponse::new)
             .ok_or_else(|| ApiError::NotFound(format!("task {id} is unknown")).into())
     }
@@ -161,7 +82,7 @@ impl pb::tasks_server::Tasks for TasksApi {
         request: Request<pb::ListTasksRequest>,
     ) -> Result<GrpcResponse<pb::ListTasksResponse>, Status> {
         let req = request.into_inner();
-        let status = status_filter(&req.status).map_err(ApiError::from)?;
+        let status = convert::status_filter(&req.status).map_err(ApiError::from)?;
         let limit = if req.limit == 0 { LIST_PAGE_DEFAULT } else { req.limit };
         if limit > LIST_PAGE_MAX {
             return Err(ApiError::Invalid(Invalid::new(
@@ -179,7 +100,7 @@ impl pb::tasks_server::Tasks for TasksApi {
                     .rev()
                     .filter(|t| status.is_none_or(|s| t.status == s))
                     .take(limit as usize)
-                    .map(|t| task_info(t, &d.state))
+                    .map(|t| convert::task_info(t, &d.state))
                     .collect(),
                 queued: tasks.queued() as u64,
             }
@@ -194,12 +115,7 @@ impl pb::tasks_server::Tasks for TasksApi {
         let task = TaskId(request.into_inner().task_id);
         match self.node.propose(Command::CancelTask { task }).await?.1 {
             Response::TaskCancelled { .. } => Ok(GrpcResponse::new(pb::CancelTaskResponse {})),
-            Response::Refused(Refusal::TaskUnknown { task }) => {
-                Err(ApiError::NotFound(format!("task {task} is unknown")).into())
-            }
-            Response::Refused(Refusal::TaskEnded { task }) => {
-                Err(ApiError::FailedPrecondition(format!("task {task} already ended")).into())
-            }
+            Response::Refused(r) => Err(ApiError::from(r).into()),
             other => Err(unexpected(other)),
         }
     }
@@ -209,38 +125,7 @@ impl pb::tasks_server::Tasks for TasksApi {
         _: Request<pb::ListWorkersRequest>,
     ) -> Result<GrpcResponse<pb::ListWorkersResponse>, Status> {
         self.node.read_index().await?;
-        let workers = self.node.shared.read(|d| {
-            d.state
-                .tasks()
-                .workers()
-                .map(|w| pb::WorkerInfo {
-                    node_id: w.node_id.clone(),
-                    session_id: w.session.0,
-                    slots: w.slots.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
-                    running_task_ids: w.running.keys().map(|t| t.0).collect(),
-                    labels: w.labels.clone().into_iter().collect(),
-                    gpus: w
-                        .gpus
-                        .iter()
-                        .map(|g| pb::Gpu { index: g.index, model: g.model.clone(), memory_bytes: g.memory_bytes })
-                        .collect(),
-                    model_providers: w
-                        .providers
-                        .iter()
-                        .map(|p| pb::ModelProvider {
-                            name: p.name.clone(),
-                            kind: if p.kind == "anthropic" {
-                                pb::ProviderKind::Anthropic
-                            } else {
-                                pb::ProviderKind::OpenaiCompatible
-                            } as i32,
-                            local: p.local,
-                            ..Default::default()
-                        })
-                        .collect(),
-                })
-                .collect()
-        });
+        let workers = self.node.shared.read(|d| d.state.tasks().workers().map(convert::worker_info).collect());
         Ok(GrpcResponse::new(pb::ListWorkersResponse { workers }))
     }
 }

@@ -27,11 +27,12 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
+use super::convert::{self, outcome_from_pb, usage_from_pb};
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::raft::state_machine::Subscription;
 use crate::state::{Command, Effect, Refusal, Response, SessionId, TaskId};
-use crate::state::{GpuInfo, Outcome, ProviderInfo, TaskReport, TaskStatus, Usage, WorkerSpec};
+use crate::state::{GpuInfo, ProviderInfo, TaskReport, TaskStatus, WorkerSpec};
 
 /// Messages queued toward one worker before the stream applies backpressure.
 const OUTBOUND_BUFFER_LEN: usize = 256;
@@ -47,28 +48,6 @@ fn msg(m: pb::coordinator_message::Msg) -> Out {
     Ok(pb::CoordinatorMessage { msg: Some(m) })
 }
 
-fn usage_from_pb(usage: &[pb::TokenUsage]) -> Usage {
-    let mut u = Usage::default();
-    for x in usage {
-        u.input_tokens = u.input_tokens.saturating_add(x.input_tokens);
-        u.output_tokens = u.output_tokens.saturating_add(x.output_tokens);
-        u.cached_tokens = u.cached_tokens.saturating_add(x.cached_tokens);
-        u.estimated |= x.estimated;
-    }
-    u
-}
-
-fn outcome_from_pb(o: i32) -> Result<Outcome, Invalid> {
-    match pb::TaskOutcome::try_from(o) {
-        Ok(pb::TaskOutcome::Succeeded) => Ok(Outcome::Succeeded),
-        Ok(pb::TaskOutcome::Failed) => Ok(Outcome::Failed),
-        Ok(pb::TaskOutcome::Cancelled) => Ok(Outcome::Cancelled),
-        Ok(pb::TaskOutcome::Preempted) => Ok(Outcome::Preempted),
-        Ok(pb::TaskOutcome::TimedOut) => Ok(Outcome::TimedOut),
-        _ => Err(Invalid::new("result.outcome", format!("{o} is not a task outcome"))),
-    }
-}
-
 /// The Assignment message for the current attempt of `task`, if it runs on `session`.
 fn assignment(node: &Node, task: TaskId, session: SessionId) -> Option<pb::CoordinatorMessage> {
     node.shared.read(|d| {
@@ -76,24 +55,7 @@ fn assignment(node: &Node, task: TaskId, session: SessionId) -> Option<pb::Coord
         if t.status != TaskStatus::Running || t.session != Some(session) {
             return None;
         }
-        Some(pb::CoordinatorMessage {
-            msg: Some(pb::coordinator_message::Msg::Assignment(pb::coordinator_message::Assignment {
-                task_id: t.id.0,
-                attempt: t.attempt,
-                role: t.spec.role.to_string(),
-                resources: super::convert::items_to_pb(&t.attempt_items()),
-                reservations: Vec::new(),
-                payload: t.spec.payload.clone(),
-                priority: t.spec.priority,
-                resume_checkpoint: t.checkpoint.as_ref().map(|c| c.data.clone()).unwrap_or_default(),
-                work_item_id: t.spec.work_item.clone(),
-                model_tier: t.spec.tier.map_or(pb::ModelTier::Unspecified, super::convert::tier_to_pb) as i32,
-                timeout_ms: t.spec.timeout_ms,
-                incremental: t.spec.incremental,
-                provider: t.route.as_ref().map(|r| r.provider.clone()).unwrap_or_default(),
-                model: t.route.as_ref().map(|r| r.model.clone()).unwrap_or_default(),
-            })),
-        })
+        Some(convert::assignment(t))
     })
 }
 

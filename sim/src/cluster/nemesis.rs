@@ -482,14 +482,7 @@ pub async fn control(opts: Options, shared: Shared) -> turmoil::Result {
         match next {
             None => {}
             Some(ControlOp::Transfer(to)) => {
-                let answer = client
-                    .call(|ch| async move {
-                        Ok(Client::cluster(ch)
-                            .transfer_leader(pb::TransferLeaderRequest { to_node_id: to })
-                            .await?
-                            .into_inner())
-                    })
-                    .await;
+                let answer = client.transfer_leader(pb::TransferLeaderRequest { to_node_id: to }).await;
                 let text = match answer {
                     Ok(r) => format!("leader={:?} term={}", r.leader_id, r.term),
                     Err(e) => format!("failed {:?}", e.code()),
@@ -501,11 +494,7 @@ pub async fn control(opts: Options, shared: Shared) -> turmoil::Result {
                 lock(&shared).trace.event(now_ms(), "run-ahead", format_args!("{entries} entries: {text}"));
             }
             Some(ControlOp::Snapshot(id)) => {
-                let answer = per_node[&id]
-                    .call(|ch| async move {
-                        Ok(Client::cluster(ch).snapshot_now(pb::SnapshotNowRequest { wait: true }).await?.into_inner())
-                    })
-                    .await;
+                let answer = per_node[&id].snapshot_now(pb::SnapshotNowRequest { wait: true }).await;
                 let text = match answer {
                     Ok(r) => format!("at index {}", r.snapshot_index),
                     Err(e) => format!("failed {:?}", e.code()),

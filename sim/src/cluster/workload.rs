@@ -123,13 +123,7 @@ async fn declare(ctx: &mut Ctx) {
         grace_ms,
     };
     for _ in 0..20 {
-        let answer = ctx
-            .client
-            .call(|ch| {
-                let req = req.clone();
-                async move { Ok(Client::reservations(ch).declare_resource(req).await?.into_inner()) }
-            })
-            .await;
+        let answer = ctx.client.declare_resource(req.clone()).await;
         match answer {
             Ok(r) => {
                 ctx.event("declare", format_args!("{} preempt grace={grace_ms}ms index={}", ctx.paths[0], r.index));
@@ -393,13 +387,7 @@ async fn task_op(ctx: &mut Ctx) {
         timeout_ms: 30_000,
         incremental: false,
     };
-    let answer = ctx
-        .client
-        .call(|ch| {
-            let req = req.clone();
-            async move { Ok(Client::tasks(ch).submit(req).await?.into_inner()) }
-        })
-        .await;
+    let answer = ctx.client.submit_task(req).await;
     match answer {
         Ok(r) => {
             let mut w = lock(&ctx.shared);

@@ -1,62 +1,13 @@
-//! Protocol ↔ domain conversions for the client API. Validation of wire input happens here,
-//! at the edge: every error names the wire field and the bound.
+//! Reservations: acquire requests in; reservations, holders, pending requests, refusals and
+//! watch events out.
 
 use qm_shared::limits::{LEASE_MS_DEFAULT, PRIORITY_DEFAULT};
 use qm_shared::pb::v1 as pb;
-use qm_shared::{validate, Invalid, Mode, ResourcePath};
+use qm_shared::{validate, Invalid};
 
-use crate::state::{Acquire, Effect, GrantInfo, HolderInfo, Item, ReleaseReason, SessionId, State, Wait, WaiterInfo};
-
-pub fn mode_from_pb(field: &str, mode: i32) -> Result<Mode, Invalid> {
-    match pb::Mode::try_from(mode) {
-        Ok(pb::Mode::Shared) => Ok(Mode::Shared),
-        Ok(pb::Mode::Exclusive) => Ok(Mode::Exclusive),
-        _ => Err(Invalid::new(field, format!("{mode} is not a mode; use MODE_SHARED (1) or MODE_EXCLUSIVE (2)"))),
-    }
-}
-
-pub fn mode_to_pb(mode: Mode) -> i32 {
-    match mode {
-        Mode::Shared => pb::Mode::Shared as i32,
-        Mode::Exclusive => pb::Mode::Exclusive as i32,
-    }
-}
-
-pub fn path(field: &str, text: &str) -> Result<ResourcePath, Invalid> {
-    ResourcePath::parse(text).map_err(|e| Invalid::new(field, e.message))
-}
-
-/// The optional resource-prefix filter of List, Watch and Graph.
-pub fn prefix(field: &str, text: &str) -> Result<Option<ResourcePath>, Invalid> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    path(field, text).map(Some)
-}
-
-/// Resource requests as core items, each field checked and named.
-pub fn items_from_pb(resources: Vec<pb::ResourceRequest>) -> Result<Vec<Item>, Invalid> {
-    if resources.len() > qm_shared::limits::SET_SIZE_MAX {
-        return Err(Invalid::new(
-            "resources",
-            format!("has {} entries, at most {}", resources.len(), qm_shared::limits::SET_SIZE_MAX),
-        ));
-    }
-    let mut items = Vec::with_capacity(resources.len());
-    for (i, r) in resources.into_iter().enumerate() {
-        let path = path(&format!("resources[{i}].path"), &r.path)?;
-        let mode = mode_from_pb(&format!("resources[{i}].mode"), r.mode)?;
-        items.push(Item { path, mode, units: r.units.max(1) });
-    }
-    Ok(items)
-}
-
-pub fn items_to_pb(items: &[Item]) -> Vec<pb::ResourceRequest> {
-    items
-        .iter()
-        .map(|i| pb::ResourceRequest { path: i.path.to_string(), mode: mode_to_pb(i.mode), units: i.units })
-        .collect()
-}
+use super::{items_from_pb, mode_to_pb};
+use crate::state::{Acquire, Effect, GrantInfo, HolderInfo, Item, Policy, Refusal, ReleaseReason, SessionId, State};
+use crate::state::{Wait, WaiterInfo};
 
 pub fn acquire_from_pb(req: pb::AcquireRequest, state: &State) -> Result<Acquire, Invalid> {
     let session = SessionId(req.session_id);
@@ -92,6 +43,16 @@ pub fn acquire_from_pb(req: pb::AcquireRequest, state: &State) -> Result<Acquire
     validate::check_lease_ms(lease_ms).map_err(|e| Invalid::new("lease_ms", e.message))?;
     let priority = if req.priority == 0 { PRIORITY_DEFAULT } else { req.priority };
     Ok(Acquire { session, owner, items, wait, priority, lease_ms })
+}
+
+/// A resource policy; unspecified is none.
+pub fn policy_from_pb(field: &str, policy: i32) -> Result<Policy, Invalid> {
+    match pb::ResourcePolicy::try_from(policy) {
+        Ok(pb::ResourcePolicy::Unspecified | pb::ResourcePolicy::None) => Ok(Policy::None),
+        Ok(pb::ResourcePolicy::Preempt) => Ok(Policy::Preempt),
+        Ok(pb::ResourcePolicy::Inherit) => Ok(Policy::Inherit),
+        Err(_) => Err(Invalid::new(field, format!("{policy} is not a policy"))),
+    }
 }
 
 pub fn reservation(g: &GrantInfo) -> pb::Reservation {
@@ -284,10 +245,54 @@ pub fn watch_event(index: u64, at_ms: u64, e: &Effect) -> Option<pb::WatchEvent>
     Some(pb::WatchEvent { index, at_ms, kind: Some(kind) })
 }
 
-pub fn tier_to_pb(t: qm_shared::Tier) -> pb::ModelTier {
-    match t {
-        qm_shared::Tier::Cheap => pb::ModelTier::Cheap,
-        qm_shared::Tier::Standard => pb::ModelTier::Standard,
-        qm_shared::Tier::Frontier => pb::ModelTier::Frontier,
+fn refusal_reason(r: &Refusal) -> pb::RefusalReason {
+    match r {
+        Refusal::Conflict { .. } => pb::RefusalReason::Conflict,
+        Refusal::QueueFull { .. } => pb::RefusalReason::QueueFull,
+        Refusal::Deadlock { .. } => pb::RefusalReason::Deadlock,
+        Refusal::SessionUnknown { .. } => pb::RefusalReason::SessionUnknown,
+        Refusal::AlreadyWaiting { .. } => pb::RefusalReason::AlreadyWaiting,
+        Refusal::ReservationUnknown { .. } | Refusal::RequestUnknown { .. } | Refusal::Exhausted { .. } => {
+            pb::RefusalReason::OverCapacity
+        }
+        Refusal::TaskUnknown { .. }
+        | Refusal::StaleAttempt { .. }
+        | Refusal::NotAWorker { .. }
+        | Refusal::TaskEnded { .. }
+        | Refusal::JobUnknown { .. }
+        | Refusal::JobState { .. }
+        | Refusal::ProjectUnknown { .. }
+        | Refusal::NotAwaitingDecision { .. } => pb::RefusalReason::Unspecified,
+        Refusal::Invalid(_) => pb::RefusalReason::Unspecified,
     }
+}
+
+/// The Refused outcome of an Acquire, holders named from `state`. A broken field rule is not
+/// an answer but an error: that refusal is given back.
+pub fn acquire_refused(r: Refusal, state: &State) -> Result<pb::acquire_response::Refused, Refusal> {
+    use pb::acquire_response as ar;
+    let reason = refusal_reason(&r) as i32;
+    Ok(match r {
+        invalid @ Refusal::Invalid(_) => return Err(invalid),
+        Refusal::Conflict { holders, queue_position, estimated_wait_ms, .. } => ar::Refused {
+            reason,
+            holders: holders.iter().map(|h| holder(h, state)).collect(),
+            queue_position,
+            estimated_wait_ms,
+            retry_after_ms: estimated_wait_ms.clamp(100, 5_000),
+            message: "held by others (or others queued ahead)".into(),
+        },
+        Refusal::QueueFull { resource, queue_len, retry_after_ms } => ar::Refused {
+            reason,
+            retry_after_ms,
+            message: format!("queue of {resource} is full ({queue_len} waiting)"),
+            ..Default::default()
+        },
+        Refusal::Deadlock { cycle, cycle_len } => ar::Refused {
+            reason,
+            message: format!("would deadlock: cycle of {cycle_len}: {}", cycle.join(" -> ")),
+            ..Default::default()
+        },
+        other => ar::Refused { reason, message: format!("{other:?}"), ..Default::default() },
+    })
 }
