@@ -108,9 +108,7 @@ async fn open_session(node: &Node, reg: &pb::worker_message::Register, ttl_ms: u
     let label = format!("worker/{}", reg.node_id);
     match node.propose(Command::OpenSession { label, ttl_ms }).await?.1 {
         Response::SessionOpened { session, .. } => Ok(session),
-        Response::Refused(Refusal::Exhausted { what, max }) => {
-            Err(ApiError::ResourceExhausted(format!("{what}: at most {max}")).into())
-        }
+        Response::Refused(refusal) => Err(ApiError::from(refusal).into()),
         other => Err(ApiError::Internal(format!("unexpected answer: {other:?}")).into()),
     }
 }
