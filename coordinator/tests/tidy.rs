@@ -1,4 +1,5 @@
-//! Tidy: the replicated core stays pure.
+//! Tidy: the replicated core stays pure, Raft waits stay bounded, and ARCHITECTURE.md stays
+//! true (every source file on its map, crate dependencies as it allows).
 //!
 //! Architecture Invariant: nothing under `coordinator/src/state` imports tokio, tonic, sled or
 //! openraft, reads a clock, uses hash maps (iteration order is not deterministic), draws
@@ -128,4 +129,135 @@ fn the_wait_scanner_catches_an_unbounded_write() {
     assert_eq!(unbounded_waits(bad), [(1, ".client_write(")]);
     let good = "let w = raft.client_write(req);\nmatch within_term(m, 10, w).await {}";
     assert!(unbounded_waits(good).is_empty());
+}
+
+/// The repository's root (the workspace holding this crate).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf()
+}
+
+/// Source files (`.rs`, `.proto`) under `dir`, as paths relative to `root`, skipping build
+/// output and hidden folders.
+fn source_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with('.') || name == "target" {
+            continue;
+        }
+        if path.is_dir() {
+            source_files(root, &path, out);
+        } else if name.ends_with(".rs") || name.ends_with(".proto") {
+            out.push(path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/"));
+        }
+    }
+}
+
+/// Paths the map must name besides the source files.
+const MAPPED_ALSO: &[&str] = &[
+    ".ci/run",
+    ".cargo/config.toml",
+    "docs/",
+    "agents/",
+    "workflows/",
+    "projects/",
+    "sim/scenarios/",
+    "coordinator/tests/scenarios/",
+    "README.md",
+    "rustfmt.toml",
+];
+
+/// The entries of `wanted` that `map` does not name as a code span (`` `path` ``, or a path
+/// that a code span starts with, such as `` `coordinator/tests/scenarios/*.scn` ``).
+fn missing_from_map<'a>(wanted: &'a [String], map: &str) -> Vec<&'a str> {
+    wanted.iter().map(String::as_str).filter(|p| !map.contains(&format!("`{p}"))).collect()
+}
+
+/// Architecture Invariant: ARCHITECTURE.md names every source file; a new file goes on the
+/// map in the change that adds it.
+#[test]
+fn every_source_file_is_on_the_map() {
+    let root = repo_root();
+    let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let mut files = Vec::new();
+    for dir in ["proto", "shared", "coordinator", "worker", "sim", "cli", "tests"] {
+        source_files(&root, &root.join(dir), &mut files);
+    }
+    assert!(files.len() > 100, "expected the workspace's sources, found {}", files.len());
+    files.extend(MAPPED_ALSO.iter().map(|p| p.to_string()));
+    for p in MAPPED_ALSO {
+        assert!(root.join(p).exists(), "{p} is listed as mapped but does not exist");
+    }
+    let missing = missing_from_map(&files, &map);
+    assert!(missing.is_empty(), "ARCHITECTURE.md does not name:\n{}", missing.join("\n"));
+}
+
+#[test]
+fn the_map_check_catches_a_missing_file() {
+    let files = vec!["a/b.rs".to_string(), "a/c.rs".to_string(), "docs/".to_string()];
+    let map = "* `a/b.rs` — one\n* `docs/` — the docs\nc.rs is mentioned only in prose";
+    assert_eq!(missing_from_map(&files, map), ["a/c.rs"]);
+}
+
+/// The allowed workspace dependencies as ARCHITECTURE.md writes them: the lines of the block
+/// headed `crate dependencies (tidy-checked)`, each `crate -> dep dep …`.
+fn allowed_dependencies(map: &str) -> Vec<(String, Vec<String>)> {
+    let block = map.split("crate dependencies (tidy-checked)\n").nth(1).expect("the dependency block");
+    let block = block.split("```").next().unwrap();
+    let mut rules = Vec::new();
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        let (krate, deps) = line.split_once("->").unwrap_or_else(|| panic!("a rule `crate -> deps`: {line}"));
+        let mut deps: Vec<String> = deps.split_whitespace().map(String::from).collect();
+        deps.sort();
+        rules.push((krate.trim().to_string(), deps));
+    }
+    rules
+}
+
+/// The workspace crates a manifest names in any dependency table.
+fn workspace_dependencies(manifest: &str) -> Vec<String> {
+    let mut deps: Vec<String> = manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("qm-"))
+        .filter_map(|rest| rest.split(['.', ' ', '=']).next())
+        .map(|name| format!("qm-{name}"))
+        .collect();
+    deps.sort();
+    deps.dedup();
+    deps
+}
+
+/// Architecture Invariant: crates depend on each other only as ARCHITECTURE.md's dependency
+/// block says, and the block says exactly what the manifests do.
+#[test]
+fn crates_depend_only_as_the_map_allows() {
+    let root = repo_root();
+    let map = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let rules = allowed_dependencies(&map);
+    let dirs = [
+        ("qm-shared", "shared"),
+        ("qm-coordinator", "coordinator"),
+        ("qm-worker", "worker"),
+        ("qm-sim", "sim"),
+        ("qm-cli", "cli"),
+        ("qm-tests", "tests"),
+    ];
+    assert_eq!(rules.len(), dirs.len(), "one rule per crate: {rules:?}");
+    for (krate, dir) in dirs {
+        let manifest = std::fs::read_to_string(root.join(dir).join("Cargo.toml")).unwrap();
+        let actual = workspace_dependencies(&manifest);
+        let allowed = &rules.iter().find(|(k, _)| k == krate).unwrap_or_else(|| panic!("no rule for {krate}")).1;
+        assert_eq!(&actual, allowed, "{krate} depends on {actual:?}; ARCHITECTURE.md allows {allowed:?}");
+    }
+}
+
+#[test]
+fn the_dependency_check_reads_manifests_and_rules() {
+    let manifest = "[package]\nname = \"qm-sim\"\n[dependencies]\nqm-shared.workspace = true\nqm-worker = { path = \"../worker\" }\ntokio = \"1\"\n";
+    assert_eq!(workspace_dependencies(manifest), ["qm-shared", "qm-worker"]);
+    let map = "```text\ncrate dependencies (tidy-checked)\nqm-a ->\nqm-b -> qm-a\n```\n";
+    assert_eq!(
+        allowed_dependencies(map),
+        [("qm-a".to_string(), vec![]), ("qm-b".to_string(), vec!["qm-a".to_string()])]
+    );
 }
