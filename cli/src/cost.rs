@@ -81,17 +81,10 @@ pub async fn dispatch(command: CostCommand, client: &Client, output: Output) -> 
 /// `--since`: a duration back from now (`30m`, `24h`, `7d`) or ms since the Unix epoch.
 fn since_ms(text: &str, now_ms: u64) -> Result<u64, Failure> {
     let bad = || Failure::usage(format!("--since {text:?}: expected a duration like 90s, 30m, 24h, 7d or epoch ms"));
-    let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let ms = match unit {
-        "" => return Ok(n),
-        "ms" => n,
-        "s" => n * 1_000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
-        _ => return Err(bad()),
-    };
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| bad());
+    }
+    let ms = qm_shared::duration::parse_duration_ms(text).map_err(|_| bad())?;
     Ok(now_ms.saturating_sub(ms))
 }
 

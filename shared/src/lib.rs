@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod attempt;
 pub mod client;
+pub mod duration;
 pub mod limits;
 pub mod pb;
 pub mod resource;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use crate::duration::{duration_text, parse_duration_ms};
 use crate::limits::{
     CAPACITY_MAX, GATE_FAILURES_MAX, JOB_INPUTS_MAX, NAME_LEN_MAX_BYTES, PASS_TIMEOUT_MS_MAX, PREEMPT_GRACE_MS_MAX,
     PREEMPT_GRACE_MS_MIN, PROJECT_ENTRIES_MAX, PROJECT_GRACE_MS_DEFAULT, PROVIDER_CONCURRENCY_MAX, SET_SIZE_MAX,
@@ -434,37 +435,6 @@ fn to_json(v: &DeValue<'_>) -> Result<serde_json::Value, String> {
             Value::Object(out)
         }
     })
-}
-
-/// `"500ms"`, `"30s"`, `"10m"`, `"2h"` (one number, one unit) or `"0"`, in milliseconds.
-fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let bad = || format!("{s:?} is not a duration (a whole number and a unit: ms, s, m or h, e.g. \"30s\")");
-    let t = s.trim();
-    if t == "0" {
-        return Ok(0);
-    }
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let unit_ms = match unit.trim() {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(unit_ms).ok_or_else(bad)
-}
-
-/// Milliseconds as the shortest exact duration text (`"10m"`, `"1500ms"`).
-fn duration_text(ms: u64) -> String {
-    match ms {
-        0 => "0".to_string(),
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
-        _ => format!("{ms}ms"),
-    }
 }
 
 /// A lowercase name (`[a-z0-9-]`, at most `NAME_LEN_MAX_BYTES`).

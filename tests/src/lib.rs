@@ -15,7 +15,9 @@ use qm_shared::client::Client;
 use qm_shared::pb::v1 as pb;
 
 /// The `qm` binary built beside this test, or the one `QM_BIN` names (to run the black-box
-/// tests against another build, e.g. a release binary or an older commit's).
+/// tests against another build, e.g. a release binary or an older commit's). The scenarios
+/// are test targets of the `qm-cli` package, so cargo has built this binary afresh before
+/// it runs them.
 pub fn qm_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("QM_BIN").filter(|b| !b.is_empty()) {
         let bin = PathBuf::from(bin);
@@ -25,7 +27,7 @@ pub fn qm_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
     let bin = dir.join("qm");
-    assert!(bin.exists(), "{} not built; run `cargo build -p qm-cli` (cargo test --workspace does)", bin.display());
+    assert!(bin.exists(), "{} not built; run the tests with `cargo test --workspace`", bin.display());
     bin
 }
 

@@ -235,6 +235,8 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
         let bytes = snapshot.into_inner();
         let state = restore(meta, &bytes)?;
         save_snapshot(&self.store, meta, &bytes).await?;
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        tracing::info!(index, bytes = bytes.len(), "installed a snapshot from the leader");
         let mut data = self.shared.data.write().expect("state lock poisoned");
         data.state = state;
         data.last_applied = meta.last_log_id;

@@ -137,6 +137,12 @@ impl State {
         ctx.effects.push(Effect::Queued { request: id, owner: a.owner, session: a.session, position });
 
         self.settle(ctx);
+        // A request answered in the apply that made it (granted, or refused as the victim of
+        // the cycle it closed) was never queued as far as anyone watching can tell.
+        let answered = ctx.granted.contains_key(&id) || ctx.aborted.contains_key(&id);
+        if answered {
+            ctx.effects.retain(|e| !matches!(e, Effect::Queued { request, .. } if *request == id));
+        }
         if let Some(grants) = ctx.granted.get(&id) {
             return Response::Granted { grants: grants.clone() };
         }

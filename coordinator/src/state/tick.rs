@@ -29,38 +29,23 @@ impl State {
         let now = ctx.now;
         self.table.collect();
         self.collect_owners();
-        let due_sessions: Vec<SessionId> = due(&self.session_timers, now);
-        for s in due_sessions {
-            self.end_session(s, ReleaseReason::SessionExpired, ctx);
-        }
-        for id in due(&self.lease_timers, now) {
-            let grant = self.remove_grant(id, ctx);
-            self.stats.expirations_total += 1;
-            let owner = self.owners[&grant.owner].name.to_string();
-            ctx.effects.push(Effect::Expired { reservation: id, resource: grant.path, owner, session: grant.session });
-        }
-        for id in due(&self.grace_timers, now) {
-            if !self.preemption_wanted(id) {
-                // Whoever asked is gone (granted elsewhere, timed out, cancelled): the holder
-                // keeps its lease.
-                let grant = self.grants.get_mut(&id).expect("grant exists");
-                let deadline = grant.preempt_deadline.take().expect("grace timer has a deadline");
-                self.grace_timers.remove(&(deadline, id));
-                let owner = self.owners[&grant.owner].name.to_string();
-                ctx.effects.push(Effect::PreemptWithdrawn { reservation: id, owner, session: grant.session });
-                continue;
+        // Ends and timeouts in the order they fell due: everything that ended at or before a
+        // waiter's deadline is released, and what came free granted, before that deadline is
+        // judged. A resource that came free in time goes to the waiter, however coarse the
+        // ticks.
+        let deadlines: BTreeSet<Millis> =
+            self.wait_timers.iter().take_while(|(t, _)| *t <= now).map(|(t, _)| *t).collect();
+        for deadline in deadlines {
+            self.end_due(deadline, ctx);
+            self.settle(ctx);
+            for id in due(&self.wait_timers, deadline) {
+                let request = self.remove_request(id, ctx);
+                self.stats.timeouts_total += 1;
+                let owner = self.owners[&request.owner].name.to_string();
+                ctx.effects.push(Effect::TimedOut { request: id, owner, session: request.session });
             }
-            let grant = self.remove_grant(id, ctx);
-            self.stats.revocations_total += 1;
-            let owner = self.owners[&grant.owner].name.to_string();
-            ctx.effects.push(Effect::Revoked { reservation: id, resource: grant.path, owner, session: grant.session });
         }
-        for id in due(&self.wait_timers, now) {
-            let request = self.remove_request(id, ctx);
-            self.stats.timeouts_total += 1;
-            let owner = self.owners[&request.owner].name.to_string();
-            ctx.effects.push(Effect::TimedOut { request: id, owner, session: request.session });
-        }
+        self.end_due(now, ctx);
         for id in due(&self.aging_timers, now) {
             let request = self.requests.get_mut(&id).expect("aging request exists");
             self.aging_timers.remove(&(request.next_aging_at.expect("aging scheduled"), id));
@@ -79,6 +64,37 @@ impl State {
         }
         self.roll_budget_periods(ctx);
         self.dispatch_tasks(ctx);
+    }
+
+    /// Ends what fell due at or before `at`: sessions, leases, and preemption graces (a lease
+    /// is revoked if some waiter still wants it, the notice withdrawn otherwise).
+    fn end_due(&mut self, at: Millis, ctx: &mut Ctx) {
+        let due_sessions: Vec<SessionId> = due(&self.session_timers, at);
+        for s in due_sessions {
+            self.end_session(s, ReleaseReason::SessionExpired, ctx);
+        }
+        for id in due(&self.lease_timers, at) {
+            let grant = self.remove_grant(id, ctx);
+            self.stats.expirations_total += 1;
+            let owner = self.owners[&grant.owner].name.to_string();
+            ctx.effects.push(Effect::Expired { reservation: id, resource: grant.path, owner, session: grant.session });
+        }
+        for id in due(&self.grace_timers, at) {
+            if !self.preemption_wanted(id) {
+                // Whoever asked is gone (granted elsewhere, timed out, cancelled): the holder
+                // keeps its lease.
+                let grant = self.grants.get_mut(&id).expect("grant exists");
+                let deadline = grant.preempt_deadline.take().expect("grace timer has a deadline");
+                self.grace_timers.remove(&(deadline, id));
+                let owner = self.owners[&grant.owner].name.to_string();
+                ctx.effects.push(Effect::PreemptWithdrawn { reservation: id, owner, session: grant.session });
+                continue;
+            }
+            let grant = self.remove_grant(id, ctx);
+            self.stats.revocations_total += 1;
+            let owner = self.owners[&grant.owner].name.to_string();
+            ctx.effects.push(Effect::Revoked { reservation: id, resource: grant.path, owner, session: grant.session });
+        }
     }
 
     pub(super) fn apply_restart_leases(&mut self, ctx: &mut Ctx) -> Response {

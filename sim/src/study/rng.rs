@@ -113,57 +113,12 @@ impl Dist {
 /// No sampled duration is longer than a day.
 pub const DURATION_MS_CAP: u64 = 24 * 3_600_000;
 
-/// Parses `250ms`, `90s`, `20m`, `1h30m`, `2h` into milliseconds.
-pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    if t.is_empty() {
-        return Err("empty duration (write e.g. 90s, 20m, 1h30m)".into());
-    }
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    let mut chars = t.chars().peekable();
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let unit = if c == 'm' && chars.peek() == Some(&'s') {
-            chars.next();
-            1.0
-        } else {
-            match c {
-                's' => 1_000.0,
-                'm' => 60_000.0,
-                'h' => 3_600_000.0,
-                'd' => 86_400_000.0,
-                _ => return Err(format!("{s:?}: unknown unit {c:?} (use ms, s, m, h, d)")),
-            }
-        };
-        let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (write e.g. 90s, 20m, 1h30m)"))?;
-        total = total.saturating_add((n * unit).round() as u64);
-        num.clear();
-        any = true;
-    }
-    if !num.is_empty() || !any {
-        return Err(format!("{s:?}: a number needs a unit (ms, s, m, h, d)"));
-    }
-    Ok(total)
-}
+/// Durations in scenario files: the one grammar of [`qm_shared::duration`].
+pub use qm_shared::duration::parse_duration_ms as parse_duration;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(250));
-        assert_eq!(parse_duration("90s"), Ok(90_000));
-        assert_eq!(parse_duration("1h30m"), Ok(5_400_000));
-        assert_eq!(parse_duration("1.5h"), Ok(5_400_000));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("3y").is_err());
-    }
 
     #[test]
     fn keyed_draws_do_not_depend_on_order() {
