@@ -41,6 +41,11 @@ impl State {
         OwnerRef { name: o.name.to_string(), session: o.session }
     }
 
+    /// The declared capacities of counted resources, by path.
+    pub fn capacities(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
+        self.resources.iter().filter_map(|(path, r)| r.capacity.map(|c| (path.as_str(), c)))
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }

@@ -197,9 +197,10 @@ fn replicas(shared: &Shared, clocks: &BTreeMap<u64, SimClock>, t: u64, obs: &mut
         if leader {
             obs.leader_clock_max_ms = obs.leader_clock_max_ms.max(clocks[&id].reading_at(t));
         }
-        let (grants, edges, waiters, preempt_gap, checkpoints) = node.shared.read(|d| {
+        let (grants, capacities, edges, waiters, preempt_gap, checkpoints) = node.shared.read(|d| {
             (
                 d.state.grants().collect(),
+                d.state.capacities().map(|(path, c)| (path.to_string(), c)).collect(),
                 d.state.wait_for_edges(),
                 d.state.waiters().map(|w| (w.request.0, w.preempting_priority)).collect(),
                 d.state.config().preempt_gap,
@@ -218,6 +219,7 @@ fn replicas(shared: &Shared, clocks: &BTreeMap<u64, SimClock>, t: u64, obs: &mut
             vote_text: format!("vote={} leader={:?} last_log={:?}", m.vote, m.current_leader, m.last_log_index),
             applied,
             grants,
+            capacities,
             edges,
             waiters,
             preempt_gap,

@@ -20,7 +20,7 @@
 //! releases, with fewer commands.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use qm_coordinator::state::{
     Acquire, Command, Config, Effect, Item, JobId, Refusal, RequestId, Response, SessionId, State, TaskId, Wait,
@@ -176,13 +176,13 @@ struct Metrics {
     role_occupied: BTreeMap<Role, Gauge>,
     role_slots: BTreeMap<Role, u64>,
     rows: Vec<(String, Option<u32>, String)>,
-    row_of: HashMap<String, usize>,
+    row_of: BTreeMap<String, usize>,
     busy: Vec<Gauge>,
     held_units: Vec<u64>,
     waiters: Vec<Gauge>,
     grants: Vec<u64>,
-    lease_row: HashMap<u64, (usize, u64)>,
-    request_rows: HashMap<RequestId, Vec<usize>>,
+    lease_row: BTreeMap<u64, (usize, u64)>,
+    request_rows: BTreeMap<RequestId, Vec<usize>>,
     r: Report,
     ledger_seq: u64,
 }
@@ -198,16 +198,16 @@ pub struct Run<'a> {
     seq: u64,
     events: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     workers: Vec<SimWorker>,
-    by_session: HashMap<SessionId, usize>,
-    requests: HashMap<RequestId, (usize, u64)>,
-    pending: HashMap<u64, RequestId>,
+    by_session: BTreeMap<SessionId, usize>,
+    requests: BTreeMap<RequestId, (usize, u64)>,
+    pending: BTreeMap<u64, RequestId>,
     inbox: VecDeque<Msg>,
     grants_by_request: BTreeMap<RequestId, Vec<Lease>>,
-    tasks: HashMap<u64, TaskInfo>,
-    jobs: HashMap<u64, usize>,
+    tasks: BTreeMap<u64, TaskInfo>,
+    jobs: BTreeMap<u64, usize>,
     open_jobs: BTreeSet<u64>,
     decisions: BTreeSet<(u64, usize, u32)>,
-    fresh: HashMap<(u64, u64), u64>,
+    fresh: BTreeMap<(u64, u64), u64>,
     streams: Vec<(Rng, u64)>,
     arrival_rng: Rng,
     behaviour_rng: Rng,
@@ -271,13 +271,13 @@ impl<'a> Run<'a> {
             role_occupied: role_slots.keys().map(|r| (*r, Gauge::new(buckets))).collect(),
             role_slots,
             rows,
-            row_of: HashMap::new(),
+            row_of: BTreeMap::new(),
             busy: vec![Gauge::new(buckets); n],
             held_units: vec![0; n],
             waiters: vec![Gauge::new(buckets); n],
             grants: vec![0; n],
-            lease_row: HashMap::new(),
-            request_rows: HashMap::new(),
+            lease_row: BTreeMap::new(),
+            request_rows: BTreeMap::new(),
             r: Report { scenario: sc.name.clone(), seed, sim_ms: sc.duration_ms, bucket_ms, ..Default::default() },
             ledger_seq: 0,
         };
@@ -298,16 +298,16 @@ impl<'a> Run<'a> {
             seq: 0,
             events: BinaryHeap::new(),
             workers: Vec::new(),
-            by_session: HashMap::new(),
-            requests: HashMap::new(),
-            pending: HashMap::new(),
+            by_session: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            pending: BTreeMap::new(),
             inbox: VecDeque::new(),
             grants_by_request: BTreeMap::new(),
-            tasks: HashMap::new(),
-            jobs: HashMap::new(),
+            tasks: BTreeMap::new(),
+            jobs: BTreeMap::new(),
             open_jobs: BTreeSet::new(),
             decisions: BTreeSet::new(),
-            fresh: HashMap::new(),
+            fresh: BTreeMap::new(),
             streams: sc.arrivals.iter().enumerate().map(|(i, _)| (Rng::keyed(seed, &[1, i as u64]), 0)).collect(),
             arrival_rng: Rng::keyed(seed, &[2]),
             behaviour_rng: Rng::keyed(seed, &[3]),
@@ -1239,7 +1239,7 @@ impl<'a> Run<'a> {
         let end = self.sc.duration_ms;
         self.read_ledger();
         let bucket_ms = self.m.bucket_ms;
-        // Passes still waiting at the end count for starvation.
+        // Passes still waiting at the end count for starvation (in task order: ties go to the first).
         for (task, info) in &self.tasks {
             let wait = end.saturating_sub(info.queued_at);
             if info.assigned_at.is_none() && wait > self.m.r.longest_wait.ms {

@@ -47,6 +47,8 @@ pub struct Replica {
     pub vote_text: String,
     pub applied: u64,
     pub grants: Vec<GrantInfo>,
+    /// Declared capacities of counted resources: path → capacity.
+    pub capacities: BTreeMap<String, u32>,
     pub edges: Vec<(OwnerRef, OwnerRef)>,
     /// Pending requests: id → the priority they preempt with (own or inherited, not aged).
     pub waiters: BTreeMap<u64, u32>,
