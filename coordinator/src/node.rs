@@ -170,7 +170,10 @@ impl Node {
             election_timeout_max: config.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
             max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
-            purge_batch_size: 256,
+            // Purge in batches no larger than the snapshot interval, so that the log behind a
+            // snapshot goes once the next one is taken (a batch of 256 behind snapshots every
+            // 100 entries would keep 356 entries).
+            purge_batch_size: config.snapshot_logs.clamp(1, 256),
             // Entries are batches of at most BATCH_BYTES_MAX: 64 of them stay far below the
             // peer message limit.
             max_payload_entries: 64,

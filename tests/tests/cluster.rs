@@ -151,8 +151,8 @@ async fn restarted_node_catches_up_and_far_behind_node_gets_a_snapshot() {
     cluster.kill(away);
     let client = cluster.client();
     let fence = Arc::new(Fence::default());
-    // Something the snapshot must carry: a grant held throughout (a session of 10 minutes).
-    let holder = client.open_session("snapshot-holder", 600_000).await.expect("open").session_id;
+    // Something the snapshot must carry: a grant held throughout (a session of 5 minutes).
+    let holder = client.open_session("snapshot-holder", 300_000).await.expect("open").session_id;
     let held = acquire_wait(&client, holder, "snapshot-holder", "pg:db/table:kept").await.expect("acquire");
     let done = worker(client.clone(), fence.clone(), "writer".into(), "pg:db/table:t".into(), 120).await;
     assert_eq!(done, 120);
