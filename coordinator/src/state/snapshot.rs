@@ -45,6 +45,7 @@ impl State {
         }
         let mut state: State = bincode::deserialize(&bytes[12..])?;
         state.wait_for.rebuild();
+        state.tasks.rebuild_routed();
         let waiting: Vec<_> = state.requests.values().map(|r| r.owner).collect();
         for owner in waiting {
             state.refresh_victim_meta(owner);

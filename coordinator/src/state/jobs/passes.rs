@@ -158,10 +158,7 @@ impl State {
 
     /// Running attempts routed to provider `name`.
     fn routed_running(&self, name: &str) -> u32 {
-        let running = self.tasks.workers().flat_map(|w| w.running.keys());
-        running
-            .filter(|id| self.tasks.get(**id).and_then(|t| t.route.as_ref()).is_some_and(|r| r.provider == name))
-            .count() as u32
+        self.tasks.routed.get(name).copied().unwrap_or(0)
     }
 
     pub(in crate::state) fn job_task_started(&mut self, task: TaskId, ctx: &mut Ctx) {

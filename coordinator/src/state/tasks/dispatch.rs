@@ -135,6 +135,9 @@ impl State {
         t.attempt += 1;
         t.session = Some(session);
         t.wait = None;
+        if let Some(r) = &route {
+            *self.tasks.routed.entry(r.provider.clone()).or_default() += 1;
+        }
         t.route = route;
         t.percent = t.checkpoint.as_ref().map_or(0, |_| t.percent);
         if t.attempts.len() >= TASK_ATTEMPTS_MAX {

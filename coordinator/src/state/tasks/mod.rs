@@ -135,6 +135,10 @@ pub struct Tasks {
     free: BTreeMap<Role, BTreeSet<(std::cmp::Reverse<u32>, SessionId)>>,
     /// Ended tasks by end time, oldest forgotten first past `TASKS_ENDED_RETAINED_MAX`.
     ended: BTreeSet<(Millis, TaskId)>,
+    /// Running attempts per model provider they were routed to (how busy routing judges a
+    /// provider before its agents have acquired). Derived: rebuilt on restore.
+    #[serde(skip)]
+    pub(in crate::state) routed: BTreeMap<String, u32>,
 }
 
 impl Tasks {
@@ -242,8 +246,24 @@ impl Tasks {
         self.workers.remove(&session)
     }
 
+    /// Recounts `routed` from the running attempts (after a restore).
+    pub(in crate::state) fn rebuild_routed(&mut self) {
+        self.routed = self.count_routed();
+    }
+
+    fn count_routed(&self) -> BTreeMap<String, u32> {
+        let mut routed = BTreeMap::new();
+        for id in self.workers.values().flat_map(|w| w.running.keys()) {
+            if let Some(r) = self.tasks.get(id).and_then(|t| t.route.as_ref()) {
+                *routed.entry(r.provider.clone()).or_default() += 1;
+            }
+        }
+        routed
+    }
+
     /// Checks the job model's invariants; panics naming the broken one.
     pub(in crate::state) fn check(&self) {
+        assert_eq!(self.routed, self.count_routed(), "running attempts per provider against a recount");
         let mut queued = 0;
         for t in self.tasks.values() {
             let in_queue = self

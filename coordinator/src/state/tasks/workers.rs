@@ -90,6 +90,14 @@ impl State {
         self.tasks.refresh_free(session);
         let t = self.tasks.tasks.get_mut(&id).expect("task exists");
         t.session = None;
+        if let Some(r) = &t.route {
+            if let Some(n) = self.tasks.routed.get_mut(&r.provider) {
+                *n -= 1;
+                if *n == 0 {
+                    self.tasks.routed.remove(&r.provider);
+                }
+            }
+        }
         if let Some(n) = self.tasks.team_running.get_mut(&t.spec.team) {
             *n -= 1;
             if *n == 0 {
