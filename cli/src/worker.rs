@@ -163,7 +163,7 @@ fn config(a: WorkerArgs) -> Result<WorkerConfig, Failure> {
 
 /// Runs the worker until Ctrl-C.
 async fn run(client: Client, mut config: WorkerConfig) -> Result<(), Failure> {
-    config.gpus = qm_worker::runtime::detect_gpus().await;
+    config.gpus = qm_worker::gpu::detect_gpus().await;
     eprintln!(
         "qm worker {}: slots {}; {} GPU(s); providers: {}",
         config.node_id,

@@ -2,5 +2,6 @@
 
 pub mod agent;
 pub mod executor;
+pub mod gpu;
 pub mod runtime;
 pub mod spec;
