@@ -61,6 +61,24 @@ pub const KEYS: &[Key] = &[
         default: "127.0.0.1:7070",
         help: "comma-separated coordinator gRPC addresses the CLI talks to",
     },
+    Key {
+        name: "token",
+        env: "QM_TOKEN",
+        default: "",
+        help: "bearer token the CLI sends (prefer token_file: values here show in process listings)",
+    },
+    Key {
+        name: "token_file",
+        env: "QM_TOKEN_FILE",
+        default: "",
+        help: "file holding the CLI's token; empty: ~/.config/qm/tokens/<host>_<port> of the first endpoint",
+    },
+    Key {
+        name: "acl.initial_admin_token_file",
+        env: "QM_ACL_INITIAL_ADMIN_TOKEN_FILE",
+        default: "",
+        help: "coordinator: a secret (32+ characters) that becomes the first admin token when the cluster is not yet bootstrapped",
+    },
     Key { name: "node.id", env: "QM_NODE_ID", default: "1", help: "Raft node id of this coordinator (1 or more)" },
     Key {
         name: "node.listen",
@@ -223,6 +241,24 @@ impl Config {
         &self.values.get(name).expect("a known key").0
     }
 
+    /// The token the CLI sends: `token`, else the contents of `token_file`, else the
+    /// per-endpoint file `qm dev` and `qm acl bootstrap --save` write, else none.
+    pub fn token(&self) -> Result<String, Failure> {
+        let token = self.get("token").trim();
+        if !token.is_empty() {
+            return Ok(token.to_string());
+        }
+        let file = self.get("token_file");
+        if !file.is_empty() {
+            return read_secret_file("token_file", Path::new(file));
+        }
+        let endpoint = self.get("endpoint").split(',').next().unwrap_or_default();
+        match token_path(endpoint) {
+            Some(path) if path.exists() => read_secret_file("token_file", &path),
+            _ => Ok(String::new()),
+        }
+    }
+
     pub fn u64(&self, name: &str, min: u64, max: u64) -> Result<u64, Failure> {
         let (raw, source) = self.values.get(name).expect("a known key");
         let v: u64 =
@@ -237,8 +273,58 @@ impl Config {
         KEYS.iter()
             .map(|k| {
                 let (v, s) = &self.values[k.name];
+                // A secret is never printed, only whether it is set.
+                let v = if k.name == "token" && !v.is_empty() { "(set, hidden)" } else { v.as_str() };
                 serde_json::json!({ "key": k.name, "value": v, "source": s.to_string(), "env": k.env, "help": k.help })
             })
             .collect()
     }
+}
+
+/// Largest secret file read.
+const SECRET_FILE_LEN_MAX_BYTES: u64 = 4 * 1024;
+
+/// Reads a token or secret from a file (trimmed), naming `key` and the path on failure.
+pub fn read_secret_file(key: &str, path: &Path) -> Result<String, Failure> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| Failure::usage(format!("{key} {shown}: {e}")))?;
+    if meta.len() > SECRET_FILE_LEN_MAX_BYTES {
+        return Err(Failure::usage(format!(
+            "{key} {shown}: is {} bytes, at most {SECRET_FILE_LEN_MAX_BYTES} allowed",
+            meta.len()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{key} {shown}: {e}")))?;
+    Ok(text.trim().to_string())
+}
+
+/// Where the CLI looks for the token of `endpoint` when none is configured:
+/// `$XDG_CONFIG_HOME/qm/tokens/<host>_<port>` (or `~/.config/qm/tokens/...`).
+pub fn token_path(endpoint: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".config")))?;
+    let bare = endpoint.trim().trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/');
+    if bare.is_empty() {
+        return None;
+    }
+    let name: String =
+        bare.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+    Some(base.join("qm").join("tokens").join(name))
+}
+
+/// Writes `secret` to `path` readable by its owner only (0600), creating parent directories.
+pub fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

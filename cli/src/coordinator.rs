@@ -53,6 +53,11 @@ pub struct RunArgs {
     /// Snapshot every this many log entries. [config: raft.snapshot_logs]
     #[arg(long)]
     snapshot_logs: Option<String>,
+    /// A file holding a secret (32+ characters) that becomes the first admin token if the
+    /// cluster is not bootstrapped yet; give every node the same one. Without it, run
+    /// `qm acl bootstrap` once. [config: acl.initial_admin_token_file]
+    #[arg(long)]
+    initial_admin_token_file: Option<String>,
 }
 
 impl RunArgs {
@@ -67,6 +72,7 @@ impl RunArgs {
             ("node.peers", self.peers.clone()),
             ("raft.tick_ms", self.tick_ms.clone()),
             ("raft.snapshot_logs", self.snapshot_logs.clone()),
+            ("acl.initial_admin_token_file", self.initial_admin_token_file.clone()),
         ]
     }
 }
@@ -152,8 +158,22 @@ pub fn node_config(config: &Config, join: bool) -> Result<(NodeConfig, SocketAdd
         tick_ms: config.u64("raft.tick_ms", 10, 10_000)?,
         snapshot_logs: config.u64("raft.snapshot_logs", 100, 10_000_000)?,
         classes: classes(config.get("jobs.classes"))?,
+        access_control: true,
+        initial_admin_hash: initial_admin_hash(config)?,
     };
     Ok((node, listen, admin))
+}
+
+/// `acl.initial_admin_token_file`: the hash of the secret it holds, checked like any secret.
+fn initial_admin_hash(config: &Config) -> Result<Option<String>, Failure> {
+    let key = "acl.initial_admin_token_file";
+    let file = config.get(key);
+    if file.is_empty() {
+        return Ok(None);
+    }
+    let secret = crate::config::read_secret_file(key, Path::new(file))?;
+    qm_coordinator::api::auth::check_secret(key, &secret).map_err(|e| Failure::usage(e.to_string()))?;
+    Ok(Some(qm_coordinator::api::auth::hash_secret(&secret)))
 }
 
 /// `jobs.classes`: `class=priority,...`.

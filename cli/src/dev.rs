@@ -35,6 +35,22 @@ pub struct DevArgs {
     exit_after_demo: bool,
 }
 
+/// The dev admin token's file in the data directory.
+const DEV_TOKEN_FILE: &str = "admin.token";
+
+/// The dev cluster's admin secret: kept in its data directory, so a restart on the same
+/// directory (already bootstrapped with it) keeps working; made on first start.
+fn dev_admin_secret(dir: &std::path::Path) -> Result<String, Failure> {
+    let path = dir.join(DEV_TOKEN_FILE);
+    if path.exists() {
+        return crate::config::read_secret_file("dev admin token", &path);
+    }
+    let secret = qm_coordinator::api::auth::new_secret().map_err(|e| Failure::error(e.to_string()))?;
+    crate::config::write_secret_file(&path, &secret)
+        .map_err(|e| Failure::error(format!("writing {}: {e}", path.display())))?;
+    Ok(secret)
+}
+
 pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
     let listen: std::net::SocketAddr = args
         .listen
@@ -45,7 +61,9 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
         .parse()
         .map_err(|_| Failure::usage(format!("--admin-listen {:?}: not an ip:port address", args.admin_listen)))?;
     let dir = args.data_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("qm-dev-{}", listen.port())));
-    let config = NodeConfig::single(1, String::new(), Some(dir.clone()));
+    let secret = dev_admin_secret(&dir)?;
+    let mut config = NodeConfig::single(1, String::new(), Some(dir.clone()));
+    config.initial_admin_hash = Some(qm_coordinator::api::auth::hash_secret(&secret));
     let running = server::start(config, listen, Some(admin)).await.map_err(|e| Failure::error(e.to_string()))?;
     eprintln!(
         "qm dev: single-node coordinator; gRPC on {}, admin HTTP on http://{}, data in {}",
@@ -53,12 +71,40 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
         running.bound.admin.map_or("-".into(), |a| a.to_string()),
         dir.display()
     );
-    let client = Client::new([running.bound.grpc.to_string()]).map_err(|e| Failure::usage(e.to_string()))?;
-    let mut rx = running.node.raft.metrics();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        rx.wait_for(|m| m.current_leader.is_some()).await.is_ok()
+    let endpoint = running.bound.grpc.to_string();
+    let client = Client::new([endpoint.as_str()])
+        .and_then(|c| c.with_token(&secret))
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    // The node bootstraps access control with the dev admin token once it leads.
+    let bootstrapped = tokio::time::timeout(Duration::from_secs(10), async {
+        // Raft's metrics change with every applied entry.
+        let mut metrics = running.node.raft.metrics();
+        while !running.node.shared.read(|d| d.state.acl().bootstrapped()) {
+            if metrics.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
     })
     .await;
+    if !matches!(bootstrapped, Ok(true)) {
+        return Err(Failure::error("qm dev: the node did not bootstrap access control within 10 s"));
+    }
+    match crate::config::token_path(&endpoint) {
+        Some(path) => {
+            crate::config::write_secret_file(&path, &secret)
+                .map_err(|e| Failure::error(format!("writing the dev admin token to {}: {e}", path.display())))?;
+            eprintln!(
+                "qm dev: access control is on; the admin token is in {} (0600), where `qm` finds it for {endpoint}",
+                path.display()
+            );
+        }
+        None => eprintln!(
+            "qm dev: access control is on; export QM_TOKEN=$(cat {}) to use the CLI",
+            dir.join(DEV_TOKEN_FILE).display()
+        ),
+    }
+    eprintln!("qm dev: plaintext on loopback; a shared network needs TLS and tokens: see docs/security.md");
     // The worker part: an in-process worker with scripted agents, on the same gRPC port.
     let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = {
@@ -441,7 +487,7 @@ async fn jobs_demo(client: &Client) -> Result<(), Failure> {
                     pass: p.name.clone(),
                     approve: true,
                     note: "approved in the demo".into(),
-                    by: "dev-demo".into(),
+                    by: String::new(),
                 };
                 client.decide_gate(d).await.map_err(status_failure)?;
             }

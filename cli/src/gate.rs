@@ -16,16 +16,11 @@ pub enum GateCommand {
     Approve {
         #[command(flatten)]
         decision: Decision,
-        /// Who decides (default: $USER)
-        #[arg(long)]
-        by: Option<String>,
     },
     /// Fail the gate (its on_fail applies) or refuse the spend (the work item fails)
     Reject {
         #[command(flatten)]
         decision: Decision,
-        #[arg(long)]
-        by: Option<String>,
     },
 }
 
@@ -41,28 +36,26 @@ pub struct Decision {
 /// `qm gate …`.
 pub async fn dispatch(command: GateCommand, client: &Client, output: Output) -> Result<(), Failure> {
     match command {
-        GateCommand::Approve { decision: Decision { id, pass, note }, by } => {
-            decide(client, &id, pass, true, note, by, output).await
+        GateCommand::Approve { decision: Decision { id, pass, note } } => {
+            decide(client, &id, pass, true, note, output).await
         }
-        GateCommand::Reject { decision: Decision { id, pass, note }, by } => {
-            decide(client, &id, pass, false, note, by, output).await
+        GateCommand::Reject { decision: Decision { id, pass, note } } => {
+            decide(client, &id, pass, false, note, output).await
         }
     }
 }
 
-/// Approves or rejects PASS of work item `id`; `by` defaults to `$USER`.
+/// Approves or rejects PASS of work item `id`, recorded under the caller's token name.
 async fn decide(
     client: &Client,
     id: &str,
     pass: String,
     approve: bool,
     note: String,
-    by: Option<String>,
     output: Output,
 ) -> Result<(), Failure> {
     let job_id = job_id(id)?;
-    let by = by.or_else(|| std::env::var("USER").ok()).unwrap_or_default();
-    let req = pb::DecideGateRequest { job_id, pass, approve, note, by };
+    let req = pb::DecideGateRequest { job_id, pass, approve, note, by: String::new() };
     let ack = client.decide_gate(req).await.map_err(status_failure)?;
     emit(output, &json!({"job_id": ack.job_id, "message": ack.message}), &format!("{}\n", ack.message));
     Ok(())

@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod acl;
 mod agent;
 mod bench;
 mod budget;
@@ -57,7 +58,8 @@ use qm_shared::client::Client;
                   exclusive` in another terminal.",
     after_help = "Configuration: a TOML file (--config or QM_CONFIG), QM_* environment variables \
                   and flags, flags winning; `qm config show` prints the effective values.\n\
-                  Exit codes: 0 ok, 1 error, 2 usage or bad input, 3 conflict or not found."
+                  Exit codes: 0 ok, 1 error, 2 usage or bad input, 3 conflict or not found, 4 not \
+                  allowed (no or unknown token, or a rule denied it)."
 )]
 struct Cli {
     /// Output format: human-readable text, stable JSON on stdout, DOT (qm graph only) or CSV
@@ -166,6 +168,16 @@ enum Command {
         #[command(subcommand)]
         command: project::ProjectCommand,
     },
+    /// Access control: bootstrap a fresh cluster's first admin token.
+    Acl {
+        #[command(subcommand)]
+        command: acl::AclCommand,
+    },
+    /// Tokens: create (secret shown once), list, revoke, whoami.
+    Token {
+        #[command(subcommand)]
+        command: acl::TokenCommand,
+    },
     /// The scheduler's replicated tunables: aging, fair share, budget thresholds.
     Scheduler {
         #[command(subcommand)]
@@ -247,6 +259,7 @@ pub fn status_failure(status: tonic::Status) -> Failure {
     let code = match status.code() {
         Code::InvalidArgument | Code::OutOfRange => 2,
         Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => 3,
+        Code::Unauthenticated | Code::PermissionDenied => 4,
         _ => 1,
     };
     Failure { code, message: format!("{:?}: {}", status.code(), status.message()) }
@@ -291,7 +304,10 @@ async fn run(
         Command::Config { command } => config::dispatch(command, config_file.as_deref(), &endpoint_flag, output),
         command => {
             let config = config::Config::load(config_file.as_deref(), &endpoint_flag)?;
-            let client = Client::new([config.get("endpoint")]).map_err(|e| Failure::usage(e.to_string()))?;
+            let token = config.token()?;
+            let client = Client::new([config.get("endpoint")])
+                .and_then(|c| c.with_token(&token))
+                .map_err(|e| Failure::usage(e.to_string()))?;
             run_client(command, output, &client).await
         }
     }
@@ -314,6 +330,8 @@ async fn run_client(command: Command, output: Output, client: &Client) -> Result
             project::apply(client, file, demo, output).await
         }
         Command::Scheduler { command } => scheduler::dispatch(command, client, output).await,
+        Command::Acl { command } => acl::dispatch_acl(command, client, output).await,
+        Command::Token { command } => acl::dispatch_token(command, client, output).await,
         Command::Bench { command } => bench::dispatch(command, client, output).await,
         Command::Dev(_)
         | Command::Coordinator { .. }

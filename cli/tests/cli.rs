@@ -3,7 +3,9 @@
 use std::process::{Command, Output};
 
 fn qm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qm")).args(args).output().expect("qm runs")
+    // `qm dev` saves its token under the config home: keep it out of the real one.
+    let config_home = std::env::temp_dir().join(format!("qm-cli-config-{}", std::process::id()));
+    Command::new(env!("CARGO_BIN_EXE_qm")).args(args).env("XDG_CONFIG_HOME", config_home).output().expect("qm runs")
 }
 
 fn text(bytes: &[u8]) -> String {

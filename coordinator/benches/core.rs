@@ -67,14 +67,22 @@ struct Driver {
 impl Driver {
     fn new() -> Driver {
         let mut state = State::new(Config::default());
-        let (r, _) = state.apply(1, 0, Command::OpenSession { label: "bench".into(), ttl_ms: 300_000 });
+        let (r, _) = state.apply(
+            1,
+            0,
+            Command::OpenSession { label: "bench".into(), ttl_ms: 300_000, principal: String::new() },
+        );
         let Response::SessionOpened { session, .. } = r else { panic!("open: {r:?}") };
         Driver { state, index: 1, session }
     }
 
     fn open(&mut self) -> SessionId {
         self.index += 1;
-        let (r, _) = self.state.apply(self.index, 1, Command::OpenSession { label: "agent".into(), ttl_ms: 300_000 });
+        let (r, _) = self.state.apply(
+            self.index,
+            1,
+            Command::OpenSession { label: "agent".into(), ttl_ms: 300_000, principal: String::new() },
+        );
         let Response::SessionOpened { session, .. } = r else { panic!("open: {r:?}") };
         session
     }

@@ -103,7 +103,8 @@ impl Bench {
     fn new() -> Bench {
         let mut b = Bench::new_without_workers();
         for w in 0..WORKERS {
-            let (r, _) = b.apply(Command::OpenSession { label: format!("w{w}"), ttl_ms: 300_000 });
+            let (r, _) =
+                b.apply(Command::OpenSession { label: format!("w{w}"), ttl_ms: 300_000, principal: String::new() });
             let Response::SessionOpened { session, .. } = r else { panic!("{r:?}") };
             let spec = WorkerSpec {
                 session,
@@ -242,7 +243,7 @@ fn scheduler(c: &mut Criterion) {
                 let (r, _) = state.apply(
                     fresh.index + 1,
                     fresh.now + 1,
-                    Command::OpenSession { label: "big".into(), ttl_ms: 300_000 },
+                    Command::OpenSession { label: "big".into(), ttl_ms: 300_000, principal: String::new() },
                 );
                 let Response::SessionOpened { session, .. } = r else { panic!("{r:?}") };
                 let spec = WorkerSpec {

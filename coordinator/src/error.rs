@@ -36,6 +36,14 @@ pub enum ApiError {
     ResourceExhausted(String),
     #[error("{0}")]
     Internal(String),
+    /// No credentials, or credentials the cluster does not accept (unknown, revoked, expired).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The principal is known but a rule does not allow the call; the message names the rule.
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    AlreadyExists(String),
 }
 
 impl ApiError {
@@ -55,6 +63,11 @@ impl ApiError {
                 ),
                 None => format!("reservation {} is unknown (expired, revoked or released)", reservation.0),
             }),
+            Refusal::TokenUnknown { name } => ApiError::NotFound(format!("token {name:?} is unknown")),
+            Refusal::TokenExists { name } => ApiError::AlreadyExists(format!("a token named {name:?} exists")),
+            Refusal::AclBootstrapped => ApiError::FailedPrecondition(
+                "the cluster is already bootstrapped: ask an admin for a token (qm token create)".into(),
+            ),
             Refusal::TaskUnknown { task } => ApiError::NotFound(format!("task {task} is unknown")),
             Refusal::JobUnknown { job } => ApiError::NotFound(format!("work item {job} is unknown")),
             Refusal::ProjectUnknown { project } => ApiError::NotFound(format!(
@@ -115,6 +128,9 @@ impl From<ApiError> for tonic::Status {
             ApiError::OutOfRange(_) => tonic::Status::out_of_range(message),
             ApiError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
             ApiError::Internal(_) => tonic::Status::internal(message),
+            ApiError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            ApiError::PermissionDenied(_) => tonic::Status::permission_denied(message),
+            ApiError::AlreadyExists(_) => tonic::Status::already_exists(message),
         }
     }
 }

@@ -71,6 +71,13 @@ pub struct NodeConfig {
     pub snapshot_logs: u64,
     /// Work-item class → priority (`jobs.classes`).
     pub classes: BTreeMap<String, u32>,
+    /// Every call needs a token the cluster knows (see `api/auth.rs`). On by default; off
+    /// only for embedded uses that have no network edge of their own (the simulator).
+    pub access_control: bool,
+    /// SHA-256 (hex) of an operator-chosen first admin secret: a leader that finds the
+    /// cluster not bootstrapped bootstraps it with this token, so automation needs no
+    /// `qm acl bootstrap` step (the same secret on every node; whichever leads first wins).
+    pub initial_admin_hash: Option<String>,
 }
 
 impl NodeConfig {
@@ -86,6 +93,8 @@ impl NodeConfig {
             tick_ms: 200,
             snapshot_logs: 10_000,
             classes: default_classes(),
+            access_control: true,
+            initial_admin_hash: None,
         }
     }
 }
@@ -116,6 +125,9 @@ pub struct Node {
     store_size: Arc<dyn Fn() -> u64 + Send + Sync>,
     tick_ms: u64,
     pub classes: BTreeMap<String, u32>,
+    /// Whether calls are authenticated and authorized ([`NodeConfig::access_control`]).
+    pub access_control: bool,
+    initial_admin_hash: Option<String>,
 }
 
 impl std::fmt::Debug for Node {
@@ -204,6 +216,8 @@ impl Node {
             store_size: Arc::new(move || size_store.size_bytes()),
             tick_ms: config.tick_ms,
             classes: config.classes.clone(),
+            access_control: config.access_control,
+            initial_admin_hash: config.initial_admin_hash.clone(),
         });
         if !config.initial_members.is_empty()
             && config.initial_members.keys().next() == Some(&config.id)
@@ -440,6 +454,7 @@ async fn leader_duties(node: Arc<Node>) {
             restart_leases(&node, term).await;
             continue;
         }
+        bootstrap_from_config(&node).await;
         let transferring = node.transferring.load(std::sync::atomic::Ordering::SeqCst);
         if ticked && !transferring && node.shared.read(|d| d.state.has_timed_work()) {
             let request = Request::one(node.clock.now_ms(), Command::Tick);
@@ -449,6 +464,23 @@ async fn leader_duties(node: Arc<Node>) {
                 Err(abandoned) => tracing::debug!(%abandoned, "leader: tick abandoned"),
             }
         }
+    }
+}
+
+/// Bootstraps access control with the configured first admin token, once, if the cluster
+/// has not been bootstrapped (a refusal means another leader got there first).
+async fn bootstrap_from_config(node: &Node) {
+    let Some(hash) = &node.initial_admin_hash else { return };
+    if node.shared.read(|d| d.state.acl().bootstrapped()) {
+        return;
+    }
+    let token = crate::api::acl::bootstrap_token(hash.clone(), node.clock.now_ms());
+    match node.propose_local(Command::BootstrapAcl(Box::new(token))).await {
+        Ok((_, crate::state::Response::TokenCreated { name })) => {
+            tracing::warn!(token = %name, "access control bootstrapped from the configured initial admin token")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "bootstrap from config not committed; retrying next tick"),
     }
 }
 

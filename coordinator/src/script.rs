@@ -141,7 +141,7 @@ impl Runner {
                 let name = args.first().ok_or("open needs a session name")?;
                 let ttl_ms = opt("ttl")?.unwrap_or(10_000);
                 if let Response::SessionOpened { session, .. } =
-                    self.apply(Command::OpenSession { label: name.to_string(), ttl_ms })
+                    self.apply(Command::OpenSession { label: name.to_string(), ttl_ms, principal: String::new() })
                 {
                     self.sessions.insert(name.to_string(), session);
                 }

@@ -312,7 +312,8 @@ impl Harness {
     }
 
     fn open(&mut self, ttl_ms: u64) {
-        if let Response::SessionOpened { session, .. } = self.apply(Command::OpenSession { label: "t".into(), ttl_ms })
+        if let Response::SessionOpened { session, .. } =
+            self.apply(Command::OpenSession { label: "t".into(), ttl_ms, principal: String::new() })
         {
             self.sessions.push(session);
         }

@@ -42,7 +42,41 @@ pub enum ClientError {
     NoEndpoints,
     #[error("endpoint {endpoint:?}: {message}")]
     BadEndpoint { endpoint: String, message: String },
+    #[error("token: {0}")]
+    BadToken(String),
 }
+
+/// Adds `authorization: Bearer <token>` to every call (nothing when there is no token).
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// The header for `token` (surrounding whitespace, as in a token file, is dropped).
+    pub fn new(token: &str) -> Result<Bearer, ClientError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Ok(Bearer(None));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ClientError::BadToken("must be printable ASCII without spaces".into()));
+        }
+        let value =
+            format!("Bearer {token}").parse().map_err(|_| ClientError::BadToken("not a valid header".into()))?;
+        Ok(Bearer(Some(value)))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// What a call runs on: a channel that carries the client's credentials.
+pub type Transport = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
 /// Normalizes `host:port` to `http://host:port`.
 pub fn normalize(endpoint: &str) -> String {
@@ -107,6 +141,7 @@ struct Inner {
     endpoints: Vec<String>,
     channels: Vec<Channel>,
     connector: Connector,
+    bearer: Bearer,
     /// Index into `endpoints` of the node believed to lead.
     current: usize,
 }
@@ -152,7 +187,15 @@ impl Client {
             return Err(ClientError::NoEndpoints);
         }
         let channels = endpoints.iter().map(|e| channel(e, &connector)).collect::<Result<_, _>>()?;
-        Ok(Client { inner: Arc::new(Mutex::new(Inner { endpoints, channels, connector, current: 0 })) })
+        let inner = Inner { endpoints, channels, connector, bearer: Bearer::default(), current: 0 };
+        Ok(Client { inner: Arc::new(Mutex::new(inner)) })
+    }
+
+    /// This client, carrying `token` on every call from now on (an empty token: none).
+    pub fn with_token(self, token: &str) -> Result<Client, ClientError> {
+        let bearer = Bearer::new(token)?;
+        self.inner.lock().expect("client lock").bearer = bearer;
+        Ok(self)
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -165,9 +208,10 @@ impl Client {
         inner.endpoints[inner.current].clone()
     }
 
-    fn pick(&self) -> (usize, String, Channel) {
+    fn pick(&self) -> (usize, String, Transport) {
         let inner = self.inner.lock().expect("client lock");
-        (inner.current, inner.endpoints[inner.current].clone(), inner.channels[inner.current].clone())
+        let transport = Transport::new(inner.channels[inner.current].clone(), inner.bearer.clone());
+        (inner.current, inner.endpoints[inner.current].clone(), transport)
     }
 
     fn advance(&self, from: usize) {
@@ -208,7 +252,7 @@ impl Client {
     /// Runs `f` against the leader, following hints and failing over, within the bounds above.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Transport) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         // tokio's clock, not the OS's: the same in production, and simulated time in the simulator.
@@ -261,31 +305,31 @@ impl Client {
         Err(last)
     }
 
-    pub fn sessions(ch: Channel) -> pb::sessions_client::SessionsClient<Channel> {
+    pub fn sessions(ch: Transport) -> pb::sessions_client::SessionsClient<Transport> {
         pb::sessions_client::SessionsClient::new(ch)
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
     }
 
-    pub fn reservations(ch: Channel) -> pb::reservations_client::ReservationsClient<Channel> {
+    pub fn reservations(ch: Transport) -> pb::reservations_client::ReservationsClient<Transport> {
         pb::reservations_client::ReservationsClient::new(ch)
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
     }
 
-    pub fn tasks(ch: Channel) -> pb::tasks_client::TasksClient<Channel> {
+    pub fn tasks(ch: Transport) -> pb::tasks_client::TasksClient<Transport> {
         pb::tasks_client::TasksClient::new(ch)
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
     }
 
-    pub fn jobs(ch: Channel) -> pb::jobs_client::JobsClient<Channel> {
+    pub fn jobs(ch: Transport) -> pb::jobs_client::JobsClient<Transport> {
         pb::jobs_client::JobsClient::new(ch)
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
     }
 
-    pub fn cluster(ch: Channel) -> pb::cluster_client::ClusterClient<Channel> {
+    pub fn cluster(ch: Transport) -> pb::cluster_client::ClusterClient<Transport> {
         pb::cluster_client::ClusterClient::new(ch)
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
@@ -527,6 +571,47 @@ impl Client {
     /// Asks the node that answers to build a state-machine snapshot now (no leader needed).
     pub async fn snapshot_now(&self, req: pb::SnapshotNowRequest) -> Result<pb::SnapshotNowResponse, Status> {
         self.call(|ch| async move { Ok(Client::cluster(ch).snapshot_now(req).await?.into_inner()) }).await
+    }
+
+    pub fn acl(ch: Transport) -> pb::acl_client::AclClient<Transport> {
+        pb::acl_client::AclClient::new(ch)
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+    }
+
+    /// Creates the first admin token of a fresh cluster (an empty `secret`: the cluster makes one).
+    pub async fn bootstrap(&self, secret: &str) -> Result<pb::TokenCreated, Status> {
+        self.call(|ch| async move {
+            let req = pb::BootstrapRequest { secret: secret.to_string() };
+            Ok(Client::acl(ch).bootstrap(req).await?.into_inner())
+        })
+        .await
+    }
+
+    pub async fn create_token(&self, req: pb::CreateTokenRequest) -> Result<pb::TokenCreated, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::acl(ch).create_token(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn list_tokens(&self) -> Result<pb::ListTokensResponse, Status> {
+        self.call(|ch| async move { Ok(Client::acl(ch).list_tokens(pb::ListTokensRequest {}).await?.into_inner()) })
+            .await
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<pb::RevokeTokenResponse, Status> {
+        self.call(|ch| async move {
+            let req = pb::RevokeTokenRequest { name: name.to_string() };
+            Ok(Client::acl(ch).revoke_token(req).await?.into_inner())
+        })
+        .await
+    }
+
+    /// The principal this client's token names, and its grants.
+    pub async fn who_am_i(&self) -> Result<pb::TokenInfo, Status> {
+        self.call(|ch| async move { Ok(Client::acl(ch).who_am_i(pb::WhoAmIRequest {}).await?.into_inner()) }).await
     }
 
     /// Opens the worker's control stream on the leader. Every attempt gets a fresh upward

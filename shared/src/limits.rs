@@ -177,6 +177,17 @@ pub const PROVIDER_CONCURRENCY_MAX: u32 = 10_000;
 pub const PASS_TIMEOUT_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
 /// The preemption grace a project resource gets when its file names none.
 pub const PROJECT_GRACE_MS_DEFAULT: u64 = 5_000;
+/// Most tokens a cluster keeps.
+pub const TOKENS_MAX: usize = 1_024;
+/// Longest token name (the principal's name).
+pub const TOKEN_NAME_LEN_MAX_BYTES: usize = 64;
+/// Most entries in each of a token's grant lists (teams, path prefixes, node ids).
+pub const TOKEN_GRANTS_MAX: usize = 64;
+/// Shortest and longest bearer secret.
+pub const TOKEN_SECRET_LEN_MIN_BYTES: usize = 32;
+pub const TOKEN_SECRET_LEN_MAX_BYTES: usize = 256;
+/// Longest token lifetime asked for at creation (ten years).
+pub const TOKEN_TTL_MS_MAX: u64 = 10 * 365 * 24 * 60 * 60 * 1_000;
 
 // Relations the limits above must keep.
 const _: () = assert!(LIST_PAGE_DEFAULT <= LIST_PAGE_MAX);
@@ -189,3 +200,5 @@ const _: () = assert!(TASK_OUTPUT_BYTES_MAX + TASK_CHECKPOINT_BYTES_MAX < CLIENT
 const _: () = assert!(TASK_OUTPUT_BYTES_MAX <= ARTIFACT_BYTES_TOTAL_MAX);
 // A provider's concurrency is the capacity of its `api:<name>` resource.
 const _: () = assert!(PROVIDER_CONCURRENCY_MAX <= CAPACITY_MAX);
+// A token's name is what sessions record as their principal.
+const _: () = assert!(TOKEN_NAME_LEN_MAX_BYTES <= SESSION_LABEL_LEN_MAX_BYTES);

@@ -91,6 +91,16 @@ pub struct Cluster {
     pub snapshot_logs: u64,
     /// Worker processes by node id.
     pub workers: BTreeMap<String, Child>,
+    /// The first admin token's secret: every node is started with it as
+    /// `--initial-admin-token-file`, so whichever leads first bootstraps access control.
+    pub token: String,
+}
+
+/// A fresh random secret for a test cluster's first admin token.
+pub fn random_secret() -> String {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).expect("randomness");
+    format!("qm-test-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 impl Cluster {
@@ -103,11 +113,34 @@ impl Cluster {
             procs: BTreeMap::new(),
             snapshot_logs,
             workers: BTreeMap::new(),
+            token: random_secret(),
         };
+        std::fs::write(c.admin_secret_file(), &c.token).expect("write the admin secret");
         for id in 1..=n {
             c.spawn(id, false);
         }
+        c.wait_bootstrapped();
         c
+    }
+
+    /// Waits (bounded) until a node answers the admin token: the cluster has a leader and it
+    /// has bootstrapped access control. Runs on a thread of its own, so it may be called from
+    /// inside a test's runtime.
+    fn wait_bootstrapped(&self) {
+        let client = self.client();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(eventually("access control bootstrapped", Duration::from_secs(30), || async {
+                client.status().await.map(|_| ()).map_err(|e| e.to_string())
+            }))
+        })
+        .join()
+        .expect("waiting for bootstrap");
+    }
+
+    /// The file every node reads its first admin token from.
+    pub fn admin_secret_file(&self) -> PathBuf {
+        self.dir.path().join("admin.secret")
     }
 
     fn peers(&self) -> String {
@@ -122,6 +155,8 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("n{id}")))
             .args(["--snapshot-logs", &self.snapshot_logs.to_string()])
+            .arg("--initial-admin-token-file")
+            .arg(self.admin_secret_file())
             .env("QM_LOG", std::env::var("QM_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()))
             .stdout(Stdio::null())
             .stderr(self.log_file(&format!("n{id}")));
@@ -187,7 +222,7 @@ impl Cluster {
         for s in slots {
             cmd.args(["--slots", s]);
         }
-        cmd.env("QM_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.env("QM_LOG", "warn").env("QM_TOKEN", &self.token).stdout(Stdio::null()).stderr(Stdio::null());
         self.workers.insert(node.to_string(), cmd.spawn().expect("spawn qm worker run"));
     }
 
@@ -232,10 +267,22 @@ impl Cluster {
     }
 
     fn qm_at(&self, endpoints: &str, args: &[&str]) -> (i32, String, String) {
+        self.run_qm(endpoints, &self.token, args)
+    }
+
+    /// Runs `qm ARGS… --endpoint <every node> -o json` with `token` (empty: none, and no
+    /// token file either): (exit code, stdout, stderr).
+    pub fn qm_at_with(&self, token: &str, args: &[&str]) -> (i32, String, String) {
+        self.run_qm(&self.endpoints(), token, args)
+    }
+
+    fn run_qm(&self, endpoints: &str, token: &str, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(qm_bin())
             .args(args)
             .args(["--endpoint", endpoints, "-o", "json"])
             .env("QM_LOG", "warn")
+            .env("QM_TOKEN", token)
+            .env("XDG_CONFIG_HOME", self.dir.path())
             .output()
             .expect("run qm");
         (
@@ -250,12 +297,19 @@ impl Cluster {
         self.addrs.values().cloned().collect::<Vec<_>>().join(",")
     }
 
+    /// A client of every node carrying the admin token.
     pub fn client(&self) -> Client {
-        Client::new(self.addrs.values()).expect("client")
+        Client::new(self.addrs.values()).and_then(|c| c.with_token(&self.token)).expect("client")
     }
 
+    /// A client of node `id` only, carrying the admin token.
     pub fn client_of(&self, id: u64) -> Client {
-        Client::new([self.addrs[&id].as_str()]).expect("client")
+        Client::new([self.addrs[&id].as_str()]).and_then(|c| c.with_token(&self.token)).expect("client")
+    }
+
+    /// A client of every node carrying `token` (empty: none).
+    pub fn client_with(&self, token: &str) -> Client {
+        Client::new(self.addrs.values()).and_then(|c| c.with_token(token)).expect("client")
     }
 
     /// Status as node `id` sees it (no leader following).
@@ -265,6 +319,7 @@ impl Cluster {
             .connect()
             .await
             .ok()?;
+        let ch = qm_shared::client::Transport::new(ch, qm_shared::client::Bearer::new(&self.token).ok()?);
         Client::cluster(ch).status(pb::StatusRequest {}).await.ok().map(|r| r.into_inner())
     }
 

@@ -75,7 +75,12 @@ async fn a_feature_runs_every_pass_and_gate_and_the_cost_report_adds_up() {
     let waiting = j["passes"].as_array().unwrap().iter().find(|p| p["status"] == "awaiting-human").unwrap();
     assert_eq!(waiting["gate"]["reviewer"], "human");
     let name = waiting["name"].as_str().unwrap().to_string();
-    let ack = c.qm_json(&["gate", "approve", &id, &name, "--note", "looks right", "--by", "ana"]);
+    // An approver's token decides; the decision is recorded under the token's name.
+    let ana = c.qm_json(&["token", "create", "--name", "ana", "--role", "approver"]);
+    let (code, out, err) =
+        c.qm_at_with(ana["secret"].as_str().unwrap(), &["gate", "approve", &id, &name, "--note", "looks right"]);
+    assert_eq!(code, 0, "{err}");
+    let ack: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ack["message"].as_str().unwrap().contains("approved"));
     let j = wait_job(&c, &id, "the end", |j| j["status"] != "running").await;
     assert_eq!(j["status"], "succeeded", "{j:#}");

@@ -17,6 +17,7 @@ use qm_shared::workflow_file::{self, FileError};
 use qm_shared::{validate, Invalid};
 use tonic::{Request, Response as GrpcResponse, Status};
 
+use super::auth::Principal;
 use super::convert;
 use crate::error::ApiError;
 use crate::node::Node;
@@ -62,6 +63,19 @@ fn workflow_from(name: &str, toml: &str) -> Result<Workflow, Status> {
 }
 
 impl JobsApi {
+    /// Refuses acting on a work item of a team the principal is not granted.
+    async fn check_job_team(&self, principal: &Principal, job: JobId) -> Result<(), Status> {
+        if principal.token.is_none() {
+            return Ok(());
+        }
+        self.node.read_index().await?;
+        let team = self.node.shared.read(|d| d.state.jobs().get(job).map(|j| j.spec.team.clone()));
+        if let Some(team) = team {
+            principal.check_team("the work item's team", &team)?;
+        }
+        Ok(())
+    }
+
     async fn decide(&self, command: Command) -> Result<Response, Status> {
         crate::state::validate_command(&command).map_err(ApiError::from)?;
         Ok(self.node.propose(command).await?.1)
@@ -74,7 +88,9 @@ impl pb::jobs_server::Jobs for JobsApi {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<GrpcResponse<pb::SubmitJobResponse>, Status> {
+        let principal = Principal::of(&request);
         let req = request.into_inner();
+        principal.check_team("team", &req.team)?;
         let workflow = workflow_from(&req.workflow, &req.workflow_toml)?;
         let priority = match (req.priority, self.classes.get(&req.class)) {
             (0, Some(p)) => *p,
@@ -88,6 +104,7 @@ impl pb::jobs_server::Jobs for JobsApi {
             }
             (p, _) => p,
         };
+        principal.check_priority("priority", priority)?;
         let spec = JobSpec {
             title: req.title,
             class: req.class,
@@ -145,7 +162,9 @@ impl pb::jobs_server::Jobs for JobsApi {
     }
 
     async fn cancel(&self, request: Request<pb::JobRef>) -> Result<GrpcResponse<pb::JobAck>, Status> {
+        let principal = Principal::of(&request);
         let job = JobId(request.into_inner().job_id);
+        self.check_job_team(&principal, job).await?;
         match self.decide(Command::CancelJob { job }).await? {
             Response::JobCancelled { job } => {
                 Ok(GrpcResponse::new(pb::JobAck { job_id: job.0, message: format!("{job} cancelled") }))
@@ -156,7 +175,9 @@ impl pb::jobs_server::Jobs for JobsApi {
     }
 
     async fn retry(&self, request: Request<pb::JobRef>) -> Result<GrpcResponse<pb::JobAck>, Status> {
+        let principal = Principal::of(&request);
         let job = JobId(request.into_inner().job_id);
+        self.check_job_team(&principal, job).await?;
         match self.decide(Command::RetryJob { job }).await? {
             Response::JobRetried { job } => {
                 Ok(GrpcResponse::new(pb::JobAck { job_id: job.0, message: format!("{job} running again") }))
@@ -167,14 +188,22 @@ impl pb::jobs_server::Jobs for JobsApi {
     }
 
     async fn decide_gate(&self, request: Request<pb::DecideGateRequest>) -> Result<GrpcResponse<pb::JobAck>, Status> {
+        let principal = Principal::of(&request);
         let req = request.into_inner();
-        let command = Command::DecideGate {
-            job: JobId(req.job_id),
-            pass: req.pass,
-            approve: req.approve,
-            note: req.note,
-            by: req.by,
+        // The decision is recorded under the principal's name; naming someone else is refused.
+        let by = match &principal.token {
+            None => req.by,
+            Some(_) if req.by.is_empty() || req.by == principal.name => principal.name.clone(),
+            Some(_) => {
+                return Err(ApiError::PermissionDenied(format!(
+                    "rule gate-by: by {:?} is not the caller; decisions are recorded as {:?}",
+                    req.by, principal.name
+                ))
+                .into())
+            }
         };
+        let command =
+            Command::DecideGate { job: JobId(req.job_id), pass: req.pass, approve: req.approve, note: req.note, by };
         match self.decide(command).await? {
             Response::GateDecided { job, pass } => {
                 let verdict = if req.approve { "approved" } else { "rejected" };

@@ -4,6 +4,8 @@
 //! through [`Node::propose`], linearizable reads through [`Node::read_index`], and every
 //! error becomes a `tonic::Status` in one place ([`crate::error`]).
 
+pub mod acl;
+pub mod auth;
 pub mod cluster;
 pub mod convert;
 pub mod graph;
@@ -81,12 +83,17 @@ where
     let gateway = pb::worker_gateway_server::WorkerGatewayServer::new(worker::GatewayApi { node: node.clone() })
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let acl = pb::acl_server::AclServer::new(acl::AclApi { node: node.clone() })
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let auth = auth::AuthLayer { node: node.clone() };
     let peer = pb::raft_peer_server::RaftPeerServer::new(peer::PeerApi { node })
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(256)
+        .layer(auth)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sessions)
@@ -95,6 +102,7 @@ where
         .add_service(tasks)
         .add_service(jobs)
         .add_service(gateway)
+        .add_service(acl)
         .add_service(peer)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -120,6 +128,7 @@ async fn report_health(node: Arc<Node>, health: tonic_health::server::HealthRepo
                 "qm.v1.Tasks",
                 "qm.v1.Jobs",
                 "qm.v1.WorkerGateway",
+                "qm.v1.Acl",
             ] {
                 health.set_service_status(name, status).await;
             }

@@ -91,6 +91,13 @@ impl pb::raft_peer_server::RaftPeer for PeerApi {
 
     async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<GrpcResponse<pb::ProposeResponse>, Status> {
         let command: Command = from_bytes(&request.into_inner().command).map_err(undecodable)?;
+        // Only what a client may ask for travels here: the leader's own duties never do.
+        if matches!(command, Command::Tick | Command::RestartLeases) {
+            return Err(Status::permission_denied(
+                "rule internal-command: Tick and RestartLeases are proposed only by the leader itself",
+            ));
+        }
+        crate::state::validate_command(&command).map_err(ApiError::from)?;
         use pb::propose_response::Outcome;
         let outcome = match self.node.propose_local(command).await {
             Ok(answer) => Outcome::Ok(to_bytes(&answer)),

@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as GrpcResponse, Status};
 
+use super::auth::Principal;
 use super::convert;
 use crate::error::ApiError;
 use crate::node::Node;
@@ -32,8 +33,11 @@ fn unexpected(r: Response) -> Status {
 #[tonic::async_trait]
 impl pb::reservations_server::Reservations for ReservationsApi {
     async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<GrpcResponse<pb::AcquireResponse>, Status> {
+        let principal = Principal::of(&request);
         let req = request.into_inner();
         let acquire = self.node.shared.read(|d| convert::acquire_from_pb(req, &d.state)).map_err(ApiError::from)?;
+        principal.check_items(&acquire.items, acquire.priority)?;
+        principal.check_session(&self.node, acquire.session).await?;
         let (owner, session, items) = (acquire.owner.clone(), acquire.session, acquire.items.clone());
         let (_, resp) = self.node.propose(Command::Acquire(acquire)).await?;
         use pb::acquire_response as ar;
@@ -56,7 +60,9 @@ impl pb::reservations_server::Reservations for ReservationsApi {
     }
 
     async fn extend(&self, request: Request<pb::ExtendRequest>) -> Result<GrpcResponse<pb::ExtendResponse>, Status> {
+        let principal = Principal::of(&request);
         let req = request.into_inner();
+        principal.check_session(&self.node, SessionId(req.session_id)).await?;
         let lease_ms = if req.lease_ms == 0 { LEASE_MS_DEFAULT } else { req.lease_ms };
         validate::check_lease_ms(lease_ms).map_err(|e| ApiError::Invalid(Invalid::new("lease_ms", e.message)))?;
         let command = Command::Extend {
@@ -78,8 +84,10 @@ impl pb::reservations_server::Reservations for ReservationsApi {
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<GrpcResponse<pb::ReleaseResponse>, Status> {
+        let principal = Principal::of(&request);
         let req = request.into_inner();
         let session = SessionId(req.session_id);
+        principal.check_session(&self.node, session).await?;
         let command = match req.target {
             Some(pb::release_request::Target::ReservationId(id)) => {
                 Command::Release { session, reservation: ReservationId(id) }

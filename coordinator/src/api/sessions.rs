@@ -9,6 +9,7 @@ use qm_shared::pb::v1 as pb;
 use qm_shared::validate;
 use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
+use super::auth::Principal;
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::state::{Command, Refusal, Response, SessionId};
@@ -28,13 +29,14 @@ impl pb::sessions_server::Sessions for SessionsApi {
         &self,
         request: Request<pb::OpenSessionRequest>,
     ) -> Result<GrpcResponse<pb::OpenSessionResponse>, Status> {
+        let principal = Principal::of(&request).name;
         let req = request.into_inner();
         validate::check_name("owner", &req.owner, qm_shared::limits::SESSION_LABEL_LEN_MAX_BYTES)
             .map_err(ApiError::from)?;
         let ttl_ms = if req.ttl_ms == 0 { SESSION_TTL_MS_DEFAULT } else { req.ttl_ms };
         validate::check_session_ttl_ms(ttl_ms)
             .map_err(|e| ApiError::Invalid(qm_shared::Invalid::new("ttl_ms", e.message)))?;
-        let (_, resp) = self.node.propose(Command::OpenSession { label: req.owner, ttl_ms }).await?;
+        let (_, resp) = self.node.propose(Command::OpenSession { label: req.owner, ttl_ms, principal }).await?;
         match resp {
             Response::SessionOpened { session, ttl_ms, expires_at } => Ok(GrpcResponse::new(pb::OpenSessionResponse {
                 session_id: session.0,
@@ -54,12 +56,15 @@ impl pb::sessions_server::Sessions for SessionsApi {
         request: Request<Streaming<pb::KeepaliveRequest>>,
     ) -> Result<GrpcResponse<Self::KeepaliveStream>, Status> {
         let node = self.node.clone();
+        let principal = Principal::of(&request);
         // One keepalive at a time per stream: the stream itself is the backpressure.
         let out = request.into_inner().then(move |req| {
             let node = node.clone();
+            let principal = principal.clone();
             async move {
                 let req = req?;
                 let session = SessionId(req.session_id);
+                principal.check_session(&node, session).await?;
                 let (_, resp) = node.propose(Command::KeepAlive { session }).await?;
                 let now = node.shared.read(|d| d.state.last_now());
                 Ok(match resp {
@@ -86,7 +91,9 @@ impl pb::sessions_server::Sessions for SessionsApi {
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<GrpcResponse<pb::CloseSessionResponse>, Status> {
+        let principal = Principal::of(&request);
         let session = SessionId(request.into_inner().session_id);
+        principal.check_session(&self.node, session).await?;
         let before: (Vec<u64>, Vec<u64>) = self.node.shared.read(|d| {
             (
                 d.state.grants().filter(|g| g.session == session).map(|g| g.id.0).collect(),

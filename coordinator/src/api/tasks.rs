@@ -7,6 +7,7 @@ use qm_shared::pb::v1 as pb;
 use qm_shared::{Invalid, Role};
 use tonic::{Request, Response as GrpcResponse, Status};
 
+use super::auth::Principal;
 use super::convert;
 use crate::error::ApiError;
 use crate::node::Node;
@@ -30,6 +31,7 @@ impl pb::tasks_server::Tasks for TasksApi {
         &self,
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<GrpcResponse<pb::SubmitTaskResponse>, Status> {
+        let principal = Principal::of(&request);
         let req = request.into_inner();
         let role: Role = req
             .role
@@ -58,6 +60,8 @@ impl pb::tasks_server::Tasks for TasksApi {
             tier: None,
             requires: Vec::new(),
         };
+        principal.check_team("team", &spec.team)?;
+        principal.check_items(&spec.items, spec.priority)?;
         let command = Command::SubmitTask(spec);
         crate::state::validate_command(&command).map_err(ApiError::from)?;
         match self.node.propose(command).await?.1 {
@@ -112,7 +116,13 @@ impl pb::tasks_server::Tasks for TasksApi {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<GrpcResponse<pb::CancelTaskResponse>, Status> {
+        let principal = Principal::of(&request);
         let task = TaskId(request.into_inner().task_id);
+        self.node.read_index().await?;
+        let team = self.node.shared.read(|d| d.state.tasks().get(task).map(|t| t.spec.team.clone()));
+        if let Some(team) = team {
+            principal.check_team("the task's team", &team)?;
+        }
         match self.node.propose(Command::CancelTask { task }).await?.1 {
             Response::TaskCancelled { .. } => Ok(GrpcResponse::new(pb::CancelTaskResponse {})),
             Response::Refused(r) => Err(ApiError::from(r).into()),

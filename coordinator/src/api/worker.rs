@@ -27,6 +27,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
+use super::auth::Principal;
 use super::convert::{self, outcome_from_pb, usage_from_pb};
 use crate::error::ApiError;
 use crate::node::Node;
@@ -98,15 +99,29 @@ fn checked_registration(reg: &pb::worker_message::Register) -> Result<(BTreeMap<
 }
 
 /// The worker's session: the one it names if that is still alive, else a new one.
-async fn open_session(node: &Node, reg: &pb::worker_message::Register, ttl_ms: u64) -> Result<SessionId, Status> {
+async fn open_session(
+    node: &Node,
+    principal: &Principal,
+    reg: &pb::worker_message::Register,
+    ttl_ms: u64,
+) -> Result<SessionId, Status> {
     let resumed = SessionId(reg.session_id);
+    if reg.session_id != 0 {
+        // Only the principal that opened a session resumes it (and so receives its
+        // assignments and reports for it).
+        match principal.check_session(node, resumed).await {
+            Err(ApiError::NotFound(_)) => {}
+            other => other?,
+        }
+    }
     if reg.session_id != 0
         && matches!(node.propose(Command::KeepAlive { session: resumed }).await?.1, Response::SessionKept { .. })
     {
         return Ok(resumed);
     }
     let label = format!("worker/{}", reg.node_id);
-    match node.propose(Command::OpenSession { label, ttl_ms }).await?.1 {
+    let principal = principal.name.clone();
+    match node.propose(Command::OpenSession { label, ttl_ms, principal }).await?.1 {
         Response::SessionOpened { session, .. } => Ok(session),
         Response::Refused(refusal) => Err(ApiError::from(refusal).into()),
         other => Err(ApiError::Internal(format!("unexpected answer: {other:?}")).into()),
@@ -165,6 +180,7 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<GrpcResponse<Self::ConnectStream>, Status> {
+        let principal = Principal::of(&request);
         let mut inbound = request.into_inner();
         let first =
             inbound.message().await?.ok_or_else(|| Status::invalid_argument("the stream ended before `register`"))?;
@@ -172,11 +188,12 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
             return Err(ApiError::Invalid(Invalid::new("msg", "the first message must be `register`")).into());
         };
         let (slots, ttl_ms) = checked_registration(&reg)?;
+        principal.check_node("register.node_id", &reg.node_id)?;
 
         // Subscribe before registering: nothing assigned from here on is missed.
         let live = self.node.shared.subscribe();
         let node = self.node.clone();
-        let session = open_session(&node, &reg, ttl_ms).await?;
+        let session = open_session(&node, &principal, &reg, ttl_ms).await?;
         let listed: BTreeSet<TaskId> = reg.running_task_ids.iter().map(|id| TaskId(*id)).collect();
         let abandon = register_worker(&node, worker_spec(&reg, session, slots, &listed)).await?;
         tracing::info!(node_id = %reg.node_id, %session, "worker registered");

@@ -46,7 +46,7 @@ pub fn peer_client(channel: Channel) -> pb::raft_peer_client::RaftPeerClient<Cha
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
 }
 
-pub(crate) fn to_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
+pub fn to_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).expect("serializing to memory cannot fail")
 }
 

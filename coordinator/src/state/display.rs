@@ -98,6 +98,8 @@ impl fmt::Display for Response {
             Response::ProjectApplied { name, resources } => {
                 write!(f, "project {name} applied ({resources} resources declared)")
             }
+            Response::TokenCreated { name } => write!(f, "token {name} created"),
+            Response::TokenRevoked { name } => write!(f, "token {name} revoked"),
             Response::Refused(refusal) => write!(f, "REFUSED {refusal}"),
         }
     }
@@ -129,6 +131,9 @@ impl fmt::Display for Refusal {
             Refusal::RequestUnknown { request } => write!(f, "request {request} unknown"),
             Refusal::AlreadyWaiting { request } => write!(f, "owner already waits in {request}"),
             Refusal::Exhausted { what, max } => write!(f, "{what} exhausted (max {max})"),
+            Refusal::AclBootstrapped => write!(f, "the cluster is already bootstrapped"),
+            Refusal::TokenExists { name } => write!(f, "a token named {name:?} exists"),
+            Refusal::TokenUnknown { name } => write!(f, "token {name:?} is unknown"),
             Refusal::TaskUnknown { task } => write!(f, "task {task} unknown"),
             Refusal::StaleAttempt { task, attempt, current } => {
                 write!(f, "task {task} attempt {attempt} is stale (current {current})")

@@ -25,6 +25,9 @@ impl State {
         self.tasks.check();
         self.check_jobs();
         self.check_wait_for();
+        if let Err(e) = self.acl.check() {
+            panic!("token table: {e}");
+        }
     }
 
     fn check_records(&self) {

@@ -18,6 +18,7 @@
 //! reservations, each after the first takes the previous token plus one, so tokens are
 //! strictly increasing across the whole state and therefore per resource.
 
+mod acl;
 mod acquire;
 mod display;
 mod invariants;
@@ -52,6 +53,7 @@ use lock_table::{LockTable, Node, NodeId, QueueEntry, QueueKey};
 use records::{Grant, Owner, Request, Session};
 use wait_for::{VictimMeta, WaitFor};
 
+pub use acl::Acl;
 pub use jobs::{Budget, GateResult, Job, JobEvent, JobStatus, Jobs, LedgerEntry, PassState, PassStatus};
 pub use reads::{OwnerRef, WaiterInfo};
 pub use snapshot::{SnapshotError, SNAPSHOT_FORMAT_VERSION};
@@ -181,6 +183,7 @@ pub struct State {
     stats: Stats,
     tasks: tasks::Tasks,
     jobs: jobs::Jobs,
+    acl: acl::Acl,
 }
 
 /// What one apply accumulates on its way.
@@ -273,7 +276,7 @@ impl State {
 
     fn apply_command(&mut self, cmd: Command, ctx: &mut Ctx) -> Response {
         match cmd {
-            Command::OpenSession { label, ttl_ms } => self.apply_open_session(label, ttl_ms, ctx),
+            Command::OpenSession { label, ttl_ms, principal } => self.apply_open_session(label, ttl_ms, principal, ctx),
             Command::KeepAlive { session } => self.apply_keep_alive(session, ctx),
             Command::CloseSession { session } => self.apply_close_session(session, ctx),
             Command::Acquire(acquire) => self.apply_acquire(acquire, ctx),
@@ -315,6 +318,9 @@ impl State {
             Command::ReportTask { session, task, attempt, report } => {
                 self.apply_report_task(session, task, attempt, report, ctx)
             }
+            Command::BootstrapAcl(token) => self.apply_bootstrap_acl(*token, ctx),
+            Command::CreateToken(token) => self.apply_create_token(*token, ctx),
+            Command::RevokeToken { name } => self.apply_revoke_token(name),
         }
     }
 }

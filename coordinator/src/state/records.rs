@@ -20,6 +20,8 @@ pub(crate) struct Session {
     pub(crate) expires_at: Millis,
     /// The session's owners by name.
     pub(crate) owners: BTreeMap<String, OwnerId>,
+    /// The principal that opened it (a token's name; empty where access control is off).
+    pub(crate) principal: String,
 }
 
 /// One `(session, name)` pair: what holds and waits. A node of the wait-for graph.

@@ -3,13 +3,19 @@
 use super::*;
 
 impl State {
-    pub(super) fn apply_open_session(&mut self, label: String, ttl_ms: u64, ctx: &mut Ctx) -> Response {
+    pub(super) fn apply_open_session(
+        &mut self,
+        label: String,
+        ttl_ms: u64,
+        principal: String,
+        ctx: &mut Ctx,
+    ) -> Response {
         if self.sessions.len() >= SESSIONS_MAX {
             return Response::Refused(Refusal::Exhausted { what: "sessions".into(), max: SESSIONS_MAX as u64 });
         }
         let id = SessionId(take(&mut self.next_session));
         let expires_at = ctx.now + ttl_ms;
-        self.sessions.insert(id, Session { id, label, ttl_ms, expires_at, owners: BTreeMap::new() });
+        self.sessions.insert(id, Session { id, label, ttl_ms, expires_at, owners: BTreeMap::new(), principal });
         self.session_timers.insert((expires_at, id));
         ctx.effects.push(Effect::SessionOpened { session: id });
         Response::SessionOpened { session: id, ttl_ms, expires_at }

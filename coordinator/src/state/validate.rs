@@ -7,11 +7,21 @@ use super::*;
 /// `apply` calls it again and refuses what fails, so nothing invalid is ever written.
 pub fn validate_command(cmd: &Command) -> Result<(), Invalid> {
     match cmd {
-        Command::OpenSession { label, ttl_ms } => {
+        Command::OpenSession { label, ttl_ms, principal } => {
             if label.len() > SESSION_LABEL_LEN_MAX_BYTES {
                 return Err(Invalid::new(
                     "label",
                     format!("is {} bytes, at most {SESSION_LABEL_LEN_MAX_BYTES} allowed", label.len()),
+                ));
+            }
+            if principal.len() > qm_shared::limits::TOKEN_NAME_LEN_MAX_BYTES {
+                return Err(Invalid::new(
+                    "principal",
+                    format!(
+                        "is {} bytes, at most {} allowed",
+                        principal.len(),
+                        qm_shared::limits::TOKEN_NAME_LEN_MAX_BYTES
+                    ),
                 ));
             }
             qm_shared::validate::check_session_ttl_ms(*ttl_ms)
@@ -77,6 +87,10 @@ pub fn validate_command(cmd: &Command) -> Result<(), Invalid> {
         }
         Command::SubmitJob(_) | Command::DecideGate { .. } | Command::SetBudget { .. } | Command::ApplyProject(_) => {
             jobs::validate_job_command(cmd)
+        }
+        Command::BootstrapAcl(t) | Command::CreateToken(t) => acl::validate_token(t),
+        Command::RevokeToken { name } => {
+            qm_shared::validate::check_name("name", name, qm_shared::limits::TOKEN_NAME_LEN_MAX_BYTES)
         }
         Command::KeepAlive { .. }
         | Command::CloseSession { .. }

@@ -91,7 +91,7 @@ impl Core {
     }
 
     pub fn open_session(&mut self, label: &str) -> SessionId {
-        match self.apply(Command::OpenSession { label: label.into(), ttl_ms: TTL_MS }).0 {
+        match self.apply(Command::OpenSession { label: label.into(), ttl_ms: TTL_MS, principal: String::new() }).0 {
             Response::SessionOpened { session, .. } => session,
             other => panic!("open session: {other:?}"),
         }

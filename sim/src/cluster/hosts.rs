@@ -40,6 +40,10 @@ pub fn node_config(opts: &Options, id: u64) -> NodeConfig {
         tick_ms: 200,
         snapshot_logs: opts.snapshot_logs,
         classes: default_classes(),
+        // The simulated clients carry no tokens: access control is tested against real
+        // processes (tests/tests/acl.rs); here the coordination is under test.
+        access_control: false,
+        initial_admin_hash: None,
     }
 }
 

@@ -376,9 +376,11 @@ impl<'a> Run<'a> {
         for g in &sc.workers {
             for i in 0..g.count {
                 let node = format!("{}-{i}", g.name);
-                let Response::SessionOpened { session, .. } =
-                    self.apply(Command::OpenSession { label: node.clone(), ttl_ms: SESSION_TTL_MS_MAX })
-                else {
+                let Response::SessionOpened { session, .. } = self.apply(Command::OpenSession {
+                    label: node.clone(),
+                    ttl_ms: SESSION_TTL_MS_MAX,
+                    principal: String::new(),
+                }) else {
                     panic!("opening a worker session was refused");
                 };
                 let mut providers = remotes.clone();

@@ -262,7 +262,10 @@ fn refusal_reason(r: &Refusal) -> pb::RefusalReason {
         | Refusal::JobUnknown { .. }
         | Refusal::JobState { .. }
         | Refusal::ProjectUnknown { .. }
-        | Refusal::NotAwaitingDecision { .. } => pb::RefusalReason::Unspecified,
+        | Refusal::NotAwaitingDecision { .. }
+        | Refusal::AclBootstrapped
+        | Refusal::TokenExists { .. }
+        | Refusal::TokenUnknown { .. } => pb::RefusalReason::Unspecified,
         Refusal::Invalid(_) => pb::RefusalReason::Unspecified,
     }
 }

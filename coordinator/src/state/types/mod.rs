@@ -9,9 +9,11 @@
 use qm_shared::{Invalid, Mode, ResourcePath};
 use serde::{Deserialize, Serialize};
 
+mod acl;
 mod budget;
 mod work;
 
+pub use acl::*;
 pub use budget::*;
 pub use work::*;
 
@@ -134,6 +136,8 @@ pub enum Command {
     OpenSession {
         label: String,
         ttl_ms: u64,
+        /// The principal that opened it: the only one (besides an operator) that may act on it.
+        principal: String,
     },
     KeepAlive {
         session: SessionId,
@@ -216,6 +220,14 @@ pub enum Command {
     /// Register (or update) a project: its resources are declared, its providers' concurrency
     /// becomes counted resources `api:<provider>`.
     ApplyProject(Box<qm_shared::workflow::Project>),
+    /// The first admin token of a fresh cluster; refused once the cluster has been bootstrapped.
+    BootstrapAcl(Box<TokenSpec>),
+    /// Add a token.
+    CreateToken(Box<TokenSpec>),
+    /// Remove a token by name.
+    RevokeToken {
+        name: String,
+    },
 }
 
 /// A granted reservation as reported to clients and in effects.
@@ -315,6 +327,14 @@ pub enum Refusal {
         pass: String,
         status: String,
     },
+    /// The cluster already has its first admin token.
+    AclBootstrapped,
+    TokenExists {
+        name: String,
+    },
+    TokenUnknown {
+        name: String,
+    },
     /// A state-wide bound was reached (sessions, reservations, requests).
     Exhausted {
         what: String,
@@ -403,6 +423,12 @@ pub enum Response {
     ProjectApplied {
         name: String,
         resources: u32,
+    },
+    TokenCreated {
+        name: String,
+    },
+    TokenRevoked {
+        name: String,
     },
     /// Raft's own entries (a new leader's blank entry, membership changes) change nothing
     /// here and answer `Noop`.
