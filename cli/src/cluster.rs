@@ -102,7 +102,8 @@ async fn status(client: &Client, output: Output) -> Result<(), Failure> {
 /// `qm cluster add`: node `id` at `address` as a learner, caught up, then promoted to voter
 /// unless `learner`.
 async fn add(client: &Client, id: u64, address: &str, learner: bool, output: Output) -> Result<(), Failure> {
-    let address = qm_shared::client::normalize(address);
+    // A cluster spoken to over TLS serves TLS to its peers too.
+    let address = qm_shared::client::normalize_for(address, client.current().starts_with("https://"));
     let added = client
         .add_learner(pb::AddLearnerRequest { node_id: id, address, wait_caught_up: true })
         .await

@@ -74,6 +74,25 @@ pub const KEYS: &[Key] = &[
         help: "file holding the CLI's token; empty: ~/.config/qm/tokens/<host>_<port> of the first endpoint",
     },
     Key {
+        name: "tls.ca",
+        env: "QM_TLS_CA",
+        default: "",
+        help: "cluster CA (PEM): clients and peers trust only it; set to talk or serve TLS",
+    },
+    Key {
+        name: "tls.cert",
+        env: "QM_TLS_CERT",
+        default: "",
+        help: "certificate (PEM) to present: a coordinator's node certificate (qm cert node)",
+    },
+    Key { name: "tls.key", env: "QM_TLS_KEY", default: "", help: "the certificate's private key (PEM)" },
+    Key {
+        name: "insecure",
+        env: "QM_INSECURE",
+        default: "false",
+        help: "allow plaintext to or on a non-loopback address (tokens cross the network in clear text)",
+    },
+    Key {
         name: "acl.initial_admin_token_file",
         env: "QM_ACL_INITIAL_ADMIN_TOKEN_FILE",
         default: "",
@@ -259,6 +278,49 @@ impl Config {
         }
     }
 
+    /// `insecure`, as a flag.
+    pub fn insecure(&self) -> Result<bool, Failure> {
+        match self.get("insecure") {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" | "" => Ok(false),
+            other => Err(Failure::usage(format!("insecure = {other:?}: not true or false"))),
+        }
+    }
+
+    /// The CLI's TLS toward the coordinators, when `tls.ca` is set.
+    pub fn client_tls(&self) -> Result<Option<qm_shared::client::ClientTls>, Failure> {
+        let ca = self.get("tls.ca");
+        if ca.is_empty() {
+            return Ok(None);
+        }
+        let read =
+            |key: &str, path: &str| std::fs::read(path).map_err(|e| Failure::usage(format!("{key} {path}: {e}")));
+        let ca = read("tls.ca", ca)?;
+        let (cert, key) = (self.get("tls.cert"), self.get("tls.key"));
+        let identity = match (cert.is_empty(), key.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some((read("tls.cert", cert)?, read("tls.key", key)?)),
+            _ => return Err(Failure::usage("tls.cert and tls.key go together: give both or neither")),
+        };
+        Ok(Some(qm_shared::client::ClientTls::new(&ca, identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())))))
+    }
+
+    /// Refuses plaintext to a non-loopback endpoint unless `insecure` is set.
+    pub fn check_plaintext_endpoints(&self) -> Result<(), Failure> {
+        if self.insecure()? {
+            return Ok(());
+        }
+        for e in self.get("endpoint").split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            if !is_loopback(e) {
+                return Err(Failure::usage(format!(
+                    "endpoint {e}: plaintext to a non-loopback address would send the token in clear text; \
+                     set --tls-ca (QM_TLS_CA) for TLS, or --insecure to allow it"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn u64(&self, name: &str, min: u64, max: u64) -> Result<u64, Failure> {
         let (raw, source) = self.values.get(name).expect("a known key");
         let v: u64 =
@@ -327,4 +389,14 @@ pub fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
     f.write_all(b"\n")?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// Whether `endpoint` (`host:port`, with or without a scheme) names a loopback host.
+pub fn is_loopback(endpoint: &str) -> bool {
+    let bare = endpoint.trim().trim_start_matches("http://").trim_start_matches("https://");
+    let host = match bare.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => bare,
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

@@ -103,7 +103,7 @@ fn addr(config: &Config, key: &str) -> Result<Option<SocketAddr>, Failure> {
     raw.parse().map(Some).map_err(|_| Failure::usage(format!("{key} = {raw:?}: not an ip:port address")))
 }
 
-fn peers(raw: &str) -> Result<BTreeMap<u64, String>, Failure> {
+fn peers(raw: &str, tls: bool) -> Result<BTreeMap<u64, String>, Failure> {
     let mut out = BTreeMap::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) =
@@ -112,7 +112,7 @@ fn peers(raw: &str) -> Result<BTreeMap<u64, String>, Failure> {
         if id == 0 {
             return Err(Failure::usage("node.peers: node ids start at 1"));
         }
-        out.insert(id, qm_shared::client::normalize(addr));
+        out.insert(id, qm_shared::client::normalize_for(addr, tls));
     }
     if out.len() > 9 {
         return Err(Failure::usage(format!("node.peers: {} voters, at most 9 allowed", out.len())));
@@ -125,10 +125,22 @@ pub fn node_config(config: &Config, join: bool) -> Result<(NodeConfig, SocketAdd
     let id = config.u64("node.id", 1, u64::MAX)?;
     let listen = addr(config, "node.listen")?.ok_or_else(|| Failure::usage("node.listen is required"))?;
     let admin = addr(config, "node.admin_listen")?;
+    let tls = tls_files(config)?;
+    let insecure = config.insecure()?;
+    if tls.is_none() && !insecure && !listen.ip().is_loopback() {
+        return Err(Failure::usage(format!(
+            "node.listen {listen} is not a loopback address: serve TLS (--tls-cert, --tls-key, --tls-ca; \
+             `qm cert` makes them) or give --insecure to serve plaintext"
+        )));
+    }
     let advertise = config.get("node.advertise").to_string();
-    let advertise =
-        if advertise.is_empty() { format!("http://{listen}") } else { qm_shared::client::normalize(&advertise) };
-    let mut members = peers(config.get("node.peers"))?;
+    let advertise = if advertise.is_empty() {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{listen}")
+    } else {
+        qm_shared::client::normalize_for(&advertise, tls.is_some())
+    };
+    let mut members = peers(config.get("node.peers"), tls.is_some())?;
     if members.is_empty() && !join {
         members.insert(id, advertise.clone());
     }
@@ -160,8 +172,24 @@ pub fn node_config(config: &Config, join: bool) -> Result<(NodeConfig, SocketAdd
         classes: classes(config.get("jobs.classes"))?,
         access_control: true,
         initial_admin_hash: initial_admin_hash(config)?,
+        tls,
+        insecure,
     };
     Ok((node, listen, admin))
+}
+
+/// `tls.cert`, `tls.key`, `tls.ca`: all three, or none.
+fn tls_files(config: &Config) -> Result<Option<qm_coordinator::tls::TlsFiles>, Failure> {
+    let (cert, key, ca) = (config.get("tls.cert"), config.get("tls.key"), config.get("tls.ca"));
+    match (cert.is_empty(), key.is_empty(), ca.is_empty()) {
+        (true, true, true) => Ok(None),
+        (false, false, false) => Ok(Some(qm_coordinator::tls::TlsFiles {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+            ca: PathBuf::from(ca),
+        })),
+        _ => Err(Failure::usage("tls.cert, tls.key and tls.ca go together: a node serving TLS needs all three")),
+    }
 }
 
 /// `acl.initial_admin_token_file`: the hash of the secret it holds, checked like any secret.
@@ -198,17 +226,47 @@ fn classes(text: &str) -> Result<std::collections::BTreeMap<String, u32>, Failur
 pub async fn run(config: &Config, join: bool) -> Result<(), Failure> {
     let (node, listen, admin) = node_config(config, join)?;
     let id = node.id;
+    let insecure = node.insecure;
     let running = server::start(node, listen, admin).await.map_err(|e| Failure::error(e.to_string()))?;
     eprintln!(
-        "qm coordinator: node {id} serving gRPC on {}{}; data in {}",
+        "qm coordinator: node {id} serving gRPC{} on {}{}; data in {}",
+        if running.tls.is_some() { " (TLS)" } else { " (plaintext)" },
         running.bound.grpc,
         running.bound.admin.map(|a| format!(", admin HTTP on http://{a}")).unwrap_or_default(),
         config.get("node.data_dir"),
     );
-    wait_for_signal().await;
+    if insecure && running.tls.is_none() {
+        tracing::warn!(
+            "INSECURE: plaintext gRPC on a non-loopback address; tokens and data cross the network in clear text"
+        );
+        eprintln!(
+            "qm coordinator: WARNING: --insecure: plaintext on {}; anyone on the network can read tokens",
+            running.bound.grpc
+        );
+    }
+    wait_for_signal_reloading(running.tls.as_ref()).await;
     eprintln!("qm coordinator: shutting down");
     running.shutdown().await;
     Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM; on SIGHUP reloads the TLS files (a bad file keeps the
+/// certificates in force and says why).
+async fn wait_for_signal_reloading(tls: Option<&qm_coordinator::tls::ServerTls>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => match tls.map(|t| t.reload()) {
+                Some(Ok(())) => tracing::warn!("SIGHUP: TLS certificates reloaded; new connections use them"),
+                Some(Err(e)) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the certificates in force stay"),
+                None => tracing::info!("SIGHUP: nothing to reload (no TLS)"),
+            },
+        }
+    }
 }
 
 pub async fn wait_for_signal() {

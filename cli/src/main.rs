@@ -24,6 +24,7 @@ mod acl;
 mod agent;
 mod bench;
 mod budget;
+mod cert;
 mod cluster;
 mod config;
 mod coordinator;
@@ -76,6 +77,19 @@ struct Cli {
     /// TOML config file. [env: QM_CONFIG]
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// The cluster CA (PEM): talk TLS to the coordinators and trust only it. [config: tls.ca]
+    #[arg(long, global = true)]
+    tls_ca: Option<String>,
+    /// Certificate (PEM) to present; a coordinator's own node certificate. [config: tls.cert]
+    #[arg(long, global = true)]
+    tls_cert: Option<String>,
+    /// The certificate's private key (PEM). [config: tls.key]
+    #[arg(long, global = true)]
+    tls_key: Option<String>,
+    /// Allow plaintext to or on a non-loopback address (tokens then cross the network in
+    /// clear text). [config: insecure]
+    #[arg(long, global = true)]
+    insecure: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -168,6 +182,12 @@ enum Command {
         #[command(subcommand)]
         command: project::ProjectCommand,
     },
+    /// Certificates: a cluster CA and node and client certificates (development and small
+    /// clusters; production brings its own CA).
+    Cert {
+        #[command(subcommand)]
+        command: cert::CertCommand,
+    },
     /// Access control: bootstrap a fresh cluster's first admin token.
     Acl {
         #[command(subcommand)]
@@ -222,7 +242,14 @@ fn main() -> ExitCode {
         Command::Sim { command } => sim::run(command, output),
         command => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            runtime.block_on(run(command, output, cli.endpoint, cli.config))
+            let flags = vec![
+                ("endpoint", cli.endpoint),
+                ("tls.ca", cli.tls_ca),
+                ("tls.cert", cli.tls_cert),
+                ("tls.key", cli.tls_key),
+                ("insecure", cli.insecure.then(|| "true".to_string())),
+            ];
+            runtime.block_on(run(command, output, flags, cli.config))
         }
     };
     match result {
@@ -260,6 +287,14 @@ pub fn status_failure(status: tonic::Status) -> Failure {
         Code::InvalidArgument | Code::OutOfRange => 2,
         Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => 3,
         Code::Unauthenticated | Code::PermissionDenied => 4,
+        // A plaintext client talking to a TLS port sees only a broken HTTP/2 stream.
+        Code::Internal | Code::Unknown if status.message().contains("h2 protocol error") => {
+            return Failure::error(format!(
+                "{:?}: {} (does the server speak TLS? then set --tls-ca / QM_TLS_CA)",
+                status.code(),
+                status.message()
+            ))
+        }
         _ => 1,
     };
     Failure { code, message: format!("{:?}: {}", status.code(), status.message()) }
@@ -281,7 +316,7 @@ fn init_tracing_with(default: &str) {
 async fn run(
     command: Command,
     output: Output,
-    endpoint: Option<String>,
+    endpoint_flag: Vec<(&'static str, Option<String>)>,
     config_file: Option<PathBuf>,
 ) -> Result<(), Failure> {
     if output == Output::Dot && !matches!(command, Command::Graph(_)) {
@@ -290,7 +325,6 @@ async fn run(
     if output == Output::Csv && !matches!(command, Command::Cost { command: cost::CostCommand::Report { .. } }) {
         return Err(Failure::usage("-o csv applies to qm cost report only"));
     }
-    let endpoint_flag = vec![("endpoint", endpoint)];
     match command {
         Command::Dev(args) => {
             // The demo narrates the worker's story itself.
@@ -299,6 +333,7 @@ async fn run(
         }
         Command::Coordinator { command } => coordinator::dispatch(command, config_file.as_deref(), endpoint_flag).await,
         Command::Workflow { command } => workflow::dispatch(command, output),
+        Command::Cert { command } => cert::dispatch(command, output),
         Command::Project { command: project::ProjectCommand::Validate { file } } => project::validate(&file, output),
         Command::Agent { command } => agent::dispatch(command, output),
         Command::Config { command } => config::dispatch(command, config_file.as_deref(), &endpoint_flag, output),
@@ -308,6 +343,13 @@ async fn run(
             let client = Client::new([config.get("endpoint")])
                 .and_then(|c| c.with_token(&token))
                 .map_err(|e| Failure::usage(e.to_string()))?;
+            let client = match config.client_tls()? {
+                Some(tls) => client.with_tls(tls).map_err(|e| Failure::usage(e.to_string()))?,
+                None => {
+                    config.check_plaintext_endpoints()?;
+                    client
+                }
+            };
             run_client(command, output, &client).await
         }
     }
@@ -339,6 +381,7 @@ async fn run_client(command: Command, output: Output, client: &Client) -> Result
         | Command::Script { .. }
         | Command::Sim { .. }
         | Command::Workflow { .. }
+        | Command::Cert { .. }
         | Command::Project { command: project::ProjectCommand::Validate { .. } }
         | Command::Agent { .. } => {
             unreachable!("handled before")

@@ -18,3 +18,4 @@ pub mod raft;
 pub mod script;
 pub mod server;
 pub mod state;
+pub mod tls;

@@ -78,6 +78,11 @@ pub struct NodeConfig {
     /// cluster not bootstrapped bootstraps it with this token, so automation needs no
     /// `qm acl bootstrap` step (the same secret on every node; whichever leads first wins).
     pub initial_admin_hash: Option<String>,
+    /// TLS on the gRPC port and toward peers; `None`: plaintext.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Plaintext on a non-loopback address was asked for (`--insecure`): said at start and
+    /// in `/health`.
+    pub insecure: bool,
 }
 
 impl NodeConfig {
@@ -95,6 +100,8 @@ impl NodeConfig {
             classes: default_classes(),
             access_control: true,
             initial_admin_hash: None,
+            tls: None,
+            insecure: false,
         }
     }
 }
@@ -128,6 +135,11 @@ pub struct Node {
     /// Whether calls are authenticated and authorized ([`NodeConfig::access_control`]).
     pub access_control: bool,
     initial_admin_hash: Option<String>,
+    /// Whether the gRPC port serves TLS (peer RPCs then need a node certificate).
+    pub tls: bool,
+    pub insecure: bool,
+    /// The voters the cluster was first formed with (besides the membership Raft knows).
+    pub initial_members: BTreeSet<NodeId>,
 }
 
 impl std::fmt::Debug for Node {
@@ -165,7 +177,13 @@ impl Node {
         clock: Arc<dyn Clock>,
         store: S,
     ) -> Result<Arc<Node>, StartError> {
-        Node::start_with_connector(config, clock, store, Connector::tcp()).await
+        let connector = match &config.tls {
+            Some(files) => {
+                Connector::tls(crate::tls::client_tls(files).map_err(|e| StartError::Config(e.to_string()))?)
+            }
+            None => Connector::tcp(),
+        };
+        Node::start_with_connector(config, clock, store, connector).await
     }
 
     /// Like [`Node::start_with`], dialing peers through `connector` (the simulator's network).
@@ -218,6 +236,9 @@ impl Node {
             classes: config.classes.clone(),
             access_control: config.access_control,
             initial_admin_hash: config.initial_admin_hash.clone(),
+            tls: config.tls.is_some(),
+            insecure: config.insecure,
+            initial_members: config.initial_members.keys().copied().collect(),
         });
         if !config.initial_members.is_empty()
             && config.initial_members.keys().next() == Some(&config.id)

@@ -20,6 +20,8 @@ pub struct Bound {
 pub struct Running {
     pub node: Arc<Node>,
     pub bound: Bound,
+    /// The gRPC port's TLS, to reload on SIGHUP (`None`: plaintext).
+    pub tls: Option<crate::tls::ServerTls>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -40,6 +42,12 @@ pub async fn start(
     grpc: SocketAddr,
     admin: Option<SocketAddr>,
 ) -> anyhow_free::Result<Running> {
+    let tls = match &config.tls {
+        Some(files) => {
+            Some(crate::tls::ServerTls::load(files.clone()).map_err(|e| std::io::Error::other(e.to_string()))?)
+        }
+        None => None,
+    };
     let grpc_listener = crate::api::bind(grpc).await?;
     let grpc_bound = grpc_listener.local_addr()?;
     let admin_listener = match admin {
@@ -48,7 +56,8 @@ pub async fn start(
     };
     let admin_bound = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     if config.advertise.is_empty() {
-        config.advertise = format!("http://{grpc_bound}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        config.advertise = format!("{scheme}://{grpc_bound}");
         if config.initial_members.len() == 1 && config.initial_members.contains_key(&config.id) {
             config.initial_members.insert(config.id, config.advertise.clone());
         }
@@ -61,8 +70,9 @@ pub async fn start(
     let mut tasks = Vec::new();
     let n = node.clone();
     let s = signal(stopped.clone());
+    let server_tls = tls.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = crate::api::serve(n, grpc_listener, s).await {
+        if let Err(e) = crate::api::serve(n, grpc_listener, server_tls, s).await {
             tracing::error!(error = %e, "gRPC server stopped");
         }
     }));
@@ -75,7 +85,7 @@ pub async fn start(
             }
         }));
     }
-    Ok(Running { node, bound: Bound { grpc: grpc_bound, admin: admin_bound }, stop, tasks })
+    Ok(Running { node, bound: Bound { grpc: grpc_bound, admin: admin_bound }, tls, stop, tasks })
 }
 
 mod anyhow_free {

@@ -78,6 +78,33 @@ impl tonic::service::Interceptor for Bearer {
 /// What a call runs on: a channel that carries the client's credentials.
 pub type Transport = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
+/// TLS toward the coordinators: the cluster CA to trust and, optionally, a certificate to
+/// present (a node's own, when it dials its peers).
+#[derive(Clone, Debug)]
+pub struct ClientTls(tonic::transport::ClientTlsConfig);
+
+impl ClientTls {
+    /// From PEM bytes: the CA, and a certificate chain with its key.
+    pub fn new(ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> ClientTls {
+        use tonic::transport::{Certificate, Identity};
+        let mut config = tonic::transport::ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+        if let Some((cert, key)) = identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        ClientTls(config)
+    }
+}
+
+/// `endpoint` with the scheme TLS (or plaintext) needs: `host:port` and `http://` become
+/// `https://` under TLS, `http://` otherwise.
+pub fn normalize_for(endpoint: &str, tls: bool) -> String {
+    let e = normalize(endpoint);
+    match (tls, e.strip_prefix("http://")) {
+        (true, Some(rest)) => format!("https://{rest}"),
+        _ => e,
+    }
+}
+
 /// Normalizes `host:port` to `http://host:port`.
 pub fn normalize(endpoint: &str) -> String {
     let e = endpoint.trim();
@@ -100,6 +127,15 @@ impl Connector {
     /// Real TCP: `Endpoint::connect_lazy`.
     pub fn tcp() -> Connector {
         Connector(Arc::new(|ep: Endpoint| ep.connect_lazy()))
+    }
+
+    /// Real TCP with TLS. Endpoints must be `https://` (see [`normalize_for`]); an endpoint
+    /// the configuration cannot apply to fails to connect rather than fall back to plaintext.
+    pub fn tls(tls: ClientTls) -> Connector {
+        Connector(Arc::new(move |ep: Endpoint| match ep.clone().tls_config(tls.0.clone()) {
+            Ok(ep) => ep.connect_lazy(),
+            Err(_) => ep.connect_lazy(),
+        }))
     }
 
     /// A connector from a function turning an endpoint into a lazily connected channel.
@@ -142,6 +178,8 @@ struct Inner {
     channels: Vec<Channel>,
     connector: Connector,
     bearer: Bearer,
+    /// Whether endpoints are dialed with TLS.
+    tls: bool,
     /// Index into `endpoints` of the node believed to lead.
     current: usize,
 }
@@ -187,8 +225,21 @@ impl Client {
             return Err(ClientError::NoEndpoints);
         }
         let channels = endpoints.iter().map(|e| channel(e, &connector)).collect::<Result<_, _>>()?;
-        let inner = Inner { endpoints, channels, connector, bearer: Bearer::default(), current: 0 };
+        let inner = Inner { endpoints, channels, connector, bearer: Bearer::default(), tls: false, current: 0 };
         Ok(Client { inner: Arc::new(Mutex::new(inner)) })
+    }
+
+    /// This client, dialing every endpoint (and every leader it is pointed to) with TLS.
+    pub fn with_tls(self, tls: ClientTls) -> Result<Client, ClientError> {
+        {
+            let mut inner = self.inner.lock().expect("client lock");
+            inner.connector = Connector::tls(tls);
+            inner.tls = true;
+            inner.endpoints = inner.endpoints.iter().map(|e| normalize_for(e, true)).collect();
+            let channels = inner.endpoints.iter().map(|e| channel(e, &inner.connector)).collect::<Result<_, _>>()?;
+            inner.channels = channels;
+        }
+        Ok(self)
     }
 
     /// This client, carrying `token` on every call from now on (an empty token: none).
@@ -232,8 +283,8 @@ impl Client {
     }
 
     fn follow(&self, addr: &str) -> Result<(), ClientError> {
-        let addr = normalize(addr);
         let mut inner = self.inner.lock().expect("client lock");
+        let addr = normalize_for(addr, inner.tls);
         if let Some(i) = inner.endpoints.iter().position(|e| *e == addr) {
             inner.current = i;
             return Ok(());
@@ -275,7 +326,8 @@ impl Client {
             let (retry, pause) = match status.code() {
                 Code::Unavailable | Code::FailedPrecondition => match leader_hint(&status) {
                     Some((_, addr)) => {
-                        let fresh = normalize(&addr) != normalize(&tried);
+                        let tls = self.inner.lock().expect("client lock").tls;
+                        let fresh = normalize_for(&addr, tls) != normalize_for(&tried, tls);
                         if !fresh || self.follow(&addr).is_err() {
                             self.advance(i);
                         }

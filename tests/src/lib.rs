@@ -94,6 +94,8 @@ pub struct Cluster {
     /// The first admin token's secret: every node is started with it as
     /// `--initial-admin-token-file`, so whichever leads first bootstraps access control.
     pub token: String,
+    /// Whether the nodes serve TLS with certificates `qm cert` made in `dir/certs`.
+    pub tls: bool,
 }
 
 /// A fresh random secret for a test cluster's first admin token.
@@ -104,8 +106,19 @@ pub fn random_secret() -> String {
 }
 
 impl Cluster {
-    /// Starts `n` voters that form a cluster from config.
+    /// Starts `n` voters that form a cluster from config; serving TLS when `QM_TEST_TLS` is
+    /// set (the whole process suite then runs with TLS as well as tokens).
     pub fn start(n: u64, snapshot_logs: u64) -> Cluster {
+        Cluster::start_with(n, snapshot_logs, std::env::var_os("QM_TEST_TLS").is_some_and(|v| !v.is_empty()))
+    }
+
+    /// Starts `n` voters serving TLS: a CA, node certificates for 127.0.0.1 and a client
+    /// certificate `ops`, all made with `qm cert` in `dir/certs`.
+    pub fn start_tls(n: u64) -> Cluster {
+        Cluster::start_with(n, 10_000, true)
+    }
+
+    fn start_with(n: u64, snapshot_logs: u64, tls: bool) -> Cluster {
         let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
         let mut c = Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
@@ -114,8 +127,12 @@ impl Cluster {
             snapshot_logs,
             workers: BTreeMap::new(),
             token: random_secret(),
+            tls,
         };
         std::fs::write(c.admin_secret_file(), &c.token).expect("write the admin secret");
+        if tls {
+            c.make_certs(n);
+        }
         for id in 1..=n {
             c.spawn(id, false);
         }
@@ -138,6 +155,36 @@ impl Cluster {
         .expect("waiting for bootstrap");
     }
 
+    /// Where `qm cert` wrote the cluster's CA and certificates.
+    pub fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn make_certs(&self, n: u64) {
+        let dir = self.certs();
+        let dir = dir.to_str().expect("utf-8 path");
+        let mut runs: Vec<Vec<String>> = vec![vec!["cert".into(), "ca".into(), "--dir".into(), dir.into()]];
+        for id in 1..=n {
+            runs.push(
+                ["cert", "node", "--dir", dir, "--id", &id.to_string(), "--host", "127.0.0.1"]
+                    .map(String::from)
+                    .to_vec(),
+            );
+        }
+        runs.push(["cert", "client", "--dir", dir, "--name", "ops"].map(String::from).to_vec());
+        for args in runs {
+            let out = Command::new(qm_bin()).args(&args).output().expect("run qm cert");
+            assert!(out.status.success(), "qm {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    /// The cluster CA and a client certificate (`ops`) as a client's TLS.
+    pub fn client_tls(&self, with_client_cert: bool) -> qm_shared::client::ClientTls {
+        let read = |f: &str| std::fs::read(self.certs().join(f)).expect("read a certificate file");
+        let identity = with_client_cert.then(|| (read("client-ops.pem"), read("client-ops.key")));
+        qm_shared::client::ClientTls::new(&read("ca.pem"), identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())))
+    }
+
     /// The file every node reads its first admin token from.
     pub fn admin_secret_file(&self) -> PathBuf {
         self.dir.path().join("admin.secret")
@@ -157,6 +204,7 @@ impl Cluster {
             .args(["--snapshot-logs", &self.snapshot_logs.to_string()])
             .arg("--initial-admin-token-file")
             .arg(self.admin_secret_file())
+            .args(self.tls_args(Some(id)))
             .env("QM_LOG", std::env::var("QM_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()))
             .stdout(Stdio::null())
             .stderr(self.log_file(&format!("n{id}")));
@@ -217,6 +265,7 @@ impl Cluster {
     /// Starts `qm worker run --node-id NODE --slots ROLE=N...` against every node.
     pub fn spawn_worker(&mut self, node: &str, slots: &[&str]) {
         let mut cmd = Command::new(qm_bin());
+        cmd.args(self.tls_args(None));
         cmd.args(["worker", "run", "--node-id", node, "--session-ttl-ms", "3000", "--blocked-after-ms", "500"])
             .args(["--endpoint", &self.endpoints()]);
         for s in slots {
@@ -279,6 +328,7 @@ impl Cluster {
     fn run_qm(&self, endpoints: &str, token: &str, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(qm_bin())
             .args(args)
+            .args(self.tls_args(None))
             .args(["--endpoint", endpoints, "-o", "json"])
             .env("QM_LOG", "warn")
             .env("QM_TOKEN", token)
@@ -297,29 +347,57 @@ impl Cluster {
         self.addrs.values().cloned().collect::<Vec<_>>().join(",")
     }
 
+    /// `--tls-*` flags for node `id` (its own certificate), or for a client (the CA only).
+    fn tls_args(&self, id: Option<u64>) -> Vec<String> {
+        if !self.tls {
+            return Vec::new();
+        }
+        let path = |f: String| self.certs().join(f).display().to_string();
+        let mut args = vec!["--tls-ca".to_string(), path("ca.pem".into())];
+        if let Some(id) = id {
+            args.extend([
+                "--tls-cert".into(),
+                path(format!("node-{id}.pem")),
+                "--tls-key".into(),
+                path(format!("node-{id}.key")),
+            ]);
+        }
+        args
+    }
+
+    /// `client`, speaking TLS when the cluster does.
+    fn tls_client(&self, client: Client) -> Client {
+        if self.tls {
+            client.with_tls(self.client_tls(false)).expect("tls client")
+        } else {
+            client
+        }
+    }
+
     /// A client of every node carrying the admin token.
     pub fn client(&self) -> Client {
-        Client::new(self.addrs.values()).and_then(|c| c.with_token(&self.token)).expect("client")
+        self.client_with(&self.token)
     }
 
     /// A client of node `id` only, carrying the admin token.
     pub fn client_of(&self, id: u64) -> Client {
-        Client::new([self.addrs[&id].as_str()]).and_then(|c| c.with_token(&self.token)).expect("client")
+        self.tls_client(
+            Client::new([self.addrs[&id].as_str()]).and_then(|c| c.with_token(&self.token)).expect("client"),
+        )
     }
 
     /// A client of every node carrying `token` (empty: none).
     pub fn client_with(&self, token: &str) -> Client {
-        Client::new(self.addrs.values()).and_then(|c| c.with_token(token)).expect("client")
+        self.tls_client(Client::new(self.addrs.values()).and_then(|c| c.with_token(token)).expect("client"))
     }
 
     /// Status as node `id` sees it (no leader following).
     pub async fn status_of(&self, id: u64) -> Option<pb::StatusResponse> {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addrs[&id]))
-            .ok()?
-            .connect()
-            .await
-            .ok()?;
-        let ch = qm_shared::client::Transport::new(ch, qm_shared::client::Bearer::new(&self.token).ok()?);
+        use qm_shared::client::{Bearer, Connector, Transport};
+        let scheme = if self.tls { "https" } else { "http" };
+        let ep = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", self.addrs[&id])).ok()?;
+        let connector = if self.tls { Connector::tls(self.client_tls(false)) } else { Connector::tcp() };
+        let ch = Transport::new(connector.connect(ep), Bearer::new(&self.token).ok()?);
         Client::cluster(ch).status(pb::StatusRequest {}).await.ok().map(|r| r.into_inner())
     }
 

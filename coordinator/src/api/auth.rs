@@ -20,6 +20,7 @@
 //! What this module must not do: decide anything about reservations, or write. Denials
 //! change nothing, because they happen before any proposal.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -255,13 +256,22 @@ pub fn check_secret(field: &str, secret: &str) -> Result<(), ApiError> {
 }
 
 /// Who `headers` say is calling `path`, and whether they may.
-pub fn authenticate(node: &Node, path: &str, headers: &http::HeaderMap) -> Result<Principal, ApiError> {
+pub fn authenticate(
+    node: &Node,
+    path: &str,
+    headers: &http::HeaderMap,
+    extensions: &http::Extensions,
+) -> Result<Principal, ApiError> {
     let Some(rule) = rule(path) else {
         return Err(ApiError::PermissionDenied(format!(
             "rule unknown-method: {path} is not a method this node serves"
         )));
     };
-    if !node.access_control || matches!(rule, Rule::Public | Rule::Bootstrap | Rule::Peer) {
+    if rule == Rule::Peer {
+        check_peer(node, path, extensions)?;
+        return Ok(Principal::unrestricted());
+    }
+    if !node.access_control || matches!(rule, Rule::Public | Rule::Bootstrap) {
         return Ok(Principal::unrestricted());
     }
     let secret = match headers.get(http::header::AUTHORIZATION).map(|v| v.to_str()) {
@@ -306,6 +316,39 @@ pub fn authenticate(node: &Node, path: &str, headers: &http::HeaderMap) -> Resul
     Ok(principal)
 }
 
+/// Highest node id a node that knows no membership yet (a fresh joiner) accepts a peer
+/// certificate for: it cannot tell members from others until the leader reaches it.
+pub const JOINER_NODE_IDS_MAX: u64 = 1_024;
+
+/// A Raft RPC under TLS needs a certificate from the cluster CA naming a member (or the
+/// initial voters): a client's certificate names no node, and is refused.
+fn check_peer(node: &Node, path: &str, extensions: &http::Extensions) -> Result<(), ApiError> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    if !node.tls {
+        return Ok(());
+    }
+    let certs = extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.peer_certs());
+    let Some(certs) = certs.filter(|c| !c.is_empty()) else {
+        return Err(ApiError::PermissionDenied(format!(
+            "rule peer-certificate: {path} needs a node certificate from the cluster CA; none was presented"
+        )));
+    };
+    let mut members: BTreeSet<u64> = node.initial_members.clone();
+    members.extend(node.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id));
+    let named = if members.is_empty() {
+        (1..=JOINER_NODE_IDS_MAX).any(|id| crate::tls::names_node(&certs, id))
+    } else {
+        members.iter().any(|id| crate::tls::names_node(&certs, *id))
+    };
+    if named {
+        Ok(())
+    } else {
+        Err(ApiError::PermissionDenied(format!(
+            "rule peer-certificate: {path} needs a certificate naming a member node (node-<id>.peer.qm); this one names none of {members:?}"
+        )))
+    }
+}
+
 /// The tower layer that runs [`authenticate`] in front of every service.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
@@ -340,7 +383,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        match authenticate(&self.node, req.uri().path(), req.headers()) {
+        match authenticate(&self.node, req.uri().path(), req.headers(), req.extensions()) {
             Ok(principal) => {
                 req.extensions_mut().insert(principal);
                 Box::pin(self.inner.call(req))

@@ -33,8 +33,12 @@ use crate::node::Node;
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
+    tls: Option<crate::tls::ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    if let Some(tls) = tls {
+        return serve_incoming(node, tls.incoming(listener), shutdown).await;
+    }
     // A caller-supplied listener bypasses the builder's socket options: set them here, or
     // small replies wait on Nagle and the peer's delayed ACK (~40 ms per round trip).
     let incoming = tonic::transport::server::TcpIncoming::from(listener)

@@ -44,6 +44,8 @@ pub fn node_config(opts: &Options, id: u64) -> NodeConfig {
         // processes (tests/tests/acl.rs); here the coordination is under test.
         access_control: false,
         initial_admin_hash: None,
+        tls: None,
+        insecure: false,
     }
 }
 

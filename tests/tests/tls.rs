@@ -1,0 +1,92 @@
+//! Transport security as users and attackers meet it: real `qm coordinator` processes serving
+//! TLS with certificates `qm cert` made, and the ways in that must stay shut.
+
+use qm_shared::client::{Bearer, Client, Connector, Transport};
+use qm_shared::pb::v1 as pb;
+use qm_tests::{acquire_wait, free_port, qm_bin, Cluster};
+use tonic::Code;
+
+/// A raw Raft peer client of node `id` over TLS, presenting the `ops` client certificate or
+/// none.
+fn peer(c: &Cluster, id: u64, with_client_cert: bool) -> pb::raft_peer_client::RaftPeerClient<Transport> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("https://{}", c.addrs[&id])).expect("endpoint");
+    let ch = Connector::tls(c.client_tls(with_client_cert)).connect(ep);
+    pb::raft_peer_client::RaftPeerClient::new(Transport::new(ch, Bearer::default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_serves_clients_and_refuses_what_is_not_a_member_node() {
+    let c = Cluster::start_tls(3);
+    let leader = c.leader(&[1, 2, 3]).await;
+    let client = c.client();
+    let s = client.open_session("ops", 60_000).await.expect("open over TLS").session_id;
+    acquire_wait(&client, s, "ops", "pg:db/table:t").await.expect("acquire over TLS");
+    let json = c.qm_json(&["cluster", "status"]);
+    assert!(
+        json["members"].as_array().unwrap().iter().all(|m| m["address"].as_str().unwrap().starts_with("https://")),
+        "{json}"
+    );
+    let applied = c.client().status().await.expect("status").applied_index;
+
+    // A forged vote with a higher term, from a client certificate and from no certificate:
+    // refused before openraft sees it.
+    let vote = qm_coordinator::raft::network::to_bytes(&openraft::raft::VoteRequest::<u64>::new(
+        openraft::Vote::new(1_000, 9),
+        None,
+    ));
+    for (who, cert) in [("a client certificate", true), ("no certificate", false)] {
+        let r = peer(&c, leader, cert).vote(pb::VoteRequest { target_node_id: leader, payload: vote.clone() }).await;
+        let s = r.expect_err(who);
+        assert_eq!(s.code(), Code::PermissionDenied, "{who}: {s:?}");
+        assert!(s.message().contains("rule peer-certificate"), "{who}: {s:?}");
+    }
+    let command = qm_coordinator::raft::network::to_bytes(&qm_coordinator::state::Command::CloseSession {
+        session: qm_coordinator::state::SessionId(s),
+    });
+    let r = peer(&c, leader, true).propose(pb::ProposeRequest { command }).await;
+    assert_eq!(r.expect_err("propose from a client certificate").code(), Code::PermissionDenied);
+
+    let after = c.client().status().await.expect("status");
+    assert_eq!(after.leader_id, Some(leader), "the forged vote deposed nobody");
+    assert!(after.term < 1_000, "term {}", after.term);
+    assert!(after.applied_index >= applied);
+    assert_eq!(
+        c.client().list(pb::ListRequest::default()).await.expect("list").reservations.len(),
+        1,
+        "the session is intact"
+    );
+
+    // Plaintext to the TLS port gets no answer.
+    let plain = Client::new([c.addrs[&leader].as_str()]).and_then(|cl| cl.with_token(&c.token)).expect("client");
+    let r = tokio::time::timeout(std::time::Duration::from_secs(30), plain.status()).await.expect("bounded");
+    assert!(r.is_err(), "plaintext answered: {r:?}");
+}
+
+#[test]
+fn plaintext_on_a_non_loopback_address_needs_insecure_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = format!("0.0.0.0:{}", free_port());
+    let run = |extra: &[&str]| {
+        std::process::Command::new(qm_bin())
+            .args(["coordinator", "run", "--id", "1", "--listen", &listen, "--admin-listen", ""])
+            .arg("--data-dir")
+            .arg(dir.path().join("d"))
+            .args(extra)
+            .output()
+            .expect("run qm")
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a loopback address") && err.contains("--insecure"), "{err}");
+    assert!(!dir.path().join("d").exists(), "nothing was created");
+
+    // The CLI refuses to send a token in clear text to a non-loopback endpoint.
+    let out = std::process::Command::new(qm_bin())
+        .args(["reserve", "list", "--endpoint", "10.255.255.1:7070"])
+        .env("QM_TOKEN", "qm_secret")
+        .output()
+        .expect("run qm");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-ca"));
+}
