@@ -13,22 +13,36 @@ use qm_worker::executor::{
 };
 use tokio::sync::mpsc;
 
-/// A config with `command` enabled and a work root of the test's own.
-fn config(test: &str) -> ExecConfig {
-    ExecConfig {
-        enabled: [Kind::Command].into(),
-        work_root: scratch(test).join("work"),
-        pass_env: ExecConfig::pass_env_from_process(["PATH"]),
-        ..ExecConfig::default()
+/// A directory of one test's own, removed when the test ends.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("qm-executor-test-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
     }
 }
 
-/// An empty directory for one test.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qm-executor-test-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A config with `command` enabled and a work root in `dir`.
+fn config(dir: &Scratch) -> ExecConfig {
+    ExecConfig {
+        enabled: [Kind::Command].into(),
+        work_root: dir.join("work"),
+        pass_env: ExecConfig::pass_env_from_process(["PATH"]),
+        ..ExecConfig::default()
+    }
 }
 
 fn req(payload: serde_json::Value) -> ExecRequest {
@@ -94,7 +108,8 @@ async fn pid_in(file: &Path) -> u32 {
 
 #[tokio::test]
 async fn commands_run_with_their_qm_variables_capture_output_and_fail_and_time_out() {
-    let config = config("basics");
+    let dir = Scratch::new("basics");
+    let config = config(&dir);
     let mut r = cmd("echo token=$QM_FENCING_TOKEN");
     r.env.push(("QM_FENCING_TOKEN".into(), "42".into()));
     assert_eq!(output(&run(&config, r).await), "token=42\n");
@@ -115,7 +130,7 @@ async fn commands_run_with_their_qm_variables_capture_output_and_fail_and_time_o
 
 #[tokio::test]
 async fn a_disabled_command_executor_runs_nothing() {
-    let dir = scratch("disabled");
+    let dir = Scratch::new("disabled");
     let marker = dir.join("ran");
     let config = ExecConfig { work_root: dir.join("work"), ..ExecConfig::default() };
     let out = run(&config, cmd(&format!("touch {}", marker.display()))).await;
@@ -127,7 +142,8 @@ async fn a_disabled_command_executor_runs_nothing() {
 
 #[tokio::test]
 async fn the_child_sees_the_allow_list_and_its_qm_variables_and_nothing_else() {
-    let mut config = config("env");
+    let dir = Scratch::new("env");
+    let mut config = config(&dir);
     config.pass_env.push(("QM_TEST_KEPT".into(), "kept".into()));
     config.providers.insert(
         "p".into(),
@@ -161,9 +177,9 @@ async fn the_child_sees_the_allow_list_and_its_qm_variables_and_nothing_else() {
 
 #[tokio::test]
 async fn a_stopped_command_takes_its_grandchildren_with_it() {
-    let dir = scratch("stop");
+    let dir = Scratch::new("stop");
     let pidfile = dir.join("pid");
-    let config = config("stop");
+    let config = config(&dir);
     let (etx, mut erx) = mpsc::channel(64);
     let (ctx, crx) = mpsc::channel(4);
     let r = cmd(&format!("sleep 1000 & echo $! > {}; wait", pidfile.display()));
@@ -181,9 +197,9 @@ async fn a_stopped_command_takes_its_grandchildren_with_it() {
 
 #[tokio::test]
 async fn a_timed_out_command_that_ignores_sigterm_is_killed_with_its_group() {
-    let dir = scratch("timeout");
+    let dir = Scratch::new("timeout");
     let pidfile = dir.join("pid");
-    let config = ExecConfig { kill_grace: Duration::from_millis(200), ..config("timeout") };
+    let config = ExecConfig { kill_grace: Duration::from_millis(200), ..config(&dir) };
     // The shell and its child ignore SIGTERM: only the SIGKILL after the grace ends them.
     let mut r = cmd(&format!("trap '' TERM; sleep 1000 & echo $! > {}; wait", pidfile.display()));
     r.timeout_ms = 300;
@@ -194,17 +210,18 @@ async fn a_timed_out_command_that_ignores_sigterm_is_killed_with_its_group() {
 
 #[tokio::test]
 async fn background_jobs_left_behind_by_a_finished_command_are_killed() {
-    let dir = scratch("leftover");
+    let dir = Scratch::new("leftover");
     let pidfile = dir.join("pid");
     // The job holds the shell's stdout open: the output is still complete once it is killed.
     let r = cmd(&format!("sleep 1000 & echo $! > {}; echo done", pidfile.display()));
-    assert_eq!(output(&run(&config("leftover"), r).await), "done\n");
+    assert_eq!(output(&run(&config(&dir), r).await), "done\n");
     until_gone(pid_in(&pidfile).await).await;
 }
 
 #[tokio::test]
 async fn resource_limits_are_visible_in_the_child() {
-    let mut config = config("limits");
+    let dir = Scratch::new("limits");
+    let mut config = config(&dir);
     config.limits = Limits { cpu_secs: 77, memory_bytes: 1024 * 1024 * 1024, open_files: 64, ..Limits::default() };
     let out = output(&run(&config, cmd("ulimit -n; ulimit -t; ulimit -v; ulimit -Hn")).await);
     assert_eq!(out, "64\n77\n1048576\n64\n", "soft and hard limits alike, so the child cannot raise them");
@@ -217,7 +234,8 @@ async fn resource_limits_are_visible_in_the_child() {
 
 #[tokio::test]
 async fn output_past_the_cap_is_cut_and_says_so() {
-    let mut config = config("cap");
+    let dir = Scratch::new("cap");
+    let mut config = config(&dir);
     config.limits.output_bytes = 1_024;
     let out = output(&run(&config, cmd("head -c 5000 /dev/zero | tr '\\0' x")).await);
     assert_eq!(out.len(), 1_024);
@@ -229,7 +247,8 @@ async fn output_past_the_cap_is_cut_and_says_so() {
 
 #[tokio::test]
 async fn workdirs_are_relative_paths_inside_the_attempts_directory() {
-    let config = config("workdir");
+    let dir = Scratch::new("workdir");
+    let config = config(&dir);
     let payload = |w: &str| req(serde_json::json!({"executor": "command", "cmd": "pwd", "workdir": w}));
     let out = output(&run(&config, payload("src/app")).await);
     assert_eq!(out.trim_end(), config.work_root.join("task-1-attempt-1/src/app").display().to_string());
@@ -243,7 +262,8 @@ async fn workdirs_are_relative_paths_inside_the_attempts_directory() {
 
 #[tokio::test]
 async fn quoted_task_data_stays_one_argument() {
-    let config = config("quote");
+    let dir = Scratch::new("quote");
+    let config = config(&dir);
     for hostile in
         ["; rm -rf victim", "$(rm -rf victim)", "`rm -rf victim`", "it's | rm -rf victim", "a\nrm -rf victim"]
     {
