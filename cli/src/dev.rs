@@ -33,6 +33,10 @@ pub struct DevArgs {
     /// Stop after the demo instead of serving (for scripts and CI).
     #[arg(long)]
     exit_after_demo: bool,
+    /// The in-process worker's executors, as `qm worker run` takes them (the demo needs only
+    /// `scripted`; `--enable-executor command` lets `qm task submit --cmd` run here).
+    #[command(flatten)]
+    exec: crate::worker::ExecArgs,
 }
 
 /// The dev admin token's file in the data directory.
@@ -60,6 +64,7 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
         .admin_listen
         .parse()
         .map_err(|_| Failure::usage(format!("--admin-listen {:?}: not an ip:port address", args.admin_listen)))?;
+    let exec = crate::worker::exec_config(args.exec, "dev-worker", Default::default())?;
     let dir = args.data_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("qm-dev-{}", listen.port())));
     let secret = dev_admin_secret(&dir)?;
     let mut config = NodeConfig::single(1, String::new(), Some(dir.clone()));
@@ -118,6 +123,7 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
             blocked_after_ms: 1_000,
             providers: Vec::new(),
             gpus: Vec::new(),
+            exec,
         };
         let client = client.clone();
         tokio::spawn(async move {

@@ -18,10 +18,13 @@ pub enum TaskCommand {
         qm task submit --role implementer --resource pg:staging --scripted-ms 3000 --wait\n  \
         qm task submit --role verifier --resource pg:staging:shared --cmd 'make test' --priority 800\n  \
         qm task submit --role implementer --payload '{\"executor\":\"scripted\",\"duration_ms\":5000,\"steps\":20}'\n  \
-        qm task submit --role implementer --payload '{\"executor\":\"llm\",\"api\":\"openai\",\"base_url\":\"http://127.0.0.1:8000/v1\",\"model\":\"qwen2.5-coder\",\"prompt\":\"...\"}'\n\n\
+        qm task submit --role implementer --payload '{\"executor\":\"llm\",\"provider\":\"local-vllm\",\"model\":\"qwen2.5-coder\",\"prompt\":\"...\"}'\n\n\
         Executors: scripted {duration_ms, steps, input_tokens_per_step, output_tokens_per_step, fail_at_step, output}; \
-        command {cmd, workdir}; llm {api: openai|anthropic, base_url, model, prompt, system, max_tokens, api_key_env}. \
-        The agent runs it with QM_FENCING_TOKEN and QM_RESERVATION_ID set.")]
+        command {cmd, workdir (relative, inside the attempt's work directory)}; \
+        llm {provider (one of the worker's --provider names; default: the routed one), api (must match the provider's), \
+        model, prompt, system, max_tokens}. \
+        command and llm run only on workers started with --enable-executor command|llm; a payload cannot name an \
+        API key variable or a provider URL. The agent runs it with QM_FENCING_TOKEN and QM_RESERVATION_ID set.")]
     Submit(SubmitArgs),
     /// Tasks, newest first.
     List {
@@ -70,7 +73,8 @@ pub struct SubmitArgs {
     /// Shorthand for a scripted payload running this long (10 steps)
     #[arg(long)]
     pub scripted_ms: Option<u64>,
-    /// Shorthand for a command payload (`sh -c CMD`)
+    /// Shorthand for a command payload (`sh -c CMD`; runs only on workers started with
+    /// `--enable-executor command`)
     #[arg(long)]
     pub cmd: Option<String>,
     /// Priority 1..=1000

@@ -2,11 +2,14 @@
 //! runs the tasks the coordinators assign it.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use clap::Subcommand;
 use qm_shared::client::Client;
+use qm_shared::limits;
 use qm_shared::pb::v1 as pb;
 use qm_shared::Role;
+use qm_worker::executor::{Api, ExecConfig, Kind, Limits, Provider, Secret};
 use qm_worker::runtime::WorkerConfig;
 use serde_json::json;
 
@@ -16,7 +19,13 @@ use crate::{status_failure, Failure, Output};
 #[derive(Subcommand, Debug)]
 pub enum WorkerCommand {
     /// Run a worker in the foreground: connect, register slots, run assigned tasks.
-    #[command(after_help = "Example:\n  qm worker run --node-id box-1 --slots implementer=2 --slots verifier=1\n\
+    #[command(after_help = "Example:\n  qm worker run --node-id box-1 --slots implementer=2 --slots verifier=1\n  \
+        qm worker run --enable-executor command --pass-env PATH --pass-env CARGO_HOME --limit-cpu-secs 600\n  \
+        ANTHROPIC_API_KEY=... qm worker run --enable-executor llm \\\n    \
+        --provider anthropic=anthropic:https://api.anthropic.com --provider-key-env anthropic=ANTHROPIC_API_KEY\n\
+        Only the scripted executor runs unless --enable-executor says otherwise; commands run in \
+        their own process group and work directory, with a cleared environment and limits \
+        (docs/security.md).\n\
         Ctrl-C closes the worker's session: its running tasks go back to the queue and resume \
         elsewhere from their last checkpoint.")]
     Run(WorkerArgs),
@@ -93,18 +102,126 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 2_000)]
     pub blocked_after_ms: u64,
     /// A model provider this worker reaches, as NAME=KIND:URL (KIND openai or anthropic);
-    /// a loopback URL marks it local. Repeat. e.g. local-vllm=openai:http://127.0.0.1:8000/v1
+    /// a loopback URL marks it local. Repeat. e.g. local-vllm=openai:http://127.0.0.1:8000/v1.
+    /// `llm` tasks name a provider, never a URL
     #[arg(long = "provider")]
     pub providers: Vec<String>,
+    /// The API key of provider NAME is the value of this worker's environment variable VAR,
+    /// as NAME=VAR (read at startup; it must be set). Repeat per provider. Tasks cannot
+    /// name key variables, and commands never see them
+    #[arg(long = "provider-key-env", value_name = "NAME=VAR")]
+    pub provider_keys: Vec<String>,
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
-fn provider(text: &str) -> Result<pb::ModelProvider, Failure> {
+/// What a task's executor may do on this worker (`qm worker run` and `qm dev`).
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// Let tasks use an executor beyond `scripted` (which runs nothing and is always on):
+    /// `command` runs shell commands the task chooses, `llm` calls this worker's providers with
+    /// their keys. Off unless given here; a task cannot turn one on. Repeat
+    #[arg(long = "enable-executor", value_enum, value_name = "EXECUTOR")]
+    pub enable_executors: Vec<ExecutorName>,
+    /// A variable of the worker's environment that commands see. Children start with an
+    /// empty environment plus these and their attempt's QM_* variables. Repeat; giving any
+    /// replaces the default list
+    #[arg(long = "pass-env", value_name = "NAME", default_values = qm_worker::executor::config::PASS_ENV_DEFAULT)]
+    pub pass_env: Vec<String>,
+    /// Directory under which each attempt gets its own work directory,
+    /// task-<id>-attempt-<n> (created for it, removed after) [default: <temp dir>/qm-work-<node id>]
+    #[arg(long, value_name = "DIR")]
+    pub work_root: Option<std::path::PathBuf>,
+    /// CPU seconds each process of an attempt may use (RLIMIT_CPU); 0: unlimited
+    #[arg(long, value_name = "SECS", default_value_t = limits::EXEC_CPU_SECS_DEFAULT)]
+    pub limit_cpu_secs: u64,
+    /// Address space each process of an attempt may map, in bytes (RLIMIT_AS); 0: unlimited,
+    /// else at least 16 MiB [default: 16 GiB]
+    #[arg(long, value_name = "BYTES", default_value_t = limits::EXEC_MEMORY_BYTES_DEFAULT, hide_default_value = true)]
+    pub limit_memory_bytes: u64,
+    /// Open files each process of an attempt may hold (RLIMIT_NOFILE); 0: unlimited, else at
+    /// least 8
+    #[arg(long, value_name = "N", default_value_t = limits::EXEC_OPEN_FILES_DEFAULT)]
+    pub limit_open_files: u64,
+    /// Bytes of a command's stdout kept as the task output (1024..=65536); the rest is
+    /// dropped and the output says so
+    #[arg(long, value_name = "BYTES", default_value_t = limits::EXEC_OUTPUT_BYTES_DEFAULT)]
+    pub limit_output_bytes: usize,
+    /// On stop, cancel, preemption or timeout an attempt's process group gets SIGTERM, then
+    /// SIGKILL this many ms later if its shell has not exited (0..=60000)
+    #[arg(long, value_name = "MS", default_value_t = limits::EXEC_KILL_GRACE_MS_DEFAULT)]
+    pub kill_grace_ms: u64,
+}
+
+/// An executor a worker may enable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorName {
+    Command,
+    Llm,
+}
+
+impl ExecutorName {
+    fn kind(self) -> Kind {
+        match self {
+            ExecutorName::Command => Kind::Command,
+            ExecutorName::Llm => Kind::Llm,
+        }
+    }
+}
+
+/// The executors' configuration from the flags (values checked); `providers` come from
+/// `--provider` and `--provider-key-env`.
+pub fn exec_config(a: ExecArgs, node_id: &str, providers: BTreeMap<String, Provider>) -> Result<ExecConfig, Failure> {
+    for name in &a.pass_env {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            return Err(Failure::usage(format!("--pass-env {name:?}: not a variable name")));
+        }
+    }
+    let at_least = |flag: &str, v: u64, min: u64| {
+        if v != 0 && v < min {
+            return Err(Failure::usage(format!("--{flag}: {v} is below {min} (0 means unlimited)")));
+        }
+        Ok(())
+    };
+    at_least("limit-memory-bytes", a.limit_memory_bytes, 16 * 1024 * 1024)?;
+    at_least("limit-open-files", a.limit_open_files, 8)?;
+    if !(1_024..=limits::TASK_OUTPUT_BYTES_MAX).contains(&a.limit_output_bytes) {
+        return Err(Failure::usage(format!(
+            "--limit-output-bytes: {} is outside 1024..={}",
+            a.limit_output_bytes,
+            limits::TASK_OUTPUT_BYTES_MAX
+        )));
+    }
+    if a.kill_grace_ms > limits::EXEC_KILL_GRACE_MS_MAX {
+        return Err(Failure::usage(format!(
+            "--kill-grace-ms: {} is over {}",
+            a.kill_grace_ms,
+            limits::EXEC_KILL_GRACE_MS_MAX
+        )));
+    }
+    Ok(ExecConfig {
+        enabled: a.enable_executors.iter().map(|e| e.kind()).collect(),
+        pass_env: ExecConfig::pass_env_from_process(a.pass_env.iter().map(String::as_str)),
+        work_root: a.work_root.unwrap_or_else(|| ExecConfig::default_work_root(node_id)),
+        limits: Limits {
+            cpu_secs: a.limit_cpu_secs,
+            memory_bytes: a.limit_memory_bytes,
+            open_files: a.limit_open_files,
+            output_bytes: a.limit_output_bytes,
+        },
+        kill_grace: Duration::from_millis(a.kill_grace_ms),
+        providers,
+    })
+}
+
+/// One `--provider NAME=KIND:URL`: what the worker registers, and how its executor reaches it.
+fn provider(text: &str) -> Result<(pb::ModelProvider, Provider), Failure> {
     let bad = || Failure::usage(format!("--provider {text:?}: expected NAME=KIND:URL with KIND openai or anthropic"));
     let (name, rest) = text.split_once('=').ok_or_else(bad)?;
     let (kind, url) = rest.split_once(':').ok_or_else(bad)?;
-    let kind = match kind {
-        "openai" => pb::ProviderKind::OpenaiCompatible,
-        "anthropic" => pb::ProviderKind::Anthropic,
+    let (kind, api) = match kind {
+        "openai" => (pb::ProviderKind::OpenaiCompatible, Api::Openai),
+        "anthropic" => (pb::ProviderKind::Anthropic, Api::Anthropic),
         _ => return Err(bad()),
     };
     if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -113,7 +230,39 @@ fn provider(text: &str) -> Result<pb::ModelProvider, Failure> {
     let authority = url.split("://").nth(1).unwrap_or("");
     let host = authority.split(['/', ':']).next().unwrap_or("");
     let local = host == "localhost" || host.starts_with("127.") || authority.starts_with("[::1]");
-    Ok(pb::ModelProvider { name: name.to_string(), kind: kind as i32, local, ..Default::default() })
+    let registered = pb::ModelProvider { name: name.to_string(), kind: kind as i32, local, ..Default::default() };
+    Ok((registered, Provider { api, base_url: url.to_string(), api_key: None }))
+}
+
+/// The providers of `--provider`, with the keys `--provider-key-env` names read from this
+/// process's environment.
+fn providers(
+    flags: &[String],
+    keys: &[String],
+) -> Result<(Vec<pb::ModelProvider>, BTreeMap<String, Provider>), Failure> {
+    let mut registered = Vec::new();
+    let mut reached = BTreeMap::new();
+    for text in flags {
+        let (r, p) = provider(text)?;
+        if reached.insert(r.name.clone(), p).is_some() {
+            return Err(Failure::usage(format!("--provider {text:?}: provider {} is given twice", r.name)));
+        }
+        registered.push(r);
+    }
+    for k in keys {
+        let (name, var) = k
+            .split_once('=')
+            .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+            .ok_or_else(|| Failure::usage(format!("--provider-key-env {k:?}: expected NAME=VAR")))?;
+        let p = reached
+            .get_mut(name)
+            .ok_or_else(|| Failure::usage(format!("--provider-key-env {k:?}: no --provider is named {name:?}")))?;
+        let key = std::env::var(var).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
+            Failure::usage(format!("--provider-key-env {k:?}: {var} is not set in this worker's environment"))
+        })?;
+        p.api_key = Some(Secret::new(key));
+    }
+    Ok((registered, reached))
 }
 
 /// The worker's configuration from its flags (defaults filled in, values checked).
@@ -149,7 +298,8 @@ fn config(a: WorkerArgs) -> Result<WorkerConfig, Failure> {
     if !(100..=3_600_000).contains(&a.blocked_after_ms) {
         return Err(Failure::usage(format!("--blocked-after-ms: {} is outside 100..=3600000", a.blocked_after_ms)));
     }
-    let providers = a.providers.iter().map(|p| provider(p)).collect::<Result<Vec<_>, _>>()?;
+    let (providers, reached) = providers(&a.providers, &a.provider_keys)?;
+    let exec = exec_config(a.exec, &node_id, reached)?;
     Ok(WorkerConfig {
         node_id,
         slots,
@@ -158,22 +308,22 @@ fn config(a: WorkerArgs) -> Result<WorkerConfig, Failure> {
         blocked_after_ms: a.blocked_after_ms,
         providers,
         gpus: Vec::new(),
+        exec,
     })
 }
 
 /// Runs the worker until Ctrl-C.
 async fn run(client: Client, mut config: WorkerConfig) -> Result<(), Failure> {
     config.gpus = qm_worker::gpu::detect_gpus().await;
+    let list = |names: Vec<String>| if names.is_empty() { "none".to_string() } else { names.join(",") };
     eprintln!(
-        "qm worker {}: slots {}; {} GPU(s); providers: {}",
+        "qm worker {}: slots {}; {} GPU(s); providers: {}; executors: scripted{}; work root {}",
         config.node_id,
         config.slots.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>().join(","),
         config.gpus.len(),
-        if config.providers.is_empty() {
-            "none".to_string()
-        } else {
-            config.providers.iter().map(|p| p.name.clone()).collect::<Vec<_>>().join(",")
-        }
+        list(config.providers.iter().map(|p| p.name.clone()).collect()),
+        config.exec.enabled.iter().map(|k| format!(",{k}")).collect::<String>(),
+        config.exec.work_root.display(),
     );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -5,6 +5,7 @@
 //! * [`resource`]: resource paths and lock modes, the lock table's vocabulary.
 //! * [`limits`]: every bound, as named constants with units last.
 //! * [`validate`]: the checks the edge and the core share, and the error naming field and bound.
+//! * [`shell`]: [`shell::shell_quote`], the one way task data enters a command line.
 //!
 //! Domain types never mix with `pb::` types; conversions live beside the client library.
 
@@ -15,6 +16,7 @@ pub mod duration;
 pub mod limits;
 pub mod pb;
 pub mod resource;
+pub mod shell;
 pub mod validate;
 pub mod workflow;
 pub mod workflow_file;

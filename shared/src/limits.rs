@@ -189,6 +189,24 @@ pub const TOKEN_SECRET_LEN_MAX_BYTES: usize = 256;
 /// Longest token lifetime asked for at creation (ten years).
 pub const TOKEN_TTL_MS_MAX: u64 = 10 * 365 * 24 * 60 * 60 * 1_000;
 
+// Worker executors: what one attempt's child process may use unless the worker's flags
+// (`qm worker run --limit-*`, `--kill-grace-ms`) say otherwise. 0 in a flag means unlimited.
+/// CPU time of each process of an attempt (RLIMIT_CPU; SIGXCPU, then SIGKILL, past it).
+pub const EXEC_CPU_SECS_DEFAULT: u64 = 2 * 60 * 60;
+/// Address space of each process of an attempt (RLIMIT_AS).
+pub const EXEC_MEMORY_BYTES_DEFAULT: u64 = 16 * 1024 * 1024 * 1024;
+/// Open file descriptors of each process of an attempt (RLIMIT_NOFILE).
+pub const EXEC_OPEN_FILES_DEFAULT: u64 = 4_096;
+/// Bytes of stdout kept as a command's output (the rest is drained and counted).
+pub const EXEC_OUTPUT_BYTES_DEFAULT: usize = TASK_OUTPUT_BYTES_MAX;
+/// After SIGTERM to an attempt's process group, how long before SIGKILL.
+pub const EXEC_KILL_GRACE_MS_DEFAULT: u64 = 2_000;
+pub const EXEC_KILL_GRACE_MS_MAX: u64 = 60_000;
+/// Longest provider error body quoted in a task error (after secrets are scrubbed).
+pub const PROVIDER_ERROR_LEN_MAX_BYTES: usize = 512;
+/// Largest provider answer the llm executor reads.
+pub const PROVIDER_ANSWER_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 // Relations the limits above must keep.
 const _: () = assert!(LIST_PAGE_DEFAULT <= LIST_PAGE_MAX);
 const _: () = assert!(TASKS_ENDED_RETAINED_MAX <= TASKS_MAX);
@@ -202,3 +220,7 @@ const _: () = assert!(TASK_OUTPUT_BYTES_MAX <= ARTIFACT_BYTES_TOTAL_MAX);
 const _: () = assert!(PROVIDER_CONCURRENCY_MAX <= CAPACITY_MAX);
 // A token's name is what sessions record as their principal.
 const _: () = assert!(TOKEN_NAME_LEN_MAX_BYTES <= SESSION_LABEL_LEN_MAX_BYTES);
+// A command's kept output is a task output; a provider error quote fits a task error.
+const _: () = assert!(EXEC_OUTPUT_BYTES_DEFAULT <= TASK_OUTPUT_BYTES_MAX);
+const _: () = assert!(PROVIDER_ERROR_LEN_MAX_BYTES < TASK_ERROR_LEN_MAX_BYTES);
+const _: () = assert!(EXEC_KILL_GRACE_MS_DEFAULT <= EXEC_KILL_GRACE_MS_MAX);

@@ -264,6 +264,12 @@ impl Cluster {
 
     /// Starts `qm worker run --node-id NODE --slots ROLE=N...` against every node.
     pub fn spawn_worker(&mut self, node: &str, slots: &[&str]) {
+        self.spawn_worker_with(node, slots, &[], &[]);
+    }
+
+    /// [`Cluster::spawn_worker`] with more flags (`--enable-executor command`, `--provider …`)
+    /// and variables in the worker's environment.
+    pub fn spawn_worker_with(&mut self, node: &str, slots: &[&str], flags: &[&str], env: &[(&str, &str)]) {
         let mut cmd = Command::new(qm_bin());
         cmd.args(self.tls_args(None));
         cmd.args(["worker", "run", "--node-id", node, "--session-ttl-ms", "3000", "--blocked-after-ms", "500"])
@@ -271,6 +277,7 @@ impl Cluster {
         for s in slots {
             cmd.args(["--slots", s]);
         }
+        cmd.args(flags).envs(env.iter().copied());
         cmd.env("QM_LOG", "warn").env("QM_TOKEN", &self.token).stdout(Stdio::null()).stderr(Stdio::null());
         self.workers.insert(node.to_string(), cmd.spawn().expect("spawn qm worker run"));
     }

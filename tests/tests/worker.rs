@@ -138,10 +138,12 @@ async fn fake_openai() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>)
     let counter = calls.clone();
     let app = Router::new().route(
         "/v1/chat/completions",
-        post(move |Json(body): Json<serde_json::Value>| {
+        post(move |headers: axum::http::HeaderMap, Json(body): Json<serde_json::Value>| {
             let counter = counter.clone();
             async move {
                 counter.fetch_add(1, Ordering::SeqCst);
+                // The key comes from the worker's --provider-key-env, never from the task.
+                assert_eq!(headers.get("authorization").map(|v| v.as_bytes()), Some(&b"Bearer test-key-1"[..]));
                 let prompt = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("");
                 let answer = format!("patched: {prompt}");
                 if body["model"] == "no-usage-model" {
@@ -181,18 +183,19 @@ async fn the_llm_executor_records_usage_per_task() {
     let (base_url, calls) = fake_openai().await;
     let mut cluster = Cluster::start(1, 10_000);
     cluster.leader(&[1]).await;
-    cluster.spawn_worker("gpu-box", &["implementer=1"]);
+    let anthropic_base = base_url.trim_end_matches("/v1").to_string();
+    let (local, claude) = (format!("local=openai:{base_url}"), format!("claude=anthropic:{anthropic_base}"));
+    let flags = ["--enable-executor", "llm", "--provider", &local, "--provider", &claude];
+    let flags = [&flags[..], &["--provider-key-env", "local=QM_TEST_LOCAL_KEY"]].concat();
+    cluster.spawn_worker_with("gpu-box", &["implementer=1"], &flags, &[("QM_TEST_LOCAL_KEY", "test-key-1")]);
     cluster.wait_workers(1).await;
     let client = cluster.client();
     let mut ids = Vec::new();
-    let anthropic_base = base_url.trim_end_matches("/v1").to_string();
-    for (api, base, model) in [
-        ("openai", &base_url, "llama-3.1-8b-instruct"),
-        ("openai", &base_url, "no-usage-model"),
-        ("anthropic", &anthropic_base, "claude-sonnet"),
-    ] {
+    for (provider, model) in
+        [("local", "llama-3.1-8b-instruct"), ("local", "no-usage-model"), ("claude", "claude-sonnet")]
+    {
         let payload = serde_json::json!({
-            "executor": "llm", "api": api, "base_url": base, "model": model,
+            "executor": "llm", "provider": provider, "model": model,
             "system": "You fix bugs.", "prompt": "fix the off-by-one in pager.rs",
         });
         let req = pb::SubmitTaskRequest {
@@ -215,6 +218,64 @@ async fn the_llm_executor_records_usage_per_task() {
     let u = claude.usage.expect("usage");
     assert_eq!((u.input_tokens, u.output_tokens, u.cached_tokens, u.estimated), (50, 7, 40, false), "{u:?}");
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3, "one call per task");
+}
+
+async fn submit_payload(client: &Client, payload: serde_json::Value) -> u64 {
+    let req = pb::SubmitTaskRequest {
+        role: "implementer".into(),
+        payload: payload.to_string().into_bytes(),
+        max_attempts: 1,
+        ..Default::default()
+    };
+    submit_request(client, req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_tasks_run_only_where_enabled_and_see_only_the_allowed_environment() {
+    let mut cluster = Cluster::start(1, 10_000);
+    cluster.leader(&[1]).await;
+    // A worker as started by default: command and llm tasks fail, naming how to enable them.
+    cluster.spawn_worker("default", &["implementer=1"]);
+    cluster.wait_workers(1).await;
+    let client = cluster.client();
+    let refused =
+        submit_payload(&client, serde_json::json!({"executor": "command", "cmd": "touch /tmp/qm-should-not-run"}))
+            .await;
+    let t = wait_for(&client, refused, "the command task to fail", |t| t.status == "failed").await;
+    let error = &t.error;
+    assert!(error.contains("executor `command` is disabled on this worker"), "{t:?}");
+    assert!(error.contains("--enable-executor command"), "{t:?}");
+    let workers = client.list_workers().await.expect("workers");
+    assert_eq!(workers.workers.len(), 1, "the worker is still there: {workers:?}");
+    cluster.kill_worker("default");
+
+    // Enabled: it runs, with the allow-list and its attempt's QM_* variables and nothing else.
+    let flags = ["--enable-executor", "command", "--pass-env", "PATH", "--pass-env", "QM_TEST_VISIBLE"];
+    let env = [("QM_TEST_VISIBLE", "yes"), ("QM_TEST_SECRET", "hunter2")];
+    cluster.spawn_worker_with("enabled", &["implementer=1"], &flags, &env);
+    eventually("only the enabled worker registered", Duration::from_secs(30), || async {
+        let got = client.list_workers().await.map_err(|e| e.to_string())?;
+        let nodes: Vec<String> = got.workers.iter().map(|w| w.node_id.clone()).collect();
+        if nodes == ["enabled"] {
+            Ok(())
+        } else {
+            Err(format!("{nodes:?}"))
+        }
+    })
+    .await;
+    let id = submit_payload(&client, serde_json::json!({"executor": "command", "cmd": "env"})).await;
+    let t = wait_for(&client, id, "the command task to succeed", |t| t.status == "succeeded").await;
+    let out = String::from_utf8_lossy(&t.output).into_owned();
+    let names: std::collections::BTreeSet<&str> =
+        out.lines().filter_map(|l| l.split_once('=')).map(|(n, _)| n).collect();
+    assert!(out.contains("QM_TEST_VISIBLE=yes\n") && out.contains(&format!("QM_TASK_ID={id}\n")), "{out}");
+    assert!(!out.contains("hunter2") && !names.contains("QM_TEST_SECRET") && !names.contains("QM_LOG"), "{out}");
+    let allowed = ["PATH", "QM_TEST_VISIBLE", "QM_TASK_ID", "QM_TASK_ATTEMPT", "QM_CHECKPOINT_FILE", "QM_WORK_DIR"];
+    // What the shell adds by itself.
+    let shell = ["PWD", "SHLVL", "_", "OLDPWD"];
+    for n in &names {
+        assert!(allowed.contains(n) || shell.contains(n), "{n} leaked into the child: {out}");
+    }
 }
 
 /// One coordinator, one worker with two implementer agents, and an outside session holding

@@ -26,7 +26,8 @@ pub struct Assignment {
     pub timeout_ms: u64,
     /// Acquire one resource at a time, in order (locking as it goes).
     pub incremental: bool,
-    /// The model the coordinator routed the attempt to (empty: none).
+    /// The provider and model the coordinator routed the attempt to (empty: none).
+    pub provider: String,
     pub model: String,
 }
 
@@ -293,6 +294,7 @@ impl Agent {
             env,
             timeout_ms: a.timeout_ms,
             model: a.model.clone(),
+            provider: a.provider.clone(),
         })]
     }
 
@@ -422,6 +424,7 @@ mod tests {
             resume: None,
             timeout_ms: 0,
             incremental: false,
+            provider: String::new(),
             model: String::new(),
         }
     }

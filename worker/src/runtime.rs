@@ -31,7 +31,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc;
 
 use crate::agent::{Action, Agent, Assignment, Event, Lease, Outcome, Report};
-use crate::executor::{self, Control, ExecEvent, ExecRequest, ExecResult, Usage};
+use crate::executor::{self, Control, ExecConfig, ExecEvent, ExecRequest, ExecResult, Usage};
 
 /// Lease asked for each task resource; extended every third of it while held.
 pub const TASK_LEASE_MS: u64 = 60_000;
@@ -60,6 +60,9 @@ pub struct WorkerConfig {
     pub providers: Vec<pb::ModelProvider>,
     /// GPUs on this box (see [`crate::gpu::detect_gpus`]).
     pub gpus: Vec<pb::Gpu>,
+    /// What the builtin executors may do here: enabled executors, the environment children
+    /// see, the work root, limits, provider URLs and keys (see [`executor::ExecConfig`]).
+    pub exec: ExecConfig,
 }
 
 /// What agents share with the supervisor and the connection.
@@ -87,9 +90,11 @@ pub type ExecFn = dyn Fn(ExecRequest, mpsc::Sender<ExecEvent>, mpsc::Receiver<Co
     + Sync;
 
 impl Executor {
-    /// The executors of [`executor::run`] (scripted, command, llm).
-    pub fn builtin() -> Executor {
-        Executor::new(|req, events, control| Box::pin(executor::run(req, events, control)))
+    /// The executors of [`executor::run`] (scripted, and command and llm where `config`
+    /// enables them).
+    pub fn builtin(config: ExecConfig) -> Executor {
+        let config = Arc::new(config);
+        Executor::new(move |req, events, control| Box::pin(executor::run(config.clone(), req, events, control)))
     }
 
     pub fn new(
@@ -583,6 +588,7 @@ impl Actor for Supervisor {
                         resume: (!a.resume_checkpoint.is_empty()).then_some(a.resume_checkpoint),
                         timeout_ms: a.timeout_ms,
                         incremental: a.incremental,
+                        provider: a.provider,
                         model: a.model,
                     };
                     if st.shared.book.lock().expect("book").running.contains_key(&assignment.task) {
@@ -824,7 +830,8 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    run_with(client, config, Executor::builtin(), shutdown).await
+    let executor = Executor::builtin(config.exec.clone());
+    run_with(client, config, executor, shutdown).await
 }
 
 /// [`run`] with the executor seam set (the simulator's).

@@ -17,11 +17,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use qm_shared::client::Client;
 use qm_shared::Role;
-use qm_worker::executor::{self, ExecEvent, ExecOutcome, ExecResult};
+use qm_worker::executor::{self, ExecConfig, ExecEvent, ExecOutcome, ExecResult};
 use qm_worker::runtime::{self, Executor, WorkerConfig};
 use tokio::sync::mpsc;
 
@@ -62,7 +63,7 @@ fn sim_executor(seed: u64, worker: u64, shared: Shared) -> Executor {
                 format_args!("w{worker} task={task} attempt={attempt} token={token:?} hang={hang_ms}"),
             );
             let (tx, mut rx) = mpsc::channel(64);
-            let inner = tokio::spawn(executor::run(req, tx, control));
+            let inner = tokio::spawn(executor::run(Arc::new(ExecConfig::default()), req, tx, control));
             let mut steps = 0u64;
             while let Some(ev) = rx.recv().await {
                 if matches!(ev, ExecEvent::Progress { .. }) {
@@ -115,6 +116,8 @@ pub async fn run(index: u64, opts: Options, shared: Shared) -> turmoil::Result {
         blocked_after_ms: 2_000,
         providers: Vec::new(),
         gpus: Vec::new(),
+        // Scripted only: the simulated workers run nothing else.
+        exec: ExecConfig::default(),
     };
     lock(&shared).trace.event(now_ms(), "start", format_args!("w{index}"));
     let exec = sim_executor(opts.seed, index, shared.clone());

@@ -682,6 +682,7 @@ impl<'a> Run<'a> {
                     resume: t.checkpoint.as_ref().map(|c| c.data.clone()),
                     timeout_ms: t.spec.timeout_ms,
                     incremental: t.spec.incremental,
+                    provider: t.route.as_ref().map(|r| r.provider.clone()).unwrap_or_default(),
                     model: t.route.as_ref().map(|r| r.model.clone()).unwrap_or_default(),
                 };
                 let role = t.spec.role;

@@ -232,11 +232,16 @@ impl State {
 }
 
 /// Fills a payload template: `{{pass}}`, `{{role}}`, `{{tier}}`, `{{title}}`, `{{job}}`,
-/// `{{workflow}}`, `{{criteria}}` and `{{input.<name>}}`, JSON-escaped.
+/// `{{workflow}}`, `{{criteria}}` and `{{input.<name>}}`, JSON-escaped. In the `cmd` of a
+/// `command` payload each value is also shell-quoted (one shell word, whatever it holds), and
+/// filled in one pass so a value is never searched for placeholders again.
 pub(in crate::state) fn fill(template: &[u8], job: &Job, i: usize, criteria: &str) -> Vec<u8> {
     let Ok(text) = std::str::from_utf8(template) else { return template.to_vec() };
     if !text.contains("{{") {
         return template.to_vec();
+    }
+    if let Some(filled) = fill_command(text, job, i, criteria) {
+        return filled;
     }
     let pass = &job.spec.workflow.passes[i];
     let mut out = text
@@ -251,6 +256,70 @@ pub(in crate::state) fn fill(template: &[u8], job: &Job, i: usize, criteria: &st
         out = out.replace(&format!("{{{{input.{k}}}}}"), &json_escape(v));
     }
     out.into_bytes()
+}
+
+/// A `command` payload template (JSON whose `executor` is `command`), filled field by field:
+/// placeholders in `cmd` become shell-quoted words, elsewhere plain text. `None` for any other
+/// template, which is filled as text.
+fn fill_command(text: &str, job: &Job, i: usize, criteria: &str) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let obj = v.as_object_mut()?;
+    if obj.get("executor").and_then(|e| e.as_str()) != Some("command") {
+        return None;
+    }
+    let pass = &job.spec.workflow.passes[i];
+    let value_of = |name: &str| -> Option<String> {
+        Some(match name {
+            "pass" => pass.name.clone(),
+            "role" => pass.role.as_str().to_string(),
+            "tier" => job.passes[i].tier.as_str().to_string(),
+            "title" => job.spec.title.clone(),
+            "job" => job.id.to_string(),
+            "workflow" => job.spec.workflow.name.clone(),
+            "criteria" => criteria.to_string(),
+            _ => job.spec.inputs.get(name.strip_prefix("input.")?)?.clone(),
+        })
+    };
+    for (key, field) in obj.iter_mut() {
+        fill_strings(field, &|name: &str| {
+            let raw = value_of(name)?;
+            Some(if key == "cmd" { qm_shared::shell::shell_quote(&raw) } else { raw })
+        });
+    }
+    serde_json::to_vec(&v).ok()
+}
+
+/// Fills the placeholders of every string inside `v`.
+fn fill_strings(v: &mut serde_json::Value, value_of: &dyn Fn(&str) -> Option<String>) {
+    match v {
+        serde_json::Value::String(s) => *s = substitute(s, value_of),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| fill_strings(i, value_of)),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(|f| fill_strings(f, value_of)),
+        _ => {}
+    }
+}
+
+/// `text` with each known `{{name}}` replaced by its value, left to right in one pass (a
+/// value is never searched for placeholders); unknown names stay as they are.
+fn substitute(text: &str, value_of: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find("}}").and_then(|end| Some((end, value_of(&after[..end])?))) {
+            Some((end, value)) => {
+                out.push_str(&value);
+                rest = &after[end + 2..];
+            }
+            None => {
+                out.push_str("{{");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -313,5 +382,13 @@ mod tests {
         let filled = fill(text.as_bytes(), &job, 0, "");
         let v: serde_json::Value = serde_json::from_slice(&filled).expect("valid json");
         assert_eq!(v["output"], "spec of say \"hi\" / line\nbreak");
+
+        // In a command's cmd every value is one shell word, and a value holding a placeholder
+        // is not filled again.
+        job.spec.inputs.insert("ticket".into(), "; rm -rf / #{{title}}".into());
+        let text = r#"{"executor":"command","cmd":"fix --ticket {{input.ticket}} --title {{title}} {{nope}}","workdir":"{{pass}}"}"#;
+        let v: serde_json::Value = serde_json::from_slice(&fill(text.as_bytes(), &job, 0, "")).expect("valid json");
+        assert_eq!(v["cmd"], r#"fix --ticket '; rm -rf / #{{title}}' --title 'say "hi"' {{nope}}"#);
+        assert_eq!(v["workdir"], "spec");
     }
 }
