@@ -393,6 +393,12 @@ impl Cluster {
         )
     }
 
+    /// A client of nodes `ids` only, carrying the admin token.
+    pub fn client_among(&self, ids: &[u64]) -> Client {
+        let addrs = ids.iter().map(|i| self.addrs[i].as_str());
+        self.tls_client(Client::new(addrs).and_then(|c| c.with_token(&self.token)).expect("client"))
+    }
+
     /// A client of every node carrying `token` (empty: none).
     pub fn client_with(&self, token: &str) -> Client {
         self.tls_client(Client::new(self.addrs.values()).and_then(|c| c.with_token(token)).expect("client"))

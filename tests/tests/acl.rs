@@ -353,18 +353,22 @@ async fn gates_are_decided_by_approvers_under_their_own_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leaders_own_commands_cannot_be_proposed_from_outside() {
+    use qm_shared::client::{Bearer, Connector, Transport};
     let c = cluster().await;
     let before = c.client().status().await.expect("status");
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addrs[&1]))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut peer = pb::raft_peer_client::RaftPeerClient::new(ch);
+    // Under TLS (QM_TEST_TLS) the peer RPCs are shut to anything but a member node's
+    // certificate, before the command is even looked at.
+    let (scheme, connector, rule) = if c.tls {
+        ("https", Connector::tls(c.client_tls(true)), "rule peer-certificate")
+    } else {
+        ("http", Connector::tcp(), "rule internal-command")
+    };
+    let ep = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", c.addrs[&1])).expect("endpoint");
+    let mut peer = pb::raft_peer_client::RaftPeerClient::new(Transport::new(connector.connect(ep), Bearer::default()));
     for command in [qm_coordinator::state::Command::RestartLeases, qm_coordinator::state::Command::Tick] {
         let bytes = qm_coordinator::raft::network::to_bytes(&command);
         let r = peer.propose(pb::ProposeRequest { command: bytes }).await;
-        denied(&format!("Propose {command:?}"), r, Code::PermissionDenied, "rule internal-command");
+        denied(&format!("Propose {command:?}"), r, Code::PermissionDenied, rule);
     }
     let after = c.client().status().await.expect("status");
     assert_eq!(after.term, before.term, "no restart was forced");

@@ -219,14 +219,7 @@ async fn transfer_leader_from_the_cli_keeps_grants_and_writes_flowing() {
     let holder = client.open_session("holder", 60_000).await.expect("open").session_id;
     let held = acquire_wait(&client, holder, "holder", "pg:db/table:held").await.expect("acquire");
 
-    let out = std::process::Command::new(qm_tests::qm_bin())
-        .args(["cluster", "transfer-leader", "--to", &target.to_string(), "-o", "json", "--endpoint"])
-        .arg(cluster.endpoints())
-        .env("QM_TOKEN", &cluster.token)
-        .output()
-        .expect("run qm");
-    assert!(out.status.success(), "qm cluster transfer-leader: {}", String::from_utf8_lossy(&out.stderr));
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let answer = cluster.qm_json(&["cluster", "transfer-leader", "--to", &target.to_string()]);
     assert_eq!(answer["leader_id"], target, "{answer}");
 
     // Every node comes to know the new leader (a third node hears of it with the new
@@ -269,9 +262,7 @@ async fn re_elected_leader_that_caught_up_by_snapshot_serves_writes() {
     // compact the log on both survivors so the old leader can only catch up by snapshot.
     let new = cluster.leader(&others).await;
     let start = cluster.status_of(new).await.expect("status").applied_index;
-    let survivors = Client::new(others.iter().map(|i| cluster.addrs[i].as_str()))
-        .and_then(|c| c.with_token(&cluster.token))
-        .expect("client");
+    let survivors = cluster.client_among(&others);
     for i in 0..5_000u64 {
         let s = survivors.open_session(&format!("ahead-{i}"), 60_000).await.expect("open while one node is down");
         survivors.close_session(s.session_id).await.expect("close while one node is down");
