@@ -298,6 +298,20 @@ impl Node {
         self.restarted_term.subscribe()
     }
 
+    /// Whether Raft still runs here, and why not: openraft records the error that stopped
+    /// its core in the metrics (`running_state`), and drops the metrics sender when the core's
+    /// task ends, which is all a panic leaves behind.
+    pub fn liveness(&self) -> Result<(), String> {
+        let metrics = self.raft.metrics();
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return Err(format!("raft stopped: {fatal}"));
+        }
+        if metrics.has_changed().is_err() {
+            return Err("raft stopped: its core task has ended".into());
+        }
+        Ok(())
+    }
+
     /// Whether this node serves requests now, and why not: a leader once its term's
     /// RestartLeases has committed, a follower while it knows a leader.
     pub fn readiness(&self) -> Result<String, String> {
