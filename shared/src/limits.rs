@@ -83,6 +83,7 @@ const _: () = assert!(
 );
 
 /// Largest gRPC message between coordinators (log batches, snapshot chunks), both directions.
+/// The peer service refuses a larger one before decoding it.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Largest gRPC message between a client and a coordinator, both directions.
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -178,6 +179,67 @@ pub const PASS_TIMEOUT_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
 /// The preemption grace a project resource gets when its file names none.
 pub const PROJECT_GRACE_MS_DEFAULT: u64 = 5_000;
 
+/// What a replicated record may take besides the bounded fields counted for it in
+/// [`SNAPSHOT_BYTES_MAX`] (ids, times, counters, enum tags, collection lengths, short names):
+/// a generous allowance per record.
+pub const RECORD_OVERHEAD_BYTES_MAX: u64 = 1024;
+
+/// Largest state snapshot a coordinator accepts from a peer, in bytes: a chunk that would take
+/// a snapshot past it is refused. Sized from the state's own limits — every bounded collection
+/// full, every bounded field at its longest, plus [`RECORD_OVERHEAD_BYTES_MAX`] a record — so
+/// no state the limits allow encodes larger, and a follower never refuses a real snapshot
+/// (that would leave it behind for good). It is large (about 1.4 TiB) because the limits
+/// are; it refuses offsets and endless streams that no state could produce. What keeps a
+/// receiver's memory in proportion is the stricter rule beside it: a chunk must start exactly
+/// where the bytes received so far end, so a receiver holds only bytes that were sent.
+/// The wait-for graph's edge sets are left out: each edge is 8 bytes naming an owner counted
+/// here, about one per queue entry in practice, with no byte bound of its own.
+pub const SNAPSHOT_BYTES_MAX: u64 = snapshot_bytes_max();
+
+const fn snapshot_bytes_max() -> u64 {
+    const O: u64 = RECORD_OVERHEAD_BYTES_MAX;
+    let path = PATH_LEN_MAX_BYTES as u64 + O;
+    let items = RESERVATIONS_MAX as u64 + REQUESTS_MAX as u64 * SET_SIZE_MAX as u64;
+    let sessions = SESSIONS_MAX as u64 * (SESSION_LABEL_LEN_MAX_BYTES as u64 + O);
+    let owners = (RESERVATIONS_MAX + REQUESTS_MAX) as u64 * (OWNER_LEN_MAX_BYTES as u64 + O);
+    let grants = RESERVATIONS_MAX as u64 * path;
+    let requests = REQUESTS_MAX as u64 * SET_SIZE_MAX as u64 * path;
+    // A node per prefix of every held or queued path, with a queue entry or holding per item.
+    let nodes = items * PATH_SEGMENTS_MAX as u64 * path;
+    let declared = RESOURCES_DECLARED_MAX as u64 * path;
+    let attempt = TASK_OUTPUT_BYTES_MAX as u64 + TASK_ERROR_LEN_MAX_BYTES as u64 + O;
+    let task = (TASK_PAYLOAD_BYTES_MAX + TASK_CHECKPOINT_BYTES_MAX) as u64
+        + SET_SIZE_MAX as u64 * path
+        + (TASK_ATTEMPTS_MAX as u64 + 1) * attempt;
+    let worker = (WORKER_LABELS_MAX as u64 * 2 + 1) * WORKER_NODE_ID_LEN_MAX_BYTES as u64 + O;
+    let pass = 2 * TASK_PAYLOAD_BYTES_MAX as u64
+        + 2 * TEXT_LEN_MAX_BYTES as u64
+        + 2 * JOB_INPUTS_MAX as u64 * NAME_LEN_MAX_BYTES as u64
+        + SET_SIZE_MAX as u64 * path;
+    let job = JOB_INPUTS_MAX as u64 * (JOB_INPUT_BYTES_MAX + NAME_LEN_MAX_BYTES) as u64
+        + 2 * TASK_PAYLOAD_BYTES_MAX as u64
+        + WORKFLOW_PASSES_MAX as u64 * (pass + O)
+        + JOB_EVENTS_MAX as u64 * (TEXT_LEN_MAX_BYTES as u64 + O)
+        + 2 * TEXT_LEN_MAX_BYTES as u64;
+    let ledger = LEDGER_ENTRIES_MAX as u64 * (4 * NAME_LEN_MAX_BYTES as u64 + O);
+    let budgets = BUDGETS_MAX as u64 * (NAME_LEN_MAX_BYTES as u64 + O);
+    let projects = PROJECTS_MAX as u64 * PROJECT_ENTRIES_MAX as u64 * 3 * path;
+    let artifacts = ARTIFACT_BYTES_TOTAL_MAX as u64 + 2 * ARTIFACTS_MAX as u64 * (TEXT_LEN_MAX_BYTES as u64 + O);
+    sessions
+        + owners
+        + grants
+        + requests
+        + nodes
+        + declared
+        + TASKS_MAX as u64 * task
+        + WORKERS_MAX as u64 * worker
+        + JOBS_MAX as u64 * job
+        + ledger
+        + budgets
+        + projects
+        + artifacts
+}
+
 // Relations the limits above must keep.
 const _: () = assert!(LIST_PAGE_DEFAULT <= LIST_PAGE_MAX);
 const _: () = assert!(TASKS_ENDED_RETAINED_MAX <= TASKS_MAX);
@@ -189,3 +251,5 @@ const _: () = assert!(TASK_OUTPUT_BYTES_MAX + TASK_CHECKPOINT_BYTES_MAX < CLIENT
 const _: () = assert!(TASK_OUTPUT_BYTES_MAX <= ARTIFACT_BYTES_TOTAL_MAX);
 // A provider's concurrency is the capacity of its `api:<name>` resource.
 const _: () = assert!(PROVIDER_CONCURRENCY_MAX <= CAPACITY_MAX);
+// Chunk offsets are u64 and a snapshot is held in memory: the bound fits both.
+const _: () = assert!(SNAPSHOT_BYTES_MAX < u64::MAX / 2);

@@ -81,7 +81,7 @@ where
     let gateway = pb::worker_gateway_server::WorkerGatewayServer::new(worker::GatewayApi { node: node.clone() })
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
-    let peer = pb::raft_peer_server::RaftPeerServer::new(peer::PeerApi { node })
+    let peer = pb::raft_peer_server::RaftPeerServer::new(peer::PeerApi::new(node))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     Server::builder()
