@@ -2,8 +2,9 @@
 //! over them, the admin port. A peer's message is input: a snapshot chunk past the snapshot
 //! bound or out of order is refused without keeping it, a snapshot that breaks an invariant
 //! is refused and the node keeps its state, a message past the message limit or claiming the
-//! receiver's own leadership is refused and the node keeps serving, and `/livez` fails once
-//! Raft has stopped on a storage error.
+//! receiver's own leadership is refused and the node keeps serving, entries that together
+//! exceed one message still replicate, a snapshot still installs in chunks, and `/livez`
+//! fails once Raft has stopped on a storage error.
 //!
 //! Every wait here is for an event (a metric, a watch) and bounded by `WAIT_MS_MAX` only so
 //! that a broken build fails instead of hanging; nothing sleeps.
@@ -24,10 +25,12 @@ use qm_coordinator::clock::SystemClock;
 use qm_coordinator::node::{Node, NodeConfig};
 use qm_coordinator::raft::mem_store::MemStore;
 use qm_coordinator::raft::store::{Pair, Space, Store, StoreError, Write};
-use qm_coordinator::raft::{NodeId, SnapshotMeta, TypeConfig};
+use qm_coordinator::raft::{Node as RaftNode, NodeId, SnapshotMeta, TypeConfig};
 use qm_coordinator::server::{self, Running};
-use qm_coordinator::state::{Command, Response, SnapshotError, State};
-use qm_shared::limits::{PEER_MESSAGE_BYTES_MAX, SNAPSHOT_BYTES_MAX};
+use qm_coordinator::state::{Command, JobSpec, Response, SnapshotError, State};
+use qm_shared::limits::{
+    COMMAND_BYTES_MAX, PEER_MESSAGE_BYTES_MAX, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX, TASK_PAYLOAD_BYTES_MAX,
+};
 use qm_shared::pb::v1 as pb;
 use support::{acquire, demo_project, job, pass, Core};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -283,6 +286,109 @@ async fn entries_or_a_snapshot_claiming_to_come_from_this_node_are_refused() {
     assert_eq!(node.liveness(), Ok(()));
     still_serving(&running, &mut client).await;
     running.shutdown().await;
+}
+
+/// A work item of `passes` passes, one after another (only the first starts), each with an
+/// executor payload of the most bytes a pass may carry: 50 passes make a command of about
+/// 3 MiB, close to `COMMAND_BYTES_MAX`; 64 make one past it.
+fn bulky_job(n: usize, passes: usize) -> JobSpec {
+    let wrapper = r#"{"executor":"scripted","output":""}"#.len();
+    let run = format!(r#"{{"executor":"scripted","output":"{}"}}"#, "x".repeat(TASK_PAYLOAD_BYTES_MAX - wrapper));
+    let mut chain = Vec::new();
+    for p in 0..passes {
+        let mut b = pass(&format!("p{p}"), qm_shared::Role::Implementer);
+        if p > 0 {
+            b = b.after(&format!("p{}", p - 1));
+        }
+        b.0.run = run.clone().into_bytes();
+        chain.push(b);
+    }
+    job(&format!("bulky {n}"), chain).0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_past_the_command_bound_is_refused_before_it_reaches_the_log() {
+    let running = start(1, true).await;
+    let node = &running.node;
+    serving(node).await;
+    let command = Command::SubmitJob(Box::new(bulky_job(0, 64)));
+    assert!(bincode::serialized_size(&command).unwrap() as usize > COMMAND_BYTES_MAX);
+    let last = node.metrics().last_log_index;
+    let err = node.propose(command).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.starts_with("command: ") && message.contains("COMMAND_BYTES_MAX"), "{message}");
+    assert_eq!(tonic::Status::from(err).code(), tonic::Code::InvalidArgument);
+    assert_eq!(node.metrics().last_log_index, last, "the command reached the log");
+    running.shutdown().await;
+}
+
+/// Submits bulky work items on `node` until their commands total more than `bytes`.
+async fn submit_bulk(node: &Node, bytes: usize) -> usize {
+    assert!(matches!(
+        propose(node, Command::ApplyProject(Box::new(demo_project()))).await,
+        Response::ProjectApplied { .. }
+    ));
+    let mut total = 0;
+    let mut n = 0;
+    while total <= bytes {
+        let command = Command::SubmitJob(Box::new(bulky_job(n, 50)));
+        let len = bincode::serialized_size(&command).unwrap() as usize;
+        assert!(len <= COMMAND_BYTES_MAX && len > COMMAND_BYTES_MAX / 2, "{len} bytes");
+        let response = propose(node, command).await;
+        assert!(matches!(response, Response::JobSubmitted { .. }), "{response:?}");
+        total += len;
+        n += 1;
+    }
+    total
+}
+
+/// Adds `learner` to `leader`'s cluster and waits until it has applied everything the leader
+/// has; then their states are byte for byte the same. (Nothing here has timed work, so the
+/// leader proposes no Tick meanwhile.)
+async fn catch_up(leader: &Running, learner: &Running) {
+    let applied = leader.node.metrics().last_applied.map(|l| l.index);
+    let node = RaftNode { addr: format!("http://{}", learner.bound.grpc) };
+    let add = leader.node.raft.add_learner(learner.node.id, node, false);
+    tokio::time::timeout(bound(), add).await.unwrap().unwrap();
+    learner.node.raft.wait(Some(bound())).applied_index_at_least(applied, "caught up").await.unwrap();
+    let state = |n: &Node| n.shared.read(|d| d.state.snapshot());
+    assert!(state(&leader.node) == state(&learner.node), "the learner's state differs from the leader's");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_that_together_exceed_one_peer_message_replicate() {
+    let leader = start(1, true).await;
+    serving(&leader.node).await;
+    // Written before the learner exists: its first AppendEntries would carry all of them.
+    let total = submit_bulk(&leader.node, PEER_MESSAGE_BYTES_MAX).await;
+    assert!(total > PEER_MESSAGE_BYTES_MAX);
+    let learner = start(2, false).await;
+    catch_up(&leader, &learner).await;
+    learner.shutdown().await;
+    leader.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_catches_up_by_a_snapshot_sent_in_chunks() {
+    let leader = start(1, true).await;
+    serving(&leader.node).await;
+    submit_bulk(&leader.node, 2 * SNAPSHOT_CHUNK_BYTES_MAX).await;
+    // Snapshot and purge the log, so the learner can only catch up by the snapshot.
+    let applied = leader.node.metrics().last_applied.unwrap();
+    leader.node.raft.trigger().snapshot().await.unwrap();
+    let wait = leader.node.raft.wait(Some(bound()));
+    wait.metrics(|m| m.snapshot.is_some_and(|s| s.index >= applied.index), "snapshot").await.unwrap();
+    let snapshot = leader.node.metrics().snapshot.unwrap();
+    leader.node.raft.trigger().purge_log(snapshot.index).await.unwrap();
+    wait.metrics(|m| m.purged == Some(snapshot), "purged").await.unwrap();
+    let size = leader.node.shared.read(|d| d.state.snapshot().len());
+    assert!(size > SNAPSHOT_CHUNK_BYTES_MAX, "a {size}-byte snapshot goes in one chunk");
+
+    let learner = start(2, false).await;
+    catch_up(&leader, &learner).await;
+    assert!(learner.node.metrics().snapshot.is_some_and(|s| s.index >= snapshot.index), "no snapshot installed");
+    learner.shutdown().await;
+    leader.shutdown().await;
 }
 
 /// A memory store whose writes fail once `failing` is set, like a disk gone read-only.

@@ -87,6 +87,22 @@ const _: () = assert!(
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Largest gRPC message between a client and a coordinator, both directions.
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest command a coordinator proposes, in bytes of its encoding in the log; a larger one
+/// is refused before it reaches the log. A command arrives in one client message and may not
+/// outgrow it, so no log entry can be too large to replicate (see the relations below).
+pub const COMMAND_BYTES_MAX: usize = CLIENT_MESSAGE_BYTES_MAX;
+/// What a log entry adds to its commands (log id, payload tag, `now`, the list's length), and
+/// what a peer message adds to the entries or chunk it carries (the RPC's own fields, the
+/// protobuf tags and lengths, the target id): generous allowances, used in the relations below.
+pub const ENTRY_ENVELOPE_BYTES_MAX: usize = 1024;
+pub const PEER_ENVELOPE_BYTES_MAX: usize = 1024;
+/// Most entry bytes one AppendEntries carries: a longer run of entries is split (one entry
+/// larger than this still goes, alone). Far below the message limit, because openraft gives
+/// an AppendEntries one heartbeat interval (100 ms by default) to be answered: 4 MiB crosses
+/// a 1 Gb/s link in about 34 ms.
+pub const APPEND_ENTRIES_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest snapshot chunk a leader sends.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Most reservations one List page returns (the default page is smaller).
 pub const LIST_PAGE_MAX: u32 = 10_000;
 pub const LIST_PAGE_DEFAULT: u32 = 1_000;
@@ -251,5 +267,12 @@ const _: () = assert!(TASK_OUTPUT_BYTES_MAX + TASK_CHECKPOINT_BYTES_MAX < CLIENT
 const _: () = assert!(TASK_OUTPUT_BYTES_MAX <= ARTIFACT_BYTES_TOTAL_MAX);
 // A provider's concurrency is the capacity of its `api:<name>` resource.
 const _: () = assert!(PROVIDER_CONCURRENCY_MAX <= CAPACITY_MAX);
+// One entry holding the largest command travels in one peer message, so replication never
+// meets an entry it cannot send (the coordinator's batcher adds the batch bound to this).
+const _: () = assert!(COMMAND_BYTES_MAX + ENTRY_ENVELOPE_BYTES_MAX + PEER_ENVELOPE_BYTES_MAX < PEER_MESSAGE_BYTES_MAX);
+const _: () = assert!(APPEND_ENTRIES_BYTES_MAX + PEER_ENVELOPE_BYTES_MAX <= PEER_MESSAGE_BYTES_MAX);
+// A snapshot chunk fits one peer message with room to spare for its meta (the membership:
+// node ids and addresses of at most 256 bytes).
+const _: () = assert!(2 * SNAPSHOT_CHUNK_BYTES_MAX <= PEER_MESSAGE_BYTES_MAX);
 // Chunk offsets are u64 and a snapshot is held in memory: the bound fits both.
 const _: () = assert!(SNAPSHOT_BYTES_MAX < u64::MAX / 2);
