@@ -1,6 +1,8 @@
 //! The admin HTTP port (axum): `/metrics` (Prometheus text), `/livez`, `/readyz`, `/health`.
 //!
-//! `/livez` answers while the process serves HTTP; `/readyz` only while the node can serve
+//! `/livez` answers 200 while Raft runs, and 503 with the reason once it has stopped — on a
+//! fatal storage error, a panic, or shutdown — so an orchestrator restarts the process (a
+//! stopped Raft never resumes by itself); `/readyz` only while the node can serve
 //! writes, directly or forwarded: a follower that knows a leader, or a leader whose term's
 //! RestartLeases has committed (a leader that is not serving is not ready); `/health` is a
 //! JSON summary with the same verdict and its reason.
@@ -21,7 +23,7 @@ use crate::node::Node;
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/livez", get(|| async { "ok\n" }))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/health", get(health))
         .with_state(node)
@@ -33,6 +35,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(node)).with_graceful_shutdown(shutdown).await
+}
+
+async fn livez(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {
+    match node.liveness() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not live: {why}\n")),
+    }
 }
 
 async fn readyz(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {

@@ -25,7 +25,9 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use qm_shared::client::Connector;
+use qm_shared::limits::{COMMAND_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MAX};
 use qm_shared::pb::v1 as pb;
+use qm_shared::Invalid;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -204,10 +206,10 @@ impl Node {
             // snapshot goes once the next one is taken (a batch of 256 behind snapshots every
             // 100 entries would keep 356 entries).
             purge_batch_size: config.snapshot_logs.clamp(1, 256),
-            // Entries are batches of at most BATCH_BYTES_MAX: 64 of them stay far below the
-            // peer message limit.
+            // At most 64 entries an AppendEntries, and fewer when they encode past
+            // APPEND_ENTRIES_BYTES_MAX: the network client splits the run (raft::network).
             max_payload_entries: 64,
-            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES_MAX as u64,
             ..Default::default()
         }
         .validate()
@@ -300,8 +302,10 @@ impl Node {
         }
     }
 
-    /// Proposes on this node, which must be the leader.
+    /// Proposes on this node, which must be the leader. A command whose encoding is past
+    /// `COMMAND_BYTES_MAX` is refused here, so no log entry is too large to replicate.
     pub async fn propose_local(&self, command: Command) -> Result<(LogIndex, Response), ApiError> {
+        check_command_size(&command)?;
         self.wait_restarted().await?;
         if self.transferring.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ApiError::Unavailable("leadership transfer in progress; retry".into()));
@@ -331,6 +335,20 @@ impl Node {
     /// The term whose RestartLeases has committed here, as it changes.
     pub fn restarted_term(&self) -> watch::Receiver<u64> {
         self.restarted_term.subscribe()
+    }
+
+    /// Whether Raft still runs here, and why not: openraft records the error that stopped
+    /// its core in the metrics (`running_state`), and drops the metrics sender when the core's
+    /// task ends, which is all a panic leaves behind.
+    pub fn liveness(&self) -> Result<(), String> {
+        let metrics = self.raft.metrics();
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return Err(format!("raft stopped: {fatal}"));
+        }
+        if metrics.has_changed().is_err() {
+            return Err("raft stopped: its core task has ended".into());
+        }
+        Ok(())
     }
 
     /// Whether this node serves requests now, and why not: a leader once its term's
@@ -443,6 +461,18 @@ impl Node {
         let nodes = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
         (voters, nodes)
     }
+}
+
+/// Refuses a command that encodes past `COMMAND_BYTES_MAX`, naming the field and the bound.
+pub fn check_command_size(command: &Command) -> Result<(), Invalid> {
+    let len = bincode::serialized_size(command).unwrap_or(u64::MAX);
+    if len > COMMAND_BYTES_MAX as u64 {
+        return Err(Invalid::new(
+            "command",
+            format!("encodes to {len} bytes, past COMMAND_BYTES_MAX ({COMMAND_BYTES_MAX} bytes)"),
+        ));
+    }
+    Ok(())
 }
 
 /// The leader's duties: RestartLeases first in each new term, then a Tick every `tick_ms`.

@@ -83,9 +83,26 @@ const _: () = assert!(
 );
 
 /// Largest gRPC message between coordinators (log batches, snapshot chunks), both directions.
+/// The peer service refuses a larger one before decoding it.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Largest gRPC message between a client and a coordinator, both directions.
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest command a coordinator proposes, in bytes of its encoding in the log; a larger one
+/// is refused before it reaches the log. A command arrives in one client message and may not
+/// outgrow it, so no log entry can be too large to replicate (see the relations below).
+pub const COMMAND_BYTES_MAX: usize = CLIENT_MESSAGE_BYTES_MAX;
+/// What a log entry adds to its commands (log id, payload tag, `now`, the list's length), and
+/// what a peer message adds to the entries or chunk it carries (the RPC's own fields, the
+/// protobuf tags and lengths, the target id): generous allowances, used in the relations below.
+pub const ENTRY_ENVELOPE_BYTES_MAX: usize = 1024;
+pub const PEER_ENVELOPE_BYTES_MAX: usize = 1024;
+/// Most entry bytes one AppendEntries carries: a longer run of entries is split (one entry
+/// larger than this still goes, alone). Far below the message limit, because openraft gives
+/// an AppendEntries one heartbeat interval (100 ms by default) to be answered: 4 MiB crosses
+/// a 1 Gb/s link in about 34 ms.
+pub const APPEND_ENTRIES_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest snapshot chunk a leader sends.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Most reservations one List page returns (the default page is smaller).
 pub const LIST_PAGE_MAX: u32 = 10_000;
 pub const LIST_PAGE_DEFAULT: u32 = 1_000;
@@ -207,6 +224,67 @@ pub const PROVIDER_ERROR_LEN_MAX_BYTES: usize = 512;
 /// Largest provider answer the llm executor reads.
 pub const PROVIDER_ANSWER_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// What a replicated record may take besides the bounded fields counted for it in
+/// [`SNAPSHOT_BYTES_MAX`] (ids, times, counters, enum tags, collection lengths, short names):
+/// a generous allowance per record.
+pub const RECORD_OVERHEAD_BYTES_MAX: u64 = 1024;
+
+/// Largest state snapshot a coordinator accepts from a peer, in bytes: a chunk that would take
+/// a snapshot past it is refused. Sized from the state's own limits — every bounded collection
+/// full, every bounded field at its longest, plus [`RECORD_OVERHEAD_BYTES_MAX`] a record — so
+/// no state the limits allow encodes larger, and a follower never refuses a real snapshot
+/// (that would leave it behind for good). It is large (about 1.4 TiB) because the limits
+/// are; it refuses offsets and endless streams that no state could produce. What keeps a
+/// receiver's memory in proportion is the stricter rule beside it: a chunk must start exactly
+/// where the bytes received so far end, so a receiver holds only bytes that were sent.
+/// The wait-for graph's edge sets are left out: each edge is 8 bytes naming an owner counted
+/// here, about one per queue entry in practice, with no byte bound of its own.
+pub const SNAPSHOT_BYTES_MAX: u64 = snapshot_bytes_max();
+
+const fn snapshot_bytes_max() -> u64 {
+    const O: u64 = RECORD_OVERHEAD_BYTES_MAX;
+    let path = PATH_LEN_MAX_BYTES as u64 + O;
+    let items = RESERVATIONS_MAX as u64 + REQUESTS_MAX as u64 * SET_SIZE_MAX as u64;
+    let sessions = SESSIONS_MAX as u64 * (SESSION_LABEL_LEN_MAX_BYTES as u64 + O);
+    let owners = (RESERVATIONS_MAX + REQUESTS_MAX) as u64 * (OWNER_LEN_MAX_BYTES as u64 + O);
+    let grants = RESERVATIONS_MAX as u64 * path;
+    let requests = REQUESTS_MAX as u64 * SET_SIZE_MAX as u64 * path;
+    // A node per prefix of every held or queued path, with a queue entry or holding per item.
+    let nodes = items * PATH_SEGMENTS_MAX as u64 * path;
+    let declared = RESOURCES_DECLARED_MAX as u64 * path;
+    let attempt = TASK_OUTPUT_BYTES_MAX as u64 + TASK_ERROR_LEN_MAX_BYTES as u64 + O;
+    let task = (TASK_PAYLOAD_BYTES_MAX + TASK_CHECKPOINT_BYTES_MAX) as u64
+        + SET_SIZE_MAX as u64 * path
+        + (TASK_ATTEMPTS_MAX as u64 + 1) * attempt;
+    let worker = (WORKER_LABELS_MAX as u64 * 2 + 1) * WORKER_NODE_ID_LEN_MAX_BYTES as u64 + O;
+    let pass = 2 * TASK_PAYLOAD_BYTES_MAX as u64
+        + 2 * TEXT_LEN_MAX_BYTES as u64
+        + 2 * JOB_INPUTS_MAX as u64 * NAME_LEN_MAX_BYTES as u64
+        + SET_SIZE_MAX as u64 * path;
+    let job = JOB_INPUTS_MAX as u64 * (JOB_INPUT_BYTES_MAX + NAME_LEN_MAX_BYTES) as u64
+        + 2 * TASK_PAYLOAD_BYTES_MAX as u64
+        + WORKFLOW_PASSES_MAX as u64 * (pass + O)
+        + JOB_EVENTS_MAX as u64 * (TEXT_LEN_MAX_BYTES as u64 + O)
+        + 2 * TEXT_LEN_MAX_BYTES as u64;
+    let ledger = LEDGER_ENTRIES_MAX as u64 * (4 * NAME_LEN_MAX_BYTES as u64 + O);
+    let budgets = BUDGETS_MAX as u64 * (NAME_LEN_MAX_BYTES as u64 + O);
+    let projects = PROJECTS_MAX as u64 * PROJECT_ENTRIES_MAX as u64 * 3 * path;
+    let artifacts = ARTIFACT_BYTES_TOTAL_MAX as u64 + 2 * ARTIFACTS_MAX as u64 * (TEXT_LEN_MAX_BYTES as u64 + O);
+    sessions
+        + owners
+        + grants
+        + requests
+        + nodes
+        + declared
+        + TASKS_MAX as u64 * task
+        + WORKERS_MAX as u64 * worker
+        + JOBS_MAX as u64 * job
+        + ledger
+        + budgets
+        + projects
+        + artifacts
+}
+
 // Relations the limits above must keep.
 const _: () = assert!(LIST_PAGE_DEFAULT <= LIST_PAGE_MAX);
 const _: () = assert!(TASKS_ENDED_RETAINED_MAX <= TASKS_MAX);
@@ -224,3 +302,12 @@ const _: () = assert!(TOKEN_NAME_LEN_MAX_BYTES <= SESSION_LABEL_LEN_MAX_BYTES);
 const _: () = assert!(EXEC_OUTPUT_BYTES_DEFAULT <= TASK_OUTPUT_BYTES_MAX);
 const _: () = assert!(PROVIDER_ERROR_LEN_MAX_BYTES < TASK_ERROR_LEN_MAX_BYTES);
 const _: () = assert!(EXEC_KILL_GRACE_MS_DEFAULT <= EXEC_KILL_GRACE_MS_MAX);
+// One entry holding the largest command travels in one peer message, so replication never
+// meets an entry it cannot send (the coordinator's batcher adds the batch bound to this).
+const _: () = assert!(COMMAND_BYTES_MAX + ENTRY_ENVELOPE_BYTES_MAX + PEER_ENVELOPE_BYTES_MAX < PEER_MESSAGE_BYTES_MAX);
+const _: () = assert!(APPEND_ENTRIES_BYTES_MAX + PEER_ENVELOPE_BYTES_MAX <= PEER_MESSAGE_BYTES_MAX);
+// A snapshot chunk fits one peer message with room to spare for its meta (the membership:
+// node ids and addresses of at most 256 bytes).
+const _: () = assert!(2 * SNAPSHOT_CHUNK_BYTES_MAX <= PEER_MESSAGE_BYTES_MAX);
+// Chunk offsets are u64 and a snapshot is held in memory: the bound fits both.
+const _: () = assert!(SNAPSHOT_BYTES_MAX < u64::MAX / 2);

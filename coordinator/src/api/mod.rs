@@ -91,7 +91,7 @@ where
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
     let auth = auth::AuthLayer { node: node.clone() };
-    let peer = pb::raft_peer_server::RaftPeerServer::new(peer::PeerApi { node })
+    let peer = pb::raft_peer_server::RaftPeerServer::new(peer::PeerApi::new(node))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     Server::builder()

@@ -16,6 +16,7 @@
 //! `StorageError`s, which stop the node rather than let replicas diverge.
 
 pub mod bounded;
+pub mod inbox;
 pub mod log_store;
 pub mod mem_store;
 pub mod network;

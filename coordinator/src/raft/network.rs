@@ -4,24 +4,77 @@
 //! messages; a remote openraft error comes back in the `error` arm and is rebuilt as the same
 //! typed error here. A failure to reach the peer (connect refused, reset, deadline) is mapped
 //! to `Unreachable`, which makes openraft back off instead of hammering a dead node.
+//!
+//! openraft sends up to `max_payload_entries` entries per AppendEntries whatever their size.
+//! A run of entries that encodes past `APPEND_ENTRIES_BYTES_MAX` is not sent: openraft is
+//! answered `PayloadTooLarge` with the number of entries that fit (at least one), and it
+//! retries at once with that many ([`entries_that_fit`]). Every single entry fits a peer
+//! message, because a command is bounded (`COMMAND_BYTES_MAX`) and so is a batch of them
+//! ([`ENTRY_BYTES_MAX`]), so replication never meets an entry it cannot send.
 
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
 use qm_shared::client::Connector;
-use qm_shared::limits::PEER_MESSAGE_BYTES_MAX;
+use qm_shared::limits::{
+    APPEND_ENTRIES_BYTES_MAX, COMMAND_BYTES_MAX, ENTRY_ENVELOPE_BYTES_MAX, PEER_ENVELOPE_BYTES_MAX,
+    PEER_MESSAGE_BYTES_MAX,
+};
 use qm_shared::pb::v1 as pb;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{Node, NodeId, TypeConfig};
+use crate::batcher::BATCH_BYTES_MAX;
 
 /// How long to wait for a TCP connection to a peer.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
+
+/// The largest log entry, encoded: the batcher fills an entry with commands up to
+/// `BATCH_BYTES_MAX`, or puts one larger command in it alone, and no command is larger than
+/// `COMMAND_BYTES_MAX` (refused by `Node::propose_local`). Raft's own entries (blank,
+/// membership: ids and addresses of at most 256 bytes) are far smaller.
+pub const ENTRY_BYTES_MAX: usize =
+    if (BATCH_BYTES_MAX as usize) > COMMAND_BYTES_MAX { BATCH_BYTES_MAX as usize } else { COMMAND_BYTES_MAX }
+        + ENTRY_ENVELOPE_BYTES_MAX;
+
+// Any one entry goes in one AppendEntries: replication never wedges on an entry.
+const _: () = assert!(ENTRY_BYTES_MAX + PEER_ENVELOPE_BYTES_MAX < PEER_MESSAGE_BYTES_MAX);
+
+/// How many of `rpc`'s entries to send in one AppendEntries when it may not carry them all:
+/// the longest run from the first whose encoding stays within `budget` bytes, and at least
+/// one (a lone entry always goes: it fits a peer message, see [`ENTRY_BYTES_MAX`]). `None`:
+/// send them all.
+pub fn entries_that_fit(rpc: &AppendEntriesRequest<TypeConfig>, budget: usize) -> Option<u64> {
+    if rpc.entries.len() <= 1 {
+        return None;
+    }
+    let total = encoded_len(rpc);
+    if total <= budget as u64 {
+        return None;
+    }
+    let sizes: Vec<u64> = rpc.entries.iter().map(encoded_len).collect();
+    let mut used = total - sizes.iter().sum::<u64>();
+    let mut fit = 0;
+    for size in sizes {
+        used += size;
+        if used > budget as u64 {
+            break;
+        }
+        fit += 1;
+    }
+    Some(fit.max(1))
+}
+
+fn encoded_len<T: serde::Serialize>(value: &T) -> u64 {
+    bincode::serialized_size(value).expect("sizing an in-memory value cannot fail")
+}
 
 /// Opens a lazily connected channel to a peer's gRPC address, dialing through `connector`
 /// (real TCP in production, the simulated network in the simulator).
@@ -207,6 +260,10 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        if let Some(fit) = entries_that_fit(&rpc, APPEND_ENTRIES_BYTES_MAX) {
+            tracing::debug!(entries = rpc.entries.len(), fit, target = self.target, "splitting a large AppendEntries");
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+        }
         let message = pb::AppendEntriesRequest { payload: to_bytes(&rpc), target_node_id: self.target };
         self.call(message, &option, |mut c: PeerClient, req| async move { c.append_entries(req).await }).await
     }
@@ -234,5 +291,58 @@ impl RaftNetwork<TypeConfig> for Network {
     /// than its election timeout allows.
     fn backoff(&self) -> openraft::network::Backoff {
         openraft::network::Backoff::new((0..).map(|i: u32| Duration::from_millis(20u64 << i.min(4))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::*;
+    use crate::raft::{Entry, Request};
+    use crate::state::Command;
+
+    /// An AppendEntries carrying one entry per label length given.
+    fn rpc(labels: &[usize]) -> AppendEntriesRequest<TypeConfig> {
+        let entries = (1..)
+            .zip(labels)
+            .map(|(index, len)| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(Request::one(
+                    0,
+                    Command::OpenSession { label: "x".repeat(*len), ttl_ms: 0, principal: String::new() },
+                )),
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries,
+            leader_commit: None,
+        }
+    }
+
+    #[test]
+    fn entries_within_the_budget_all_go() {
+        assert_eq!(entries_that_fit(&rpc(&[1_000, 1_000, 1_000]), 10_000), None);
+        assert_eq!(entries_that_fit(&rpc(&[]), 0), None);
+    }
+
+    #[test]
+    fn a_longer_run_is_cut_to_the_entries_that_fit() {
+        let rpc = rpc(&[1_000; 5]);
+        let one = encoded_len(&rpc.entries[0]) as usize;
+        let header = encoded_len(&rpc) as usize - 5 * one;
+        assert_eq!(entries_that_fit(&rpc, header + 2 * one), Some(2));
+        assert_eq!(entries_that_fit(&rpc, header + 3 * one - 1), Some(2));
+        assert_eq!(entries_that_fit(&rpc, header + 5 * one - 1), Some(4));
+    }
+
+    #[test]
+    fn a_large_entry_goes_alone_and_never_stalls_replication() {
+        // First entry alone is over the budget: send just it (a hint of 0 would stall).
+        assert_eq!(entries_that_fit(&rpc(&[10_000, 10]), 1_000), Some(1));
+        // Sent alone, it goes whatever the budget.
+        assert_eq!(entries_that_fit(&rpc(&[10_000]), 1_000), None);
     }
 }

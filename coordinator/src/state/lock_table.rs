@@ -328,4 +328,29 @@ impl LockTable {
     pub(crate) fn iter(&self) -> impl Iterator<Item = (NodeId, &Node)> + '_ {
         self.index.values().map(|id| (*id, self.node(*id)))
     }
+
+    /// The slab and the index agree: every indexed path names a slot in use holding that
+    /// path, every slot is either indexed or on the free list (once), so [`node`](Self::node)
+    /// and [`iter`](Self::iter) cannot fail on an id the index hands out.
+    pub(crate) fn check_slots(&self) -> super::invariants::Checked {
+        for (path, id) in &self.index {
+            let node = self.try_node(*id).ok_or_else(|| format!("{path} is indexed at a slot not in use"))?;
+            if node.path.as_str() != &**path {
+                return Err(format!("{path} is indexed at the slot of {}", node.path));
+            }
+        }
+        let in_use = self.slab.iter().filter(|s| s.is_some()).count();
+        if in_use != self.index.len() {
+            return Err(format!("{in_use} slots in use, {} indexed", self.index.len()));
+        }
+        let free: BTreeSet<NodeId> = self.free.iter().copied().collect();
+        if free.len() != self.free.len() || free.len() + in_use != self.slab.len() {
+            return Err(format!("{} free slots listed for {} empty", self.free.len(), self.slab.len() - in_use));
+        }
+        // In range, distinct, not in use, and as many as the empty slots: exactly the empty slots.
+        if let Some(id) = free.iter().find(|id| id.0 as usize >= self.slab.len() || self.try_node(**id).is_some()) {
+            return Err(format!("slot {} is listed free but is in use or past the slab", id.0));
+        }
+        Ok(())
+    }
 }

@@ -23,6 +23,7 @@ mod workers;
 pub use validate::validate_task_command;
 pub use workers::Worker;
 
+use crate::state::invariants::{ensure, ensure_eq, entry, Checked};
 use crate::state::types::{Effect, Item, Millis, Refusal, Response, SessionId, TaskId};
 use crate::state::types::{Outcome, TaskReport, TaskSpec, TaskStatus, Usage};
 use crate::state::{Ctx, State};
@@ -261,9 +262,9 @@ impl Tasks {
         routed
     }
 
-    /// Checks the job model's invariants; panics naming the broken one.
-    pub(in crate::state) fn check(&self) {
-        assert_eq!(self.routed, self.count_routed(), "running attempts per provider against a recount");
+    /// Checks the task model's invariants; returns the first broken one.
+    pub(in crate::state) fn check(&self) -> Checked {
+        ensure_eq!(self.routed, self.count_routed(), "running attempts per provider against a recount");
         let mut queued = 0;
         for t in self.tasks.values() {
             let in_queue = self
@@ -273,21 +274,21 @@ impl Tasks {
                 .is_some_and(|s| s.contains(&(t.key, t.id)));
             queued += usize::from(in_queue);
             let held = self.held.contains(&t.id);
-            assert!(!(in_queue && held), "{} both queued and held", t.id);
-            assert_eq!(in_queue || held, t.status == TaskStatus::Queued, "{} queued iff Queued", t.id);
+            ensure!(!(in_queue && held), "{} both queued and held", t.id);
+            ensure_eq!(in_queue || held, t.status == TaskStatus::Queued, "{} queued iff Queued", t.id);
             if t.status == TaskStatus::Running {
-                let s = t.session.expect("a running task has a session");
-                let w = self.workers.get(&s).unwrap_or_else(|| panic!("{} runs on unknown worker {s}", t.id));
-                assert!(w.running.contains_key(&t.id), "{} missing from its worker", t.id);
+                let s = t.session.ok_or_else(|| format!("running {} has no session", t.id))?;
+                let w = entry(&self.workers, &s, "worker")?;
+                ensure!(w.running.contains_key(&t.id), "{} missing from its worker", t.id);
             }
         }
-        assert_eq!(queued, self.queued, "queued count");
+        ensure_eq!(queued, self.queued, "queued count");
         let mut running: BTreeMap<&str, u32> = BTreeMap::new();
         for w in self.workers.values() {
-            assert!(w.blocked.iter().all(|t| w.running.contains_key(t)), "blocked tasks of {} run there", w.session);
+            ensure!(w.blocked.iter().all(|t| w.running.contains_key(t)), "blocked tasks of {} run there", w.session);
             for id in w.running.keys() {
-                let t = &self.tasks[id];
-                assert!(
+                let t = entry(&self.tasks, id, "task")?;
+                ensure!(
                     t.status == TaskStatus::Running && t.session == Some(w.session),
                     "{id} wrongly on {}",
                     w.session
@@ -297,12 +298,13 @@ impl Tasks {
             for role in w.slots.keys() {
                 let n = w.free(*role);
                 let indexed = self.free.get(role).is_some_and(|s| s.contains(&(std::cmp::Reverse(n), w.session)));
-                assert_eq!(indexed, n > 0, "free slots of {} for {role} indexed", w.session);
+                ensure_eq!(indexed, n > 0, "free slots of {} for {role} indexed", w.session);
             }
         }
         let team_running: BTreeMap<&str, u32> =
             self.team_running.iter().map(|(k, v)| (k.as_str(), *v)).filter(|(_, v)| *v > 0).collect();
-        assert_eq!(running, team_running, "running per team");
+        ensure_eq!(running, team_running, "running per team");
+        Ok(())
     }
 }
 
