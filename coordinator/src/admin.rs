@@ -62,6 +62,10 @@ async fn health(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {
         "applied_index": m.last_applied.map_or(0, |l| l.index),
         "ready": ready.is_ok(),
         "readiness": match &ready { Ok(why) | Err(why) => why },
+        "tls": node.tls,
+        "access_control": node.access_control,
+        // Plaintext on a non-loopback address, asked for with --insecure.
+        "insecure": node.insecure && !node.tls,
     });
     let code = if ready.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body))

@@ -62,6 +62,17 @@ async fn a_tls_cluster_serves_clients_and_refuses_what_is_not_a_member_node() {
     assert!(r.is_err(), "plaintext answered: {r:?}");
 }
 
+/// The body of `GET path` on `addr` (HTTP/1.0), if it answers.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
 #[test]
 fn plaintext_on_a_non_loopback_address_needs_insecure_and_says_so() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -80,6 +91,27 @@ fn plaintext_on_a_non_loopback_address_needs_insecure_and_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a loopback address") && err.contains("--insecure"), "{err}");
     assert!(!dir.path().join("d").exists(), "nothing was created");
+
+    // With --insecure it serves, and says so at start and in /health.
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut node = std::process::Command::new(qm_bin())
+        .args(["coordinator", "run", "--id", "1", "--listen", &listen, "--admin-listen", &admin, "--insecure"])
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn qm coordinator run");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let health = rt.block_on(qm_tests::eventually("/health answering", std::time::Duration::from_secs(20), || async {
+        http_get(&admin, "/health").ok_or_else(|| "no answer".to_string())
+    }));
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(health.contains("\"insecure\":true") && health.contains("\"tls\":false"), "{health}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(node.stderr.as_mut().expect("stderr"), &mut stderr).expect("stderr");
+    assert!(stderr.contains("WARNING: --insecure"), "{stderr}");
 
     // The CLI refuses to send a token in clear text to a non-loopback endpoint.
     let out = std::process::Command::new(qm_bin())
