@@ -118,14 +118,23 @@ pub struct AcquireFlags {
     /// Existing session to acquire under; otherwise a new session is opened.
     #[arg(long)]
     session: Option<u64>,
-    /// TTL of the session opened for this acquire (1000..=300000 ms). The reservation lives
-    /// while the session does: it is released when the session expires.
-    #[arg(long, default_value_t = 300_000)]
-    session_ttl_ms: u64,
+    /// TTL of the session opened for this request (1000..=300000 ms). The reservation lives
+    /// while the session does: it is released when the session expires. [default: 300000 for
+    /// `acquire`, whose lease outlives the command; 10000 for `run`, which keeps the session
+    /// alive while its command runs, so a killed `qm reserve run` frees the resource within
+    /// this time]
+    #[arg(long)]
+    session_ttl_ms: Option<u64>,
 }
 
+/// Session TTL of `qm reserve acquire` when not given: the lease outlives the command.
+const ACQUIRE_SESSION_TTL_MS: u64 = 300_000;
+/// Session TTL of `qm reserve run` when not given: the command keeps it alive, so a killed
+/// CLI's lease expires this soon after.
+const RUN_SESSION_TTL_MS: u64 = 10_000;
+
 impl AcquireFlags {
-    fn args(&self, resources: Vec<String>) -> AcquireArgs {
+    fn args(&self, resources: Vec<String>, default_ttl_ms: u64) -> AcquireArgs {
         AcquireArgs {
             resources,
             mode: if self.mode == "shared" { pb::Mode::Shared } else { pb::Mode::Exclusive },
@@ -138,7 +147,7 @@ impl AcquireFlags {
                 .clone()
                 .unwrap_or_else(|| format!("{}@qm", std::env::var("USER").unwrap_or_else(|_| "cli".into()))),
             session: self.session,
-            session_ttl_ms: self.session_ttl_ms,
+            session_ttl_ms: self.session_ttl_ms.unwrap_or(default_ttl_ms),
         }
     }
 }
@@ -146,7 +155,9 @@ impl AcquireFlags {
 /// `qm reserve …`.
 pub async fn dispatch(command: ReserveCommand, client: &Client, output: Output) -> Result<(), Failure> {
     match command {
-        ReserveCommand::Acquire { resources, flags } => acquire_cmd(client, flags.args(resources), output).await,
+        ReserveCommand::Acquire { resources, flags } => {
+            acquire_cmd(client, flags.args(resources, ACQUIRE_SESSION_TTL_MS), output).await
+        }
         ReserveCommand::Release { id, request, session } => release(client, id, request, session, output).await,
         ReserveCommand::Extend { id, session, lease_ms } => extend(client, id, session, lease_ms, output).await,
         ReserveCommand::List { filter: Filter { prefix, session, owner }, pending, limit, page_token } => {
@@ -167,7 +178,7 @@ pub async fn dispatch(command: ReserveCommand, client: &Client, output: Output) 
         ReserveCommand::Run { resource, flags, cmd } => {
             let mut flags = flags;
             flags.wait = true;
-            let code = run(client, flags.args(vec![resource]), cmd).await?;
+            let code = run(client, flags.args(vec![resource], RUN_SESSION_TTL_MS), cmd).await?;
             if code == 0 {
                 Ok(())
             } else {
@@ -249,6 +260,8 @@ pub async fn acquire(client: &Client, args: &AcquireArgs) -> Result<Outcome, Fai
         lease_ms: args.lease_ms,
         wait_timeout_ms: if args.wait { args.timeout_ms } else { None },
     };
+    // Catch signals from before the request can be queued, so none leaves it behind.
+    let mut interrupts = if args.wait { Some(Interrupts::install()?) } else { None };
     // Watch this session from before the acquire, so a grant from the queue is never missed.
     let mut events = if args.wait {
         Some(
@@ -273,42 +286,161 @@ pub async fn acquire(client: &Client, args: &AcquireArgs) -> Result<Outcome, Fai
                 q.blocked_by.iter().map(|h| format!("{} on {}", h.owner, h.resource)).collect::<Vec<_>>().join(", ")
             );
             let events = events.as_mut().expect("wait opens a watch");
-            let mut granted = Vec::new();
-            while let Some(ev) = events.next().await {
-                let ev = ev.map_err(status_failure)?;
-                use pb::watch_event::Kind as K;
-                match ev.kind {
-                    Some(K::Granted(g)) if g.request_id == q.request_id => {
-                        granted.extend(g.reservations);
-                        if granted.len() >= args.resources.len() {
-                            return Ok(Outcome::Granted { session: session_id, reservations: granted });
-                        }
-                    }
-                    Some(K::DeadlockVictim(d)) if d.request_id == q.request_id => {
-                        return Ok(Outcome::Refused {
-                            json: json!({"status": "refused", "reason": "deadlock", "cycle": d.cycle_owners, "session_id": session_id}),
-                            text: format!("refused: deadlock victim, cycle {}", d.cycle_owners.join(" -> ")),
-                        })
-                    }
-                    Some(K::TimedOut(t)) if t.request_id == q.request_id => {
-                        return Ok(Outcome::Refused {
-                            json: json!({"status": "refused", "reason": "timed_out", "request_id": q.request_id, "session_id": session_id}),
-                            text: "refused: timed out in the queue".into(),
-                        })
-                    }
-                    Some(K::Cancelled(c)) if c.request_id == q.request_id => {
-                        return Ok(Outcome::Refused {
-                            json: json!({"status": "refused", "reason": "cancelled", "request_id": q.request_id, "session_id": session_id}),
-                            text: "refused: cancelled".into(),
-                        })
-                    }
-                    Some(K::SessionExpired(_)) => return Err(Failure::error("the session expired while waiting")),
-                    _ => {}
-                }
-            }
-            Err(Failure::error("the watch stream ended before the request was decided"))
+            let queued = Queued { session: session_id, request: q.request_id, own_session: args.session.is_none() };
+            let interrupts = interrupts.as_mut().expect("wait installs the handlers");
+            follow_queue(client, args, queued, events, interrupts).await
         }
         None => Err(Failure::error("the coordinator answered without an outcome")),
+    }
+}
+
+/// A request waiting in the queue, and whether this command opened its session.
+struct Queued {
+    session: u64,
+    request: u64,
+    own_session: bool,
+}
+
+/// Follows a queued request until it is granted or refused, keeping the session alive. On
+/// SIGINT or SIGTERM it cancels the request (closing the session if this command opened it),
+/// so nothing is granted later to a process that is gone, and exits 128 + the signal.
+async fn follow_queue(
+    client: &Client,
+    args: &AcquireArgs,
+    q: Queued,
+    events: &mut tonic::Streaming<pb::WatchEvent>,
+    interrupts: &mut Interrupts,
+) -> Result<Outcome, Failure> {
+    let mut ticker = tokio::time::interval(keepalive_period(args.session_ttl_ms, args.lease_ms));
+    ticker.tick().await;
+    let mut granted = Vec::new();
+    loop {
+        let ev = tokio::select! {
+            ev = events.next() => ev,
+            _ = ticker.tick() => {
+                if q.own_session {
+                    keep_session(client, q.session).await;
+                }
+                continue;
+            }
+            signal = interrupts.next() => return Err(cancel_queued(client, &q, signal).await),
+        };
+        let Some(ev) = ev else {
+            return Err(Failure::error("the watch stream ended before the request was decided"));
+        };
+        let ev = ev.map_err(status_failure)?;
+        if let Some(outcome) = decided(ev, &q, args.resources.len(), &mut granted)? {
+            return Ok(outcome);
+        }
+    }
+}
+
+/// What `ev` decides about the queued request, if anything (grants accumulate in `granted`
+/// until every resource asked for is held).
+fn decided(
+    ev: pb::WatchEvent,
+    q: &Queued,
+    wanted: usize,
+    granted: &mut Vec<pb::Reservation>,
+) -> Result<Option<Outcome>, Failure> {
+    use pb::watch_event::Kind as K;
+    let (session_id, request) = (q.session, q.request);
+    let refused = |reason: &str, text: String, extra: Value| {
+        let mut json = json!({"status": "refused", "reason": reason, "request_id": request, "session_id": session_id});
+        if let (Some(o), Value::Object(e)) = (json.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        Ok(Some(Outcome::Refused { json, text }))
+    };
+    match ev.kind {
+        Some(K::Granted(g)) if g.request_id == request => {
+            granted.extend(g.reservations);
+            if granted.len() >= wanted {
+                return Ok(Some(Outcome::Granted { session: session_id, reservations: std::mem::take(granted) }));
+            }
+            Ok(None)
+        }
+        Some(K::DeadlockVictim(d)) if d.request_id == request => refused(
+            "deadlock",
+            format!("refused: deadlock victim, cycle {}", d.cycle_owners.join(" -> ")),
+            json!({"cycle": d.cycle_owners}),
+        ),
+        Some(K::TimedOut(t)) if t.request_id == request => {
+            refused("timed_out", "refused: timed out in the queue".into(), json!({}))
+        }
+        Some(K::Cancelled(c)) if c.request_id == request => {
+            refused("cancelled", "refused: cancelled".into(), json!({}))
+        }
+        Some(K::SessionExpired(_)) => Err(Failure::error("the session expired while waiting")),
+        _ => Ok(None),
+    }
+}
+
+/// Cancels a queued request after `signal` (the exit code to use): closes the session this
+/// command opened, or withdraws just the request from the caller's own session.
+async fn cancel_queued(client: &Client, q: &Queued, signal: u8) -> Failure {
+    let done = if q.own_session {
+        client.close_session(q.session).await.map(|_| ())
+    } else {
+        let target = Some(pb::release_request::Target::RequestId(q.request));
+        client.release(pb::ReleaseRequest { session_id: q.session, target }).await.map(|_| ())
+    };
+    match done {
+        Ok(()) => Failure { code: signal, message: format!("interrupted: request {} cancelled", q.request) },
+        Err(e) => Failure {
+            code: signal,
+            message: format!(
+                "interrupted, but cancelling request {} failed ({}); it is withdrawn when session {} expires",
+                q.request,
+                e.message(),
+                q.session
+            ),
+        },
+    }
+}
+
+/// SIGINT and SIGTERM, caught from the moment [`Interrupts::install`] returns, so one that
+/// comes before the first wait is not lost.
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn install() -> Result<Interrupts, Failure> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind| signal(kind).map_err(|e| Failure::error(format!("installing a signal handler: {e}")));
+        Ok(Interrupts { int: install(SignalKind::interrupt())?, term: install(SignalKind::terminate())? })
+    }
+
+    /// The next signal, as the exit code it ends the command with: 130 (SIGINT), 143 (SIGTERM).
+    async fn next(&mut self) -> u8 {
+        tokio::select! {
+            _ = self.int.recv() => 130,
+            _ = self.term.recv() => 143,
+        }
+    }
+}
+
+/// How often to renew a session of `ttl_ms` and leases of `lease_ms` (0: the 5-minute
+/// default): well within both.
+fn keepalive_period(ttl_ms: u64, lease_ms: u64) -> Duration {
+    let lease_ms = if lease_ms == 0 { qm_shared::limits::LEASE_MS_DEFAULT } else { lease_ms };
+    Duration::from_millis((ttl_ms.min(lease_ms) / 3).max(200))
+}
+
+/// Renews `session`, saying on stderr when that fails.
+async fn keep_session(client: &Client, session: u64) -> bool {
+    match client.keepalive(session).await {
+        Ok(k) if k.expired => {
+            eprintln!("qm reserve: session {session} expired");
+            false
+        }
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("qm reserve: keepalive of session {session} failed: {}", e.message());
+            true
+        }
     }
 }
 
@@ -521,38 +653,41 @@ fn describe(ev: &pb::WatchEvent) -> (&'static str, String) {
 }
 
 /// `qm reserve run`: acquire, run CMD with the token in its environment, keep the lease and
-/// session alive while it runs, release, exit with CMD's code.
+/// session alive while it runs, release, exit with CMD's code. SIGINT or SIGTERM while
+/// queued cancels the request; while CMD runs, it is passed to CMD, and the lease is
+/// released once CMD has exited.
 async fn run(client: &Client, args: AcquireArgs, cmd: Vec<String>) -> Result<u8, Failure> {
     let lease_ms = args.lease_ms;
-    let ttl_ms = args.session_ttl_ms;
     let (session, reservations) = match acquire(client, &args).await? {
         Outcome::Granted { session, reservations } => (session, reservations),
         Outcome::Refused { text, .. } => return Err(Failure { code: 3, message: text }),
     };
+    let mut interrupts = Interrupts::install()?;
     let first = reservations[0].clone();
-    let mut child = tokio::process::Command::new(&cmd[0])
+    let spawned = tokio::process::Command::new(&cmd[0])
         .args(&cmd[1..])
         .env("QM_FENCING_TOKEN", first.fencing_token.to_string())
         .env("QM_RESERVATION_ID", first.id.to_string())
         .env("QM_SESSION_ID", session.to_string())
         .env("QM_RESOURCE", &first.resource)
-        .spawn()
-        .map_err(|e| Failure::usage(format!("{}: {e}", cmd[0])))?;
-    // Keep both the session and the leases alive well within their bounds.
-    let period = Duration::from_millis((ttl_ms.min(lease_ms) / 3).max(200));
-    let mut ticker = tokio::time::interval(period);
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = client.close_session(session).await;
+            return Err(Failure::usage(format!("{}: {e}", cmd[0])));
+        }
+    };
+    let mut ticker = tokio::time::interval(keepalive_period(args.session_ttl_ms, lease_ms));
     ticker.tick().await;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
+            signal = interrupts.next() => pass_signal(&child, signal),
             _ = ticker.tick() => {
-                match client.keepalive(session).await {
-                    Ok(k) if k.expired => {
-                        eprintln!("qm reserve run: session {session} expired; the lease is lost, stopping the command");
-                        let _ = child.start_kill();
-                    }
-                    Ok(_) => {}
-                    Err(e) => eprintln!("qm reserve run: keepalive failed: {}", e.message()),
+                if !keep_session(client, session).await {
+                    eprintln!("qm reserve run: the lease is lost, stopping the command");
+                    let _ = child.start_kill();
                 }
                 for r in &reservations {
                     let req = pb::ExtendRequest { reservation_id: r.id, session_id: session, lease_ms };
@@ -565,5 +700,20 @@ async fn run(client: &Client, args: AcquireArgs, cmd: Vec<String>) -> Result<u8,
     };
     let _ = client.close_session(session).await;
     let status = status.map_err(|e| Failure::error(format!("waiting for {}: {e}", cmd[0])))?;
-    Ok(status.code().map_or(1, |c| c as u8))
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status.code().map_or_else(|| status.signal().map_or(1, |s| 128 + s as u8), |c| c as u8))
+}
+
+/// Passes the signal that ends in exit code `code` (130: SIGINT, 143: SIGTERM) to the
+/// command, which decides how to stop; the lease is kept until it has.
+#[allow(unsafe_code)]
+fn pass_signal(child: &tokio::process::Child, code: u8) {
+    let signal = if code == 130 { libc::SIGINT } else { libc::SIGTERM };
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) has no memory effects; `pid` is our own child, not yet reaped
+        // (`id()` is `None` once it has been).
+        unsafe {
+            libc::kill(pid as libc::pid_t, signal);
+        }
+    }
 }

@@ -332,16 +332,27 @@ impl Cluster {
         self.run_qm(&self.endpoints(), token, args)
     }
 
-    fn run_qm(&self, endpoints: &str, token: &str, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(qm_bin())
-            .args(args)
+    /// `qm ARGS… --endpoint <every node> -o json` with the admin token, to spawn as a process
+    /// of the test's own (to signal it, or to run it alongside others).
+    pub fn qm_command(&self, args: &[&str]) -> Command {
+        self.qm_command_at(&self.endpoints(), &self.token, args)
+    }
+
+    fn qm_command_at(&self, endpoints: &str, token: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(qm_bin());
+        // The global flags first, so that ARGS may end in `-- CMD…` (`qm reserve run`).
+        command
             .args(self.tls_args(None))
             .args(["--endpoint", endpoints, "-o", "json"])
+            .args(args)
             .env("QM_LOG", "warn")
             .env("QM_TOKEN", token)
-            .env("XDG_CONFIG_HOME", self.dir.path())
-            .output()
-            .expect("run qm");
+            .env("XDG_CONFIG_HOME", self.dir.path());
+        command
+    }
+
+    fn run_qm(&self, endpoints: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+        let out = self.qm_command_at(endpoints, token, args).output().expect("run qm");
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).to_string(),
