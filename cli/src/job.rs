@@ -395,9 +395,7 @@ fn short(d: &str) -> &str {
 
 /// A work-item id as given: `j7` or `7`.
 pub fn job_id(text: &str) -> Result<u64, Failure> {
-    text.trim_start_matches('j')
-        .parse()
-        .map_err(|_| Failure::usage(format!("{text:?} is not a work-item id (j7 or 7)")))
+    crate::ids::job(text).map_err(Failure::usage)
 }
 
 async fn show(client: &Client, id: &str, output: Output) -> Result<(), Failure> {

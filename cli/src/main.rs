@@ -32,6 +32,7 @@ mod cost;
 mod dev;
 mod gate;
 mod graph;
+mod ids;
 mod job;
 mod project;
 mod reserve;
@@ -291,6 +292,13 @@ pub fn status_failure(status: tonic::Status) -> Failure {
         Code::Internal | Code::Unknown if status.message().contains("h2 protocol error") => {
             return Failure::error(format!(
                 "{:?}: {} (does the server speak TLS? then set --tls-ca / QM_TLS_CA)",
+                status.code(),
+                status.message()
+            ))
+        }
+        Code::Unavailable if status.message().starts_with(qm_shared::client::NOTHING_LISTENING) => {
+            return Failure::error(format!(
+                "{:?}: {}; start one with `qm dev`, or point --endpoint / QM_ENDPOINT at a running cluster",
                 status.code(),
                 status.message()
             ))

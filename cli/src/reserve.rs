@@ -28,21 +28,23 @@ pub enum ReserveCommand {
     },
     /// Release a reservation (or cancel a queued request with --request).
     Release {
-        /// Reservation id.
-        #[arg(required_unless_present = "request")]
+        /// Reservation id (`r12` or `12`).
+        #[arg(required_unless_present = "request", value_parser = crate::ids::reservation)]
         id: Option<u64>,
-        /// Cancel this pending request instead.
-        #[arg(long)]
+        /// Cancel this pending request instead (`q3` or `3`).
+        #[arg(long, value_parser = crate::ids::request)]
         request: Option<u64>,
-        /// Session that owns it.
-        #[arg(long)]
+        /// Session that owns it (`s5` or `5`).
+        #[arg(long, value_parser = crate::ids::session)]
         session: u64,
     },
     /// Renew a reservation's lease.
     Extend {
-        /// Reservation id.
+        /// Reservation id (`r12` or `12`).
+        #[arg(value_parser = crate::ids::reservation)]
         id: u64,
-        #[arg(long)]
+        /// Session that owns it (`s5` or `5`).
+        #[arg(long, value_parser = crate::ids::session)]
         session: u64,
         /// New lease from now, ms (0: the default 5 minutes).
         #[arg(long, default_value_t = 0)]
@@ -87,10 +89,13 @@ pub enum ReserveCommand {
 /// Which reservations `qm reserve list` and `qm reserve watch` cover.
 #[derive(clap::Args, Debug)]
 pub struct Filter {
+    /// Only resources under this path (`pg:staging` covers `pg:staging/table:orders`).
     #[arg(long, default_value = "")]
     prefix: String,
-    #[arg(long)]
+    /// Only this session's (`s5` or `5`).
+    #[arg(long, value_parser = crate::ids::session)]
     session: Option<u64>,
+    /// Only this owner's.
     #[arg(long)]
     owner: Option<String>,
 }
@@ -115,8 +120,8 @@ pub struct AcquireFlags {
     /// Owner label shown to others. [default: $USER@qm]
     #[arg(long)]
     owner: Option<String>,
-    /// Existing session to acquire under; otherwise a new session is opened.
-    #[arg(long)]
+    /// Existing session to acquire under (`s5` or `5`); otherwise a new session is opened.
+    #[arg(long, value_parser = crate::ids::session)]
     session: Option<u64>,
     /// TTL of the session opened for this request (1000..=300000 ms). The reservation lives
     /// while the session does: it is released when the session expires. [default: 300000 for
@@ -517,15 +522,24 @@ async fn release(
     session: u64,
     output: Output,
 ) -> Result<(), Failure> {
-    let target = match (id, request) {
-        (_, Some(r)) => pb::release_request::Target::RequestId(r),
-        (Some(id), None) => pb::release_request::Target::ReservationId(id),
+    let (target, what) = match (id, request) {
+        (_, Some(r)) => (pb::release_request::Target::RequestId(r), format!("request q{r} is not queued")),
+        (Some(id), None) => (pb::release_request::Target::ReservationId(id), format!("reservation r{id} is not held")),
         (None, None) => return Err(Failure::usage("give a reservation id or --request")),
     };
     let resp = client
         .release(pb::ReleaseRequest { session_id: session, target: Some(target) })
         .await
         .map_err(status_failure)?;
+    if resp.released_reservation_ids.is_empty() && resp.cancelled_request_ids.is_empty() {
+        return Err(Failure {
+            code: 3,
+            message: format!(
+                "nothing released: {what} by session s{session} (released already, expired, or never \
+                 its); `qm reserve list --session {session}` shows what the session holds"
+            ),
+        });
+    }
     let value = json!({"released": resp.released_reservation_ids, "cancelled": resp.cancelled_request_ids});
     emit(
         output,

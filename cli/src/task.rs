@@ -37,12 +37,14 @@ pub enum TaskCommand {
     },
     /// One task: status, progress, checkpoint, usage and every attempt.
     Show {
-        /// Task id
+        /// Task id (`t26`, `26` or `task-26`)
+        #[arg(value_parser = crate::ids::task)]
         id: u64,
     },
     /// Cancel a task (a running one is told to stop).
     Cancel {
-        /// Task id
+        /// Task id (`t26`, `26` or `task-26`)
+        #[arg(value_parser = crate::ids::task)]
         id: u64,
     },
 }

@@ -36,6 +36,22 @@ pub const CONNECT_TIMEOUT_MS: u64 = 500;
 pub const BACKOFF_MS_FIRST: u64 = 25;
 pub const BACKOFF_MS_MAX: u64 = 250;
 
+/// How an UNAVAILABLE that no endpoint's coordinator answered begins (then the endpoints).
+pub const NOTHING_LISTENING: &str = "no coordinator is listening at";
+
+/// Whether `status` is a transport failure whose cause is a refused TCP connection: nothing
+/// listens at the address (a node that is up but not leading answers instead).
+fn connection_refused(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no endpoints given (set --endpoint or QM_ENDPOINT)")]
@@ -310,6 +326,9 @@ impl Client {
         let started = tokio::time::Instant::now();
         let mut backoff = BACKOFF_MS_FIRST;
         let mut last = Status::unavailable("no attempt made");
+        // Endpoints that refused the connection since anything last answered: once every one
+        // has, nothing is listening anywhere, and waiting out the retry budget helps nobody.
+        let mut refusing = std::collections::BTreeSet::new();
         for _ in 0..ATTEMPTS_MAX {
             let (i, tried, ch) = self.pick();
             let attempt = tokio::time::timeout(Duration::from_millis(CALL_DEADLINE_MS), f(ch)).await;
@@ -321,6 +340,12 @@ impl Client {
                     Status::deadline_exceeded(format!("no answer within {CALL_DEADLINE_MS} ms"))
                 }
             };
+            if !connection_refused(&status) {
+                refusing.clear();
+            } else if refusing.insert(tried.clone()) && refusing.len() == self.endpoints().len() {
+                let tried = refusing.into_iter().collect::<Vec<_>>().join(", ");
+                return Err(Status::unavailable(format!("{NOTHING_LISTENING} {tried} (connection refused)")));
+            }
             // Retry at once only when a node names a leader other than the one just tried;
             // otherwise (no leader yet, a stale hint, a dead node) back off first.
             let (retry, pause) = match status.code() {

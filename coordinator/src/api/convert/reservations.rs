@@ -1,6 +1,8 @@
 //! Reservations: acquire requests in; reservations, holders, pending requests, refusals and
 //! watch events out.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use qm_shared::limits::{LEASE_MS_DEFAULT, PRIORITY_DEFAULT};
 use qm_shared::pb::v1 as pb;
 use qm_shared::{validate, Invalid};
@@ -103,18 +105,28 @@ pub fn pending(w: &WaiterInfo, position: u32, deadline: u64) -> pb::PendingReque
     }
 }
 
-/// Holders currently blocking `owner@session`: the grants of the owners it waits for that
-/// overlap what it asked for.
+/// Holders currently blocking `owner@session`: the grants that overlap what it asked for, of
+/// the owners it waits for directly or through the requests queued ahead of it.
 pub fn blockers(state: &State, owner: &str, session: SessionId, items: &[Item]) -> Vec<pb::Holder> {
-    let targets: Vec<_> = state
-        .wait_for_edges()
-        .into_iter()
-        .filter(|(from, _)| from.name == owner && from.session == session)
-        .map(|(_, to)| to)
-        .collect();
+    // Whom the owner waits for, directly or through the waiters queued ahead of it (those
+    // hold nothing the request wants; the holders they wait for do).
+    let mut waits_for: BTreeMap<(String, SessionId), Vec<(String, SessionId)>> = BTreeMap::new();
+    for (from, to) in state.wait_for_edges() {
+        waits_for.entry((from.name, from.session)).or_default().push((to.name, to.session));
+    }
+    let mut reached: BTreeSet<(String, SessionId)> = BTreeSet::new();
+    let mut frontier = vec![(owner.to_string(), session)];
+    while let Some(key) = frontier.pop() {
+        for to in waits_for.get(&key).into_iter().flatten() {
+            if reached.insert(to.clone()) {
+                frontier.push(to.clone());
+            }
+        }
+    }
+    reached.remove(&(owner.to_string(), session));
     state
         .grants()
-        .filter(|g| targets.iter().any(|t| *t.name == *g.owner && t.session == g.session))
+        .filter(|g| reached.contains(&(g.owner.to_string(), g.session)))
         .filter(|g| {
             items.iter().any(|i| i.path.is_within(g.resource.as_str()) || g.resource.is_within(i.path.as_str()))
         })
