@@ -24,9 +24,13 @@ pub struct DevArgs {
     /// Admin HTTP listen address.
     #[arg(long, default_value = "127.0.0.1:7080")]
     admin_listen: String,
-    /// Data directory. [default: <temp dir>/qm-dev-<port>]
+    /// Data directory, kept as it is. [default: $XDG_STATE_HOME/qm/dev-<port> (else
+    /// ~/.local/state/qm/dev-<port>), emptied at every start unless --keep-state]
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Start from the default data directory's state of the last run instead of afresh.
+    #[arg(long)]
+    keep_state: bool,
     /// Skip the demo.
     #[arg(long)]
     no_demo: bool,
@@ -55,6 +59,27 @@ fn dev_admin_secret(dir: &std::path::Path) -> Result<String, Failure> {
     Ok(secret)
 }
 
+/// The per-user data directory of `qm dev` on `listen`, emptied unless `keep` (each run
+/// starts afresh, so the demo and its ids read as the README says). Refuses while the port
+/// is taken, which also keeps it from emptying the directory of a `qm dev` still running.
+fn default_data_dir(listen: std::net::SocketAddr, keep: bool) -> Result<PathBuf, Failure> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join("qm").join(format!("dev-{}", listen.port()));
+    if let Err(e) = std::net::TcpListener::bind(listen) {
+        return Err(Failure::error(format!(
+            "--listen {listen}: {e} (is another `qm dev` running? stop it, or give --listen and --admin-listen)"
+        )));
+    }
+    if !keep && dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Failure::error(format!("emptying {}: {e}", dir.display())))?;
+    }
+    Ok(dir)
+}
+
 pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
     let listen: std::net::SocketAddr = args
         .listen
@@ -65,7 +90,10 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
         .parse()
         .map_err(|_| Failure::usage(format!("--admin-listen {:?}: not an ip:port address", args.admin_listen)))?;
     let exec = crate::worker::exec_config(args.exec, "dev-worker", Default::default())?;
-    let dir = args.data_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("qm-dev-{}", listen.port())));
+    let dir = match args.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir(listen, args.keep_state)?,
+    };
     let secret = dev_admin_secret(&dir)?;
     let mut config = NodeConfig::single(1, String::new(), Some(dir.clone()));
     config.initial_admin_hash = Some(qm_coordinator::api::auth::hash_secret(&secret));

@@ -17,13 +17,27 @@ fn free_port() -> u16 {
 }
 
 #[test]
-fn dev_serves_a_coordinator_and_plays_its_demo_over_grpc() {
-    let dir = tempfile_dir("dev");
+fn dev_serves_a_coordinator_and_plays_its_demo_over_grpc_afresh_at_every_start() {
+    let state = tempfile_dir("dev-state");
     let grpc = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
-    let out = qm(&["dev", "--listen", &grpc, "--admin-listen", &admin, "--data-dir", &dir, "--exit-after-demo"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let stderr = text(&out.stderr);
+    // The second run starts from an empty state again: the same story, nothing from the cache.
+    for run in 1..=2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_qm"))
+            .args(["dev", "--listen", &grpc, "--admin-listen", &admin, "--exit-after-demo"])
+            .env("XDG_CONFIG_HOME", format!("{state}/config"))
+            .env("XDG_STATE_HOME", &state)
+            .output()
+            .expect("qm runs");
+        assert_eq!(out.status.code(), Some(0), "run {run}: {}", text(&out.stderr));
+        assert_demo_story(&text(&out.stderr), &text(&out.stdout));
+    }
+    assert!(std::path::Path::new(&format!("{state}/qm/dev-{}", grpc.rsplit(':').next().unwrap())).is_dir());
+    std::fs::remove_dir_all(&state).unwrap();
+}
+
+/// What every `qm dev` demo shows.
+fn assert_demo_story(stderr: &str, stdout: &str) {
     assert!(stderr.contains("refused (conflict)") && stderr.contains("held by implementer/WI-1"), "{stderr}");
     assert!(stderr.contains("verifier/WI-2 granted"), "the waiter is granted after the release:\n{stderr}");
     assert!(stderr.contains("(resumed from checkpoint"), "a preempted task resumes from its checkpoint:\n{stderr}");
@@ -35,9 +49,7 @@ fn dev_serves_a_coordinator_and_plays_its_demo_over_grpc() {
     assert!(stderr.contains("design: waits for a human gate"), "a human gate:\n{stderr}");
     assert!(stderr.contains("succeeded: cost $"), "the feature went through every pass:\n{stderr}");
     assert!(stderr.contains("7 of 7 passes from the cache, cost $0.00"), "the rerun is cached:\n{stderr}");
-    let stdout = text(&out.stdout);
     assert!(stdout.contains("pg:staging/table:orders") && stdout.contains("verifier/WI-2"), "{stdout}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn tempfile_dir(name: &str) -> String {
