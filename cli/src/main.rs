@@ -229,6 +229,46 @@ enum Command {
         #[command(subcommand)]
         command: script::ScriptCommand,
     },
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  \
+        qm completions bash > ~/.local/share/bash-completion/completions/qm\n  \
+        qm completions zsh > \"${fpath[1]}/_qm\"\n  \
+        qm completions fish > ~/.config/fish/completions/qm.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per command into a directory.
+    #[command(after_help = "Examples:\n  qm man | man -l -\n  qm man --dir /usr/local/share/man/man1")]
+    Man {
+        /// Write qm.1 and a page for every subcommand (qm-reserve-acquire.1, ...) here.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// `qm completions` and `qm man`: generated from the same definitions as `--help`.
+fn self_documentation(command: Command) -> Result<(), Failure> {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    match command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli, "qm", &mut script);
+            print_stdout(&String::from_utf8_lossy(&script));
+            Ok(())
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).map_err(|e| Failure::error(format!("--dir {}: {e}", dir.display())))?;
+            clap_mangen::generate_to(cli, &dir).map_err(|e| Failure::error(format!("--dir {}: {e}", dir.display())))
+        }
+        _ => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cli).render(&mut page).map_err(|e| Failure::error(e.to_string()))?;
+            print_stdout(&String::from_utf8_lossy(&page));
+            Ok(())
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -241,6 +281,7 @@ fn main() -> ExitCode {
             return sim::cluster::run(&args);
         }
         Command::Sim { command } => sim::run(command, output),
+        command @ (Command::Completions { .. } | Command::Man { .. }) => self_documentation(command),
         command => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             let flags = vec![
@@ -391,6 +432,8 @@ async fn run_client(command: Command, output: Output, client: &Client) -> Result
         | Command::Workflow { .. }
         | Command::Cert { .. }
         | Command::Project { command: project::ProjectCommand::Validate { .. } }
+        | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Agent { .. } => {
             unreachable!("handled before")
         }

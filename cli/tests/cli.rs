@@ -184,3 +184,26 @@ fn agent_validate_names_file_line_and_field_and_exits_1() {
     assert!(text(&out.stdout).contains("reviewer.md (code-reviewer) (no role"), "{}", text(&out.stdout));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_definitions() {
+    for (shell, marker) in [("bash", "_qm()"), ("zsh", "#compdef qm"), ("fish", "complete -c qm")] {
+        let out = qm(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {}", &script[..script.len().min(200)]);
+        assert!(script.contains("acquire") && script.contains("session-ttl-ms"), "{shell}: subcommands and flags");
+    }
+    let bad = qm(&["completions", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2), "an unknown shell is a usage error");
+    assert!(text(&bad.stderr).contains("bash") && text(&bad.stderr).contains("zsh"), "{}", text(&bad.stderr));
+
+    let page = text(&qm(&["man"]).stdout);
+    assert!(page.contains(".TH qm 1") && page.contains("reserve"), "{}", &page[..page.len().min(300)]);
+    let dir = tempfile_dir("man");
+    let out = qm(&["man", "--dir", &dir]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let acquire = std::fs::read_to_string(format!("{dir}/qm-reserve-acquire.1")).expect("a page per subcommand");
+    assert!(acquire.contains("session\\-ttl\\-ms"), "the page documents the flags");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
