@@ -14,6 +14,7 @@ pub mod attempt;
 pub mod client;
 pub mod duration;
 pub mod limits;
+pub mod payload;
 pub mod pb;
 pub mod resource;
 pub mod shell;

@@ -394,7 +394,8 @@ async fn bad_task_requests_name_the_field_and_bound_and_change_nothing() {
     let cluster = Cluster::start(1, 10_000);
     cluster.leader(&[1]).await;
     let client = cluster.client();
-    let good = pb::SubmitTaskRequest { role: "implementer".into(), payload: b"{}".to_vec(), ..Default::default() };
+    let payload = br#"{"executor":"scripted","duration_ms":10}"#.to_vec();
+    let good = pb::SubmitTaskRequest { role: "implementer".into(), payload, ..Default::default() };
     let cases = [
         (pb::SubmitTaskRequest { role: "orchestrator".into(), ..good.clone() }, "role: unknown role"),
         (pb::SubmitTaskRequest { max_attempts: 17, ..good.clone() }, "max_attempts: 17 is over the limit of 16"),
@@ -407,6 +408,14 @@ async fn bad_task_requests_name_the_field_and_bound_and_change_nothing() {
             "resources[0].path: ",
         ),
         (pb::SubmitTaskRequest { payload: vec![b' '; 64 * 1024 + 1], ..good.clone() }, "payload: is 65537 bytes"),
+        (
+            pb::SubmitTaskRequest { payload: br#"{"executor":"shell"}"#.to_vec(), ..good.clone() },
+            "payload.executor: \"shell\" is not an executor; choose one of scripted, command, llm",
+        ),
+        (
+            pb::SubmitTaskRequest { payload: br#"{"executor":"llm","base_url":"http://x"}"#.to_vec(), ..good.clone() },
+            "payload.base_url: refused",
+        ),
     ];
     for (req, want) in cases {
         let got = client.submit_task(req).await.expect_err("refused");

@@ -64,6 +64,10 @@ impl pb::tasks_server::Tasks for TasksApi {
         principal.check_items(&spec.items, spec.priority)?;
         let command = Command::SubmitTask(spec);
         crate::state::validate_command(&command).map_err(ApiError::from)?;
+        if let Command::SubmitTask(spec) = &command {
+            // Refused here rather than queued and failed on a worker, attempt after attempt.
+            qm_shared::payload::check_envelope(&spec.payload).map_err(ApiError::Invalid)?;
+        }
         match self.node.propose(command).await?.1 {
             Response::TaskSubmitted { task } => Ok(GrpcResponse::new(pb::SubmitTaskResponse { task_id: task.0 })),
             Response::Refused(r) => Err(ApiError::from(r).into()),

@@ -124,23 +124,6 @@ pub enum Payload {
     Llm(Llm),
 }
 
-/// Payload fields a task may not set, and why. They are not fields of any executor (so
-/// `deny_unknown_fields` refuses them too); this table only makes the error say why.
-const REFUSED_FIELDS: &[(&str, &str)] = &[
-    (
-        "api_key_env",
-        "a task cannot choose which of the worker's secrets to use; API keys come from the \
-         worker's own configuration (`qm worker run --provider-key-env NAME=VAR`): name a \
-         provider with `provider`",
-    ),
-    (
-        "base_url",
-        "a task cannot choose where the worker sends requests (or its API key); provider URLs \
-         come from the worker's own configuration (`qm worker run --provider NAME=KIND:URL`): \
-         name a provider with `provider`",
-    ),
-];
-
 /// The payload checked against the worker's configuration: the executor is enabled here and
 /// no refused field is set. Errors name the executor or field, and what to do instead.
 fn check(config: &ExecConfig, payload: &[u8]) -> Result<Payload, String> {
@@ -155,12 +138,8 @@ fn check(config: &ExecConfig, payload: &[u8]) -> Result<Payload, String> {
             ));
         }
     }
-    if let Some(obj) = value.as_object() {
-        for (field, why) in REFUSED_FIELDS {
-            if obj.contains_key(*field) {
-                return Err(format!("payload.{field}: refused: {why}"));
-            }
-        }
+    if let Some(refusal) = qm_shared::payload::refused_field(&value) {
+        return Err(refusal.to_string());
     }
     serde_json::from_value(value).map_err(|e| format!("payload: {e}"))
 }
