@@ -17,6 +17,7 @@ pub mod limits;
 pub mod pb;
 pub mod resource;
 pub mod shell;
+pub mod timestamp;
 pub mod validate;
 pub mod workflow;
 pub mod workflow_file;
