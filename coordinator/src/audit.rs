@@ -43,34 +43,31 @@ const DENIED: [i32; 2] = [tonic::Code::Unauthenticated as i32, tonic::Code::Perm
 /// How long [`AuditLog::flush`] waits for the writer.
 const FLUSH_WAIT_MS_MAX: u64 = 5_000;
 
-/// One call as it arrived and was answered.
+/// One call as it arrived and was answered, numbered and stamped by the node that recorded it
+/// (one JSON line: the call's fields beside `seq`, `at_ms` and `node_id`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub seq: u64,
     pub at_ms: u64,
     pub node_id: u64,
-    pub principal: String,
-    pub peer: String,
-    pub method: String,
-    pub request: String,
-    /// gRPC status code (0: OK).
-    pub code: i32,
-    pub message: String,
+    #[serde(flatten)]
+    pub call: Call,
 }
 
 impl Record {
     pub fn denied(&self) -> bool {
-        DENIED.contains(&self.code)
+        DENIED.contains(&self.call.code)
     }
 }
 
 /// What the layer saw of one call; [`AuditLog::record`] numbers, stamps and bounds it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Call {
     pub principal: String,
     pub peer: String,
     pub method: String,
     pub request: String,
+    /// gRPC status code (0: OK).
     pub code: i32,
     pub message: String,
 }
@@ -91,8 +88,8 @@ impl Query {
     fn matches(&self, r: &Record) -> bool {
         r.at_ms >= self.since_ms
             && r.seq >= self.since_seq
-            && self.principal.as_ref().is_none_or(|p| *p == r.principal)
-            && self.method.as_ref().is_none_or(|m| r.method.contains(m.as_str()))
+            && self.principal.as_ref().is_none_or(|p| *p == r.call.principal)
+            && self.method.as_ref().is_none_or(|m| r.call.method.contains(m.as_str()))
             && (!self.denied_only || r.denied())
     }
 }
@@ -244,10 +241,7 @@ impl AuditLog {
         let mut ring = self.ring.lock().expect("audit lock poisoned");
         let seq = ring.next_seq;
         ring.next_seq += 1;
-        let record = Record {
-            seq,
-            at_ms: now_ms,
-            node_id: self.node_id,
+        let call = Call {
             principal: bounded(&call.principal, TOKEN_NAME_LEN_MAX_BYTES),
             peer: bounded(&call.peer, AUDIT_PEER_LEN_MAX_BYTES),
             method: bounded(&call.method, AUDIT_METHOD_LEN_MAX_BYTES),
@@ -255,6 +249,7 @@ impl AuditLog {
             code: call.code,
             message: bounded(&call.message, AUDIT_MESSAGE_LEN_MAX_BYTES),
         };
+        let record = Record { seq, at_ms: now_ms, node_id: self.node_id, call };
         let mut line = serde_json::to_string(&record).expect("a record encodes");
         line.push('\n');
         let (segment, oldest) = ring.push(record, line.len() as u64);
@@ -351,9 +346,12 @@ fn load(dir: &Path, bytes_max: u64) -> std::io::Result<Ring> {
     let indexes = segment_indexes(dir)?;
     let mut kept = Vec::new();
     let mut total = 0u64;
-    for (n, &index) in indexes.iter().rev().enumerate() {
+    let mut full = false;
+    // Newest first: once one segment does not fit, no older one is kept either.
+    for &index in indexes.iter().rev() {
         let len = std::fs::metadata(segment_path(dir, index))?.len();
-        if n > 0 && (n as u64 >= AUDIT_SEGMENTS || total + len > bytes_max) {
+        full = full || (!kept.is_empty() && (kept.len() as u64 >= AUDIT_SEGMENTS || total + len > bytes_max));
+        if full {
             std::fs::remove_file(segment_path(dir, index))?;
             continue;
         }
@@ -522,6 +520,16 @@ mod tests {
         AuditLog::open(7, AuditConfig { dir: Some(dir.to_path_buf()), bytes_max: AUDIT_BYTES_MIN }).expect("open")
     }
 
+    /// A log on disk in `dir` holding records 1..=n, flushed.
+    fn written(dir: &Path, n: u64) -> AuditLog {
+        let log = on_disk(dir);
+        for i in 1..=n {
+            log.record(i, call(i));
+        }
+        log.flush();
+        log
+    }
+
     fn disk_bytes(dir: &Path) -> u64 {
         segment_indexes(dir)
             .expect("list")
@@ -586,11 +594,11 @@ mod tests {
             message: "é".repeat(10_000),
         };
         log.record(1, c);
-        let r = &all(&log).records[0];
+        let r = &all(&log).records[0].call;
         assert!(r.principal.len() <= TOKEN_NAME_LEN_MAX_BYTES && r.peer.len() <= AUDIT_PEER_LEN_MAX_BYTES);
         assert!(r.method.len() <= AUDIT_METHOD_LEN_MAX_BYTES && r.request.len() <= AUDIT_REQUEST_LEN_MAX_BYTES);
         assert!(r.message.len() <= AUDIT_MESSAGE_LEN_MAX_BYTES && r.message.ends_with('…'));
-        let line = serde_json::to_string(r).expect("encode");
+        let line = serde_json::to_string(&all(&log).records[0]).expect("encode");
         assert!((line.len() as u64) < AUDIT_RECORD_BYTES_MAX, "{} bytes", line.len());
     }
 
@@ -598,11 +606,7 @@ mod tests {
     #[test]
     fn records_survive_a_restart_within_the_bound_on_disk() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = on_disk(dir.path());
-        for i in 1..=1_500u64 {
-            log.record(i, call(i));
-        }
-        log.flush();
+        let log = written(dir.path(), 1_500);
         let before = all(&log);
         assert_eq!(before.durable_seq, 1_500);
         drop(log);
@@ -616,17 +620,31 @@ mod tests {
         assert_eq!(log.record(2_000, call(1_501)), 1_501);
     }
 
+    /// A node restarted with a lower bound keeps the newest segments that fit it, unbroken.
+    #[test]
+    fn a_lower_bound_at_restart_keeps_only_the_newest_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wide = AuditConfig { dir: Some(dir.path().to_path_buf()), bytes_max: 4 * AUDIT_BYTES_MIN };
+        let log = AuditLog::open(7, wide).expect("open");
+        for i in 1..=2_000u64 {
+            log.record(i, call(i));
+        }
+        log.flush();
+        drop(log);
+        assert!(disk_bytes(dir.path()) > AUDIT_BYTES_MIN);
+
+        let l = all(&on_disk(dir.path()));
+        assert!(disk_bytes(dir.path()) <= AUDIT_BYTES_MIN, "{} bytes", disk_bytes(dir.path()));
+        assert_eq!(l.records.iter().map(|r| r.seq).collect::<Vec<_>>(), (l.oldest_seq..=2_000).collect::<Vec<_>>());
+        assert!(l.oldest_seq > 1 && l.next_seq == 2_001, "{} {}", l.oldest_seq, l.next_seq);
+    }
+
     /// A crash in the middle of a line leaves it cut short: it is dropped, and the next record
     /// starts a line of its own.
     #[test]
     fn a_last_line_cut_short_is_dropped_and_appending_goes_on() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = on_disk(dir.path());
-        for i in 1..=3u64 {
-            log.record(i, call(i));
-        }
-        log.flush();
-        drop(log);
+        drop(written(dir.path(), 3));
         let newest = *segment_indexes(dir.path()).expect("list").last().expect("a segment");
         let mut f = OpenOptions::new().append(true).open(segment_path(dir.path(), newest)).expect("open");
         f.write_all(b"{\"seq\":4,\"at_ms\":4,\"nod").expect("write");

@@ -145,6 +145,8 @@ async fn denials_are_recorded_with_their_code_whether_auth_or_a_handler_refused(
     let release =
         pb::ReleaseRequest { session_id: session, target: Some(pb::release_request::Target::ReservationId(9)) };
     denied("release on another's session", mallory.release(release).await, Code::PermissionDenied);
+    // A stream the handler ends with a denial says so in its trailers.
+    denied("keep another's session alive", mallory.keepalive(session).await, Code::PermissionDenied);
 
     let log = audit(&c, 1, pb::ListAuditRequest { denied_only: true, since_seq: start, ..Default::default() }).await;
     let rec = |method: &str| only(&log.records, method).clone();
@@ -161,15 +163,41 @@ async fn denials_are_recorded_with_their_code_whether_auth_or_a_handler_refused(
     assert_eq!((stolen.principal.as_str(), stolen.outcome.as_str()), ("mallory", "PERMISSION_DENIED"));
     assert!(stolen.message.contains("rule session-owner"), "{}", stolen.message);
     assert_eq!(stolen.request, format!("session_id={session} target=\"reservation 9\""));
-    assert_eq!(log.records.len(), 4, "{:#?}", log.records);
+    let kept = rec("/qm.v1.Sessions/Keepalive");
+    assert_eq!((kept.principal.as_str(), kept.outcome.as_str()), ("mallory", "PERMISSION_DENIED"));
+    assert!(kept.message.contains(&format!("session s{session} belongs to another")), "{}", kept.message);
+    assert_eq!(log.records.len(), 5, "{:#?}", log.records);
     // Holder traffic that succeeded is not recorded.
     assert!(everything(&c, 1).await.records.iter().all(|r| r.principal != "alice"));
 
     let cli = listed(&c, &["--denied", "--principal", "mallory"]);
-    assert_eq!(cli.len(), 1, "{cli:#?}");
-    assert_eq!(cli[0]["method"], "/qm.v1.Reservations/Release");
+    let methods: Vec<&str> = cli.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, vec!["/qm.v1.Reservations/Release", "/qm.v1.Sessions/Keepalive"]);
     let cli = listed(&c, &["--principal", "dash"]);
     assert_eq!(cli.iter().map(|r| r["outcome"].as_str().unwrap()).collect::<Vec<_>>(), vec!["PERMISSION_DENIED"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_cancel_is_recorded_and_a_submitters_own_is_not() {
+    let c = cluster().await;
+    let (ci, _) = token(&c, "ci", pb::AclRole::Submitter, "").await;
+    let (ops, _) = token(&c, "ops", pb::AclRole::Operator, "").await;
+    let task = pb::SubmitTaskRequest {
+        role: "implementer".into(),
+        resources: vec![pb::ResourceRequest { path: "pg:a".into(), mode: pb::Mode::Exclusive as i32, units: 0 }],
+        payload: br#"{"executor":"scripted","duration_ms":100}"#.to_vec(),
+        ..Default::default()
+    };
+    let mine = ci.submit_task(task.clone()).await.expect("submit").task_id;
+    let theirs = ci.submit_task(task).await.expect("submit").task_id;
+    ci.cancel_task(pb::CancelTaskRequest { task_id: mine }).await.expect("ci cancels its own");
+    ops.cancel_task(pb::CancelTaskRequest { task_id: theirs }).await.expect("an operator cancels ci's");
+
+    let cancels = audit(&c, 1, pb::ListAuditRequest { method: "/qm.v1.Tasks/".into(), ..Default::default() }).await;
+    let cancel = only(&cancels.records, "/qm.v1.Tasks/Cancel");
+    assert_eq!((cancel.principal.as_str(), cancel.outcome.as_str()), ("ops", "OK"));
+    assert_eq!(cancel.request, format!("task_id={theirs}"));
+    assert!(cancels.records.iter().all(|r| r.principal != "ci"), "{:#?}", cancels.records);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

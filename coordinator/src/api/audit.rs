@@ -7,7 +7,8 @@
 //!                │   before its body is read never has it read)
 //!                ├─▶ Auth: names the token's principal in the trail ─▶ the service
 //!                ◀── the answer: `grpc-status` in its headers (an error, or a trailers-only
-//!                │   answer), else OK (a unary answer, or a stream that started)
+//!                │   answer), else OK (a unary answer); a stream that started is watched
+//!                │   to its trailers, where a handler's status ending it is
 //!                └─ recorded when the method is admin-, operator- or approver-only (RULES),
 //!                   an operator's cancel or retry, or the answer is a denial
 //! ```
@@ -35,9 +36,18 @@ use crate::error::ApiError;
 use crate::node::Node;
 use crate::state::{AclRole, TokenSpec};
 
-/// Methods whose requests stream: their bodies are never kept (a stream is recorded by its
-/// start). `client_streaming_methods_are_listed` checks this against the protocol.
+/// Methods whose requests stream: their bodies are never kept. `streaming_methods_are_listed`
+/// checks this against the protocol.
 const CLIENT_STREAMING: &[&str] = &[
+    "/qm.v1.Sessions/Keepalive",
+    "/qm.v1.WorkerGateway/Connect",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+];
+
+/// Methods whose answers stream: a stream a handler ends with a denial (a keepalive on
+/// another's session) says so in its trailers. Checked against the protocol with the above.
+const SERVER_STREAMING: &[&str] = &[
+    "/qm.v1.Reservations/Watch",
     "/qm.v1.Sessions/Keepalive",
     "/qm.v1.WorkerGateway/Connect",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
@@ -223,9 +233,10 @@ impl Watch {
         name.to_string()
     }
 
-    /// Records the call answered by `response`, if it is one to record.
-    fn finish(self, node: &Node, response: &http::Response<Body>) {
-        let status = Status::from_header_map(response.headers());
+    /// Records the call whose status (if any: none is OK) is in `headers` — the answer's
+    /// headers, or a stream's trailers — if it is one to record.
+    fn finish(self, node: &Node, headers: &http::HeaderMap) {
+        let status = Status::from_header_map(headers);
         let (code, message) = status.map_or((0, String::new()), |s| (s.code() as i32, s.message().to_string()));
         let denied = code == tonic::Code::Unauthenticated as i32 || code == tonic::Code::PermissionDenied as i32;
         let by_operator = self.trail.principal.get().is_some_and(|(_, operator)| *operator);
@@ -242,6 +253,39 @@ impl Watch {
         let peer = self.peer.map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let call = Call { principal: self.principal(node), peer, method: method.to_string(), request, code, message };
         node.audit.record(node.clock.now_ms(), call);
+    }
+}
+
+/// A streamed answer's body, watched for the status in its trailers.
+#[derive(Debug)]
+struct Tail {
+    inner: Body,
+    watch: Option<(Watch, Arc<Node>)>,
+}
+
+impl http_body::Body for Tail {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some(trailers), Some((watch, node))) = (frame.trailers_ref(), self.watch.take()) {
+                watch.finish(&node, trailers);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -294,7 +338,12 @@ where
         let node = self.node.clone();
         Box::pin(async move {
             let response = answer.await?;
-            watch.finish(&node, &response);
+            let started = !response.headers().contains_key("grpc-status");
+            if started && SERVER_STREAMING.contains(&watch.uri.path()) {
+                let watch = Some((watch, node));
+                return Ok(response.map(|inner| Body::new(Tail { inner, watch })));
+            }
+            watch.finish(&node, response.headers());
             Ok(response)
         })
     }
@@ -322,29 +371,36 @@ impl pb::audit_server::Audit for AuditApi {
 mod tests {
     use super::*;
 
-    /// Every `rpc` whose request streams is in CLIENT_STREAMING, and nothing else is.
+    /// Every `rpc` whose request streams is in CLIENT_STREAMING, every one whose answer streams
+    /// in SERVER_STREAMING, and nothing else is.
     #[test]
-    fn client_streaming_methods_are_listed() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/qm/v1");
-        let mut streaming = vec!["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_string()];
-        for entry in std::fs::read_dir(&dir).expect("proto dir") {
-            let text = std::fs::read_to_string(entry.expect("entry").path()).expect("proto");
-            let mut service = None;
-            for line in text.lines().map(str::trim) {
-                if let Some(rest) = line.strip_prefix("service ") {
-                    service = rest.split_whitespace().next().map(str::to_string);
-                } else if let (Some(rest), Some(s)) = (line.strip_prefix("rpc "), &service) {
-                    let (name, args) = rest.split_once('(').expect("rpc name");
-                    if args.trim_start().starts_with("stream ") {
-                        streaming.push(format!("/qm.v1.{s}/{}", name.trim()));
+    fn streaming_methods_are_listed() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(qm_shared::pb::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_string();
+        let (mut clients, mut servers) = (vec![reflection.clone()], vec![reflection]);
+        for file in &set.file {
+            for service in &file.service {
+                for m in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), m.name());
+                    if m.client_streaming() {
+                        clients.push(path.clone());
+                    }
+                    if m.server_streaming() {
+                        servers.push(path);
                     }
                 }
             }
         }
-        streaming.sort();
-        let mut listed: Vec<String> = CLIENT_STREAMING.iter().map(|m| m.to_string()).collect();
-        listed.sort();
-        assert_eq!(listed, streaming);
+        let sorted = |list: &[&str]| {
+            let mut v: Vec<String> = list.iter().map(|m| m.to_string()).collect();
+            v.sort();
+            v
+        };
+        clients.sort();
+        servers.sort();
+        assert_eq!(sorted(CLIENT_STREAMING), clients);
+        assert_eq!(sorted(SERVER_STREAMING), servers);
     }
 
     #[test]

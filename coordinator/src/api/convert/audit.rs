@@ -308,17 +308,18 @@ pub fn code_name(code: i32) -> &'static str {
 }
 
 pub fn audit_record(r: Record) -> pb::AuditRecord {
+    let c = r.call;
     pb::AuditRecord {
         seq: r.seq,
         at_ms: r.at_ms,
         node_id: r.node_id,
-        outcome: code_name(r.code).to_string(),
-        principal: r.principal,
-        peer: r.peer,
-        method: r.method,
-        request: r.request,
-        code: r.code,
-        message: r.message,
+        outcome: code_name(c.code).to_string(),
+        principal: c.principal,
+        peer: c.peer,
+        method: c.method,
+        request: c.request,
+        code: c.code,
+        message: c.message,
     }
 }
 
