@@ -155,6 +155,12 @@ pub const KEYS: &[Key] = &[
         help: "snapshot and purge the log every this many entries",
     },
     Key {
+        name: "audit.bytes_max",
+        env: "QM_AUDIT_BYTES_MAX",
+        default: "16777216",
+        help: "coordinator: bytes of audit records kept under <data_dir>/audit (65536..=268435456; the oldest go first)",
+    },
+    Key {
         name: "jobs.classes",
         env: "QM_JOBS_CLASSES",
         default: "incident=1000,hotfix=900,security=800,feature=500,refactor=300,docs=100",

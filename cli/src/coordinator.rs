@@ -9,6 +9,7 @@ use clap::Subcommand;
 
 use qm_coordinator::node::NodeConfig;
 use qm_coordinator::server;
+use qm_shared::limits::{AUDIT_BYTES_MAX, AUDIT_BYTES_MIN};
 
 use crate::config::Config;
 use crate::Failure;
@@ -58,6 +59,11 @@ pub struct RunArgs {
     /// `qm acl bootstrap` once. [config: acl.initial_admin_token_file]
     #[arg(long)]
     initial_admin_token_file: Option<String>,
+    /// Bytes of audit records this node keeps in `<data dir>/audit` (and in memory), from
+    /// 65536 to 268435456; past it the oldest go first. `qm audit list` reads them.
+    /// [config: audit.bytes_max] [default: 16777216]
+    #[arg(long)]
+    audit_bytes_max: Option<String>,
 }
 
 impl RunArgs {
@@ -73,6 +79,7 @@ impl RunArgs {
             ("raft.tick_ms", self.tick_ms.clone()),
             ("raft.snapshot_logs", self.snapshot_logs.clone()),
             ("acl.initial_admin_token_file", self.initial_admin_token_file.clone()),
+            ("audit.bytes_max", self.audit_bytes_max.clone()),
         ]
     }
 }
@@ -174,6 +181,7 @@ pub fn node_config(config: &Config, join: bool) -> Result<(NodeConfig, SocketAdd
         initial_admin_hash: initial_admin_hash(config)?,
         tls,
         insecure,
+        audit_bytes_max: config.u64("audit.bytes_max", AUDIT_BYTES_MIN, AUDIT_BYTES_MAX)?,
     };
     Ok((node, listen, admin))
 }

@@ -78,11 +78,19 @@ pub async fn dispatch(command: CostCommand, client: &Client, output: Output) -> 
     }
 }
 
-/// `--since`: a duration back from now (`30m`, `24h`, `7d`) or ms since the Unix epoch.
-fn since_ms(text: &str, now_ms: u64) -> Result<u64, Failure> {
-    let bad = || Failure::usage(format!("--since {text:?}: expected a duration like 90s, 30m, 24h, 7d or epoch ms"));
+/// `--since`: a duration back from now (`30m`, `24h`, `7d`), an RFC 3339 time
+/// (`2026-11-22T13:05:00Z`) or ms since the Unix epoch.
+pub fn since_ms(text: &str, now_ms: u64) -> Result<u64, Failure> {
+    let bad = || {
+        Failure::usage(format!(
+            "--since {text:?}: expected a duration like 90s, 30m, 24h, 7d, an RFC 3339 time like 2026-11-22T13:05:00Z, or epoch ms"
+        ))
+    };
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().map_err(|_| bad());
+    }
+    if text.contains('-') && text.contains(':') {
+        return qm_shared::timestamp::parse_rfc3339(text).map_err(|e| Failure::usage(format!("--since {e}")));
     }
     let ms = qm_shared::duration::parse_duration_ms(text).map_err(|_| bad())?;
     Ok(now_ms.saturating_sub(ms))
@@ -313,6 +321,8 @@ mod tests {
         assert_eq!(since_ms("90s", 100_000).ok(), Some(10_000));
         assert_eq!(since_ms("2h", 10 * 3_600_000).ok(), Some(8 * 3_600_000));
         assert_eq!(since_ms("1700000000000", 5).ok(), Some(1_700_000_000_000));
+        assert_eq!(since_ms("1970-01-01T00:00:01.5Z", 5).ok(), Some(1_500));
+        assert!(since_ms("1970-01-01T00:00:01", 5).is_err());
         assert!(since_ms("yesterday", 5).is_err());
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Commands: `dev`, `coordinator run`, `cluster …`, `reserve …`, `graph`, `resource`, `task …`,
 //! `worker …`, `job …`, `gate …`, `budget …`, `cost …`, `workflow …`, `project …`,
-//! `scheduler …`, `agent …`, `config show`, `bench reserve`, `sim …`, `script …`. Each noun's
+//! `scheduler …`, `cert …`, `acl …`, `token …`, `audit list`, `agent …`, `config show`,
+//! `bench reserve`, `sim …`, `script …`. Each noun's
 //! arguments and handlers live in the module of the same name. Conventions every command
 //! keeps: noun–verb subcommands, `-o table|json` (or `--json`), stable JSON on stdout, human
 //! text on stderr, exit codes 0 ok / 1 error / 2 usage or bad input / 3 conflict or not found.
@@ -22,6 +23,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod acl;
 mod agent;
+mod audit;
 mod bench;
 mod budget;
 mod cert;
@@ -198,6 +200,12 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: acl::TokenCommand,
+    },
+    /// The audit log: admin and operator actions, gate decisions, token changes and every
+    /// denial, from every coordinator.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// The scheduler's replicated tunables: aging, fair share, budget thresholds.
     Scheduler {
@@ -423,6 +431,7 @@ async fn run_client(command: Command, output: Output, client: &Client) -> Result
         Command::Scheduler { command } => scheduler::dispatch(command, client, output).await,
         Command::Acl { command } => acl::dispatch_acl(command, client, output).await,
         Command::Token { command } => acl::dispatch_token(command, client, output).await,
+        Command::Audit { command } => audit::dispatch(command, client, output).await,
         Command::Bench { command } => bench::dispatch(command, client, output).await,
         Command::Dev(_)
         | Command::Coordinator { .. }

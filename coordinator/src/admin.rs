@@ -5,7 +5,8 @@
 //! stopped Raft never resumes by itself); `/readyz` only while the node can serve
 //! writes, directly or forwarded: a follower that knows a leader, or a leader whose term's
 //! RestartLeases has committed (a leader that is not serving is not ready); `/health` is a
-//! JSON summary with the same verdict and its reason.
+//! JSON summary with the same verdict and its reason, and the audit log's standing (records
+//! and bytes kept, how far the disk is, records it could not write).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -66,9 +67,24 @@ async fn health(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {
         "access_control": node.access_control,
         // Plaintext on a non-loopback address, asked for with --insecure.
         "insecure": node.insecure && !node.tls,
+        "audit": audit_json(&node),
     });
     let code = if ready.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body))
+}
+
+/// The audit log's standing: what it keeps, how far the disk is, what it could not write.
+fn audit_json(node: &Node) -> serde_json::Value {
+    let (records, bytes, bytes_max, next_seq, persistent) = node.audit.summary();
+    serde_json::json!({
+        "records": records,
+        "bytes": bytes,
+        "bytes_max": bytes_max,
+        "next_seq": next_seq,
+        "durable_seq": node.audit.durable_seq(),
+        "dropped": node.audit.dropped(),
+        "persistent": persistent,
+    })
 }
 
 async fn metrics(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {
@@ -97,5 +113,15 @@ async fn metrics(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {
     gauge("qm_preemptions_total", "Preemptions requested.", "counter", stats.preemptions_total);
     gauge("qm_revocations_total", "Leases revoked after a preemption grace.", "counter", stats.revocations_total);
     gauge("qm_wait_timeouts_total", "Waits that timed out.", "counter", stats.timeouts_total);
+    let (records, bytes, _, next_seq, _) = node.audit.summary();
+    gauge("qm_audit_records", "Audit records this node keeps.", "gauge", records);
+    gauge("qm_audit_bytes", "Bytes of audit records this node keeps.", "gauge", bytes);
+    gauge("qm_audit_records_total", "Audit records this node has made.", "counter", next_seq.saturating_sub(1));
+    gauge(
+        "qm_audit_dropped_total",
+        "Audit records not written to disk (kept in memory only).",
+        "counter",
+        node.audit.dropped(),
+    );
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -1,6 +1,7 @@
 //! The clock seam: the only place the coordinator reads wall-clock time.
 //!
-//! The leader reads it to stamp `now` into the commands it proposes; nothing else does.
+//! The leader reads it to stamp `now` into the commands it proposes; the edge reads it for
+//! what is never replicated (whether a token has expired, when an audit record was made).
 //! The simulator passes its own clock.
 
 use std::fmt::Debug;

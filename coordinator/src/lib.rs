@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod batcher;
 pub mod clock;
 pub mod error;

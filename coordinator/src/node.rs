@@ -31,6 +31,7 @@ use qm_shared::Invalid;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
+use crate::audit::{AuditConfig, AuditLog};
 use crate::batcher::Batcher;
 use crate::clock::Clock;
 use crate::error::ApiError;
@@ -85,6 +86,9 @@ pub struct NodeConfig {
     /// Plaintext on a non-loopback address was asked for (`--insecure`): said at start and
     /// in `/health`.
     pub insecure: bool,
+    /// Bytes of audit records kept (`--audit-bytes-max`), under `<data_dir>/audit` or, with no
+    /// data directory, in memory.
+    pub audit_bytes_max: u64,
 }
 
 impl NodeConfig {
@@ -104,6 +108,7 @@ impl NodeConfig {
             initial_admin_hash: None,
             tls: None,
             insecure: false,
+            audit_bytes_max: qm_shared::limits::AUDIT_BYTES_DEFAULT,
         }
     }
 }
@@ -142,6 +147,8 @@ pub struct Node {
     pub insecure: bool,
     /// The voters the cluster was first formed with (besides the membership Raft knows).
     pub initial_members: BTreeSet<NodeId>,
+    /// What arrived at this node's edge (not replicated).
+    pub audit: AuditLog,
 }
 
 impl std::fmt::Debug for Node {
@@ -158,6 +165,8 @@ pub enum StartError {
     Raft(String),
     #[error("invalid raft config: {0}")]
     Config(String),
+    #[error("opening the audit log: {0}")]
+    Audit(std::io::Error),
 }
 
 impl Node {
@@ -222,6 +231,9 @@ impl Node {
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))?;
         let size_store = store.clone();
+        let audit_config =
+            AuditConfig { dir: config.data_dir.as_ref().map(|d| d.join("audit")), bytes_max: config.audit_bytes_max };
+        let audit = AuditLog::open(config.id, audit_config).map_err(StartError::Audit)?;
         let node = Arc::new(Node {
             id: config.id,
             advertise: config.advertise.clone(),
@@ -241,6 +253,7 @@ impl Node {
             tls: config.tls.is_some(),
             insecure: config.insecure,
             initial_members: config.initial_members.keys().copied().collect(),
+            audit,
         });
         if !config.initial_members.is_empty()
             && config.initial_members.keys().next() == Some(&config.id)

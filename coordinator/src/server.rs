@@ -33,6 +33,8 @@ impl Running {
             let _ = t.await;
         }
         let _ = self.node.raft.shutdown().await;
+        let node = self.node.clone();
+        let _ = tokio::task::spawn_blocking(move || node.audit.flush()).await;
     }
 }
 

@@ -265,6 +265,23 @@ impl Client {
         Ok(self)
     }
 
+    /// A client of `endpoint` alone, dialing it as this client does and carrying its token:
+    /// for what one particular node must answer (its own audit log).
+    pub fn pinned(&self, endpoint: &str) -> Result<Client, ClientError> {
+        let inner = self.inner.lock().expect("client lock");
+        let endpoint = normalize_for(endpoint, inner.tls);
+        let channels = vec![channel(&endpoint, &inner.connector)?];
+        let pinned = Inner {
+            endpoints: vec![endpoint],
+            channels,
+            connector: inner.connector.clone(),
+            bearer: inner.bearer.clone(),
+            tls: inner.tls,
+            current: 0,
+        };
+        Ok(Client { inner: Arc::new(Mutex::new(pinned)) })
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.inner.lock().expect("client lock").endpoints.clone()
     }
@@ -689,6 +706,20 @@ impl Client {
     /// The principal this client's token names, and its grants.
     pub async fn who_am_i(&self) -> Result<pb::TokenInfo, Status> {
         self.call(|ch| async move { Ok(Client::acl(ch).who_am_i(pb::WhoAmIRequest {}).await?.into_inner()) }).await
+    }
+
+    /// The audit log of the node that answers (every node keeps its own: use [`Client::pinned`]).
+    pub async fn list_audit(&self, req: pb::ListAuditRequest) -> Result<pb::ListAuditResponse, Status> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move {
+                let mut audit = pb::audit_client::AuditClient::new(ch)
+                    .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+                Ok(audit.list(req).await?.into_inner())
+            }
+        })
+        .await
     }
 
     /// Opens the worker's control stream on the leader. Every attempt gets a fresh upward

@@ -18,6 +18,7 @@ pub mod payload;
 pub mod pb;
 pub mod resource;
 pub mod shell;
+pub mod timestamp;
 pub mod validate;
 pub mod workflow;
 pub mod workflow_file;

@@ -206,6 +206,35 @@ pub const TOKEN_SECRET_LEN_MAX_BYTES: usize = 256;
 /// Longest token lifetime asked for at creation (ten years).
 pub const TOKEN_TTL_MS_MAX: u64 = 10 * 365 * 24 * 60 * 60 * 1_000;
 
+// The audit log: per node, not replicated (`coordinator/src/audit.rs`).
+/// Bytes of audit records a node keeps, on disk and in memory alike (`--audit-bytes-max`);
+/// the oldest segment goes first.
+pub const AUDIT_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+pub const AUDIT_BYTES_MIN: u64 = 64 * 1024;
+pub const AUDIT_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// Segments the audit log is kept in: each holds up to `1 / AUDIT_SEGMENTS` of the bound.
+pub const AUDIT_SEGMENTS: u64 = 4;
+/// Records waiting for the disk writer; past it a record is kept in memory only and counted
+/// as dropped.
+pub const AUDIT_QUEUE_MAX: usize = 4_096;
+/// Longest request summary, outcome message, method and peer address in a record.
+pub const AUDIT_REQUEST_LEN_MAX_BYTES: usize = 1_024;
+pub const AUDIT_MESSAGE_LEN_MAX_BYTES: usize = 512;
+pub const AUDIT_METHOD_LEN_MAX_BYTES: usize = 128;
+pub const AUDIT_PEER_LEN_MAX_BYTES: usize = 64;
+/// Longest record as one JSON line: its strings at their longest, every byte escaped as
+/// `\u00XX` (six bytes), and the numbers and keys around them.
+pub const AUDIT_RECORD_BYTES_MAX: u64 = 6
+    * (AUDIT_REQUEST_LEN_MAX_BYTES
+        + AUDIT_MESSAGE_LEN_MAX_BYTES
+        + AUDIT_METHOD_LEN_MAX_BYTES
+        + AUDIT_PEER_LEN_MAX_BYTES
+        + TOKEN_NAME_LEN_MAX_BYTES) as u64
+    + 256;
+/// Most records one `ListAudit` answers with (the default is smaller).
+pub const AUDIT_LIST_MAX: u32 = 1_000;
+pub const AUDIT_LIST_DEFAULT: u32 = 100;
+
 // Worker executors: what one attempt's child process may use unless the worker's flags
 // (`qm worker run --limit-*`, `--kill-grace-ms`) say otherwise. 0 in a flag means unlimited.
 /// CPU time of each process of an attempt (RLIMIT_CPU; SIGXCPU, then SIGKILL, past it).
@@ -298,6 +327,10 @@ const _: () = assert!(TASK_OUTPUT_BYTES_MAX <= ARTIFACT_BYTES_TOTAL_MAX);
 const _: () = assert!(PROVIDER_CONCURRENCY_MAX <= CAPACITY_MAX);
 // A token's name is what sessions record as their principal.
 const _: () = assert!(TOKEN_NAME_LEN_MAX_BYTES <= SESSION_LABEL_LEN_MAX_BYTES);
+// Every audit segment holds at least one record, so the log never keeps more than its bound.
+const _: () = assert!(AUDIT_BYTES_MIN / AUDIT_SEGMENTS >= AUDIT_RECORD_BYTES_MAX);
+const _: () = assert!(AUDIT_BYTES_MIN <= AUDIT_BYTES_DEFAULT && AUDIT_BYTES_DEFAULT <= AUDIT_BYTES_MAX);
+const _: () = assert!(AUDIT_LIST_DEFAULT <= AUDIT_LIST_MAX);
 // A command's kept output is a task output; a provider error quote fits a task error.
 const _: () = assert!(EXEC_OUTPUT_BYTES_DEFAULT <= TASK_OUTPUT_BYTES_MAX);
 const _: () = assert!(PROVIDER_ERROR_LEN_MAX_BYTES < TASK_ERROR_LEN_MAX_BYTES);

@@ -96,6 +96,8 @@ pub struct Cluster {
     pub token: String,
     /// Whether the nodes serve TLS with certificates `qm cert` made in `dir/certs`.
     pub tls: bool,
+    /// More `qm coordinator run` flags every node starts (and restarts) with.
+    pub node_flags: Vec<String>,
 }
 
 /// A fresh random secret for a test cluster's first admin token.
@@ -109,16 +111,23 @@ impl Cluster {
     /// Starts `n` voters that form a cluster from config; serving TLS when `QM_TEST_TLS` is
     /// set (the whole process suite then runs with TLS as well as tokens).
     pub fn start(n: u64, snapshot_logs: u64) -> Cluster {
-        Cluster::start_with(n, snapshot_logs, std::env::var_os("QM_TEST_TLS").is_some_and(|v| !v.is_empty()))
+        Cluster::start_with_flags(n, snapshot_logs, &[])
+    }
+
+    /// [`Cluster::start`] with more `qm coordinator run` flags for every node
+    /// (`--audit-bytes-max 65536`).
+    pub fn start_with_flags(n: u64, snapshot_logs: u64, flags: &[&str]) -> Cluster {
+        let tls = std::env::var_os("QM_TEST_TLS").is_some_and(|v| !v.is_empty());
+        Cluster::start_with(n, snapshot_logs, tls, flags)
     }
 
     /// Starts `n` voters serving TLS: a CA, node certificates for 127.0.0.1 and a client
     /// certificate `ops`, all made with `qm cert` in `dir/certs`.
     pub fn start_tls(n: u64) -> Cluster {
-        Cluster::start_with(n, 10_000, true)
+        Cluster::start_with(n, 10_000, true, &[])
     }
 
-    fn start_with(n: u64, snapshot_logs: u64, tls: bool) -> Cluster {
+    fn start_with(n: u64, snapshot_logs: u64, tls: bool, flags: &[&str]) -> Cluster {
         let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
         let mut c = Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
@@ -128,6 +137,7 @@ impl Cluster {
             workers: BTreeMap::new(),
             token: random_secret(),
             tls,
+            node_flags: flags.iter().map(|f| f.to_string()).collect(),
         };
         std::fs::write(c.admin_secret_file(), &c.token).expect("write the admin secret");
         if tls {
@@ -205,6 +215,7 @@ impl Cluster {
             .arg("--initial-admin-token-file")
             .arg(self.admin_secret_file())
             .args(self.tls_args(Some(id)))
+            .args(&self.node_flags)
             .env("QM_LOG", std::env::var("QM_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()))
             .stdout(Stdio::null())
             .stderr(self.log_file(&format!("n{id}")));

@@ -65,6 +65,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("/qm.v1.Acl/ListTokens", Rule::AnyOf(ADMINS)),
     ("/qm.v1.Acl/RevokeToken", Rule::AnyOf(ADMINS)),
     ("/qm.v1.Acl/WhoAmI", Rule::Read),
+    ("/qm.v1.Audit/List", Rule::AnyOf(ADMINS)),
     ("/qm.v1.Cluster/Status", Rule::Read),
     ("/qm.v1.Cluster/AddLearner", Rule::AnyOf(ADMINS)),
     ("/qm.v1.Cluster/Promote", Rule::AnyOf(ADMINS)),
@@ -292,6 +293,7 @@ pub fn authenticate(
     let Some(token) = node.shared.read(|d| d.state.acl().by_hash(&hash).cloned()) else {
         return Err(ApiError::Unauthenticated("unknown or revoked token".into()));
     };
+    super::audit::note_token(extensions, &token);
     let now = node.clock.now_ms();
     if token.expired(now) {
         return Err(ApiError::Unauthenticated(format!(

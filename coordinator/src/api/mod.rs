@@ -5,6 +5,7 @@
 //! error becomes a `tonic::Status` in one place ([`crate::error`]).
 
 pub mod acl;
+pub mod audit;
 pub mod auth;
 pub mod cluster;
 pub mod convert;
@@ -90,6 +91,10 @@ where
     let acl = pb::acl_server::AclServer::new(acl::AclApi { node: node.clone() })
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let audit = pb::audit_server::AuditServer::new(audit::AuditApi { node: node.clone() })
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let recorder = audit::AuditLayer { node: node.clone() };
     let auth = auth::AuthLayer { node: node.clone() };
     let peer = pb::raft_peer_server::RaftPeerServer::new(peer::PeerApi::new(node))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
@@ -97,6 +102,8 @@ where
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(256)
+        // The recorder goes outside auth, so that it sees the denials auth answers with.
+        .layer(recorder)
         .layer(auth)
         .add_service(health_service)
         .add_service(reflection)
@@ -107,6 +114,7 @@ where
         .add_service(jobs)
         .add_service(gateway)
         .add_service(acl)
+        .add_service(audit)
         .add_service(peer)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -133,6 +141,7 @@ async fn report_health(node: Arc<Node>, health: tonic_health::server::HealthRepo
                 "qm.v1.Jobs",
                 "qm.v1.WorkerGateway",
                 "qm.v1.Acl",
+                "qm.v1.Audit",
             ] {
                 health.set_service_status(name, status).await;
             }

@@ -46,6 +46,7 @@ pub fn node_config(opts: &Options, id: u64) -> NodeConfig {
         initial_admin_hash: None,
         tls: None,
         insecure: false,
+        audit_bytes_max: qm_shared::limits::AUDIT_BYTES_DEFAULT,
     }
 }
 

@@ -2,11 +2,13 @@
 //! share (modes, paths, resource items, tiers) is here. Validation of wire input happens here,
 //! at the edge: every error names the wire field and the bound.
 
+mod audit;
 mod jobs;
 mod reservations;
 mod tasks;
 mod worker;
 
+pub use audit::*;
 pub use jobs::*;
 pub use reservations::*;
 pub use tasks::*;

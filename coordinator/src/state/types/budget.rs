@@ -1,12 +1,11 @@
 //! Budget vocabulary: where a budget applies (scope), over which calendar period, and the
 //! level it has reached. Periods start and end on UTC calendar boundaries.
 
+use qm_shared::timestamp::{civil_from_days, days_from_civil, DAY_MS};
 use qm_shared::Invalid;
 use serde::{Deserialize, Serialize};
 
 use super::Millis;
-
-const DAY_MS: u64 = 86_400_000;
 
 /// Where a budget applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -103,30 +102,6 @@ impl std::str::FromStr for Period {
             .find(|x| x.as_str() == s)
             .ok_or_else(|| Invalid::new("period", format!("{s:?} is not one of day, week, month, total")))
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day count since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// How far into its limit a budget is.
