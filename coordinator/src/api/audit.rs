@@ -152,39 +152,6 @@ pub fn note_token(extensions: &http::Extensions, token: &TokenSpec) {
     }
 }
 
-/// A request body that keeps a copy of the bytes read from it (cheap: `Bytes` are shared).
-#[derive(Debug)]
-struct Tee {
-    inner: Body,
-    trail: Arc<Trail>,
-}
-
-impl http_body::Body for Tee {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.trail.kept.lock().expect("audit trail lock poisoned").keep(data);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// One call being watched, from its request to its answer.
 #[derive(Debug)]
 struct Watch {
@@ -208,7 +175,7 @@ impl Watch {
         let serves_clients = matches!(rule, Some(Rule::Read | Rule::AnyOf(_) | Rule::Bootstrap));
         if serves_clients && !CLIENT_STREAMING.contains(&method) {
             let body = std::mem::replace(req.body_mut(), Body::empty());
-            *req.body_mut() = Body::new(Tee { inner: body, trail: trail.clone() });
+            *req.body_mut() = Body::new(Observed { inner: body, look: Look::Request(trail.clone()) });
         }
         Watch {
             kind: kind(method, rule),
@@ -256,14 +223,42 @@ impl Watch {
     }
 }
 
-/// A streamed answer's body, watched for the status in its trailers.
+/// What a watched body looks for as its frames pass.
 #[derive(Debug)]
-struct Tail {
-    inner: Body,
-    watch: Option<(Watch, Arc<Node>)>,
+enum Look {
+    /// A request's bytes, kept for its summary (cheap: `Bytes` are shared).
+    Request(Arc<Trail>),
+    /// A streamed answer's trailers, where the status ending it is; recorded once.
+    Trailers(Option<(Watch, Arc<Node>)>),
 }
 
-impl http_body::Body for Tail {
+/// A body passed through unchanged while [`Look`] sees its frames.
+#[derive(Debug)]
+struct Observed {
+    inner: Body,
+    look: Look,
+}
+
+impl Observed {
+    fn see(&mut self, frame: &http_body::Frame<Bytes>) {
+        match &mut self.look {
+            Look::Request(trail) => {
+                if let Some(data) = frame.data_ref() {
+                    trail.kept.lock().expect("audit trail lock poisoned").keep(data);
+                }
+            }
+            Look::Trailers(watch) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    if let Some((watch, node)) = watch.take() {
+                        watch.finish(&node, trailers);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl http_body::Body for Observed {
     type Data = Bytes;
     type Error = Status;
 
@@ -273,9 +268,7 @@ impl http_body::Body for Tail {
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let (Some(trailers), Some((watch, node))) = (frame.trailers_ref(), self.watch.take()) {
-                watch.finish(&node, trailers);
-            }
+            self.see(frame);
         }
         polled
     }
@@ -340,8 +333,8 @@ where
             let response = answer.await?;
             let started = !response.headers().contains_key("grpc-status");
             if started && SERVER_STREAMING.contains(&watch.uri.path()) {
-                let watch = Some((watch, node));
-                return Ok(response.map(|inner| Body::new(Tail { inner, watch })));
+                let look = Look::Trailers(Some((watch, node)));
+                return Ok(response.map(|inner| Body::new(Observed { inner, look })));
             }
             watch.finish(&node, response.headers());
             Ok(response)
