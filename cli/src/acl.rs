@@ -27,6 +27,10 @@ pub enum AclCommand {
         /// Use the secret in this file (32+ characters) instead of a random one.
         #[arg(long)]
         secret_file: Option<std::path::PathBuf>,
+        /// How long to wait for a cluster that is still starting (nothing listening yet, no
+        /// leader elected) before giving up
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
     },
 }
 
@@ -74,18 +78,25 @@ pub enum TokenCommand {
 /// `qm acl …`.
 pub async fn dispatch_acl(command: AclCommand, client: &Client, output: Output) -> Result<(), Failure> {
     match command {
-        AclCommand::Bootstrap { save, secret_file } => {
+        AclCommand::Bootstrap { save, secret_file, timeout_ms } => {
             let secret = match secret_file {
                 Some(path) => read_secret_file("--secret-file", &path)?,
                 None => String::new(),
             };
-            let created = client.bootstrap(&secret).await.map_err(status_failure)?;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+            let created = crate::cluster::while_starting(deadline, || client.bootstrap(&secret)).await?;
+            // Saved for every endpoint the CLI was given, so that any of them, alone or first
+            // in a list, finds it (the node that answered may be any of them).
             let saved = if save {
-                let path = token_path(&client.current())
-                    .ok_or_else(|| Failure::error("--save: neither XDG_CONFIG_HOME nor HOME is set"))?;
-                write_secret_file(&path, &created.secret)
-                    .map_err(|e| Failure::error(format!("--save {}: {e}", path.display())))?;
-                Some(path)
+                let mut first = None;
+                for endpoint in client.endpoints() {
+                    let path = token_path(&endpoint)
+                        .ok_or_else(|| Failure::error("--save: neither XDG_CONFIG_HOME nor HOME is set"))?;
+                    write_secret_file(&path, &created.secret)
+                        .map_err(|e| Failure::error(format!("--save {}: {e}", path.display())))?;
+                    first.get_or_insert(path);
+                }
+                first
             } else {
                 None
             };

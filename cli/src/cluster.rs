@@ -12,7 +12,16 @@ use crate::{status_failure, Failure, Output};
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
     /// Term, leader, applied index and members with their roles.
-    Status,
+    Status {
+        /// Wait until a node answers with a leader and is ready to serve (nodes still
+        /// starting, electing or catching up), then print its view; for scripts that start a
+        /// cluster and use it next
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits before giving up (exit 1, naming what it last saw)
+        #[arg(long, default_value_t = 30_000, requires = "wait")]
+        timeout_ms: u64,
+    },
     /// Add a node: as a learner, caught up, then promoted to voter (unless --learner).
     Add {
         /// Node id of the new coordinator.
@@ -41,7 +50,11 @@ pub enum ClusterCommand {
 /// `qm cluster …`.
 pub async fn dispatch(command: ClusterCommand, client: &Client, output: Output) -> Result<(), Failure> {
     match command {
-        ClusterCommand::Status => status(client, output).await,
+        ClusterCommand::Status { wait: false, .. } => status(client, output).await,
+        ClusterCommand::Status { wait: true, timeout_ms } => {
+            wait_ready(client, std::time::Duration::from_millis(timeout_ms)).await?;
+            status(client, output).await
+        }
         ClusterCommand::Add { id, address, learner } => add(client, id, &address, learner, output).await,
         ClusterCommand::Remove { id } => remove(client, id, output).await,
         ClusterCommand::TransferLeader { to } => transfer_leader(client, to, output).await,
@@ -97,6 +110,45 @@ async fn status(client: &Client, output: Output) -> Result<(), Failure> {
     }
     emit(output, &value, &text);
     Ok(())
+}
+
+/// Polls the cluster until a node reports a leader and is ready, for at most `within`.
+async fn wait_ready(client: &Client, within: std::time::Duration) -> Result<(), Failure> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let s = while_starting(deadline, || client.status()).await?;
+        let last = match s.leader_id {
+            Some(_) if s.ready => return Ok(()),
+            Some(_) => format!("node {} is not ready: {}", s.node_id, s.not_ready_reason),
+            None => format!("node {} knows no leader (term {})", s.node_id, s.term),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Failure::error(format!(
+                "the cluster was not ready within {} ms; last seen: {last}",
+                within.as_millis()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `call` until the cluster answers it, for a cluster that is starting: while nothing
+/// listens yet, or no leader is elected (UNAVAILABLE: nothing was applied), it tries again
+/// until `deadline`; any other answer is final.
+pub async fn while_starting<T, F, Fut>(deadline: tokio::time::Instant, call: F) -> Result<T, Failure>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.code() == tonic::Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(status_failure(e)),
+        }
+    }
 }
 
 /// `qm cluster add`: node `id` at `address` as a learner, caught up, then promoted to voter

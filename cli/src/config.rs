@@ -267,7 +267,8 @@ impl Config {
     }
 
     /// The token the CLI sends: `token`, else the contents of `token_file`, else the
-    /// per-endpoint file `qm dev` and `qm acl bootstrap --save` write, else none.
+    /// per-endpoint file `qm dev` and `qm acl bootstrap --save` write (of the first endpoint
+    /// in the list that has one), else none.
     pub fn token(&self) -> Result<String, Failure> {
         let token = self.get("token").trim();
         if !token.is_empty() {
@@ -277,10 +278,11 @@ impl Config {
         if !file.is_empty() {
             return read_secret_file("token_file", Path::new(file));
         }
-        let endpoint = self.get("endpoint").split(',').next().unwrap_or_default();
-        match token_path(endpoint) {
-            Some(path) if path.exists() => read_secret_file("token_file", &path),
-            _ => Ok(String::new()),
+        // The first endpoint of the list that has a saved token.
+        let saved = self.get("endpoint").split(',').filter_map(token_path).find(|path| path.exists());
+        match saved {
+            Some(path) => read_secret_file("token_file", &path),
+            None => Ok(String::new()),
         }
     }
 

@@ -37,6 +37,10 @@ pub enum JobCommand {
     Cancel { id: String },
     /// Run a failed or cancelled work item again from its unfinished passes
     Retry { id: String },
+    /// Wait until the work item ends, or stops at a gate that waits for a human, showing its
+    /// events on stderr. Exit 0 when it succeeded, 1 when it failed or was cancelled, 5 when it
+    /// waits for a human (the output names the gate and the `qm gate approve|reject` to run)
+    Wait { id: String },
 }
 
 /// `qm job …`.
@@ -47,6 +51,11 @@ pub async fn dispatch(command: JobCommand, client: &Client, output: Output) -> R
         JobCommand::List { status, team } => list(client, status, team, output).await,
         JobCommand::Cancel { id } => cancel(client, &id, false, output).await,
         JobCommand::Retry { id } => cancel(client, &id, true, output).await,
+        JobCommand::Wait { id } => {
+            let id = job_id(&id)?;
+            eprintln!("waiting for work item j{id} (Ctrl-C stops waiting, not the work)");
+            wait_and_report(client, id, output).await
+        }
     }
 }
 
@@ -94,7 +103,9 @@ pub struct SubmitArgs {
     /// Run time of the default scripted passes
     #[arg(long, default_value_t = 1_500)]
     pub scripted_ms: u64,
-    /// Wait until the work item ends, showing its events on stderr; exit 1 unless it succeeded
+    /// Wait until the work item ends or a gate waits for a human, showing its events on
+    /// stderr; exit 0 when it succeeded, 1 when it failed, 5 at a human gate (then `qm gate
+    /// approve` and `qm job wait`)
     #[arg(long)]
     pub wait: bool,
 }
@@ -234,13 +245,33 @@ async fn submit(client: &Client, a: SubmitArgs, output: Output) -> Result<(), Fa
         return Ok(());
     }
     eprintln!("work item j{id} submitted (priority {}); waiting (Ctrl-C stops waiting, not the work)", resp.priority);
+    wait_and_report(client, id, output).await
+}
+
+/// Waits for work item `id` ([`wait_end`]), prints where it stands and maps that to the exit
+/// code: succeeded 0, awaiting a human 5, anything else 1.
+async fn wait_and_report(client: &Client, id: u64, output: Output) -> Result<(), Failure> {
     let info = wait_end(client, id, true).await?;
     emit(output, &job_json(&info), &show_text(&info));
+    if let Some(p) = awaiting_human(&info) {
+        return Err(Failure::waiting(format!(
+            "work item j{id} waits for a human at gate {0}: `qm gate approve j{id} {0}` (or reject), then `qm job wait j{id}`",
+            p.name
+        )));
+    }
     if info.status == "succeeded" {
         Ok(())
     } else {
         Err(Failure::error(format!("work item j{id} {}", info.status)))
     }
+}
+
+/// The first pass whose gate waits for a human, while the item runs.
+fn awaiting_human(info: &pb::JobInfo) -> Option<&pb::PassInfo> {
+    if info.status != "running" {
+        return None;
+    }
+    info.passes.iter().find(|p| p.status == "awaiting-human")
 }
 
 /// The events after `last` (all of them when `last` is not among them any more), and the new
@@ -259,7 +290,8 @@ pub fn event_line(id: u64, e: &pb::JobEventInfo) -> String {
     format!("j{id} {pass}{}", e.message)
 }
 
-/// Polls until the work item ends, printing new events on stderr when `progress`.
+/// Polls until the work item ends or waits for a human at a gate, printing new events on
+/// stderr when `progress`.
 pub async fn wait_end(client: &Client, id: u64, progress: bool) -> Result<pb::JobInfo, Failure> {
     let mut last = None;
     loop {
@@ -269,7 +301,7 @@ pub async fn wait_end(client: &Client, id: u64, progress: bool) -> Result<pb::Jo
                 eprintln!("{}", event_line(id, e));
             }
         }
-        if j.status != "running" {
+        if j.status != "running" || awaiting_human(&j).is_some() {
             return Ok(j);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

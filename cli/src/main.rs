@@ -7,7 +7,9 @@
 //! `bench reserve`, `sim …`, `script …`. Each noun's
 //! arguments and handlers live in the module of the same name. Conventions every command
 //! keeps: noun–verb subcommands, `-o table|json` (or `--json`), stable JSON on stdout, human
-//! text on stderr, exit codes 0 ok / 1 error / 2 usage or bad input / 3 conflict or not found.
+//! text on stderr, exit codes 0 ok / 1 error / 2 usage or bad input / 3 conflict or not found /
+//! 4 not authenticated or not allowed / 5 waits for a human (`qm job submit --wait`, `qm job
+//! wait`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -63,7 +65,8 @@ use qm_shared::client::Client;
     after_help = "Configuration: a TOML file (--config or QM_CONFIG), QM_* environment variables \
                   and flags, flags winning; `qm config show` prints the effective values.\n\
                   Exit codes: 0 ok, 1 error, 2 usage or bad input, 3 conflict or not found, 4 not \
-                  allowed (no or unknown token, or a rule denied it)."
+                  allowed (no or unknown token, or a rule denied it), 5 waiting stopped at a gate \
+                  that needs a person (qm job submit --wait, qm job wait)."
 )]
 struct Cli {
     /// Output format: human-readable text, stable JSON on stdout, DOT (qm graph only) or CSV
@@ -327,6 +330,16 @@ impl Failure {
 
     pub fn error(message: impl Into<String>) -> Failure {
         Failure { code: 1, message: message.into() }
+    }
+
+    /// What the user is told.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Waiting stopped because a person must act (a gate waits for a human): exit 5.
+    pub fn waiting(message: impl Into<String>) -> Failure {
+        Failure { code: 5, message: message.into() }
     }
 }
 

@@ -481,11 +481,11 @@ async fn acquire_cmd(client: &Client, args: AcquireArgs, output: Output) -> Resu
                 "fencing_token": first.fencing_token, "session_id": session, "expires_at_ms": first.expires_at_ms,
                 "reservations": reservations.iter().map(reservation_json).collect::<Vec<_>>(),
             });
-            let text = reservations
+            let mut text = reservations
                 .iter()
                 .map(|r| {
                     format!(
-                        "granted {} {} {} token={} session={}\n",
+                        "granted r{} {} {} token={} session=s{}\n",
                         r.id,
                         mode_name(r.mode),
                         r.resource,
@@ -494,6 +494,11 @@ async fn acquire_cmd(client: &Client, args: AcquireArgs, output: Output) -> Resu
                     )
                 })
                 .collect::<String>();
+            let ids: Vec<String> = reservations.iter().map(|r| format!("r{}", r.id)).collect();
+            text.push_str(&match ids.as_slice() {
+                [one] => format!("release with: qm reserve release {one} --session s{session}\n"),
+                _ => format!("release each with: qm reserve release ID --session s{session} ({})\n", ids.join(", ")),
+            });
             emit(output, &value, &text);
             Ok(())
         }
@@ -562,6 +567,7 @@ async fn extend(client: &Client, id: u64, session: u64, lease_ms: u64, output: O
 
 /// `qm reserve list`.
 pub async fn list(client: &Client, req: pb::ListRequest, output: Output) -> Result<(), Failure> {
+    let pending_asked = req.include_pending;
     let resp = client.list(req).await.map_err(status_failure)?;
     let value = json!({
         "index": resp.index,
@@ -578,19 +584,22 @@ pub async fn list(client: &Client, req: pb::ListRequest, output: Output) -> Resu
     for r in &resp.reservations {
         text.push_str(&format!(
             "{:<8} {:<40} {:<10} {:>10} {:<24} {:>8}\n",
-            r.id,
+            format!("r{}", r.id),
             r.resource,
             mode_name(r.mode),
             r.fencing_token,
             r.owner,
-            r.session_id
+            format!("s{}", r.session_id)
         ));
+    }
+    if pending_asked && resp.pending.is_empty() {
+        text.push_str("nothing waits\n");
     }
     for p in &resp.pending {
         let res =
             p.resources.iter().map(|r| format!("{} {}", mode_name(r.mode), r.path)).collect::<Vec<_>>().join(", ");
         text.push_str(&format!(
-            "waiting: request {} {} (session {}) for {}\n",
+            "waiting: request q{} {} (session s{}) for {}\n",
             p.request_id, p.owner, p.session_id, res
         ));
     }
