@@ -140,7 +140,7 @@ pub async fn dispatch_token(command: TokenCommand, client: &Client, output: Outp
                     grants_text(t)
                 ));
             }
-            emit(output, &Value::Array(tokens.iter().map(token_json).collect()), &text);
+            emit(output, &serde_json::json!({ "tokens": tokens.iter().map(token_json).collect::<Vec<_>>() }), &text);
             Ok(())
         }
         TokenCommand::Revoke { name } => {

@@ -15,13 +15,13 @@ pub enum AgentCommand {
         after_help = "Examples:\n  qm agent list                  # ./agents\n  qm agent list .claude/agents -o json"
     )]
     List {
-        /// Spec files or directories of `*.md` specs [default: agents]
+        /// Spec files or directories of `*.md` specs [default: ./agents, else the built-in specs]
         paths: Vec<PathBuf>,
     },
     /// Check specs; every error names the file, line and field. Exit 1 if any is invalid.
     #[command(after_help = "Examples:\n  qm agent validate\n  qm agent validate agents/implementer.md .claude/agents")]
     Validate {
-        /// Spec files or directories of `*.md` specs [default: agents]
+        /// Spec files or directories of `*.md` specs [default: ./agents, else the built-in specs]
         paths: Vec<PathBuf>,
     },
 }
@@ -29,13 +29,25 @@ pub enum AgentCommand {
 /// `qm agent …`.
 pub fn dispatch(command: AgentCommand, output: Output) -> Result<(), Failure> {
     match command {
-        AgentCommand::List { paths } => list(&default_paths(paths), output),
-        AgentCommand::Validate { paths } => validate(&default_paths(paths), output),
+        AgentCommand::List { paths } => list(&paths, output),
+        AgentCommand::Validate { paths } => validate(&paths, output),
     }
 }
 
-/// Specs from each path: a directory contributes its `*.md` files, a file itself.
-fn load(paths: &[PathBuf]) -> (Vec<AgentSpec>, Vec<SpecError>) {
+/// Specs from each path: a directory contributes its `*.md` files, a file itself. With no
+/// path: `./agents`, or the built-in specs when there is none here (said on stderr). A path
+/// that does not exist is a usage error naming it.
+fn load(paths: &[PathBuf]) -> Result<(Vec<AgentSpec>, Vec<SpecError>), Failure> {
+    let local = Path::new("agents");
+    if paths.is_empty() && !local.is_dir() {
+        eprintln!("no ./agents here: the built-in specs (give a file or directory to read others)");
+        return Ok(spec::built_in());
+    }
+    let defaults = [local.to_path_buf()];
+    let paths = if paths.is_empty() { &defaults[..] } else { paths };
+    if let Some(missing) = paths.iter().find(|p| !p.exists()) {
+        return Err(Failure::usage(format!("{}: no such file or directory", missing.display())));
+    }
     let mut specs = Vec::new();
     let mut errors = Vec::new();
     for p in paths {
@@ -50,7 +62,7 @@ fn load(paths: &[PathBuf]) -> (Vec<AgentSpec>, Vec<SpecError>) {
             }
         }
     }
-    (specs, errors)
+    Ok((specs, errors))
 }
 
 fn error_json(e: &SpecError) -> serde_json::Value {
@@ -58,7 +70,7 @@ fn error_json(e: &SpecError) -> serde_json::Value {
 }
 
 fn list(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
-    let (specs, errors) = load(paths);
+    let (specs, errors) = load(paths)?;
     let rows: Vec<[String; 5]> = specs
         .iter()
         .map(|s| {
@@ -89,7 +101,7 @@ fn list(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
 }
 
 fn validate(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
-    let (specs, errors) = load(paths);
+    let (specs, errors) = load(paths)?;
     let mut text = String::new();
     for s in &specs {
         let note = if s.role.is_none() { " (no role: no worker hosts it until one is set)" } else { "" };
@@ -118,14 +130,5 @@ fn report(errors: &[SpecError]) -> Result<(), Failure> {
     for e in errors {
         eprintln!("error: {e}");
     }
-    Err(Failure::error(format!("{} agent spec(s) invalid", errors.len())))
-}
-
-/// The default place specs live: `./agents`.
-fn default_paths(paths: Vec<PathBuf>) -> Vec<PathBuf> {
-    if paths.is_empty() {
-        vec![Path::new("agents").to_path_buf()]
-    } else {
-        paths
-    }
+    Err(Failure::error(format!("{} invalid", crate::count(errors.len(), "agent spec"))))
 }

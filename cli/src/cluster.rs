@@ -169,7 +169,11 @@ async fn add(client: &Client, id: u64, address: &str, learner: bool, output: Out
     emit(
         output,
         &value,
-        &format!("node {id} added as {}; {} members\n", if learner { "learner" } else { "voter" }, members.len()),
+        &format!(
+            "node {id} added as {}; {}\n",
+            if learner { "learner" } else { "voter" },
+            crate::count(members.len(), "member")
+        ),
     );
     Ok(())
 }
@@ -178,7 +182,7 @@ async fn add(client: &Client, id: u64, address: &str, learner: bool, output: Out
 async fn remove(client: &Client, id: u64, output: Output) -> Result<(), Failure> {
     let resp = client.remove(pb::RemoveRequest { node_id: id }).await.map_err(status_failure)?;
     let value = json!({"removed": id, "members": resp.members.iter().map(member_json).collect::<Vec<_>>()});
-    emit(output, &value, &format!("node {id} removed; {} members\n", resp.members.len()));
+    emit(output, &value, &format!("node {id} removed; {}\n", crate::count(resp.members.len(), "member")));
     Ok(())
 }
 

@@ -36,7 +36,7 @@ pub fn dispatch(
                     r["source"].as_str().unwrap_or("")
                 ));
             }
-            emit(output, &serde_json::Value::Array(rows), &text);
+            emit(output, &serde_json::json!({ "keys": rows }), &text);
             Ok(())
         }
     }
@@ -145,7 +145,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "raft.tick_ms",
         env: "QM_RAFT_TICK_MS",
-        default: "150",
+        default: "200",
         help: "period of the leader's Tick (lease expiry resolution)",
     },
     Key {
@@ -407,4 +407,27 @@ pub fn is_loopback(endpoint: &str) -> bool {
         None => bare,
     };
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `qm config show`, the docs and a node built without flags (`qm dev`) agree on every
+    /// default a coordinator has.
+    #[test]
+    fn coordinator_defaults_agree_with_the_node_config() {
+        let node = qm_coordinator::node::NodeConfig::single(1, String::new(), None);
+        let default = |name: &str| KEYS.iter().find(|k| k.name == name).expect(name).default;
+        for (name, value) in [
+            ("raft.heartbeat_ms", node.heartbeat_ms),
+            ("raft.election_timeout_min_ms", node.election_timeout_min_ms),
+            ("raft.election_timeout_max_ms", node.election_timeout_max_ms),
+            ("raft.tick_ms", node.tick_ms),
+            ("raft.snapshot_logs", node.snapshot_logs),
+            ("audit.bytes_max", node.audit_bytes_max),
+        ] {
+            assert_eq!(default(name), value.to_string(), "{name}");
+        }
+    }
 }

@@ -167,10 +167,14 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
         jobs_demo(&client).await?;
     }
     if !args.exit_after_demo {
+        // Only commands that work on what is there: without the demo, no project is applied yet.
+        let jobs = if args.no_demo {
+            "`qm project apply --demo`, then `qm job submit --title T --team platform --project demo --workflow docs --wait`"
+        } else {
+            "`qm job submit --title T --team platform --project demo --workflow docs --wait`, `qm cost report --by pass`"
+        };
         eprintln!(
-            "qm dev: serving; try `qm reserve acquire pg:staging --mode exclusive`, `qm graph`, \
-             `qm job submit --title T --team platform --project demo --workflow docs --wait`, \
-             `qm cost report --by pass`; Ctrl-C stops"
+            "qm dev: serving; try `qm reserve acquire pg:staging --mode exclusive`, `qm graph`, {jobs}; Ctrl-C stops"
         );
         crate::coordinator::wait_for_signal().await;
     }
@@ -398,7 +402,7 @@ async fn agents_demo(client: &Client, output: Output) -> Result<(), Failure> {
             attempts.join(", ")
         ));
     }
-    let value = serde_json::json!(all.iter().map(crate::task::info_json).collect::<Vec<_>>());
+    let value = serde_json::json!({ "tasks": all.iter().map(crate::task::info_json).collect::<Vec<_>>() });
     reserve::emit(output, &value, &text);
     Ok(())
 }

@@ -48,8 +48,12 @@ pub async fn show(client: &Client, prefix: String, output: Output) -> Result<(),
             emit(output, &value, "");
         }
         Output::Table | Output::Csv => {
-            let mut out =
-                format!("wait-for graph at index {}: {} owners, {} edges\n", g.index, g.nodes.len(), g.edges.len());
+            let mut out = format!(
+                "wait-for graph at index {}: {}, {}\n",
+                g.index,
+                crate::count(g.nodes.len(), "owner"),
+                crate::count(g.edges.len(), "edge")
+            );
             out.push_str(&format!(
                 "{:<24} {:<24} {:<40} {:<10} {:<10}\n",
                 "WAITER", "WAITS FOR", "RESOURCE", "WANTS", "HELD AS"

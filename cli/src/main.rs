@@ -282,8 +282,34 @@ fn self_documentation(command: Command) -> Result<(), Failure> {
     }
 }
 
+/// Parses the command line. A negative number given to a flag is taken as its value (not as
+/// an unknown flag), so that the error names the flag and its bound: `--timeout-ms -5` is
+/// "must be 0 or more", not a hint to write `-- -5`.
+fn parse_command_line() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    fn negatives_are_values(command: clap::Command) -> clap::Command {
+        command
+            .mut_args(|a| if a.get_action().takes_values() { a.allow_negative_numbers(true) } else { a })
+            .mut_subcommands(negatives_are_values)
+    }
+    let mut command = negatives_are_values(Cli::command());
+    let parsed = command.try_get_matches_from_mut(std::env::args_os()).and_then(|m| Cli::from_arg_matches(&m));
+    match parsed {
+        Ok(cli) => cli,
+        Err(e) if e.kind() == clap::error::ErrorKind::ValueValidation => {
+            let text = e.render().to_string();
+            if text.contains("invalid value '-") && text.contains("invalid digit found in string") {
+                eprint!("{}", text.replace("invalid digit found in string", "must be 0 or more"));
+                std::process::exit(2);
+            }
+            e.exit()
+        }
+        Err(e) => e.exit(),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     let output = if cli.json { Output::Json } else { cli.output };
     let result = match cli.command {
         Command::Script { command } => script::run(command, output),
@@ -311,8 +337,22 @@ fn main() -> ExitCode {
             if !failure.message.is_empty() {
                 eprintln!("qm: {}", failure.message);
             }
+            if output == Output::Json {
+                print_stdout(&format!("{:#}\n", failure.json()));
+            }
             ExitCode::from(failure.code)
         }
+    }
+}
+
+/// `n` and `noun`, in the plural unless `n` is 1: "1 edge", "3 edges", "2 passes".
+pub fn count(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        _ if noun.ends_with('s') || noun.ends_with('x') || noun.ends_with("sh") || noun.ends_with("ch") => {
+            format!("{n} {noun}es")
+        }
+        _ => format!("{n} {noun}s"),
     }
 }
 
@@ -335,6 +375,25 @@ impl Failure {
     /// What the user is told.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The failure as `-o json` prints it on stdout: `{"error": {exit_code, kind, message,
+    /// field}}`, `field` naming the input at fault when the message starts with one.
+    fn json(&self) -> serde_json::Value {
+        let kind = match self.code {
+            2 => "invalid",
+            3 => "conflict",
+            4 => "denied",
+            5 => "waiting",
+            130 | 143 => "interrupted",
+            _ => "error",
+        };
+        // "InvalidArgument: resources[0].path: …" or "node.peers: …": the first word before
+        // a colon, once a status code name is set aside.
+        let text = self.message.split_once(": ").filter(|(c, _)| c.chars().all(|ch| ch.is_ascii_alphabetic()));
+        let rest = text.map_or(self.message.as_str(), |(_, rest)| rest);
+        let field = rest.split_once(": ").map(|(f, _)| f).filter(|f| !f.is_empty() && !f.contains(' '));
+        serde_json::json!({"error": {"exit_code": self.code, "kind": kind, "message": self.message, "field": field}})
     }
 
     /// Waiting stopped because a person must act (a gate waits for a human): exit 5.
@@ -467,5 +526,16 @@ pub fn print_stdout(text: &str) {
     let mut out = std::io::stdout().lock();
     if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
         std::process::exit(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_are_singular_for_one_and_plural_otherwise() {
+        assert_eq!(super::count(1, "edge"), "1 edge");
+        assert_eq!(super::count(0, "edge"), "0 edges");
+        assert_eq!(super::count(2, "pass"), "2 passes");
+        assert_eq!(super::count(1, "pass"), "1 pass");
     }
 }

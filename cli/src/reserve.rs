@@ -512,7 +512,10 @@ async fn acquire_cmd(client: &Client, args: AcquireArgs, output: Output) -> Resu
 }
 
 /// A command's result: `value` as pretty JSON with `-o json`, else `text`.
+/// Every JSON answer is an object with named top-level fields (never a bare array), so that
+/// fields can be added without breaking scripts.
 pub fn emit(output: Output, value: &Value, text: &str) {
+    debug_assert!(value.is_object(), "-o json answers are objects: {value}");
     match output {
         Output::Json => print_stdout(&format!("{}\n", serde_json::to_string_pretty(value).expect("json"))),
         _ => print_stdout(text),

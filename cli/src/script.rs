@@ -75,8 +75,9 @@ fn emit(output: Output, transcripts: &[(&str, String)]) -> Result<(), Failure> {
             }
         }
         Output::Json => {
-            let value: Vec<serde_json::Value> =
+            let list: Vec<serde_json::Value> =
                 transcripts.iter().map(|(name, t)| serde_json::json!({ "file": name, "transcript": t })).collect();
+            let value = serde_json::json!({ "transcripts": list });
             let text = serde_json::to_string_pretty(&value).map_err(|e| Failure::error(e.to_string()))?;
             print_stdout(&format!("{text}\n"));
         }

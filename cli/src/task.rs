@@ -104,6 +104,14 @@ fn resource(text: &str) -> Result<pb::ResourceRequest, Failure> {
     let (path, mode) = match text.rsplit_once(':') {
         Some((p, "shared")) => (p, pb::Mode::Shared),
         Some((p, "exclusive")) => (p, pb::Mode::Exclusive),
+        // A segment is kind:name with no further colon, so a second colon in the last segment
+        // starts a mode suffix.
+        Some((_, suffix)) if text.rsplit('/').next().is_some_and(|last| last.matches(':').count() >= 2) => {
+            return Err(Failure::usage(format!(
+                "--resource {text:?}: {suffix:?} is not a mode; end the path with :shared or :exclusive \
+                 (default exclusive), e.g. pg:staging:shared"
+            )))
+        }
         _ => (text, pb::Mode::Exclusive),
     };
     Ok(pb::ResourceRequest { path: path.to_string(), mode: mode as i32, units: 0 })

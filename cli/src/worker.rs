@@ -64,7 +64,7 @@ async fn list(client: &Client, output: Output) -> Result<(), Failure> {
             running.join(",")
         ));
     }
-    let value = json!(resp
+    let workers: Vec<serde_json::Value> = resp
         .workers
         .iter()
         .map(|w| json!({
@@ -77,7 +77,8 @@ async fn list(client: &Client, output: Output) -> Result<(), Failure> {
                 "local": p.local,
             })).collect::<Vec<_>>(),
         }))
-        .collect::<Vec<_>>());
+        .collect();
+    let value = json!({ "workers": workers });
     emit(output, &value, &text);
     Ok(())
 }

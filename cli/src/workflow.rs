@@ -76,7 +76,7 @@ fn show(name_or_path: &str, output: Output) -> Result<(), Failure> {
 
 /// The text form of `qm workflow show`.
 fn describe(w: &Workflow, source: &str) -> String {
-    let mut text = format!("workflow {} ({source}): {} passes\n", w.name, w.passes.len());
+    let mut text = format!("workflow {} ({source}): {}\n", w.name, crate::count(w.passes.len(), "pass"));
     if !w.description.is_empty() {
         text.push_str(&format!("{}\n", w.description));
     }
@@ -188,7 +188,7 @@ fn validate(paths: &[PathBuf], project: Option<&Path>, output: Output) -> Result
                 match found {
                     Some(e) if !e.is_empty() => errors.extend(e),
                     _ => {
-                        text.push_str(&format!("ok {file}: {} passes\n", w.passes.len()));
+                        text.push_str(&format!("ok {file}: {}\n", crate::count(w.passes.len(), "pass")));
                         valid.push(json!({"file": file, "name": w.name, "passes": w.passes.len()}));
                     }
                 }

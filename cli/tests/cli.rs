@@ -72,7 +72,7 @@ fn config_show_names_each_source_and_flags_win() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let get = |k: &str| rows.as_array().unwrap().iter().find(|r| r["key"] == k).unwrap().clone();
+    let get = |k: &str| rows["keys"].as_array().unwrap().iter().find(|r| r["key"] == k).unwrap().clone();
     assert_eq!(get("endpoint")["value"], "127.0.0.9:1");
     assert_eq!(get("endpoint")["source"], "flag");
     assert_eq!(get("raft.tick_ms")["value"], "250", "env beats the file");
@@ -103,7 +103,7 @@ fn script_errors_exit_2_naming_file_and_line() {
 }
 
 #[test]
-fn json_output_is_an_array_of_transcripts() {
+fn json_output_is_an_object_holding_the_transcripts() {
     let dir = std::env::temp_dir().join(format!("qm-cli-json-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join("one.scn");
@@ -111,7 +111,7 @@ fn json_output_is_an_array_of_transcripts() {
     let out = qm(&["script", "run", "--json", script.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
-    let transcript = value[0]["transcript"].as_str().unwrap();
+    let transcript = value["transcripts"][0]["transcript"].as_str().unwrap();
     assert!(transcript.contains("granted r1 alice X pg:orders tok=2"), "{transcript}");
     let same = qm(&["-o", "json", "script", "run", script.to_str().unwrap()]);
     assert_eq!(same.stdout, out.stdout, "-o json and --json agree");
@@ -165,6 +165,26 @@ fn the_shipped_agent_specs_validate_and_list_all_nine_roles() {
             "verifier"
         ]
     );
+}
+
+#[test]
+fn outside_the_repository_the_built_in_specs_are_read_and_a_missing_path_is_named() {
+    let dir = tempfile_dir("outside");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_qm")).args(args).current_dir(&dir).output().unwrap();
+    let out = run(&["agent", "validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no ./agents here: the built-in specs"), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).lines().filter(|l| l.contains("(built in)/agents/")).count(),
+        9,
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(&["agent", "list", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("nope: no such file or directory"), "{}", text(&out.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

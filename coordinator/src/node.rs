@@ -541,7 +541,7 @@ async fn bootstrap_from_config(node: &Node) {
     let token = crate::api::acl::bootstrap_token(hash.clone(), node.clock.now_ms());
     match node.propose_local(Command::BootstrapAcl(Box::new(token))).await {
         Ok((_, crate::state::Response::TokenCreated { name })) => {
-            tracing::warn!(token = %name, "access control bootstrapped from the configured initial admin token")
+            tracing::info!(token = %name, "access control bootstrapped from the configured initial admin token")
         }
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "bootstrap from config not committed; retrying next tick"),

@@ -104,3 +104,31 @@ async fn a_waiter_behind_another_is_told_who_holds_the_resource() {
         w.wait().expect("reap");
     }
 }
+
+#[test]
+fn a_negative_number_or_a_misspelt_mode_is_named_with_what_is_allowed() {
+    let (code, _, err) = qm_alone(&["reserve", "acquire", "pg:x", "--timeout-ms", "-5"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("'--timeout-ms <TIMEOUT_MS>': must be 0 or more"), "{err}");
+    assert!(!err.contains("-- -5"), "no hint to pass -5 as a positional value: {err}");
+
+    let args = ["task", "submit", "--role", "implementer", "--resource", "pg:staging:exclusiv", "--scripted-ms", "5"];
+    let (code, _, err) = qm_alone(&args);
+    assert_eq!(code, 2, "refused before any connection: {err}");
+    assert!(err.contains("\"exclusiv\" is not a mode") && err.contains(":shared or :exclusive"), "{err}");
+}
+
+#[tokio::test]
+async fn json_answers_are_objects_and_a_json_error_names_the_field() {
+    let c = cluster().await;
+    assert!(c.qm_json(&["worker", "list"])["workers"].is_array());
+    assert!(c.qm_json(&["token", "list"])["tokens"].is_array());
+
+    let (code, out, err) = c.qm(&["reserve", "acquire", "pg:bad name"]);
+    assert_eq!(code, 2, "{err}");
+    let error: serde_json::Value = serde_json::from_str(&out).expect("the error as JSON on stdout");
+    assert_eq!(error["error"]["kind"], "invalid", "{error}");
+    assert_eq!(error["error"]["field"], "resources[0].path", "{error}");
+    assert_eq!(error["error"]["exit_code"], 2, "{error}");
+    assert!(c.qm_json(&["reserve", "list"])["reservations"].as_array().expect("list").is_empty(), "nothing changed");
+}

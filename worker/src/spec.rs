@@ -412,6 +412,36 @@ impl FrontMatter<'_> {
     }
 }
 
+/// The shipped specs (`agents/*.md`), built into the binary: what is read when no directory
+/// is given and there is no `./agents` where `qm` runs.
+pub const BUILT_IN: [(&str, &str); 9] = [
+    ("analyst.md", include_str!("../../agents/analyst.md")),
+    ("architect.md", include_str!("../../agents/architect.md")),
+    ("deployer.md", include_str!("../../agents/deployer.md")),
+    ("diagnostician.md", include_str!("../../agents/diagnostician.md")),
+    ("documenter.md", include_str!("../../agents/documenter.md")),
+    ("implementer.md", include_str!("../../agents/implementer.md")),
+    ("monitor.md", include_str!("../../agents/monitor.md")),
+    ("specifier.md", include_str!("../../agents/specifier.md")),
+    ("verifier.md", include_str!("../../agents/verifier.md")),
+];
+
+/// Where a built-in spec says it comes from.
+pub const BUILT_IN_DIR: &str = "(built in)/agents";
+
+/// The built-in specs, parsed.
+pub fn built_in() -> (Vec<AgentSpec>, Vec<SpecError>) {
+    let mut specs = Vec::new();
+    let mut errors = Vec::new();
+    for (name, text) in BUILT_IN {
+        match parse(&Path::new(BUILT_IN_DIR).join(name), text) {
+            Ok(s) => specs.push(s),
+            Err(e) => errors.push(e),
+        }
+    }
+    (specs, errors)
+}
+
 /// Reads and parses one spec file.
 pub fn load_file(path: &Path) -> Result<AgentSpec, SpecError> {
     let io = |message: String| SpecError { file: path.to_path_buf(), line: None, field: None, message };
@@ -560,6 +590,24 @@ fn backticked(message: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_built_in_specs_are_the_shipped_agents_folder_and_all_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agents");
+        let mut shipped: Vec<String> = std::fs::read_dir(&dir)
+            .expect("agents/")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".md"))
+            .collect();
+        shipped.sort();
+        let names: Vec<String> = BUILT_IN.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names, shipped, "every file in agents/ is built in, and nothing else");
+        let (specs, errors) = built_in();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(specs.len(), BUILT_IN.len());
+    }
+
     use super::*;
 
     fn p(text: &str) -> Result<AgentSpec, SpecError> {
