@@ -9,6 +9,7 @@ use qm_shared::client::Client;
 use qm_shared::pb::v1 as pb;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use qm_shared::Role;
@@ -162,6 +163,7 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
         })
     };
     if !args.no_demo {
+        STORY_ON_STDERR.store(output == Output::Json, Ordering::Relaxed);
         demo(&client, output).await?;
         agents_demo(&client, output).await?;
         jobs_demo(&client).await?;
@@ -184,6 +186,31 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Whether the demo tells its story on stderr: only under `-o json`, so that stdout holds
+/// JSON alone. Otherwise the story, its tables and its progress are one stream on stdout
+/// (`qm dev > demo.log` keeps all of it), and logs go to stderr.
+static STORY_ON_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// One line of the demo's story.
+fn say(line: impl std::fmt::Display) {
+    if STORY_ON_STDERR.load(Ordering::Relaxed) {
+        eprintln!("{line}");
+    } else {
+        crate::print_stdout(&format!("{line}\n"));
+    }
+}
+
+/// Whether the story goes to a terminal: then progress is shown decile by decile; otherwise
+/// (a file, a pipe, CI) only when a task starts, blocks, is preempted, resumes or ends.
+fn live() -> bool {
+    use std::io::IsTerminal;
+    if STORY_ON_STDERR.load(Ordering::Relaxed) {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    }
+}
+
 fn args(owner: &str, session: u64, resources: &[&str], mode: pb::Mode, wait: bool) -> AcquireArgs {
     AcquireArgs {
         resources: resources.iter().map(|s| s.to_string()).collect(),
@@ -199,7 +226,7 @@ fn args(owner: &str, session: u64, resources: &[&str], mode: pb::Mode, wait: boo
 }
 
 async fn demo(client: &Client, output: Output) -> Result<(), Failure> {
-    let step = |s: &str| eprintln!("\n== {s}");
+    let step = |s: &str| say(format!("\n== {s}"));
     let alice = client.open_session("implementer/WI-1", 30_000).await.map_err(status_failure)?.session_id;
     let bob = client.open_session("verifier/WI-2", 30_000).await.map_err(status_failure)?.session_id;
     step("implementer/WI-1 takes the orders table exclusively");
@@ -213,12 +240,12 @@ async fn demo(client: &Client, output: Output) -> Result<(), Failure> {
         Outcome::Refused { text, .. } => return Err(Failure::error(format!("demo: {text}"))),
     };
     let r = &granted[0];
-    eprintln!("granted reservation {} on {} with fencing token {}", r.id, r.resource, r.fencing_token);
+    say(format!("granted reservation {} on {} with fencing token {}", r.id, r.resource, r.fencing_token));
     step("verifier/WI-2 tries to read the whole database: refused, naming the holder");
     if let Outcome::Refused { text, .. } =
         reserve::acquire(client, &args("verifier/WI-2", bob, &["pg:staging"], pb::Mode::Shared, false)).await?
     {
-        eprintln!("{text}");
+        say(text);
     }
     step("verifier/WI-2 queues for the table; implementer/WI-1 releases; the waiter is granted");
     let waiter = {
@@ -239,6 +266,7 @@ async fn demo(client: &Client, output: Output) -> Result<(), Failure> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    say("verifier/WI-2 waits in the queue, behind implementer/WI-1");
     step("the wait-for graph while it waits");
     crate::graph::show(client, String::new(), if output == Output::Json { Output::Json } else { Output::Table })
         .await?;
@@ -252,9 +280,12 @@ async fn demo(client: &Client, output: Output) -> Result<(), Failure> {
     match waiter.await.map_err(|e| Failure::error(e.to_string()))?? {
         Outcome::Granted { reservations, .. } => {
             let g = &reservations[0];
-            eprintln!("verifier/WI-2 granted {} with fencing token {} (> {})", g.id, g.fencing_token, r.fencing_token);
+            say(format!(
+                "verifier/WI-2 granted {} with fencing token {} (> {})",
+                g.id, g.fencing_token, r.fencing_token
+            ));
         }
-        Outcome::Refused { text, .. } => eprintln!("{text}"),
+        Outcome::Refused { text, .. } => say(text),
     }
     step("what is held now");
     reserve::list(client, pb::ListRequest::default(), output).await?;
@@ -301,11 +332,11 @@ async fn submit_set(
     };
     let resp = client.submit_task(req).await.map_err(status_failure)?;
     let how = if incremental { ", one at a time" } else { "" };
-    eprintln!(
+    say(format!(
         "submitted task {} ({role}, {work_item}, priority {priority}) needing {}{how}",
         resp.task_id,
         resources.join(" + ")
-    );
+    ));
     Ok(resp.task_id)
 }
 
@@ -314,14 +345,16 @@ async fn tasks(client: &Client) -> Result<Vec<pb::TaskInfo>, Failure> {
     Ok(resp.tasks)
 }
 
-/// Prints a line whenever a task's status, attempt or progress decile changes.
+/// Prints a line whenever a task's status, attempt or (on a terminal) progress decile changes.
 fn progress(seen: &mut BTreeMap<u64, (String, u32, u32, String)>, all: &[pb::TaskInfo]) {
+    let live = live();
     for t in all.iter().rev() {
-        let now = (t.status.clone(), t.attempt, t.percent_done / 10, t.blocked.clone());
+        let decile = if live { t.percent_done / 10 } else { 0 };
+        let now = (t.status.clone(), t.attempt, decile, t.blocked.clone());
         if seen.get(&t.task_id).is_some_and(|old| old.3 != t.blocked && !t.blocked.is_empty())
             || (!seen.contains_key(&t.task_id) && !t.blocked.is_empty())
         {
-            eprintln!("  task {:<3} {:<12} blocked: {}", t.task_id, t.work_item_id, t.blocked);
+            say(format!("  task {:<3} {:<12} blocked: {}", t.task_id, t.work_item_id, t.blocked));
         }
         if seen.get(&t.task_id) != Some(&now) {
             let bar: String = (0..10).map(|i| if i < t.percent_done / 10 { '#' } else { '.' }).collect();
@@ -330,11 +363,11 @@ fn progress(seen: &mut BTreeMap<u64, (String, u32, u32, String)>, all: &[pb::Tas
                 .attempts
                 .last()
                 .filter(|a| a.resumed_from_seq > 0)
-                .map_or(String::new(), |a| format!(" (resumed from checkpoint #{})", a.resumed_from_seq));
-            eprintln!(
+                .map_or(String::new(), |_| " (resumed from its checkpoint)".to_string());
+            say(format!(
                 "  task {:<3} {:<12} {:<10} [{bar}] {:>3}%  attempt {}{on}{resumed}",
                 t.task_id, t.work_item_id, t.status, t.percent_done, t.attempt
-            );
+            ));
             seen.insert(t.task_id, now);
         }
     }
@@ -342,7 +375,7 @@ fn progress(seen: &mut BTreeMap<u64, (String, u32, u32, String)>, all: &[pb::Tas
 
 /// Agents contending for staging: a preemption with resume, then a summary.
 async fn agents_demo(client: &Client, output: Output) -> Result<(), Failure> {
-    eprintln!("\n== agents: an in-process worker hosts implementer x2 and verifier x1 (scripted executors)");
+    say("\n== agents: an in-process worker hosts an agent of every role, two implementers (scripted executors)");
     let declare = pb::DeclareResourceRequest {
         path: "pg:staging".into(),
         capacity: None,
@@ -350,10 +383,12 @@ async fn agents_demo(client: &Client, output: Output) -> Result<(), Failure> {
         grace_ms: 5_000,
     };
     client.declare_resource(declare).await.map_err(status_failure)?;
-    eprintln!("pg:staging declared with policy preempt (grace 5 s)");
+    say("pg:staging declared with policy preempt (grace 5 s)");
     let feature = submit(client, "implementer", "pg:staging/table:orders", 100, 4_000, "WI-feature").await?;
     submit(client, "verifier", "pg:staging/table:users", 500, 2_000, "WI-verify").await?;
     submit(client, "implementer", "pg:staging/table:orders", 300, 1_500, "WI-refactor").await?;
+    say("WI-refactor (priority 300) outranks WI-feature (100) on the orders table, and pg:staging preempts: \
+         the feature checkpoints and yields at once, then resumes from its checkpoint after the refactor");
     let mut seen = BTreeMap::new();
     let mut hotfix = None;
     for _ in 0..240 {
@@ -361,7 +396,7 @@ async fn agents_demo(client: &Client, output: Output) -> Result<(), Failure> {
         progress(&mut seen, &all);
         let f = all.iter().find(|t| t.task_id == feature);
         if hotfix.is_none() && f.is_some_and(|t| t.percent_done >= 40) {
-            eprintln!("\n== a hotfix needs all of pg:staging while WI-feature is at 40%: the feature is preempted");
+            say("\n== a hotfix needs all of pg:staging while WI-feature is at 40%: the feature is preempted");
             hotfix = Some(submit(client, "implementer", "pg:staging", 900, 1_000, "WI-hotfix").await?);
         }
         if hotfix.is_some() && all.iter().all(|t| matches!(t.status.as_str(), "succeeded" | "failed" | "cancelled")) {
@@ -371,7 +406,7 @@ async fn agents_demo(client: &Client, output: Output) -> Result<(), Failure> {
     }
     replan_demo(client, &mut seen).await?;
     deadlock_demo(client, &mut seen).await?;
-    eprintln!("\n== summary");
+    say("\n== summary");
     let all = tasks(client).await?;
     let mut text = format!(
         "{:<5} {:<12} {:<12} {:<10} {:>8} {:>8}  {}\n",
@@ -383,11 +418,7 @@ async fn agents_demo(client: &Client, output: Output) -> Result<(), Failure> {
             .attempts
             .iter()
             .map(|a| {
-                let resumed = if a.resumed_from_seq > 0 {
-                    format!(" from checkpoint #{}", a.resumed_from_seq)
-                } else {
-                    String::new()
-                };
+                let resumed = if a.resumed_from_seq > 0 { " (resumed)" } else { "" };
                 format!("#{} {}{resumed}", a.attempt, a.outcome)
             })
             .collect();
@@ -438,7 +469,7 @@ async fn let_go(client: &Client, (session, reservation): (u64, u64)) -> Result<(
 
 /// Both implementer agents block on a GPU somebody else holds; they re-plan onto other work.
 async fn replan_demo(client: &Client, seen: &mut BTreeMap<u64, (String, u32, u32, String)>) -> Result<(), Failure> {
-    eprintln!("\n== re-plan: someone holds gpu:box-7; two training tasks need it; other work is ready");
+    say("\n== re-plan: someone holds gpu:box-7; two training tasks need it; other work is ready");
     let gpu = hold(client, "ops/maintenance", "gpu:box-7").await?;
     submit(client, "implementer", "gpu:box-7", 500, 1_000, "WI-train-a").await?;
     submit(client, "implementer", "gpu:box-7", 500, 1_000, "WI-train-b").await?;
@@ -458,14 +489,14 @@ async fn replan_demo(client: &Client, seen: &mut BTreeMap<u64, (String, u32, u32
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("the blocked agents finished other work meanwhile; now the GPU frees up");
+    say("the blocked agents finished other work meanwhile; now the GPU frees up");
     let_go(client, gpu).await?;
     until_all_end(client, seen).await
 }
 
 /// Two agents lock as they go in opposite orders; the cycle is broken and both finish.
 async fn deadlock_demo(client: &Client, seen: &mut BTreeMap<u64, (String, u32, u32, String)>) -> Result<(), Failure> {
-    eprintln!("\n== deadlock: two tasks lock pg:a and pg:b one at a time, in opposite orders");
+    say("\n== deadlock: two tasks lock pg:a and pg:b one at a time, in opposite orders");
     let b = hold(client, "ops/backup", "pg:b").await?;
     let second = submit_set(client, "implementer", &["pg:b", "pg:a"], 500, 600, "WI-sync", true).await?;
     let first = submit_set(client, "implementer", &["pg:a", "pg:b"], 400, 600, "WI-migrate", true).await?;
@@ -478,7 +509,7 @@ async fn deadlock_demo(client: &Client, seen: &mut BTreeMap<u64, (String, u32, u
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    eprintln!("pg:b is released to task {second}, which then needs pg:a, held by task {first}: a cycle");
+    say(format!("pg:b is released to task {second}, which then needs pg:a, held by task {first}: a cycle"));
     let_go(client, b).await?;
     until_all_end(client, seen).await
 }
@@ -487,7 +518,7 @@ async fn deadlock_demo(client: &Client, seen: &mut BTreeMap<u64, (String, u32, u
 /// human gate approved on the way), its cost by pass, then an identical rerun served by the
 /// artifact cache.
 async fn jobs_demo(client: &Client) -> Result<(), Failure> {
-    eprintln!("\n== work items: the demo project (team platform), a team budget, the new-feature workflow");
+    say("\n== work items: the demo project (team platform), a team budget, the new-feature workflow");
     let project = pb::ApplyProjectRequest { project_toml: qm_shared::workflow_file::DEMO_PROJECT.to_string() };
     client.apply_project(project).await.map_err(status_failure)?;
     let budget = pb::SetBudgetRequest {
@@ -497,7 +528,7 @@ async fn jobs_demo(client: &Client) -> Result<(), Failure> {
         period: "month".into(),
     };
     client.set_budget(budget).await.map_err(status_failure)?;
-    eprintln!("project demo registered; team platform budget $5.00 a month");
+    say("project demo registered; team platform budget $5.00 a month");
     let args = crate::job::SubmitArgs {
         title: Some("Add CSV export to reports".into()),
         class: Some("feature".into()),
@@ -516,10 +547,10 @@ async fn jobs_demo(client: &Client) -> Result<(), Failure> {
         for _ in 0..600 {
             let j = client.get_job(pb::GetJobRequest { job_id: id }).await.map_err(status_failure)?;
             for e in crate::job::new_events(&j.events, &mut last) {
-                eprintln!("{}", crate::job::event_line(id, e));
+                say(crate::job::event_line(id, e));
             }
             if let Some(p) = j.passes.iter().find(|p| p.status == "awaiting-human") {
-                eprintln!("j{id} (the demo approves it, as `qm gate approve j{id} {}` would)", p.name);
+                say(format!("j{id} (the demo approves it, as `qm gate approve j{id} {}` would)", p.name));
                 let d = pb::DecideGateRequest {
                     job_id: id,
                     pass: p.name.clone(),
@@ -537,9 +568,9 @@ async fn jobs_demo(client: &Client) -> Result<(), Failure> {
         Err(Failure::error(format!("work item j{id} did not end within 60 s")))
     };
     let first = run(req.clone()).await?;
-    eprintln!("\n== cost by pass (qm cost report --by pass)");
+    say("\n== cost by pass (qm cost report --by pass)");
     for p in &first.passes {
-        eprintln!(
+        say(format!(
             "{:<14} {:<13} {:<9} {:<18} tokens in {:>6} out {:>6} {:>9}  {:.1}s",
             p.name,
             p.role,
@@ -549,19 +580,19 @@ async fn jobs_demo(client: &Client) -> Result<(), Failure> {
             p.output_tokens,
             qm_shared::workflow::dollars(p.cost_micros),
             p.wall_ms as f64 / 1000.0
-        );
+        ));
     }
-    eprintln!("j{} {}: total {}", first.job_id, first.status, qm_shared::workflow::dollars(first.cost_micros));
-    eprintln!("\n== the same work item again: every pass reuses its cached artifact");
+    say(format!("j{} {}: total {}", first.job_id, first.status, qm_shared::workflow::dollars(first.cost_micros)));
+    say("\n== the same work item again: every pass reuses its cached artifact");
     let again = run(req).await?;
     let cached = again.passes.iter().filter(|p| p.status == "cached").count();
-    eprintln!(
+    say(format!(
         "j{} {}: {cached} of {} passes from the cache, cost {}, saved {}",
         again.job_id,
         again.status,
         again.passes.len(),
         qm_shared::workflow::dollars(again.cost_micros),
         qm_shared::workflow::dollars(again.saved_micros)
-    );
+    ));
     Ok(())
 }
