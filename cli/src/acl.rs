@@ -70,7 +70,10 @@ pub enum TokenCommand {
     /// List tokens (never their secrets).
     List,
     /// Revoke a token by name: calls carrying it are refused from now on.
-    Revoke { name: String },
+    Revoke {
+        /// The token's name (qm token list)
+        name: String,
+    },
     /// The principal this CLI's token names, and what it may do.
     Whoami,
 }

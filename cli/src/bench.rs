@@ -47,6 +47,7 @@ pub struct BenchArgs {
     /// Stop after this many cycles in all.
     #[arg(long, default_value_t = 10_000_000)]
     pub cycles_max: u64,
+    /// Seed of the clients' choices of resources (the same seed, the same sequence per client)
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }

@@ -43,6 +43,7 @@ pub enum CertCommand {
     },
     /// Issue a coordinator node's certificate (node-ID.pem, node-ID.key) from DIR's CA.
     Node {
+        /// The directory holding the CA (ca.pem, ca.key); the certificate is written there
         #[arg(long)]
         dir: PathBuf,
         /// The node's Raft id.
@@ -51,16 +52,19 @@ pub enum CertCommand {
         /// A host name or IP address clients and peers dial this node at (repeatable).
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
+        /// Days the certificate is valid
         #[arg(long, default_value_t = LEAF_DAYS_DEFAULT)]
         days: u32,
     },
     /// Issue a client or worker certificate (client-NAME.pem, client-NAME.key) from DIR's CA.
     Client {
+        /// The directory holding the CA (ca.pem, ca.key); the certificate is written there
         #[arg(long)]
         dir: PathBuf,
         /// The principal's name, in the certificate's subject.
         #[arg(long)]
         name: String,
+        /// Days the certificate is valid
         #[arg(long, default_value_t = LEAF_DAYS_DEFAULT)]
         days: u32,
     },

@@ -18,6 +18,7 @@ use crate::{status_failure, Failure, Output};
 pub enum CostCommand {
     /// Roll the ledger up (-o table|json|csv; csv lists the entries themselves)
     Report {
+        /// The field to roll up by
         #[arg(long, value_enum, default_value_t = By::WorkItem)]
         by: By,
         /// A duration back from now (30m, 24h, 7d) or epoch ms
@@ -25,7 +26,10 @@ pub enum CostCommand {
         since: Option<String>,
     },
     /// Forecast one run of a workflow (built-in name or file) from the ledger's history
-    Forecast { workflow: String },
+    Forecast {
+        /// A built-in workflow's name or a workflow file
+        workflow: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

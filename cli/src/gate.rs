@@ -27,8 +27,11 @@ pub enum GateCommand {
 /// The pass a decision is about, and its note.
 #[derive(clap::Args, Debug)]
 pub struct Decision {
+    /// The work item (`j7` or `7`)
     id: String,
+    /// The pass whose gate (or spend approval) is decided, as `qm job show` names it
     pass: String,
+    /// Why, recorded with the decision and shown in `qm job show`
     #[arg(long, default_value = "")]
     note: String,
 }

@@ -24,23 +24,36 @@ pub enum JobCommand {
     /// Start a work item on a workflow (from flags or a file)
     Submit(SubmitArgs),
     /// Where a work item stands: passes, gate results, what it waits for and why, its cost
-    Show { id: String },
+    Show {
+        /// The work item (`j7` or `7`)
+        id: String,
+    },
     /// Work items, newest first
     List {
         /// running, succeeded, failed or cancelled
         #[arg(long, default_value = "")]
         status: String,
+        /// Only this team's work items
         #[arg(long, default_value = "")]
         team: String,
     },
     /// Stop a running work item (running passes are told to stop)
-    Cancel { id: String },
+    Cancel {
+        /// The work item (`j7` or `7`)
+        id: String,
+    },
     /// Run a failed or cancelled work item again from its unfinished passes
-    Retry { id: String },
+    Retry {
+        /// The work item (`j7` or `7`)
+        id: String,
+    },
     /// Wait until the work item ends, or stops at a gate that waits for a human, showing its
     /// events on stderr. Exit 0 when it succeeded, 1 when it failed or was cancelled, 5 when it
     /// waits for a human (the output names the gate and the `qm gate approve|reject` to run)
-    Wait { id: String },
+    Wait {
+        /// The work item (`j7` or `7`)
+        id: String,
+    },
 }
 
 /// `qm job …`.

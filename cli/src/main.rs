@@ -539,3 +539,32 @@ mod tests {
         assert_eq!(super::count(1, "pass"), "1 pass");
     }
 }
+
+#[cfg(test)]
+mod help_tests {
+    /// Every flag and argument of every command says what it is in `--help`.
+    #[test]
+    fn every_argument_of_every_command_has_a_description() {
+        use clap::CommandFactory;
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{path} {} (the command itself)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "qm", &mut missing);
+        assert!(missing.is_empty(), "{} without a description:\n{}", missing.len(), missing.join("\n"));
+    }
+}

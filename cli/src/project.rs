@@ -18,13 +18,17 @@ pub enum ProjectCommand {
     /// Register or update a project on the coordinators (declares its resources and its
     /// providers' concurrency as counted resources api:<provider>)
     Apply {
+        /// The project file (TOML; docs/workflows.md has its format)
         file: Option<PathBuf>,
         /// The demo project (team platform)
         #[arg(long, conflicts_with = "file")]
         demo: bool,
     },
     /// Check a project file
-    Validate { file: PathBuf },
+    Validate {
+        /// The project file (TOML)
+        file: PathBuf,
+    },
 }
 
 /// `qm project apply`: the project FILE, or the demo project with `demo`.

@@ -54,10 +54,13 @@ pub enum ReserveCommand {
     List {
         #[command(flatten)]
         filter: Filter,
+        /// Also the requests waiting in the queues, with who they wait for
         #[arg(long)]
         pending: bool,
+        /// At most this many reservations (0: the server's page size)
         #[arg(long, default_value_t = 0)]
         limit: u32,
+        /// Continue a listing from the `more: --page-token` the previous page printed
         #[arg(long, default_value = "")]
         page_token: String,
     },
@@ -77,6 +80,7 @@ pub enum ReserveCommand {
     /// exits, and exit with its code.
     #[command(after_help = "Example:\n  qm reserve run pg:staging --mode exclusive -- ./migrate.sh")]
     Run {
+        /// The resource path to hold while the command runs (e.g. pg:staging)
         resource: String,
         #[command(flatten)]
         flags: AcquireFlags,

@@ -31,6 +31,7 @@ pub struct SchedulerArgs {
     /// Queued work gains --aging-step priority points every this many ms (lock queues too)
     #[arg(long)]
     pub aging_interval_ms: Option<u64>,
+    /// Priority points queued work gains every --aging-interval-ms
     #[arg(long)]
     pub aging_step: Option<u32>,
     /// Points a team's head of queue loses per task it runs (0: fair share off)
@@ -39,9 +40,10 @@ pub struct SchedulerArgs {
     /// Work at or above this priority is high-priority for the budget policies
     #[arg(long)]
     pub high_priority_min: Option<u32>,
-    /// Budget thresholds in percent of the limit
+    /// Budget threshold "approaching", in percent of the limit
     #[arg(long)]
     pub budget_approaching_pct: Option<u32>,
+    /// Budget threshold "at", in percent of the limit
     #[arg(long)]
     pub budget_at_pct: Option<u32>,
     /// At the `at` threshold, a high-priority dispatch forecast at this many dollars or more

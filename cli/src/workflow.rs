@@ -17,10 +17,14 @@ pub enum WorkflowCommand {
     /// The built-in workflows
     List,
     /// A workflow's passes in order (a built-in name or a file)
-    Show { workflow: String },
+    Show {
+        /// A built-in workflow's name (qm workflow list) or a workflow file
+        workflow: String,
+    },
     /// Check workflow files (cycles, unknown roles, unknown resources with --project); the
     /// built-ins when none are given
     Validate {
+        /// Workflow files, or directories of them
         paths: Vec<PathBuf>,
         /// Check resources against this project file
         #[arg(long)]

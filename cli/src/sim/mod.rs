@@ -61,6 +61,7 @@ pub struct RunArgs {
 pub struct CompareArgs {
     /// The scenario file (TOML).
     pub scenario: PathBuf,
+    /// Seed of every random draw; default: the scenario's
     #[arg(long)]
     pub seed: Option<u64>,
     /// A setting and the values to compare, `KEY=V1,V2,…`; repeat to combine settings.
