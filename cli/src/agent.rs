@@ -58,7 +58,7 @@ fn load(paths: &[PathBuf]) -> Result<(Vec<AgentSpec>, Vec<SpecError>), Failure> 
         } else {
             match spec::load_file(p) {
                 Ok(s) => specs.push(s),
-                Err(e) => errors.push(e),
+                Err(e) => errors.extend(e),
             }
         }
     }

@@ -203,35 +203,49 @@ const KNOWN_KEYS: [&str; 11] = [
     "budget",
 ];
 
-/// Parses one spec from its text; `file` only names it in errors.
-pub fn parse(file: &Path, text: &str) -> Result<AgentSpec, SpecError> {
+/// Parses one spec from its text; `file` only names it in errors. Every field is checked,
+/// so the error list holds every mistake in the front matter, not only the first.
+pub fn parse(file: &Path, text: &str) -> Result<AgentSpec, Vec<SpecError>> {
     let err = |line: Option<usize>, message: String| SpecError { file: file.to_path_buf(), line, field: None, message };
     if text.len() > AGENT_SPEC_BYTES_MAX {
-        return Err(err(None, format!("{} bytes is over the limit of {AGENT_SPEC_BYTES_MAX}", text.len())));
+        return Err(vec![err(None, format!("{} bytes is over the limit of {AGENT_SPEC_BYTES_MAX}", text.len()))]);
     }
     let (yaml, prompt) = split_front_matter(text).ok_or_else(|| {
-        err(Some(1), "no front matter: the file must start with a `---` line and close it with another".into())
+        vec![err(Some(1), "no front matter: the file must start with a `---` line and close it with another".into())]
     })?;
     let front = FrontMatter { file, yaml };
-    let raw = front.raw()?;
-    let name = front.name(raw.name)?;
-    let description = front.description(raw.description)?;
-    let tools = front.list("tools", raw.tools.map(StringOrList::into_list).unwrap_or_default())?;
-    let capabilities = front.list("capabilities", raw.capabilities)?;
-    let context_scopes = front.list("context_scopes", raw.context_scopes)?;
-    let role = match raw.role {
-        None => None,
-        Some(r) => Some(r.parse::<Role>().map_err(|e| front.at("role", "role", e.to_string()))?),
-    };
-    let tier = match raw.tier {
-        Some(t) => t.parse::<Tier>().map_err(|e| front.at("tier", "tier", e.to_string()))?,
-        None => {
-            raw.model.as_deref().and_then(claude_model_tier).or(role.map(Role::default_tier)).unwrap_or(Tier::Standard)
+    let raw = front.raw().map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    let mut check = |r: Result<(), SpecError>| {
+        if let Err(e) = r {
+            errors.push(e);
         }
     };
-    let resources = front.resources(raw.resources)?;
-    let escalation = front.escalation(raw.escalation.unwrap_or_default(), tier)?;
-    let budget = front.budget(raw.budget.unwrap_or_default())?;
+    let (mut name, mut description) = (String::new(), String::new());
+    check(front.name(raw.name).map(|v| name = v));
+    check(front.description(raw.description).map(|v| description = v));
+    let (mut tools, mut capabilities, mut context_scopes) = (Vec::new(), Vec::new(), Vec::new());
+    check(front.list("tools", raw.tools.map(StringOrList::into_list).unwrap_or_default()).map(|v| tools = v));
+    check(front.list("capabilities", raw.capabilities).map(|v| capabilities = v));
+    check(front.list("context_scopes", raw.context_scopes).map(|v| context_scopes = v));
+    let mut role = None;
+    if let Some(r) = raw.role {
+        check(r.parse::<Role>().map(|v| role = Some(v)).map_err(|e| front.at("role", "role", e.to_string())));
+    }
+    let mut tier =
+        raw.model.as_deref().and_then(claude_model_tier).or(role.map(Role::default_tier)).unwrap_or(Tier::Standard);
+    if let Some(t) = raw.tier {
+        check(t.parse::<Tier>().map(|v| tier = v).map_err(|e| front.at("tier", "tier", e.to_string())));
+    }
+    let mut resources = Vec::new();
+    check(front.resources(raw.resources).map(|v| resources = v));
+    let mut escalation = Escalation { max_tier: Tier::Frontier, after_failed_gates: 1 };
+    check(front.escalation(raw.escalation.unwrap_or_default(), tier).map(|v| escalation = v));
+    let mut budget = Budget::default();
+    check(front.budget(raw.budget.unwrap_or_default()).map(|v| budget = v));
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     Ok(AgentSpec {
         name,
         description,
@@ -436,15 +450,15 @@ pub fn built_in() -> (Vec<AgentSpec>, Vec<SpecError>) {
     for (name, text) in BUILT_IN {
         match parse(&Path::new(BUILT_IN_DIR).join(name), text) {
             Ok(s) => specs.push(s),
-            Err(e) => errors.push(e),
+            Err(e) => errors.extend(e),
         }
     }
     (specs, errors)
 }
 
-/// Reads and parses one spec file.
-pub fn load_file(path: &Path) -> Result<AgentSpec, SpecError> {
-    let io = |message: String| SpecError { file: path.to_path_buf(), line: None, field: None, message };
+/// Reads and parses one spec file: the spec, or every error in it.
+pub fn load_file(path: &Path) -> Result<AgentSpec, Vec<SpecError>> {
+    let io = |message: String| vec![SpecError { file: path.to_path_buf(), line: None, field: None, message }];
     let meta = std::fs::metadata(path).map_err(|e| io(e.to_string()))?;
     if meta.len() > AGENT_SPEC_BYTES_MAX as u64 {
         return Err(io(format!("{} bytes is over the limit of {AGENT_SPEC_BYTES_MAX}", meta.len())));
@@ -488,7 +502,7 @@ pub fn load_dir(dir: &Path) -> (Vec<AgentSpec>, Vec<SpecError>) {
                 seen.insert(spec.name.clone(), f);
                 specs.push(spec);
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.extend(e),
         }
     }
     (specs, errors)
@@ -610,8 +624,22 @@ mod tests {
 
     use super::*;
 
+    /// The spec, or its first error.
     fn p(text: &str) -> Result<AgentSpec, SpecError> {
-        parse(Path::new("agents/x.md"), text)
+        parse(Path::new("agents/x.md"), text).map_err(|mut e| e.remove(0))
+    }
+
+    #[test]
+    fn every_error_in_a_spec_is_reported_not_only_the_first() {
+        let text =
+            "---\nname: A b\ndescription: d\ntier: fronteir\nrole: reviewr\nbudget:\n  usd_per_task: lots\n---\n";
+        let errors = parse(Path::new("agents/x.md"), text).unwrap_err();
+        let fields: Vec<&str> = errors.iter().filter_map(|e| e.field.as_deref()).collect();
+        assert_eq!(fields.len(), 4, "{errors:?}");
+        for field in ["name", "tier", "role"] {
+            assert!(fields.contains(&field), "{field}: {errors:?}");
+        }
+        assert!(fields.iter().any(|f| f.starts_with("budget")), "{errors:?}");
     }
 
     #[test]
