@@ -32,6 +32,9 @@ fn dev_serves_a_coordinator_and_plays_its_demo_over_grpc_afresh_at_every_start()
         assert_eq!(out.status.code(), Some(0), "run {run}: {}", text(&out.stderr));
         let story = text(&out.stdout);
         assert_demo_story(&story);
+        let logs = text(&out.stderr);
+        assert!(!logs.contains(" WARN "), "a healthy start logs no warning:\n{logs}");
+        assert!(!logs.contains('\x1b') && !story.contains('\x1b'), "no colour codes off a terminal:\n{logs}");
         // Not on a terminal: progress only when a task starts, blocks, resumes or ends.
         let hotfix = story.lines().filter(|l| l.contains("WI-hotfix    running")).count();
         assert!(hotfix <= 2, "compacted progress: {hotfix} progress lines for one task:\n{story}");
