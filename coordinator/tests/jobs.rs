@@ -119,6 +119,29 @@ fn a_failed_gate_escalates_a_tier_or_sends_back() {
 }
 
 #[test]
+fn a_failed_gate_with_on_fail_stop_fails_the_work_item_and_runs_nothing_after_it() {
+    let mut c = Core::new().project(demo_project());
+    c.worker("w1", &ALL_ROLES);
+    let passes = [
+        pass("spec", Role::Specifier).gate(Reviewer::Agent, Role::Analyst, OnFail::Stop),
+        pass("design", Role::Architect).after("spec"),
+    ];
+    let j = c.submit_job(job("x", passes));
+    c.finish(c.pass(j, "spec").task.unwrap(), "s", (1, 1));
+    c.finish(c.pass(j, "spec").review.unwrap(), "FAIL: the requirements are vague", (1, 1));
+    let done = c.job(j);
+    assert_eq!(done.status, JobStatus::Failed, "{done:?}");
+    assert_eq!(c.pass(j, "spec").runs, 1, "stop does not retry");
+    assert_eq!(c.pass(j, "design").status, PassStatus::Pending, "the pass after it never runs");
+    assert!(c.pass(j, "design").task.is_none());
+    assert!(
+        done.events.iter().any(|e| e.message.contains("gate failed (on_fail stop)")),
+        "the item says why it stopped: {:?}",
+        done.events
+    );
+}
+
+#[test]
 fn a_budget_holds_a_pass_whose_forecast_would_cross_it_until_raised() {
     let mut c = Core::new().project(demo_project());
     c.worker("w1", &ALL_ROLES);

@@ -317,3 +317,27 @@ async fn a_work_item_survives_a_coordinator_sigkill_and_finishes_with_its_ledger
     assert_eq!(spent, sum, "the budget was charged for every attempt, before and after the restart");
     c.kill_worker("w1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_over_its_timeout_is_stopped_retried_and_fails_the_work_item() {
+    let mut c = cluster_with_worker(&ALL_ROLES);
+    c.wait_workers(1).await;
+    // One attempt may run 300 ms; the scripted agent would take a minute.
+    let wf = write(
+        &c,
+        "slow.toml",
+        "name = \"slow\"\ndescription = \"a pass over its time limit\"\n[[pass]]\nname = \"work\"\n\
+         role = \"implementer\"\ntimeout = \"300ms\"\nretries = 1\n\
+         run = { executor = \"scripted\", duration_ms = 60000, steps = 10 }\n",
+    );
+    let id = submit(&c, &["--title", "too slow", "--workflow", &wf]);
+    let j = wait_job(&c, &id, "the item ends", |j| j["status"] != "running").await;
+    assert_eq!(j["status"], "failed", "{j:#}");
+    let work = pass(&j, "work");
+    assert_eq!(work["status"], "failed", "{work:#}");
+    let events: Vec<&str> = j["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
+    assert!(events.iter().any(|m| m.contains("(attempt 2,")), "the one retry ran: {events:#?}");
+    assert!(!events.iter().any(|m| m.contains("(attempt 3,")), "and no more: {events:#?}");
+    assert!(events.iter().any(|m| m.contains("no result within 300 ms")), "the item says why: {events:#?}");
+    c.kill_worker("w1");
+}

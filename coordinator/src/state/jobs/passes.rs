@@ -37,13 +37,14 @@ impl State {
         let id = JobId(self.jobs.next_job);
         let passes = spec.workflow.passes.iter().map(|p| PassState::new(&p.name, p.start_tier())).collect();
         let summary = format!(
-            "submitted: {} (priority {}), team {}, project {}, workflow {} ({} passes)",
+            "submitted: {} (priority {}), team {}, project {}, workflow {} ({} pass{})",
             spec.class,
             spec.priority,
             spec.team,
             spec.project,
             spec.workflow.name,
-            spec.workflow.passes.len()
+            spec.workflow.passes.len(),
+            if spec.workflow.passes.len() == 1 { "" } else { "es" }
         );
         if let Some(limit) = spec.budget_micros {
             self.jobs.budgets.entry(Scope::Item).or_default().insert(
