@@ -156,6 +156,20 @@ needs = [{ path = "repo:app", mode = "shared" }]
     c.kill_worker("w1");
 }
 
+/// A workflow file of one implementer pass holding repo:app exclusively for `ms`.
+fn one_pass(c: &Cluster, name: &str, ms: u64) -> String {
+    let text = [
+        format!("name = \"{name}\""),
+        "description = \"one pass\"".into(),
+        "[[pass]]".into(),
+        "name = \"work\"".into(),
+        "role = \"implementer\"".into(),
+        "needs = [ { path = \"repo:app\", mode = \"exclusive\" } ]".into(),
+        format!("run = {} executor = \"scripted\", duration_ms = {ms}, steps = 10 {}", '{', '}'),
+    ];
+    write(c, &format!("{name}.toml"), &(text.join("\n") + "\n"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hotfix_goes_first_and_preempts_a_feature_that_resumes_from_its_checkpoint() {
     let mut c = cluster_with_worker(&["implementer=2", "documenter=1"]);
@@ -163,18 +177,8 @@ async fn a_hotfix_goes_first_and_preempts_a_feature_that_resumes_from_its_checkp
     let sched = c.qm_json(&["scheduler", "set", "--aging-interval-ms", "100", "--aging-step", "10"]);
     // A docs item (priority 100) reaches the top in (1000 - 100) / 10 steps of 100 ms.
     assert_eq!(sched["docs_aging_bound_ms"], 9_000, "{sched:#}");
-    let one = |name: &str, role: &str, mode: &str, ms: u64| {
-        write(
-            &c,
-            &format!("{name}.toml"),
-            &format!(
-                "name = \"{name}\"\ndescription = \"one pass\"\n[[pass]]\nname = \"work\"\nrole = \"{role}\"\n\
-                 needs = [{{ path = \"repo:app\", mode = \"{mode}\" }}]\nrun = {{ executor = \"scripted\", duration_ms = {ms}, steps = 10 }}\n"
-            ),
-        )
-    };
-    let feature = one("feature-edit", "implementer", "exclusive", 3_000);
-    let hotfix = one("hotfix-edit", "implementer", "exclusive", 500);
+    let feature = one_pass(&c, "feature-edit", 3_000);
+    let hotfix = one_pass(&c, "hotfix-edit", 500);
     // A feature holds repo:app; two more queue behind it.
     let f1 = submit(&c, &["--title", "f1", "--class", "feature", "--workflow", &feature]);
     wait_job(&c, &f1, "f1 running", |j| pass(j, "work")["status"] == "running").await;
