@@ -135,6 +135,7 @@ async fn a_tls_cluster_on_peer_ports_elects_serves_takes_a_member_and_survives_a
     }
 
     // A fourth node with a peer port joins through `qm cluster add --peer-addr`.
+    c.issue_node_certificate(4);
     c.peer_addrs.insert(4, format!("127.0.0.1:{}", free_port()));
     c.spawn(4, true);
     let (addr4, peer4) = (c.addrs[&4].clone(), c.peer_addrs[&4].clone());
@@ -143,6 +144,9 @@ async fn a_tls_cluster_on_peer_ports_elects_serves_takes_a_member_and_survives_a
     let fourth = fourth.expect("node 4 is a member");
     assert_eq!(fourth["role"], "voter", "{added}");
     assert_eq!(fourth["peer_address"], format!("https://{peer4}"), "{added}");
+    // It replicates over its peer port: it applies what the leader has.
+    let applied = c.client().status().await.expect("status").applied_index;
+    c.wait_applied(4, applied).await;
 
     // The leader dies; the others (node 4 among them) elect one over their peer ports.
     c.kill(leader);
