@@ -77,7 +77,7 @@ async fn the_client_port_refuses_every_raft_call_when_there_is_a_peer_port() {
     for stem in [Some(format!("node-{leader}")), Some("client-ops".to_string()), None] {
         let who = format!("a vote on the client port with {stem:?}");
         let r = raft_at(&c, &client_port, stem.as_deref()).vote(forged_vote(leader)).await;
-        assert_denied(&who, r, &format!("rule peer-port: /qm.v1.RaftPeer/Vote is served only on the peer port"));
+        assert_denied(&who, r, "rule peer-port: /qm.v1.RaftPeer/Vote is served only on the peer port");
     }
     let r = raft_at(&c, &client_port, Some(&format!("node-{leader}"))).propose(forged_close(s)).await;
     assert_denied("a forwarded write on the client port", r, "rule peer-port: /qm.v1.RaftPeer/Propose");
