@@ -62,6 +62,22 @@ async fn nothing_changed(c: &Cluster, before: &Before, s: u64) {
     assert_eq!(held[0].session_id, s);
 }
 
+/// Waits (bounded) until node `id`'s audit log holds a denial of `method` whose message has
+/// `rule`: a denial on either port is recorded like any other.
+async fn audited(c: &Cluster, id: u64, method: &str, rule: &str) {
+    let req = pb::ListAuditRequest { method: method.into(), denied_only: true, limit: 100, ..Default::default() };
+    eventually(&format!("node {id} recording a denial of {method} ({rule})"), Duration::from_secs(10), || async {
+        let got = c.client_of(id).list_audit(req.clone()).await.map_err(|e| e.to_string())?;
+        let found = got.records.iter().any(|r| r.outcome == "PERMISSION_DENIED" && r.message.contains(rule));
+        if found {
+            Ok(())
+        } else {
+            Err(format!("{:?}", got.records))
+        }
+    })
+    .await
+}
+
 fn assert_denied<T: std::fmt::Debug>(who: &str, r: Result<T, tonic::Status>, rule: &str) {
     let s = r.expect_err(who);
     assert_eq!(s.code(), Code::PermissionDenied, "{who}: {s:?}");
@@ -84,6 +100,7 @@ async fn the_client_port_refuses_every_raft_call_when_there_is_a_peer_port() {
     let r = raft_at(&c, &client_port, Some(&format!("node-{leader}"))).read_index(pb::ReadIndexRequest {}).await;
     assert_denied("a read index on the client port", r, "rule peer-port: /qm.v1.RaftPeer/ReadIndex");
     nothing_changed(&c, &before, s).await;
+    audited(&c, leader, "/qm.v1.RaftPeer/Vote", "rule peer-port").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,6 +126,7 @@ async fn the_peer_port_refuses_a_client_certificate_and_no_certificate() {
         .await;
     assert_denied("Status on the peer port", r, "rule peer-port: /qm.v1.Cluster/Status is not served on the peer port");
     nothing_changed(&c, &before, s).await;
+    audited(&c, leader, "/qm.v1.RaftPeer/Vote", "rule peer-certificate").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
