@@ -128,11 +128,26 @@ fn addr(config: &Config, key: &str) -> Result<Option<SocketAddr>, Failure> {
 fn split_member(text: &str) -> (&str, Option<&str>) {
     let bytes = text.as_bytes();
     let at = (0..bytes.len()).find(|&i| {
-        bytes[i] == b'/' && i > 0 && !matches!(bytes[i - 1], b':' | b'/') && bytes.get(i + 1) != Some(&b'/')
+        bytes[i] == b'/' && (i == 0 || !matches!(bytes[i - 1], b':' | b'/')) && bytes.get(i + 1) != Some(&b'/')
     });
     match at {
         Some(i) => (&text[..i], Some(&text[i + 1..])),
         None => (text, None),
+    }
+}
+
+/// `address` if it is `[http(s)://]host:port` (with a port number), else why not.
+fn check_host_port<'a>(part: &str, address: &'a str) -> Result<&'a str, Failure> {
+    let address = address.trim();
+    let bare = address.strip_prefix("https://").or_else(|| address.strip_prefix("http://")).unwrap_or(address);
+    let ok = match bare.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    };
+    if ok {
+        Ok(address)
+    } else {
+        Err(Failure::usage(format!("node.peers: {part:?}: {address:?} is not host:port")))
     }
 }
 
@@ -151,13 +166,13 @@ fn peers(raw: &str, tls: bool) -> Result<BTreeMap<u64, RaftNode>, Failure> {
         if addr.trim().is_empty() {
             return Err(Failure::usage(format!("node.peers: {part:?} gives node {id} no address")));
         }
-        let addr = qm_shared::client::normalize_for(addr, tls);
+        let addr = qm_shared::client::normalize_for(check_host_port(part, addr)?, tls);
         let peer = match peer.map(str::trim) {
             None => String::new(),
             Some("") => {
                 return Err(Failure::usage(format!("node.peers: {part:?} has a slash but no peer address after it")))
             }
-            Some(p) => qm_shared::client::normalize_for(p, tls),
+            Some(p) => qm_shared::client::normalize_for(check_host_port(part, p)?, tls),
         };
         if peer == addr {
             return Err(Failure::usage(format!(
@@ -367,5 +382,47 @@ pub async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_is_an_address_and_optionally_a_peer_address_after_a_slash() {
+        assert_eq!(split_member("127.0.0.1:7071"), ("127.0.0.1:7071", None));
+        assert_eq!(split_member("127.0.0.1:7071/127.0.0.1:7471"), ("127.0.0.1:7071", Some("127.0.0.1:7471")));
+        // A scheme's slashes are not the separator.
+        assert_eq!(split_member("https://10.0.0.1:7070"), ("https://10.0.0.1:7070", None));
+        assert_eq!(
+            split_member("https://10.0.0.1:7070/https://10.0.0.1:7400"),
+            ("https://10.0.0.1:7070", Some("https://10.0.0.1:7400"))
+        );
+        assert_eq!(split_member("a:1/"), ("a:1", Some("")));
+    }
+
+    #[test]
+    fn peers_keep_the_old_form_and_take_peer_addresses() {
+        let old = peers("1=127.0.0.1:7071, 2=127.0.0.1:7072", false).expect("the old form");
+        assert_eq!(old[&1], RaftNode::new("http://127.0.0.1:7071"));
+        assert_eq!(old[&2].peer_address(), "http://127.0.0.1:7072", "Raft on the client port");
+        let new = peers("1=10.0.0.1:7070/10.0.0.1:7400,2=10.0.0.2:7070", true).expect("with a peer address");
+        assert_eq!(new[&1], RaftNode::with_peer("https://10.0.0.1:7070", "https://10.0.0.1:7400"));
+        assert_eq!(new[&1].peer_address(), "https://10.0.0.1:7400");
+        assert_eq!(new[&2], RaftNode::new("https://10.0.0.2:7070"), "members may differ");
+        for (bad, says) in [
+            ("1=a:1/", "no peer address after it"),
+            ("1=a:1/a:1", "must differ"),
+            ("1=/b:2", "gives node 1 no address"),
+            ("1=a:1/b", r#"\"b\" is not host:port"#),
+            ("1=a/b:2", r#"\"a\" is not host:port"#),
+            ("1=a:1/b:2/c:3", "is not host:port"),
+            ("1=a:1,1=b:2", "named twice"),
+            ("x=a:1", "is not a node id"),
+        ] {
+            let err = format!("{:?}", peers(bad, false).expect_err(bad));
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }

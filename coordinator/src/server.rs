@@ -93,7 +93,9 @@ pub async fn start(
             }
         }
     }
+    let peer_advertise = config.peer_advertise.clone();
     let node = Node::start(config, Arc::new(SystemClock)).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+    check_own_entry(&node, &peer_advertise);
     let (stop, stopped) = watch::channel(false);
     let signal = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -127,6 +129,26 @@ pub async fn start(
         }));
     }
     Ok(Running { node, bound: Bound { grpc: grpc_bound, peer: peer_bound, admin: admin_bound }, tls, stop, tasks })
+}
+
+/// Says loudly when this node's own membership entry (read back from its data directory)
+/// disagrees with how it was started: the others send Raft where the entry says, so a node
+/// restarted without the peer port its entry names, or with one its entry does not name, is
+/// cut off from Raft until it is removed and added back with the addresses it serves.
+fn check_own_entry(node: &Node, peer_advertise: &str) {
+    let metrics = node.raft.metrics();
+    let metrics = metrics.borrow();
+    let Some(me) = metrics.membership_config.membership().get_node(&node.id) else { return };
+    if me.peer_addr.is_empty() != peer_advertise.is_empty() {
+        tracing::error!(
+            node = node.id,
+            entry = %me,
+            peer_listen = %if peer_advertise.is_empty() { "none" } else { peer_advertise },
+            "this node's membership entry and its peer port disagree: the other nodes send Raft to \
+             the entry's {} address; restart it as its entry says, or remove it and add it back",
+            if me.peer_addr.is_empty() { "client" } else { "peer" }
+        );
+    }
 }
 
 mod anyhow_free {

@@ -116,8 +116,9 @@ pub async fn step_down(node: &Node, term: u64, why: &str) {
 }
 
 /// The common tail of a transfer and a step-down: stop heartbeating so the followers' leases
-/// lapse, ask `target` (at its peer address) to stand, and wait (bounded) for a newer term with a leader; then
-/// heartbeat and propose again whatever happened. The caller has set `transferring`.
+/// lapse, ask `target` (at its peer address) to stand, and wait (bounded) for a newer term
+/// with a leader; then heartbeat and propose again whatever happened. The caller has set
+/// `transferring`.
 async fn hand_over(node: &Node, term: u64, target: Option<(NodeId, String)>) -> Result<(), ApiError> {
     node.raft.runtime_config().heartbeat(false);
     let result = async {
