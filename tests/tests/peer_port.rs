@@ -212,6 +212,7 @@ fn peer_addresses_that_do_not_add_up_are_refused_at_start() {
         (vec!["--peers".into(), format!("1={a}/{p}")], "node.peer_listen is not set"),
         (vec!["--peer-listen".into(), p.clone(), "--peers".into(), format!("1={a}/")], "no peer address after it"),
         (vec!["--peer-listen".into(), p.clone(), "--peers".into(), format!("1={a}/{a}")], "must differ"),
+        (vec!["--peer-listen".into(), p.clone(), "--peers".into(), format!("1={a}/nowhere")], "is not host:port"),
         (vec!["--peer-listen".into(), a.clone()], "node.peer_listen"),
         (vec!["--peer-listen".into(), "nowhere".into()], "node.peer_listen = \"nowhere\": not an ip:port"),
     ];
