@@ -143,7 +143,7 @@ async fn the_peer_port_refuses_a_node_certificate_naming_a_non_member() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_cluster_on_peer_ports_elects_serves_takes_a_member_and_survives_a_leader_kill() {
+async fn a_tls_cluster_on_peer_ports_elects_serves_forwards_transfers_takes_a_member_and_survives_a_leader_kill() {
     let (mut c, leader, s) = cluster_holding_one().await;
     let status = c.client().status().await.expect("status");
     assert_eq!(status.leader_address, format!("https://{}", c.addrs[&leader]), "hints name the client address");
@@ -165,6 +165,22 @@ async fn a_tls_cluster_on_peer_ports_elects_serves_takes_a_member_and_survives_a
     // It replicates over its peer port: it applies what the leader has.
     let applied = c.client().status().await.expect("status").applied_index;
     c.wait_applied(4, applied).await;
+
+    // A write and a read through a follower are forwarded to the leader's peer port (asked
+    // without the client library, which would follow a leader hint instead).
+    let follower = [1, 2, 3].into_iter().find(|i| *i != leader).expect("a follower");
+    let ep = tonic::transport::Endpoint::from_shared(format!("https://{}", c.addrs[&follower])).expect("endpoint");
+    let via = Transport::new(Connector::tls(c.tls_as(None)).connect(ep), Bearer::new(&c.token).expect("bearer"));
+    let open = pb::OpenSessionRequest { owner: "via-follower".into(), ttl_ms: 60_000 };
+    qm_shared::client::Client::sessions(via.clone()).open_session(open).await.expect("a write through a follower");
+    let listed = qm_shared::client::Client::reservations(via).list(pb::ListRequest::default()).await;
+    let listed = listed.expect("a read through a follower").into_inner().reservations;
+    assert!(listed.iter().any(|r| r.session_id == s), "{listed:?}");
+
+    // Leadership is handed over through Elect on the target's peer port.
+    let moved = c.qm_json(&["cluster", "transfer-leader", "--to", &follower.to_string()]);
+    assert_eq!(moved["leader_id"], follower, "{moved}");
+    let leader = c.leader(&[follower]).await;
 
     // The leader dies; the others (node 4 among them) elect one over their peer ports.
     c.kill(leader);
