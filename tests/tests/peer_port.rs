@@ -177,9 +177,12 @@ async fn a_tls_cluster_on_peer_ports_elects_serves_forwards_transfers_takes_a_me
     let listed = listed.expect("a read through a follower").into_inner().reservations;
     assert!(listed.iter().any(|r| r.session_id == s), "{listed:?}");
 
-    // Leadership is handed over through Elect on the target's peer port.
-    let moved = c.qm_json(&["cluster", "transfer-leader", "--to", &follower.to_string()]);
-    assert_eq!(moved["leader_id"], follower, "{moved}");
+    // Leadership is handed over through Elect on the target's peer port. Asked of the target,
+    // a follower given as the client's only endpoint: the client follows its leader hint once
+    // a Status names that address a member.
+    let to = pb::TransferLeaderRequest { to_node_id: Some(follower) };
+    let moved = c.client_of(follower).transfer_leader(to).await.expect("transfer through a follower");
+    assert_eq!(moved.leader_id, Some(follower), "{moved:?}");
     let leader = c.leader(&[follower]).await;
 
     // The leader dies; the others (node 4 among them) elect one over their peer ports.
