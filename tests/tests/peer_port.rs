@@ -152,6 +152,21 @@ async fn a_tls_cluster_on_peer_ports_elects_serves_forwards_transfers_takes_a_me
         assert_eq!(m.peer_address, format!("https://{}", c.peer_addrs[&m.node_id]), "{m:?}");
     }
 
+    // A peer address past its bound, or the same as the address, is refused naming the field.
+    let long = format!("https://{}:7400", "h".repeat(300));
+    for (peer_address, says) in [(long.as_str(), "at most 256"), ("https://127.0.0.1:1", "must differ from address")] {
+        let req = pb::AddLearnerRequest {
+            node_id: 7,
+            address: "https://127.0.0.1:1".into(),
+            peer_address: peer_address.into(),
+            wait_caught_up: false,
+        };
+        let s = c.client().add_learner(req).await.expect_err("a bad peer address");
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains("peer_address") && s.message().contains(says), "{s:?}");
+    }
+    assert_eq!(c.client().status().await.expect("status").members.len(), 3, "nothing was added");
+
     // A fourth node with a peer port joins through `qm cluster add --peer-addr`.
     c.issue_node_certificate(4);
     c.peer_addrs.insert(4, format!("127.0.0.1:{}", free_port()));
