@@ -342,7 +342,7 @@ impl Client {
     }
 
     /// Remembers `members`' client addresses as the cluster's membership (from a `Status`).
-    pub fn learn_members(&self, members: &[pb::Member]) {
+    fn learn_members(&self, members: &[pb::Member]) {
         let mut inner = self.inner.lock().expect("client lock");
         let tls = inner.tls;
         inner.members = members.iter().take(MEMBERS_MAX).map(|m| normalize_for(&m.address, tls)).collect();
@@ -702,9 +702,8 @@ impl Client {
         self.call(|ch| async move { Ok(Client::jobs(ch).set_scheduler(req).await?.into_inner()) }).await
     }
 
-    /// Status of whichever node answers first (no leader needed).
-    /// The answering node's view of the cluster; its members become the membership this
-    /// client follows leader hints within.
+    /// Status of whichever node answers first (no leader needed): its view of the cluster,
+    /// whose members become the membership this client follows leader hints within.
     pub async fn status(&self) -> Result<pb::StatusResponse, Status> {
         let status = self
             .call(|ch| async move { Ok(Client::cluster(ch).status(pb::StatusRequest {}).await?.into_inner()) })
