@@ -26,8 +26,12 @@ pub enum ClusterCommand {
     Add {
         /// Node id of the new coordinator.
         id: u64,
-        /// Its gRPC address.
+        /// Its gRPC address (what clients use).
         address: String,
+        /// Its peer port's address, if it runs with --peer-listen: the other nodes send it
+        /// Raft there (and its gRPC address then refuses Raft).
+        #[arg(long, value_name = "PEER")]
+        peer_addr: Option<String>,
         /// Leave it a non-voting learner.
         #[arg(long)]
         learner: bool,
@@ -55,7 +59,9 @@ pub async fn dispatch(command: ClusterCommand, client: &Client, output: Output) 
             wait_ready(client, std::time::Duration::from_millis(timeout_ms)).await?;
             status(client, output).await
         }
-        ClusterCommand::Add { id, address, learner } => add(client, id, &address, learner, output).await,
+        ClusterCommand::Add { id, address, peer_addr, learner } => {
+            add(client, id, &address, peer_addr.as_deref(), learner, output).await
+        }
         ClusterCommand::Remove { id } => remove(client, id, output).await,
         ClusterCommand::TransferLeader { to } => transfer_leader(client, to, output).await,
         ClusterCommand::Snapshot => snapshot(client, output).await,
@@ -71,7 +77,7 @@ fn role_name(m: &pb::Member) -> &'static str {
 }
 
 fn member_json(m: &pb::Member) -> serde_json::Value {
-    json!({"node_id": m.node_id, "address": m.address, "role": role_name(m), "is_leader": m.is_leader, "matched_index": m.matched_index})
+    json!({"node_id": m.node_id, "address": m.address, "peer_address": m.peer_address, "role": role_name(m), "is_leader": m.is_leader, "matched_index": m.matched_index})
 }
 
 /// `qm cluster status`: the answering node's view and every member.
@@ -85,7 +91,7 @@ async fn status(client: &Client, output: Output) -> Result<(), Failure> {
         "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
     });
     let mut text = format!(
-        "answered by node {} (term {}, applied {}, snapshot {}); leader: {}; {}\n{:<6} {:<28} {:<8} {:<7} {}\n",
+        "answered by node {} (term {}, applied {}, snapshot {}); leader: {}; {}\n{:<6} {:<28} {:<8} {:<7} {:<8} {}\n",
         s.node_id,
         s.term,
         s.applied_index,
@@ -96,16 +102,18 @@ async fn status(client: &Client, output: Output) -> Result<(), Failure> {
         "ADDRESS",
         "ROLE",
         "LEADER",
-        "MATCHED"
+        "MATCHED",
+        "PEER"
     );
     for m in &s.members {
         text.push_str(&format!(
-            "{:<6} {:<28} {:<8} {:<7} {}\n",
+            "{:<6} {:<28} {:<8} {:<7} {:<8} {}\n",
             m.node_id,
             m.address,
             role_name(m),
             if m.is_leader { "*" } else { "" },
-            m.matched_index.map_or("-".into(), |i| i.to_string())
+            m.matched_index.map_or("-".into(), |i| i.to_string()),
+            if m.peer_address.is_empty() { "-" } else { &m.peer_address }
         ));
     }
     emit(output, &value, &text);
@@ -151,13 +159,26 @@ where
     }
 }
 
-/// `qm cluster add`: node `id` at `address` as a learner, caught up, then promoted to voter
-/// unless `learner`.
-async fn add(client: &Client, id: u64, address: &str, learner: bool, output: Output) -> Result<(), Failure> {
+/// `qm cluster add`: node `id` at `address` (Raft at `peer_address`, if given) as a learner,
+/// caught up, then promoted to voter unless `learner`.
+async fn add(
+    client: &Client,
+    id: u64,
+    address: &str,
+    peer_address: Option<&str>,
+    learner: bool,
+    output: Output,
+) -> Result<(), Failure> {
     // A cluster spoken to over TLS serves TLS to its peers too.
-    let address = qm_shared::client::normalize_for(address, client.current().starts_with("https://"));
+    let tls = client.current().starts_with("https://");
+    let address = qm_shared::client::normalize_for(address, tls);
+    let peer_address = match peer_address.map(str::trim) {
+        None => String::new(),
+        Some("") => return Err(Failure::usage("--peer-addr: empty; leave the flag out to serve Raft on ADDRESS")),
+        Some(p) => qm_shared::client::normalize_for(p, tls),
+    };
     let added = client
-        .add_learner(pb::AddLearnerRequest { node_id: id, address, wait_caught_up: true })
+        .add_learner(pb::AddLearnerRequest { node_id: id, address, peer_address, wait_caught_up: true })
         .await
         .map_err(status_failure)?;
     let members = if learner {

@@ -103,7 +103,13 @@ pub const KEYS: &[Key] = &[
         name: "node.listen",
         env: "QM_NODE_LISTEN",
         default: "127.0.0.1:7070",
-        help: "gRPC listen address (client API and Raft peers)",
+        help: "gRPC listen address (client API, and Raft peers unless node.peer_listen is set)",
+    },
+    Key {
+        name: "node.peer_listen",
+        env: "QM_NODE_PEER_LISTEN",
+        default: "",
+        help: "peer port listen address: serves only Raft (mutual TLS under TLS) and the gRPC port then refuses Raft; empty: Raft on the gRPC port",
     },
     Key {
         name: "node.admin_listen",
@@ -127,7 +133,7 @@ pub const KEYS: &[Key] = &[
         name: "node.peers",
         env: "QM_NODE_PEERS",
         default: "",
-        help: "initial voters as id=address,...; empty: a single-node cluster of this node, or --join",
+        help: "initial voters as id=address,... or id=address/peer_address,... (peer_address: the node's peer port); empty: a single-node cluster of this node, or --join",
     },
     Key { name: "raft.heartbeat_ms", env: "QM_RAFT_HEARTBEAT_MS", default: "100", help: "leader heartbeat period" },
     Key {

@@ -98,7 +98,7 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
     let secret = dev_admin_secret(&dir)?;
     let mut config = NodeConfig::single(1, String::new(), Some(dir.clone()));
     config.initial_admin_hash = Some(qm_coordinator::api::auth::hash_secret(&secret));
-    let running = server::start(config, listen, Some(admin)).await.map_err(|e| Failure::error(e.to_string()))?;
+    let running = server::start(config, listen, None, Some(admin)).await.map_err(|e| Failure::error(e.to_string()))?;
     eprintln!(
         "qm dev: single-node coordinator; gRPC on {}, admin HTTP on http://{}, data in {}",
         running.bound.grpc,

@@ -57,14 +57,18 @@ const FORWARD_TIMEOUT_MS: u64 = 5_000;
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub id: NodeId,
-    /// Address peers and clients use to reach this node's gRPC port.
+    /// Address clients (and, without a peer port, peers) use to reach this node's gRPC port.
     pub advertise: String,
+    /// Address peers use to reach this node's peer port (`--peer-listen`), which serves
+    /// `qm.v1.RaftPeer` only; the client port then refuses it. Empty: no peer port, Raft is
+    /// served on the client port.
+    pub peer_advertise: String,
     /// Data directory for the sled store; `None` keeps everything in memory.
     pub data_dir: Option<PathBuf>,
-    /// Initial voters `id → address`, used once, when the cluster is first formed. The node
+    /// Initial voters `id → addresses`, used once, when the cluster is first formed. The node
     /// with the lowest id initializes it; the others wait to hear from it. Empty: join an
     /// existing cluster later (`qm cluster add`).
-    pub initial_members: BTreeMap<NodeId, String>,
+    pub initial_members: BTreeMap<NodeId, RaftNode>,
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
@@ -95,8 +99,9 @@ impl NodeConfig {
     pub fn single(id: NodeId, advertise: String, data_dir: Option<PathBuf>) -> NodeConfig {
         NodeConfig {
             id,
-            initial_members: BTreeMap::from([(id, advertise.clone())]),
+            initial_members: BTreeMap::from([(id, RaftNode::new(advertise.clone()))]),
             advertise,
+            peer_advertise: String::new(),
             data_dir,
             heartbeat_ms: 100,
             election_timeout_min_ms: 150,
@@ -144,6 +149,9 @@ pub struct Node {
     initial_admin_hash: Option<String>,
     /// Whether the gRPC port serves TLS (peer RPCs then need a node certificate).
     pub tls: bool,
+    /// Whether this node has a separate peer port ([`NodeConfig::peer_advertise`]): Raft RPCs
+    /// are then refused on the client port.
+    pub peer_port: bool,
     pub insecure: bool,
     /// The voters the cluster was first formed with (besides the membership Raft knows).
     pub initial_members: BTreeSet<NodeId>,
@@ -251,6 +259,7 @@ impl Node {
             access_control: config.access_control,
             initial_admin_hash: config.initial_admin_hash.clone(),
             tls: config.tls.is_some(),
+            peer_port: !config.peer_advertise.is_empty(),
             insecure: config.insecure,
             initial_members: config.initial_members.keys().copied().collect(),
             audit,
@@ -259,9 +268,7 @@ impl Node {
             && config.initial_members.keys().next() == Some(&config.id)
             && !node.raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?
         {
-            let members: BTreeMap<NodeId, RaftNode> =
-                config.initial_members.iter().map(|(id, addr)| (*id, RaftNode { addr: addr.clone() })).collect();
-            node.raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))?;
+            node.raft.initialize(config.initial_members.clone()).await.map_err(|e| StartError::Raft(e.to_string()))?;
         }
         tokio::spawn(leader_duties(node.clone()));
         Ok(node)
@@ -281,6 +288,13 @@ impl Node {
         let id = m.current_leader?;
         let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
         Some((id, addr))
+    }
+
+    /// Where node `id`'s Raft RPCs (and forwarded writes and reads) go: its peer address in
+    /// the membership, or its client address if it has no peer port.
+    pub fn peer_address_of(&self, id: NodeId) -> Option<String> {
+        let m = self.metrics();
+        m.membership_config.membership().get_node(&id).map(|n| n.peer_address().to_string())
     }
 
     fn not_leader(&self) -> ApiError {
@@ -384,9 +398,12 @@ impl Node {
         }
     }
 
+    /// Forwards `command` to the leader's peer address; `addr`, its client address, is the
+    /// hint a client gets if that fails.
     async fn forward(&self, leader: NodeId, addr: &str, command: Command) -> Result<(LogIndex, Response), ApiError> {
         let hint = || ApiError::NotLeader { leader_id: Some(leader), leader_address: Some(addr.to_string()) };
-        let mut client = self.peer(addr)?;
+        let dial = self.peer_address_of(leader).unwrap_or_else(|| addr.to_string());
+        let mut client = self.peer(&dial)?;
         let mut req = tonic::Request::new(pb::ProposeRequest { command: network::to_bytes(&command) });
         req.set_timeout(Duration::from_millis(FORWARD_TIMEOUT_MS));
         let resp = match client.propose(req).await {
@@ -394,7 +411,7 @@ impl Node {
             Err(status) => {
                 tracing::debug!(%status, leader, "forwarding to the leader failed");
                 // Dial it afresh next time: a connection that timed out may be stalled.
-                self.peers.lock().expect("peers lock poisoned").remove(addr);
+                self.peers.lock().expect("peers lock poisoned").remove(&dial);
                 return Err(hint());
             }
         };
@@ -425,7 +442,7 @@ impl Node {
                 let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) else {
                     return Err(self.not_leader());
                 };
-                let index = self.remote_read_index(leader, &node.addr).await?;
+                let index = self.remote_read_index(leader, &node).await?;
                 self.raft
                     .wait(Some(Duration::from_millis(FORWARD_TIMEOUT_MS)))
                     .applied_index_at_least(Some(index), "read index")
@@ -440,11 +457,13 @@ impl Node {
         }
     }
 
-    async fn remote_read_index(&self, leader: NodeId, addr: &str) -> Result<LogIndex, ApiError> {
-        let mut client = self.peer(addr)?;
+    /// Asks the leader, at its peer address, for its read index; a client's hint names its
+    /// client address.
+    async fn remote_read_index(&self, leader: NodeId, node: &RaftNode) -> Result<LogIndex, ApiError> {
+        let mut client = self.peer(node.peer_address())?;
         let mut req = tonic::Request::new(pb::ReadIndexRequest {});
         req.set_timeout(Duration::from_millis(FORWARD_TIMEOUT_MS));
-        let hint = || ApiError::NotLeader { leader_id: Some(leader), leader_address: Some(addr.to_string()) };
+        let hint = || ApiError::NotLeader { leader_id: Some(leader), leader_address: Some(node.addr.clone()) };
         match client.read_index(req).await.map_err(|_| hint())?.into_inner().outcome {
             Some(pb::read_index_response::Outcome::Index(i)) => Ok(i),
             _ => Err(hint()),
@@ -466,12 +485,12 @@ impl Node {
         }
     }
 
-    /// Voters and learners of the effective membership.
-    pub fn members(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, String>) {
+    /// Voters and learners of the effective membership, with their addresses.
+    pub fn members(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, RaftNode>) {
         let m = self.metrics();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let nodes = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let nodes = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
         (voters, nodes)
     }
 }

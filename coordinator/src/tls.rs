@@ -1,4 +1,4 @@
-//! TLS on the gRPC port: certificates and keys from PEM files, reloaded without a restart,
+//! TLS on the gRPC ports: certificates and keys from PEM files, reloaded without a restart,
 //! handshakes off the accept path, and which cluster node a peer certificate names.
 //!
 //! ```text
@@ -9,9 +9,10 @@
 //! ```
 //!
 //! A client certificate is optional on the client port (tokens authenticate principals); when
-//! one is presented it must chain to the cluster CA. The Raft RPCs need one that is valid for
-//! `node-<id>.peer.qm` with `id` a member of the cluster (`api/auth.rs`): `qm cert node`
-//! puts that name in every node certificate and in no other.
+//! one is presented it must chain to the cluster CA. On the peer port (`--peer-listen`) it is
+//! required: a handshake without one is refused (mutual TLS). The Raft RPCs, on either port,
+//! need one that is valid for `node-<id>.peer.qm` with `id` a member of the cluster
+//! (`api/auth.rs`): `qm cert node` puts that name in every node certificate and in no other.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -23,6 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+
+use crate::api::Port;
 
 /// Most TLS handshakes in progress at once; further connections wait to be accepted.
 pub const HANDSHAKES_MAX: usize = 256;
@@ -97,12 +100,13 @@ pub fn roots(ca: &std::path::Path) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
-fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// The server side of a port: a client certificate, if presented, must chain to the CA;
+/// `mutual`: one must be presented.
+fn server_config(files: &TlsFiles, mutual: bool) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let roots = Arc::new(roots(&files.ca)?);
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider());
+    let builder = if mutual { builder } else { builder.allow_unauthenticated() };
+    let verifier = builder.build().map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -113,25 +117,36 @@ fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError
     Ok(Arc::new(config))
 }
 
-/// A node's server-side TLS: the configuration in force, swapped by [`ServerTls::reload`].
+/// The configurations in force: the client port's and the peer port's (mutual TLS).
+#[derive(Debug)]
+struct Configs {
+    client: Arc<rustls::ServerConfig>,
+    peer: Arc<rustls::ServerConfig>,
+}
+
+/// A node's server-side TLS: the configurations in force, swapped by [`ServerTls::reload`].
 #[derive(Clone, Debug)]
 pub struct ServerTls {
     files: TlsFiles,
-    current: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    current: Arc<RwLock<Configs>>,
+}
+
+fn configs(files: &TlsFiles) -> Result<Configs, TlsError> {
+    Ok(Configs { client: server_config(files, false)?, peer: server_config(files, true)? })
 }
 
 impl ServerTls {
     /// Loads the files; fails naming the file that is missing or malformed.
     pub fn load(files: TlsFiles) -> Result<ServerTls, TlsError> {
-        let config = server_config(&files)?;
-        Ok(ServerTls { files, current: Arc::new(RwLock::new(config)) })
+        let configs = configs(&files)?;
+        Ok(ServerTls { files, current: Arc::new(RwLock::new(configs)) })
     }
 
-    /// Reads the files again; connections accepted from now on use them. On an error the
-    /// configuration in force stays.
+    /// Reads the files again; connections accepted from now on, on either port, use them. On
+    /// an error the configurations in force stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = server_config(&self.files)?;
-        *self.current.write().expect("tls lock") = config;
+        let configs = configs(&self.files)?;
+        *self.current.write().expect("tls lock") = configs;
         Ok(())
     }
 
@@ -139,9 +154,13 @@ impl ServerTls {
         &self.files
     }
 
-    /// TLS connections accepted on `listener`, each handshaken on its own task (bounded in
-    /// number and time), until the returned stream is dropped.
-    pub fn incoming(&self, listener: TcpListener) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    /// TLS connections accepted on `listener`, serving `port`, each handshaken on its own task
+    /// (bounded in number and time), until the returned stream is dropped.
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+        port: Port,
+    ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
         let (tx, rx) = mpsc::channel(64);
         let current = self.current.clone();
         tokio::spawn(async move {
@@ -159,7 +178,14 @@ impl ServerTls {
                     _ = tx.closed() => return,
                 };
                 let _ = stream.set_nodelay(true);
-                let acceptor = tokio_rustls::TlsAcceptor::from(current.read().expect("tls lock").clone());
+                let config = {
+                    let configs = current.read().expect("tls lock");
+                    match port {
+                        Port::Client => configs.client.clone(),
+                        Port::Peer => configs.peer.clone(),
+                    }
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let handshake =

@@ -51,7 +51,7 @@ async fn start(id: NodeId, member: bool) -> Running {
         config.initial_members.clear();
     }
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    server::start(config, any, Some(any)).await.unwrap()
+    server::start(config, any, None, Some(any)).await.unwrap()
 }
 
 /// Waits until `node` leads and its term's RestartLeases has committed.
@@ -347,7 +347,7 @@ async fn submit_bulk(node: &Node, bytes: usize) -> usize {
 /// leader proposes no Tick meanwhile.)
 async fn catch_up(leader: &Running, learner: &Running) {
     let applied = leader.node.metrics().last_applied.map(|l| l.index);
-    let node = RaftNode { addr: format!("http://{}", learner.bound.grpc) };
+    let node = RaftNode::new(format!("http://{}", learner.bound.grpc));
     let add = leader.node.raft.add_learner(learner.node.id, node, false);
     tokio::time::timeout(bound(), add).await.unwrap().unwrap();
     learner.node.raft.wait(Some(bound())).applied_index_at_least(applied, "caught up").await.unwrap();

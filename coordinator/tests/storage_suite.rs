@@ -48,3 +48,19 @@ fn sled_store_refuses_another_format_version() {
     let err = SledStore::open(dir.path()).expect_err("a foreign format is refused");
     assert!(err.to_string().contains("format version 99"), "{err}");
 }
+
+/// A data directory written before members carried a peer address (format 2) is refused with
+/// what to do about it.
+#[test]
+fn sled_store_refuses_an_older_format_saying_what_to_do() {
+    use qm_coordinator::raft::store::{Keys, Space, Write, STORE_FORMAT_VERSION};
+    assert_eq!(STORE_FORMAT_VERSION, 3);
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let store = SledStore::open(dir.path()).expect("open");
+        store.batch(Space::Meta, vec![Write::Put(Keys::FORMAT.to_vec(), 2u32.to_be_bytes().to_vec())]).expect("put");
+    }
+    let err = SledStore::open(dir.path()).expect_err("an older format is refused").to_string();
+    assert!(err.contains("format version 2 was written by an older qm"), "{err}");
+    assert!(err.contains("new, empty data directory") && err.contains("qm cluster add"), "{err}");
+}

@@ -11,6 +11,13 @@
 //!
 //! Only errors that say the request was not served by a leader are retried; a refusal (held,
 //! deadlock, invalid) is an answer, never retried here.
+//!
+//! A leader hint is followed only to an address that is a member of the cluster as this
+//! client last saw it: one of the endpoints it was given, or a member's address in the last
+//! `Status` it received. A hint naming any other address makes the client ask the hinting
+//! node's `Status` once for the current membership; an address still not in it is not dialled
+//! (the client moves on to its next endpoint), so a stale or forged hint cannot take the
+//! client, and the token it carries, somewhere outside the cluster.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -188,9 +195,17 @@ fn channel(endpoint: &str, connector: &Connector) -> Result<Channel, ClientError
     ))
 }
 
+/// Most member addresses remembered from a `Status` (a cluster has at most a few).
+const MEMBERS_MAX: usize = 64;
+
 #[derive(Debug)]
 struct Inner {
+    /// The endpoints given first (`configured` of them), then leaders followed to since.
     endpoints: Vec<String>,
+    /// How many of `endpoints` were given: these are always followed to.
+    configured: usize,
+    /// The members' client addresses in the last `Status` this client received (normalized).
+    members: Vec<String>,
     channels: Vec<Channel>,
     connector: Connector,
     bearer: Bearer,
@@ -241,7 +256,16 @@ impl Client {
             return Err(ClientError::NoEndpoints);
         }
         let channels = endpoints.iter().map(|e| channel(e, &connector)).collect::<Result<_, _>>()?;
-        let inner = Inner { endpoints, channels, connector, bearer: Bearer::default(), tls: false, current: 0 };
+        let inner = Inner {
+            configured: endpoints.len(),
+            endpoints,
+            members: Vec::new(),
+            channels,
+            connector,
+            bearer: Bearer::default(),
+            tls: false,
+            current: 0,
+        };
         Ok(Client { inner: Arc::new(Mutex::new(inner)) })
     }
 
@@ -273,6 +297,8 @@ impl Client {
         let channels = vec![channel(&endpoint, &inner.connector)?];
         let pinned = Inner {
             endpoints: vec![endpoint],
+            configured: 1,
+            members: inner.members.clone(),
             channels,
             connector: inner.connector.clone(),
             bearer: inner.bearer.clone(),
@@ -315,22 +341,61 @@ impl Client {
         }
     }
 
-    fn follow(&self, addr: &str) -> Result<(), ClientError> {
+    /// Remembers `members`' client addresses as the cluster's membership (from a `Status`).
+    fn learn_members(&self, members: &[pb::Member]) {
+        let mut inner = self.inner.lock().expect("client lock");
+        let tls = inner.tls;
+        inner.members = members.iter().take(MEMBERS_MAX).map(|m| normalize_for(&m.address, tls)).collect();
+    }
+
+    /// Makes `addr` the endpoint the next call goes to, if it is a member as this client last
+    /// saw it (a given endpoint, or an address in the last `Status`). `Ok(false)`: it is not,
+    /// and nothing changed.
+    fn follow(&self, addr: &str) -> Result<bool, ClientError> {
         let mut inner = self.inner.lock().expect("client lock");
         let addr = normalize_for(addr, inner.tls);
+        let member = inner.members.contains(&addr);
         if let Some(i) = inner.endpoints.iter().position(|e| *e == addr) {
-            inner.current = i;
-            return Ok(());
+            if i < inner.configured || member {
+                inner.current = i;
+                return Ok(true);
+            }
+            return Ok(false);
         }
-        // A leader we were not told about: remember it (bounded by the cluster's size).
-        if inner.endpoints.len() >= 64 {
-            return Ok(());
+        if !member {
+            return Ok(false);
+        }
+        // A member we were not given: remember it (bounded by the cluster's size).
+        if inner.endpoints.len() >= MEMBERS_MAX {
+            return Ok(false);
         }
         let ch = channel(&addr, &inner.connector)?;
         inner.endpoints.push(addr);
         inner.channels.push(ch);
         inner.current = inner.endpoints.len() - 1;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Follows a leader hint that endpoint `from` gave: at once if it names a member as last
+    /// seen; otherwise after asking `from` for the membership (one bounded `Status`), if it
+    /// names a member then. Whether the next call goes to `addr`.
+    async fn follow_hint(&self, addr: &str, from: usize) -> bool {
+        match self.follow(addr) {
+            Ok(true) => return true,
+            Err(_) => return false,
+            Ok(false) => {}
+        }
+        let transport = {
+            let inner = self.inner.lock().expect("client lock");
+            Transport::new(inner.channels[from].clone(), inner.bearer.clone())
+        };
+        let mut cluster = Client::cluster(transport);
+        let asked = cluster.status(pb::StatusRequest {});
+        match tokio::time::timeout(Duration::from_millis(CALL_DEADLINE_MS), asked).await {
+            Ok(Ok(status)) => self.learn_members(&status.into_inner().members),
+            _ => return false,
+        }
+        matches!(self.follow(addr), Ok(true))
     }
 
     /// Runs `f` against the leader, following hints and failing over, within the bounds above.
@@ -370,10 +435,14 @@ impl Client {
                     Some((_, addr)) => {
                         let tls = self.inner.lock().expect("client lock").tls;
                         let fresh = normalize_for(&addr, tls) != normalize_for(&tried, tls);
-                        if !fresh || self.follow(&addr).is_err() {
+                        let followed = fresh && self.follow_hint(&addr, i).await;
+                        if !followed {
+                            if fresh {
+                                tracing::debug!(hint = %addr, "not following a leader hint to a non-member");
+                            }
                             self.advance(i);
                         }
-                        (true, !fresh)
+                        (true, !followed)
                     }
                     None if status.code() == Code::Unavailable => {
                         self.advance(i);
@@ -633,9 +702,14 @@ impl Client {
         self.call(|ch| async move { Ok(Client::jobs(ch).set_scheduler(req).await?.into_inner()) }).await
     }
 
-    /// Status of whichever node answers first (no leader needed).
+    /// Status of whichever node answers first (no leader needed): its view of the cluster,
+    /// whose members become the membership this client follows leader hints within.
     pub async fn status(&self) -> Result<pb::StatusResponse, Status> {
-        self.call(|ch| async move { Ok(Client::cluster(ch).status(pb::StatusRequest {}).await?.into_inner()) }).await
+        let status = self
+            .call(|ch| async move { Ok(Client::cluster(ch).status(pb::StatusRequest {}).await?.into_inner()) })
+            .await?;
+        self.learn_members(&status.members);
+        Ok(status)
     }
 
     /// Adds a node as a non-voting learner.
@@ -740,5 +814,51 @@ impl Client {
             }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(address: &str) -> pb::Member {
+        pb::Member { address: address.to_string(), ..Default::default() }
+    }
+
+    /// A hint is followed only to a given endpoint or a member in the last `Status` seen; any
+    /// other address changes nothing and is never dialled.
+    #[tokio::test]
+    async fn a_leader_hint_is_followed_only_to_a_member_as_last_seen() {
+        let client = Client::new(["127.0.0.1:7071", "127.0.0.1:7072"]).expect("client");
+        assert!(client.follow("127.0.0.1:7072").expect("follow"), "a given endpoint");
+        assert_eq!(client.current(), "http://127.0.0.1:7072");
+
+        assert!(!client.follow("10.9.9.9:7070").expect("follow"), "an address nobody named a member");
+        assert_eq!(client.current(), "http://127.0.0.1:7072", "nothing changed");
+        assert_eq!(client.endpoints(), ["http://127.0.0.1:7071", "http://127.0.0.1:7072"], "nothing added");
+
+        // A member the last Status named is followed (and remembered) though it was not given.
+        client.learn_members(&[member("http://127.0.0.1:7071"), member("http://127.0.0.1:7073")]);
+        assert!(client.follow("127.0.0.1:7073").expect("follow"));
+        assert_eq!(client.current(), "http://127.0.0.1:7073");
+        assert!(!client.follow("10.9.9.9:7070").expect("follow"));
+
+        // Once a Status no longer names it (removed), a stale hint to it is not followed; a
+        // given endpoint still is.
+        client.learn_members(&[member("http://127.0.0.1:7071")]);
+        client.follow("127.0.0.1:7071").expect("follow");
+        assert!(!client.follow("127.0.0.1:7073").expect("follow"), "a removed member");
+        assert_eq!(client.current(), "http://127.0.0.1:7071");
+        assert!(client.follow("127.0.0.1:7072").expect("follow"), "given, though not in the Status");
+    }
+
+    /// Under TLS the membership's `https://` addresses match hints given as `host:port`.
+    #[tokio::test]
+    async fn members_and_hints_compare_with_the_scheme_tls_needs() {
+        let ca = b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n";
+        let client = Client::new(["127.0.0.1:7071"]).expect("client").with_tls(ClientTls::new(ca, None)).expect("tls");
+        client.learn_members(&[member("https://127.0.0.1:7074")]);
+        assert!(client.follow("127.0.0.1:7074").expect("follow"));
+        assert_eq!(client.current(), "https://127.0.0.1:7074");
     }
 }

@@ -98,6 +98,9 @@ pub struct Cluster {
     pub tls: bool,
     /// More `qm coordinator run` flags every node starts (and restarts) with.
     pub node_flags: Vec<String>,
+    /// Each node's peer port (`--peer-listen`), when the cluster's nodes have one: Raft goes
+    /// there and `--peers` names it (`id=address/peer_address`). Empty: Raft on `addrs`.
+    pub peer_addrs: BTreeMap<u64, String>,
 }
 
 /// A fresh random secret for a test cluster's first admin token.
@@ -118,17 +121,28 @@ impl Cluster {
     /// (`--audit-bytes-max 65536`).
     pub fn start_with_flags(n: u64, snapshot_logs: u64, flags: &[&str]) -> Cluster {
         let tls = std::env::var_os("QM_TEST_TLS").is_some_and(|v| !v.is_empty());
-        Cluster::start_with(n, snapshot_logs, tls, flags)
+        Cluster::start_with(n, snapshot_logs, tls, false, flags)
     }
 
     /// Starts `n` voters serving TLS: a CA, node certificates for 127.0.0.1 and a client
     /// certificate `ops`, all made with `qm cert` in `dir/certs`.
     pub fn start_tls(n: u64) -> Cluster {
-        Cluster::start_with(n, 10_000, true, &[])
+        Cluster::start_with(n, 10_000, true, false, &[])
     }
 
-    fn start_with(n: u64, snapshot_logs: u64, tls: bool, flags: &[&str]) -> Cluster {
+    /// Starts `n` voters serving TLS, each with a peer port of its own (`--peer-listen`) that
+    /// `--peers` names: Raft goes only there.
+    pub fn start_tls_peer_ports(n: u64) -> Cluster {
+        Cluster::start_with(n, 10_000, true, true, &[])
+    }
+
+    fn start_with(n: u64, snapshot_logs: u64, tls: bool, peer_ports: bool, flags: &[&str]) -> Cluster {
         let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+        let peer_addrs = if peer_ports {
+            (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect()
+        } else {
+            BTreeMap::new()
+        };
         let mut c = Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             addrs,
@@ -138,6 +152,7 @@ impl Cluster {
             token: random_secret(),
             tls,
             node_flags: flags.iter().map(|f| f.to_string()).collect(),
+            peer_addrs,
         };
         std::fs::write(c.admin_secret_file(), &c.token).expect("write the admin secret");
         if tls {
@@ -190,9 +205,27 @@ impl Cluster {
 
     /// The cluster CA and a client certificate (`ops`) as a client's TLS.
     pub fn client_tls(&self, with_client_cert: bool) -> qm_shared::client::ClientTls {
+        self.tls_as(with_client_cert.then_some("client-ops"))
+    }
+
+    /// The cluster CA, presenting the certificate `certs/<stem>.pem` (`node-2`, `client-ops`)
+    /// or none.
+    pub fn tls_as(&self, stem: Option<&str>) -> qm_shared::client::ClientTls {
         let read = |f: &str| std::fs::read(self.certs().join(f)).expect("read a certificate file");
-        let identity = with_client_cert.then(|| (read("client-ops.pem"), read("client-ops.key")));
+        let identity = stem.map(|s| (read(&format!("{s}.pem")), read(&format!("{s}.key"))));
         qm_shared::client::ClientTls::new(&read("ca.pem"), identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())))
+    }
+
+    /// Issues a node certificate for `id` from the cluster CA with `qm cert node` (for an id
+    /// that is not a member, say), as `certs/node-<id>.pem`.
+    pub fn issue_node_certificate(&self, id: u64) {
+        let dir = self.certs();
+        let out = Command::new(qm_bin())
+            .args(["cert", "node", "--id", &id.to_string(), "--host", "127.0.0.1", "--dir"])
+            .arg(&dir)
+            .output()
+            .expect("run qm cert node");
+        assert!(out.status.success(), "qm cert node --id {id}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// The file every node reads its first admin token from.
@@ -200,8 +233,13 @@ impl Cluster {
         self.dir.path().join("admin.secret")
     }
 
+    /// `--peers`: `id=address`, or `id=address/peer_address` for a node with a peer port.
     fn peers(&self) -> String {
-        self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",")
+        let member = |(i, a): (&u64, &String)| match self.peer_addrs.get(i) {
+            Some(p) => format!("{i}={a}/{p}"),
+            None => format!("{i}={a}"),
+        };
+        self.addrs.iter().map(member).collect::<Vec<_>>().join(",")
     }
 
     /// Starts (or restarts, from its data directory) node `id`; `join` starts it empty.
@@ -215,6 +253,7 @@ impl Cluster {
             .arg("--initial-admin-token-file")
             .arg(self.admin_secret_file())
             .args(self.tls_args(Some(id)))
+            .args(self.peer_addrs.get(&id).map(|p| vec!["--peer-listen".to_string(), p.clone()]).unwrap_or_default())
             .args(&self.node_flags)
             .env("QM_LOG", std::env::var("QM_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()))
             .stdout(Stdio::null())

@@ -189,7 +189,12 @@ async fn membership_changes_three_five_three() {
         cluster.spawn(id, true);
         let addr = format!("http://{}", cluster.addrs[&id]);
         client
-            .add_learner(pb::AddLearnerRequest { node_id: id, address: addr, wait_caught_up: true })
+            .add_learner(pb::AddLearnerRequest {
+                node_id: id,
+                address: addr,
+                wait_caught_up: true,
+                ..Default::default()
+            })
             .await
             .expect("add learner");
         client.promote(pb::PromoteRequest { node_id: id }).await.expect("promote");

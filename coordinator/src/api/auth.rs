@@ -1,8 +1,11 @@
 //! Who is calling, and may they: the edge's authentication and authorization.
 //!
 //! ```text
-//!   request ─▶ Auth (tower layer over every service)
+//!   request ─▶ Auth (tower layer over every service, on the client port and the peer port)
 //!                ├─ method → the rule it needs (RULES; a method not listed is refused)
+//!                ├─ rule peer-port: the peer port serves only Raft RPCs; with a peer port, the
+//!                │     client port serves none ─▶ PERMISSION_DENIED naming the rule
+//!                ├─ Raft RPCs under TLS: a certificate naming a member node (check_peer)
 //!                ├─ `authorization: Bearer <secret>` → SHA-256 → the token table on this replica
 //!                │     none / unknown / revoked / expired ─▶ UNAUTHENTICATED
 //!                ├─ the token's roles against the rule ─▶ PERMISSION_DENIED naming the rule
@@ -28,6 +31,7 @@ use qm_shared::limits::{TOKEN_SECRET_LEN_MAX_BYTES, TOKEN_SECRET_LEN_MIN_BYTES};
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
+use super::Port;
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::state::{AclRole, SessionId, TokenSpec};
@@ -256,9 +260,10 @@ pub fn check_secret(field: &str, secret: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Who `headers` say is calling `path`, and whether they may.
+/// Who `headers` say is calling `path` on `port`, and whether they may.
 pub fn authenticate(
     node: &Node,
+    port: Port,
     path: &str,
     headers: &http::HeaderMap,
     extensions: &http::Extensions,
@@ -268,6 +273,7 @@ pub fn authenticate(
             "rule unknown-method: {path} is not a method this node serves"
         )));
     };
+    check_port(node, port, path, rule)?;
     if rule == Rule::Peer {
         check_peer(node, path, extensions)?;
         return Ok(Principal::unrestricted());
@@ -322,6 +328,20 @@ pub fn authenticate(
 /// certificate for: it cannot tell members from others until the leader reaches it.
 pub const JOINER_NODE_IDS_MAX: u64 = 1_024;
 
+/// The peer port serves Raft RPCs alone; a node with a peer port serves none on its client
+/// port. Checked before anything else about the call, so a refusal here changes nothing.
+fn check_port(node: &Node, port: Port, path: &str, rule: Rule) -> Result<(), ApiError> {
+    match (port, rule == Rule::Peer) {
+        (Port::Peer, false) => Err(ApiError::PermissionDenied(format!(
+            "rule peer-port: {path} is not served on the peer port, which serves only qm.v1.RaftPeer"
+        ))),
+        (Port::Client, true) if node.peer_port => {
+            Err(ApiError::PermissionDenied(format!("rule peer-port: {path} is served only on the peer port")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A Raft RPC under TLS needs a certificate from the cluster CA naming a member (or the
 /// initial voters): a client's certificate names no node, and is refused.
 fn check_peer(node: &Node, path: &str, extensions: &http::Extensions) -> Result<(), ApiError> {
@@ -351,16 +371,17 @@ fn check_peer(node: &Node, path: &str, extensions: &http::Extensions) -> Result<
     }
 }
 
-/// The tower layer that runs [`authenticate`] in front of every service.
+/// The tower layer that runs [`authenticate`] in front of every service of a port.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     pub node: Arc<Node>,
+    pub port: Port,
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
     type Service = Auth<S>;
     fn layer(&self, inner: S) -> Auth<S> {
-        Auth { inner, node: self.node.clone() }
+        Auth { inner, node: self.node.clone(), port: self.port }
     }
 }
 
@@ -369,6 +390,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     node: Arc<Node>,
+    port: Port,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Auth<S>
@@ -385,7 +407,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        match authenticate(&self.node, req.uri().path(), req.headers(), req.extensions()) {
+        match authenticate(&self.node, self.port, req.uri().path(), req.headers(), req.extensions()) {
             Ok(principal) => {
                 req.extensions_mut().insert(principal);
                 Box::pin(self.inner.call(req))

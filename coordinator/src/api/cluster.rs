@@ -15,6 +15,9 @@ use crate::node::Node;
 use crate::raft::bounded::within_term;
 use crate::raft::{Node as RaftNode, NodeId};
 
+/// Longest address (client or peer) a member may have, in bytes.
+const ADDRESS_LEN_MAX: usize = 256;
+
 /// Longest a `wait` snapshot request or a caught-up learner add waits.
 const ADMIN_WAIT_MS_MAX: u64 = 60_000;
 
@@ -30,9 +33,10 @@ impl ClusterApi {
         let replication = m.replication.clone().unwrap_or_default();
         nodes
             .into_iter()
-            .map(|(id, addr)| pb::Member {
+            .map(|(id, n)| pb::Member {
                 node_id: id,
-                address: addr,
+                address: n.addr,
+                peer_address: n.peer_addr,
                 role: if voters.contains(&id) { pb::MemberRole::Voter } else { pb::MemberRole::Learner } as i32,
                 is_leader: m.current_leader == Some(id),
                 matched_index: if m.state == ServerState::Leader {
@@ -110,11 +114,20 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<GrpcResponse<pb::AddLearnerResponse>, Status> {
         let req = request.into_inner();
         Self::check_node_id(req.node_id)?;
-        qm_shared::validate::check_name("address", &req.address, 256).map_err(ApiError::from)?;
+        qm_shared::validate::check_name("address", &req.address, ADDRESS_LEN_MAX).map_err(ApiError::from)?;
+        if !req.peer_address.is_empty() {
+            qm_shared::validate::check_name("peer_address", &req.peer_address, ADDRESS_LEN_MAX)
+                .map_err(ApiError::from)?;
+            if req.peer_address == req.address {
+                let message = "must differ from address (leave it empty to serve Raft on the client port)";
+                return Err(ApiError::from(Invalid::new("peer_address", message)).into());
+            }
+        }
         if self.node.members().1.contains_key(&req.node_id) {
             return Err(ApiError::FailedPrecondition(format!("node {} is already a member", req.node_id)).into());
         }
-        let fut = self.node.raft.add_learner(req.node_id, RaftNode { addr: req.address }, req.wait_caught_up);
+        let member = RaftNode::with_peer(req.address, req.peer_address);
+        let fut = self.node.raft.add_learner(req.node_id, member, req.wait_caught_up);
         let resp = within_term(self.node.raft.metrics(), ADMIN_WAIT_MS_MAX, fut)
             .await
             .map_err(|abandoned| ApiError::Unavailable(format!("adding the learner: {abandoned}")))?

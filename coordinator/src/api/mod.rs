@@ -1,5 +1,10 @@
 //! The gRPC services: decode → validate → propose or read → encode.
 //!
+//! ```text
+//!   client port (--listen)       every service; qm.v1.RaftPeer too unless there is a peer port
+//!   peer port (--peer-listen)    qm.v1.RaftPeer only; mutual TLS under TLS
+//! ```
+//!
 //! Every service here is thin. Validation happens at the edge ([`convert`]), writes go
 //! through [`Node::propose`], linearizable reads through [`Node::read_index`], and every
 //! error becomes a `tonic::Status` in one place ([`crate::error`]).
@@ -30,6 +35,17 @@ use tonic_health::ServingStatus;
 
 use crate::node::Node;
 
+/// Which of a node's gRPC ports a server is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// Every service. With a peer port configured it refuses `qm.v1.RaftPeer` (rule
+    /// `peer-port`); a client certificate is optional under TLS.
+    Client,
+    /// `qm.v1.RaftPeer` only (`--peer-listen`); under TLS a handshake needs a client
+    /// certificate from the cluster CA, and every call one naming a member node.
+    Peer,
+}
+
 /// Serves every gRPC service of `node` on `listener` until `shutdown` resolves.
 pub async fn serve(
     node: Arc<Node>,
@@ -38,14 +54,63 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     if let Some(tls) = tls {
-        return serve_incoming(node, tls.incoming(listener), shutdown).await;
+        return serve_incoming(node, tls.incoming(listener, Port::Client), shutdown).await;
     }
+    serve_incoming(node, tcp_incoming(listener), shutdown).await
+}
+
+/// Serves `qm.v1.RaftPeer` alone on `listener` (the peer port) until `shutdown` resolves.
+pub async fn serve_peer(
+    node: Arc<Node>,
+    listener: TcpListener,
+    tls: Option<crate::tls::ServerTls>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    if let Some(tls) = tls {
+        return serve_peer_incoming(node, tls.incoming(listener, Port::Peer), shutdown).await;
+    }
+    serve_peer_incoming(node, tcp_incoming(listener), shutdown).await
+}
+
+/// Plaintext connections accepted on `listener`.
+fn tcp_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     // A caller-supplied listener bypasses the builder's socket options: set them here, or
     // small replies wait on Nagle and the peer's delayed ACK (~40 ms per round trip).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+    tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(30)));
-    serve_incoming(node, incoming, shutdown).await
+        .with_keepalive(Some(Duration::from_secs(30)))
+}
+
+/// The Raft peer service, with the peer message bounds.
+fn peer_service(node: Arc<Node>) -> pb::raft_peer_server::RaftPeerServer<peer::PeerApi> {
+    pb::raft_peer_server::RaftPeerServer::new(peer::PeerApi::new(node))
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+}
+
+/// Serves `qm.v1.RaftPeer` alone on a stream of accepted connections (the peer port), behind
+/// the same audit and auth layers as the client port (auth knows it is the peer port).
+pub async fn serve_peer_incoming<I, IO, IE>(
+    node: Arc<Node>,
+    incoming: I,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error>
+where
+    I: futures::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let recorder = audit::AuditLayer { node: node.clone() };
+    let auth = auth::AuthLayer { node: node.clone(), port: Port::Peer };
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .concurrency_limit_per_connection(256)
+        .layer(recorder)
+        .layer(auth)
+        .add_service(peer_service(node))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
 }
 
 /// Serves every gRPC service of `node` on a stream of accepted connections (the transport
@@ -95,10 +160,10 @@ where
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
     let recorder = audit::AuditLayer { node: node.clone() };
-    let auth = auth::AuthLayer { node: node.clone() };
-    let peer = pb::raft_peer_server::RaftPeerServer::new(peer::PeerApi::new(node))
-        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let auth = auth::AuthLayer { node: node.clone(), port: Port::Client };
+    // Served here also when there is a peer port, so that every call of it is answered by
+    // the auth layer's PERMISSION_DENIED naming the rule, never UNIMPLEMENTED.
+    let peer = peer_service(node);
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .concurrency_limit_per_connection(256)

@@ -29,7 +29,7 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<pb::TransferLea
             leader_address: leader.map(|l| l.1),
         });
     }
-    let (voters, nodes) = node.members();
+    let (voters, _) = node.members();
     let replication = m.replication.clone().unwrap_or_default();
     let last = m.last_log_index.unwrap_or(0);
     let target = match to {
@@ -46,7 +46,7 @@ pub async fn transfer(node: &Node, to: Option<NodeId>) -> Result<pb::TransferLea
             .ok_or_else(|| ApiError::FailedPrecondition("no other voter to hand leadership to".into()))?,
     };
     let addr =
-        nodes.get(&target).cloned().ok_or_else(|| ApiError::NotFound(format!("node {target} has no address")))?;
+        node.peer_address_of(target).ok_or_else(|| ApiError::NotFound(format!("node {target} has no address")))?;
     // Wait (bounded) for the target to hold every entry the leader has.
     let mut rx = node.raft.metrics();
     let caught_up = tokio::time::timeout(Duration::from_millis(TRANSFER_WAIT_MS_MAX / 2), async {
@@ -98,9 +98,9 @@ pub async fn step_down(node: &Node, term: u64, why: &str) {
     if m.state != ServerState::Leader || m.current_term != term {
         return;
     }
-    let (voters, nodes) = node.members();
+    let (voters, _) = node.members();
     let replication = m.replication.clone().unwrap_or_default();
-    let target = most_caught_up(node.id, &voters, &replication).and_then(|v| nodes.get(&v).map(|a| (v, a.clone())));
+    let target = most_caught_up(node.id, &voters, &replication).and_then(|v| node.peer_address_of(v).map(|a| (v, a)));
     tracing::error!(term, to = ?target.as_ref().map(|t| t.0), "leader: stepping down: {why}");
     if target.is_none() {
         // Alone: a new election of our own starts a new term, whose duties start afresh.
@@ -116,8 +116,9 @@ pub async fn step_down(node: &Node, term: u64, why: &str) {
 }
 
 /// The common tail of a transfer and a step-down: stop heartbeating so the followers' leases
-/// lapse, ask `target` to stand, and wait (bounded) for a newer term with a leader; then
-/// heartbeat and propose again whatever happened. The caller has set `transferring`.
+/// lapse, ask `target` (at its peer address) to stand, and wait (bounded) for a newer term
+/// with a leader; then heartbeat and propose again whatever happened. The caller has set
+/// `transferring`.
 async fn hand_over(node: &Node, term: u64, target: Option<(NodeId, String)>) -> Result<(), ApiError> {
     node.raft.runtime_config().heartbeat(false);
     let result = async {

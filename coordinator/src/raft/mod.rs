@@ -54,8 +54,50 @@ impl std::fmt::Display for Request {
 /// own blank and membership entries).
 pub type Responses = Vec<Response>;
 
-/// A coordinator as Raft knows it: the gRPC address peers and clients reach it at.
-pub type Node = openraft::BasicNode;
+/// A coordinator as Raft knows it: the gRPC address clients reach it at (leader hints and
+/// `qm cluster status` name this one), and the address its Raft RPCs go to.
+///
+/// `peer_addr` is empty when the node serves Raft on its client port (no `--peer-listen`);
+/// otherwise it is the node's peer port, which serves `qm.v1.RaftPeer` only. Part of every
+/// membership entry and snapshot meta on disk (store format 3).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// The client address (`http(s)://host:port`).
+    pub addr: String,
+    /// The peer address; empty: the client address serves Raft too.
+    pub peer_addr: String,
+}
+
+impl Node {
+    /// A node serving Raft on its client port.
+    pub fn new(addr: impl Into<String>) -> Node {
+        Node { addr: addr.into(), peer_addr: String::new() }
+    }
+
+    /// A node with a separate peer port (`peer_addr` empty: none).
+    pub fn with_peer(addr: impl Into<String>, peer_addr: impl Into<String>) -> Node {
+        Node { addr: addr.into(), peer_addr: peer_addr.into() }
+    }
+
+    /// Where this node's Raft RPCs go: its peer address, or its client address if it has none.
+    pub fn peer_address(&self) -> &str {
+        if self.peer_addr.is_empty() {
+            &self.addr
+        } else {
+            &self.peer_addr
+        }
+    }
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.peer_addr.is_empty() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{} (peer {})", self.addr, self.peer_addr)
+        }
+    }
+}
 /// Raft node ids are plain integers, chosen by the operator.
 pub type NodeId = u64;
 

@@ -1,4 +1,6 @@
-//! Raft transport, client side: openraft's RPCs over gRPC (`qm.v1.RaftPeer`).
+//! Raft transport, client side: openraft's RPCs over gRPC (`qm.v1.RaftPeer`), sent to each
+//! peer's peer address (its peer port, or its client port when it has none), presenting this
+//! node's certificate under TLS (the connector carries it).
 //!
 //! openraft's request, response and error types travel as bincode bytes inside the protobuf
 //! messages; a remote openraft error comes back in the `error` arm and is rebuilt as the same
@@ -118,10 +120,13 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Network {
         let connector = self.connector.clone();
+        // Raft goes to the peer's peer port when it has one, else to its client port.
+        let addr = node.peer_address().to_string();
         Network {
             target,
-            addr: node.addr.clone(),
-            client: channel(&node.addr, &connector).ok().map(peer_client),
+            client: channel(&addr, &connector).ok().map(peer_client),
+            addr,
+            node: node.clone(),
             connector,
         }
     }
@@ -131,7 +136,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 #[derive(Debug)]
 pub struct Network {
     target: NodeId,
+    /// Where this peer's Raft RPCs go ([`Node::peer_address`]).
     addr: String,
+    node: Node,
     client: Option<PeerClient>,
     connector: Connector,
 }
@@ -240,11 +247,7 @@ impl Network {
             (Some(ok), _) => from_bytes(&ok).map_err(decode_err),
             (None, Some(err)) => {
                 let err: RaftError<NodeId, E> = from_bytes(&err).map_err(decode_err)?;
-                Err(RPCError::RemoteError(RemoteError::new_with_node(
-                    self.target,
-                    Node { addr: self.addr.clone() },
-                    err,
-                )))
+                Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), err)))
             }
             (None, None) => {
                 let e = std::io::Error::new(std::io::ErrorKind::InvalidData, "peer answered with no outcome");

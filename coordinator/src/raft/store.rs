@@ -37,7 +37,8 @@ impl Space {
 
 /// On-disk layout version; a store written by another layout is refused on open.
 /// 2: a log entry carries a batch of commands.
-pub const STORE_FORMAT_VERSION: u32 = 2;
+/// 3: a member (in membership entries and snapshot metas) carries its peer address.
+pub const STORE_FORMAT_VERSION: u32 = 3;
 
 /// Storage failures. Every one of them stops the Raft node (openraft treats storage errors
 /// as fatal), so they carry enough to be read in a log.
@@ -47,8 +48,24 @@ pub enum StoreError {
     Io { space: &'static str, source: std::io::Error },
     #[error("corrupt value in {space} at key {key:02x?}: {detail}")]
     Corrupt { space: &'static str, key: Vec<u8>, detail: String },
-    #[error("store format version {found} is not supported (this build writes {supported}); upgrade qm or use a new data directory")]
+    #[error("{}", format_message(*found, *supported))]
     Format { found: u32, supported: u32 },
+}
+
+/// Why a store of another format is refused, and what to do about it.
+fn format_message(found: u32, supported: u32) -> String {
+    if found < supported {
+        format!(
+            "store format version {found} was written by an older qm (this build reads and writes only {supported}); \
+             start this node on a new, empty data directory and add it back with `qm cluster add`, \
+             or run the qm that wrote it"
+        )
+    } else {
+        format!(
+            "store format version {found} was written by a newer qm (this build reads and writes only {supported}); \
+             upgrade qm or use a new data directory"
+        )
+    }
 }
 
 /// A key and its value.

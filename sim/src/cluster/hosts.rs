@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use qm_coordinator::node::{default_classes, Node, NodeConfig};
+use qm_coordinator::raft::Node as RaftNode;
 
 use super::clock::SimClock;
 use super::net;
@@ -24,11 +25,13 @@ use super::world::{lock, now_ms, Shared};
 
 /// The configuration of coordinator `id` in a run.
 pub fn node_config(opts: &Options, id: u64) -> NodeConfig {
-    let members: BTreeMap<u64, String> = (1..=opts.nodes).map(|i| (i, net::node_endpoint(i))).collect();
+    let members: BTreeMap<u64, RaftNode> =
+        (1..=opts.nodes).map(|i| (i, RaftNode::new(net::node_endpoint(i)))).collect();
     let election = opts.election_ms[(id - 1) as usize];
     NodeConfig {
         id,
         advertise: net::node_endpoint(id),
+        peer_advertise: String::new(),
         data_dir: None,
         initial_members: members,
         heartbeat_ms: 100,
