@@ -36,10 +36,15 @@ fn pass<'a>(job: &'a Value, name: &str) -> &'a Value {
     job["passes"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no pass {name}"))
 }
 
-/// Polls `qm job show` (bounded: 60 s) until `done` holds.
+/// Polls `qm job show` (bounded: 60 s) until `done` holds. A `qm` that fails (a coordinator
+/// restarting, not listening yet) is polled again, not a failure.
 async fn wait_job(c: &Cluster, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     eventually(&format!("{id}: {what}"), Duration::from_secs(60), || async {
-        let j = show(c, id);
+        let (code, out, err) = c.qm(&["job", "show", id]);
+        if code != 0 {
+            return Err(format!("qm job show exited {code}: {err}"));
+        }
+        let j: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
         if done(&j) {
             Ok(j)
         } else {
