@@ -146,7 +146,7 @@ pub struct Node {
     pub classes: BTreeMap<String, u32>,
     /// Whether calls are authenticated and authorized ([`NodeConfig::access_control`]).
     pub access_control: bool,
-    initial_admin_hash: Option<String>,
+    pub(crate) initial_admin_hash: Option<String>,
     /// Whether the gRPC port serves TLS (peer RPCs then need a node certificate).
     pub tls: bool,
     /// Whether this node has a separate peer port ([`NodeConfig::peer_advertise`]): Raft RPCs

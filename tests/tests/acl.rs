@@ -373,3 +373,54 @@ async fn the_leaders_own_commands_cannot_be_proposed_from_outside() {
     let after = c.client().status().await.expect("status");
     assert_eq!(after.term, before.term, "no restart was forced");
 }
+
+/// A node whose cluster has not bootstrapped yet (here it never can: its two peers never
+/// start) tells a caller with the configured first admin token to retry, and any other
+/// token that it is unknown.
+#[test]
+fn the_configured_first_admin_token_is_retried_until_the_cluster_has_applied_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let secret = qm_tests::random_secret();
+    let secret_file = dir.path().join("admin.secret");
+    std::fs::write(&secret_file, &secret).expect("secret");
+    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", qm_tests::free_port())).collect();
+    let peers = format!("1={},2={},3={}", addrs[0], addrs[1], addrs[2]);
+    let mut node = std::process::Command::new(qm_tests::qm_bin())
+        .args(["coordinator", "run", "--id", "1", "--listen", &addrs[0], "--admin-listen", "", "--peers", &peers])
+        .arg("--data-dir")
+        .arg(dir.path().join("d1"))
+        .arg("--initial-admin-token-file")
+        .arg(&secret_file)
+        .env("QM_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start node 1");
+    let qm = |token: &str| {
+        let out = std::process::Command::new(qm_tests::qm_bin())
+            .args(["cluster", "status", "--endpoint", &addrs[0]])
+            .env("QM_TOKEN", token)
+            .env("XDG_CONFIG_HOME", dir.path())
+            .output()
+            .expect("run qm");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // Until node 1 listens nothing answers at all (polled, bounded: 30 s); then the answers
+    // below, every time.
+    let (code, err) = (0..600)
+        .map(|i| {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(qm_tests::POLL_MS));
+            }
+            qm(&secret)
+        })
+        .find(|(_, err)| !err.contains("no coordinator is listening"))
+        .expect("node 1 listens within 30 s");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("access control is being bootstrapped"), "retry, not unknown: {err}");
+    let (code, err) = qm(&qm_tests::random_secret());
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("unknown or revoked token"), "{err}");
+    node.kill().expect("kill node 1");
+    node.wait().expect("reap node 1");
+}

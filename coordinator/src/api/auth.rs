@@ -296,7 +296,16 @@ pub fn authenticate(
         return Err(ApiError::Unauthenticated("unknown or revoked token".into()));
     }
     let hash = hash_secret(secret.trim());
-    let Some(token) = node.shared.read(|d| d.state.acl().by_hash(&hash).cloned()) else {
+    let (token, bootstrapped) =
+        node.shared.read(|d| (d.state.acl().by_hash(&hash).cloned(), d.state.acl().bootstrapped()));
+    let Some(token) = token else {
+        // The configured first admin token, before the leader has applied it: the cluster is
+        // still starting, so the caller is told to retry, not that its token is unknown.
+        if !bootstrapped && node.initial_admin_hash.as_deref() == Some(hash.as_str()) {
+            return Err(ApiError::Unavailable(
+                "access control is being bootstrapped from the configured initial admin token; retry".into(),
+            ));
+        }
         return Err(ApiError::Unauthenticated("unknown or revoked token".into()));
     };
     super::audit::note_token(extensions, &token);
