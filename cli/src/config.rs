@@ -167,6 +167,12 @@ pub const KEYS: &[Key] = &[
         help: "coordinator: bytes of audit records kept under <data_dir>/audit (65536..=268435456; the oldest go first)",
     },
     Key {
+        name: "limits.write_rate_per_principal",
+        env: "QM_LIMITS_WRITE_RATE_PER_PRINCIPAL",
+        default: "0",
+        help: "coordinator: calls needing a role that one principal may make on a node, N, N/s or N/m (0: no limit)",
+    },
+    Key {
         name: "jobs.classes",
         env: "QM_JOBS_CLASSES",
         default: "incident=1000,hotfix=900,security=800,feature=500,refactor=300,docs=100",
@@ -432,6 +438,7 @@ mod tests {
             ("raft.tick_ms", node.tick_ms),
             ("raft.snapshot_logs", node.snapshot_logs),
             ("audit.bytes_max", node.audit_bytes_max),
+            ("limits.write_rate_per_principal", node.write_rate.map_or(0, |r| r.calls)),
         ] {
             assert_eq!(default(name), value.to_string(), "{name}");
         }

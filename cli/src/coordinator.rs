@@ -76,6 +76,11 @@ pub struct RunArgs {
     /// [config: audit.bytes_max] [default: 16777216]
     #[arg(long)]
     audit_bytes_max: Option<String>,
+    /// Calls needing a role beyond reading (writes, admin calls) that one principal may make
+    /// on this node: N, N/s or N/m, with a burst of N; past it RESOURCE_EXHAUSTED says when to
+    /// retry. 0: no limit. [config: limits.write_rate_per_principal] [default: 0]
+    #[arg(long)]
+    write_rate_per_principal: Option<String>,
 }
 
 impl RunArgs {
@@ -93,6 +98,7 @@ impl RunArgs {
             ("raft.snapshot_logs", self.snapshot_logs.clone()),
             ("acl.initial_admin_token_file", self.initial_admin_token_file.clone()),
             ("audit.bytes_max", self.audit_bytes_max.clone()),
+            ("limits.write_rate_per_principal", self.write_rate_per_principal.clone()),
         ]
     }
 }
@@ -279,6 +285,8 @@ pub fn node_config(config: &Config, join: bool) -> Result<(NodeConfig, Listen), 
         tls,
         insecure,
         audit_bytes_max: config.u64("audit.bytes_max", AUDIT_BYTES_MIN, AUDIT_BYTES_MAX)?,
+        write_rate: qm_coordinator::api::rate::Rate::parse(config.get("limits.write_rate_per_principal"))
+            .map_err(|e| Failure::usage(format!("limits.write_rate_per_principal: {e}")))?,
     };
     Ok((node, Listen { grpc: listen, peer: peer_listen, admin }))
 }

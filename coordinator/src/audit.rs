@@ -56,8 +56,15 @@ pub struct Record {
 
 impl Record {
     pub fn denied(&self) -> bool {
-        DENIED.contains(&self.call.code)
+        is_denial(self.call.code, &self.call.message)
     }
+}
+
+/// Whether an answer is a denial: UNAUTHENTICATED, PERMISSION_DENIED, or RESOURCE_EXHAUSTED
+/// from a principal's write rate.
+pub fn is_denial(code: i32, message: &str) -> bool {
+    DENIED.contains(&code)
+        || (code == tonic::Code::ResourceExhausted as i32 && message.starts_with(crate::api::rate::RULE))
 }
 
 /// What the layer saw of one call; [`AuditLog::record`] numbers, stamps and bounds it.

@@ -93,6 +93,9 @@ pub struct NodeConfig {
     /// Bytes of audit records kept (`--audit-bytes-max`), under `<data_dir>/audit` or, with no
     /// data directory, in memory.
     pub audit_bytes_max: u64,
+    /// Calls needing a role that one principal may make on this node
+    /// (`--write-rate-per-principal`); `None`: no limit.
+    pub write_rate: Option<crate::api::rate::Rate>,
 }
 
 impl NodeConfig {
@@ -114,6 +117,7 @@ impl NodeConfig {
             tls: None,
             insecure: false,
             audit_bytes_max: qm_shared::limits::AUDIT_BYTES_DEFAULT,
+            write_rate: None,
         }
     }
 }
@@ -157,6 +161,8 @@ pub struct Node {
     pub initial_members: BTreeSet<NodeId>,
     /// What arrived at this node's edge (not replicated).
     pub audit: AuditLog,
+    /// Per-principal write rates at this node's edge (not replicated).
+    pub write_rate: crate::api::rate::WriteRate,
 }
 
 impl std::fmt::Debug for Node {
@@ -263,6 +269,7 @@ impl Node {
             insecure: config.insecure,
             initial_members: config.initial_members.keys().copied().collect(),
             audit,
+            write_rate: crate::api::rate::WriteRate::new(config.write_rate),
         });
         if !config.initial_members.is_empty()
             && config.initial_members.keys().next() == Some(&config.id)

@@ -424,3 +424,37 @@ fn the_configured_first_admin_token_is_retried_until_the_cluster_has_applied_it(
     node.kill().expect("kill node 1");
     node.wait().expect("reap node 1");
 }
+
+/// With `--write-rate-per-principal 4/m`, a principal's fifth write within 15 s is refused
+/// with RESOURCE_EXHAUSTED naming the rule and when to retry, and changes nothing; another
+/// principal and reads are not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_over_its_write_rate_is_refused_and_nothing_changes() {
+    let c = Cluster::start_with_flags(1, 10_000, &["--write-rate-per-principal", "4/m"]);
+    c.leader(&[1]).await;
+    let ci = c.qm_json(&["token", "create", "--name", "ci", "--role", "submitter", "--path-prefix", "pg:ci"]);
+    let secret = ci["secret"].as_str().expect("secret").to_string();
+    // `qm reserve acquire` writes twice: it opens a session, then acquires.
+    for i in 0..2 {
+        let (code, _, err) = c.qm_at_with(&secret, &["reserve", "acquire", &format!("pg:ci/table:t{i}")]);
+        assert_eq!(code, 0, "writes {} and {} are within the burst: {err}", 2 * i + 1, 2 * i + 2);
+    }
+    let before = c.qm_json(&["reserve", "list"]);
+    let (code, out, err) = c.qm_at_with(&secret, &["reserve", "acquire", "pg:ci/table:t2"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("ResourceExhausted") && err.contains("rule write-rate"), "{err}");
+    assert!(err.contains("principal \"ci\"") && err.contains("retry in"), "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).expect("json")["error"]["kind"], "error");
+    let after = c.qm_json(&["reserve", "list"]);
+    assert_eq!(before["reservations"], after["reservations"], "nothing changed");
+    let (code, _, err) = c.qm_at_with(&secret, &["reserve", "list"]);
+    assert_eq!(code, 0, "reads are not rate-limited: {err}");
+    c.qm_json(&["reserve", "acquire", "pg:admin"]);
+    // The refusal is a denial in the node's audit log.
+    let denied = c.qm_json(&["audit", "list", "--denied", "--principal", "ci"]);
+    let records = denied["records"].as_array().expect("records");
+    assert!(
+        records.iter().any(|r| r["message"].as_str().is_some_and(|m| m.starts_with("rule write-rate"))),
+        "{denied:#}"
+    );
+}

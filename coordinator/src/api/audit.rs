@@ -205,7 +205,7 @@ impl Watch {
     fn finish(self, node: &Node, headers: &http::HeaderMap) {
         let status = Status::from_header_map(headers);
         let (code, message) = status.map_or((0, String::new()), |s| (s.code() as i32, s.message().to_string()));
-        let denied = code == tonic::Code::Unauthenticated as i32 || code == tonic::Code::PermissionDenied as i32;
+        let denied = crate::audit::is_denial(code, &message);
         let by_operator = self.trail.principal.get().is_some_and(|(_, operator)| *operator);
         let wanted = match self.kind {
             Kind::Always => true,

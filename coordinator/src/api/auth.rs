@@ -380,6 +380,28 @@ fn check_peer(node: &Node, path: &str, extensions: &http::Extensions) -> Result<
     }
 }
 
+/// Takes a call from `principal`'s write rate at this node ([`super::rate`]) when `path`
+/// needs a role beyond reading; RESOURCE_EXHAUSTED naming the rule and when to retry when
+/// its bucket is empty.
+fn within_rate(node: &Node, path: &str, principal: Principal) -> Result<Principal, ApiError> {
+    if !matches!(rule(path), Some(Rule::AnyOf(_))) {
+        return Ok(principal);
+    }
+    match node.write_rate.take(&principal.name, node.clock.now_ms()) {
+        Ok(()) => Ok(principal),
+        Err(retry_ms) => {
+            let rate = node.write_rate.rate().expect("a bucket ran dry, so there is a rate");
+            let unit = if rate.per_ms == 60_000 { "minute" } else { "second" };
+            Err(ApiError::ResourceExhausted(format!(
+                "{}: principal {:?} is over its {} calls a {unit} on this node; retry in {retry_ms} ms",
+                super::rate::RULE,
+                principal.name,
+                rate.calls
+            )))
+        }
+    }
+}
+
 /// The tower layer that runs [`authenticate`] in front of every service of a port.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
@@ -416,7 +438,9 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        match authenticate(&self.node, self.port, req.uri().path(), req.headers(), req.extensions()) {
+        let checked = authenticate(&self.node, self.port, req.uri().path(), req.headers(), req.extensions())
+            .and_then(|principal| within_rate(&self.node, req.uri().path(), principal));
+        match checked {
             Ok(principal) => {
                 req.extensions_mut().insert(principal);
                 Box::pin(self.inner.call(req))

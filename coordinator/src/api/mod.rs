@@ -17,6 +17,7 @@ pub mod convert;
 pub mod graph;
 pub mod jobs;
 pub mod peer;
+pub mod rate;
 pub mod reservations;
 pub mod sessions;
 pub mod tasks;

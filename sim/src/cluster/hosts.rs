@@ -50,6 +50,7 @@ pub fn node_config(opts: &Options, id: u64) -> NodeConfig {
         tls: None,
         insecure: false,
         audit_bytes_max: qm_shared::limits::AUDIT_BYTES_DEFAULT,
+        write_rate: None,
     }
 }
 
