@@ -52,6 +52,10 @@ pub const CAPACITY_MAX: u32 = 1_000_000;
 
 /// Most open sessions, held reservations and pending requests in the whole state.
 pub const SESSIONS_MAX: usize = 1_000_000;
+/// Open sessions of one principal (a token's name; not counted with access control off): no
+/// principal can take more than a hundredth of the table. `RESOURCE_EXHAUSTED` past it.
+pub const SESSIONS_PER_PRINCIPAL_MAX: usize = 10_000;
+const _: () = assert!(SESSIONS_PER_PRINCIPAL_MAX <= SESSIONS_MAX / 100);
 pub const RESERVATIONS_MAX: usize = 4_000_000;
 pub const REQUESTS_MAX: usize = 1_000_000;
 /// Most declared resources (capacity, policy, grace).

@@ -86,6 +86,12 @@ impl State {
     }
 
     fn check_records(&self) -> Checked {
+        let mut per_principal: BTreeMap<&str, u32> = BTreeMap::new();
+        for s in self.sessions.values().filter(|s| !s.principal.is_empty()) {
+            *per_principal.entry(s.principal.as_str()).or_default() += 1;
+        }
+        let kept: BTreeMap<&str, u32> = self.principal_sessions.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+        ensure_eq!(kept, per_principal, "open sessions per principal");
         for (id, s) in &self.sessions {
             ensure_eq!(s.id, *id);
             for (name, o) in &s.owners {

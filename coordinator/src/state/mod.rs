@@ -45,7 +45,8 @@ use serde::{Deserialize, Serialize};
 use qm_shared::limits::{
     AGING_INTERVAL_MS_DEFAULT, AGING_STEP_DEFAULT, CAPACITY_MAX, CYCLE_REPORT_MAX, LIFETIME_MS_MAX,
     PREEMPT_GAP_DEFAULT, PREEMPT_GRACE_MS_MAX, PREEMPT_GRACE_MS_MIN, PRIORITY_MAX, QUEUE_LEN_MAX, REQUESTS_MAX,
-    RESERVATIONS_MAX, RESOURCES_DECLARED_MAX, SESSIONS_MAX, SESSION_LABEL_LEN_MAX_BYTES, SET_SIZE_MAX,
+    RESERVATIONS_MAX, RESOURCES_DECLARED_MAX, SESSIONS_MAX, SESSIONS_PER_PRINCIPAL_MAX, SESSION_LABEL_LEN_MAX_BYTES,
+    SET_SIZE_MAX,
 };
 use qm_shared::{Invalid, LockMode, Mode, ResourcePath};
 
@@ -164,6 +165,10 @@ pub struct State {
     next_seq: u64,
     last_token: u64,
     sessions: BTreeMap<SessionId, Session>,
+    /// Open sessions per principal (not the empty one), derived from `sessions`: not in
+    /// snapshots, rebuilt on restore, checked against them.
+    #[serde(skip)]
+    principal_sessions: BTreeMap<String, u32>,
     owners: BTreeMap<OwnerId, Owner>,
     /// Owners holding and waiting for nothing, freed on the next Tick.
     vacant_owners: BTreeSet<OwnerId>,

@@ -13,6 +13,16 @@ impl State {
         if self.sessions.len() >= SESSIONS_MAX {
             return Response::Refused(Refusal::Exhausted { what: "sessions".into(), max: SESSIONS_MAX as u64 });
         }
+        if !principal.is_empty() {
+            let open = self.principal_sessions.get(&principal).copied().unwrap_or(0);
+            if open as usize >= SESSIONS_PER_PRINCIPAL_MAX {
+                return Response::Refused(Refusal::Exhausted {
+                    what: format!("sessions of principal {principal:?}"),
+                    max: SESSIONS_PER_PRINCIPAL_MAX as u64,
+                });
+            }
+            self.principal_sessions.insert(principal.clone(), open + 1);
+        }
         let id = SessionId(take(&mut self.next_session));
         let expires_at = ctx.now + ttl_ms;
         self.sessions.insert(id, Session { id, label, ttl_ms, expires_at, owners: BTreeMap::new(), principal });
@@ -38,9 +48,23 @@ impl State {
         }
     }
 
+    /// Rebuilds the open sessions per principal from the sessions (after a restore).
+    pub(super) fn rebuild_principal_sessions(&mut self) {
+        self.principal_sessions.clear();
+        for s in self.sessions.values().filter(|s| !s.principal.is_empty()) {
+            *self.principal_sessions.entry(s.principal.clone()).or_default() += 1;
+        }
+    }
+
     /// Releases everything a session holds and cancels its waits.
     pub(super) fn end_session(&mut self, id: SessionId, reason: ReleaseReason, ctx: &mut Ctx) -> Option<(u32, u32)> {
         let session = self.sessions.remove(&id)?;
+        if let Some(open) = self.principal_sessions.get_mut(&session.principal) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                self.principal_sessions.remove(&session.principal);
+            }
+        }
         self.worker_lost(id, ctx);
         self.session_timers.remove(&(session.expires_at, id));
         if reason == ReleaseReason::SessionExpired {

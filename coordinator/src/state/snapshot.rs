@@ -52,6 +52,7 @@ impl State {
         let mut state: State = bincode::deserialize(&bytes[12..])?;
         state.wait_for.rebuild();
         state.tasks.rebuild_routed();
+        state.rebuild_principal_sessions();
         // Only owners whose links hold: a broken link is for the checker to report.
         let waiting: Vec<_> = state
             .requests
