@@ -152,6 +152,11 @@ pub struct ExecArgs {
     /// SIGKILL this many ms later if its shell has not exited (0..=60000)
     #[arg(long, value_name = "MS", default_value_t = limits::EXEC_KILL_GRACE_MS_DEFAULT)]
     pub kill_grace_ms: u64,
+    /// A limit of one role's attempts instead of the worker's, as
+    /// ROLE:cpu-secs|memory-bytes|open-files|output-bytes=VALUE (same bounds as the --limit-*
+    /// flags); repeat per role and limit, e.g. --role-limit implementer:cpu-secs=1800
+    #[arg(long = "role-limit", value_name = "ROLE:LIMIT=VALUE")]
+    pub role_limits: Vec<String>,
 }
 
 /// An executor a worker may enable.
@@ -178,20 +183,25 @@ pub fn exec_config(a: ExecArgs, node_id: &str, providers: BTreeMap<String, Provi
             return Err(Failure::usage(format!("--pass-env {name:?}: not a variable name")));
         }
     }
-    let at_least = |flag: &str, v: u64, min: u64| {
-        if v != 0 && v < min {
-            return Err(Failure::usage(format!("--{flag}: {v} is below {min} (0 means unlimited)")));
-        }
-        Ok(())
+    let worker_limits = Limits {
+        cpu_secs: a.limit_cpu_secs,
+        memory_bytes: a.limit_memory_bytes,
+        open_files: a.limit_open_files,
+        output_bytes: a.limit_output_bytes,
     };
-    at_least("limit-memory-bytes", a.limit_memory_bytes, 16 * 1024 * 1024)?;
-    at_least("limit-open-files", a.limit_open_files, 8)?;
-    if !(1_024..=limits::TASK_OUTPUT_BYTES_MAX).contains(&a.limit_output_bytes) {
-        return Err(Failure::usage(format!(
-            "--limit-output-bytes: {} is outside 1024..={}",
-            a.limit_output_bytes,
-            limits::TASK_OUTPUT_BYTES_MAX
-        )));
+    check_limits(&worker_limits, "limit-")?;
+    let mut role_limits: BTreeMap<Role, Limits> = BTreeMap::new();
+    for text in &a.role_limits {
+        let (role, limit) = role_limit(text)?;
+        let l = role_limits.entry(role).or_insert(worker_limits);
+        match limit {
+            ("cpu-secs", v) => l.cpu_secs = v,
+            ("memory-bytes", v) => l.memory_bytes = v,
+            ("open-files", v) => l.open_files = v,
+            (_, v) => l.output_bytes = usize::try_from(v).unwrap_or(usize::MAX),
+        }
+        check_limits(l, &format!("role-limit {role}:"))
+            .map_err(|f| Failure::usage(format!("{} (from {text:?})", f.message())))?;
     }
     if a.kill_grace_ms > limits::EXEC_KILL_GRACE_MS_MAX {
         return Err(Failure::usage(format!(
@@ -204,15 +214,46 @@ pub fn exec_config(a: ExecArgs, node_id: &str, providers: BTreeMap<String, Provi
         enabled: a.enable_executors.iter().map(|e| e.kind()).collect(),
         pass_env: ExecConfig::pass_env_from_process(a.pass_env.iter().map(String::as_str)),
         work_root: a.work_root.unwrap_or_else(|| ExecConfig::default_work_root(node_id)),
-        limits: Limits {
-            cpu_secs: a.limit_cpu_secs,
-            memory_bytes: a.limit_memory_bytes,
-            open_files: a.limit_open_files,
-            output_bytes: a.limit_output_bytes,
-        },
+        limits: worker_limits,
+        role_limits,
         kill_grace: Duration::from_millis(a.kill_grace_ms),
         providers,
     })
+}
+
+/// The bounds every limit keeps, the worker's (`--limit-*`) and a role's (`--role-limit`):
+/// `flag` prefixes the names in errors.
+fn check_limits(l: &Limits, flag: &str) -> Result<(), Failure> {
+    let at_least = |name: &str, v: u64, min: u64| {
+        if v != 0 && v < min {
+            return Err(Failure::usage(format!("--{flag}{name}: {v} is below {min} (0 means unlimited)")));
+        }
+        Ok(())
+    };
+    at_least("memory-bytes", l.memory_bytes, 16 * 1024 * 1024)?;
+    at_least("open-files", l.open_files, 8)?;
+    if !(1_024..=limits::TASK_OUTPUT_BYTES_MAX).contains(&l.output_bytes) {
+        return Err(Failure::usage(format!(
+            "--{flag}output-bytes: {} is outside 1024..={}",
+            l.output_bytes,
+            limits::TASK_OUTPUT_BYTES_MAX
+        )));
+    }
+    Ok(())
+}
+
+/// One `--role-limit ROLE:NAME=VALUE`.
+fn role_limit(text: &str) -> Result<(Role, (&str, u64)), Failure> {
+    let bad = |why: String| Failure::usage(format!("--role-limit {text:?}: {why}"));
+    let (role, rest) = text.split_once(':').ok_or_else(|| bad("expected ROLE:LIMIT=VALUE".into()))?;
+    let role: Role = role.parse().map_err(|e| bad(format!("{e}")))?;
+    let (name, value) = rest.split_once('=').ok_or_else(|| bad("expected ROLE:LIMIT=VALUE".into()))?;
+    let name = ["cpu-secs", "memory-bytes", "open-files", "output-bytes"]
+        .into_iter()
+        .find(|n| *n == name)
+        .ok_or_else(|| bad(format!("{name:?} is not a limit: cpu-secs, memory-bytes, open-files or output-bytes")))?;
+    let value: u64 = value.parse().map_err(|_| bad(format!("{value:?} is not a whole number")))?;
+    Ok((role, (name, value)))
 }
 
 /// One `--provider NAME=KIND:URL`: what the worker registers, and how its executor reaches it.

@@ -116,6 +116,16 @@ fn a_negative_number_or_a_misspelt_mode_is_named_with_what_is_allowed() {
     let (code, _, err) = qm_alone(&args);
     assert_eq!(code, 2, "refused before any connection: {err}");
     assert!(err.contains("\"exclusiv\" is not a mode") && err.contains(":shared or :exclusive"), "{err}");
+
+    for (limit, said) in [
+        ("implementer:open-files=3", "--role-limit implementer:open-files: 3 is below 8"),
+        ("reviewr:cpu-secs=3", "unknown role \"reviewr\""),
+        ("implementer:cpu=3", "\"cpu\" is not a limit: cpu-secs, memory-bytes, open-files or output-bytes"),
+    ] {
+        let (code, _, err) = qm_alone(&["worker", "run", "--role-limit", limit, "--endpoint", "127.0.0.1:1"]);
+        assert_eq!(code, 2, "refused before connecting: {err}");
+        assert!(err.contains(said), "{limit}: {err}");
+    }
 }
 
 #[tokio::test]

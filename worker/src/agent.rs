@@ -12,11 +12,14 @@
 //! outcomes back as events. Nothing here does I/O or reads a clock.
 
 use crate::executor::{Control, ExecEvent, ExecOutcome, ExecRequest, ExecResult, Usage};
+use qm_shared::Role;
 
 /// An assignment as the agent needs it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Assignment {
     pub task: u64,
+    /// The role of the agent slot it was given to (its executor's limits may be the role's).
+    pub role: Role,
     pub attempt: u32,
     /// `(path, mode is exclusive, units)`.
     pub resources: Vec<(String, bool, u32)>,
@@ -295,6 +298,7 @@ impl Agent {
             timeout_ms: a.timeout_ms,
             model: a.model.clone(),
             provider: a.provider.clone(),
+            role: Some(a.role),
         })]
     }
 
@@ -417,6 +421,7 @@ mod tests {
     fn assignment() -> Assignment {
         Assignment {
             task: 7,
+            role: Role::Implementer,
             attempt: 1,
             resources: vec![("pg:staging".into(), true, 1)],
             payload: b"{}".to_vec(),

@@ -577,6 +577,7 @@ impl Actor for Supervisor {
                     };
                     let assignment = Assignment {
                         task: a.task_id,
+                        role,
                         attempt: a.attempt,
                         resources: a
                             .resources

@@ -55,6 +55,7 @@ fn req(payload: serde_json::Value) -> ExecRequest {
         timeout_ms: 0,
         model: String::new(),
         provider: String::new(),
+        role: None,
     }
 }
 
@@ -230,6 +231,18 @@ async fn resource_limits_are_visible_in_the_child() {
     let ours = std::process::Command::new("/bin/sh").args(["-c", "ulimit -Hn"]).output().expect("sh");
     let out = output(&run(&config, cmd("ulimit -Hn")).await);
     assert_eq!(out, String::from_utf8_lossy(&ours.stdout));
+}
+
+#[tokio::test]
+async fn a_role_with_limits_of_its_own_runs_under_them_and_other_roles_under_the_workers() {
+    let dir = Scratch::new("role-limits");
+    let mut config = config(&dir);
+    config.limits = Limits { open_files: 256, ..Limits::default() };
+    config.role_limits.insert(qm_shared::Role::Verifier, Limits { open_files: 64, ..Limits::default() });
+    let as_role = |role| ExecRequest { role: Some(role), ..cmd("ulimit -n") };
+    assert_eq!(output(&run(&config, as_role(qm_shared::Role::Verifier)).await), "64\n");
+    assert_eq!(output(&run(&config, as_role(qm_shared::Role::Implementer)).await), "256\n");
+    assert_eq!(output(&run(&config, cmd("ulimit -n")).await), "256\n", "no role: the worker's limits");
 }
 
 #[tokio::test]

@@ -671,6 +671,7 @@ impl<'a> Run<'a> {
                 let Some(t) = self.state.tasks().get(task) else { return };
                 let a = Assignment {
                     task: task.0,
+                    role: t.spec.role,
                     attempt,
                     resources: t
                         .attempt_items()

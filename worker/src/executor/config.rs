@@ -13,6 +13,8 @@ use qm_shared::limits::{
     EXEC_OUTPUT_BYTES_DEFAULT,
 };
 
+use qm_shared::Role;
+
 use super::llm::Api;
 
 /// The worker environment variables a child sees when the worker names none
@@ -124,6 +126,8 @@ pub struct ExecConfig {
     /// after it.
     pub work_root: PathBuf,
     pub limits: Limits,
+    /// Limits of the attempts of agents of a role, instead of `limits` (`--role-limit`).
+    pub role_limits: BTreeMap<Role, Limits>,
     /// After SIGTERM to an attempt's process group (stop, cancel, timeout), how long before
     /// SIGKILL.
     pub kill_grace: Duration,
@@ -139,9 +143,17 @@ impl std::fmt::Debug for ExecConfig {
             .field("pass_env", &self.pass_env.iter().map(|(n, _)| n).collect::<Vec<_>>())
             .field("work_root", &self.work_root)
             .field("limits", &self.limits)
+            .field("role_limits", &self.role_limits)
             .field("kill_grace", &self.kill_grace)
             .field("providers", &self.providers)
             .finish()
+    }
+}
+
+impl ExecConfig {
+    /// The limits of an attempt of an agent of `role`: the role's, else the worker's.
+    pub fn limits_for(&self, role: Option<Role>) -> Limits {
+        role.and_then(|r| self.role_limits.get(&r)).copied().unwrap_or(self.limits)
     }
 }
 
@@ -153,6 +165,7 @@ impl Default for ExecConfig {
             pass_env: Vec::new(),
             work_root: std::env::temp_dir().join("qm-work-default"),
             limits: Limits::default(),
+            role_limits: BTreeMap::new(),
             kill_grace: Duration::from_millis(EXEC_KILL_GRACE_MS_DEFAULT),
             providers: BTreeMap::new(),
         }

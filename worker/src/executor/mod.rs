@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::Either;
+use qm_shared::Role;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -61,6 +62,9 @@ pub struct ExecRequest {
     /// The provider the coordinator routed the attempt to; an llm payload whose `provider` is
     /// empty or `auto` uses it.
     pub provider: String,
+    /// The role of the agent running it: its limits are the role's where the worker sets
+    /// them (`--role-limit`), else the worker's.
+    pub role: Option<Role>,
 }
 
 /// Reported while running.
@@ -156,6 +160,8 @@ pub async fn run(
         Err(e) => return ExecResult::failed(e),
     };
     let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms));
+    let limits = config.limits_for(req.role);
+    let config = if limits == config.limits { config } else { Arc::new(ExecConfig { limits, ..(*config).clone() }) };
     let work = match payload {
         Payload::Scripted(s) => Either::Left(scripted::run(s, &req, events, control)),
         // The command executor keeps its own deadline: it stops its process group (TERM,
@@ -194,6 +200,7 @@ pub(crate) mod tests {
             timeout_ms: 0,
             model: String::new(),
             provider: String::new(),
+            role: None,
         }
     }
 
