@@ -35,6 +35,15 @@ pub enum ClusterCommand {
         /// Leave it a non-voting learner.
         #[arg(long)]
         learner: bool,
+        /// How long the learner may take to catch up (to the log index of its addition)
+        /// before it is promoted; past it, it stays a learner and the command fails
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+    },
+    /// Promote a learner that has caught up to voter.
+    Promote {
+        /// Node id of the learner.
+        id: u64,
     },
     /// Remove a node (voter or learner).
     Remove {
@@ -59,8 +68,15 @@ pub async fn dispatch(command: ClusterCommand, client: &Client, output: Output) 
             wait_ready(client, std::time::Duration::from_millis(timeout_ms)).await?;
             status(client, output).await
         }
-        ClusterCommand::Add { id, address, peer_addr, learner } => {
-            add(client, id, &address, peer_addr.as_deref(), learner, output).await
+        ClusterCommand::Add { id, address, peer_addr, learner, timeout_ms } => {
+            let how = Adding { learner, within: std::time::Duration::from_millis(timeout_ms) };
+            add(client, id, &address, peer_addr.as_deref(), how, output).await
+        }
+        ClusterCommand::Promote { id } => {
+            let members = client.promote(pb::PromoteRequest { node_id: id }).await.map_err(status_failure)?.members;
+            let value = json!({"promoted": id, "members": members.iter().map(member_json).collect::<Vec<_>>()});
+            emit(output, &value, &format!("node {id} is a voter; {}\n", crate::count(members.len(), "member")));
+            Ok(())
         }
         ClusterCommand::Remove { id } => remove(client, id, output).await,
         ClusterCommand::TransferLeader { to } => transfer_leader(client, to, output).await,
@@ -166,7 +182,7 @@ async fn add(
     id: u64,
     address: &str,
     peer_address: Option<&str>,
-    learner: bool,
+    how: Adding,
     output: Output,
 ) -> Result<(), Failure> {
     // A cluster spoken to over TLS serves TLS to its peers too.
@@ -177,13 +193,12 @@ async fn add(
         Some("") => return Err(Failure::usage("--peer-addr: empty; leave the flag out to serve Raft on ADDRESS")),
         Some(p) => qm_shared::client::normalize_for(p, tls),
     };
-    let added = client
-        .add_learner(pb::AddLearnerRequest { node_id: id, address, peer_address, wait_caught_up: true })
-        .await
-        .map_err(status_failure)?;
-    let members = if learner {
+    let req = pb::AddLearnerRequest { node_id: id, address: address.clone(), peer_address, wait_caught_up: true };
+    let added = client.add_learner(req).await.map_err(status_failure)?;
+    let members = if how.learner {
         added.members
     } else {
+        caught_up(client, id, &address, added.log_index, how.within).await?;
         client.promote(pb::PromoteRequest { node_id: id }).await.map_err(status_failure)?.members
     };
     let value = json!({"added": id, "members": members.iter().map(member_json).collect::<Vec<_>>()});
@@ -192,11 +207,52 @@ async fn add(
         &value,
         &format!(
             "node {id} added as {}; {}\n",
-            if learner { "learner" } else { "voter" },
+            if how.learner { "learner" } else { "voter" },
             crate::count(members.len(), "member")
         ),
     );
     Ok(())
+}
+
+/// How `qm cluster add` adds a node.
+#[derive(Clone, Copy, Debug)]
+struct Adding {
+    learner: bool,
+    within: std::time::Duration,
+}
+
+/// Waits until learner `id` has replicated the log up to `index` (its addition), as the
+/// leader reports it, for at most `within`. openraft's own wait counts a learner as caught up
+/// while it is thousands of entries behind, or not reachable at all.
+async fn caught_up(
+    client: &Client,
+    id: u64,
+    address: &str,
+    index: u64,
+    within: std::time::Duration,
+) -> Result<(), Failure> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut said = None;
+    loop {
+        let s = while_starting(deadline, || client.status()).await?;
+        let matched = s.members.iter().find(|m| m.node_id == id).and_then(|m| m.matched_index);
+        if matched.is_some_and(|m| m >= index) {
+            return Ok(());
+        }
+        if said != Some(matched) {
+            let at = matched.map_or("nothing yet".to_string(), |m| format!("index {m}"));
+            eprintln!("node {id} catching up: {at} of {index}");
+            said = Some(matched);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Failure::error(format!(
+                "node {id} was added as a learner but has not caught up to index {index} within {} ms, so it was \
+                 not promoted: is it running and reachable at {address}? Once it has, `qm cluster promote {id}`",
+                within.as_millis()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// `qm cluster remove`.

@@ -359,3 +359,24 @@ async fn re_elected_leader_that_caught_up_by_snapshot_serves_writes() {
     let status = cluster.status_of(old).await.expect("status");
     assert!(status.ready, "node {old} reports itself ready: {status:?}");
 }
+
+/// `qm cluster add` promotes a node only once it has replicated the log up to its addition:
+/// an address where nothing runs stays a learner (the command says so and exits 1), and the
+/// single voter goes on serving writes. Promoted at once, it would have made a second voter
+/// that never answers, and the cluster could not commit anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_catches_up_is_left_a_learner_and_writes_go_on() {
+    let c = Cluster::start(1, 10_000);
+    c.leader(&[1]).await;
+    let nowhere = format!("127.0.0.1:{}", qm_tests::free_port());
+    let (code, _, err) = c.qm(&["cluster", "add", "9", &nowhere, "--timeout-ms", "2000"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("has not caught up") && err.contains("not promoted"), "{err}");
+    assert!(err.contains(&nowhere) && err.contains("qm cluster promote 9"), "{err}");
+    let status = c.qm_json(&["cluster", "status"]);
+    let nine = status["members"].as_array().unwrap().iter().find(|m| m["node_id"] == 9).cloned();
+    assert_eq!(nine.map(|m| m["role"].clone()), Some("learner".into()), "{status:#}");
+    // Node 1 alone still commits.
+    let granted = c.qm_json(&["reserve", "acquire", "pg:after-add"]);
+    assert_eq!(granted["status"], "granted", "{granted:#}");
+}
