@@ -69,8 +69,8 @@ use qm_shared::client::Client;
                   that needs a person (qm job submit --wait, qm job wait)."
 )]
 struct Cli {
-    /// Output format: human-readable text, stable JSON on stdout, DOT (qm graph only) or CSV
-    /// (qm cost report only).
+    /// Output format: human-readable text, or stable JSON on stdout (`qm graph` also speaks
+    /// `-o dot`, `qm cost report` `-o csv`).
     #[arg(short = 'o', long = "output", value_enum, global = true, default_value_t = Output::Table)]
     output: Output,
     /// Shorthand for `-o json`.
@@ -104,8 +104,11 @@ struct Cli {
 pub enum Output {
     Table,
     Json,
+    /// DOT: `qm graph` only, so not listed with the global choices (its help names it).
+    #[value(hide = true)]
     Dot,
-    /// CSV (qm cost report only).
+    /// CSV: `qm cost report` only, likewise.
+    #[value(hide = true)]
     Csv,
 }
 
