@@ -1,4 +1,4 @@
-//! `qm cluster status|add|remove|transfer-leader|snapshot`: its arguments and handlers.
+//! `qm cluster status|add|promote|remove|transfer-leader|snapshot`: its arguments and handlers.
 //! Cluster status and membership, through any node (leader hints are followed).
 
 use clap::Subcommand;

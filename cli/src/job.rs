@@ -1,4 +1,4 @@
-//! `qm job submit|show|list|cancel|retry`: its arguments and handlers. Work items: tickets
+//! `qm job submit|show|list|cancel|retry|wait`: its arguments and handlers. Work items: tickets
 //! that flow through a workflow's passes, gates and budgets. Also the pieces other commands
 //! share: work-item ids, reading work-item and workflow files, following a work item's events.
 
