@@ -183,6 +183,12 @@ pub fn dispatch(command: CertCommand, output: Output) -> Result<(), Failure> {
             qm_shared::validate::check_name("--name", &name, 64).map_err(|e| Failure::usage(e.to_string()))?;
             let mut params = CertificateParams::default();
             params.distinguished_name.push(DnType::CommonName, name.clone());
+            // The name a coordinator takes the principal from.
+            let dns = format!("{name}.client.qm");
+            let dns = dns
+                .try_into()
+                .map_err(|e| Failure::usage(format!("--name {name:?}: not usable in a DNS name: {e}")))?;
+            params.subject_alt_names = vec![SanType::DnsName(dns)];
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             let (cert, key) = issue(&dir, &format!("client-{name}"), params, days)?;

@@ -205,6 +205,28 @@ impl ServerTls {
     }
 }
 
+/// The DNS name a client certificate carries for principal `name` (`qm cert client`):
+/// `<name>.client.qm`. A principal is taken from a certificate only by this name, so a node's
+/// certificate names no principal.
+pub const CLIENT_DNS_SUFFIX: &str = ".client.qm";
+
+/// The principal a client's certificate names, if any: the leaf's first subject-alternative
+/// DNS name ending in [`CLIENT_DNS_SUFFIX`] (the chain was verified against the CA by the
+/// handshake).
+pub fn principal_of(chain: &[CertificateDer<'static>]) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let leaf = chain.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::DNSName(dns) => dns
+            .strip_suffix(CLIENT_DNS_SUFFIX)
+            .filter(|p| !p.is_empty() && p.len() <= qm_shared::limits::TOKEN_NAME_LEN_MAX_BYTES)
+            .map(str::to_string),
+        _ => None,
+    })
+}
+
 /// Whether `chain` (a peer's certificates, already verified against the CA by the
 /// handshake) is valid for node `id`'s name.
 pub fn names_node(chain: &[CertificateDer<'static>], id: u64) -> bool {

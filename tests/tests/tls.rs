@@ -122,3 +122,30 @@ fn plaintext_on_a_non_loopback_address_needs_insecure_and_says_so() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-ca"));
 }
+
+/// A client certificate is an identity: with no bearer token, the principal it names
+/// (`ops.client.qm`, from `qm cert client --name ops`) gets what the token of that name
+/// grants, and nothing when no token has that name or it was revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_names_its_principal_and_the_token_of_that_name_grants_it() {
+    let c = Cluster::start_tls(1);
+    c.leader(&[1]).await;
+    let by_cert = Client::new(c.addrs.values()).and_then(|cl| cl.with_tls(c.client_tls(true))).expect("client");
+    let declare =
+        || by_cert.declare_resource(pb::DeclareResourceRequest { path: "pg:cert".into(), ..Default::default() });
+    let denied = declare().await.expect_err("no token named ops yet");
+    assert_eq!(denied.code(), Code::Unauthenticated, "{denied:?}");
+    assert!(denied.message().contains("names principal \"ops\""), "{denied:?}");
+    c.qm_json(&["token", "create", "--name", "ops", "--role", "operator"]);
+    declare().await.expect("the certificate's principal declares, as an operator may");
+    let who = c.qm_json(&["reserve", "list"]);
+    assert!(who["reservations"].as_array().unwrap().is_empty());
+    // No certificate and no token: nobody.
+    let anonymous = Client::new(c.addrs.values()).and_then(|cl| cl.with_tls(c.client_tls(false))).expect("client");
+    let s = anonymous.list(pb::ListRequest::default()).await.expect_err("nobody");
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+    // Revoked: the certificate alone grants nothing any more, and nothing changed.
+    c.qm_json(&["token", "revoke", "ops"]);
+    let denied = declare().await.expect_err("revoked");
+    assert_eq!(denied.code(), Code::Unauthenticated, "{denied:?}");
+}

@@ -281,32 +281,9 @@ pub fn authenticate(
     if !node.access_control || matches!(rule, Rule::Public | Rule::Bootstrap) {
         return Ok(Principal::unrestricted());
     }
-    let secret = match headers.get(http::header::AUTHORIZATION).map(|v| v.to_str()) {
-        None => {
-            return Err(ApiError::Unauthenticated(
-                "no token: set `authorization: Bearer <token>` (qm: QM_TOKEN or the token file)".into(),
-            ))
-        }
-        Some(Err(_)) => return Err(ApiError::Unauthenticated("the authorization header is not ASCII".into())),
-        Some(Ok(v)) => v
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| ApiError::Unauthenticated("the authorization header is not `Bearer <token>`".into()))?,
-    };
-    if secret.len() > TOKEN_SECRET_LEN_MAX_BYTES {
-        return Err(ApiError::Unauthenticated("unknown or revoked token".into()));
-    }
-    let hash = hash_secret(secret.trim());
-    let (token, bootstrapped) =
-        node.shared.read(|d| (d.state.acl().by_hash(&hash).cloned(), d.state.acl().bootstrapped()));
-    let Some(token) = token else {
-        // The configured first admin token, before the leader has applied it: the cluster is
-        // still starting, so the caller is told to retry, not that its token is unknown.
-        if !bootstrapped && node.initial_admin_hash.as_deref() == Some(hash.as_str()) {
-            return Err(ApiError::Unavailable(
-                "access control is being bootstrapped from the configured initial admin token; retry".into(),
-            ));
-        }
-        return Err(ApiError::Unauthenticated("unknown or revoked token".into()));
+    let token = match headers.get(http::header::AUTHORIZATION) {
+        Some(value) => by_bearer(node, value)?,
+        None => by_certificate(node, extensions)?,
     };
     super::audit::note_token(extensions, &token);
     let now = node.clock.now_ms();
@@ -331,6 +308,56 @@ pub fn authenticate(
         }
     }
     Ok(principal)
+}
+
+/// The token a bearer secret names.
+fn by_bearer(node: &Node, value: &http::HeaderValue) -> Result<TokenSpec, ApiError> {
+    let value =
+        value.to_str().map_err(|_| ApiError::Unauthenticated("the authorization header is not ASCII".into()))?;
+    let secret = value
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| ApiError::Unauthenticated("the authorization header is not `Bearer <token>`".into()))?;
+    if secret.len() > TOKEN_SECRET_LEN_MAX_BYTES {
+        return Err(ApiError::Unauthenticated("unknown or revoked token".into()));
+    }
+    let hash = hash_secret(secret.trim());
+    let (token, bootstrapped) =
+        node.shared.read(|d| (d.state.acl().by_hash(&hash).cloned(), d.state.acl().bootstrapped()));
+    match token {
+        Some(token) => Ok(token),
+        // The configured first admin token, before the leader has applied it: the cluster is
+        // still starting, so the caller is told to retry, not that its token is unknown.
+        None if !bootstrapped && node.initial_admin_hash.as_deref() == Some(hash.as_str()) => {
+            Err(ApiError::Unavailable(
+                "access control is being bootstrapped from the configured initial admin token; retry".into(),
+            ))
+        }
+        None => Err(ApiError::Unauthenticated("unknown or revoked token".into())),
+    }
+}
+
+/// With no bearer token: the principal a verified client certificate names
+/// (`<name>.client.qm`), granted what the token of that name grants; a certificate is an
+/// identity, the token table holds every principal's grants.
+fn by_certificate(node: &Node, extensions: &http::Extensions) -> Result<TokenSpec, ApiError> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let named = extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+        .and_then(|certs| crate::tls::principal_of(&certs));
+    let Some(name) = named else {
+        return Err(ApiError::Unauthenticated(
+            "no token: set `authorization: Bearer <token>` (qm: QM_TOKEN or the token file), or present a client \
+             certificate naming a principal"
+                .into(),
+        ));
+    };
+    node.shared.read(|d| d.state.acl().named(&name).cloned()).ok_or_else(|| {
+        ApiError::Unauthenticated(format!(
+            "the client certificate names principal {name:?}, which no token grants anything: \
+             qm token create --name {name} --role …"
+        ))
+    })
 }
 
 /// Highest node id a node that knows no membership yet (a fresh joiner) accepts a peer

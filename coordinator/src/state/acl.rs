@@ -33,6 +33,11 @@ impl Acl {
         all
     }
 
+    /// The token named `name` (a principal a client certificate names).
+    pub fn named(&self, name: &str) -> Option<&TokenSpec> {
+        self.tokens.values().find(|t| t.name == name)
+    }
+
     fn by_name(&self, name: &str) -> Option<&String> {
         self.tokens.iter().find(|(_, t)| t.name == name).map(|(h, _)| h)
     }
