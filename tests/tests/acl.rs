@@ -259,13 +259,30 @@ async fn path_prefixes_priority_ceilings_and_teams_bound_what_a_submitter_asks_f
         ..Default::default()
     };
     denied("a work item for another team", ci.submit_job(job.clone()).await, Code::PermissionDenied, "rule team");
-    let hot = pb::SubmitJobRequest { team: "platform".into(), class: "incident".into(), ..job };
+    let hot = pb::SubmitJobRequest { team: "platform".into(), class: "incident".into(), ..job.clone() };
     denied("a work item above the ceiling", ci.submit_job(hot).await, Code::PermissionDenied, "rule priority-ceiling");
 
     let tasks = c.client().list_tasks(pb::ListTasksRequest::default()).await.expect("tasks").tasks;
     assert!(tasks.is_empty(), "{tasks:?}");
     let jobs = c.client().list_jobs(pb::ListJobsRequest::default()).await.expect("jobs").jobs;
     assert!(jobs.is_empty(), "{jobs:?}");
+
+    // Another team's work item, submitted by an admin: the platform submitter may not cancel
+    // or retry it, and it keeps running.
+    c.qm_json(&["project", "apply", "--demo"]);
+    let submitted =
+        c.qm_json(&["job", "submit", "--title", "t", "--team", "web", "--project", "demo", "--workflow", "docs"]);
+    let theirs = submitted["job_id"].as_u64().expect("an admin submits for web");
+    let target = pb::JobRef { job_id: theirs };
+    denied(
+        "cancelling another team's work item",
+        ci.cancel_job(target).await,
+        Code::PermissionDenied,
+        "rule team",
+    );
+    denied("retrying another team's work item", ci.retry_job(target).await, Code::PermissionDenied, "rule team");
+    let still = c.client().get_job(pb::GetJobRequest { job_id: theirs }).await.expect("job");
+    assert_eq!(still.status, "running", "nothing changed: {still:?}");
 }
 
 fn register(node_id: &str, session_id: u64) -> pb::WorkerMessage {
