@@ -274,12 +274,7 @@ async fn path_prefixes_priority_ceilings_and_teams_bound_what_a_submitter_asks_f
         c.qm_json(&["job", "submit", "--title", "t", "--team", "web", "--project", "demo", "--workflow", "docs"]);
     let theirs = submitted["job_id"].as_u64().expect("an admin submits for web");
     let target = pb::JobRef { job_id: theirs };
-    denied(
-        "cancelling another team's work item",
-        ci.cancel_job(target).await,
-        Code::PermissionDenied,
-        "rule team",
-    );
+    denied("cancelling another team's work item", ci.cancel_job(target).await, Code::PermissionDenied, "rule team");
     denied("retrying another team's work item", ci.retry_job(target).await, Code::PermissionDenied, "rule team");
     let still = c.client().get_job(pb::GetJobRequest { job_id: theirs }).await.expect("job");
     assert_eq!(still.status, "running", "nothing changed: {still:?}");
