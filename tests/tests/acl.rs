@@ -389,8 +389,8 @@ async fn the_leaders_own_commands_cannot_be_proposed_from_outside() {
 /// A node whose cluster has not bootstrapped yet (here it never can: its two peers never
 /// start) tells a caller with the configured first admin token to retry, and any other
 /// token that it is unknown.
-#[test]
-fn the_configured_first_admin_token_is_retried_until_the_cluster_has_applied_it() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_first_admin_token_is_retried_until_the_cluster_has_applied_it() {
     let dir = tempfile::tempdir().expect("dir");
     let secret = qm_tests::random_secret();
     let secret_file = dir.path().join("admin.secret");
@@ -417,17 +417,16 @@ fn the_configured_first_admin_token_is_retried_until_the_cluster_has_applied_it(
             .expect("run qm");
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    // Until node 1 listens nothing answers at all (polled, bounded: 30 s); then the answers
-    // below, every time.
-    let (code, err) = (0..600)
-        .map(|i| {
-            if i > 0 {
-                std::thread::sleep(Duration::from_millis(qm_tests::POLL_MS));
-            }
-            qm(&secret)
-        })
-        .find(|(_, err)| !err.contains("no coordinator is listening"))
-        .expect("node 1 listens within 30 s");
+    // Until node 1 listens nothing answers at all; then the answers below, every time.
+    let (code, err) = eventually("node 1 listens", Duration::from_secs(30), || async {
+        let (code, err) = qm(&secret);
+        if err.contains("no coordinator is listening") {
+            Err(err)
+        } else {
+            Ok((code, err))
+        }
+    })
+    .await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("access control is being bootstrapped"), "retry, not unknown: {err}");
     let (code, err) = qm(&qm_tests::random_secret());

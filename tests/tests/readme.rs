@@ -244,29 +244,19 @@ impl Shell {
 
 impl Drop for Shell {
     fn drop(&mut self) {
-        stop_group(self.child.id());
-        let _ = self.child.wait();
+        stop_group(&mut self.child);
     }
 }
 
-/// Stops a process group we started: SIGTERM (coordinators and workers shut down cleanly),
-/// then SIGKILL for whatever is still there after a bounded wait.
-fn stop_group(pgid: u32) {
-    let kill = |signal: &str| {
-        Command::new("kill")
-            .args([signal, "--", &format!("-{pgid}")])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    kill("-TERM");
-    for _ in 0..100 {
-        if !kill("-0") {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    kill("-KILL");
+/// Stops the process group `leader` leads (it and everything it started in the background):
+/// SIGTERM, then, once the leader has exited, SIGKILL for whatever of the group is left. The
+/// test's directory goes away with it, so nothing needs a clean shutdown.
+fn stop_group(leader: &mut Child) {
+    let group = format!("-{}", leader.id());
+    let kill = |signal: &str| Command::new("kill").args([signal, "--", &group]).stderr(Stdio::null()).status();
+    let _ = kill("-TERM");
+    let _ = leader.wait();
+    let _ = kill("-KILL");
 }
 
 /// `qm dev` as the set-up block starts it, on the mapped ports, served until dropped.
@@ -323,8 +313,7 @@ impl Dev {
 
 impl Drop for Dev {
     fn drop(&mut self) {
-        stop_group(self.child.id());
-        let _ = self.child.wait();
+        stop_group(&mut self.child);
     }
 }
 
