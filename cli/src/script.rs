@@ -19,8 +19,11 @@ pub enum ScriptCommand {
     ///
     /// A script is one command per line: `open s1 ttl=10000`, `acquire s1 alice X
     /// pg:staging/table:orders timeout=5000`, `release s1 r1`, `tick 5000`, `show`, ... .
+    /// The scheduler, work items and budgets too: `worker w1 implementer:2`, `task
+    /// implementer prio=900`, `report w1 t1 done`, `project demo`, `item production-bug`,
+    /// `decide j1 deploy approve`, `budget team platform 5.00 period=day`, `show items`.
     /// `qm script demo` prints a commented example; the scenario files under
-    /// coordinator/tests/scenarios/ cover every rule of the core.
+    /// coordinator/tests/scenarios/ cover every rule of the core and the scheduler.
     #[command(after_help = "Example:\n  qm script demo > demo.scn && qm script run demo.scn")]
     Run {
         /// Script files to run, each on a fresh state.

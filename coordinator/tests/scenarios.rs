@@ -4,7 +4,8 @@
 //! [`qm_coordinator::script`]; its transcript (each command, the response, the effects, and
 //! the lock table and wait-for graph where the script says `show`) is compared with an
 //! `insta` snapshot under `tests/snapshots/`. Read the scripts beside their snapshots to learn
-//! the semantics; every bullet of the core's specification has a script named after it.
+//! the semantics; every bullet of the core's specification, and every rule of the scheduler, work items and
+//! budgets, has a script named after it.
 
 fn run(name: &str) -> String {
     let path = format!("{}/tests/scenarios/{name}.scn", env!("CARGO_MANIFEST_DIR"));
@@ -57,4 +58,10 @@ scenarios!(
     snapshot,
     leader_change,
     invalid,
+    dispatch,
+    lost_worker,
+    task_retries,
+    blocked_agent,
+    gates,
+    budgets,
 );

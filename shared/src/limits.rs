@@ -138,6 +138,9 @@ pub const TASKS_MAX: usize = 200_000;
 pub const TASKS_ENDED_RETAINED_MAX: usize = 10_000;
 /// Most attempts of one task (failures before it ends as failed; history kept).
 pub const TASK_ATTEMPTS_MAX: usize = 16;
+/// Attempts of a task whose submitter names none.
+pub const TASK_ATTEMPTS_DEFAULT: u32 = 3;
+const _: () = assert!(TASK_ATTEMPTS_DEFAULT as usize <= TASK_ATTEMPTS_MAX);
 /// Largest executor payload of a task.
 pub const TASK_PAYLOAD_BYTES_MAX: usize = 64 * 1024;
 /// Largest checkpoint a task may store (replicated: keep it small).

@@ -14,7 +14,6 @@ use crate::node::Node;
 use crate::state::{Command, Response, TaskId, TaskSpec};
 
 /// Attempts a task gets when the request names none.
-const MAX_ATTEMPTS_DEFAULT: u32 = 3;
 
 #[derive(Debug)]
 pub struct TasksApi {
@@ -38,7 +37,8 @@ impl pb::tasks_server::Tasks for TasksApi {
             .parse()
             .map_err(|e: qm_shared::agent::UnknownName| ApiError::Invalid(Invalid::new("role", e.to_string())))?;
         let items = convert::items_from_pb(req.resources).map_err(ApiError::from)?;
-        let max_attempts = if req.max_attempts == 0 { MAX_ATTEMPTS_DEFAULT } else { req.max_attempts };
+        let max_attempts =
+            if req.max_attempts == 0 { qm_shared::limits::TASK_ATTEMPTS_DEFAULT } else { req.max_attempts };
         if max_attempts as usize > TASK_ATTEMPTS_MAX {
             return Err(ApiError::Invalid(Invalid::new(
                 "max_attempts",

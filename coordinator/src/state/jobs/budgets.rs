@@ -1,5 +1,5 @@
-//! Budgets: limits by scope (global, team, project, work item) and calendar period, their
-//! levels (ok, approaching, exceeded), and admission: where a task is checked against every
+//! Budgets: limits by scope (org, team, project, work item) and calendar period, their
+//! levels (under, approaching, at, over), and admission: where a task is checked against every
 //! budget that covers it before it may start.
 
 use qm_shared::limits::BUDGETS_MAX;

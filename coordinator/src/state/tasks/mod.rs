@@ -402,6 +402,10 @@ impl State {
         let Some(t) = self.tasks.tasks.get_mut(&id) else {
             return Response::Refused(Refusal::TaskUnknown { task: id });
         };
+        if t.status.ended() && t.attempt == attempt {
+            // Its last attempt's result is in: a repeat (or a late zombie of it) ends nowhere.
+            return Response::Refused(Refusal::TaskEnded { task: id });
+        }
         if t.status != TaskStatus::Running || t.session != Some(session) || t.attempt != attempt {
             return Response::Refused(Refusal::StaleAttempt { task: id, attempt, current: t.attempt });
         }

@@ -18,8 +18,21 @@
 //! snapshot                      snapshot, restore, and check the bytes are identical
 //! ```
 //!
+//! The scheduler, work items and budgets have commands of their own, listed in [`work`].
+//! A value with spaces is quoted: `title="Fix the login page"`. A command that takes a file
+//! (a workflow, a project) takes it inline, up to a line holding only the word after `<<`:
+//!
+//! ```text
+//! workflow <<END
+//! name = "tiny"
+//! ...
+//! END
+//! ```
+//!
 //! Every command is applied at the next log index, so fencing tokens are visible. Pure: the
 //! script text in, the transcript out; no clock, no I/O.
+
+mod work;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -51,19 +64,101 @@ pub fn run(script: &str) -> Result<String, ScriptError> {
         });
     }
     let mut runner = Runner::new();
-    for (n, line) in lines.iter().enumerate() {
-        let line = line.trim();
+    let mut n = 0;
+    while n < lines.len() {
+        let line = lines[n].trim();
+        let at = n + 1;
+        n += 1;
         if line.is_empty() {
             runner.out.push('\n');
-        } else if line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('#') {
             runner.out.push_str(line);
             runner.out.push('\n');
-        } else {
-            writeln!(runner.out, "> {line}").expect("write to String");
-            runner.run_line(line).map_err(|message| ScriptError { line: n + 1, message })?;
+            continue;
         }
+        writeln!(runner.out, "> {line}").expect("write to String");
+        let fail = |message| ScriptError { line: at, message };
+        let mut words = words(line).map_err(fail)?;
+        let mut body = None;
+        if let Some(end) = words.last().and_then(|w| w.strip_prefix("<<")).map(str::to_string) {
+            words.pop();
+            let close = lines[n..]
+                .iter()
+                .position(|l| l.trim() == end)
+                .ok_or_else(|| fail(format!("no line holding only {end:?} closes the text that starts here")))?;
+            for l in &lines[n..n + close] {
+                writeln!(runner.out, "  {l}").expect("write to String");
+            }
+            writeln!(runner.out, "  {end}").expect("write to String");
+            body = Some(Body { text: lines[n..n + close].join("\n"), first_line: n + 1 });
+            n += close + 1;
+        }
+        runner.run_line(&words, body).map_err(|e| match e {
+            LineError::Here(message) => ScriptError { line: at, message },
+            LineError::At(line, message) => ScriptError { line, message },
+        })?;
     }
     Ok(runner.out)
+}
+
+/// Inline text after a command ending in `<<END`, and the script line it starts on.
+struct Body {
+    text: String,
+    first_line: usize,
+}
+
+/// Why a line failed: on the command's own line, or on a line of its inline text.
+enum LineError {
+    Here(String),
+    At(usize, String),
+}
+
+impl From<String> for LineError {
+    fn from(message: String) -> LineError {
+        LineError::Here(message)
+    }
+}
+
+impl From<&str> for LineError {
+    fn from(message: &str) -> LineError {
+        LineError::Here(message.to_string())
+    }
+}
+
+/// Splits a line at whitespace, keeping double-quoted parts (`title="a b"`) together and
+/// dropping their quotes.
+fn words(line: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut started = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                started = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if started {
+                    out.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            c => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if quoted {
+        return Err("a quote is not closed".into());
+    }
+    if started {
+        out.push(word);
+    }
+    Ok(out)
 }
 
 struct Runner {
@@ -71,11 +166,45 @@ struct Runner {
     index: u64,
     now: u64,
     sessions: BTreeMap<String, SessionId>,
+    /// Workflows the script defined, by name (the built-in ones need no definition).
+    workflows: BTreeMap<String, qm_shared::workflow::Workflow>,
     out: String,
+}
+
+/// The `key=value` words of a command.
+struct Opts<'a>(BTreeMap<&'a str, &'a str>);
+
+impl<'a> Opts<'a> {
+    fn of(args: &[&'a str]) -> Opts<'a> {
+        Opts(args.iter().filter_map(|w| w.split_once('=')).collect())
+    }
+
+    fn number(&self, key: &str) -> Result<Option<u64>, String> {
+        self.0.get(key).map(|v| number(key, v)).transpose()
+    }
+
+    fn text(&self, key: &str) -> Option<&'a str> {
+        self.0.get(key).copied()
+    }
 }
 
 fn number(key: &str, value: &str) -> Result<u64, String> {
     value.parse().map_err(|_| format!("{key}={value}: not a number"))
+}
+
+/// `S path X path ...`: resources with their modes, each of `units`.
+fn items<'a>(mut words: impl Iterator<Item = &'a &'a str>, units: u32) -> Result<Vec<Item>, String> {
+    let mut items = Vec::new();
+    while let Some(mode) = words.next() {
+        let mode = match *mode {
+            "S" => Mode::Shared,
+            "X" => Mode::Exclusive,
+            other => return Err(format!("mode {other}: expected S or X")),
+        };
+        let path = words.next().ok_or("expected a resource path after the mode")?;
+        items.push(Item { path: ResourcePath::parse(path).map_err(|e| e.to_string())?, mode, units });
+    }
+    Ok(items)
 }
 
 fn id(prefix: char, word: Option<&&str>) -> Result<u64, String> {
@@ -85,7 +214,14 @@ fn id(prefix: char, word: Option<&&str>) -> Result<u64, String> {
 
 impl Runner {
     fn new() -> Runner {
-        Runner { state: State::new(Config::default()), index: 0, now: 0, sessions: BTreeMap::new(), out: String::new() }
+        Runner {
+            state: State::new(Config::default()),
+            index: 0,
+            now: 0,
+            sessions: BTreeMap::new(),
+            workflows: BTreeMap::new(),
+            out: String::new(),
+        }
     }
 
     fn session(&self, name: Option<&&str>) -> Result<SessionId, String> {
@@ -106,15 +242,24 @@ impl Runner {
         response
     }
 
-    fn run_line(&mut self, line: &str) -> Result<(), String> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let (verb, args) = (words[0], &words[1..]);
-        let mut opts: BTreeMap<&str, &str> = BTreeMap::new();
-        for w in args.iter().filter(|w| w.contains('=')) {
-            let (k, v) = w.split_once('=').expect("contains =");
-            opts.insert(k, v);
+    /// Prints `text` as `|` lines of the transcript.
+    fn table(&mut self, text: &str) {
+        for l in text.lines() {
+            writeln!(self.out, "  | {l}").expect("write to String");
         }
-        let opt = |k: &str| opts.get(k).map(|v| number(k, v)).transpose();
+    }
+
+    fn run_line(&mut self, words: &[String], mut body: Option<Body>) -> Result<(), LineError> {
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let (verb, args) = (words[0], &words[1..]);
+        if self.run_work(verb, args, &mut body)? {
+            return Ok(());
+        }
+        if body.is_some() {
+            return Err(format!("{verb} takes no inline text").into());
+        }
+        let opts = Opts::of(args);
+        let opt = |k: &str| opts.number(k);
         match verb {
             "config" => {
                 let mut config = Config::default();
@@ -158,18 +303,7 @@ impl Runner {
                 let session = self.session(args.first())?;
                 let owner = args.get(1).ok_or("acquire needs an owner")?.to_string();
                 let units = opt("units")?.unwrap_or(1) as u32;
-                let mut items = Vec::new();
-                let mut rest = args.iter().skip(2).filter(|w| !w.contains('=') && **w != "try");
-                while let Some(mode) = rest.next() {
-                    let mode = match *mode {
-                        "S" => Mode::Shared,
-                        "X" => Mode::Exclusive,
-                        other => return Err(format!("mode {other}: expected S or X")),
-                    };
-                    let path = rest.next().ok_or("expected a resource path after the mode")?;
-                    let path = ResourcePath::parse(path).map_err(|e| e.to_string())?;
-                    items.push(Item { path, mode, units });
-                }
+                let items = items(args.iter().skip(2).filter(|w| !w.contains('=') && **w != "try"), units)?;
                 let wait = if args.contains(&"try") { Wait::Try } else { Wait::Wait { timeout_ms: opt("timeout")? } };
                 self.apply(Command::Acquire(Acquire {
                     session,
@@ -201,7 +335,7 @@ impl Runner {
                     .map_err(|e| e.to_string())?;
                 let capacity = opt("capacity")?.map(|c| c as u32);
                 let policy: Policy =
-                    opts.get("policy").map_or(Ok(Policy::None), |p| p.parse()).map_err(|e| e.to_string())?;
+                    opts.text("policy").map_or(Ok(Policy::None), str::parse).map_err(|e| e.to_string())?;
                 let grace_ms = opt("grace")?.unwrap_or(10_000);
                 self.apply(Command::DeclareResource { path, capacity, policy, grace_ms });
             }
@@ -214,11 +348,7 @@ impl Runner {
             "restart-leases" => {
                 self.apply(Command::RestartLeases);
             }
-            "show" => {
-                for l in self.state.render().lines() {
-                    writeln!(self.out, "  | {l}").expect("write to String");
-                }
-            }
+            "show" => self.table(&self.state.render()),
             "snapshot" => {
                 let bytes = self.state.snapshot();
                 let restored = State::restore(&bytes).map_err(|e| e.to_string())?;
@@ -228,7 +358,7 @@ impl Runner {
                 self.state = restored;
                 writeln!(self.out, "  = snapshot restored, {} bytes, identical", bytes.len()).expect("write to String");
             }
-            other => return Err(format!("unknown command {other:?}")),
+            other => return Err(format!("unknown command {other:?}").into()),
         }
         Ok(())
     }
@@ -245,5 +375,27 @@ mod tests {
         assert_eq!(run("frobnicate").unwrap_err().message, "unknown command \"frobnicate\"");
         assert!(run("acquire s9 a X pg:x").unwrap_err().message.contains("unknown session s9"));
         assert!(run("open s1\nacquire s1 a X nope").unwrap_err().message.contains("kind:name"));
+    }
+
+    #[test]
+    fn errors_in_inline_files_name_the_script_line_and_the_field() {
+        let script = "# a workflow with a bad role\nworkflow <<END\nname = \"w\"\n[[pass]]\nname = \"a\"\nrole = \"wizard\"\nEND\n";
+        let err = run(script).unwrap_err();
+        assert_eq!(err.line, 6, "{err}");
+        assert!(err.message.starts_with("pass[0].role: "), "{err}");
+        let err = run("workflow <<END\nname = \"w\"\n").unwrap_err();
+        assert_eq!(err.line, 1);
+        assert!(err.message.contains("no line holding only \"END\""), "{err}");
+        assert_eq!(run("item x title=\"open").unwrap_err().message, "a quote is not closed");
+        assert!(run("item nope").unwrap_err().message.contains("workflow nope is neither built in nor defined"));
+        assert_eq!(run("tick <<END\nEND").unwrap_err().message, "tick takes no inline text");
+    }
+
+    #[test]
+    fn quoted_values_keep_their_spaces() {
+        assert_eq!(
+            words(r#"decide j1 p reject note="too big" by=ana"#).unwrap(),
+            ["decide", "j1", "p", "reject", "note=too big", "by=ana"]
+        );
     }
 }
