@@ -19,6 +19,7 @@ pub mod pb;
 pub mod resource;
 pub mod shell;
 pub mod timestamp;
+pub mod toml_place;
 pub mod validate;
 pub mod workflow;
 pub mod workflow_file;

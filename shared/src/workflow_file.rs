@@ -19,6 +19,7 @@ use crate::limits::{
     PREEMPT_GRACE_MS_MIN, PROJECT_ENTRIES_MAX, PROJECT_GRACE_MS_DEFAULT, PROVIDER_CONCURRENCY_MAX, SET_SIZE_MAX,
     TASK_ATTEMPTS_MAX, TASK_PAYLOAD_BYTES_MAX, TEXT_LEN_MAX_BYTES, WORKFLOW_FILE_BYTES_MAX, WORKFLOW_PASSES_MAX,
 };
+use crate::toml_place::line_of;
 use crate::validate;
 use crate::workflow::{
     parse_dollars, Capability, Gate, Need, OnFail, Pass, Price, Project, ProjectResource, Provider, Reviewer, Workflow,
@@ -148,12 +149,6 @@ impl<'a> Ctx<'a> {
         self.errors.sort_by_key(|e| e.line.unwrap_or(0));
         Err(self.errors)
     }
-}
-
-/// The 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 fn kind(v: &DeValue<'_>) -> &'static str {

@@ -70,13 +70,21 @@ fn scenario_errors_name_the_file_line_and_field() {
     let base =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/standup-rush.toml")).unwrap();
 
+    // Checks after parsing name the line of their field, like syntax errors do.
+    let line_of = |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
     let bad = base.replace("class = \"hotfix\"", "class = \"urgent\"");
     let e = scenario::parse(&bad, "s.toml", &read).unwrap_err();
-    assert!(e.iter().any(|e| e.field.ends_with(".class") && e.message.contains("incident")), "{e:?}");
+    let class = e
+        .iter()
+        .find(|e| e.field.ends_with(".class") && e.message.contains("incident"))
+        .unwrap_or_else(|| panic!("{e:?}"));
+    assert_eq!(class.line, Some(line_of(&bad, "class = \"urgent\"")), "{class}");
+    assert!(class.to_string().starts_with(&format!("s.toml:{}: ", line_of(&bad, "urgent"))), "{class}");
 
     let bad = base.replace("duration = \"8h\"", "duration = \"8 weeks\"");
     let e = scenario::parse(&bad, "s.toml", &read).unwrap_err();
-    assert!(e.iter().any(|e| e.field == "duration"), "{e:?}");
+    let duration = e.iter().find(|e| e.field == "duration").unwrap_or_else(|| panic!("{e:?}"));
+    assert_eq!(duration.line, Some(line_of(&bad, "8 weeks")), "{duration}");
 
     let bad = base.replace("count = 24", "count = 24\ncolour = \"red\"");
     let e = scenario::parse(&bad, "s.toml", &read).unwrap_err();

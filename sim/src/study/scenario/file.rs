@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 
 use qm_coordinator::state::Policy;
+use qm_shared::toml_place::line_of_field;
 use qm_shared::workflow::{Need, Project, ProjectResource, Workflow};
 use qm_shared::workflow_file::{builtin_workflow, parse_project, parse_workflow, FileError, CLASSES, DEMO_PROJECT};
 use qm_shared::{Mode, ResourcePath, Role};
@@ -29,7 +30,7 @@ pub fn parse(
     })?;
     let mut cx = Cx { file, errors: Vec::new() };
     let (duration_ms, tick_ms, buckets) = cx.run_length(&raw);
-    let mut project = cx.project(raw.project.as_deref(), read)?;
+    let mut project = cx.project(raw.project.as_deref(), read).map_err(|e| placed(e, text, file))?;
     cx.add_resources(&mut project, &raw.resource);
     let workers = cx.workers(&raw.workers);
     let workflows = cx.workflows(&raw.workflow, read);
@@ -45,7 +46,7 @@ pub fn parse(
     let variants = cx.variants(&raw.variant, &policies);
 
     if !cx.errors.is_empty() {
-        return Err(cx.errors);
+        return Err(placed(cx.errors, text, file));
     }
     Ok(Scenario {
         name: raw.name,
@@ -224,6 +225,16 @@ struct RawVariant {
     name: String,
     #[serde(flatten)]
     policy: RawPolicy,
+}
+
+/// The errors with the line of their field in this file (errors of files it names, such as a
+/// workflow file, already carry their own), in line order.
+fn placed(mut errors: Vec<FileError>, text: &str, file: &str) -> Vec<FileError> {
+    for e in errors.iter_mut().filter(|e| e.line.is_none() && e.file == file) {
+        e.line = line_of_field(text, &e.field);
+    }
+    errors.sort_by_key(|e| (e.file != file, e.line.unwrap_or(0)));
+    errors
 }
 
 // ----------------------------------------------------------------------------- checking
