@@ -104,6 +104,7 @@ async fn status(client: &Client, output: Output) -> Result<(), Failure> {
         "applied_index": s.applied_index, "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
         "membership_changing": s.membership_changing, "version": s.version,
         "ready": s.ready, "not_ready_reason": s.not_ready_reason,
+        "state_bytes": s.state_bytes, "state_bytes_max": s.state_bytes_max, "nospace_alarm": s.nospace_alarm,
         "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
     });
     let mut text = format!(
@@ -132,8 +133,24 @@ async fn status(client: &Client, output: Output) -> Result<(), Failure> {
             if m.peer_address.is_empty() { "-" } else { &m.peer_address }
         ));
     }
+    text.push_str(&space_line(&s));
     emit(output, &value, &text);
     Ok(())
+}
+
+/// The state's size against its quota, and the storage alarm when it is raised.
+fn space_line(s: &pb::StatusResponse) -> String {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+    let size = if s.state_bytes == 0 { "not measured yet".to_string() } else { mib(s.state_bytes) };
+    let mut line = format!("state: {size} of {} (limits.state_bytes_max)\n", mib(s.state_bytes_max));
+    if s.nospace_alarm {
+        line.push_str(&format!(
+            "ALARM NOSPACE: the state went over its quota; writes that add data are refused until it is back \
+             under {}% of it (release, close and cancel still work; or raise limits.state_bytes_max)\n",
+            qm_coordinator::state::SPACE_ALARM_CLEAR_PERCENT
+        ));
+    }
+    line
 }
 
 /// Polls the cluster until a node reports a leader and is ready, for at most `within`.

@@ -173,6 +173,12 @@ pub const KEYS: &[Key] = &[
         help: "coordinator: calls needing a role that one principal may make on a node, N, N/s or N/m (0: no limit)",
     },
     Key {
+        name: "limits.state_bytes_max",
+        env: "QM_LIMITS_STATE_BYTES_MAX",
+        default: "268435456",
+        help: "coordinator: quota of the replicated state in encoded bytes; past it the NOSPACE alarm refuses growth",
+    },
+    Key {
         name: "jobs.classes",
         env: "QM_JOBS_CLASSES",
         default: "incident=1000,hotfix=900,security=800,feature=500,refactor=300,docs=100",
@@ -439,6 +445,7 @@ mod tests {
             ("raft.snapshot_logs", node.snapshot_logs),
             ("audit.bytes_max", node.audit_bytes_max),
             ("limits.write_rate_per_principal", node.write_rate.map_or(0, |r| r.calls)),
+            ("limits.state_bytes_max", node.state_bytes_max),
         ] {
             assert_eq!(default(name), value.to_string(), "{name}");
         }

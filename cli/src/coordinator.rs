@@ -10,7 +10,7 @@ use clap::Subcommand;
 use qm_coordinator::node::NodeConfig;
 use qm_coordinator::raft::Node as RaftNode;
 use qm_coordinator::server;
-use qm_shared::limits::{AUDIT_BYTES_MAX, AUDIT_BYTES_MIN};
+use qm_shared::limits::{AUDIT_BYTES_MAX, AUDIT_BYTES_MIN, STATE_BYTES_MAX_MIN};
 
 use crate::config::Config;
 use crate::Failure;
@@ -81,6 +81,14 @@ pub struct RunArgs {
     /// retry. 0: no limit. [config: limits.write_rate_per_principal] [default: 0]
     #[arg(long)]
     write_rate_per_principal: Option<String>,
+    /// Quota of the replicated state in encoded bytes (what a snapshot takes), at least
+    /// 16384. Past it the leader raises the storage alarm (NOSPACE): writes that add data are
+    /// refused with RESOURCE_EXHAUSTED until the state is back under 90% of it; release,
+    /// close and cancel still work. Give every node the same value; a coordinator needs about
+    /// six times it in memory at the peak (docs/operations.md, "Sizing").
+    /// [config: limits.state_bytes_max] [default: 268435456]
+    #[arg(long)]
+    state_bytes_max: Option<String>,
 }
 
 impl RunArgs {
@@ -99,6 +107,7 @@ impl RunArgs {
             ("acl.initial_admin_token_file", self.initial_admin_token_file.clone()),
             ("audit.bytes_max", self.audit_bytes_max.clone()),
             ("limits.write_rate_per_principal", self.write_rate_per_principal.clone()),
+            ("limits.state_bytes_max", self.state_bytes_max.clone()),
         ]
     }
 }
@@ -287,6 +296,7 @@ pub fn node_config(config: &Config, join: bool) -> Result<(NodeConfig, Listen), 
         audit_bytes_max: config.u64("audit.bytes_max", AUDIT_BYTES_MIN, AUDIT_BYTES_MAX)?,
         write_rate: qm_coordinator::api::rate::Rate::parse(config.get("limits.write_rate_per_principal"))
             .map_err(|e| Failure::usage(format!("limits.write_rate_per_principal: {e}")))?,
+        state_bytes_max: config.u64("limits.state_bytes_max", STATE_BYTES_MAX_MIN, u64::MAX / 100)?,
     };
     Ok((node, Listen { grpc: listen, peer: peer_listen, admin }))
 }

@@ -68,9 +68,21 @@ async fn health(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {
         // Plaintext on a non-loopback address, asked for with --insecure.
         "insecure": node.insecure && !node.tls,
         "audit": audit_json(&node),
+        "storage": storage_json(&node),
     });
     let code = if ready.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body))
+}
+
+/// The replicated state's size against its quota, and the storage alarm.
+fn storage_json(node: &Node) -> serde_json::Value {
+    let (bytes, bytes_max, alarm) = node.space();
+    serde_json::json!({
+        "state_bytes": bytes,
+        "state_bytes_max": bytes_max,
+        "nospace_alarm": alarm.is_some(),
+        "alarm_since_ms": alarm.map(|a| a.since),
+    })
 }
 
 /// The audit log's standing: what it keeps, how far the disk is, what it could not write.
@@ -103,6 +115,10 @@ async fn metrics(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {
     gauge("qm_raft_last_log_index", "Highest log index in the local log.", "gauge", m.last_log_index.unwrap_or(0));
     gauge("qm_raft_snapshot_index", "Log index of the latest snapshot.", "gauge", m.snapshot.map_or(0, |l| l.index));
     gauge("qm_store_size_bytes", "Bytes used by the local store.", "gauge", node.store_size_bytes());
+    let (state_bytes, state_bytes_max, alarm) = node.space();
+    gauge("qm_state_bytes", "Encoded size of the replicated state, as last measured here.", "gauge", state_bytes);
+    gauge("qm_state_bytes_max", "Quota of the replicated state (limits.state_bytes_max).", "gauge", state_bytes_max);
+    gauge("qm_nospace_alarm", "1 while the storage alarm (NOSPACE) is raised.", "gauge", u64::from(alarm.is_some()));
     gauge("qm_sessions", "Open sessions.", "gauge", sessions as u64);
     gauge("qm_reservations_held", "Reservations currently held.", "gauge", held as u64);
     gauge("qm_waiters", "Requests waiting in queues.", "gauge", waiters as u64);

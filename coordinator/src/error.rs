@@ -53,6 +53,7 @@ impl ApiError {
         match r {
             Refusal::Invalid(i) => ApiError::Invalid(i),
             Refusal::Exhausted { what, max } => ApiError::ResourceExhausted(format!("{what}: at most {max}")),
+            r @ Refusal::NoSpace { .. } => ApiError::ResourceExhausted(r.to_string()),
             Refusal::SessionUnknown { session } => {
                 ApiError::NotFound(format!("session {} is unknown or expired", session.0))
             }

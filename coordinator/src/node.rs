@@ -96,6 +96,9 @@ pub struct NodeConfig {
     /// Calls needing a role that one principal may make on this node
     /// (`--write-rate-per-principal`); `None`: no limit.
     pub write_rate: Option<crate::api::rate::Rate>,
+    /// The replicated state's quota in encoded bytes (`--state-bytes-max`): past it the leader
+    /// raises the storage alarm (NOSPACE).
+    pub state_bytes_max: u64,
 }
 
 impl NodeConfig {
@@ -118,6 +121,7 @@ impl NodeConfig {
             insecure: false,
             audit_bytes_max: qm_shared::limits::AUDIT_BYTES_DEFAULT,
             write_rate: None,
+            state_bytes_max: qm_shared::limits::STATE_BYTES_DEFAULT,
         }
     }
 }
@@ -163,6 +167,11 @@ pub struct Node {
     pub audit: AuditLog,
     /// Per-principal write rates at this node's edge (not replicated).
     pub write_rate: crate::api::rate::WriteRate,
+    /// The replicated state's quota ([`NodeConfig::state_bytes_max`]).
+    pub state_bytes_max: u64,
+    /// The state's encoded size as this node last measured it, and when (clock ms).
+    state_bytes: std::sync::atomic::AtomicU64,
+    state_measured_at: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -270,6 +279,9 @@ impl Node {
             initial_members: config.initial_members.keys().copied().collect(),
             audit,
             write_rate: crate::api::rate::WriteRate::new(config.write_rate),
+            state_bytes_max: config.state_bytes_max,
+            state_bytes: std::sync::atomic::AtomicU64::new(0),
+            state_measured_at: std::sync::atomic::AtomicU64::new(0),
         });
         if !config.initial_members.is_empty()
             && config.initial_members.keys().next() == Some(&config.id)
@@ -287,6 +299,45 @@ impl Node {
 
     pub fn store_size_bytes(&self) -> u64 {
         (self.store_size)()
+    }
+
+    /// The replicated state's encoded size as this node last measured it (0 before the first
+    /// measurement), its quota, and the storage alarm as replicated.
+    pub fn space(&self) -> (u64, u64, Option<crate::state::SpaceAlarm>) {
+        let bytes = self.state_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        (bytes, self.state_bytes_max, self.shared.read(|d| d.state.space_alarm()))
+    }
+
+    /// Measures the state at most every [`SPACE_CHECK_MS`]; the leader then raises or clears
+    /// the storage alarm when the measurement says so.
+    async fn measure_space(&self, leader: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.clock.now_ms();
+        if now.saturating_sub(self.state_measured_at.load(Relaxed)) < SPACE_CHECK_MS {
+            return;
+        }
+        self.state_measured_at.store(now, Relaxed);
+        let (bytes, alarm) = self.shared.read(|d| (d.state.encoded_len(), d.state.space_alarm()));
+        self.state_bytes.store(bytes, Relaxed);
+        let quota = self.state_bytes_max;
+        let change = match alarm {
+            None => bytes > quota,
+            Some(_) => crate::state::SpaceAlarm::clears_at(bytes, quota),
+        };
+        if !leader || !change {
+            return;
+        }
+        match self.propose_local(Command::SpaceMeasured { bytes, quota }).await {
+            Ok((_, crate::state::Response::SpaceMeasured { alarm: true })) => tracing::warn!(
+                bytes,
+                quota,
+                "alarm NOSPACE raised: the replicated state is over limits.state_bytes_max; writes that add data are \
+                 refused until it is back under {}% of it",
+                crate::state::SPACE_ALARM_CLEAR_PERCENT
+            ),
+            Ok(_) => tracing::info!(bytes, quota, "alarm NOSPACE cleared"),
+            Err(e) => tracing::debug!(error = %e, "space measurement not committed; measuring again"),
+        }
     }
 
     /// The leader as this node knows it: `(id, address)`.
@@ -518,6 +569,9 @@ pub fn check_command_size(command: &Command) -> Result<(), Invalid> {
 ///
 /// Each write is awaited within its term and a bound, so a write that will never be answered
 /// (proposed in a term that ended) cannot stall the duties of a later term. A RestartLeases
+/// How often a node measures the replicated state against its quota.
+pub const SPACE_CHECK_MS: u64 = 1_000;
+
 /// that does not commit in `RESTART_COMMIT_MS_MAX` makes the leader step down.
 async fn leader_duties(node: Arc<Node>) {
     let mut metrics = node.raft.metrics();
@@ -537,6 +591,10 @@ async fn leader_duties(node: Arc<Node>) {
             let m = metrics.borrow_and_update();
             (m.state, m.current_term)
         };
+        let serving = state == ServerState::Leader && *node.restarted_term.borrow() >= term;
+        if ticked {
+            node.measure_space(serving).await;
+        }
         if state != ServerState::Leader {
             continue;
         }

@@ -46,3 +46,73 @@ fn a_principal_opens_at_most_its_quota_of_sessions_and_closing_one_makes_room() 
     );
     assert!(matches!(r, Response::Refused(Refusal::Exhausted { .. })), "{r:?}");
 }
+
+/// The storage alarm (etcd's NOSPACE): a measurement over the quota raises it; while it is
+/// raised every command that adds data is refused, naming the size and the quota, and changes
+/// nothing, while release, close, cancel and time still work; a measurement at or under 90%
+/// of the quota clears it.
+#[test]
+fn the_storage_alarm_refuses_growth_allows_release_and_clears_under_ninety_percent() {
+    let mut c = Core::new();
+    let s = match open(&mut c, "ci") {
+        Response::SessionOpened { session, .. } => session,
+        r => panic!("{r:?}"),
+    };
+    let held = c.apply(support::acquire(s, "a").exclusive("pg:db/table:t")).0;
+    let Response::Granted { grants, .. } = held else { panic!("{held:?}") };
+    let quota = 16_384;
+    // Under the quota: nothing happens.
+    assert_eq!(c.apply(Command::SpaceMeasured { bytes: quota, quota }).0, Response::SpaceMeasured { alarm: false });
+    assert_eq!(c.state.space_alarm(), None);
+    let r = c.apply(Command::SpaceMeasured { bytes: quota + 1, quota }).0;
+    assert_eq!(r, Response::SpaceMeasured { alarm: true });
+    let alarm = c.state.space_alarm().expect("raised");
+    assert_eq!((alarm.bytes, alarm.quota, alarm.since), (quota + 1, quota, c.now));
+
+    let growing = [
+        Command::OpenSession { label: "more".into(), ttl_ms: 60_000, principal: "ci".into() },
+        support::acquire(s, "b").exclusive("pg:db/table:u").into(),
+        Command::SubmitTask(support::task(qm_shared::Role::Implementer).build()),
+        Command::DeclareResource {
+            path: support::path("gpu:g"),
+            capacity: Some(2),
+            policy: Default::default(),
+            grace_ms: 10_000,
+        },
+    ];
+    for cmd in growing {
+        let before = c.state.render();
+        let (tasks, sessions) = (c.state.tasks().iter().count(), c.state.session_count());
+        let r = c.apply(cmd.clone()).0;
+        let Response::Refused(refusal) = &r else { panic!("{cmd:?} was not refused: {r:?}") };
+        assert_eq!(*refusal, Refusal::NoSpace { bytes: quota + 1, quota }, "{cmd:?}");
+        assert!(refusal.to_string().contains("limits.state_bytes_max"), "{refusal}");
+        assert_eq!(c.state.render(), before, "{cmd:?} changed the lock table");
+        assert_eq!((c.state.tasks().iter().count(), c.state.session_count()), (tasks, sessions), "{cmd:?}");
+    }
+    // Freeing works; the alarm survives a snapshot.
+    let released = c.apply(Command::Release { session: s, reservation: grants[0].id }).0;
+    assert!(matches!(released, Response::Released { .. }), "{released:?}");
+    let restored = State::restore(&c.state.snapshot()).expect("restore");
+    assert_eq!(restored.space_alarm(), Some(alarm));
+    // Still over 90%: raised, with the new size.
+    let ninety = quota * 9 / 10;
+    assert_eq!(c.apply(Command::SpaceMeasured { bytes: ninety + 1, quota }).0, Response::SpaceMeasured { alarm: true });
+    assert_eq!(c.state.space_alarm().map(|a| (a.bytes, a.since)), Some((ninety + 1, alarm.since)));
+    // At 90%: cleared, and growth works again.
+    assert_eq!(c.apply(Command::SpaceMeasured { bytes: ninety, quota }).0, Response::SpaceMeasured { alarm: false });
+    assert!(matches!(open(&mut c, "ci"), Response::SessionOpened { .. }));
+    c.state.check_invariants();
+}
+
+#[test]
+fn only_commands_that_add_data_are_held_back_by_the_alarm() {
+    use qm_coordinator::state::{Period, Scope};
+    let budget =
+        |limit_micros| Command::SetBudget { scope: Scope::Team, name: "t".into(), limit_micros, period: Period::Day };
+    assert!(budget(1).adds_data(), "a new or raised budget");
+    assert!(!budget(0).adds_data(), "removing a budget frees");
+    assert!(!Command::Tick.adds_data() && Command::Tick.is_internal());
+    assert!(Command::SpaceMeasured { bytes: 0, quota: 16_384 }.is_internal());
+    assert!(!Command::OpenSession { label: String::new(), ttl_ms: 1_000, principal: String::new() }.is_internal());
+}

@@ -132,6 +132,15 @@ pub const AGENT_TASK_MONEY_MICROS_MAX: u64 = 10_000_000_000;
 /// Largest per-task token budget an agent spec may set.
 pub const AGENT_TASK_TOKENS_MAX: u64 = 100_000_000;
 
+/// The replicated state's quota by default (encoded bytes, what a snapshot takes): past it the
+/// storage alarm (NOSPACE) refuses writes that add data. In memory a state takes about 2.4
+/// times its encoded size, and a follower installing a snapshot briefly holds two states and
+/// the bytes: at this quota a coordinator fits in 2 GiB (docs/operations.md, "Sizing").
+pub const STATE_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+/// The smallest quota a coordinator accepts.
+pub const STATE_BYTES_MAX_MIN: u64 = 16 * 1024;
+const _: () = assert!(STATE_BYTES_MAX_MIN <= STATE_BYTES_DEFAULT);
+
 /// Most tasks the replicated state holds (queued, running and retained ended ones).
 pub const TASKS_MAX: usize = 200_000;
 /// Ended tasks kept for `qm task show`; the oldest are forgotten first.

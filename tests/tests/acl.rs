@@ -377,7 +377,8 @@ async fn the_leaders_own_commands_cannot_be_proposed_from_outside() {
     };
     let ep = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", c.addrs[&1])).expect("endpoint");
     let mut peer = pb::raft_peer_client::RaftPeerClient::new(Transport::new(connector.connect(ep), Bearer::default()));
-    for command in [qm_coordinator::state::Command::RestartLeases, qm_coordinator::state::Command::Tick] {
+    use qm_coordinator::state::Command;
+    for command in [Command::RestartLeases, Command::Tick, Command::SpaceMeasured { bytes: u64::MAX, quota: 16_384 }] {
         let bytes = qm_coordinator::raft::network::to_bytes(&command);
         let r = peer.propose(pb::ProposeRequest { command: bytes }).await;
         denied(&format!("Propose {command:?}"), r, Code::PermissionDenied, rule);
@@ -468,4 +469,79 @@ async fn a_principal_over_its_write_rate_is_refused_and_nothing_changes() {
         records.iter().any(|r| r["message"].as_str().is_some_and(|m| m.starts_with("rule write-rate"))),
         "{denied:#}"
     );
+}
+
+/// The storage alarm (NOSPACE) against a real node: with `--state-bytes-max 16384`, filling
+/// the state past it raises the alarm (in `qm cluster status`); then an acquire is refused
+/// with RESOURCE_EXHAUSTED naming the alarm and the quota, and changes nothing, while
+/// releases still work; once the state is back under 90% of the quota the alarm clears by
+/// itself and acquires work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nospace_alarm_refuses_growth_allows_release_and_clears() {
+    let quota = 16_384u64;
+    let c = Cluster::start_with_flags(1, 10_000, &["--state-bytes-max", &quota.to_string()]);
+    c.leader(&[1]).await;
+    let status = || async { c.qm_json(&["cluster", "status"]) };
+    // Sets of 32 long paths until the state is measured over the quota (each set adds a few
+    // KiB; the alarm may refuse the last ones).
+    let mut held: Vec<(u64, u64)> = Vec::new();
+    for set in 0..12 {
+        let paths: Vec<String> = (0..32).map(|i| format!("pg:nospace/table:{}-{set}-{i}", "t".repeat(48))).collect();
+        let mut args = vec!["reserve", "acquire"];
+        args.extend(paths.iter().map(String::as_str));
+        let (code, out, err) = c.qm(&args);
+        if code != 0 {
+            assert!(err.contains("alarm NOSPACE"), "set {set}: {err}");
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let session = v["session_id"].as_u64().expect("session");
+        for r in v["reservations"].as_array().expect("reservations") {
+            held.push((session, r["id"].as_u64().expect("id")));
+        }
+    }
+    let raised = eventually("the alarm raised", Duration::from_secs(30), || async {
+        let s = status().await;
+        if s["nospace_alarm"] == true {
+            Ok(s)
+        } else {
+            Err(format!("state {} of {quota} bytes, no alarm", s["state_bytes"]))
+        }
+    })
+    .await;
+    assert!(raised["state_bytes"].as_u64().expect("bytes") > quota, "{raised:#}");
+    assert_eq!(raised["state_bytes_max"].as_u64(), Some(quota));
+    let (code, out, _) = c.qm(&["cluster", "status", "-o", "table"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ALARM NOSPACE"), "{out}");
+
+    // Growth is refused, naming the alarm and the quota, and nothing changes.
+    let before = c.qm_json(&["reserve", "list"]);
+    let (code, out, err) = c.qm(&["reserve", "acquire", "pg:nospace/table:one-more"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("ResourceExhausted") && err.contains("alarm NOSPACE"), "{err}");
+    assert!(err.contains(&format!("over its quota of {quota}")) && err.contains("limits.state_bytes_max"), "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).expect("json")["error"]["kind"], "error");
+    assert_eq!(before["reservations"], c.qm_json(&["reserve", "list"])["reservations"], "nothing changed");
+
+    // Releases work while the alarm is raised.
+    for (session, id) in &held {
+        c.qm_json(&["reserve", "release", &format!("r{id}"), "--session", &format!("s{session}")]);
+    }
+    assert!(c.qm_json(&["reserve", "list", "--prefix", "pg:nospace"])["reservations"]
+        .as_array()
+        .expect("list")
+        .is_empty());
+    // Back under 90% of the quota: the alarm clears by itself, and growth works again.
+    eventually("the alarm cleared", Duration::from_secs(30), || async {
+        let s = status().await;
+        if s["nospace_alarm"] == false {
+            Ok(())
+        } else {
+            Err(format!("state {} of {quota} bytes, alarm raised", s["state_bytes"]))
+        }
+    })
+    .await;
+    let again = c.qm_json(&["reserve", "acquire", "pg:nospace/table:one-more"]);
+    assert_eq!(again["status"], "granted");
 }

@@ -91,6 +91,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let m = self.node.metrics();
         let leader = self.node.leader();
         let ready = self.node.readiness();
+        let (state_bytes, state_bytes_max, alarm) = self.node.space();
         Ok(GrpcResponse::new(pb::StatusResponse {
             node_id: self.node.id,
             term: m.current_term,
@@ -105,6 +106,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
             version: env!("CARGO_PKG_VERSION").to_string(),
             ready: ready.is_ok(),
             not_ready_reason: ready.err().unwrap_or_default(),
+            state_bytes,
+            state_bytes_max,
+            nospace_alarm: alarm.is_some(),
         }))
     }
 

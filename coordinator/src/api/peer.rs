@@ -221,9 +221,9 @@ impl pb::raft_peer_server::RaftPeer for PeerApi {
     async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<GrpcResponse<pb::ProposeResponse>, Status> {
         let command: Command = from_bytes(&request.into_inner().command).map_err(undecodable)?;
         // Only what a client may ask for travels here: the leader's own duties never do.
-        if matches!(command, Command::Tick | Command::RestartLeases) {
+        if command.is_internal() {
             return Err(Status::permission_denied(
-                "rule internal-command: Tick and RestartLeases are proposed only by the leader itself",
+                "rule internal-command: Tick, RestartLeases and SpaceMeasured are proposed only by the leader itself",
             ));
         }
         crate::state::validate_command(&command).map_err(ApiError::from)?;

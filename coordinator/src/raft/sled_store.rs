@@ -19,11 +19,19 @@ fn io(space: Space, e: sled::Error) -> StoreError {
     StoreError::Io { space: space.name(), source }
 }
 
+/// sled's page cache (its default is 1 GiB): the recent log entries Raft reads back fit in
+/// it; a snapshot is written and read once. Counted in the sizing of docs/operations.md.
+const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
 impl SledStore {
     /// Opens (or creates) the store in `dir` and checks its format version.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let db =
-            sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(|e| io(Space::Meta, e))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+            .map_err(|e| io(Space::Meta, e))?;
         let open = |space: Space| db.open_tree(space.name()).map_err(|e| io(space, e));
         let trees = [open(Space::Meta)?, open(Space::Log)?, open(Space::Snapshot)?];
         let store = SledStore { db, trees };

@@ -54,6 +54,9 @@ impl fmt::Display for Response {
                 write!(f, "session {session} opened ttl={ttl_ms} expires_at={expires_at}")
             }
             Response::TaskSubmitted { task } => write!(f, "task {task} submitted"),
+            Response::SpaceMeasured { alarm } => {
+                write!(f, "space measured: alarm {}", if *alarm { "NOSPACE raised" } else { "clear" })
+            }
             Response::TaskCancelled { task } => write!(f, "task {task} cancelled"),
             Response::WorkerRegistered { session, abandon } => {
                 write!(f, "worker {session} registered abandon={abandon:?}")
@@ -131,6 +134,12 @@ impl fmt::Display for Refusal {
             Refusal::RequestUnknown { request } => write!(f, "request {request} unknown"),
             Refusal::AlreadyWaiting { request } => write!(f, "owner already waits in {request}"),
             Refusal::Exhausted { what, max } => write!(f, "{what} exhausted (max {max})"),
+            Refusal::NoSpace { bytes, quota } => write!(
+                f,
+                "alarm NOSPACE: the replicated state is {bytes} bytes, over its quota of {quota} (limits.state_bytes_max); \
+                 writes that add data are refused until it is back under {}% of the quota; release, close and cancel still work",
+                super::types::SPACE_ALARM_CLEAR_PERCENT
+            ),
             Refusal::AclBootstrapped => write!(f, "the cluster is already bootstrapped"),
             Refusal::TokenExists { name } => write!(f, "a token named {name:?} exists"),
             Refusal::TokenUnknown { name } => write!(f, "token {name:?} is unknown"),

@@ -189,6 +189,8 @@ pub struct State {
     tasks: tasks::Tasks,
     jobs: jobs::Jobs,
     acl: acl::Acl,
+    /// The storage alarm, while raised.
+    space_alarm: Option<SpaceAlarm>,
 }
 
 /// What one apply accumulates on its way.
@@ -238,6 +240,17 @@ impl State {
         self.last_now
     }
 
+    /// The storage alarm, while raised.
+    pub fn space_alarm(&self) -> Option<SpaceAlarm> {
+        self.space_alarm
+    }
+
+    /// The state's encoded size: what a snapshot of it takes, less its 12-byte header. Walks
+    /// the whole state without allocating.
+    pub fn encoded_len(&self) -> u64 {
+        bincode::serialized_size(self).expect("sizing an in-memory state cannot fail")
+    }
+
     /// The only way replicated state changes. Pure: the same `(index, now, command)` sequence
     /// gives the same responses, effects and snapshot bytes everywhere.
     pub fn apply(&mut self, index: LogIndex, now: Millis, cmd: Command) -> (Response, Vec<Effect>) {
@@ -268,9 +281,12 @@ impl State {
             gc: Vec::new(),
             reset_inherit: BTreeSet::new(),
         };
-        let response = match validate_command(&cmd) {
-            Err(invalid) => Response::Refused(Refusal::Invalid(invalid)),
-            Ok(()) => self.apply_command(cmd, &mut ctx),
+        let response = match (validate_command(&cmd), self.space_alarm) {
+            (Err(invalid), _) => Response::Refused(Refusal::Invalid(invalid)),
+            (Ok(()), Some(alarm)) if cmd.adds_data() => {
+                Response::Refused(Refusal::NoSpace { bytes: alarm.bytes, quota: alarm.quota })
+            }
+            (Ok(()), _) => self.apply_command(cmd, &mut ctx),
         };
         self.settle(&mut ctx);
         self.collect_garbage(&mut ctx);
@@ -326,6 +342,15 @@ impl State {
             Command::BootstrapAcl(token) => self.apply_bootstrap_acl(*token, ctx),
             Command::CreateToken(token) => self.apply_create_token(*token, ctx),
             Command::RevokeToken { name } => self.apply_revoke_token(name),
+            Command::SpaceMeasured { bytes, quota } => {
+                self.space_alarm = match self.space_alarm {
+                    _ if SpaceAlarm::clears_at(bytes, quota) => None,
+                    Some(alarm) => Some(SpaceAlarm { bytes, quota, ..alarm }),
+                    None if bytes > quota => Some(SpaceAlarm { bytes, quota, since: ctx.now }),
+                    None => None,
+                };
+                Response::SpaceMeasured { alarm: self.space_alarm.is_some() }
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! `apply` runs again, so nothing invalid is ever written.
 
 use super::*;
+use qm_shared::limits::STATE_BYTES_MAX_MIN;
 
 /// Checks a command's fields against the limits. The gRPC edge calls this before proposing;
 /// `apply` calls it again and refuses what fails, so nothing invalid is ever written.
@@ -101,6 +102,9 @@ pub fn validate_command(cmd: &Command) -> Result<(), Invalid> {
         | Command::RetryJob { .. }
         | Command::Tick
         | Command::RestartLeases => Ok(()),
+        Command::SpaceMeasured { quota, .. } => {
+            qm_shared::validate::check_range("quota", *quota, STATE_BYTES_MAX_MIN, u64::MAX)
+        }
     }
 }
 

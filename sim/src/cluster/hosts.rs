@@ -51,6 +51,7 @@ pub fn node_config(opts: &Options, id: u64) -> NodeConfig {
         insecure: false,
         audit_bytes_max: qm_shared::limits::AUDIT_BYTES_DEFAULT,
         write_rate: None,
+        state_bytes_max: qm_shared::limits::STATE_BYTES_DEFAULT,
     }
 }
 

@@ -264,9 +264,10 @@ fn refusal_reason(r: &Refusal) -> pb::RefusalReason {
         Refusal::Deadlock { .. } => pb::RefusalReason::Deadlock,
         Refusal::SessionUnknown { .. } => pb::RefusalReason::SessionUnknown,
         Refusal::AlreadyWaiting { .. } => pb::RefusalReason::AlreadyWaiting,
-        Refusal::ReservationUnknown { .. } | Refusal::RequestUnknown { .. } | Refusal::Exhausted { .. } => {
-            pb::RefusalReason::OverCapacity
-        }
+        Refusal::ReservationUnknown { .. }
+        | Refusal::RequestUnknown { .. }
+        | Refusal::Exhausted { .. }
+        | Refusal::NoSpace { .. } => pb::RefusalReason::OverCapacity,
         Refusal::TaskUnknown { .. }
         | Refusal::StaleAttempt { .. }
         | Refusal::NotAWorker { .. }

@@ -228,6 +228,75 @@ pub enum Command {
     RevokeToken {
         name: String,
     },
+    /// The leader measured the replicated state at `bytes` against its quota (etcd's NOSPACE):
+    /// over the quota raises the storage alarm, at or under [`SPACE_ALARM_CLEAR_PERCENT`] of
+    /// it clears the alarm. Proposed only by the leader itself.
+    SpaceMeasured {
+        bytes: u64,
+        quota: u64,
+    },
+}
+
+/// The storage alarm clears once the state is back at or under this share of its quota, so
+/// that it does not flap at the boundary.
+pub const SPACE_ALARM_CLEAR_PERCENT: u64 = 90;
+
+/// The storage alarm: while raised, commands that add data are refused and the rest (release,
+/// close, cancel, reports, time) still work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceAlarm {
+    /// The state's size when last measured, and the quota it was measured against.
+    pub bytes: u64,
+    pub quota: u64,
+    /// When it was raised.
+    pub since: Millis,
+}
+
+impl SpaceAlarm {
+    /// Whether a measurement of `bytes` against `quota` clears the alarm.
+    pub fn clears_at(bytes: u64, quota: u64) -> bool {
+        bytes.saturating_mul(100) <= quota.saturating_mul(SPACE_ALARM_CLEAR_PERCENT)
+    }
+}
+
+impl Command {
+    /// Whether the command can make the state larger (refused while the storage alarm is
+    /// raised). Releasing, closing, cancelling, reporting, deciding, keeping alive and the
+    /// leader's own duties can always run, so that a full cluster can drain.
+    pub fn adds_data(&self) -> bool {
+        match self {
+            Command::OpenSession { .. }
+            | Command::Acquire(_)
+            | Command::DeclareResource { .. }
+            | Command::SubmitTask(_)
+            | Command::RegisterWorker(_)
+            | Command::SubmitJob(_)
+            | Command::RetryJob { .. }
+            | Command::ApplyProject(_)
+            | Command::BootstrapAcl(_)
+            | Command::CreateToken(_) => true,
+            Command::SetBudget { limit_micros, .. } => *limit_micros > 0,
+            Command::KeepAlive { .. }
+            | Command::CloseSession { .. }
+            | Command::Release { .. }
+            | Command::Cancel { .. }
+            | Command::Extend { .. }
+            | Command::Tick
+            | Command::Configure { .. }
+            | Command::RestartLeases
+            | Command::CancelTask { .. }
+            | Command::ReportTask { .. }
+            | Command::CancelJob { .. }
+            | Command::DecideGate { .. }
+            | Command::RevokeToken { .. }
+            | Command::SpaceMeasured { .. } => false,
+        }
+    }
+
+    /// Whether only the leader itself proposes it (never a client, never a forwarding peer).
+    pub fn is_internal(&self) -> bool {
+        matches!(self, Command::Tick | Command::RestartLeases | Command::SpaceMeasured { .. })
+    }
 }
 
 /// A granted reservation as reported to clients and in effects.
@@ -341,6 +410,11 @@ pub enum Refusal {
         max: u64,
     },
     /// The command broke a field rule. The edge checks first; the core checks again.
+    /// The storage alarm is raised: the state is over its quota and this command adds data.
+    NoSpace {
+        bytes: u64,
+        quota: u64,
+    },
     Invalid(Invalid),
 }
 
@@ -432,6 +506,10 @@ pub enum Response {
     },
     /// Raft's own entries (a new leader's blank entry, membership changes) change nothing
     /// here and answer `Noop`.
+    /// A measurement applied: whether the storage alarm is raised after it.
+    SpaceMeasured {
+        alarm: bool,
+    },
     Noop,
     Refused(Refusal),
 }
