@@ -53,6 +53,10 @@ pub struct SchedulerArgs {
     /// A waiter this far above a holder preempts it (resources with policy preempt)
     #[arg(long)]
     pub preempt_gap: Option<u32>,
+    /// Reservations held plus resources waited for by one principal (token), at most
+    /// (1..=100000); past it an acquire is refused with RESOURCE_EXHAUSTED
+    #[arg(long)]
+    pub claims_per_principal_max: Option<u64>,
 }
 
 /// Sets the tunables given in `set` (none: only reads them) and prints them all.
@@ -77,6 +81,7 @@ async fn scheduler(client: &Client, set: Option<SchedulerArgs>, output: Output) 
                 high_cost_micros: high_cost.unwrap_or(0),
                 preempt_gap: a.preempt_gap.unwrap_or(0),
                 docs_aging_bound_ms: 0,
+                claims_per_principal_max: a.claims_per_principal_max.unwrap_or(0),
             };
             client.set_scheduler(req).await.map_err(status_failure)?
         }
@@ -85,14 +90,15 @@ async fn scheduler(client: &Client, set: Option<SchedulerArgs>, output: Output) 
         "fair_share_points": cfg.fair_share_points, "high_priority_min": cfg.high_priority_min,
         "budget_approaching_pct": cfg.budget_approaching_pct, "budget_at_pct": cfg.budget_at_pct,
         "high_cost_micros": cfg.high_cost_micros, "preempt_gap": cfg.preempt_gap,
-        "docs_aging_bound_ms": cfg.docs_aging_bound_ms});
+        "docs_aging_bound_ms": cfg.docs_aging_bound_ms, "claims_per_principal_max": cfg.claims_per_principal_max});
     let text = format!(
         "aging               +{} points every {} ms (a docs item, priority 100, is overtaken by nothing newer after {:.1} s)\n\
          fair share          {} points per running task of a team\n\
          high priority       {} and above\n\
          budget thresholds   approaching {}%, at {}%, over 100%\n\
          high-cost approval  forecast {} or more at the `at` threshold\n\
-         preemption gap      {} points\n",
+         preemption gap      {} points\n\
+         claims              {} reservations held or waited for per principal, at most\n",
         cfg.aging_step,
         cfg.aging_interval_ms,
         cfg.docs_aging_bound_ms as f64 / 1000.0,
@@ -101,7 +107,8 @@ async fn scheduler(client: &Client, set: Option<SchedulerArgs>, output: Output) 
         cfg.budget_approaching_pct,
         cfg.budget_at_pct,
         dollars(cfg.high_cost_micros),
-        cfg.preempt_gap
+        cfg.preempt_gap,
+        cfg.claims_per_principal_max
     );
     emit(output, &value, &text);
     Ok(())

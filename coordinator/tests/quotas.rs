@@ -116,3 +116,54 @@ fn only_commands_that_add_data_are_held_back_by_the_alarm() {
     assert!(Command::SpaceMeasured { bytes: 0, quota: 16_384 }.is_internal());
     assert!(!Command::OpenSession { label: String::new(), ttl_ms: 1_000, principal: String::new() }.is_internal());
 }
+
+/// A principal holds and waits for at most `claims_per_principal_max` resources, counted over
+/// all its sessions: past it an acquire is refused naming the principal and the bound, and
+/// changes nothing; releasing, a wait ending or a session closing makes room; another
+/// principal is not held back; the count survives a snapshot.
+#[test]
+fn a_principal_holds_and_waits_for_at_most_its_quota_of_resources() {
+    let config = qm_coordinator::state::Config { claims_per_principal_max: 4, ..Default::default() };
+    let mut c = Core::with(config);
+    let session = |c: &mut Core, principal: &str| match open(c, principal) {
+        Response::SessionOpened { session, .. } => session,
+        r => panic!("{r:?}"),
+    };
+    let (a, b, other) = (session(&mut c, "ci"), session(&mut c, "ci"), session(&mut c, "ops"));
+    let granted = |r: Response| match r {
+        Response::Granted { grants } => grants,
+        r => panic!("{r:?}"),
+    };
+    let two = granted(c.apply(support::acquire(a, "x").exclusive("pg:q/table:1").exclusive("pg:q/table:2")).0);
+    // Another principal holds table:3; ci waits for it on its second session: 3 claims.
+    granted(c.apply(support::acquire(other, "o").exclusive("pg:q/table:3")).0);
+    let queued = c.apply(support::acquire(b, "w").exclusive("pg:q/table:3")).0;
+    assert!(matches!(queued, Response::Queued { .. }), "{queued:?}");
+    granted(c.apply(support::acquire(b, "y").exclusive("pg:q/table:4")).0);
+    // A fifth is refused, from either session.
+    let before = c.state.render();
+    for s in [a, b] {
+        let r = c.apply(support::acquire(s, "z").exclusive("pg:q/table:5")).0;
+        assert!(
+            matches!(&r, Response::Refused(Refusal::Exhausted { what, max: 4 })
+                if what == "reservations held and waited for by principal \"ci\""),
+            "{r:?}"
+        );
+    }
+    assert_eq!(c.state.render(), before, "nothing changed");
+    granted(c.apply(support::acquire(other, "o2").exclusive("pg:q/table:6")).0);
+    let restored = State::restore(&c.state.snapshot()).expect("restore");
+    assert_eq!(restored.snapshot(), c.state.snapshot());
+    // A release makes room for one.
+    let released = c.apply(Command::Release { session: a, reservation: two[0].id }).0;
+    assert!(matches!(released, Response::Released { .. }), "{released:?}");
+    granted(c.apply(support::acquire(a, "z").exclusive("pg:q/table:5")).0);
+    assert!(matches!(
+        c.apply(support::acquire(a, "z2").exclusive("pg:q/table:7")).0,
+        Response::Refused(Refusal::Exhausted { .. })
+    ));
+    // Closing the session that waits and holds frees both of its claims.
+    assert!(matches!(c.apply(Command::CloseSession { session: b }).0, Response::SessionClosed { .. }));
+    granted(c.apply(support::acquire(a, "z2").exclusive("pg:q/table:7").exclusive("pg:q/table:8")).0);
+    c.state.check_invariants();
+}

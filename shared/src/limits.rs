@@ -141,6 +141,11 @@ pub const STATE_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 pub const STATE_BYTES_MAX_MIN: u64 = 16 * 1024;
 const _: () = assert!(STATE_BYTES_MAX_MIN <= STATE_BYTES_DEFAULT);
 
+/// Reservations held plus resources waited for by one principal (a fortieth of the lock
+/// table), so that one token cannot fill the table for everyone.
+pub const CLAIMS_PER_PRINCIPAL_MAX: u64 = 100_000;
+const _: () = assert!(CLAIMS_PER_PRINCIPAL_MAX <= RESERVATIONS_MAX as u64);
+
 /// Most tasks the replicated state holds (queued, running and retained ended ones).
 pub const TASKS_MAX: usize = 200_000;
 /// Ended tasks kept for `qm task show`; the oldest are forgotten first.

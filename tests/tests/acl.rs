@@ -545,3 +545,36 @@ async fn the_nospace_alarm_refuses_growth_allows_release_and_clears() {
     let again = c.qm_json(&["reserve", "acquire", "pg:nospace/table:one-more"]);
     assert_eq!(again["status"], "granted");
 }
+
+/// With `qm scheduler set --claims-per-principal-max 2`, a principal holding two resources
+/// is refused a third with RESOURCE_EXHAUSTED naming it and the bound, and nothing changes;
+/// another principal is not held back; a release makes room. A bound above the most allowed
+/// is a usage error naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_over_its_claims_quota_is_refused_and_nothing_changes() {
+    let c = Cluster::start_with_flags(1, 10_000, &[]);
+    c.leader(&[1]).await;
+    let (code, _, err) = c.qm(&["scheduler", "set", "--claims-per-principal-max", "100001"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("claims_per_principal_max") && err.contains("100000"), "{err}");
+    let set = c.qm_json(&["scheduler", "set", "--claims-per-principal-max", "2"]);
+    assert_eq!(set["claims_per_principal_max"], 2, "{set}");
+    let ci = c.qm_json(&["token", "create", "--name", "ci", "--role", "submitter", "--path-prefix", "pg:ci"]);
+    let secret = ci["secret"].as_str().expect("secret").to_string();
+    let (code, out, err) = c.qm_at_with(&secret, &["reserve", "acquire", "pg:ci/table:a", "pg:ci/table:b"]);
+    assert_eq!(code, 0, "{err}");
+    let held: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let before = c.qm_json(&["reserve", "list"]);
+    let (code, _, err) = c.qm_at_with(&secret, &["reserve", "acquire", "pg:ci/table:c"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("ResourceExhausted"), "{err}");
+    assert!(err.contains("reservations held and waited for by principal \"ci\": at most 2"), "{err}");
+    assert_eq!(before["reservations"], c.qm_json(&["reserve", "list"])["reservations"], "nothing changed");
+    c.qm_json(&["reserve", "acquire", "pg:admin/table:a", "pg:admin/table:b"]);
+    let (session, id) = (held["session_id"].as_u64().expect("session"), held["id"].as_u64().expect("id"));
+    let (code, _, err) =
+        c.qm_at_with(&secret, &["reserve", "release", &format!("r{id}"), "--session", &format!("s{session}")]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = c.qm_at_with(&secret, &["reserve", "acquire", "pg:ci/table:c"]);
+    assert_eq!(code, 0, "a release made room: {err}");
+}

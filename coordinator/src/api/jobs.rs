@@ -359,6 +359,7 @@ impl pb::jobs_server::Jobs for JobsApi {
         };
         set(req.aging_interval_ms, &mut config.aging_interval_ms);
         set(req.high_cost_micros, &mut config.high_cost_micros);
+        set(req.claims_per_principal_max, &mut config.claims_per_principal_max);
         for (v, slot) in [
             (req.aging_step, &mut config.aging_step),
             (req.high_priority_min, &mut config.high_priority_min),

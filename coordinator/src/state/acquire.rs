@@ -36,6 +36,17 @@ impl State {
                 return Response::Refused(Refusal::AlreadyWaiting { request });
             }
         }
+        let principal = &self.sessions[&a.session].principal;
+        if !principal.is_empty() {
+            let claims = self.principal_claims.get(principal).copied().unwrap_or(0);
+            let max = self.config.claims_per_principal_max;
+            if claims + a.items.len() as u64 > max {
+                return Response::Refused(Refusal::Exhausted {
+                    what: format!("reservations held and waited for by principal {principal:?}"),
+                    max,
+                });
+            }
+        }
         // A shared claim asking more units than the resource has could never be granted.
         for (i, item) in a.items.iter().enumerate() {
             if let Some(capacity) = self.capacity(item.path.as_str()) {
@@ -131,6 +142,7 @@ impl State {
         }
         self.enqueue(&mut request, ctx);
         self.owners.get_mut(&owner).expect("owner exists").pending = Some(id);
+        self.count_claims(request.session, request.items.len() as u64, 0);
         self.requests.insert(id, request);
         self.refresh_victim_meta(owner);
         let position = blockers.ahead + 1;
@@ -230,6 +242,7 @@ impl State {
             let o = self.owners.get_mut(&owner).expect("owner exists");
             o.grants.insert(id);
             o.granted_at_sum += grant.granted_at;
+            self.count_claims(grant.session, 1, 0);
             self.grants.insert(id, grant);
             self.stats.grants_total += 1;
             ctx.effects.push(Effect::Granted { grant: info.clone(), request });
@@ -240,6 +253,7 @@ impl State {
 
     pub(super) fn remove_grant(&mut self, id: ReservationId, ctx: &mut Ctx) -> Grant {
         let grant = self.grants.remove(&id).expect("grant exists");
+        self.count_claims(grant.session, 0, 1);
         let (mut current, mut target) = (Some(grant.node), true);
         while let Some(nid) = current {
             let n = self.table.node_mut(nid);
@@ -332,6 +346,7 @@ impl State {
     /// Removes a pending request everywhere (granted, cancelled, timed out or aborted).
     pub(super) fn remove_request(&mut self, id: RequestId, ctx: &mut Ctx) -> Request {
         let request = self.requests.remove(&id).expect("request exists");
+        self.count_claims(request.session, 0, request.items.len() as u64);
         self.dequeue(&request, ctx);
         if let Some(t) = request.timeout_at {
             self.wait_timers.remove(&(t, id));

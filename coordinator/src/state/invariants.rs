@@ -92,6 +92,7 @@ impl State {
         }
         let kept: BTreeMap<&str, u32> = self.principal_sessions.iter().map(|(p, n)| (p.as_str(), *n)).collect();
         ensure_eq!(kept, per_principal, "open sessions per principal");
+        ensure_eq!(self.principal_claims, self.claims_per_principal(), "claims per principal");
         for (id, s) in &self.sessions {
             ensure_eq!(s.id, *id);
             for (name, o) in &s.owners {

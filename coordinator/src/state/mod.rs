@@ -43,10 +43,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use qm_shared::limits::{
-    AGING_INTERVAL_MS_DEFAULT, AGING_STEP_DEFAULT, CAPACITY_MAX, CYCLE_REPORT_MAX, LIFETIME_MS_MAX,
-    PREEMPT_GAP_DEFAULT, PREEMPT_GRACE_MS_MAX, PREEMPT_GRACE_MS_MIN, PRIORITY_MAX, QUEUE_LEN_MAX, REQUESTS_MAX,
-    RESERVATIONS_MAX, RESOURCES_DECLARED_MAX, SESSIONS_MAX, SESSIONS_PER_PRINCIPAL_MAX, SESSION_LABEL_LEN_MAX_BYTES,
-    SET_SIZE_MAX,
+    AGING_INTERVAL_MS_DEFAULT, AGING_STEP_DEFAULT, CAPACITY_MAX, CLAIMS_PER_PRINCIPAL_MAX, CYCLE_REPORT_MAX,
+    LIFETIME_MS_MAX, PREEMPT_GAP_DEFAULT, PREEMPT_GRACE_MS_MAX, PREEMPT_GRACE_MS_MIN, PRIORITY_MAX, QUEUE_LEN_MAX,
+    REQUESTS_MAX, RESERVATIONS_MAX, RESOURCES_DECLARED_MAX, SESSIONS_MAX, SESSIONS_PER_PRINCIPAL_MAX,
+    SESSION_LABEL_LEN_MAX_BYTES, SET_SIZE_MAX,
 };
 use qm_shared::{Invalid, LockMode, Mode, ResourcePath};
 
@@ -103,6 +103,8 @@ pub struct Config {
     pub high_cost_micros: u64,
     /// Forecast of a pass before any history, per tier (cheap, standard, frontier).
     pub forecast_default_micros: [u64; 3],
+    /// Reservations held plus resources waited for by one principal, at most.
+    pub claims_per_principal_max: u64,
 }
 
 impl Default for Config {
@@ -119,6 +121,7 @@ impl Default for Config {
             budget_at_pct: 95,
             high_cost_micros: 1_000_000,
             forecast_default_micros: [20_000, 100_000, 500_000],
+            claims_per_principal_max: CLAIMS_PER_PRINCIPAL_MAX,
         }
     }
 }
@@ -169,6 +172,10 @@ pub struct State {
     /// snapshots, rebuilt on restore, checked against them.
     #[serde(skip)]
     principal_sessions: BTreeMap<String, u32>,
+    /// Reservations held plus items waited for per principal, derived like
+    /// `principal_sessions`: bounded by `CLAIMS_PER_PRINCIPAL_MAX`.
+    #[serde(skip)]
+    principal_claims: BTreeMap<String, u64>,
     owners: BTreeMap<OwnerId, Owner>,
     /// Owners holding and waiting for nothing, freed on the next Tick.
     vacant_owners: BTreeSet<OwnerId>,

@@ -48,16 +48,69 @@ impl State {
         }
     }
 
-    /// Rebuilds the open sessions per principal from the sessions (after a restore).
+    /// Rebuilds the open sessions and the claims per principal from the sessions, grants and
+    /// requests (after a restore).
     pub(super) fn rebuild_principal_sessions(&mut self) {
         self.principal_sessions.clear();
         for s in self.sessions.values().filter(|s| !s.principal.is_empty()) {
             *self.principal_sessions.entry(s.principal.clone()).or_default() += 1;
         }
+        self.principal_claims = self.claims_per_principal();
+    }
+
+    /// Reservations held plus items waited for, per principal (not the empty one), counted
+    /// from the grants and requests.
+    pub(super) fn claims_per_principal(&self) -> BTreeMap<String, u64> {
+        let mut claims: BTreeMap<String, u64> = BTreeMap::new();
+        let sessions = self
+            .grants
+            .values()
+            .map(|g| (g.session, 1))
+            .chain(self.requests.values().map(|r| (r.session, r.items.len() as u64)));
+        for (session, n) in sessions {
+            match self.sessions.get(&session) {
+                Some(s) if !s.principal.is_empty() => *claims.entry(s.principal.clone()).or_default() += n,
+                _ => {}
+            }
+        }
+        claims
+    }
+
+    /// Adds `add` and takes `sub` from the claims of `session`'s principal (nothing for a
+    /// session without one, or one already ended: ending a session takes its claims at once).
+    pub(super) fn count_claims(&mut self, session: SessionId, add: u64, sub: u64) {
+        let Some(s) = self.sessions.get(&session) else { return };
+        if s.principal.is_empty() {
+            return;
+        }
+        // The common case (the principal already counts something) allocates nothing.
+        match self.principal_claims.get_mut(&s.principal) {
+            Some(n) => {
+                *n = (*n + add).saturating_sub(sub);
+                if *n == 0 {
+                    self.principal_claims.remove(&s.principal);
+                }
+            }
+            None if add > sub => {
+                self.principal_claims.insert(s.principal.clone(), add - sub);
+            }
+            None => {}
+        }
     }
 
     /// Releases everything a session holds and cancels its waits.
     pub(super) fn end_session(&mut self, id: SessionId, reason: ReleaseReason, ctx: &mut Ctx) -> Option<(u32, u32)> {
+        let claims: u64 = self
+            .sessions
+            .get(&id)?
+            .owners
+            .values()
+            .map(|o| {
+                let o = &self.owners[o];
+                o.grants.len() as u64 + o.pending.map_or(0, |r| self.requests[&r].items.len() as u64)
+            })
+            .sum();
+        self.count_claims(id, 0, claims);
         let session = self.sessions.remove(&id)?;
         if let Some(open) = self.principal_sessions.get_mut(&session.principal) {
             *open = open.saturating_sub(1);

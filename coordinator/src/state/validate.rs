@@ -49,6 +49,12 @@ pub fn validate_command(cmd: &Command) -> Result<(), Invalid> {
             qm_shared::validate::check_range("preempt_gap", config.preempt_gap.into(), 0, PRIORITY_MAX.into())?;
             qm_shared::validate::check_range("queue_len_max", config.queue_len_max.into(), 1, QUEUE_LEN_MAX.into())?;
             qm_shared::validate::check_range(
+                "claims_per_principal_max",
+                config.claims_per_principal_max,
+                1,
+                CLAIMS_PER_PRINCIPAL_MAX,
+            )?;
+            qm_shared::validate::check_range(
                 "fair_share_points",
                 config.fair_share_points.into(),
                 0,

@@ -129,5 +129,6 @@ pub fn scheduler_info(c: &Config) -> pb::SchedulerConfig {
         high_cost_micros: c.high_cost_micros,
         preempt_gap: c.preempt_gap,
         docs_aging_bound_ms: c.aging_bound_ms(100),
+        claims_per_principal_max: c.claims_per_principal_max,
     }
 }

@@ -283,13 +283,15 @@ fn refusal_reason(r: &Refusal) -> pb::RefusalReason {
     }
 }
 
-/// The Refused outcome of an Acquire, holders named from `state`. A broken field rule is not
-/// an answer but an error: that refusal is given back.
+/// The Refused outcome of an Acquire, holders named from `state`. A broken field rule or an
+/// exhausted quota is not an answer but an error: that refusal is given back.
 pub fn acquire_refused(r: Refusal, state: &State) -> Result<pb::acquire_response::Refused, Refusal> {
     use pb::acquire_response as ar;
     let reason = refusal_reason(&r) as i32;
     Ok(match r {
-        invalid @ Refusal::Invalid(_) => return Err(invalid),
+        // Bad input and exhausted quotas answer as a status (INVALID_ARGUMENT,
+        // RESOURCE_EXHAUSTED), like every other call's, not as a conflict to wait out.
+        r @ (Refusal::Invalid(_) | Refusal::Exhausted { .. } | Refusal::NoSpace { .. }) => return Err(r),
         Refusal::Conflict { holders, queue_position, estimated_wait_ms, .. } => ar::Refused {
             reason,
             holders: holders.iter().map(|h| holder(h, state)).collect(),
@@ -309,6 +311,6 @@ pub fn acquire_refused(r: Refusal, state: &State) -> Result<pb::acquire_response
             message: format!("would deadlock: cycle of {cycle_len}: {}", cycle.join(" -> ")),
             ..Default::default()
         },
-        other => ar::Refused { reason, message: format!("{other:?}"), ..Default::default() },
+        other => ar::Refused { reason, message: other.to_string(), ..Default::default() },
     })
 }
