@@ -57,6 +57,15 @@ pub struct SchedulerArgs {
     /// (1..=100000); past it an acquire is refused with RESOURCE_EXHAUSTED
     #[arg(long)]
     pub claims_per_principal_max: Option<u64>,
+    /// Unended tasks one principal may have submitted (1..=10000)
+    #[arg(long)]
+    pub tasks_per_principal_max: Option<u64>,
+    /// Unended work items one principal may have submitted (1..=2500)
+    #[arg(long)]
+    pub work_items_per_principal_max: Option<u64>,
+    /// Payload bytes of one principal's unended tasks and work items (65536..=67108864)
+    #[arg(long)]
+    pub payload_bytes_per_principal_max: Option<u64>,
 }
 
 /// Sets the tunables given in `set` (none: only reads them) and prints them all.
@@ -82,6 +91,9 @@ async fn scheduler(client: &Client, set: Option<SchedulerArgs>, output: Output) 
                 preempt_gap: a.preempt_gap.unwrap_or(0),
                 docs_aging_bound_ms: 0,
                 claims_per_principal_max: a.claims_per_principal_max.unwrap_or(0),
+                tasks_per_principal_max: a.tasks_per_principal_max.unwrap_or(0),
+                work_items_per_principal_max: a.work_items_per_principal_max.unwrap_or(0),
+                payload_bytes_per_principal_max: a.payload_bytes_per_principal_max.unwrap_or(0),
             };
             client.set_scheduler(req).await.map_err(status_failure)?
         }
@@ -90,7 +102,10 @@ async fn scheduler(client: &Client, set: Option<SchedulerArgs>, output: Output) 
         "fair_share_points": cfg.fair_share_points, "high_priority_min": cfg.high_priority_min,
         "budget_approaching_pct": cfg.budget_approaching_pct, "budget_at_pct": cfg.budget_at_pct,
         "high_cost_micros": cfg.high_cost_micros, "preempt_gap": cfg.preempt_gap,
-        "docs_aging_bound_ms": cfg.docs_aging_bound_ms, "claims_per_principal_max": cfg.claims_per_principal_max});
+        "docs_aging_bound_ms": cfg.docs_aging_bound_ms, "claims_per_principal_max": cfg.claims_per_principal_max,
+        "tasks_per_principal_max": cfg.tasks_per_principal_max,
+        "work_items_per_principal_max": cfg.work_items_per_principal_max,
+        "payload_bytes_per_principal_max": cfg.payload_bytes_per_principal_max});
     let text = format!(
         "aging               +{} points every {} ms (a docs item, priority 100, is overtaken by nothing newer after {:.1} s)\n\
          fair share          {} points per running task of a team\n\
@@ -98,7 +113,8 @@ async fn scheduler(client: &Client, set: Option<SchedulerArgs>, output: Output) 
          budget thresholds   approaching {}%, at {}%, over 100%\n\
          high-cost approval  forecast {} or more at the `at` threshold\n\
          preemption gap      {} points\n\
-         claims              {} reservations held or waited for per principal, at most\n",
+         claims              {} reservations held or waited for per principal, at most\n\
+         work                {} tasks, {} work items and {} payload bytes unended per principal, at most\n",
         cfg.aging_step,
         cfg.aging_interval_ms,
         cfg.docs_aging_bound_ms as f64 / 1000.0,
@@ -108,7 +124,10 @@ async fn scheduler(client: &Client, set: Option<SchedulerArgs>, output: Output) 
         cfg.budget_at_pct,
         dollars(cfg.high_cost_micros),
         cfg.preempt_gap,
-        cfg.claims_per_principal_max
+        cfg.claims_per_principal_max,
+        cfg.tasks_per_principal_max,
+        cfg.work_items_per_principal_max,
+        cfg.payload_bytes_per_principal_max
     );
     emit(output, &value, &text);
     Ok(())

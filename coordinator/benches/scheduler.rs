@@ -74,6 +74,7 @@ impl Bench {
                 commit: "c0ffee".into(),
                 run: br#"{"executor":"scripted"}"#.to_vec(),
                 review_run: Vec::new(),
+                principal: String::new(),
             };
             let (r, e) = self.apply(Command::SubmitJob(Box::new(spec)));
             assert!(matches!(r, Response::JobSubmitted { .. }), "{r:?}");

@@ -167,3 +167,64 @@ fn a_principal_holds_and_waits_for_at_most_its_quota_of_resources() {
     granted(c.apply(support::acquire(a, "z2").exclusive("pg:q/table:7").exclusive("pg:q/table:8")).0);
     c.state.check_invariants();
 }
+
+/// A principal's unended tasks, unended work items and their payload bytes are bounded:
+/// past a bound a submission is refused naming the principal and the bound, and changes
+/// nothing; a task ending makes room; other principals and submissions without a principal
+/// (access control off) are not held back.
+#[test]
+fn a_principal_submits_at_most_its_quota_of_tasks_work_items_and_payload_bytes() {
+    use qm_shared::limits::TASK_PAYLOAD_BYTES_MAX;
+    use qm_shared::Role;
+    let config = qm_coordinator::state::Config {
+        tasks_per_principal_max: 2,
+        work_items_per_principal_max: 1,
+        payload_bytes_per_principal_max: TASK_PAYLOAD_BYTES_MAX as u64,
+        ..Default::default()
+    };
+    let mut c = Core::with(config).project(support::demo_project());
+    let task = |principal: &str, bytes: usize| {
+        let mut spec = support::task(Role::Implementer).build();
+        spec.principal = principal.into();
+        spec.payload = vec![b' '; bytes];
+        Command::SubmitTask(spec)
+    };
+    let refused = |r: Response, what: &str, max: u64| match r {
+        Response::Refused(Refusal::Exhausted { what: w, max: m }) => {
+            assert_eq!((w.as_str(), m), (format!("{what} of principal \"ci\"").as_str(), max))
+        }
+        r => panic!("{r:?}"),
+    };
+    let submitted = |r: Response| match r {
+        Response::TaskSubmitted { task } => task,
+        r => panic!("{r:?}"),
+    };
+    let first = submitted(c.apply(task("ci", 10)).0);
+    submitted(c.apply(task("ci", 10)).0);
+    let before = c.state.tasks().iter().count();
+    refused(c.apply(task("ci", 10)).0, "unended tasks", 2);
+    assert_eq!(c.state.tasks().iter().count(), before, "nothing changed");
+    submitted(c.apply(task("ops", 10)).0);
+    submitted(c.apply(task("", 10)).0);
+    // An ended task makes room.
+    assert!(matches!(c.apply(Command::CancelTask { task: first }).0, Response::TaskCancelled { .. }));
+    // Payload bytes: 20 held, so a task of the whole bound does not fit beside them.
+    refused(
+        c.apply(task("ci", TASK_PAYLOAD_BYTES_MAX)).0,
+        "payload bytes of unended work",
+        TASK_PAYLOAD_BYTES_MAX as u64,
+    );
+    submitted(c.apply(task("ci", 10)).0);
+    // Work items: one unended at a time.
+    let item = || {
+        let mut spec: qm_coordinator::state::JobSpec =
+            support::job("x", [support::pass("p", Role::Implementer)]).into();
+        spec.principal = "ci".into();
+        Command::SubmitJob(Box::new(spec))
+    };
+    assert!(matches!(c.apply(item()).0, Response::JobSubmitted { .. }));
+    let jobs = c.state.jobs().iter().count();
+    refused(c.apply(item()).0, "unended work items", 1);
+    assert_eq!(c.state.jobs().iter().count(), jobs, "nothing changed");
+    c.state.check_invariants();
+}

@@ -146,6 +146,16 @@ const _: () = assert!(STATE_BYTES_MAX_MIN <= STATE_BYTES_DEFAULT);
 pub const CLAIMS_PER_PRINCIPAL_MAX: u64 = 100_000;
 const _: () = assert!(CLAIMS_PER_PRINCIPAL_MAX <= RESERVATIONS_MAX as u64);
 
+/// Tasks one principal has submitted that have not ended (a twentieth of the task table).
+pub const TASKS_PER_PRINCIPAL_MAX: u64 = 10_000;
+/// Work items one principal has submitted that have not ended (a twentieth of the table).
+pub const WORK_ITEMS_PER_PRINCIPAL_MAX: u64 = 2_500;
+/// Payload bytes (task payloads; work items' run payloads, inputs and titles) of the
+/// unended work one principal has submitted.
+pub const PAYLOAD_BYTES_PER_PRINCIPAL_MAX: u64 = 64 * 1024 * 1024;
+const _: () = assert!(TASKS_PER_PRINCIPAL_MAX <= TASKS_MAX as u64);
+const _: () = assert!(WORK_ITEMS_PER_PRINCIPAL_MAX <= JOBS_MAX as u64);
+
 /// Most tasks the replicated state holds (queued, running and retained ended ones).
 pub const TASKS_MAX: usize = 200_000;
 /// Ended tasks kept for `qm task show`; the oldest are forgotten first.

@@ -117,6 +117,7 @@ impl pb::jobs_server::Jobs for JobsApi {
             commit: req.commit,
             run: req.run,
             review_run: req.review_run,
+            principal: principal.name.clone(),
         };
         match self.decide(Command::SubmitJob(Box::new(spec))).await? {
             Response::JobSubmitted { job } => Ok(GrpcResponse::new(pb::SubmitJobResponse { job_id: job.0, priority })),
@@ -360,6 +361,9 @@ impl pb::jobs_server::Jobs for JobsApi {
         set(req.aging_interval_ms, &mut config.aging_interval_ms);
         set(req.high_cost_micros, &mut config.high_cost_micros);
         set(req.claims_per_principal_max, &mut config.claims_per_principal_max);
+        set(req.tasks_per_principal_max, &mut config.tasks_per_principal_max);
+        set(req.work_items_per_principal_max, &mut config.work_items_per_principal_max);
+        set(req.payload_bytes_per_principal_max, &mut config.payload_bytes_per_principal_max);
         for (v, slot) in [
             (req.aging_step, &mut config.aging_step),
             (req.high_priority_min, &mut config.high_priority_min),

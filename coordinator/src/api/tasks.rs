@@ -59,6 +59,7 @@ impl pb::tasks_server::Tasks for TasksApi {
             project: String::new(),
             tier: None,
             requires: Vec::new(),
+            principal: principal.name.clone(),
         };
         principal.check_team("team", &spec.team)?;
         principal.check_items(&spec.items, spec.priority)?;

@@ -165,6 +165,7 @@ impl Runner {
             project: opts.text("project").unwrap_or_default().to_string(),
             tier,
             requires: Vec::new(),
+            principal: String::new(),
         };
         self.apply(Command::SubmitTask(spec));
         Ok(())
@@ -257,6 +258,7 @@ impl Runner {
             commit: opts.text("commit").unwrap_or("c0").to_string(),
             run: ITEM_RUN.as_bytes().to_vec(),
             review_run: ITEM_RUN.as_bytes().to_vec(),
+            principal: String::new(),
         };
         self.apply(Command::SubmitJob(Box::new(spec)));
         Ok(())

@@ -24,6 +24,7 @@ mod display;
 mod invariants;
 mod jobs;
 mod lock_table;
+mod quotas;
 mod reads;
 mod records;
 mod render;
@@ -44,9 +45,10 @@ use serde::{Deserialize, Serialize};
 
 use qm_shared::limits::{
     AGING_INTERVAL_MS_DEFAULT, AGING_STEP_DEFAULT, CAPACITY_MAX, CLAIMS_PER_PRINCIPAL_MAX, CYCLE_REPORT_MAX,
-    LIFETIME_MS_MAX, PREEMPT_GAP_DEFAULT, PREEMPT_GRACE_MS_MAX, PREEMPT_GRACE_MS_MIN, PRIORITY_MAX, QUEUE_LEN_MAX,
-    REQUESTS_MAX, RESERVATIONS_MAX, RESOURCES_DECLARED_MAX, SESSIONS_MAX, SESSIONS_PER_PRINCIPAL_MAX,
-    SESSION_LABEL_LEN_MAX_BYTES, SET_SIZE_MAX,
+    LIFETIME_MS_MAX, PAYLOAD_BYTES_PER_PRINCIPAL_MAX, PREEMPT_GAP_DEFAULT, PREEMPT_GRACE_MS_MAX, PREEMPT_GRACE_MS_MIN,
+    PRIORITY_MAX, QUEUE_LEN_MAX, REQUESTS_MAX, RESERVATIONS_MAX, RESOURCES_DECLARED_MAX, SESSIONS_MAX,
+    SESSIONS_PER_PRINCIPAL_MAX, SESSION_LABEL_LEN_MAX_BYTES, SET_SIZE_MAX, TASKS_PER_PRINCIPAL_MAX,
+    TASK_PAYLOAD_BYTES_MAX, WORK_ITEMS_PER_PRINCIPAL_MAX,
 };
 use qm_shared::{Invalid, LockMode, Mode, ResourcePath};
 
@@ -105,6 +107,10 @@ pub struct Config {
     pub forecast_default_micros: [u64; 3],
     /// Reservations held plus resources waited for by one principal, at most.
     pub claims_per_principal_max: u64,
+    /// Unended tasks, unended work items and their payload bytes one principal may have.
+    pub tasks_per_principal_max: u64,
+    pub work_items_per_principal_max: u64,
+    pub payload_bytes_per_principal_max: u64,
 }
 
 impl Default for Config {
@@ -122,6 +128,9 @@ impl Default for Config {
             high_cost_micros: 1_000_000,
             forecast_default_micros: [20_000, 100_000, 500_000],
             claims_per_principal_max: CLAIMS_PER_PRINCIPAL_MAX,
+            tasks_per_principal_max: TASKS_PER_PRINCIPAL_MAX,
+            work_items_per_principal_max: WORK_ITEMS_PER_PRINCIPAL_MAX,
+            payload_bytes_per_principal_max: PAYLOAD_BYTES_PER_PRINCIPAL_MAX,
         }
     }
 }

@@ -54,6 +54,17 @@ pub fn validate_command(cmd: &Command) -> Result<(), Invalid> {
                 1,
                 CLAIMS_PER_PRINCIPAL_MAX,
             )?;
+            let tasks = config.tasks_per_principal_max;
+            qm_shared::validate::check_range("tasks_per_principal_max", tasks, 1, TASKS_PER_PRINCIPAL_MAX)?;
+            let items = config.work_items_per_principal_max;
+            qm_shared::validate::check_range("work_items_per_principal_max", items, 1, WORK_ITEMS_PER_PRINCIPAL_MAX)?;
+            let bytes = config.payload_bytes_per_principal_max;
+            qm_shared::validate::check_range(
+                "payload_bytes_per_principal_max",
+                bytes,
+                TASK_PAYLOAD_BYTES_MAX as u64,
+                PAYLOAD_BYTES_PER_PRINCIPAL_MAX,
+            )?;
             qm_shared::validate::check_range(
                 "fair_share_points",
                 config.fair_share_points.into(),

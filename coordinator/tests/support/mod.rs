@@ -284,6 +284,7 @@ pub fn task(role: Role) -> TaskBuilder {
         project: String::new(),
         tier: None,
         requires: Vec::new(),
+        principal: String::new(),
     })
 }
 
@@ -367,6 +368,7 @@ pub fn job(title: &str, passes: impl IntoIterator<Item = impl Into<Pass>>) -> Jo
         commit: "abc123".into(),
         run: br#"{"executor":"scripted","output":"{{pass}} of {{title}}"}"#.to_vec(),
         review_run: br#"{"executor":"scripted","output":"PASS"}"#.to_vec(),
+        principal: String::new(),
     })
 }
 

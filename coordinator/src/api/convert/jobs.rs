@@ -130,5 +130,8 @@ pub fn scheduler_info(c: &Config) -> pb::SchedulerConfig {
         preempt_gap: c.preempt_gap,
         docs_aging_bound_ms: c.aging_bound_ms(100),
         claims_per_principal_max: c.claims_per_principal_max,
+        tasks_per_principal_max: c.tasks_per_principal_max,
+        work_items_per_principal_max: c.work_items_per_principal_max,
+        payload_bytes_per_principal_max: c.payload_bytes_per_principal_max,
     }
 }

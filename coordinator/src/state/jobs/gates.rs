@@ -131,6 +131,7 @@ impl State {
             project: job.spec.project.clone(),
             tier: Some(role.default_tier()),
             requires: Vec::new(),
+            principal: String::new(),
         };
         match self.new_task(spec, ctx) {
             Ok(task) => {
@@ -368,6 +369,7 @@ mod tests {
                 commit: String::new(),
                 run: vec![],
                 review_run: vec![],
+                principal: String::new(),
             },
             status: JobStatus::Running,
             passes: vec![],

@@ -6,6 +6,7 @@ use qm_shared::limits::{BUDGETS_MAX, JOBS_ENDED_RETAINED_MAX, JOBS_MAX};
 use qm_shared::workflow::{dollars, Reviewer};
 use qm_shared::{Invalid, Mode, Tier};
 
+use crate::state::quotas::{job_bytes, Work};
 use crate::state::types::{Item, JobId, Refusal, Response, TaskId};
 use crate::state::types::{JobSpec, Level, Period, Scope, TaskSpec, TaskStatus};
 use crate::state::{Ctx, State};
@@ -16,6 +17,9 @@ impl State {
     pub(in crate::state) fn apply_submit_job(&mut self, spec: JobSpec, ctx: &mut Ctx) -> Response {
         if self.jobs.jobs.len() >= JOBS_MAX {
             return Response::Refused(Refusal::Exhausted { what: "work items".into(), max: JOBS_MAX as u64 });
+        }
+        if let Err(r) = self.work_quota(&spec.principal, Work::Item, job_bytes(&spec)) {
+            return Response::Refused(r);
         }
         let Some(project) = self.jobs.projects.get(&spec.project) else {
             return Response::Refused(Refusal::ProjectUnknown { project: spec.project });
@@ -347,6 +351,7 @@ impl State {
             project: job.spec.project.clone(),
             tier: Some(job.passes[i].tier),
             requires: pass.requires.clone(),
+            principal: String::new(),
         };
         match self.new_task(spec, ctx) {
             Ok(task) => {

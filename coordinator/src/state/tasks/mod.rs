@@ -24,6 +24,7 @@ pub use validate::validate_task_command;
 pub use workers::Worker;
 
 use crate::state::invariants::{ensure, ensure_eq, entry, Checked};
+use crate::state::quotas::Work;
 use crate::state::types::{Effect, Item, Millis, Refusal, Response, SessionId, TaskId};
 use crate::state::types::{Outcome, TaskReport, TaskSpec, TaskStatus, Usage};
 use crate::state::{Ctx, State};
@@ -352,6 +353,9 @@ impl State {
     }
 
     pub(in crate::state) fn apply_submit_task(&mut self, spec: TaskSpec, ctx: &mut Ctx) -> Response {
+        if let Err(r) = self.work_quota(&spec.principal, Work::Task, spec.payload.len() as u64) {
+            return Response::Refused(r);
+        }
         match self.new_task(spec, ctx) {
             Ok(id) => {
                 self.dispatch_tasks(ctx);

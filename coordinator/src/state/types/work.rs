@@ -29,6 +29,8 @@ pub struct JobSpec {
     pub run: Vec<u8>,
     /// Executor payload of agent reviews that name none.
     pub review_run: Vec<u8>,
+    /// Who submitted it (a token's name; empty with access control off): its quotas.
+    pub principal: String,
 }
 
 /// What to run: a role, the resources it needs with modes, an executor payload, a priority.
@@ -55,6 +57,9 @@ pub struct TaskSpec {
     pub tier: Option<Tier>,
     /// What the agent slot must have beyond its role.
     pub requires: Vec<Capability>,
+    /// Who submitted it directly (a token's name); empty with access control off and for the
+    /// tasks of a work item, which count under the item's principal.
+    pub principal: String,
 }
 
 /// A worker's announcement.

@@ -634,6 +634,7 @@ impl<'a> Run<'a> {
             commit: "sim".into(),
             run: br#"{"w":"{{workflow}}","p":"{{pass}}","j":"{{job}}"}"#.to_vec(),
             review_run: br#"{"review":true,"w":"{{workflow}}","p":"{{pass}}","j":"{{job}}"}"#.to_vec(),
+            principal: String::new(),
         };
         let class = class_index(&a.class);
         self.m.submitted[class] += 1;
