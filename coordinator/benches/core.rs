@@ -76,12 +76,18 @@ impl Driver {
         Driver { state, index: 1, session }
     }
 
+    /// Opens a session for one of 1,000 principals, as sessions are with access control on
+    /// (the default), so the per-principal counts are on the measured path.
     fn open(&mut self) -> SessionId {
         self.index += 1;
         let (r, _) = self.state.apply(
             self.index,
             1,
-            Command::OpenSession { label: "agent".into(), ttl_ms: 300_000, principal: String::new() },
+            Command::OpenSession {
+                label: "agent".into(),
+                ttl_ms: 300_000,
+                principal: format!("bench-{}", self.index % 1000),
+            },
         );
         let Response::SessionOpened { session, .. } = r else { panic!("open: {r:?}") };
         session
