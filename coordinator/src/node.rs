@@ -169,9 +169,10 @@ pub struct Node {
     pub write_rate: crate::api::rate::WriteRate,
     /// The replicated state's quota ([`NodeConfig::state_bytes_max`]).
     pub state_bytes_max: u64,
-    /// The state's encoded size as this node last measured it, and when (clock ms).
+    /// The state's encoded size as this node last measured it, and when (clock ms) the next
+    /// measurement is due.
     state_bytes: std::sync::atomic::AtomicU64,
-    state_measured_at: std::sync::atomic::AtomicU64,
+    state_measure_due: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -281,7 +282,7 @@ impl Node {
             write_rate: crate::api::rate::WriteRate::new(config.write_rate),
             state_bytes_max: config.state_bytes_max,
             state_bytes: std::sync::atomic::AtomicU64::new(0),
-            state_measured_at: std::sync::atomic::AtomicU64::new(0),
+            state_measure_due: std::sync::atomic::AtomicU64::new(0),
         });
         if !config.initial_members.is_empty()
             && config.initial_members.keys().next() == Some(&config.id)
@@ -308,16 +309,19 @@ impl Node {
         (bytes, self.state_bytes_max, self.shared.read(|d| d.state.space_alarm()))
     }
 
-    /// Measures the state at most every [`SPACE_CHECK_MS`]; the leader then raises or clears
-    /// the storage alarm when the measurement says so.
+    /// Measures the state at most every [`SPACE_CHECK_MS`], and less often when a
+    /// measurement (a walk of the whole state under the read lock) takes long: at most
+    /// 1/[`SPACE_CHECK_SLOWDOWN`] of the time. The leader then raises or clears the storage
+    /// alarm when the measurement says so.
     async fn measure_space(&self, leader: bool) {
         use std::sync::atomic::Ordering::Relaxed;
         let now = self.clock.now_ms();
-        if now.saturating_sub(self.state_measured_at.load(Relaxed)) < SPACE_CHECK_MS {
+        if now < self.state_measure_due.load(Relaxed) {
             return;
         }
-        self.state_measured_at.store(now, Relaxed);
         let (bytes, alarm) = self.shared.read(|d| (d.state.encoded_len(), d.state.space_alarm()));
+        let took = self.clock.now_ms().saturating_sub(now);
+        self.state_measure_due.store(now + SPACE_CHECK_MS.max(took * SPACE_CHECK_SLOWDOWN), Relaxed);
         self.state_bytes.store(bytes, Relaxed);
         let quota = self.state_bytes_max;
         let change = match alarm {
@@ -571,6 +575,8 @@ pub fn check_command_size(command: &Command) -> Result<(), Invalid> {
 /// (proposed in a term that ended) cannot stall the duties of a later term. A RestartLeases
 /// How often a node measures the replicated state against its quota.
 pub const SPACE_CHECK_MS: u64 = 1_000;
+/// A measurement that took `t` waits at least `t` times this before the next.
+pub const SPACE_CHECK_SLOWDOWN: u64 = 50;
 
 /// that does not commit in `RESTART_COMMIT_MS_MAX` makes the leader step down.
 async fn leader_duties(node: Arc<Node>) {
