@@ -121,7 +121,9 @@ pub struct WorkerArgs {
 pub struct ExecArgs {
     /// Let tasks use an executor beyond `scripted` (which runs nothing and is always on):
     /// `command` runs shell commands the task chooses, `llm` calls this worker's providers with
-    /// their keys. Off unless given here; a task cannot turn one on. Repeat
+    /// their keys, `agent` lets a model use tools on a workspace (running commands only where
+    /// `command` is enabled too and the role's spec allows Bash). Off unless given here; a
+    /// task cannot turn one on. Repeat
     #[arg(long = "enable-executor", value_enum, value_name = "EXECUTOR")]
     pub enable_executors: Vec<ExecutorName>,
     /// A variable of the worker's environment that commands see. Children start with an
@@ -152,6 +154,17 @@ pub struct ExecArgs {
     /// SIGKILL this many ms later if its shell has not exited (0..=60000)
     #[arg(long, value_name = "MS", default_value_t = limits::EXEC_KILL_GRACE_MS_DEFAULT)]
     pub kill_grace_ms: u64,
+    /// A repository agents may work in, as NAME=URL (any git URL: a path, file://, https://,
+    /// ssh; credentials are this worker's own git credentials). Repeat. Passes name a
+    /// repository, never a URL; each attempt gets its own worktree of a mirror kept under
+    /// the work root, and pushes only to branches under qm/
+    #[arg(long = "repo", value_name = "NAME=URL")]
+    pub repos: Vec<String>,
+    /// Directory of agent specs (*.md with front matter) that drive this worker's agents:
+    /// each role's spec gives its system prompt and the tools it may use [default: the
+    /// shipped specs, as in agents/]
+    #[arg(long, value_name = "DIR")]
+    pub agents: Option<std::path::PathBuf>,
     /// A limit of one role's attempts instead of the worker's, as
     /// ROLE:cpu-secs|memory-bytes|open-files|output-bytes=VALUE (same bounds as the --limit-*
     /// flags); repeat per role and limit, e.g. --role-limit implementer:cpu-secs=1800
@@ -164,6 +177,7 @@ pub struct ExecArgs {
 pub enum ExecutorName {
     Command,
     Llm,
+    Agent,
 }
 
 impl ExecutorName {
@@ -171,6 +185,7 @@ impl ExecutorName {
         match self {
             ExecutorName::Command => Kind::Command,
             ExecutorName::Llm => Kind::Llm,
+            ExecutorName::Agent => Kind::Agent,
         }
     }
 }
@@ -210,7 +225,11 @@ pub fn exec_config(a: ExecArgs, node_id: &str, providers: BTreeMap<String, Provi
             limits::EXEC_KILL_GRACE_MS_MAX
         )));
     }
+    let repos = repos(&a.repos)?;
+    let specs = specs(a.agents.as_deref())?;
     Ok(ExecConfig {
+        repos,
+        specs,
         enabled: a.enable_executors.iter().map(|e| e.kind()).collect(),
         pass_env: ExecConfig::pass_env_from_process(a.pass_env.iter().map(String::as_str)),
         work_root: a.work_root.unwrap_or_else(|| ExecConfig::default_work_root(node_id)),
@@ -219,6 +238,55 @@ pub fn exec_config(a: ExecArgs, node_id: &str, providers: BTreeMap<String, Provi
         kill_grace: Duration::from_millis(a.kill_grace_ms),
         providers,
     })
+}
+
+/// The repositories of `--repo NAME=URL`.
+fn repos(flags: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+    let mut repos = BTreeMap::new();
+    for text in flags {
+        let bad = |why: &str| Failure::usage(format!("--repo {text:?}: {why}"));
+        let (name, url) = text.split_once('=').ok_or_else(|| bad("expected NAME=URL"))?;
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            && !name.starts_with('.');
+        if !name_ok {
+            return Err(bad("NAME must be 1..=64 of letters, digits, . _ - (not starting with .)"));
+        }
+        if url.is_empty() || url.starts_with('-') {
+            return Err(bad("URL must be a git URL or path"));
+        }
+        if repos.insert(name.to_string(), url.to_string()).is_some() {
+            return Err(bad("the repository is given twice"));
+        }
+    }
+    Ok(repos)
+}
+
+/// The spec of each role: from `--agents DIR`, else the shipped ones. Every error in the
+/// directory is reported, with its file and line.
+fn specs(dir: Option<&std::path::Path>) -> Result<BTreeMap<Role, std::sync::Arc<qm_worker::spec::AgentSpec>>, Failure> {
+    let (loaded, errors) = match dir {
+        Some(d) => qm_worker::spec::load_dir(d),
+        None => qm_worker::spec::built_in(),
+    };
+    if !errors.is_empty() {
+        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        return Err(Failure::usage(format!("--agents: {}", lines.join("\n"))));
+    }
+    let mut by_role = BTreeMap::new();
+    for s in loaded {
+        let Some(role) = s.role.or_else(|| s.name.parse().ok()) else { continue };
+        if let Some(first) = by_role.insert(role, std::sync::Arc::new(s)) {
+            let second = &by_role[&role];
+            return Err(Failure::usage(format!(
+                "--agents: role {role} has two specs, {} and {}; keep one",
+                first.source.display(),
+                second.source.display()
+            )));
+        }
+    }
+    Ok(by_role)
 }
 
 /// The bounds every limit keeps, the worker's (`--limit-*`) and a role's (`--role-limit`):

@@ -2,7 +2,11 @@
 //! fenced resource that checks what the cluster's tokens promise.
 //!
 //! Processes are started with `qm coordinator run` and stopped by PID (SIGKILL where a test
-//! says so); a [`Cluster`] kills whatever is left when dropped.
+//! says so); a [`Cluster`] kills whatever is left when dropped. [`model`] is a stand-in model
+//! provider, [`git`] makes real repositories.
+
+pub mod git;
+pub mod model;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;

@@ -55,6 +55,9 @@ pub struct AgentSpec {
     pub prompt: String,
     /// Where it was read from.
     pub source: PathBuf,
+    /// The first 12 hex digits of a 64-bit FNV-1a digest of the file's text: which edition of
+    /// the spec did an attempt (the ledger records it beside the name).
+    pub version: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -203,6 +206,17 @@ const KNOWN_KEYS: [&str; 11] = [
     "budget",
 ];
 
+/// A short digest of a spec's text (FNV-1a, 64 bits; 12 hex digits): stable across runs,
+/// builds and machines.
+pub fn version_of(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")[..12].to_string()
+}
+
 /// Parses one spec from its text; `file` only names it in errors. Every field is checked,
 /// so the error list holds every mistake in the front matter, not only the first.
 pub fn parse(file: &Path, text: &str) -> Result<AgentSpec, Vec<SpecError>> {
@@ -259,6 +273,7 @@ pub fn parse(file: &Path, text: &str) -> Result<AgentSpec, Vec<SpecError>> {
         escalation,
         budget,
         prompt: prompt.trim().to_string(),
+        version: version_of(text),
         source: file.to_path_buf(),
     })
 }

@@ -44,9 +44,17 @@ const OUTPUT_DRAIN_MAX: Duration = Duration::from_secs(5);
 pub struct CommandSpec {
     /// Run with `/bin/sh -c`.
     pub cmd: String,
-    /// Work directory relative to the attempt's (created if missing); default: the attempt's.
+    /// Work directory relative to the attempt's, or to the workspace with `repo` (created if
+    /// missing); default: the attempt's, or the workspace.
     #[serde(default)]
     pub workdir: Option<String>,
+    /// Run in a worktree of this worker's repository of that name (`--repo NAME=URL`).
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// With `repo`: the commit or branch to check out (e.g. `qm/{{job}}/implement`, the branch
+    /// an upstream pass pushed); empty: the remote's default branch.
+    #[serde(default)]
+    pub start: String,
 }
 
 /// The directory `rel` names inside `attempt_dir`: relative, without `..`.
@@ -72,7 +80,7 @@ pub fn workdir_in(attempt_dir: &Path, rel: Option<&str>) -> Result<PathBuf, Stri
     Ok(attempt_dir.join(rel))
 }
 
-/// Runs `c` for the attempt and removes its work directory after.
+/// Runs `c` for the attempt and removes its work directory (and worktree) after.
 pub(crate) async fn run(
     c: CommandSpec,
     config: &ExecConfig,
@@ -81,37 +89,78 @@ pub(crate) async fn run(
     events: mpsc::Sender<ExecEvent>,
     control: mpsc::Receiver<Control>,
 ) -> ExecResult {
-    let dir = config.work_root.join(format!("task-{}-attempt-{}", req.task, req.attempt));
-    let cwd = match workdir_in(&dir, c.workdir.as_deref()) {
-        Ok(d) => d,
-        Err(e) => return ExecResult::failed(e),
-    };
+    let dir = super::attempt_dir(config, req);
     // Fresh: a worker that crashed may have left this attempt's directory behind.
     let _ = tokio::fs::remove_dir_all(&dir).await;
     let mut mkdir = tokio::fs::DirBuilder::new();
     mkdir.recursive(true).mode(0o700);
-    if let Err(e) = mkdir.create(&cwd).await {
+    if let Err(e) = mkdir.create(&dir).await {
+        return ExecResult::failed(format!("creating the work directory {}: {e}", dir.display()));
+    }
+    let workspace = match &c.repo {
+        Some(repo) => match super::open_workspace(config, req, &dir, repo, &c.start, "").await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return ExecResult::failed(e);
+            }
+        },
+        None => None,
+    };
+    let result =
+        run_in(&c, config, req, &dir, workspace.as_ref().map(|w| w.dir.as_path()), timeout, events, control).await;
+    if let Some(w) = workspace {
+        w.close().await;
+    }
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    result
+}
+
+/// [`run`] once the directories exist: the attempt's, and the workspace if any.
+#[allow(clippy::too_many_arguments)]
+async fn run_in(
+    c: &CommandSpec,
+    config: &ExecConfig,
+    req: &ExecRequest,
+    dir: &Path,
+    workspace: Option<&Path>,
+    timeout: Option<Duration>,
+    events: mpsc::Sender<ExecEvent>,
+    control: mpsc::Receiver<Control>,
+) -> ExecResult {
+    let cwd = match workdir_in(workspace.unwrap_or(dir), c.workdir.as_deref()) {
+        Ok(d) => d,
+        Err(e) => return ExecResult::failed(e),
+    };
+    if let Err(e) = tokio::fs::create_dir_all(&cwd).await {
         return ExecResult::failed(format!("creating the work directory {}: {e}", cwd.display()));
     }
     let checkpoint_file = dir.join(CHECKPOINT_FILE);
     if let Some(data) = &req.resume {
         if let Err(e) = tokio::fs::write(&checkpoint_file, data).await {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
             return ExecResult::failed(format!("writing the checkpoint: {e}"));
         }
     }
-    let result = supervise(
-        &c,
-        config,
-        req,
-        Paths { dir: &dir, cwd: &cwd, checkpoint_file: &checkpoint_file },
-        timeout,
-        events,
-        control,
-    )
-    .await;
-    let _ = tokio::fs::remove_dir_all(&dir).await;
-    result
+    supervise(c, config, req, Paths { dir, cwd: &cwd, checkpoint_file: &checkpoint_file }, timeout, events, control)
+        .await
+}
+
+/// Runs `cmd` in `cwd` as an attempt's command runs (process group, limits, cleared
+/// environment, bounded output), to its end or `timeout`: an agent's `run_command`.
+pub(crate) async fn run_once(
+    cmd: &str,
+    cwd: &Path,
+    attempt_dir: &Path,
+    config: &ExecConfig,
+    req: &ExecRequest,
+    timeout: Duration,
+) -> ExecResult {
+    let c = CommandSpec { cmd: cmd.to_string(), workdir: None, repo: None, start: String::new() };
+    let (events, _dropped) = mpsc::channel(4);
+    let (_never, control) = mpsc::channel(1);
+    let checkpoint_file = attempt_dir.join(CHECKPOINT_FILE);
+    let paths = Paths { dir: attempt_dir, cwd, checkpoint_file: &checkpoint_file };
+    supervise(&c, config, req, paths, Some(timeout), events, control).await
 }
 
 struct Paths<'a> {

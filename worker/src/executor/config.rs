@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use qm_shared::limits::{
@@ -16,6 +17,7 @@ use qm_shared::limits::{
 use qm_shared::Role;
 
 use super::llm::Api;
+use crate::spec::AgentSpec;
 
 /// The worker environment variables a child sees when the worker names none
 /// (`qm worker run --pass-env`).
@@ -27,10 +29,11 @@ pub const PASS_ENV_DEFAULT: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
 pub enum Kind {
     Command,
     Llm,
+    Agent,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Command, Kind::Llm];
+    pub const ALL: [Kind; 3] = [Kind::Command, Kind::Llm, Kind::Agent];
 
     /// The payload's `executor` name, if it is one that must be enabled.
     pub fn parse(name: &str) -> Option<Kind> {
@@ -41,6 +44,7 @@ impl Kind {
         match self {
             Kind::Command => "command",
             Kind::Llm => "llm",
+            Kind::Agent => "agent",
         }
     }
 
@@ -49,6 +53,10 @@ impl Kind {
         match self {
             Kind::Command => "it runs shell commands chosen by the task",
             Kind::Llm => "it calls this worker's model providers with their API keys",
+            Kind::Agent => {
+                "it lets a model read and edit files in the attempt's workspace, and push branches \
+                 under qm/ to this worker's repositories"
+            }
         }
     }
 }
@@ -133,6 +141,12 @@ pub struct ExecConfig {
     pub kill_grace: Duration,
     /// Model providers by name.
     pub providers: BTreeMap<String, Provider>,
+    /// Repositories this worker may work in, by name → URL (`--repo NAME=URL`); a payload
+    /// names one, never a URL.
+    pub repos: BTreeMap<String, String>,
+    /// The spec that drives the agents of each role (`--agents DIR`): system prompt, tools,
+    /// name and version.
+    pub specs: BTreeMap<Role, Arc<AgentSpec>>,
 }
 
 impl std::fmt::Debug for ExecConfig {
@@ -146,6 +160,8 @@ impl std::fmt::Debug for ExecConfig {
             .field("role_limits", &self.role_limits)
             .field("kill_grace", &self.kill_grace)
             .field("providers", &self.providers)
+            .field("repos", &self.repos.keys().collect::<Vec<_>>())
+            .field("specs", &self.specs.values().map(|s| (&s.name, &s.version)).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -168,6 +184,8 @@ impl Default for ExecConfig {
             role_limits: BTreeMap::new(),
             kill_grace: Duration::from_millis(EXEC_KILL_GRACE_MS_DEFAULT),
             providers: BTreeMap::new(),
+            repos: BTreeMap::new(),
+            specs: BTreeMap::new(),
         }
     }
 }

@@ -77,9 +77,14 @@ struct LlmCheckpoint {
 
 /// The provider the payload (or else the coordinator's routing) names, as this worker
 /// configures it.
-fn provider<'a>(l: &Llm, config: &'a ExecConfig, req: &ExecRequest) -> Result<(String, &'a Provider), String> {
+pub(crate) fn provider<'a>(
+    named: &str,
+    api: Option<Api>,
+    config: &'a ExecConfig,
+    req: &ExecRequest,
+) -> Result<(String, &'a Provider), String> {
     let known = || config.providers.keys().cloned().collect::<Vec<_>>().join(", ");
-    let name = if l.provider.is_empty() || l.provider == "auto" { req.provider.clone() } else { l.provider.clone() };
+    let name = if named.is_empty() || named == "auto" { req.provider.clone() } else { named.to_string() };
     if name.is_empty() {
         return Err(format!(
             "payload.provider: empty (or auto) and the task was routed to no provider; name one of this \
@@ -94,7 +99,7 @@ fn provider<'a>(l: &Llm, config: &'a ExecConfig, req: &ExecRequest) -> Result<(S
             known()
         ));
     };
-    if let Some(api) = l.api {
+    if let Some(api) = api {
         if api != p.api {
             return Err(format!("payload.api: {api} does not match provider {name:?}, which is {}", p.api));
         }
@@ -115,7 +120,7 @@ pub(crate) async fn run(
         }
         l.model = req.model.clone();
     }
-    let (name, p) = match provider(&l, config, req) {
+    let (name, p) = match provider(&l.provider, l.api, config, req) {
         Ok(found) => found,
         Err(e) => return ExecResult::failed(e),
     };
@@ -262,14 +267,21 @@ fn request_of(l: &Llm, api: Api, base: &str) -> (String, serde_json::Value) {
 }
 
 async fn call_model(l: &Llm, p: &Provider) -> Result<LlmCheckpoint, String> {
+    let (url, body) = request_of(l, p.api, p.base_url.trim_end_matches('/'));
+    let v = post(p, &url, &body).await?;
+    Ok(answer_of(l, p.api, &v))
+}
+
+/// POSTs `body` to `url` of provider `p` with its key; the JSON answer, or an error quoting
+/// at most `PROVIDER_ERROR_LEN_MAX_BYTES` of the provider's answer with credentials scrubbed.
+pub(crate) async fn post(p: &Provider, url: &str, body: &serde_json::Value) -> Result<serde_json::Value, String> {
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(600))
         .build()
         .map_err(|e| format!("http client: {e}"))?;
-    let (url, body) = request_of(l, p.api, p.base_url.trim_end_matches('/'));
     let key = p.api_key.as_ref().map(|k| k.expose());
-    let mut request = client.post(&url).json(&body);
+    let mut request = client.post(url).json(body);
     request = match (p.api, key) {
         (Api::Openai, Some(k)) => request.bearer_auth(k),
         (Api::Anthropic, k) => {
@@ -281,7 +293,7 @@ async fn call_model(l: &Llm, p: &Provider) -> Result<LlmCheckpoint, String> {
         }
         (Api::Openai, None) => request,
     };
-    let resp = request.send().await.map_err(|e| format!("POST {url}: {e}"))?;
+    let resp = request.send().await.map_err(|e| scrub(&format!("POST {url}: {e}"), key))?;
     let status = resp.status();
     if !status.is_success() {
         // Scrubbed before it is cut, so no credential is cut into an unrecognisable prefix.
@@ -297,9 +309,7 @@ async fn call_model(l: &Llm, p: &Provider) -> Result<LlmCheckpoint, String> {
     if cut {
         return Err(format!("the answer of {url} is over {PROVIDER_ANSWER_BYTES_MAX} bytes"));
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("answer of {url} is not JSON: {e}"))?;
-    Ok(answer_of(l, p.api, &v))
+    serde_json::from_slice(&body).map_err(|e| format!("answer of {url} is not JSON: {e}"))
 }
 
 /// The answer and usage in a provider's JSON. Lenient: take what is there, estimate what is

@@ -22,11 +22,13 @@
 //!                         control (checkpoint, stop) ──▶ │ ──▶ ExecResult
 //! ```
 
+pub mod agent;
 pub mod child;
 pub mod command;
 pub mod config;
 pub mod llm;
 pub mod scripted;
+pub mod workspace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +38,7 @@ use qm_shared::Role;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+pub use agent::AgentTask;
 pub use command::CommandSpec;
 pub use config::{ExecConfig, Kind, Limits, Provider, Secret};
 pub use llm::{Api, Llm};
@@ -126,6 +129,7 @@ pub enum Payload {
     Scripted(Scripted),
     Command(CommandSpec),
     Llm(Llm),
+    Agent(AgentTask),
 }
 
 /// The payload checked against the worker's configuration: the executor is enabled here and
@@ -168,11 +172,42 @@ pub async fn run(
         // then KILL) rather than being dropped.
         Payload::Command(c) => return command::run(c, &config, &req, timeout, events, control).await,
         Payload::Llm(l) => Either::Right(llm::run(l, &config, &req, events, control)),
+        // So does the agent executor: its workspace is removed however it ends.
+        Payload::Agent(a) => return agent::run(a, &config, &req, timeout, events, control).await,
     };
     match timeout {
         Some(t) => tokio::time::timeout(t, work).await.unwrap_or_else(|_| ExecResult::timed_out(t)),
         None => work.await,
     }
+}
+
+/// The attempt's own directory: `<work root>/task-<id>-attempt-<n>`.
+pub(crate) fn attempt_dir(config: &ExecConfig, req: &ExecRequest) -> std::path::PathBuf {
+    config.work_root.join(format!("task-{}-attempt-{}", req.task, req.attempt))
+}
+
+/// A worktree of this worker's repository `repo` at `<attempt dir>/repo`, from `start`
+/// (diffs against `base`); an error naming the payload field when the worker has no such
+/// repository.
+pub(crate) async fn open_workspace(
+    config: &ExecConfig,
+    req: &ExecRequest,
+    attempt_dir: &std::path::Path,
+    repo: &str,
+    start: &str,
+    base: &str,
+) -> Result<workspace::Workspace, String> {
+    let Some(url) = config.repos.get(repo) else {
+        let known: Vec<&str> = config.repos.keys().map(String::as_str).collect();
+        return Err(format!(
+            "payload.repo: {repo:?} is not a repository of this worker (its repositories: {}; add one with \
+             `qm worker run --repo NAME=URL`)",
+            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+        ));
+    };
+    let w = workspace::Workspace::open(&config.work_root, repo, url, &attempt_dir.join("repo"), start, base).await?;
+    tracing::debug!(task = req.task, attempt = req.attempt, repo, setup_ms = w.setup.as_millis() as u64, "workspace");
+    Ok(w)
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.
