@@ -107,7 +107,7 @@ fn entry_json(e: &pb::LedgerEntryInfo) -> Value {
         "tier": e.tier, "provider": e.provider, "model": e.model, "input_tokens": e.input_tokens,
         "output_tokens": e.output_tokens, "cached_tokens": e.cached_tokens, "estimated": e.estimated,
         "money_micros": e.money_micros, "saved_micros": e.saved_micros, "wall_ms": e.wall_ms,
-        "agent": e.agent, "worker": e.worker, "outcome": e.outcome})
+        "agent": e.agent, "spec": e.spec, "worker": e.worker, "outcome": e.outcome})
 }
 
 /// One row of the roll-up.
@@ -121,6 +121,8 @@ struct Row {
     saved: u64,
     wall_ms: u64,
     models: BTreeSet<String>,
+    /// The specs (`name@version`) of the agents that did the attempts.
+    specs: BTreeSet<String>,
 }
 
 /// The ledger's entries rolled up by one field, with their totals.
@@ -181,6 +183,9 @@ fn roll_up(entries: &[pb::LedgerEntryInfo], by: By) -> Rollup {
         if !e.model.is_empty() {
             r.models.insert(e.model.clone());
         }
+        if !e.spec.is_empty() {
+            r.specs.insert(e.spec.clone());
+        }
     }
     Rollup {
         by: format!("{by:?}").to_lowercase(),
@@ -193,7 +198,7 @@ fn roll_up(entries: &[pb::LedgerEntryInfo], by: By) -> Rollup {
 fn report_json(ledger: &pb::CostReportResponse, rollup: &Rollup, since_ms: u64) -> Value {
     json!({
         "by": rollup.by, "since_ms": since_ms,
-        "rows": rollup.rows.iter().map(|(k, r)| json!({"key": k, "attempts": r.attempts, "input_tokens": r.input, "output_tokens": r.output, "cached_tokens": r.cached, "money_micros": r.money, "saved_micros": r.saved, "wall_ms": r.wall_ms, "models": r.models})).collect::<Vec<_>>(),
+        "rows": rollup.rows.iter().map(|(k, r)| json!({"key": k, "attempts": r.attempts, "input_tokens": r.input, "output_tokens": r.output, "cached_tokens": r.cached, "money_micros": r.money, "saved_micros": r.saved, "wall_ms": r.wall_ms, "models": r.models, "specs": r.specs})).collect::<Vec<_>>(),
         "entries": ledger.entries.iter().map(entry_json).collect::<Vec<_>>(),
         "total_micros": rollup.total_micros, "saved_micros": rollup.saved_micros,
         "ledger_total_micros": ledger.total_micros, "ledger_saved_micros": ledger.saved_micros,
@@ -212,12 +217,13 @@ fn report_text(ledger: &pb::CostReportResponse, rollup: &Rollup) -> String {
         "COST",
         "SAVED",
         "WALL",
-        "MODELS"
+        "MODELS  SPECS"
     );
     for (k, r) in rows {
         let models: Vec<&str> = r.models.iter().map(|m| m.as_str()).collect();
+        let specs: Vec<&str> = r.specs.iter().map(|m| m.as_str()).collect();
         text.push_str(&format!(
-            "{:<28} {:>8} {:>10} {:>10} {:>11} {:>9} {:>8.1}s  {}\n",
+            "{:<28} {:>8} {:>10} {:>10} {:>11} {:>9} {:>8.1}s  {}  {}\n",
             k,
             r.attempts,
             r.input,
@@ -225,7 +231,8 @@ fn report_text(ledger: &pb::CostReportResponse, rollup: &Rollup) -> String {
             dollars(r.money),
             dollars(r.saved),
             r.wall_ms as f64 / 1000.0,
-            models.join(",")
+            models.join(","),
+            specs.join(",")
         ));
     }
     text.push_str(&format!(
@@ -248,7 +255,7 @@ fn report_text(ledger: &pb::CostReportResponse, rollup: &Rollup) -> String {
 
 /// The entries themselves as CSV, a header line first.
 fn ledger_csv(entries: &[pb::LedgerEntryInfo]) -> String {
-    let mut s = String::from("seq,at_ms,work_item,team,project,workflow,pass,role,tier,provider,model,input_tokens,output_tokens,cached_tokens,estimated,money_micros,saved_micros,wall_ms,agent,worker,outcome\n");
+    let mut s = String::from("seq,at_ms,work_item,team,project,workflow,pass,role,tier,provider,model,input_tokens,output_tokens,cached_tokens,estimated,money_micros,saved_micros,wall_ms,agent,worker,outcome,spec\n");
     for e in entries {
         let wi = if e.job_id == 0 { String::new() } else { format!("j{}", e.job_id) };
         let cells = [
@@ -273,6 +280,7 @@ fn ledger_csv(entries: &[pb::LedgerEntryInfo]) -> String {
             e.agent.clone(),
             e.worker.clone(),
             e.outcome.clone(),
+            e.spec.clone(),
         ];
         let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
         s.push_str(&line.join(","));

@@ -133,6 +133,7 @@ impl Bench {
             usage: Usage { input_tokens: 1_000, output_tokens: 200, cached_tokens: 0, estimated: false },
             wall_ms: 1_000,
             agent: "w/agent".into(),
+            spec: String::new(),
         };
         let (_, e) = self.apply(Command::ReportTask { session, task, attempt, report });
         self.note(&e);

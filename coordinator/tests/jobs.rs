@@ -339,3 +339,49 @@ fn a_pass_that_requires_a_gpu_goes_only_to_a_worker_with_one() {
     let task = c.pass(j, "train").task.unwrap();
     assert_eq!(c.task(task).session, Some(session));
 }
+
+#[test]
+fn a_reviewer_sees_the_output_it_reviews_and_a_later_pass_sees_the_artifacts_before_it() {
+    let mut c = Core::new().project(demo_project());
+    c.worker("w1", &ALL_ROLES);
+    let mut spec = job(
+        "fix add",
+        [
+            pass("implement", Role::Implementer).gate(Reviewer::Agent, Role::Verifier, OnFail::Retry),
+            pass("verify", Role::Verifier).after("implement"),
+            pass("document", Role::Specifier).after("verify"),
+        ],
+    );
+    spec.0.run =
+        br#"{"executor":"scripted","output":"{{pass}} at {{commit}} after [{{artifact.implement}}]"}"#.to_vec();
+    spec.0.review_run = br#"{"executor":"scripted","output":"review of [{{output}}]"}"#.to_vec();
+    let j = c.submit_job(spec);
+    let implement = c.pass(j, "implement").task.unwrap();
+    let payload = |c: &Core, t| String::from_utf8(c.task(t).spec.payload.clone()).unwrap();
+    assert_eq!(
+        payload(&c, implement),
+        r#"{"executor":"scripted","output":"implement at abc123 after [{{artifact.implement}}]"}"#
+    );
+    // An agent's output: a reviewer reads it as text, diff and all.
+    let out = r#"{"summary":"add adds","branch":"qm/j1/implement","diff":"-a - b\n+a + b\n"}"#;
+    c.finish(implement, out, (100, 10));
+    let review = c.pass(j, "implement").review.unwrap();
+    assert_eq!(
+        payload(&c, review),
+        r#"{"executor":"scripted","output":"review of [summary:\nadd adds\nbranch:\nqm/j1/implement\ndiff:\n-a - b\n+a + b\n\n]"}"#
+    );
+    // A structured verdict decides the gate, and its reasons are the note.
+    c.finish(review, r#"{"verdict":"fail","reasons":"no test for negatives"}"#, (10, 1));
+    let p = c.pass(j, "implement");
+    assert_eq!((p.gates[0].passed, p.gates[0].note.as_str()), (false, "no test for negatives"));
+    let again = p.task.unwrap();
+    c.finish(again, out, (100, 10));
+    c.finish(c.pass(j, "implement").review.unwrap(), r#"{"verdict":"pass","reasons":"ok"}"#, (10, 1));
+    assert_eq!(c.pass(j, "implement").status, PassStatus::Passed);
+    // verify comes after implement; document after verify, so after implement too.
+    let verify = c.pass(j, "verify").task.unwrap();
+    assert!(payload(&c, verify).contains(r#"after [summary:\nadd adds"#), "{}", payload(&c, verify));
+    c.finish(verify, "ok", (1, 1));
+    let document = c.pass(j, "document").task.unwrap();
+    assert!(payload(&c, document).contains(r#"after [summary:\nadd adds"#), "{}", payload(&c, document));
+}

@@ -126,6 +126,8 @@ struct Shared {
     book: Arc<Mutex<Book>>,
     started: Instant,
     blocked_after: Duration,
+    /// The spec of each role's agents as `name@version`, reported with each result.
+    specs: Arc<BTreeMap<Role, String>>,
 }
 
 impl Shared {
@@ -148,6 +150,8 @@ struct AgentActor;
 
 struct AgentState {
     slot: String,
+    /// Its spec as `name@version` (empty: none).
+    spec: String,
     logic: Agent,
     shared: Shared,
     supervisor: ActorRef<SupMsg>,
@@ -158,14 +162,15 @@ struct AgentState {
 impl Actor for AgentActor {
     type Msg = AgentMsg;
     type State = AgentState;
-    type Arguments = (String, Shared, ActorRef<SupMsg>);
+    type Arguments = (String, Role, Shared, ActorRef<SupMsg>);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<AgentMsg>,
-        (slot, shared, supervisor): Self::Arguments,
+        (slot, role, shared, supervisor): Self::Arguments,
     ) -> Result<AgentState, ActorProcessingErr> {
-        Ok(AgentState { slot, logic: Agent::new(), shared, supervisor, control: None, extender: None })
+        let spec = shared.specs.get(&role).cloned().unwrap_or_default();
+        Ok(AgentState { slot, spec, logic: Agent::new(), shared, supervisor, control: None, extender: None })
     }
 
     async fn handle(
@@ -265,7 +270,7 @@ async fn perform(myself: &ActorRef<AgentMsg>, st: &mut AgentState, action: Actio
         }
         Action::Release(ids) => release_all(&shared, ids).await,
         Action::Report { task, attempt, report } => {
-            let _ = shared.up.send(report_msg(&st.slot, task, attempt, report)).await;
+            let _ = shared.up.send(report_msg((&st.slot, &st.spec), task, attempt, report)).await;
         }
     }
 }
@@ -428,7 +433,9 @@ fn usage_pb(u: Usage) -> Vec<pb::TokenUsage> {
     }]
 }
 
-fn report_msg(agent: &str, task_id: u64, attempt: u32, report: Report) -> pb::WorkerMessage {
+/// `by` is the agent and its spec (`name@version`), empty where no agent ran it.
+fn report_msg(by: (&str, &str), task_id: u64, attempt: u32, report: Report) -> pb::WorkerMessage {
+    let (agent, spec) = by;
     use pb::worker_message::{Checkpoint, Msg, Progress, TaskResult};
     let msg = match report {
         Report::Progress { percent, stage, usage } => Msg::Progress(Progress {
@@ -465,6 +472,7 @@ fn report_msg(agent: &str, task_id: u64, attempt: u32, report: Report) -> pb::Wo
             usage: usage_pb(usage),
             wall_time_ms: wall_ms,
             agent: agent.to_string(),
+            spec: spec.to_string(),
         }),
     };
     pb::WorkerMessage { msg: Some(msg) }
@@ -519,7 +527,8 @@ struct SupState {
 
 impl Supervisor {
     async fn spawn_agent(myself: &ActorRef<SupMsg>, st: &mut SupState, name: &str) {
-        let args = (name.to_string(), st.shared.clone(), myself.clone());
+        let role = st.slots.get(name).expect("slot").role;
+        let args = (name.to_string(), role, st.shared.clone(), myself.clone());
         match Actor::spawn_linked(Some(name.to_string()), AgentActor, args, myself.get_cell()).await {
             Ok((agent, _)) => {
                 let slot = st.slots.get_mut(name).expect("slot");
@@ -619,7 +628,7 @@ impl Actor for Supervisor {
                             usage: Usage::default(),
                             wall_ms: 0,
                         };
-                        let _ = st.shared.up.send(report_msg("", a.task, a.attempt, report)).await;
+                        let _ = st.shared.up.send(report_msg(("", ""), a.task, a.attempt, report)).await;
                     } else if let Some(agent) = Supervisor::agent_of_task(st, c.task_id) {
                         let _ = agent.cast(AgentMsg::Event(Event::Cancel));
                     }
@@ -669,7 +678,7 @@ impl Actor for Supervisor {
                             usage: Usage::default(),
                             wall_ms: 0,
                         };
-                        let _ = st.shared.up.send(report_msg("", a.task, a.attempt, report)).await;
+                        let _ = st.shared.up.send(report_msg(("", ""), a.task, a.attempt, report)).await;
                     }
                 },
                 None => {
@@ -748,7 +757,7 @@ impl Actor for Supervisor {
                 usage: Usage::default(),
                 wall_ms: 0,
             };
-            let _ = st.shared.up.send(report_msg(&name, task, attempt, report)).await;
+            let _ = st.shared.up.send(report_msg((&name, ""), task, attempt, report)).await;
         }
         let slot = st.slots.get_mut(&name).expect("slot");
         slot.agent = None;
@@ -851,6 +860,7 @@ pub async fn run_with(
         book: Arc::new(Mutex::new(Book::default())),
         started: Instant::now(),
         blocked_after: Duration::from_millis(config.blocked_after_ms),
+        specs: Arc::new(config.exec.specs.iter().map(|(r, s)| (*r, format!("{}@{}", s.name, s.version))).collect()),
     };
     let (supervisor, handle) =
         Actor::spawn(Some(format!("{}/supervisor", config.node_id)), Supervisor, (config.clone(), shared.clone()))

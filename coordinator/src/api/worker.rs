@@ -358,6 +358,7 @@ impl Connection {
                     usage: usage_from_pb(&r.usage),
                     wall_ms: r.wall_time_ms,
                     agent: r.agent,
+                    spec: r.spec,
                 };
                 let key = (r.task_id, r.attempt);
                 (Command::ReportTask { session, task: TaskId(r.task_id), attempt: r.attempt, report }, Some(key))

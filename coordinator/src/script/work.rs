@@ -191,6 +191,7 @@ impl Runner {
             usage,
             wall_ms: 1_000,
             agent: format!("{}/agent-0", args[0]),
+            spec: String::new(),
         };
         let report = match args.get(2).map(|w| w.split_once('=').map_or(*w, |(k, _)| k)) {
             Some("done") => finished(Outcome::Succeeded),

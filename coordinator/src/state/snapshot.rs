@@ -16,7 +16,7 @@ use super::State;
 
 const MAGIC: &[u8; 8] = b"QMSTATE\0";
 /// Bump on any change to the encoded layout; restore refuses versions it does not know.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 6;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 7;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

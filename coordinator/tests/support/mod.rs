@@ -217,7 +217,15 @@ pub fn finished(outcome: Outcome) -> TaskReport {
 }
 
 fn finished_with(outcome: Outcome, output: &[u8], usage: Usage, agent: String) -> TaskReport {
-    TaskReport::Finished { outcome, output: output.to_vec(), error: String::new(), usage, wall_ms: 1_000, agent }
+    TaskReport::Finished {
+        outcome,
+        output: output.to_vec(),
+        error: String::new(),
+        usage,
+        wall_ms: 1_000,
+        agent,
+        spec: String::new(),
+    }
 }
 
 /// An acquire: by default of nothing yet, waiting without a timeout, at priority 500, with

@@ -114,6 +114,7 @@ pub fn ledger_info(e: &LedgerEntry) -> pb::LedgerEntryInfo {
         agent: e.agent.clone(),
         worker: e.worker.clone(),
         outcome: e.outcome.clone(),
+        spec: e.spec.clone(),
     }
 }
 

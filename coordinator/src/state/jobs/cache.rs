@@ -35,6 +35,35 @@ impl Jobs {
         }
     }
 
+    /// The artifacts pass `i` of `job` may see in its payload: `artifact.<pass>` of every
+    /// pass it comes after (transitively) that has one, and, for its review, `output`: its own.
+    pub(in crate::state) fn fill_values(&self, job: &Job, i: usize, review: bool) -> BTreeMap<String, String> {
+        let w = &job.spec.workflow;
+        let mut values = BTreeMap::new();
+        let text_of = |k: usize| {
+            let digest = job.passes.get(k)?.artifact.as_ref()?;
+            Some(super::gates::artifact_text(self.artifact(digest)?))
+        };
+        let mut todo: Vec<usize> = vec![i];
+        let mut seen = BTreeSet::new();
+        while let Some(k) = todo.pop() {
+            for a in &w.passes[k].after {
+                if let Some((j, p)) = w.pass(a).filter(|(j, _)| seen.insert(*j)) {
+                    if let Some(t) = text_of(j) {
+                        values.insert(format!("artifact.{}", p.name), t);
+                    }
+                    todo.push(j);
+                }
+            }
+        }
+        if review {
+            if let Some(t) = text_of(i) {
+                values.insert("output".to_string(), t);
+            }
+        }
+        values
+    }
+
     pub(in crate::state) fn remember(&mut self, key: String, digest: String, cost_micros: u64) {
         self.seq += 1;
         if let Some(old) = self.cache.insert(key.clone(), CacheEntry { digest, cost_micros, seq: self.seq }) {

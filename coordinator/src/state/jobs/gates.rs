@@ -1,7 +1,7 @@
 //! Gates: where a pass's gate is decided — the pass's own outcome, a reviewer's verdict,
 //! or a human decision — and what a failed gate does (retry, go back, stop).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use qm_shared::workflow::{dollars, OnFail};
 use qm_shared::{Invalid, Role};
@@ -29,12 +29,55 @@ pub(in crate::state) fn json_escape(text: &str) -> String {
     out
 }
 
-/// A gate review's verdict: it fails when the output starts with FAIL or REJECT.
+/// A gate review's verdict. A structured one first: a JSON object whose `verdict` is `pass`
+/// (anything else fails), its `reasons` the note. Otherwise text: it fails when the output
+/// starts with FAIL or REJECT, and its first line is the note.
 pub(in crate::state) fn verdict(output: &[u8]) -> (bool, String) {
+    if let Ok(serde_json::Value::Object(v)) = serde_json::from_slice::<serde_json::Value>(output) {
+        if let Some(verdict) = v.get("verdict").and_then(|x| x.as_str()) {
+            let reasons = v.get("reasons").and_then(|x| x.as_str()).unwrap_or_default();
+            let note: String = reasons.trim().chars().take(NOTE_CHARS_MAX).collect();
+            return (verdict.eq_ignore_ascii_case("pass"), note);
+        }
+    }
     let text = String::from_utf8_lossy(output);
-    let first = text.trim().lines().next().unwrap_or("").chars().take(200).collect::<String>();
+    let first = text.trim().lines().next().unwrap_or("").chars().take(NOTE_CHARS_MAX).collect::<String>();
     let upper = first.to_ascii_uppercase();
     (!(upper.starts_with("FAIL") || upper.starts_with("REJECT")), first)
+}
+
+/// Characters of a verdict kept as the gate's note.
+const NOTE_CHARS_MAX: usize = 200;
+
+/// Bytes of one artifact a payload placeholder (`{{output}}`, `{{artifact.<pass>}}`) carries.
+pub(in crate::state) const ARTIFACT_FILL_BYTES_MAX: usize = 24 * 1024;
+
+/// An artifact as a payload carries it: the output of an agent (JSON with a summary, a
+/// branch and a diff) as readable text, anything else as text; at most
+/// [`ARTIFACT_FILL_BYTES_MAX`] bytes.
+pub(in crate::state) fn artifact_text(output: &[u8]) -> String {
+    let mut text = match serde_json::from_slice::<serde_json::Value>(output) {
+        Ok(serde_json::Value::Object(v)) if v.contains_key("summary") || v.contains_key("diff") => {
+            let mut t = String::new();
+            for key in ["summary", "verdict", "reasons", "branch", "commit", "base", "diffstat", "diff"] {
+                if let Some(x) = v.get(key).and_then(|x| x.as_str()).filter(|x| !x.is_empty()) {
+                    t.push_str(&format!("{key}:\n{x}\n"));
+                }
+            }
+            t
+        }
+        _ => String::from_utf8_lossy(output).into_owned(),
+    };
+    if text.len() > ARTIFACT_FILL_BYTES_MAX {
+        let mut end = ARTIFACT_FILL_BYTES_MAX - 64;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let whole = text.len();
+        text.truncate(end);
+        text.push_str(&format!("\n[truncated: {whole} bytes in all]"));
+    }
+    text
 }
 
 impl State {
@@ -117,7 +160,7 @@ impl State {
         let pass = &job.spec.workflow.passes[i];
         let gate = pass.gate.as_ref().expect("reviewed passes have gates");
         let template = if gate.run.is_empty() { &job.spec.review_run } else { &gate.run };
-        let payload = fill(template, job, i, &gate.criteria);
+        let payload = fill(template, job, i, &gate.criteria, &self.jobs.fill_values(job, i, true));
         let spec = TaskSpec {
             role,
             items: Vec::new(),
@@ -233,15 +276,22 @@ impl State {
 }
 
 /// Fills a payload template: `{{pass}}`, `{{role}}`, `{{tier}}`, `{{title}}`, `{{job}}`,
-/// `{{workflow}}`, `{{criteria}}` and `{{input.<name>}}`, JSON-escaped. In the `cmd` of a
-/// `command` payload each value is also shell-quoted (one shell word, whatever it holds), and
-/// filled in one pass so a value is never searched for placeholders again.
-pub(in crate::state) fn fill(template: &[u8], job: &Job, i: usize, criteria: &str) -> Vec<u8> {
+/// `{{workflow}}`, `{{criteria}}`, `{{commit}}`, `{{input.<name>}}` and the artifacts in
+/// `values` (`{{output}}`, `{{artifact.<pass>}}`), JSON-escaped. In the `cmd` of a `command`
+/// payload each value is also shell-quoted (one shell word, whatever it holds), and filled in
+/// one pass so a value is never searched for placeholders again.
+pub(in crate::state) fn fill(
+    template: &[u8],
+    job: &Job,
+    i: usize,
+    criteria: &str,
+    values: &BTreeMap<String, String>,
+) -> Vec<u8> {
     let Ok(text) = std::str::from_utf8(template) else { return template.to_vec() };
     if !text.contains("{{") {
         return template.to_vec();
     }
-    if let Some(filled) = fill_command(text, job, i, criteria) {
+    if let Some(filled) = fill_command(text, job, i, criteria, values) {
         return filled;
     }
     let pass = &job.spec.workflow.passes[i];
@@ -252,9 +302,13 @@ pub(in crate::state) fn fill(template: &[u8], job: &Job, i: usize, criteria: &st
         .replace("{{title}}", &json_escape(&job.spec.title))
         .replace("{{job}}", &job.id.to_string())
         .replace("{{workflow}}", &json_escape(&job.spec.workflow.name))
-        .replace("{{criteria}}", &json_escape(criteria));
+        .replace("{{criteria}}", &json_escape(criteria))
+        .replace("{{commit}}", &json_escape(&job.spec.commit));
     for (k, v) in &job.spec.inputs {
         out = out.replace(&format!("{{{{input.{k}}}}}"), &json_escape(v));
+    }
+    for (k, v) in values {
+        out = out.replace(&format!("{{{{{k}}}}}"), &json_escape(v));
     }
     out.into_bytes()
 }
@@ -262,7 +316,7 @@ pub(in crate::state) fn fill(template: &[u8], job: &Job, i: usize, criteria: &st
 /// A `command` payload template (JSON whose `executor` is `command`), filled field by field:
 /// placeholders in `cmd` become shell-quoted words, elsewhere plain text. `None` for any other
 /// template, which is filled as text.
-fn fill_command(text: &str, job: &Job, i: usize, criteria: &str) -> Option<Vec<u8>> {
+fn fill_command(text: &str, job: &Job, i: usize, criteria: &str, values: &BTreeMap<String, String>) -> Option<Vec<u8>> {
     let mut v: serde_json::Value = serde_json::from_str(text).ok()?;
     let obj = v.as_object_mut()?;
     if obj.get("executor").and_then(|e| e.as_str()) != Some("command") {
@@ -278,7 +332,11 @@ fn fill_command(text: &str, job: &Job, i: usize, criteria: &str) -> Option<Vec<u
             "job" => job.id.to_string(),
             "workflow" => job.spec.workflow.name.clone(),
             "criteria" => criteria.to_string(),
-            _ => job.spec.inputs.get(name.strip_prefix("input.")?)?.clone(),
+            "commit" => job.spec.commit.clone(),
+            _ => match name.strip_prefix("input.") {
+                Some(input) => job.spec.inputs.get(input)?.clone(),
+                None => values.get(name)?.clone(),
+            },
         })
     };
     for (key, field) in obj.iter_mut() {
@@ -333,6 +391,10 @@ mod tests {
         assert!(verdict(b"looks good").0);
         assert!(!verdict(b"FAIL: missing tests\nmore").0);
         assert_eq!(verdict(b"  reject: no\n").1, "reject: no");
+        // A structured verdict wins over the text, whatever its first characters.
+        assert_eq!(verdict(br#"{"verdict":"fail","reasons":"no test for 0"}"#), (false, "no test for 0".into()));
+        assert_eq!(verdict(br#"{"verdict":"PASS","reasons":"FAIL-safe"}"#), (true, "FAIL-safe".into()));
+        assert_eq!(verdict(br#"{"summary":"x"}"#), (true, r#"{"summary":"x"}"#.into()), "no verdict: read as text");
     }
 
     #[test]
@@ -381,7 +443,7 @@ mod tests {
         };
         let mut job = job;
         job.passes.push(PassState::new("spec", Tier::Standard));
-        let filled = fill(text.as_bytes(), &job, 0, "");
+        let filled = fill(text.as_bytes(), &job, 0, "", &BTreeMap::new());
         let v: serde_json::Value = serde_json::from_slice(&filled).expect("valid json");
         assert_eq!(v["output"], "spec of say \"hi\" / line\nbreak");
 
@@ -389,8 +451,30 @@ mod tests {
         // is not filled again.
         job.spec.inputs.insert("ticket".into(), "; rm -rf / #{{title}}".into());
         let text = r#"{"executor":"command","cmd":"fix --ticket {{input.ticket}} --title {{title}} {{nope}}","workdir":"{{pass}}"}"#;
-        let v: serde_json::Value = serde_json::from_slice(&fill(text.as_bytes(), &job, 0, "")).expect("valid json");
+        let v: serde_json::Value =
+            serde_json::from_slice(&fill(text.as_bytes(), &job, 0, "", &BTreeMap::new())).expect("valid json");
         assert_eq!(v["cmd"], r#"fix --ticket '; rm -rf / #{{title}}' --title 'say "hi"' {{nope}}"#);
         assert_eq!(v["workdir"], "spec");
+
+        // Artifacts and the commit are placeholders too, escaped like the rest.
+        job.spec.commit = "abc123".into();
+        let values: BTreeMap<String, String> = [("output".to_string(), "diff:\n+\"x\"\n".to_string())].into();
+        let text = r#"{"executor":"agent","prompt":"review {{output}}","start":"{{commit}}","x":"{{artifact.none}}"}"#;
+        let v: serde_json::Value =
+            serde_json::from_slice(&fill(text.as_bytes(), &job, 0, "", &values)).expect("valid json");
+        assert_eq!(v["prompt"], "review diff:\n+\"x\"\n");
+        assert_eq!(v["start"], "abc123");
+        assert_eq!(v["x"], "{{artifact.none}}", "an artifact not there stays a placeholder");
+    }
+
+    #[test]
+    fn an_agent_s_output_is_carried_as_text_and_bounded() {
+        let out = serde_json::json!({"summary": "fixed", "branch": "qm/j1/a", "diff": "+x\n", "turns": 3});
+        assert_eq!(artifact_text(out.to_string().as_bytes()), "summary:\nfixed\nbranch:\nqm/j1/a\ndiff:\n+x\n\n");
+        let long = "y".repeat(ARTIFACT_FILL_BYTES_MAX * 2);
+        let t = artifact_text(long.as_bytes());
+        assert!(
+            t.len() <= ARTIFACT_FILL_BYTES_MAX && t.ends_with(&format!("[truncated: {} bytes in all]", long.len()))
+        );
     }
 }

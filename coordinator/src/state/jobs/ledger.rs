@@ -38,6 +38,8 @@ pub struct LedgerEntry {
     pub saved_micros: u64,
     pub wall_ms: u64,
     pub agent: String,
+    /// The agent's spec as `name@version` (empty: none, or a cached reuse).
+    pub spec: String,
     pub worker: String,
     /// succeeded, failed, cancelled, preempted, timed-out, lost or cached.
     pub outcome: String,
@@ -131,6 +133,7 @@ impl State {
             saved_micros: 0,
             wall_ms,
             agent: t.agent.clone(),
+            spec: t.agent_spec.clone(),
             worker,
             outcome: outcome_str(outcome).to_string(),
         };

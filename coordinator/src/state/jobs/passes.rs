@@ -307,6 +307,7 @@ impl State {
                     saved_micros: saved,
                     wall_ms: 0,
                     agent: String::new(),
+                    spec: String::new(),
                     worker: String::new(),
                     outcome: "cached".into(),
                 };
@@ -341,7 +342,13 @@ impl State {
         let spec = TaskSpec {
             role: pass.role,
             items: needs_to_items(&job.spec.workflow, i),
-            payload: fill(template, job, i, pass.gate.as_ref().map_or("", |g| g.criteria.as_str())),
+            payload: fill(
+                template,
+                job,
+                i,
+                pass.gate.as_ref().map_or("", |g| g.criteria.as_str()),
+                &self.jobs.fill_values(job, i, false),
+            ),
             priority: job.spec.priority,
             work_item: job_id.to_string(),
             max_attempts: pass.retries + 1,

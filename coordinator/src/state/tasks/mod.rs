@@ -84,6 +84,8 @@ pub struct Task {
     pub wait: Option<String>,
     /// The agent that ran the last attempt (`<node>/<role>-<i>`).
     pub agent: String,
+    /// Its spec as `name@version` (empty: none).
+    pub agent_spec: String,
 }
 
 /// Where a task's model calls go: chosen at dispatch from its project's providers.
@@ -345,6 +347,7 @@ impl State {
                 route: None,
                 wait: None,
                 agent: String::new(),
+                agent_spec: String::new(),
             },
         );
         self.tasks.enqueue(&self.config, id);
@@ -437,12 +440,13 @@ impl State {
                     self.replan(session, id, ctx);
                 }
             }
-            TaskReport::Finished { outcome, output, error, usage, wall_ms, agent } => {
+            TaskReport::Finished { outcome, output, error, usage, wall_ms, agent, spec } => {
                 t.usage.add(&usage);
                 t.output = output;
                 t.error = error;
                 t.blocked = None;
                 t.agent = agent;
+                t.agent_spec = spec;
                 if let Some(a) = t.attempts.last_mut() {
                     a.ended_at = Some(ctx.now);
                     a.outcome = Some(outcome);

@@ -70,8 +70,9 @@ pub fn validate_task_command(cmd: &Command) -> Result<(), Invalid> {
             }
             TaskReport::Checkpoint { data, .. } => len("checkpoint.data", data.len(), TASK_CHECKPOINT_BYTES_MAX),
             TaskReport::Blocked { message } => len("message", message.len(), TASK_ERROR_LEN_MAX_BYTES),
-            TaskReport::Finished { output, error, agent, .. } => {
+            TaskReport::Finished { output, error, agent, spec, .. } => {
                 len("agent", agent.len(), WORKER_NODE_ID_LEN_MAX_BYTES)?;
+                len("spec", spec.len(), WORKER_NODE_ID_LEN_MAX_BYTES)?;
                 len("output", output.len(), TASK_OUTPUT_BYTES_MAX)?;
                 len("error", error.len(), TASK_ERROR_LEN_MAX_BYTES)
             }

@@ -120,6 +120,8 @@ pub enum TaskReport {
         wall_ms: u64,
         /// The agent that ran it (`<node>/<role>-<i>`).
         agent: String,
+        /// The agent's spec as `name@version` (empty: none).
+        spec: String,
     },
 }
 

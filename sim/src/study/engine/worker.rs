@@ -272,7 +272,7 @@ impl Run<'_> {
                 if outcome == O::Succeeded && output.starts_with(b"FAIL") {
                     self.m.r.gate_failures += 1;
                 }
-                TaskReport::Finished { outcome, output, error, usage: u, wall_ms, agent }
+                TaskReport::Finished { outcome, output, error, usage: u, wall_ms, agent, spec: String::new() }
             }
         };
         self.apply(Command::ReportTask { session, task: TaskId(task), attempt, report });
