@@ -1,0 +1,168 @@
+//! Agents at work, as a team would run them: a real `qm coordinator` and `qm worker`
+//! processes, a real git repository made by the test whose test fails, and a stand-in model
+//! server that plays back the tool calls a model would make (the server is outside the
+//! system; the worker's code that talks to it is the production code).
+
+use std::path::Path;
+use std::time::Duration;
+
+use qm_tests::git::{git, remote_with, show};
+use qm_tests::model::{call, FakeModel};
+use qm_tests::{eventually, Cluster};
+use serde_json::{json, Value};
+
+const CALC: &str = "add() { echo $(($1 - $2)); }\n";
+const FIXED: &str = "add() { echo $(($1 + $2)); }\n";
+const TEST: &str = ". ./calc.sh\n[ \"$(add 2 3)\" = 5 ] || { echo \"add 2 3 gave $(add 2 3)\"; exit 1; }\necho ok\n";
+
+/// A project whose one provider is the stand-in model, with a model per tier and prices.
+fn project(url: &str) -> String {
+    format!(
+        r#"name = "calc"
+team = "platform"
+repos = ["app"]
+
+[[provider]]
+name = "fake"
+kind = "openai"
+endpoint = "{url}"
+concurrency = 4
+models = {{ cheap = "m-cheap", standard = "m-standard", frontier = "m-frontier" }}
+
+[price."m-cheap"]
+input = "1.00"
+output = "2.00"
+
+[price."m-standard"]
+input = "3.00"
+output = "15.00"
+
+[price."m-frontier"]
+input = "15.00"
+output = "75.00"
+"#
+    )
+}
+
+/// implement (an agent edits the repository and pushes qm/<item>/implement) → verify (the
+/// repository's test, run in a worktree of that branch) with an agent review gate that sees
+/// the diff and the test's output.
+const WORKFLOW: &str = r#"name = "ticket"
+description = "An agent fixes the ticket; the repository's test checks it; a reviewer judges the diff."
+
+[[pass]]
+name = "implement"
+role = "implementer"
+inputs = ["ticket"]
+outputs = ["change"]
+run = { executor = "agent", prompt = "{{input.ticket}}", repo = "app", start = "{{commit}}", branch = "qm/{{job}}/implement", max_turns = 10 }
+
+[[pass]]
+name = "verify"
+role = "verifier"
+after = ["implement"]
+inputs = ["change"]
+outputs = ["report"]
+run = { executor = "command", cmd = "sh test.sh", repo = "app", start = "qm/{{job}}/implement" }
+
+[pass.gate]
+criteria = "The change fixes the ticket and the test passes."
+reviewer = "agent"
+review_role = "analyst"
+on_fail = "stop"
+run = { executor = "agent", review = true, prompt = "Criteria: {{criteria}}\n\nThe change:\n{{artifact.implement}}\n\nThe test run:\n{{output}}" }
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path.display().to_string()
+}
+
+/// Polls `qm job show` (bounded: 90 s) until the work item has ended.
+async fn ended(c: &Cluster, id: &str) -> Value {
+    eventually(&format!("{id} ends"), Duration::from_secs(90), || async {
+        let (code, out, err) = c.qm(&["job", "show", id]);
+        if code != 0 {
+            return Err(format!("qm job show exited {code}: {err}"));
+        }
+        let j: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+        if ["succeeded", "failed", "cancelled"].contains(&j["status"].as_str().unwrap_or_default()) {
+            Ok(j)
+        } else {
+            Err(format!("{j:#}"))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_end_to_end_an_agent_fixes_the_repository_the_test_passes_and_a_reviewer_sees_the_diff() {
+    let mut c = Cluster::start(1, 10_000);
+    let dir = c.dir.path().to_path_buf();
+    let remote = remote_with(&dir, &[("calc.sh", CALC), ("test.sh", TEST)]);
+    let base = git(&remote, &["rev-parse", "main"]).trim().to_string();
+    let model = FakeModel::start(vec![
+        // The implementer reads, edits and finishes.
+        call("read_file", json!({"path": "calc.sh"})),
+        call("edit_file", json!({"path": "calc.sh", "old_text": "$1 - $2", "new_text": "$1 + $2"})),
+        call("finish", json!({"summary": "add adds its arguments"})),
+        // The reviewer judges.
+        call("finish", json!({"verdict": "pass", "reasons": "the diff fixes add and the test passes"})),
+    ])
+    .await;
+    let applied = c.qm_json(&["project", "apply", &write(&dir, "calc.toml", &project(&model.url))]);
+    assert_eq!(applied["name"], "calc");
+    let repo = format!("app={}", remote.display());
+    let provider = format!("fake=openai:{}", model.url);
+    let flags = ["--enable-executor", "agent", "--enable-executor", "command", "--repo", &repo, "--provider", &provider];
+    c.spawn_worker_with("w1", &["implementer=1", "verifier=1", "analyst=1"], &flags, &[]);
+    c.wait_workers(1).await;
+    let workflow = write(&dir, "ticket.toml", WORKFLOW);
+    let submitted = c.qm_json(&[
+        "job", "submit", "--title", "add subtracts", "--team", "platform", "--project", "calc", "--workflow", &workflow,
+        "--commit", &base, "--input", "ticket=add 2 3 gives -1; make sh test.sh pass",
+    ]);
+    let id = submitted["id"].as_str().expect("id").to_string();
+    let j = ended(&c, &id).await;
+    assert_eq!(j["status"], "succeeded", "{j:#}");
+
+    // The branch on the remote holds the fix; main does not.
+    let branch = format!("qm/{id}/implement");
+    assert_eq!(show(&remote, &branch, "calc.sh").as_deref(), Some(FIXED));
+    assert_eq!(show(&remote, "main", "calc.sh").as_deref(), Some(CALC));
+
+    // The implementer got the ticket after its spec's prompt, on the routed model; the
+    // reviewer's request carried the diff and the test's output.
+    let reqs = model.requests();
+    assert_eq!(reqs.len(), 4, "{reqs:#?}");
+    assert_eq!(reqs[0]["model"], "m-standard");
+    assert!(reqs[0]["messages"][0]["content"].as_str().unwrap().starts_with("You are the implementer."));
+    assert_eq!(reqs[0]["messages"][1]["content"], "add 2 3 gives -1; make sh test.sh pass");
+    let review = reqs[3]["messages"][1]["content"].as_str().unwrap();
+    assert!(review.contains("+add() { echo $(($1 + $2)); }"), "the diff reaches the reviewer: {review}");
+    assert!(review.contains("The test run:\nok"), "and the test's output: {review}");
+
+    // The gate passed on the structured verdict.
+    let verify = j["passes"].as_array().unwrap().iter().find(|p| p["name"] == "verify").unwrap();
+    let gate = &verify["gate_results"][0];
+    assert_eq!((gate["passed"].as_bool(), gate["note"].as_str()), (Some(true), Some("the diff fixes add and the test passes")), "{verify:#}");
+
+    // The cost report shows each attempt with its spec and model.
+    let report = c.qm_json(&["cost", "report", "--by", "pass", "-o", "json"]);
+    let entries = report["entries"].as_array().unwrap();
+    let entry = |pass: &str| entries.iter().find(|e| e["pass"] == pass).unwrap_or_else(|| panic!("{pass}: {report:#}"));
+    let implement = entry("implement");
+    assert!(implement["spec"].as_str().unwrap().starts_with("implementer@"), "{implement}");
+    assert_eq!(implement["model"], "m-standard");
+    assert_eq!(implement["input_tokens"], 3_000, "three calls of 1,000 prompt tokens");
+    assert!(entry("verify")["spec"].as_str().unwrap().starts_with("verifier@"));
+    assert!(entry("verify#gate")["spec"].as_str().unwrap().starts_with("analyst@"));
+    let by_pass = report["rows"].as_array().unwrap();
+    let row = by_pass.iter().find(|r| r["key"] == "ticket/implement").unwrap();
+    assert_eq!(row["models"], json!(["m-standard"]));
+    assert_eq!(row["specs"], json!([implement["spec"]]));
+    let (_, text, _) = c.qm(&["cost", "report", "--by", "pass", "-o", "table"]);
+    assert!(text.contains("m-standard  implementer@"), "{text}");
+    c.kill_worker("w1");
+}
