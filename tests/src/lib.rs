@@ -332,6 +332,11 @@ impl Cluster {
             cmd.args(["--slots", s]);
         }
         cmd.args(flags).envs(env.iter().copied());
+        if !flags.contains(&"--work-root") {
+            // Each worker of each test works under the cluster's own directory, so two tests'
+            // workers of one node id never share attempt directories or mirrors.
+            cmd.arg("--work-root").arg(self.dir.path().join(format!("work-{node}")));
+        }
         cmd.env("QM_LOG", "warn").env("QM_TOKEN", &self.token).stdout(Stdio::null()).stderr(Stdio::null());
         self.workers.insert(node.to_string(), cmd.spawn().expect("spawn qm worker run"));
     }

@@ -7,7 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use qm_tests::git::{git, remote_with, show};
-use qm_tests::model::{call, FakeModel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use qm_tests::model::{call, system_of, tool_results, turns_of, FakeModel};
 use qm_tests::{eventually, Cluster};
 use serde_json::{json, Value};
 
@@ -15,12 +18,18 @@ const CALC: &str = "add() { echo $(($1 - $2)); }\n";
 const FIXED: &str = "add() { echo $(($1 + $2)); }\n";
 const TEST: &str = ". ./calc.sh\n[ \"$(add 2 3)\" = 5 ] || { echo \"add 2 3 gave $(add 2 3)\"; exit 1; }\necho ok\n";
 
-/// A project whose one provider is the stand-in model, with a model per tier and prices.
+/// A project whose one provider is the stand-in model, with a model per tier and prices;
+/// `repo:app` is preemptible.
 fn project(url: &str) -> String {
     format!(
         r#"name = "calc"
 team = "platform"
 repos = ["app"]
+
+[[resource]]
+path = "repo:app"
+policy = "preempt"
+grace = "5s"
 
 [[provider]]
 name = "fake"
@@ -115,13 +124,26 @@ async fn a_ticket_end_to_end_an_agent_fixes_the_repository_the_test_passes_and_a
     assert_eq!(applied["name"], "calc");
     let repo = format!("app={}", remote.display());
     let provider = format!("fake=openai:{}", model.url);
-    let flags = ["--enable-executor", "agent", "--enable-executor", "command", "--repo", &repo, "--provider", &provider];
+    let flags =
+        ["--enable-executor", "agent", "--enable-executor", "command", "--repo", &repo, "--provider", &provider];
     c.spawn_worker_with("w1", &["implementer=1", "verifier=1", "analyst=1"], &flags, &[]);
     c.wait_workers(1).await;
     let workflow = write(&dir, "ticket.toml", WORKFLOW);
     let submitted = c.qm_json(&[
-        "job", "submit", "--title", "add subtracts", "--team", "platform", "--project", "calc", "--workflow", &workflow,
-        "--commit", &base, "--input", "ticket=add 2 3 gives -1; make sh test.sh pass",
+        "job",
+        "submit",
+        "--title",
+        "add subtracts",
+        "--team",
+        "platform",
+        "--project",
+        "calc",
+        "--workflow",
+        &workflow,
+        "--commit",
+        &base,
+        "--input",
+        "ticket=add 2 3 gives -1; make sh test.sh pass",
     ]);
     let id = submitted["id"].as_str().expect("id").to_string();
     let j = ended(&c, &id).await;
@@ -146,7 +168,11 @@ async fn a_ticket_end_to_end_an_agent_fixes_the_repository_the_test_passes_and_a
     // The gate passed on the structured verdict.
     let verify = j["passes"].as_array().unwrap().iter().find(|p| p["name"] == "verify").unwrap();
     let gate = &verify["gate_results"][0];
-    assert_eq!((gate["passed"].as_bool(), gate["note"].as_str()), (Some(true), Some("the diff fixes add and the test passes")), "{verify:#}");
+    assert_eq!(
+        (gate["passed"].as_bool(), gate["note"].as_str()),
+        (Some(true), Some("the diff fixes add and the test passes")),
+        "{verify:#}"
+    );
 
     // The cost report shows each attempt with its spec and model.
     let report = c.qm_json(&["cost", "report", "--by", "pass", "-o", "json"]);
@@ -165,4 +191,127 @@ async fn a_ticket_end_to_end_an_agent_fixes_the_repository_the_test_passes_and_a
     let (_, text, _) = c.qm(&["cost", "report", "--by", "pass", "-o", "table"]);
     assert!(text.contains("m-standard  implementer@"), "{text}");
     c.kill_worker("w1");
+}
+
+/// implement (holding `repo:app` exclusively, so urgent work can preempt it) → verify.
+const PREEMPTIBLE: &str = r#"name = "ticket-exclusive"
+description = "An agent fixes the ticket holding the repository; its test checks it."
+
+[[pass]]
+name = "implement"
+role = "implementer"
+inputs = ["ticket"]
+outputs = ["change"]
+needs = [{ path = "repo:app", mode = "exclusive" }]
+run = { executor = "agent", prompt = "{{input.ticket}}", repo = "app", start = "{{commit}}", branch = "qm/{{job}}/implement", max_turns = 10 }
+
+[[pass]]
+name = "verify"
+role = "verifier"
+after = ["implement"]
+inputs = ["change"]
+outputs = ["report"]
+run = { executor = "command", cmd = "sh test.sh", repo = "app", start = "qm/{{job}}/implement" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preempted_agent_resumes_on_another_worker_from_its_checkpoint_commit_and_transcript() {
+    let mut c = Cluster::start(1, 10_000);
+    let dir = c.dir.path().to_path_buf();
+    let remote = remote_with(&dir, &[("calc.sh", CALC), ("test.sh", TEST)]);
+    let base = git(&remote, &["rev-parse", "main"]).trim().to_string();
+    // The implementer edits on its first turn; its second waits until the test lets it go.
+    let go = Arc::new(AtomicBool::new(false));
+    let gate = go.clone();
+    let model = FakeModel::start_with(move |r| {
+        if !system_of(r).starts_with("You are the implementer.") {
+            return None;
+        }
+        match turns_of(r) {
+            0 => Some(call("edit_file", json!({"path": "calc.sh", "old_text": "$1 - $2", "new_text": "$1 + $2"}))),
+            1 => gate.load(Ordering::SeqCst).then(|| call("run_command", json!({"command": "sh test.sh"}))),
+            _ => Some(call("finish", json!({"summary": "add adds"}))),
+        }
+    })
+    .await;
+    c.qm_json(&["project", "apply", &write(&dir, "calc.toml", &project(&model.url))]);
+    let repo = format!("app={}", remote.display());
+    let provider = format!("fake=openai:{}", model.url);
+    let flags =
+        ["--enable-executor", "agent", "--enable-executor", "command", "--repo", &repo, "--provider", &provider];
+    c.spawn_worker_with("w1", &["implementer=1", "verifier=1"], &flags, &[]);
+    c.wait_workers(1).await;
+    let workflow = write(&dir, "ticket.toml", PREEMPTIBLE);
+    let submitted = c.qm_json(&[
+        "job",
+        "submit",
+        "--title",
+        "add subtracts",
+        "--class",
+        "feature",
+        "--team",
+        "platform",
+        "--project",
+        "calc",
+        "--workflow",
+        &workflow,
+        "--commit",
+        &base,
+        "--input",
+        "ticket=make sh test.sh pass",
+    ]);
+    let id = submitted["id"].as_str().expect("id").to_string();
+    // The first edit is made on w1; its next turn waits on the model.
+    model.until_requests(2).await;
+    let job = c.qm_json(&["job", "show", &id]);
+    let task = job["passes"][0]["task_id"].as_u64().expect("implement runs").to_string();
+
+    // Urgent work on another worker wants the repository: the implementer is preempted.
+    c.spawn_worker_with("w2", &["diagnostician=1", "implementer=1", "verifier=1"], &flags, &[]);
+    c.wait_workers(2).await;
+    c.qm_json(&[
+        "task",
+        "submit",
+        "--role",
+        "diagnostician",
+        "--resource",
+        "repo:app",
+        "--priority",
+        "1000",
+        "--scripted-ms",
+        "300",
+    ]);
+    eventually("the implementer is preempted with a checkpoint", Duration::from_secs(60), || async {
+        let t = c.qm_json(&["task", "show", &task]);
+        let first = &t["attempts"][0];
+        (first["outcome"] == "preempted" && t["checkpoint_seq"].as_u64() > Some(0))
+            .then_some(())
+            .ok_or(format!("{t:#}"))
+    })
+    .await;
+    // w1 is gone: the pass can only resume on w2, from the checkpoint commit it pushed.
+    c.kill_worker("w1");
+    let wip = show(&remote, &format!("refs/qm/checkpoints/task-{task}"), "calc.sh");
+    assert_eq!(wip.as_deref(), Some(FIXED), "the work-in-progress commit holds the first edit");
+    go.store(true, Ordering::SeqCst);
+    model.wake();
+    let j = ended(&c, &id).await;
+    assert_eq!(j["status"], "succeeded", "{j:#}");
+
+    let t = c.qm_json(&["task", "show", &task]);
+    let attempts = t["attempts"].as_array().unwrap();
+    let last = attempts.last().unwrap();
+    assert_eq!(last["outcome"], "succeeded", "{t:#}");
+    assert!(last["resumed_from_seq"].as_u64() > Some(0), "resumed from a checkpoint: {t:#}");
+    assert_eq!(attempts[0]["worker"], "w1", "{t:#}");
+    assert_eq!(last["worker"], "w2", "{t:#}");
+    // The resumed transcript goes on from the edit, and the test passes in w2's worktree.
+    let reqs = model.requests();
+    let finishing =
+        reqs.iter().rev().find(|r| system_of(r).starts_with("You are the implementer.") && turns_of(r) == 2).unwrap();
+    let results = tool_results(finishing);
+    assert_eq!(results[0], "edited calc.sh");
+    assert!(results[1].starts_with("exit status 0\nstdout:\nok"), "{results:?}");
+    assert_eq!(show(&remote, &format!("qm/{id}/implement"), "calc.sh").as_deref(), Some(FIXED));
+    c.kill_worker("w2");
 }
