@@ -167,6 +167,7 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
         demo(&client, output).await?;
         agents_demo(&client, output).await?;
         jobs_demo(&client).await?;
+        eprintln!("{REAL_AGENTS_HINT}");
     }
     if !args.exit_after_demo {
         // Only commands that work on what is there: without the demo, no project is applied yet.
@@ -185,6 +186,15 @@ pub async fn run(args: DevArgs, output: Output) -> Result<(), Failure> {
     running.shutdown().await;
     Ok(())
 }
+
+/// How to run the same kind of work with real agents: the one worker command and the one
+/// submission (docs/agents.md).
+const REAL_AGENTS_HINT: &str =
+    "qm dev: the demo's agents are scripted; for real ones in your repository, run a worker \
+     `qm worker run --slots implementer=1 --slots verifier=1 --slots analyst=1 --enable-executor agent \
+     --enable-executor command --repo app=<your repo URL> --provider anthropic=anthropic:https://api.anthropic.com \
+     --provider-key-env anthropic=ANTHROPIC_API_KEY` and submit `qm job submit --workflow ticket --title T --team \
+     platform --project demo --input ticket=\"…\" --input test=\"make test\" --wait` (docs/agents.md)";
 
 /// Whether the demo tells its story on stderr: only under `-o json`, so that stdout holds
 /// JSON alone. Otherwise the story, its tables and its progress are one stream on stdout

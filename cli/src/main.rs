@@ -25,6 +25,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod acl;
 mod agent;
+mod artifact;
 mod audit;
 mod bench;
 mod budget;
@@ -159,6 +160,14 @@ enum Command {
     Job {
         #[command(subcommand)]
         command: job::JobCommand,
+    },
+    /// The outputs of a work item's passes: an agent's summary, branch, commit and diff; a
+    /// command's output; a review's verdict.
+    #[command(after_help = "Examples:\n  qm artifact list j1\n  qm artifact get j1 implement\n  \
+                  qm artifact get j1 implement -o json | jq -r .content.diff")]
+    Artifact {
+        #[command(subcommand)]
+        command: artifact::ArtifactCommand,
     },
     /// Decide a pass waiting for a human: a human gate, or a spend approval at a budget's
     /// `at` threshold.
@@ -498,6 +507,7 @@ async fn run_client(command: Command, output: Output, client: &Client) -> Result
         Command::Worker { command } => worker::dispatch(command, client, output).await,
         Command::Job { command } => job::dispatch(command, client, output).await,
         Command::Gate { command } => gate::dispatch(command, client, output).await,
+        Command::Artifact { command } => artifact::dispatch(command, client, output).await,
         Command::Budget { command } => budget::dispatch(command, client, output).await,
         Command::Cost { command } => cost::dispatch(command, client, output).await,
         Command::Project { command: project::ProjectCommand::Apply { file, demo } } => {

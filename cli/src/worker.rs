@@ -165,6 +165,12 @@ pub struct ExecArgs {
     /// shipped specs, as in agents/]
     #[arg(long, value_name = "DIR")]
     pub agents: Option<std::path::PathBuf>,
+    /// A coding-agent CLI the `cli` executor may run: a built-in adapter (claude, codex,
+    /// aider, opencode) or NAME=TEMPLATE, a shell template in which "$QM_PROMPT" is the
+    /// prompt. It runs in the attempt's workspace with the --pass-env variables (give it its
+    /// key with --pass-env ANTHROPIC_API_KEY). Repeat
+    #[arg(long = "agent-cli", value_name = "NAME[=TEMPLATE]")]
+    pub agent_clis: Vec<String>,
     /// A limit of one role's attempts instead of the worker's, as
     /// ROLE:cpu-secs|memory-bytes|open-files|output-bytes=VALUE (same bounds as the --limit-*
     /// flags); repeat per role and limit, e.g. --role-limit implementer:cpu-secs=1800
@@ -178,6 +184,7 @@ pub enum ExecutorName {
     Command,
     Llm,
     Agent,
+    Cli,
 }
 
 impl ExecutorName {
@@ -186,6 +193,7 @@ impl ExecutorName {
             ExecutorName::Command => Kind::Command,
             ExecutorName::Llm => Kind::Llm,
             ExecutorName::Agent => Kind::Agent,
+            ExecutorName::Cli => Kind::Cli,
         }
     }
 }
@@ -227,7 +235,9 @@ pub fn exec_config(a: ExecArgs, node_id: &str, providers: BTreeMap<String, Provi
     }
     let repos = repos(&a.repos)?;
     let specs = specs(a.agents.as_deref())?;
+    let clis = qm_worker::executor::cli::parse_flags(&a.agent_clis).map_err(Failure::usage)?;
     Ok(ExecConfig {
+        clis,
         repos,
         specs,
         enabled: a.enable_executors.iter().map(|e| e.kind()).collect(),

@@ -20,6 +20,9 @@ pub struct Usage {
     pub output_tokens: u64,
     pub cached_tokens: u64,
     pub estimated: bool,
+    /// Money the tool that did the work reported itself, in micro-dollars (a coding-agent
+    /// CLI's own cost figure); when set, the ledger charges it instead of pricing the tokens.
+    pub reported_micros: Option<u64>,
 }
 
 impl Usage {
@@ -29,5 +32,9 @@ impl Usage {
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
         self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
         self.estimated |= other.estimated;
+        self.reported_micros = match (self.reported_micros, other.reported_micros) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+        };
     }
 }

@@ -671,6 +671,16 @@ impl Client {
         self.call(|ch| async move { Ok(Client::jobs(ch).cost_report(req).await?.into_inner()) }).await
     }
 
+    /// The artifacts of a work item's passes; the content of `pass` when it is named.
+    pub async fn get_artifacts(&self, job_id: u64, pass: &str) -> Result<pb::GetArtifactsResponse, Status> {
+        let req = pb::GetArtifactsRequest { job_id, pass: pass.to_string() };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(Client::jobs(ch).get_artifacts(req).await?.into_inner()) }
+        })
+        .await
+    }
+
     /// A forecast of one run of a workflow from the ledger's history.
     pub async fn forecast(&self, req: pb::ForecastRequest) -> Result<pb::ForecastResponse, Status> {
         self.call(|ch| {

@@ -174,6 +174,16 @@ async fn a_ticket_end_to_end_an_agent_fixes_the_repository_the_test_passes_and_a
         "{verify:#}"
     );
 
+    // The artifacts: the implementer's output names its branch and carries the diff.
+    let art = c.qm_json(&["artifact", "get", &id, "implement"]);
+    assert_eq!(art["content"]["branch"], branch.as_str());
+    assert!(art["content"]["diff"].as_str().unwrap().contains("+add() { echo $(($1 + $2)); }"), "{art:#}");
+    let listed = c.qm_json(&["artifact", "list", &id]);
+    assert_eq!(listed["artifacts"].as_array().unwrap().len(), 2, "{listed:#}");
+    let (code, _, err) = c.qm(&["artifact", "get", &id, "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("\"nope\" is not a pass of"), "{err}");
+
     // The cost report shows each attempt with its spec and model.
     let report = c.qm_json(&["cost", "report", "--by", "pass", "-o", "json"]);
     let entries = report["entries"].as_array().unwrap();
@@ -314,4 +324,72 @@ async fn a_preempted_agent_resumes_on_another_worker_from_its_checkpoint_commit_
     assert!(results[1].starts_with("exit status 0\nstdout:\nok"), "{results:?}");
     assert_eq!(show(&remote, &format!("qm/{id}/implement"), "calc.sh").as_deref(), Some(FIXED));
     c.kill_worker("w2");
+}
+
+/// A stand-in for Claude Code's print mode on PATH: it fixes calc.sh in the directory it runs
+/// in and prints the documented JSON result (with the prompt it was given in `result`).
+const FAKE_CLAUDE: &str = r#"#!/bin/sh
+[ "$1" = "-p" ] && [ "$3" = "--output-format" ] && [ "$4" = "json" ] || { echo "unexpected arguments: $*" >&2; exit 2; }
+sed -i 's/\$1 - \$2/$1 + $2/' calc.sh
+printf '{"type":"result","subtype":"success","is_error":false,"duration_ms":1200,"num_turns":3,"result":"fixed: %s","session_id":"s1","total_cost_usd":0.0421,"usage":{"input_tokens":1200,"cache_creation_input_tokens":0,"cache_read_input_tokens":3000,"output_tokens":250}}\n' "$2"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coding_agent_cli_does_the_pass_and_its_own_usage_and_cost_are_charged() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Cluster::start(1, 10_000);
+    let dir = c.dir.path().to_path_buf();
+    let remote = remote_with(&dir, &[("calc.sh", CALC), ("test.sh", TEST)]);
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("claude"), FAKE_CLAUDE).unwrap();
+    std::fs::set_permissions(bin.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let model = FakeModel::start(Vec::new()).await;
+    c.qm_json(&["project", "apply", &write(&dir, "calc.toml", &project(&model.url))]);
+    let repo = format!("app={}", remote.display());
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let flags = ["--enable-executor", "cli", "--agent-cli", "claude", "--repo", &repo];
+    c.spawn_worker_with("w1", &["implementer=1"], &flags, &[("PATH", &path)]);
+    c.wait_workers(1).await;
+    let workflow = write(
+        &dir,
+        "cli.toml",
+        r#"name = "cli-ticket"
+description = "Claude Code does the ticket."
+
+[[pass]]
+name = "implement"
+role = "implementer"
+inputs = ["ticket"]
+outputs = ["change"]
+run = { executor = "cli", tool = "claude", prompt = "{{input.ticket}}", repo = "app", branch = "qm/{{job}}/implement" }
+"#,
+    );
+    let submitted = c.qm_json(&[
+        "job",
+        "submit",
+        "--title",
+        "add subtracts",
+        "--team",
+        "platform",
+        "--project",
+        "calc",
+        "--workflow",
+        &workflow,
+        "--input",
+        "ticket=make sh test.sh pass",
+    ]);
+    let id = submitted["id"].as_str().expect("id").to_string();
+    let j = ended(&c, &id).await;
+    assert_eq!(j["status"], "succeeded", "{j:#}");
+    assert_eq!(show(&remote, &format!("qm/{id}/implement"), "calc.sh").as_deref(), Some(FIXED));
+    let report = c.qm_json(&["cost", "report", "--by", "pass", "-o", "json"]);
+    let e = report["entries"].as_array().unwrap().iter().find(|e| e["pass"] == "implement").unwrap().clone();
+    assert_eq!(
+        (&e["input_tokens"], &e["output_tokens"], &e["cached_tokens"], &e["estimated"], &e["money_micros"]),
+        (&json!(1200), &json!(250), &json!(3000), &json!(false), &json!(42_100)),
+        "the CLI's own usage and cost: {e}"
+    );
+    assert!(model.requests().is_empty(), "the CLI, not the worker, talked to its model");
+    c.kill_worker("w1");
 }

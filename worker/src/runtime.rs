@@ -429,6 +429,7 @@ fn usage_pb(u: Usage) -> Vec<pb::TokenUsage> {
         output_tokens: u.output_tokens,
         cached_tokens: u.cached_tokens,
         estimated: u.estimated,
+        reported_cost_micros: u.reported_micros,
         ..Default::default()
     }]
 }

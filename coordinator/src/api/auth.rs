@@ -85,6 +85,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("/qm.v1.Jobs/SetBudget", Rule::AnyOf(ADMINS)),
     ("/qm.v1.Jobs/ListBudgets", Rule::Read),
     ("/qm.v1.Jobs/CostReport", Rule::Read),
+    ("/qm.v1.Jobs/GetArtifacts", Rule::Read),
     ("/qm.v1.Jobs/Forecast", Rule::Read),
     ("/qm.v1.Jobs/ApplyProject", Rule::AnyOf(OPERATORS)),
     ("/qm.v1.Jobs/GetScheduler", Rule::Read),

@@ -274,6 +274,50 @@ impl pb::jobs_server::Jobs for JobsApi {
         Ok(GrpcResponse::new(resp))
     }
 
+    async fn get_artifacts(
+        &self,
+        request: Request<pb::GetArtifactsRequest>,
+    ) -> Result<GrpcResponse<pb::GetArtifactsResponse>, Status> {
+        let req = request.into_inner();
+        let id = JobId(req.job_id);
+        self.node.read_index().await?;
+        let found = self.node.shared.read(|d| {
+            let jobs = d.state.jobs();
+            let job = jobs.get(id)?;
+            let artifacts: Vec<pb::ArtifactInfo> = job
+                .passes
+                .iter()
+                .map(|p| {
+                    let digest = p.artifact.clone().unwrap_or_default();
+                    let data = jobs.artifact(&digest);
+                    pb::ArtifactInfo {
+                        pass: p.name.clone(),
+                        size_bytes: data.map_or(0, |d| d.len() as u64),
+                        retained: data.is_some(),
+                        data: if p.name == req.pass {
+                            data.map(<[u8]>::to_vec).unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        },
+                        digest,
+                    }
+                })
+                .collect();
+            Some(artifacts)
+        });
+        let artifacts = found.ok_or_else(|| ApiError::NotFound(format!("work item {id} is unknown")))?;
+        if !req.pass.is_empty() && !artifacts.iter().any(|a| a.pass == req.pass) {
+            let names: Vec<&str> = artifacts.iter().map(|a| a.pass.as_str()).collect();
+            return Err(ApiError::NotFound(format!(
+                "pass {:?} is not a pass of {id}; its passes: {}",
+                req.pass,
+                names.join(", ")
+            ))
+            .into());
+        }
+        Ok(GrpcResponse::new(pb::GetArtifactsResponse { artifacts }))
+    }
+
     async fn forecast(
         &self,
         request: Request<pb::ForecastRequest>,

@@ -183,6 +183,7 @@ impl Runner {
             output_tokens: opts.number("out")?.unwrap_or(0),
             cached_tokens: 0,
             estimated: false,
+            reported_micros: None,
         };
         let finished = |outcome| TaskReport::Finished {
             outcome,

@@ -136,7 +136,13 @@ impl Core {
     /// Finishes the running attempt of `task` with `output` and `tokens` in / out.
     pub fn finish(&mut self, task: TaskId, output: &str, tokens: (u64, u64)) {
         let (attempt, session) = self.running[&task];
-        let usage = Usage { input_tokens: tokens.0, output_tokens: tokens.1, cached_tokens: 0, estimated: false };
+        let usage = Usage {
+            input_tokens: tokens.0,
+            output_tokens: tokens.1,
+            cached_tokens: 0,
+            estimated: false,
+            reported_micros: None,
+        };
         let agent = format!("node/{}-0", self.task(task).spec.role);
         let report = finished_with(Outcome::Succeeded, output.as_bytes(), usage, agent);
         let (r, _) = self.report(session, task, attempt, report);

@@ -57,12 +57,13 @@ pub fn class_priority(class: &str) -> Option<u32> {
 }
 
 /// The built-in workflows: name and file text.
-pub const BUILTIN_WORKFLOWS: [(&str, &str); 5] = [
+pub const BUILTIN_WORKFLOWS: [(&str, &str); 6] = [
     ("new-feature", include_str!("../../../workflows/new-feature.toml")),
     ("production-bug", include_str!("../../../workflows/production-bug.toml")),
     ("security-incident", include_str!("../../../workflows/security-incident.toml")),
     ("refactor", include_str!("../../../workflows/refactor.toml")),
     ("docs", include_str!("../../../workflows/docs.toml")),
+    ("ticket", include_str!("../../../workflows/ticket.toml")),
 ];
 
 /// The demo project's file text (team `platform`).

@@ -16,6 +16,7 @@ use qm_shared::limits::{
 
 use qm_shared::Role;
 
+use super::cli::CliTool;
 use super::llm::Api;
 use crate::spec::AgentSpec;
 
@@ -30,10 +31,11 @@ pub enum Kind {
     Command,
     Llm,
     Agent,
+    Cli,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Command, Kind::Llm, Kind::Agent];
+    pub const ALL: [Kind; 4] = [Kind::Command, Kind::Llm, Kind::Agent, Kind::Cli];
 
     /// The payload's `executor` name, if it is one that must be enabled.
     pub fn parse(name: &str) -> Option<Kind> {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Command => "command",
             Kind::Llm => "llm",
             Kind::Agent => "agent",
+            Kind::Cli => "cli",
         }
     }
 
@@ -57,6 +60,7 @@ impl Kind {
                 "it lets a model read and edit files in the attempt's workspace, and push branches \
                  under qm/ to this worker's repositories"
             }
+            Kind::Cli => "it runs coding-agent CLIs (which run commands of their own) in the attempt's workspace",
         }
     }
 }
@@ -147,6 +151,8 @@ pub struct ExecConfig {
     /// The spec that drives the agents of each role (`--agents DIR`): system prompt, tools,
     /// name and version.
     pub specs: BTreeMap<Role, Arc<AgentSpec>>,
+    /// Coding-agent CLIs the `cli` executor may run, by name (`--agent-cli`).
+    pub clis: BTreeMap<String, CliTool>,
 }
 
 impl std::fmt::Debug for ExecConfig {
@@ -162,6 +168,7 @@ impl std::fmt::Debug for ExecConfig {
             .field("providers", &self.providers)
             .field("repos", &self.repos.keys().collect::<Vec<_>>())
             .field("specs", &self.specs.values().map(|s| (&s.name, &s.version)).collect::<Vec<_>>())
+            .field("clis", &self.clis.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -186,6 +193,7 @@ impl Default for ExecConfig {
             providers: BTreeMap::new(),
             repos: BTreeMap::new(),
             specs: BTreeMap::new(),
+            clis: BTreeMap::new(),
         }
     }
 }

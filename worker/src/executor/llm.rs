@@ -161,6 +161,7 @@ pub(crate) async fn run(
                 output_tokens: done.output_tokens,
                 cached_tokens: done.cached_tokens,
                 estimated: done.estimated,
+                reported_micros: None,
             };
             let mut checkpoint = serde_json::to_vec(&done).expect("json");
             if checkpoint.len() <= TASK_CHECKPOINT_BYTES_MAX {

@@ -24,6 +24,7 @@
 
 pub mod agent;
 pub mod child;
+pub mod cli;
 pub mod command;
 pub mod config;
 pub mod llm;
@@ -39,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub use agent::AgentTask;
+pub use cli::CliTask;
 pub use command::CommandSpec;
 pub use config::{ExecConfig, Kind, Limits, Provider, Secret};
 pub use llm::{Api, Llm};
@@ -130,6 +132,7 @@ pub enum Payload {
     Command(CommandSpec),
     Llm(Llm),
     Agent(AgentTask),
+    Cli(CliTask),
 }
 
 /// The payload checked against the worker's configuration: the executor is enabled here and
@@ -174,6 +177,7 @@ pub async fn run(
         Payload::Llm(l) => Either::Right(llm::run(l, &config, &req, events, control)),
         // So does the agent executor: its workspace is removed however it ends.
         Payload::Agent(a) => return agent::run(a, &config, &req, timeout, events, control).await,
+        Payload::Cli(c) => return cli::run(c, &config, &req, timeout).await,
     };
     match timeout {
         Some(t) => tokio::time::timeout(t, work).await.unwrap_or_else(|_| ExecResult::timed_out(t)),

@@ -161,6 +161,34 @@ impl Workspace {
         Ok((stat, diff))
     }
 
+    /// Commits the worktree's changes (`qm: task N: <summary's first line>`), pushes them to
+    /// `branch` if given, and adds the repository, branch, commit, base, diff summary, diff
+    /// (at most `diff_max` bytes) and setup time to `out`.
+    pub async fn deliver(
+        &self,
+        task: u64,
+        summary: &str,
+        branch: Option<&str>,
+        diff_max: usize,
+        out: &mut serde_json::Value,
+    ) -> Result<(), String> {
+        let first = summary.lines().next().unwrap_or("").trim();
+        let first = if first.is_empty() { "the agent's change" } else { first };
+        self.commit(&format!("qm: task {task}: {first}")).await?;
+        if let Some(branch) = branch {
+            self.push(&format!("refs/heads/{branch}")).await?;
+            out["branch"] = serde_json::json!(branch);
+        }
+        let (stat, diff) = self.diff(diff_max).await?;
+        out["repo"] = serde_json::json!(self.repo);
+        out["commit"] = serde_json::json!(self.head().await?);
+        out["base"] = serde_json::json!(self.base);
+        out["diffstat"] = serde_json::json!(stat);
+        out["diff"] = serde_json::json!(diff);
+        out["setup_ms"] = serde_json::json!(self.setup.as_millis() as u64);
+        Ok(())
+    }
+
     /// Removes the worktree (the mirror stays).
     pub async fn close(self) {
         let path = self.dir.to_string_lossy().into_owned();

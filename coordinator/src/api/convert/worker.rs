@@ -14,6 +14,9 @@ pub fn usage_from_pb(usage: &[pb::TokenUsage]) -> Usage {
         u.output_tokens = u.output_tokens.saturating_add(x.output_tokens);
         u.cached_tokens = u.cached_tokens.saturating_add(x.cached_tokens);
         u.estimated |= x.estimated;
+        if let Some(m) = x.reported_cost_micros {
+            u.reported_micros = Some(u.reported_micros.unwrap_or(0).saturating_add(m));
+        }
     }
     u
 }

@@ -189,6 +189,9 @@ impl State {
     /// Money of an attempt: tokens × the project's price of the model; a local provider's
     /// hourly cost × wall time.
     pub(in crate::state) fn price(&self, t: &Task, usage: &Usage, wall_ms: u64) -> u64 {
+        if let Some(reported) = usage.reported_micros {
+            return reported.min(MONEY_MICROS_MAX);
+        }
         let (Some(route), Some(project)) = (&t.route, self.jobs.projects.get(&t.spec.project)) else { return 0 };
         if route.local {
             let hourly = project.providers.iter().find(|p| p.name == route.provider).map_or(0, |p| p.hourly_micros);

@@ -414,6 +414,7 @@ impl Run<'_> {
             output_tokens: (self.sc.behaviour.tokens_out_per_min as f64 * min) as u64,
             cached_tokens: 0,
             estimated: false,
+            reported_micros: None,
         }
     }
 }

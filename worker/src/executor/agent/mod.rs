@@ -38,9 +38,9 @@ pub const AGENT_TURNS_MAX: u32 = 200;
 /// The most output tokens one model call may ask for.
 pub const AGENT_CALL_TOKENS_MAX: u32 = 200_000;
 /// Bytes of the diff the output carries (the branch holds all of it).
-const DIFF_BYTES_MAX: usize = 24 * 1024;
+pub(crate) const DIFF_BYTES_MAX: usize = 24 * 1024;
 /// Bytes of the summary or the reasons the output carries.
-const SUMMARY_BYTES_MAX: usize = 8 * 1024;
+pub(crate) const SUMMARY_BYTES_MAX: usize = 8 * 1024;
 
 /// The agent executor's parameters.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -374,25 +374,8 @@ impl Agent<'_> {
     /// commit and diff to `out`.
     async fn deliver(&self, out: &mut Value) -> Result<(), String> {
         let Some(w) = &self.workspace else { return Ok(()) };
-        let first_line = out["summary"].as_str().unwrap_or_default().lines().next().unwrap_or("").to_string();
-        let message = format!(
-            "qm: task {}: {}",
-            self.req.task,
-            if first_line.is_empty() { "agent's change" } else { &first_line }
-        );
-        w.commit(&message).await?;
-        if let Some(branch) = &self.t.branch {
-            w.push(&format!("refs/heads/{branch}")).await?;
-            out["branch"] = json!(branch);
-        }
-        let (stat, diff) = w.diff(DIFF_BYTES_MAX).await?;
-        out["repo"] = json!(w.repo);
-        out["commit"] = json!(w.head().await?);
-        out["base"] = json!(w.base);
-        out["diffstat"] = json!(stat);
-        out["diff"] = json!(diff);
-        out["setup_ms"] = json!(w.setup.as_millis() as u64);
-        Ok(())
+        let summary = out["summary"].as_str().unwrap_or_default().to_string();
+        w.deliver(self.req.task, &summary, self.t.branch.as_deref(), DIFF_BYTES_MAX, out).await
     }
 
     async fn cleanup(&mut self) {

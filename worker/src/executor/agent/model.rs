@@ -70,6 +70,7 @@ fn openai_turn(v: &Value) -> Result<Turn, String> {
         output_tokens: u("/usage/completion_tokens").unwrap_or(0),
         cached_tokens: cached,
         estimated: u("/usage/prompt_tokens").is_none(),
+        reported_micros: None,
     };
     Ok(Turn { message: assistant_message(&text, &calls), text, calls, usage })
 }
@@ -160,6 +161,7 @@ fn anthropic_turn(v: &Value) -> Result<Turn, String> {
         output_tokens: u("/usage/output_tokens").unwrap_or(0),
         cached_tokens: u("/usage/cache_read_input_tokens").unwrap_or(0),
         estimated: u("/usage/input_tokens").is_none(),
+        reported_micros: None,
     };
     Ok(Turn { message: assistant_message(&text, &calls), text, calls, usage })
 }
