@@ -9,6 +9,7 @@ use qm_shared::client::Client;
 use qm_shared::limits;
 use qm_shared::pb::v1 as pb;
 use qm_shared::Role;
+use qm_worker::executor::engine::{ContainerLimits, Engine};
 use qm_worker::executor::{Api, ExecConfig, Kind, Limits, Provider, Secret};
 use qm_worker::runtime::WorkerConfig;
 use serde_json::json;
@@ -22,6 +23,9 @@ pub enum WorkerCommand {
     #[command(after_help = "Example:\n  qm worker run --node-id box-1 --slots implementer=2 --slots verifier=1\n  \
         qm worker run --enable-executor command --pass-env PATH --pass-env CARGO_HOME --limit-cpu-secs 600\n  \
         ANTHROPIC_API_KEY=... qm worker run --enable-executor llm \\\n    \
+        --provider anthropic=anthropic:https://api.anthropic.com --provider-key-env anthropic=ANTHROPIC_API_KEY\n  \
+        qm worker run --slots implementer=1 --slots verifier=1 --slots analyst=1 --enable-executor agent \\\n    \
+        --enable-executor command --repo app=git@github.com:you/app.git --engine container --container-image tools:1 \\\n    \
         --provider anthropic=anthropic:https://api.anthropic.com --provider-key-env anthropic=ANTHROPIC_API_KEY\n\
         Only the scripted executor runs unless --enable-executor says otherwise; commands run in \
         their own process group and work directory, with a cleared environment and limits \
@@ -171,11 +175,34 @@ pub struct ExecArgs {
     /// key with --pass-env ANTHROPIC_API_KEY). Repeat
     #[arg(long = "agent-cli", value_name = "NAME[=TEMPLATE]")]
     pub agent_clis: Vec<String>,
+    /// Offer the `container` engine: payloads with engine = "container" run each command in
+    /// a container on the Docker Engine (workspace at /work, network off, the limits below,
+    /// all capabilities dropped). `local` is always offered
+    #[arg(long = "engine", value_enum, value_name = "ENGINE")]
+    pub engines: Vec<EngineName>,
+    /// The image a container runs when the payload names none
+    #[arg(long, value_name = "IMAGE")]
+    pub container_image: Option<String>,
+    /// Memory of each container, swap included, in bytes (at least 4 MiB) [default: 2 GiB]
+    #[arg(long, value_name = "BYTES", default_value_t = 2 << 30, hide_default_value = true)]
+    pub container_memory_bytes: u64,
+    /// CPUs each container may use, e.g. 0.5 or 2 (0.01..=1024)
+    #[arg(long, value_name = "CPUS", default_value_t = 2.0)]
+    pub container_cpus: f64,
+    /// Processes and threads each container may have (8..=1000000)
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub container_pids: u64,
     /// A limit of one role's attempts instead of the worker's, as
     /// ROLE:cpu-secs|memory-bytes|open-files|output-bytes=VALUE (same bounds as the --limit-*
     /// flags); repeat per role and limit, e.g. --role-limit implementer:cpu-secs=1800
     #[arg(long = "role-limit", value_name = "ROLE:LIMIT=VALUE")]
     pub role_limits: Vec<String>,
+}
+
+/// An engine a worker may offer beyond `local`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineName {
+    Container,
 }
 
 /// An executor a worker may enable.
@@ -236,8 +263,11 @@ pub fn exec_config(a: ExecArgs, node_id: &str, providers: BTreeMap<String, Provi
     let repos = repos(&a.repos)?;
     let specs = specs(a.agents.as_deref())?;
     let clis = qm_worker::executor::cli::parse_flags(&a.agent_clis).map_err(Failure::usage)?;
+    let container = container_limits(&a)?;
     Ok(ExecConfig {
         clis,
+        engines: a.engines.iter().map(|EngineName::Container| Engine::Container).collect(),
+        container,
         repos,
         specs,
         enabled: a.enable_executors.iter().map(|e| e.kind()).collect(),
@@ -247,6 +277,28 @@ pub fn exec_config(a: ExecArgs, node_id: &str, providers: BTreeMap<String, Provi
         role_limits,
         kill_grace: Duration::from_millis(a.kill_grace_ms),
         providers,
+    })
+}
+
+/// The container limits of `--container-*`, checked.
+fn container_limits(a: &ExecArgs) -> Result<ContainerLimits, Failure> {
+    if a.container_memory_bytes < 4 << 20 {
+        return Err(Failure::usage(format!(
+            "--container-memory-bytes: {} is below 4194304 (4 MiB)",
+            a.container_memory_bytes
+        )));
+    }
+    if !(0.01..=1024.0).contains(&a.container_cpus) {
+        return Err(Failure::usage(format!("--container-cpus: {} is outside 0.01..=1024", a.container_cpus)));
+    }
+    if !(8..=1_000_000).contains(&a.container_pids) {
+        return Err(Failure::usage(format!("--container-pids: {} is outside 8..=1000000", a.container_pids)));
+    }
+    Ok(ContainerLimits {
+        memory_bytes: a.container_memory_bytes,
+        nano_cpus: (a.container_cpus * 1e9).round() as u64,
+        pids: a.container_pids,
+        default_image: a.container_image.clone(),
     })
 }
 

@@ -4,6 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A directory of one test's own under the temp dir, removed when dropped.
+pub fn scratch(test: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("qm-{test}-")).tempdir().expect("a scratch directory")
+}
+
 /// Runs git in `dir`; its stdout, panicking with stderr on failure.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out =

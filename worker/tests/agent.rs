@@ -2,11 +2,11 @@
 //! tool calls played back by a stand-in model server, commands in the worker's confinement,
 //! the spec's tools enforced, and a checkpoint that resumes on another worker's mirror.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use qm_shared::Role;
-use qm_tests::git::{remote_with, show};
+use qm_tests::git::{remote_with, scratch, show};
 use qm_tests::model::{call, calls, tool_results, FakeModel};
 use qm_worker::executor::{self, Api, Control, ExecConfig, ExecOutcome, ExecRequest, ExecResult, Kind, Provider};
 use serde_json::{json, Value};
@@ -15,23 +15,6 @@ use tokio::sync::mpsc;
 /// A repository whose test fails: `add` subtracts.
 const CALC: &str = "add() { echo $(($1 - $2)); }\n";
 const TEST: &str = ". ./calc.sh\n[ \"$(add 2 3)\" = 5 ] || { echo \"add 2 3 gave $(add 2 3)\"; exit 1; }\necho ok\n";
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("qm-agent-test-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A worker's configuration: `agent` and `command` on, the repository `app`, the shipped
 /// specs (or `specs`), the fake model as provider `p`, its work root `work`.
@@ -83,8 +66,8 @@ fn fix() -> Value {
 
 #[tokio::test]
 async fn an_implementer_edits_runs_the_test_and_pushes_its_branch() {
-    let s = Scratch::new("ticket");
-    let remote = remote_with(&s.0, &[("calc.sh", CALC), ("test.sh", TEST)]);
+    let s = scratch("agent-ticket");
+    let remote = remote_with(s.path(), &[("calc.sh", CALC), ("test.sh", TEST)]);
     let model = FakeModel::start(vec![
         call("read_file", json!({"path": "calc.sh"})),
         fix(),
@@ -92,7 +75,7 @@ async fn an_implementer_edits_runs_the_test_and_pushes_its_branch() {
         call("finish", json!({"summary": "add adds now"})),
     ])
     .await;
-    let config = config(&s.0, "w1", &remote, &model, None);
+    let config = config(s.path(), "w1", &remote, &model, None);
     let out = run(&config, req(Role::Implementer, implement(), None)).await;
     assert_eq!(out.outcome, ExecOutcome::Succeeded, "{}", out.error);
     let v: Value = serde_json::from_slice(&out.output).unwrap();
@@ -118,9 +101,9 @@ async fn an_implementer_edits_runs_the_test_and_pushes_its_branch() {
 
 #[tokio::test]
 async fn a_tool_the_spec_does_not_allow_is_refused_recorded_and_the_attempt_goes_on() {
-    let s = Scratch::new("refused");
-    let remote = remote_with(&s.0, &[("calc.sh", CALC), ("test.sh", TEST)]);
-    let specs = s.0.join("agents");
+    let s = scratch("agent-refused");
+    let remote = remote_with(s.path(), &[("calc.sh", CALC), ("test.sh", TEST)]);
+    let specs = s.path().join("agents");
     std::fs::create_dir_all(&specs).unwrap();
     std::fs::write(
         specs.join("reader.md"),
@@ -135,7 +118,7 @@ async fn a_tool_the_spec_does_not_allow_is_refused_recorded_and_the_attempt_goes
         call("finish", json!({"summary": "could not run it"})),
     ])
     .await;
-    let config = config(&s.0, "w1", &remote, &model, Some(&specs));
+    let config = config(s.path(), "w1", &remote, &model, Some(&specs));
     let payload = json!({"executor": "agent", "prompt": "look", "repo": "app", "branch": "qm/j1/look"});
     let out = run(&config, req(Role::Analyst, payload, None)).await;
     assert_eq!(out.outcome, ExecOutcome::Succeeded, "{}", out.error);
@@ -160,10 +143,10 @@ async fn a_tool_the_spec_does_not_allow_is_refused_recorded_and_the_attempt_goes
 
 #[tokio::test]
 async fn a_preempted_agent_resumes_on_another_worker_from_its_commit_and_transcript() {
-    let s = Scratch::new("resume");
-    let remote = remote_with(&s.0, &[("calc.sh", CALC), ("test.sh", TEST)]);
+    let s = scratch("agent-resume");
+    let remote = remote_with(s.path(), &[("calc.sh", CALC), ("test.sh", TEST)]);
     let model = FakeModel::start(vec![fix()]).await;
-    let first = config(&s.0, "w1", &remote, &model, None);
+    let first = config(s.path(), "w1", &remote, &model, None);
     let (etx, mut erx) = mpsc::channel(64);
     let (ctx, crx) = mpsc::channel(4);
     let running =
@@ -183,7 +166,7 @@ async fn a_preempted_agent_resumes_on_another_worker_from_its_commit_and_transcr
     assert!(show(&remote, "refs/qm/checkpoints/task-7", "calc.sh").unwrap().contains("$1 + $2"), "the WIP commit");
     // Another worker (its own work root and mirror) resumes it.
     model.give(vec![call("run_command", json!({"command": "sh test.sh"})), call("finish", json!({"summary": "done"}))]);
-    let second = config(&s.0, "w2", &remote, &model, None);
+    let second = config(s.path(), "w2", &remote, &model, None);
     let mut r = req(Role::Implementer, implement(), Some(checkpoint));
     r.attempt = 2;
     let out = run(&second, r).await;

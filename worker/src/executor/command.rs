@@ -32,6 +32,8 @@ use super::{Control, ExecConfig, ExecEvent, ExecOutcome, ExecRequest, ExecResult
 
 /// The shell commands run with (an absolute path: the child's PATH is the allow-list's).
 const SHELL: &str = "/bin/sh";
+/// How long a container may run when the task sets no timeout.
+const CONTAINER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3_600);
 /// The checkpoint file's name in the attempt's directory.
 const CHECKPOINT_FILE: &str = ".qm-checkpoint";
 /// Once the group is gone, how long its pipes may stay open (held by a process that left the
@@ -55,6 +57,12 @@ pub struct CommandSpec {
     /// an upstream pass pushed); empty: the remote's default branch.
     #[serde(default)]
     pub start: String,
+    /// `local` (default) or `container` (on a worker that offers it: `--engine container`).
+    #[serde(default)]
+    pub engine: String,
+    /// The container's image (default: the worker's `--container-image`).
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// The directory `rel` names inside `attempt_dir`: relative, without `..`.
@@ -141,8 +149,21 @@ async fn run_in(
             return ExecResult::failed(format!("writing the checkpoint: {e}"));
         }
     }
-    supervise(c, config, req, Paths { dir, cwd: &cwd, checkpoint_file: &checkpoint_file }, timeout, events, control)
-        .await
+    match super::engine::choose(config, &c.engine, c.image.as_deref()) {
+        Err(e) => ExecResult::failed(e),
+        Ok(Some(image)) => {
+            let mut control = control;
+            let _ = events
+                .send(ExecEvent::Progress { percent: 0, stage: format!("running in {image}"), usage: Usage::default() })
+                .await;
+            let limit = timeout.unwrap_or(CONTAINER_TIMEOUT_DEFAULT);
+            super::engine::run_in_container(&image, &c.cmd, &cwd, config, req, limit, &mut control).await
+        }
+        Ok(None) => {
+            let paths = Paths { dir, cwd: &cwd, checkpoint_file: &checkpoint_file };
+            supervise(c, config, req, paths, timeout, events, control).await
+        }
+    }
 }
 
 /// Runs `cmd` in `cwd` as an attempt's command runs (process group, limits, cleared
@@ -155,7 +176,14 @@ pub(crate) async fn run_once(
     req: &ExecRequest,
     timeout: Duration,
 ) -> ExecResult {
-    let c = CommandSpec { cmd: cmd.to_string(), workdir: None, repo: None, start: String::new() };
+    let c = CommandSpec {
+        cmd: cmd.to_string(),
+        workdir: None,
+        repo: None,
+        start: String::new(),
+        engine: String::new(),
+        image: None,
+    };
     let (events, _dropped) = mpsc::channel(4);
     let (_never, control) = mpsc::channel(1);
     let checkpoint_file = attempt_dir.join(CHECKPOINT_FILE);

@@ -17,6 +17,7 @@ use qm_shared::limits::{
 use qm_shared::Role;
 
 use super::cli::CliTool;
+use super::engine::{ContainerLimits, Engine};
 use super::llm::Api;
 use crate::spec::AgentSpec;
 
@@ -153,6 +154,10 @@ pub struct ExecConfig {
     pub specs: BTreeMap<Role, Arc<AgentSpec>>,
     /// Coding-agent CLIs the `cli` executor may run, by name (`--agent-cli`).
     pub clis: BTreeMap<String, CliTool>,
+    /// Engines beyond `local` this worker offers (`--engine container`).
+    pub engines: BTreeSet<Engine>,
+    /// What containers may use (`--container-*`).
+    pub container: ContainerLimits,
 }
 
 impl std::fmt::Debug for ExecConfig {
@@ -169,6 +174,8 @@ impl std::fmt::Debug for ExecConfig {
             .field("repos", &self.repos.keys().collect::<Vec<_>>())
             .field("specs", &self.specs.values().map(|s| (&s.name, &s.version)).collect::<Vec<_>>())
             .field("clis", &self.clis.keys().collect::<Vec<_>>())
+            .field("engines", &self.engines)
+            .field("container", &self.container)
             .finish()
     }
 }
@@ -194,6 +201,8 @@ impl Default for ExecConfig {
             repos: BTreeMap::new(),
             specs: BTreeMap::new(),
             clis: BTreeMap::new(),
+            engines: BTreeSet::new(),
+            container: ContainerLimits::default(),
         }
     }
 }

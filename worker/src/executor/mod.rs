@@ -27,6 +27,7 @@ pub mod child;
 pub mod cli;
 pub mod command;
 pub mod config;
+pub mod engine;
 pub mod llm;
 pub mod scripted;
 pub mod workspace;

@@ -70,6 +70,12 @@ pub struct AgentTask {
     /// A review: `finish` takes a verdict (pass or fail) and its reasons.
     #[serde(default)]
     pub review: bool,
+    /// Where `run_command` runs: `local` (default) or `container`.
+    #[serde(default)]
+    pub engine: String,
+    /// The container's image (default: the worker's `--container-image`).
+    #[serde(default)]
+    pub image: Option<String>,
     #[serde(default = "AgentTask::default_turns")]
     pub max_turns: u32,
     /// Output tokens per model call.
@@ -131,6 +137,8 @@ struct Agent<'a> {
     spec: Option<(String, String)>,
     allowed: BTreeSet<Tool>,
     tools: Vec<Value>,
+    /// The image `run_command` runs in (the container engine), if any.
+    image: Option<String>,
     saved: Saved,
     usage: Usage,
     dir: PathBuf,
@@ -164,6 +172,10 @@ pub(crate) async fn run(
     if model.is_empty() {
         return ExecResult::failed("payload.model: empty (or auto) and the task was routed to no model");
     }
+    let image = match super::engine::choose(config, &t.engine, t.image.as_deref()) {
+        Ok(image) => image,
+        Err(e) => return ExecResult::failed(e),
+    };
     let (provider_name, provider) = match super::llm::provider(&t.provider, None, config, req) {
         Ok(found) => found,
         Err(e) => return ExecResult::failed(e),
@@ -185,6 +197,7 @@ pub(crate) async fn run(
         model,
         spec: spec.map(|s| (s.name.clone(), s.version.clone())),
         tools: allowed.iter().map(|tool| tool.schema(t.review)).collect(),
+        image,
         allowed,
         saved,
         usage: Usage::default(),
@@ -304,7 +317,14 @@ impl Agent<'_> {
     }
 
     fn bench(&self) -> Bench<'_> {
-        Bench { root: &self.root, attempt_dir: &self.dir, config: self.config, req: self.req, allowed: &self.allowed }
+        Bench {
+            root: &self.root,
+            attempt_dir: &self.dir,
+            config: self.config,
+            req: self.req,
+            allowed: &self.allowed,
+            image: self.image.as_deref(),
+        }
     }
 
     /// Commits the work in progress, pushes it to the checkpoint ref, and reports the
@@ -436,6 +456,8 @@ mod tests {
             base: String::new(),
             branch: branch.map(str::to_string),
             review: false,
+            engine: String::new(),
+            image: None,
             max_turns: turns,
             max_tokens: 100,
         };

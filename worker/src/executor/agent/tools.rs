@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::super::command;
+use super::super::{command, engine};
 use super::super::{ExecConfig, ExecOutcome, ExecRequest, Kind};
 
 /// Bytes of a file, a listing, a search or a command's output a tool answers with.
@@ -147,6 +147,8 @@ pub(crate) struct Bench<'a> {
     pub config: &'a ExecConfig,
     pub req: &'a ExecRequest,
     pub allowed: &'a BTreeSet<Tool>,
+    /// Commands run in a container of this image (the container engine), else locally.
+    pub image: Option<&'a str>,
 }
 
 impl Bench<'_> {
@@ -303,7 +305,15 @@ impl Bench<'_> {
     }
 
     async fn run(&self, cmd: &str) -> String {
-        let r = command::run_once(cmd, self.root, self.attempt_dir, self.config, self.req, COMMAND_TIMEOUT).await;
+        let r = match self.image {
+            Some(image) => {
+                // No control reaches a tool's command: the attempt's own stop drops it.
+                let (_keep, mut control) = tokio::sync::mpsc::channel(1);
+                let (root, config, req) = (self.root, self.config, self.req);
+                engine::run_in_container(image, cmd, root, config, req, COMMAND_TIMEOUT, &mut control).await
+            }
+            None => command::run_once(cmd, self.root, self.attempt_dir, self.config, self.req, COMMAND_TIMEOUT).await,
+        };
         let status = match r.outcome {
             ExecOutcome::Succeeded => "exit status 0".to_string(),
             ExecOutcome::TimedOut => format!("timed out after {} s", COMMAND_TIMEOUT.as_secs()),
