@@ -6,6 +6,7 @@
 //! provider, [`git`] makes real repositories.
 
 pub mod git;
+pub mod image;
 pub mod model;
 
 use std::collections::BTreeMap;

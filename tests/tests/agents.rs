@@ -393,3 +393,107 @@ run = { executor = "cli", tool = "claude", prompt = "{{input.ticket}}", repo = "
     assert!(model.requests().is_empty(), "the CLI, not the worker, talked to its model");
     c.kill_worker("w1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ticket_runs_with_the_container_engine_and_a_rerun_on_the_same_commit_is_served_from_the_cache() {
+    let image = qm_tests::image::busybox_image();
+    let mut c = Cluster::start(1, 10_000);
+    let dir = c.dir.path().to_path_buf();
+    let remote = remote_with(&dir, &[("calc.sh", CALC), ("test.sh", TEST)]);
+    let base = git(&remote, &["rev-parse", "main"]).trim().to_string();
+    // The implementer runs the test in its container before and after its edit.
+    let model = FakeModel::start_with(|r| {
+        if system_of(r).starts_with("You are the analyst.") {
+            return Some(call("finish", json!({"verdict": "pass", "reasons": "fixed and tested"})));
+        }
+        Some(match turns_of(r) {
+            0 => call("run_command", json!({"command": "sh test.sh"})),
+            1 => call("edit_file", json!({"path": "calc.sh", "old_text": "$1 - $2", "new_text": "$1 + $2"})),
+            2 => call("run_command", json!({"command": "sh test.sh"})),
+            _ => call("finish", json!({"summary": "add adds"})),
+        })
+    })
+    .await;
+    c.qm_json(&["project", "apply", &write(&dir, "calc.toml", &project(&model.url))]);
+    let repo = format!("app={}", remote.display());
+    let provider = format!("fake=openai:{}", model.url);
+    let flags = [
+        "--enable-executor",
+        "agent",
+        "--enable-executor",
+        "command",
+        "--repo",
+        &repo,
+        "--provider",
+        &provider,
+        "--engine",
+        "container",
+        "--container-image",
+        image,
+        "--container-memory-bytes",
+        "67108864",
+    ];
+    c.spawn_worker_with("w1", &["implementer=1", "verifier=1", "analyst=1"], &flags, &[]);
+    c.wait_workers(1).await;
+    // The ticket workflow with every command in a container.
+    let in_containers = WORKFLOW
+        .replace(
+            r#"branch = "qm/{{job}}/implement", max_turns = 10 }"#,
+            r#"branch = "qm/{{job}}/implement", max_turns = 10, engine = "container" }"#,
+        )
+        .replace(
+            r#"cmd = "sh test.sh", repo = "app", start = "qm/{{job}}/implement" }"#,
+            r#"cmd = "sh test.sh", repo = "app", start = "qm/{{job}}/implement", engine = "container" }"#,
+        );
+    assert_eq!(in_containers.matches(r#"engine = "container""#).count(), 2);
+    let workflow = write(&dir, "ticket.toml", &in_containers);
+    let submit = || {
+        c.qm_json(&[
+            "job",
+            "submit",
+            "--title",
+            "add subtracts",
+            "--team",
+            "platform",
+            "--project",
+            "calc",
+            "--workflow",
+            &workflow,
+            "--commit",
+            &base,
+            "--input",
+            "ticket=make sh test.sh pass",
+        ])["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let first = submit();
+    let j = ended(&c, &first).await;
+    assert_eq!(j["status"], "succeeded", "{j:#}");
+    let reqs = model.requests();
+    let before = tool_results(&reqs[2]);
+    assert!(before[0].starts_with("failed\nstdout:\nadd 2 3 gave -1"), "in the container, before the edit: {before:?}");
+    let after = tool_results(&reqs[3]);
+    assert!(after[2].starts_with("exit status 0\nstdout:\nok"), "and after it: {after:?}");
+    let review = reqs.last().unwrap()["messages"][1]["content"].as_str().unwrap().to_string();
+    assert!(review.contains("The test run:\nok"), "verify ran in its container: {review}");
+
+    // The same ticket on the same commit: every pass is served from the cache, no model called.
+    let asked = model.requests().len();
+    let second = submit();
+    let j = ended(&c, &second).await;
+    assert_eq!(j["status"], "succeeded", "{j:#}");
+    assert_eq!(model.requests().len(), asked, "nothing ran again");
+    let report = c.qm_json(&["cost", "report", "--by", "work-item", "-o", "json"]);
+    let n = second.trim_start_matches('j');
+    let outcomes: Vec<&str> = report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["work_item"] == format!("j{n}"))
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["cached", "cached"], "{report:#}");
+    c.kill_worker("w1");
+}

@@ -4,40 +4,20 @@
 //! whose `run_command` runs in a container.
 
 use std::path::Path;
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use qm_shared::Role;
 use qm_tests::git::{remote_with, scratch};
+use qm_tests::image::busybox_image;
 use qm_tests::model::{call, tool_results, FakeModel};
 use qm_worker::executor::engine::{ContainerLimits, Engine};
 use qm_worker::executor::{self, Api, ExecConfig, ExecOutcome, ExecRequest, ExecResult, Kind, Provider};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-const IMAGE: &str = "qm-test-busybox:1";
 const FIXED: &str = "add() { echo $(($1 + $2)); }\n";
 const TEST: &str = ". ./calc.sh\n[ \"$(add 2 3)\" = 5 ] || { echo \"add 2 3 gave $(add 2 3)\"; exit 1; }\necho ok\n";
-
-/// Builds the test image once: `FROM scratch`, the machine's static busybox, its applets.
-fn image() -> &'static str {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let ctx = std::env::temp_dir().join(format!("qm-image-ctx-{}", std::process::id()));
-        std::fs::create_dir_all(&ctx).unwrap();
-        std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("/bin/busybox (Debian's busybox-static)");
-        std::fs::write(
-            ctx.join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
-        )
-        .unwrap();
-        let out = Command::new("docker").args(["build", "-q", "-t", IMAGE]).arg(&ctx).output().expect("docker runs");
-        assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
-        let _ = std::fs::remove_dir_all(&ctx);
-    });
-    IMAGE
-}
 
 fn config(dir: &Path, remote: &Path, memory_bytes: u64) -> ExecConfig {
     let (specs, _) = qm_worker::spec::built_in();
@@ -49,7 +29,7 @@ fn config(dir: &Path, remote: &Path, memory_bytes: u64) -> ExecConfig {
         engines: [Engine::Container].into(),
         container: ContainerLimits {
             memory_bytes,
-            default_image: Some(image().to_string()),
+            default_image: Some(busybox_image().to_string()),
             ..ContainerLimits::default()
         },
         ..ExecConfig::default()
