@@ -497,3 +497,88 @@ async fn the_ticket_runs_with_the_container_engine_and_a_rerun_on_the_same_commi
     assert_eq!(outcomes, ["cached", "cached"], "{report:#}");
     c.kill_worker("w1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_goes_to_the_free_local_model_of_its_tier_and_the_next_to_the_cloud_while_it_is_busy() {
+    let mut c = Cluster::start(1, 10_000);
+    let dir = c.dir.path().to_path_buf();
+    let done = || Some(call("finish", json!({"summary": "done"})));
+    let (local, cloud) = (FakeModel::start_with(move |_| done()).await, FakeModel::start_with(move |_| done()).await);
+    let project = format!(
+        r#"name = "routed"
+team = "platform"
+
+[[provider]]
+name = "gpu-box"
+kind = "openai"
+endpoint = "{}"
+local = true
+concurrency = 1
+hourly = "0.36"
+models = {{ standard = "qwen-coder" }}
+
+[[provider]]
+name = "cloud"
+kind = "openai"
+endpoint = "{}"
+concurrency = 8
+models = {{ standard = "cloud-standard" }}
+
+[price."cloud-standard"]
+input = "3.00"
+output = "15.00"
+"#,
+        local.url, cloud.url
+    );
+    c.qm_json(&["project", "apply", &write(&dir, "routed.toml", &project)]);
+    let (to_local, to_cloud) = (format!("gpu-box=openai:{}", local.url), format!("cloud=openai:{}", cloud.url));
+    let flags = ["--enable-executor", "agent", "--provider", &to_local, "--provider", &to_cloud];
+    c.spawn_worker_with("w1", &["implementer=2"], &flags, &[]);
+    c.wait_workers(1).await;
+    // Two passes of the standard tier, side by side: dispatched together to the two slots.
+    let workflow = write(
+        &dir,
+        "two.toml",
+        r#"name = "two"
+description = "Two independent passes."
+
+[[pass]]
+name = "a"
+role = "implementer"
+run = { executor = "agent", prompt = "do a" }
+
+[[pass]]
+name = "b"
+role = "implementer"
+run = { executor = "agent", prompt = "do b" }
+"#,
+    );
+    let id = c.qm_json(&[
+        "job",
+        "submit",
+        "--title",
+        "two",
+        "--team",
+        "platform",
+        "--project",
+        "routed",
+        "--workflow",
+        &workflow,
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let j = ended(&c, &id).await;
+    assert_eq!(j["status"], "succeeded", "{j:#}");
+    // One went to the local model while it had its one slot; the other to the cloud.
+    let (l, k) = (local.requests(), cloud.requests());
+    assert_eq!((l.len(), k.len()), (1, 1), "local {l:#?} cloud {k:#?}");
+    assert_eq!(l[0]["model"], "qwen-coder");
+    assert_eq!(k[0]["model"], "cloud-standard");
+    let report = c.qm_json(&["cost", "report", "--by", "model", "-o", "json"]);
+    let mut providers: Vec<&str> =
+        report["entries"].as_array().unwrap().iter().map(|e| e["provider"].as_str().unwrap()).collect();
+    providers.sort();
+    assert_eq!(providers, ["cloud", "gpu-box"], "{report:#}");
+    c.kill_worker("w1");
+}
