@@ -75,7 +75,7 @@ pub async fn dispatch(command: JobCommand, client: &Client, output: Output) -> R
 #[derive(clap::Args, Debug, Default)]
 pub struct SubmitArgs {
     /// A work-item file (TOML with the same keys as these flags: title, class, team, project,
-    /// workflow, budget, commit, inputs = { … }, run, review_run); flags override it
+    /// workflow, budget, commit, complexity, inputs = { … }, run, review_run); flags override it
     #[arg(long, short = 'f')]
     pub file: Option<PathBuf>,
     /// One-line title
@@ -102,9 +102,14 @@ pub struct SubmitArgs {
     /// An input as NAME=VALUE (or NAME=@FILE); repeat
     #[arg(long = "input")]
     pub inputs: Vec<String>,
-    /// Repo commit the work starts from (part of every artifact cache key)
+    /// Repo commit the work starts from (part of every artifact cache key; `{{commit}}` in
+    /// payloads)
     #[arg(long)]
     pub commit: Option<String>,
+    /// low, normal or high: every pass starts a tier lower (low) or higher (high) than its
+    /// workflow says, so a hard ticket goes to a stronger model from the start [default: normal]
+    #[arg(long)]
+    pub complexity: Option<String>,
     /// Default executor payload of passes, as JSON ({{pass}}, {{title}}, {{input.NAME}} … are
     /// filled in); default: a scripted agent (see --scripted-ms)
     #[arg(long)]
@@ -135,6 +140,7 @@ struct JobFile {
     workflow: Option<String>,
     budget: Option<String>,
     commit: Option<String>,
+    complexity: Option<String>,
     #[serde(default)]
     inputs: BTreeMap<String, String>,
     run: Option<toml::Value>,
@@ -238,6 +244,7 @@ pub fn submit_request(a: &SubmitArgs) -> Result<pb::SubmitJobRequest, Failure> {
         run,
         review_run,
         priority: a.priority.or(file.priority).unwrap_or(0),
+        complexity: pick(&a.complexity, &file.complexity).unwrap_or_default(),
     })
 }
 

@@ -75,6 +75,7 @@ impl Bench {
                 run: br#"{"executor":"scripted"}"#.to_vec(),
                 review_run: Vec::new(),
                 principal: String::new(),
+                complexity: Default::default(),
             };
             let (r, e) = self.apply(Command::SubmitJob(Box::new(spec)));
             assert!(matches!(r, Response::JobSubmitted { .. }), "{r:?}");

@@ -385,3 +385,19 @@ fn a_reviewer_sees_the_output_it_reviews_and_a_later_pass_sees_the_artifacts_bef
     let document = c.pass(j, "document").task.unwrap();
     assert!(payload(&c, document).contains(r#"after [summary:\nadd adds"#), "{}", payload(&c, document));
 }
+
+#[test]
+fn a_work_item_s_declared_complexity_moves_every_pass_s_starting_tier() {
+    let mut c = Core::new().project(demo_project());
+    c.worker("w1", &ALL_ROLES);
+    let tiers = |c: &mut Core, complexity| {
+        let mut spec = job("t", [pass("spec", Role::Specifier), pass("gen", Role::Implementer).tier(Tier::Frontier)]);
+        spec.0.complexity = complexity;
+        let j = c.submit_job(spec);
+        (c.pass(j, "spec").tier, c.pass(j, "gen").tier)
+    };
+    use qm_shared::workflow::Complexity;
+    assert_eq!(tiers(&mut c, Complexity::Normal), (Tier::Standard, Tier::Frontier));
+    assert_eq!(tiers(&mut c, Complexity::High), (Tier::Frontier, Tier::Frontier), "never above frontier");
+    assert_eq!(tiers(&mut c, Complexity::Low), (Tier::Cheap, Tier::Standard));
+}

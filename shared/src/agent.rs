@@ -103,6 +103,14 @@ impl Tier {
         }
     }
 
+    /// One tier down (a work item of low complexity); the bottom tier stays.
+    pub fn lowered(self) -> Tier {
+        match self {
+            Tier::Frontier => Tier::Standard,
+            Tier::Standard | Tier::Cheap => Tier::Cheap,
+        }
+    }
+
     /// One tier up (a failed gate escalates); the top tier stays.
     pub fn escalated(self) -> Tier {
         match self {

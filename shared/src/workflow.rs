@@ -32,6 +32,49 @@ impl Reviewer {
     }
 }
 
+/// A work item's declared complexity: it moves every pass's starting tier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Complexity {
+    /// One tier down (never below cheap).
+    Low,
+    /// The tiers the workflow gives.
+    #[default]
+    Normal,
+    /// One tier up (never above frontier).
+    High,
+}
+
+impl Complexity {
+    pub const NAMES: &'static str = "low, normal or high";
+
+    /// `""` is normal.
+    pub fn parse(text: &str) -> Option<Complexity> {
+        Some(match text {
+            "" | "normal" => Complexity::Normal,
+            "low" => Complexity::Low,
+            "high" => Complexity::High,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Complexity::Low => "low",
+            Complexity::Normal => "normal",
+            Complexity::High => "high",
+        }
+    }
+
+    /// A pass's starting tier for a work item of this complexity.
+    pub fn tier(self, written: crate::Tier) -> crate::Tier {
+        match self {
+            Complexity::Low => written.lowered(),
+            Complexity::Normal => written,
+            Complexity::High => written.escalated(),
+        }
+    }
+}
+
 /// What a failed gate does.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -553,6 +553,12 @@ role = "implementer"
 run = { executor = "agent", prompt = "do b" }
 "#,
     );
+    // A complexity that is not one is refused, naming the field, and submits nothing.
+    let bad = ["job", "submit", "--title", "x", "--team", "platform", "--project", "routed", "--complexity", "extreme"];
+    let (code, _, err) = c.qm(&[&bad[..], &["--workflow", &workflow]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("complexity: \"extreme\" is not one of low, normal or high"), "{err}");
+    assert_eq!(c.qm_json(&["job", "list"])["jobs"].as_array().map(Vec::len), Some(0));
     let id = c.qm_json(&[
         "job",
         "submit",

@@ -12,7 +12,7 @@ use qm_shared::limits::{LIST_PAGE_DEFAULT, LIST_PAGE_MAX, WORKFLOW_FILE_BYTES_MA
 /// Ledger entries per cost-report page (a page stays well under the 4 MiB message bound).
 const COST_PAGE_MAX: u32 = 10_000;
 use qm_shared::pb::v1 as pb;
-use qm_shared::workflow::{Reviewer, Workflow};
+use qm_shared::workflow::{Complexity, Reviewer, Workflow};
 use qm_shared::workflow_file::{self, FileError};
 use qm_shared::{validate, Invalid};
 use tonic::{Request, Response as GrpcResponse, Status};
@@ -105,6 +105,12 @@ impl pb::jobs_server::Jobs for JobsApi {
             (p, _) => p,
         };
         principal.check_priority("priority", priority)?;
+        let complexity = Complexity::parse(&req.complexity).ok_or_else(|| {
+            ApiError::Invalid(Invalid::new(
+                "complexity",
+                format!("{:?} is not one of {}", req.complexity, Complexity::NAMES),
+            ))
+        })?;
         let spec = JobSpec {
             title: req.title,
             class: req.class,
@@ -118,6 +124,7 @@ impl pb::jobs_server::Jobs for JobsApi {
             run: req.run,
             review_run: req.review_run,
             principal: principal.name.clone(),
+            complexity,
         };
         match self.decide(Command::SubmitJob(Box::new(spec))).await? {
             Response::JobSubmitted { job } => Ok(GrpcResponse::new(pb::SubmitJobResponse { job_id: job.0, priority })),

@@ -261,6 +261,7 @@ impl Runner {
             run: ITEM_RUN.as_bytes().to_vec(),
             review_run: ITEM_RUN.as_bytes().to_vec(),
             principal: String::new(),
+            complexity: Default::default(),
         };
         self.apply(Command::SubmitJob(Box::new(spec)));
         Ok(())

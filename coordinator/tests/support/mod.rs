@@ -383,6 +383,7 @@ pub fn job(title: &str, passes: impl IntoIterator<Item = impl Into<Pass>>) -> Jo
         run: br#"{"executor":"scripted","output":"{{pass}} of {{title}}"}"#.to_vec(),
         review_run: br#"{"executor":"scripted","output":"PASS"}"#.to_vec(),
         principal: String::new(),
+        complexity: Default::default(),
     })
 }
 

@@ -432,6 +432,7 @@ mod tests {
                 run: vec![],
                 review_run: vec![],
                 principal: String::new(),
+                complexity: Default::default(),
             },
             status: JobStatus::Running,
             passes: vec![],

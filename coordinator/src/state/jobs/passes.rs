@@ -3,7 +3,7 @@
 //! provider.
 
 use qm_shared::limits::{BUDGETS_MAX, JOBS_ENDED_RETAINED_MAX, JOBS_MAX};
-use qm_shared::workflow::{dollars, Reviewer};
+use qm_shared::workflow::{dollars, Complexity, Reviewer};
 use qm_shared::{Invalid, Mode, Tier};
 
 use crate::state::quotas::{job_bytes, Work};
@@ -39,9 +39,22 @@ impl State {
         }
         self.jobs.next_job += 1;
         let id = JobId(self.jobs.next_job);
-        let passes = spec.workflow.passes.iter().map(|p| PassState::new(&p.name, p.start_tier())).collect();
+        let passes = spec
+            .workflow
+            .passes
+            .iter()
+            .map(|p| PassState::new(&p.name, spec.complexity.tier(p.start_tier())))
+            .collect();
+        let complexity = match spec.complexity {
+            Complexity::Normal => String::new(),
+            c => format!(
+                ", complexity {} (every pass starts a tier {})",
+                c.as_str(),
+                if c == Complexity::High { "up" } else { "down" }
+            ),
+        };
         let summary = format!(
-            "submitted: {} (priority {}), team {}, project {}, workflow {} ({} pass{})",
+            "submitted: {} (priority {}), team {}, project {}, workflow {} ({} pass{}){complexity}",
             spec.class,
             spec.priority,
             spec.team,

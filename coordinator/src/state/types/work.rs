@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use qm_shared::workflow::{Capability, Workflow};
+use qm_shared::workflow::{Capability, Complexity, Workflow};
 use qm_shared::{Role, Tier};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,8 @@ pub struct JobSpec {
     pub review_run: Vec<u8>,
     /// Who submitted it (a token's name; empty with access control off): its quotas.
     pub principal: String,
+    /// Its declared complexity: every pass starts a tier lower (low) or higher (high).
+    pub complexity: Complexity,
 }
 
 /// What to run: a role, the resources it needs with modes, an executor payload, a priority.

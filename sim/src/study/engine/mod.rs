@@ -635,6 +635,7 @@ impl<'a> Run<'a> {
             run: br#"{"w":"{{workflow}}","p":"{{pass}}","j":"{{job}}"}"#.to_vec(),
             review_run: br#"{"review":true,"w":"{{workflow}}","p":"{{pass}}","j":"{{job}}"}"#.to_vec(),
             principal: String::new(),
+            complexity: Default::default(),
         };
         let class = class_index(&a.class);
         self.m.submitted[class] += 1;
