@@ -79,6 +79,7 @@ async fn an_implementer_edits_runs_the_test_and_pushes_its_branch() {
     let out = run(&config, req(Role::Implementer, implement(), None)).await;
     assert_eq!(out.outcome, ExecOutcome::Succeeded, "{}", out.error);
     let v: Value = serde_json::from_slice(&out.output).unwrap();
+    println!("workspace setup (mirror made and fetched, worktree added): {} ms", v["setup_ms"]);
     assert_eq!(v["branch"], "qm/j1/implement");
     assert_eq!(v["spec"], "implementer");
     assert_eq!(v["summary"], "add adds now");

@@ -67,6 +67,13 @@ async fn a_repository_s_test_runs_in_a_container_on_the_workspace_with_the_netwo
     println!("container attempt (mirror fetch, worktree, container create/start/wait/remove): {:?}", began.elapsed());
     assert_eq!(out.outcome, ExecOutcome::Succeeded, "{}", out.error);
     assert_eq!(String::from_utf8_lossy(&out.output), "ok\nlo\ntask=9 in /work\n", "only loopback: the network is off");
+    // What a container costs an attempt: a command that does nothing, locally and in one.
+    for engine in ["local", "container", "local", "container"] {
+        let began = Instant::now();
+        let out = run(&config, req(json!({"executor": "command", "cmd": "true", "engine": engine}))).await;
+        assert_eq!(out.outcome, ExecOutcome::Succeeded, "{}", out.error);
+        println!("`true` on the {engine} engine: {:?}", began.elapsed());
+    }
 }
 
 #[tokio::test]
