@@ -140,6 +140,16 @@ async fn a_tool_the_spec_does_not_allow_is_refused_recorded_and_the_attempt_goes
     assert_eq!(offered, ["read_file", "search", "finish"]);
     assert_eq!(show(&remote, "qm/j1/look", "calc.sh").unwrap(), CALC);
     assert_eq!(show(&remote, "qm/j1/look", "pwned"), None);
+
+    // A revision git could read as an option is refused before git or the model is called.
+    let written = s.path().join("written-by-git");
+    let payload = json!({"executor": "agent", "prompt": "look", "repo": "app", "base": format!("--output={}", written.display())});
+    let asked = model.requests().len();
+    let out = run(&config, req(Role::Analyst, payload, None)).await;
+    assert_eq!(out.outcome, ExecOutcome::Failed);
+    assert!(out.error.starts_with("payload.base: \"--output="), "{}", out.error);
+    assert!(!written.exists());
+    assert_eq!(model.requests().len(), asked);
 }
 
 #[tokio::test]

@@ -85,6 +85,8 @@ impl Workspace {
         start: &str,
         base: &str,
     ) -> Result<Workspace, String> {
+        check_rev("payload.start", start)?;
+        check_rev("payload.base", base)?;
         let began = Instant::now();
         let mirror = work_root.join("mirrors").join(format!("{repo}.git"));
         let lock = mirror_lock(&mirror);
@@ -107,7 +109,15 @@ impl Workspace {
         let _ = tokio::fs::remove_dir_all(dir).await;
         let path = dir.to_string_lossy().into_owned();
         git(&mirror, &["worktree", "add", "-q", "--detach", "-f", &path, &commit]).await?;
-        let base = if base.is_empty() { commit } else { base.to_string() };
+        let base = if base.is_empty() {
+            commit
+        } else {
+            git(&mirror, &["rev-parse", "--verify", "-q", &format!("{base}^{{commit}}")])
+                .await
+                .map_err(|_| format!("payload.base: {base:?} is neither a branch nor a commit of {url}"))?
+                .trim()
+                .to_string()
+        };
         Ok(Workspace {
             repo: repo.to_string(),
             url: url.to_string(),
@@ -209,6 +219,24 @@ async fn default_branch(mirror: &Path, url: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{url} has no default branch; name a commit or branch to start from"))
 }
 
+/// Whether `rev` (a payload's `start` or `base`) is a plain revision name: letters, digits and
+/// `/ . _ -`, not starting with `-` (git would read an option), at most 200 bytes. Empty is
+/// allowed (the default).
+pub fn check_rev(field: &str, rev: &str) -> Result<(), String> {
+    let ok = rev.len() <= 200
+        && !rev.starts_with('-')
+        && !rev.contains("..")
+        && rev.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: {rev:?} refused: give a commit id or a branch name (letters, digits, / . _ -; not starting \
+             with -; at most 200 bytes)"
+        ))
+    }
+}
+
 /// The ref a task's checkpoint commits are pushed to.
 pub fn checkpoint_ref(task: u64) -> String {
     format!("refs/qm/checkpoints/task-{task}")
@@ -237,6 +265,17 @@ pub fn check_branch(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revisions_that_git_could_read_as_options_are_refused() {
+        for good in ["", "main", "qm/j1/implement", "3f2a9c1b7d0e", "release-1.2"] {
+            check_rev("payload.start", good).unwrap();
+        }
+        for bad in ["--output=/tmp/x", "-n", "main..HEAD", "a b", "HEAD~1", "x;rm"] {
+            let e = check_rev("payload.base", bad).expect_err(bad);
+            assert!(e.starts_with("payload.base:"), "{e}");
+        }
+    }
 
     #[test]
     fn only_qm_branches_are_pushed_to() {
