@@ -323,6 +323,8 @@ async fn a_preempted_agent_resumes_on_another_worker_from_its_checkpoint_commit_
     assert_eq!(results[0], "edited calc.sh");
     assert!(results[1].starts_with("exit status 0\nstdout:\nok"), "{results:?}");
     assert_eq!(show(&remote, &format!("qm/{id}/implement"), "calc.sh").as_deref(), Some(FIXED));
+    let refs = git(&remote, &["for-each-ref", "--format=%(refname)", "refs/qm"]);
+    assert_eq!(refs, "", "the finished task's checkpoint ref is removed");
     c.kill_worker("w2");
 }
 

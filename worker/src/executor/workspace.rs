@@ -196,6 +196,13 @@ impl Workspace {
         out["diffstat"] = serde_json::json!(stat);
         out["diff"] = serde_json::json!(diff);
         out["setup_ms"] = serde_json::json!(self.setup.as_millis() as u64);
+        // The task is done: its checkpoint ref (if an attempt pushed one) is not needed again.
+        let gone = format!(":{}", checkpoint_ref(task));
+        if let Err(e) = git(&self.dir, &["push", "-q", &self.url, &gone]).await {
+            if !e.contains("unable to delete") && !e.contains("does not exist") {
+                tracing::warn!(task, "removing the checkpoint ref: {e}");
+            }
+        }
         Ok(())
     }
 
