@@ -401,3 +401,40 @@ fn a_work_item_s_declared_complexity_moves_every_pass_s_starting_tier() {
     assert_eq!(tiers(&mut c, Complexity::High), (Tier::Frontier, Tier::Frontier), "never above frontier");
     assert_eq!(tiers(&mut c, Complexity::Low), (Tier::Cheap, Tier::Standard));
 }
+
+#[test]
+fn a_pass_sent_back_by_a_failed_review_sees_the_reviewer_s_reasons() {
+    let mut c = Core::new().project(demo_project());
+    c.worker("w1", &ALL_ROLES);
+    let mut spec = job(
+        "fix add",
+        [
+            pass("implement", Role::Implementer),
+            pass("verify", Role::Verifier).after("implement").gate(
+                Reviewer::Agent,
+                Role::Analyst,
+                OnFail::SendBack("implement".into()),
+            ),
+        ],
+    );
+    spec.0.run = br#"{"executor":"scripted","output":"{{pass}} [{{feedback}}]"}"#.to_vec();
+    let j = c.submit_job(spec);
+    let payload = |c: &Core, t| String::from_utf8(c.task(t).spec.payload.clone()).unwrap();
+    let first = c.pass(j, "implement").task.unwrap();
+    assert!(payload(&c, first).contains("implement []"), "no feedback on a first run: {}", payload(&c, first));
+    c.finish(first, "done", (1, 1));
+    c.finish(c.pass(j, "verify").task.unwrap(), "ok", (1, 1));
+    c.finish(
+        c.pass(j, "verify").review.unwrap(),
+        r#"{"verdict":"fail","reasons":"no test for negative numbers"}"#,
+        (1, 1),
+    );
+    let again = c.pass(j, "implement").task.unwrap();
+    assert_ne!(again, first, "sent back");
+    assert!(
+        payload(&c, again)
+            .contains("[The last review failed: verify's gate, by agent node/analyst-0: no test for negative numbers]"),
+        "{}",
+        payload(&c, again)
+    );
+}

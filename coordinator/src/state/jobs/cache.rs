@@ -36,7 +36,9 @@ impl Jobs {
     }
 
     /// The artifacts pass `i` of `job` may see in its payload: `artifact.<pass>` of every
-    /// pass it comes after (transitively) that has one, and, for its review, `output`: its own.
+    /// pass it comes after (transitively) that has one; for its review, `output`: its own;
+    /// for the pass itself, `feedback`: the latest failed gate of it or of a pass after it
+    /// (what a retry or a send-back is for), empty when there is none.
     pub(in crate::state) fn fill_values(&self, job: &Job, i: usize, review: bool) -> BTreeMap<String, String> {
         let w = &job.spec.workflow;
         let mut values = BTreeMap::new();
@@ -60,6 +62,15 @@ impl Jobs {
             if let Some(t) = text_of(i) {
                 values.insert("output".to_string(), t);
             }
+        } else {
+            let failed = job.passes[i..]
+                .iter()
+                .flat_map(|p| p.gates.iter().filter(|g| !g.passed).map(move |g| (g.at, g.round, p.name.as_str(), g)))
+                .max_by_key(|(at, round, _, _)| (*at, *round));
+            let feedback = failed.map_or_else(String::new, |(_, _, pass, g)| {
+                format!("The last review failed: {pass}'s gate, by {}: {}", g.reviewer, g.note)
+            });
+            values.insert("feedback".to_string(), feedback);
         }
         values
     }
