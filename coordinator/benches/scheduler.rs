@@ -116,6 +116,7 @@ impl Bench {
                 running: Vec::new(),
                 gpus: Vec::new(),
                 providers: Vec::new(),
+                container: false,
             };
             let (_, e) = b.apply(Command::RegisterWorker(spec));
             b.note(&e);
@@ -263,6 +264,7 @@ fn scheduler(c: &mut Criterion) {
                     running: Vec::new(),
                     gpus: Vec::new(),
                     providers: Vec::new(),
+                    container: false,
                 };
                 let (_, e) = state.apply(fresh.index + 2, fresh.now + 2, Command::RegisterWorker(spec));
                 let assigned = e.iter().filter(|e| matches!(e, Effect::TaskAssigned { .. })).count();

@@ -438,3 +438,16 @@ fn a_pass_sent_back_by_a_failed_review_sees_the_reviewer_s_reasons() {
         payload(&c, again)
     );
 }
+
+#[test]
+fn a_pass_that_requires_the_container_engine_goes_only_to_a_worker_that_offers_it() {
+    let mut c = Core::new().project(demo_project());
+    c.worker("laptop", &[(Role::Verifier, 1)]);
+    let j = c.submit_job(job("verify", [pass("verify", Role::Verifier).requires(Capability::Container)]));
+    let p = c.pass(j, "verify");
+    assert_eq!(p.status, PassStatus::Queued);
+    assert!(p.wait.unwrap().contains("with container"));
+    let session = c.join(worker("ci-box", &[(Role::Verifier, 1)]).container());
+    let task = c.pass(j, "verify").task.unwrap();
+    assert_eq!(c.task(task).session, Some(session));
+}

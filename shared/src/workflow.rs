@@ -133,6 +133,8 @@ pub enum Capability {
     Gpu,
     /// A local model provider on the worker's box.
     LocalModel,
+    /// The container engine (`qm worker run --engine container`).
+    Container,
 }
 
 impl Capability {
@@ -140,6 +142,7 @@ impl Capability {
         match self {
             Capability::Gpu => "gpu",
             Capability::LocalModel => "local-model",
+            Capability::Container => "container",
         }
     }
 }

@@ -447,7 +447,10 @@ async fn the_ticket_runs_with_the_container_engine_and_a_rerun_on_the_same_commi
             r#"cmd = "sh test.sh", repo = "app", start = "qm/{{job}}/implement" }"#,
             r#"cmd = "sh test.sh", repo = "app", start = "qm/{{job}}/implement", engine = "container" }"#,
         );
+    let in_containers =
+        in_containers.replace("role = \"verifier\"\n", "role = \"verifier\"\nrequires = [\"container\"]\n");
     assert_eq!(in_containers.matches(r#"engine = "container""#).count(), 2);
+    assert_eq!(in_containers.matches(r#"requires = ["container"]"#).count(), 1);
     let workflow = write(&dir, "ticket.toml", &in_containers);
     let submit = || {
         c.qm_json(&[

@@ -901,6 +901,15 @@ async fn connect_loop(
                     labels: config.labels.clone().into_iter().collect(),
                     model_providers: config.providers.clone(),
                     gpus: config.gpus.clone(),
+                    engines: config
+                        .exec
+                        .engines
+                        .iter()
+                        .map(|e| match e {
+                            executor::engine::Engine::Container => "container".to_string(),
+                            executor::engine::Engine::Local => "local".to_string(),
+                        })
+                        .collect(),
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     running_task_ids: running,
                     session_ttl_ms: config.session_ttl_ms,

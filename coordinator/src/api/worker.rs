@@ -146,6 +146,7 @@ fn worker_spec(
             .iter()
             .map(|g| GpuInfo { index: g.index, model: g.model.clone(), memory_bytes: g.memory_bytes })
             .collect(),
+        container: reg.engines.iter().any(|e| e == "container"),
         providers: reg
             .model_providers
             .iter()

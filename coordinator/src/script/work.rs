@@ -1,7 +1,7 @@
 //! Script commands for the scheduler, work items and budgets:
 //!
 //! ```text
-//! worker w1 implementer:2 verifier:1 [gpus=1] [providers=anthropic,local-llama:local] [ttl=N]
+//! worker w1 implementer:2 verifier:1 [gpus=1] [providers=anthropic,local-llama:local] [engines=container] [ttl=N]
 //!                               open session w1 and register a worker with these agent slots
 //! task implementer [prio=N] [attempts=N] [timeout=N] [team=T] [project=P] [tier=cheap]
 //!      [incremental] [X repo:app S pg:db ...]
@@ -138,6 +138,7 @@ impl Runner {
             running: Vec::new(),
             gpus,
             providers,
+            container: opts.text("engines").is_some_and(|e| e.split(',').any(|e| e == "container")),
         };
         self.apply(Command::RegisterWorker(spec));
         Ok(())

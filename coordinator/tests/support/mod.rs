@@ -344,6 +344,7 @@ pub fn worker(node: &str, slots: &[(Role, u32)]) -> WorkerBuilder {
         running: Vec::new(),
         gpus: Vec::new(),
         providers: Vec::new(),
+        container: false,
     })
 }
 
@@ -351,6 +352,12 @@ pub fn worker(node: &str, slots: &[(Role, u32)]) -> WorkerBuilder {
 pub struct WorkerBuilder(pub WorkerSpec);
 
 impl WorkerBuilder {
+    /// It offers the container engine.
+    pub fn container(mut self) -> Self {
+        self.0.container = true;
+        self
+    }
+
     pub fn gpu(mut self, model: &str, memory_bytes: u64) -> Self {
         let index = self.0.gpus.len() as u32;
         self.0.gpus.push(GpuInfo { index, model: model.into(), memory_bytes });

@@ -18,7 +18,7 @@ const GATE_KEYS: &[&str] = &["criteria", "reviewer", "review_role", "on_fail", "
 pub(super) const MODES: &[&str] = &["shared", "exclusive"];
 const REVIEWERS: &[&str] = &["agent", "human", "both"];
 const ON_FAILS: &[&str] = &["retry", "escalate", "stop", "send-back"];
-const CAPABILITIES: &[&str] = &["gpu", "local-model"];
+const CAPABILITIES: &[&str] = &["gpu", "local-model", "container"];
 /// Most retries of a pass: its attempts stay within `TASK_ATTEMPTS_MAX`.
 const RETRIES_MAX: u64 = TASK_ATTEMPTS_MAX as u64 - 1;
 const RETRIES_DEFAULT: u32 = 1;
@@ -114,6 +114,7 @@ fn parse_pass(cx: &mut Ctx<'_>, t: &Table<'_, '_>) -> RawPass {
         let capability = match s.as_str() {
             "gpu" => Capability::Gpu,
             "local-model" => Capability::LocalModel,
+            "container" => Capability::Container,
             _ => {
                 cx.at(Some(&span), &at, format!("{s:?} is not one of: {}", choices(CAPABILITIES)));
                 continue;

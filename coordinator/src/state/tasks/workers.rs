@@ -23,6 +23,8 @@ pub struct Worker {
     pub blocked: BTreeSet<TaskId>,
     pub gpus: Vec<GpuInfo>,
     pub providers: Vec<ProviderInfo>,
+    /// It offers the container engine.
+    pub container: bool,
     /// Free slots per role as last indexed.
     pub(in crate::state) free_now: BTreeMap<Role, u32>,
 }
@@ -33,6 +35,7 @@ impl Worker {
         requires.iter().all(|c| match c {
             Capability::Gpu => !self.gpus.is_empty(),
             Capability::LocalModel => self.providers.iter().any(|p| p.local),
+            Capability::Container => self.container,
         })
     }
 
@@ -73,6 +76,7 @@ impl State {
                 blocked,
                 gpus: w.gpus,
                 providers: w.providers,
+                container: w.container,
                 free_now,
             },
         );

@@ -76,6 +76,8 @@ pub struct WorkerSpec {
     pub running: Vec<TaskId>,
     pub gpus: Vec<GpuInfo>,
     pub providers: Vec<ProviderInfo>,
+    /// It offers the container engine.
+    pub container: bool,
 }
 
 /// A GPU on a worker's box.

@@ -424,6 +424,7 @@ impl<'a> Run<'a> {
                     running: Vec::new(),
                     gpus,
                     providers,
+                    container: false,
                 }));
                 self.drain();
             }
