@@ -437,6 +437,8 @@ async fn the_ticket_runs_with_the_container_engine_and_a_rerun_on_the_same_commi
     ];
     c.spawn_worker_with("w1", &["implementer=1", "verifier=1", "analyst=1"], &flags, &[]);
     c.wait_workers(1).await;
+    let listed = c.qm_json(&["worker", "list"]);
+    assert_eq!(listed["workers"][0]["engines"], json!(["local", "container"]), "{listed:#}");
     // The ticket workflow with every command in a container.
     let in_containers = WORKFLOW
         .replace(

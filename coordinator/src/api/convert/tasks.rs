@@ -89,6 +89,7 @@ pub fn worker_info(w: &Worker) -> pb::WorkerInfo {
         session_id: w.session.0,
         slots: w.slots.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
         running_task_ids: w.running.keys().map(|t| t.0).collect(),
+        engines: if w.container { vec!["container".to_string()] } else { Vec::new() },
         labels: w.labels.clone().into_iter().collect(),
         gpus: w
             .gpus
