@@ -3,7 +3,7 @@
 //! server that plays back the tool calls a model would make (the server is outside the
 //! system; the worker's code that talks to it is the production code).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use qm_tests::git::{git, remote_with, show};
@@ -88,6 +88,46 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
+/// A one-node cluster, a remote whose test fails (its `main` is the base commit), and the
+/// `calc` project routed to the stand-in model at `model_url`.
+fn calc_cluster(model_url: &str) -> (Cluster, PathBuf, PathBuf, String) {
+    let c = Cluster::start(1, 10_000);
+    let dir = c.dir.path().to_path_buf();
+    let remote = remote_with(&dir, &[("calc.sh", CALC), ("test.sh", TEST)]);
+    let base = git(&remote, &["rev-parse", "main"]).trim().to_string();
+    let applied = c.qm_json(&["project", "apply", &write(&dir, "calc.toml", &project(model_url))]);
+    assert_eq!(applied["name"], "calc");
+    (c, dir, remote, base)
+}
+
+/// The flags of a worker whose agents and commands work in `remote` (as `app`) on the
+/// stand-in model at `model_url` (as `fake`), then `extra`.
+fn agent_flags(remote: &Path, model_url: &str, extra: &[&str]) -> Vec<String> {
+    let (repo, provider) = (format!("app={}", remote.display()), format!("fake=openai:{model_url}"));
+    let flags =
+        ["--enable-executor", "agent", "--enable-executor", "command", "--repo", &repo, "--provider", &provider];
+    flags.iter().chain(extra).map(|f| f.to_string()).collect()
+}
+
+/// Starts worker `node` with `slots` and `flags`, and waits until `workers` are registered.
+async fn worker(c: &mut Cluster, node: &str, slots: &[&str], flags: &[String], workers: usize) {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    c.spawn_worker_with(node, slots, &flags, &[]);
+    c.wait_workers(workers).await;
+}
+
+/// Submits the `ticket` on the workflow file `workflow` to the `calc` project, from `base`
+/// when given; the work item's id.
+fn submit(c: &Cluster, workflow: &str, base: Option<&str>, ticket: &str) -> String {
+    let input = format!("ticket={ticket}");
+    let mut args = vec!["job", "submit", "--title", "add subtracts", "--team", "platform", "--project", "calc"];
+    args.extend(["--workflow", workflow, "--input", &input]);
+    if let Some(base) = base {
+        args.extend(["--commit", base]);
+    }
+    c.qm_json(&args)["id"].as_str().expect("id").to_string()
+}
+
 /// Polls `qm job show` (bounded: 90 s) until the work item has ended.
 async fn ended(c: &Cluster, id: &str) -> Value {
     eventually(&format!("{id} ends"), Duration::from_secs(90), || async {
@@ -107,10 +147,6 @@ async fn ended(c: &Cluster, id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_end_to_end_an_agent_fixes_the_repository_the_test_passes_and_a_reviewer_sees_the_diff() {
-    let mut c = Cluster::start(1, 10_000);
-    let dir = c.dir.path().to_path_buf();
-    let remote = remote_with(&dir, &[("calc.sh", CALC), ("test.sh", TEST)]);
-    let base = git(&remote, &["rev-parse", "main"]).trim().to_string();
     let model = FakeModel::start(vec![
         // The implementer reads, edits and finishes.
         call("read_file", json!({"path": "calc.sh"})),
@@ -120,32 +156,11 @@ async fn a_ticket_end_to_end_an_agent_fixes_the_repository_the_test_passes_and_a
         call("finish", json!({"verdict": "pass", "reasons": "the diff fixes add and the test passes"})),
     ])
     .await;
-    let applied = c.qm_json(&["project", "apply", &write(&dir, "calc.toml", &project(&model.url))]);
-    assert_eq!(applied["name"], "calc");
-    let repo = format!("app={}", remote.display());
-    let provider = format!("fake=openai:{}", model.url);
-    let flags =
-        ["--enable-executor", "agent", "--enable-executor", "command", "--repo", &repo, "--provider", &provider];
-    c.spawn_worker_with("w1", &["implementer=1", "verifier=1", "analyst=1"], &flags, &[]);
-    c.wait_workers(1).await;
+    let (mut c, dir, remote, base) = calc_cluster(&model.url);
+    let flags = agent_flags(&remote, &model.url, &[]);
+    worker(&mut c, "w1", &["implementer=1", "verifier=1", "analyst=1"], &flags, 1).await;
     let workflow = write(&dir, "ticket.toml", WORKFLOW);
-    let submitted = c.qm_json(&[
-        "job",
-        "submit",
-        "--title",
-        "add subtracts",
-        "--team",
-        "platform",
-        "--project",
-        "calc",
-        "--workflow",
-        &workflow,
-        "--commit",
-        &base,
-        "--input",
-        "ticket=add 2 3 gives -1; make sh test.sh pass",
-    ]);
-    let id = submitted["id"].as_str().expect("id").to_string();
+    let id = submit(&c, &workflow, Some(&base), "add 2 3 gives -1; make sh test.sh pass");
     let j = ended(&c, &id).await;
     assert_eq!(j["status"], "succeeded", "{j:#}");
 
@@ -226,10 +241,6 @@ run = { executor = "command", cmd = "sh test.sh", repo = "app", start = "qm/{{jo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preempted_agent_resumes_on_another_worker_from_its_checkpoint_commit_and_transcript() {
-    let mut c = Cluster::start(1, 10_000);
-    let dir = c.dir.path().to_path_buf();
-    let remote = remote_with(&dir, &[("calc.sh", CALC), ("test.sh", TEST)]);
-    let base = git(&remote, &["rev-parse", "main"]).trim().to_string();
     // The implementer edits on its first turn; its second waits until the test lets it go.
     let go = Arc::new(AtomicBool::new(false));
     let gate = go.clone();
@@ -244,41 +255,18 @@ async fn a_preempted_agent_resumes_on_another_worker_from_its_checkpoint_commit_
         }
     })
     .await;
-    c.qm_json(&["project", "apply", &write(&dir, "calc.toml", &project(&model.url))]);
-    let repo = format!("app={}", remote.display());
-    let provider = format!("fake=openai:{}", model.url);
-    let flags =
-        ["--enable-executor", "agent", "--enable-executor", "command", "--repo", &repo, "--provider", &provider];
-    c.spawn_worker_with("w1", &["implementer=1", "verifier=1"], &flags, &[]);
-    c.wait_workers(1).await;
+    let (mut c, dir, remote, base) = calc_cluster(&model.url);
+    let flags = agent_flags(&remote, &model.url, &[]);
+    worker(&mut c, "w1", &["implementer=1", "verifier=1"], &flags, 1).await;
     let workflow = write(&dir, "ticket.toml", PREEMPTIBLE);
-    let submitted = c.qm_json(&[
-        "job",
-        "submit",
-        "--title",
-        "add subtracts",
-        "--class",
-        "feature",
-        "--team",
-        "platform",
-        "--project",
-        "calc",
-        "--workflow",
-        &workflow,
-        "--commit",
-        &base,
-        "--input",
-        "ticket=make sh test.sh pass",
-    ]);
-    let id = submitted["id"].as_str().expect("id").to_string();
+    let id = submit(&c, &workflow, Some(&base), "make sh test.sh pass");
     // The first edit is made on w1; its next turn waits on the model.
     model.until_requests(2).await;
     let job = c.qm_json(&["job", "show", &id]);
     let task = job["passes"][0]["task_id"].as_u64().expect("implement runs").to_string();
 
     // Urgent work on another worker wants the repository: the implementer is preempted.
-    c.spawn_worker_with("w2", &["diagnostician=1", "implementer=1", "verifier=1"], &flags, &[]);
-    c.wait_workers(2).await;
+    worker(&mut c, "w2", &["diagnostician=1", "implementer=1", "verifier=1"], &flags, 2).await;
     c.qm_json(&[
         "task",
         "submit",
@@ -339,15 +327,12 @@ printf '{"type":"result","subtype":"success","is_error":false,"duration_ms":1200
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coding_agent_cli_does_the_pass_and_its_own_usage_and_cost_are_charged() {
     use std::os::unix::fs::PermissionsExt;
-    let mut c = Cluster::start(1, 10_000);
-    let dir = c.dir.path().to_path_buf();
-    let remote = remote_with(&dir, &[("calc.sh", CALC), ("test.sh", TEST)]);
+    let model = FakeModel::start(Vec::new()).await;
+    let (mut c, dir, remote, _) = calc_cluster(&model.url);
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(bin.join("claude"), FAKE_CLAUDE).unwrap();
     std::fs::set_permissions(bin.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let model = FakeModel::start(Vec::new()).await;
-    c.qm_json(&["project", "apply", &write(&dir, "calc.toml", &project(&model.url))]);
     let repo = format!("app={}", remote.display());
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let flags = ["--enable-executor", "cli", "--agent-cli", "claude", "--repo", &repo];
@@ -367,21 +352,7 @@ outputs = ["change"]
 run = { executor = "cli", tool = "claude", prompt = "{{input.ticket}}", repo = "app", branch = "qm/{{job}}/implement" }
 "#,
     );
-    let submitted = c.qm_json(&[
-        "job",
-        "submit",
-        "--title",
-        "add subtracts",
-        "--team",
-        "platform",
-        "--project",
-        "calc",
-        "--workflow",
-        &workflow,
-        "--input",
-        "ticket=make sh test.sh pass",
-    ]);
-    let id = submitted["id"].as_str().expect("id").to_string();
+    let id = submit(&c, &workflow, None, "make sh test.sh pass");
     let j = ended(&c, &id).await;
     assert_eq!(j["status"], "succeeded", "{j:#}");
     assert_eq!(show(&remote, &format!("qm/{id}/implement"), "calc.sh").as_deref(), Some(FIXED));
@@ -399,10 +370,6 @@ run = { executor = "cli", tool = "claude", prompt = "{{input.ticket}}", repo = "
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ticket_runs_with_the_container_engine_and_a_rerun_on_the_same_commit_is_served_from_the_cache() {
     let image = qm_tests::image::busybox_image();
-    let mut c = Cluster::start(1, 10_000);
-    let dir = c.dir.path().to_path_buf();
-    let remote = remote_with(&dir, &[("calc.sh", CALC), ("test.sh", TEST)]);
-    let base = git(&remote, &["rev-parse", "main"]).trim().to_string();
     // The implementer runs the test in its container before and after its edit.
     let model = FakeModel::start_with(|r| {
         if system_of(r).starts_with("You are the analyst.") {
@@ -416,27 +383,10 @@ async fn the_ticket_runs_with_the_container_engine_and_a_rerun_on_the_same_commi
         })
     })
     .await;
-    c.qm_json(&["project", "apply", &write(&dir, "calc.toml", &project(&model.url))]);
-    let repo = format!("app={}", remote.display());
-    let provider = format!("fake=openai:{}", model.url);
-    let flags = [
-        "--enable-executor",
-        "agent",
-        "--enable-executor",
-        "command",
-        "--repo",
-        &repo,
-        "--provider",
-        &provider,
-        "--engine",
-        "container",
-        "--container-image",
-        image,
-        "--container-memory-bytes",
-        "67108864",
-    ];
-    c.spawn_worker_with("w1", &["implementer=1", "verifier=1", "analyst=1"], &flags, &[]);
-    c.wait_workers(1).await;
+    let (mut c, dir, remote, base) = calc_cluster(&model.url);
+    let container = ["--engine", "container", "--container-image", image, "--container-memory-bytes", "67108864"];
+    let flags = agent_flags(&remote, &model.url, &container);
+    worker(&mut c, "w1", &["implementer=1", "verifier=1", "analyst=1"], &flags, 1).await;
     let listed = c.qm_json(&["worker", "list"]);
     assert_eq!(listed["workers"][0]["engines"], json!(["local", "container"]), "{listed:#}");
     // The ticket workflow with every command in a container.
@@ -454,28 +404,9 @@ async fn the_ticket_runs_with_the_container_engine_and_a_rerun_on_the_same_commi
     assert_eq!(in_containers.matches(r#"engine = "container""#).count(), 2);
     assert_eq!(in_containers.matches(r#"requires = ["container"]"#).count(), 1);
     let workflow = write(&dir, "ticket.toml", &in_containers);
-    let submit = || {
-        c.qm_json(&[
-            "job",
-            "submit",
-            "--title",
-            "add subtracts",
-            "--team",
-            "platform",
-            "--project",
-            "calc",
-            "--workflow",
-            &workflow,
-            "--commit",
-            &base,
-            "--input",
-            "ticket=make sh test.sh pass",
-        ])["id"]
-            .as_str()
-            .expect("id")
-            .to_string()
-    };
-    let first = submit();
+
+    let ticket = || submit(&c, &workflow, Some(&base), "make sh test.sh pass");
+    let first = ticket();
     let j = ended(&c, &first).await;
     assert_eq!(j["status"], "succeeded", "{j:#}");
     let reqs = model.requests();
@@ -488,7 +419,7 @@ async fn the_ticket_runs_with_the_container_engine_and_a_rerun_on_the_same_commi
 
     // The same ticket on the same commit: every pass is served from the cache, no model called.
     let asked = model.requests().len();
-    let second = submit();
+    let second = ticket();
     let j = ended(&c, &second).await;
     assert_eq!(j["status"], "succeeded", "{j:#}");
     assert_eq!(model.requests().len(), asked, "nothing ran again");

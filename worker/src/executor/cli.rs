@@ -98,29 +98,24 @@ pub(crate) async fn run(c: CliTask, config: &ExecConfig, req: &ExecRequest, time
             return ExecResult::failed(e);
         }
     }
-    let dir = super::attempt_dir(config, req);
-    let _ = tokio::fs::remove_dir_all(&dir).await;
-    if let Err(e) = tokio::fs::create_dir_all(dir.join("work")).await {
-        return ExecResult::failed(format!("creating {}: {e}", dir.display()));
-    }
-    let workspace = match &c.repo {
-        Some(repo) => match super::open_workspace(config, req, &dir, repo, &c.start, &c.base).await {
-            Ok(w) => Some(w),
-            Err(e) => {
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-                return ExecResult::failed(e);
-            }
-        },
-        None => None,
+    let dirs = match super::AttemptDirs::prepare(config, req, c.repo.as_deref(), &c.start, &c.base).await {
+        Ok(d) => d,
+        Err(e) => return ExecResult::failed(e),
     };
-    let cwd = workspace.as_ref().map_or_else(|| dir.join("work"), |w| w.dir.clone());
+    let cwd = match dirs.files().await {
+        Ok(cwd) => cwd,
+        Err(e) => {
+            dirs.remove().await;
+            return ExecResult::failed(e);
+        }
+    };
     let mut with_prompt = req.clone();
     with_prompt.env.push(("QM_PROMPT".to_string(), c.prompt.clone()));
     let limit = timeout.unwrap_or(CLI_TIMEOUT_DEFAULT);
-    let ran = command::run_once(&tool.template, &cwd, &dir, config, &with_prompt, limit).await;
+    let ran = command::run_once(&tool.template, &cwd, &dirs.dir, config, &with_prompt, limit).await;
     let mut result = read(tool.format, &c, ran);
     if result.outcome == ExecOutcome::Succeeded {
-        if let Some(w) = &workspace {
+        if let Some(w) = &dirs.workspace {
             let mut out: Value = serde_json::from_slice(&result.output).unwrap_or_else(|_| json!({}));
             let summary = out["summary"].as_str().unwrap_or_default().to_string();
             match w.deliver(req.task, &summary, c.branch.as_deref(), DIFF_BYTES_MAX, &mut out).await {
@@ -131,10 +126,7 @@ pub(crate) async fn run(c: CliTask, config: &ExecConfig, req: &ExecRequest, time
             }
         }
     }
-    if let Some(w) = workspace {
-        w.close().await;
-    }
-    let _ = tokio::fs::remove_dir_all(&dir).await;
+    dirs.remove().await;
     result
 }
 

@@ -97,30 +97,13 @@ pub(crate) async fn run(
     events: mpsc::Sender<ExecEvent>,
     control: mpsc::Receiver<Control>,
 ) -> ExecResult {
-    let dir = super::attempt_dir(config, req);
-    // Fresh: a worker that crashed may have left this attempt's directory behind.
-    let _ = tokio::fs::remove_dir_all(&dir).await;
-    let mut mkdir = tokio::fs::DirBuilder::new();
-    mkdir.recursive(true).mode(0o700);
-    if let Err(e) = mkdir.create(&dir).await {
-        return ExecResult::failed(format!("creating the work directory {}: {e}", dir.display()));
-    }
-    let workspace = match &c.repo {
-        Some(repo) => match super::open_workspace(config, req, &dir, repo, &c.start, "").await {
-            Ok(w) => Some(w),
-            Err(e) => {
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-                return ExecResult::failed(e);
-            }
-        },
-        None => None,
+    let dirs = match super::AttemptDirs::prepare(config, req, c.repo.as_deref(), &c.start, "").await {
+        Ok(d) => d,
+        Err(e) => return ExecResult::failed(e),
     };
-    let result =
-        run_in(&c, config, req, &dir, workspace.as_ref().map(|w| w.dir.as_path()), timeout, events, control).await;
-    if let Some(w) = workspace {
-        w.close().await;
-    }
-    let _ = tokio::fs::remove_dir_all(&dir).await;
+    let workspace = dirs.workspace.as_ref().map(|w| w.dir.as_path());
+    let result = run_in(&c, config, req, &dirs.dir, workspace, timeout, events, control).await;
+    dirs.remove().await;
     result
 }
 

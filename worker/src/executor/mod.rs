@@ -191,28 +191,70 @@ pub(crate) fn attempt_dir(config: &ExecConfig, req: &ExecRequest) -> std::path::
     config.work_root.join(format!("task-{}-attempt-{}", req.task, req.attempt))
 }
 
-/// A worktree of this worker's repository `repo` at `<attempt dir>/repo`, from `start`
-/// (diffs against `base`); an error naming the payload field when the worker has no such
-/// repository.
-pub(crate) async fn open_workspace(
-    config: &ExecConfig,
-    req: &ExecRequest,
-    attempt_dir: &std::path::Path,
-    repo: &str,
-    start: &str,
-    base: &str,
-) -> Result<workspace::Workspace, String> {
-    let Some(url) = config.repos.get(repo) else {
-        let known: Vec<&str> = config.repos.keys().map(String::as_str).collect();
-        return Err(format!(
-            "payload.repo: {repo:?} is not a repository of this worker (its repositories: {}; add one with \
-             `qm worker run --repo NAME=URL`)",
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
-        ));
-    };
-    let w = workspace::Workspace::open(&config.work_root, repo, url, &attempt_dir.join("repo"), start, base).await?;
-    tracing::debug!(task = req.task, attempt = req.attempt, repo, setup_ms = w.setup.as_millis() as u64, "workspace");
-    Ok(w)
+/// An attempt's directories: its own (`<work root>/task-<id>-attempt-<n>`, made fresh and
+/// private: a worker that crashed may have left one behind) and, when the payload names a
+/// repository, a worktree of it at `<dir>/repo`. [`AttemptDirs::remove`] takes both away.
+pub(crate) struct AttemptDirs {
+    pub dir: std::path::PathBuf,
+    pub workspace: Option<workspace::Workspace>,
+}
+
+impl AttemptDirs {
+    /// The directory, and a worktree of this worker's repository `repo` (if named) from
+    /// `start`, diffs against `base`; an error naming the payload field when the worker has
+    /// no such repository. Nothing is left behind on an error.
+    pub(crate) async fn prepare(
+        config: &ExecConfig,
+        req: &ExecRequest,
+        repo: Option<&str>,
+        start: &str,
+        base: &str,
+    ) -> Result<AttemptDirs, String> {
+        let dir = attempt_dir(config, req);
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let mut mkdir = tokio::fs::DirBuilder::new();
+        mkdir.recursive(true).mode(0o700);
+        mkdir.create(&dir).await.map_err(|e| format!("creating the work directory {}: {e}", dir.display()))?;
+        let Some(repo) = repo else { return Ok(AttemptDirs { dir, workspace: None }) };
+        let Some(url) = config.repos.get(repo) else {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            let known: Vec<&str> = config.repos.keys().map(String::as_str).collect();
+            return Err(format!(
+                "payload.repo: {repo:?} is not a repository of this worker (its repositories: {}; add one with \
+                 `qm worker run --repo NAME=URL`)",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ));
+        };
+        match workspace::Workspace::open(&config.work_root, repo, url, &dir.join("repo"), start, base).await {
+            Ok(w) => {
+                let setup_ms = w.setup.as_millis() as u64;
+                tracing::debug!(task = req.task, attempt = req.attempt, repo, setup_ms, "workspace ready");
+                Ok(AttemptDirs { dir, workspace: Some(w) })
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Where the attempt's files are: the worktree, else `<dir>/work` (made here).
+    pub(crate) async fn files(&self) -> Result<std::path::PathBuf, String> {
+        if let Some(w) = &self.workspace {
+            return Ok(w.dir.clone());
+        }
+        let work = self.dir.join("work");
+        tokio::fs::create_dir_all(&work).await.map_err(|e| format!("creating {}: {e}", work.display()))?;
+        Ok(work)
+    }
+
+    /// Removes the worktree (the mirror stays) and the directory.
+    pub(crate) async fn remove(self) {
+        if let Some(w) = self.workspace {
+            w.close().await;
+        }
+        let _ = tokio::fs::remove_dir_all(&self.dir).await;
+    }
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.

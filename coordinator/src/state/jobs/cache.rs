@@ -38,10 +38,21 @@ impl Jobs {
     /// The artifacts pass `i` of `job` may see in its payload: `artifact.<pass>` of every
     /// pass it comes after (transitively) that has one; for its review, `output`: its own;
     /// for the pass itself, `feedback`: the latest failed gate of it or of a pass after it
-    /// (what a retry or a send-back is for), empty when there is none.
-    pub(in crate::state) fn fill_values(&self, job: &Job, i: usize, review: bool) -> BTreeMap<String, String> {
-        let w = &job.spec.workflow;
+    /// (what a retry or a send-back is for), empty when there is none. Nothing is rendered
+    /// for a `template` that names none of them (most do not).
+    pub(in crate::state) fn fill_values(
+        &self,
+        job: &Job,
+        i: usize,
+        review: bool,
+        template: &[u8],
+    ) -> BTreeMap<String, String> {
         let mut values = BTreeMap::new();
+        let names = |p: &[u8]| template.windows(p.len()).any(|w| w == p);
+        if !(names(b"{{artifact.") || names(b"{{output}}") || names(b"{{feedback}}")) {
+            return values;
+        }
+        let w = &job.spec.workflow;
         let text_of = |k: usize| {
             let digest = job.passes.get(k)?.artifact.as_ref()?;
             Some(super::gates::artifact_text(self.artifact(digest)?))

@@ -160,7 +160,7 @@ impl State {
         let pass = &job.spec.workflow.passes[i];
         let gate = pass.gate.as_ref().expect("reviewed passes have gates");
         let template = if gate.run.is_empty() { &job.spec.review_run } else { &gate.run };
-        let payload = fill(template, job, i, &gate.criteria, &self.jobs.fill_values(job, i, true));
+        let payload = fill(template, job, i, &gate.criteria, &self.jobs.fill_values(job, i, true, template));
         let spec = TaskSpec {
             role,
             items: Vec::new(),

@@ -360,7 +360,7 @@ impl State {
                 job,
                 i,
                 pass.gate.as_ref().map_or("", |g| g.criteria.as_str()),
-                &self.jobs.fill_values(job, i, false),
+                &self.jobs.fill_values(job, i, false, template),
             ),
             priority: job.spec.priority,
             work_item: job_id.to_string(),

@@ -29,8 +29,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::workspace::{check_branch, checkpoint_ref, Workspace};
-use super::{truncate_at_char, Control, ExecConfig, ExecEvent, ExecOutcome, ExecRequest, ExecResult, Provider, Usage};
+use super::workspace::{check_branch, checkpoint_ref};
+use super::{
+    truncate_at_char, AttemptDirs, Control, ExecConfig, ExecEvent, ExecOutcome, ExecRequest, ExecResult, Provider,
+    Usage,
+};
 use tools::{Bench, Tool};
 
 /// The most turns a payload may ask for.
@@ -139,11 +142,13 @@ struct Agent<'a> {
     tools: Vec<Value>,
     /// The image `run_command` runs in (the container engine), if any.
     image: Option<String>,
+    /// The spec's `budget.tokens_per_task`.
+    tokens_max: Option<u64>,
     saved: Saved,
     usage: Usage,
-    dir: PathBuf,
+    attempt: AttemptDirs,
+    /// Where the tools act: the worktree, or the attempt's own `work` directory.
     root: PathBuf,
-    workspace: Option<Workspace>,
 }
 
 /// The attempt's system prompt: the spec's, then how to work here.
@@ -186,8 +191,30 @@ pub(crate) async fn run(
         Some(s) => Tool::allowed_by(&s.tools),
         None => [Tool::ReadFile, Tool::ListFiles, Tool::Search, Tool::Finish].into(),
     };
-    let saved = req.resume.as_deref().and_then(|c| serde_json::from_slice::<Saved>(c).ok()).unwrap_or_default();
-    let dir = super::attempt_dir(config, req);
+    let mut saved = req.resume.as_deref().and_then(|c| serde_json::from_slice::<Saved>(c).ok()).unwrap_or_default();
+    // A resumed attempt starts from its work-in-progress commit, diffing against the first base.
+    let start = saved.wip.clone().unwrap_or_else(|| t.start.clone());
+    let base = if saved.base.is_empty() { t.base.clone() } else { saved.base.clone() };
+    let attempt = match AttemptDirs::prepare(config, req, t.repo.as_deref(), &start, &base).await {
+        Ok(a) => a,
+        Err(e) => return ExecResult::failed(e),
+    };
+    let root = match attempt.files().await {
+        Ok(root) => root,
+        Err(e) => {
+            attempt.remove().await;
+            return ExecResult::failed(e);
+        }
+    };
+    if let Some(w) = &attempt.workspace {
+        saved.base = w.base.clone();
+    }
+    if saved.messages.is_empty() {
+        let role = req.role.map_or("agent", |r| r.as_str());
+        let system = system_prompt(spec.map(|s| s.prompt.as_str()), role, t.review);
+        saved.messages =
+            vec![json!({"role": "system", "content": system}), json!({"role": "user", "content": t.prompt})];
+    }
     let mut agent = Agent {
         t: &t,
         config,
@@ -199,67 +226,32 @@ pub(crate) async fn run(
         tools: allowed.iter().map(|tool| tool.schema(t.review)).collect(),
         image,
         allowed,
+        tokens_max: spec.and_then(|s| s.budget.tokens_per_task),
         saved,
         usage: Usage::default(),
-        root: dir.join("work"),
-        dir,
-        workspace: None,
+        attempt,
+        root,
     };
-    let role = req.role.map_or("agent", |r| r.as_str());
-    let system = system_prompt(spec.map(|s| s.prompt.as_str()), role, t.review);
-    let end = match agent.prepare(system).await {
-        Err(e) => End::Failed(e),
-        Ok(()) => match timeout {
-            Some(limit) => match tokio::time::timeout(limit, agent.converse(&events, control)).await {
-                Ok(end) => end,
-                Err(_) => {
-                    agent.cleanup().await;
-                    return ExecResult::timed_out(limit);
-                }
-            },
-            None => agent.converse(&events, control).await,
-        },
+    let end = match timeout {
+        Some(limit) => tokio::time::timeout(limit, agent.converse(&events, control)).await.map_err(|_| limit),
+        None => Ok(agent.converse(&events, control).await),
     };
-    let result = agent.result(end).await;
-    agent.cleanup().await;
+    let result = match end {
+        Ok(end) => agent.result(end).await,
+        Err(limit) => ExecResult::timed_out(limit),
+    };
+    agent.attempt.remove().await;
     result
 }
 
 impl Agent<'_> {
-    /// The attempt's directory, the workspace, and the transcript's start (unless resumed).
-    async fn prepare(&mut self, system: String) -> Result<(), String> {
-        let _ = tokio::fs::remove_dir_all(&self.dir).await;
-        let mut mkdir = tokio::fs::DirBuilder::new();
-        mkdir.recursive(true).mode(0o700);
-        mkdir.create(&self.dir).await.map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
-        if let Some(repo) = &self.t.repo {
-            let start = self.saved.wip.clone().unwrap_or_else(|| self.t.start.clone());
-            let base = if self.saved.base.is_empty() { self.t.base.clone() } else { self.saved.base.clone() };
-            let w = super::open_workspace(self.config, self.req, &self.dir, repo, &start, &base).await?;
-            self.root = w.dir.clone();
-            self.saved.base = w.base.clone();
-            tracing::info!(task = self.req.task, repo, setup_ms = w.setup.as_millis() as u64, "workspace ready");
-            self.workspace = Some(w);
-        } else {
-            tokio::fs::create_dir_all(&self.root)
-                .await
-                .map_err(|e| format!("creating {}: {e}", self.root.display()))?;
-        }
-        if self.saved.messages.is_empty() {
-            self.saved.messages =
-                vec![json!({"role": "system", "content": system}), json!({"role": "user", "content": self.t.prompt})];
-        }
-        Ok(())
-    }
-
     /// Turns until `finish`, a bound, or a stop.
     async fn converse(&mut self, events: &mpsc::Sender<ExecEvent>, mut control: mpsc::Receiver<Control>) -> End {
-        let budget = self.req.role.and_then(|r| self.config.specs.get(&r)).and_then(|s| s.budget.tokens_per_task);
         loop {
             if self.saved.turns >= self.t.max_turns {
                 return End::Failed(format!("no finish within payload.max_turns = {} turns", self.t.max_turns));
             }
-            if let Some(b) = budget.filter(|b| self.saved.tokens >= *b) {
+            if let Some(b) = self.tokens_max.filter(|b| self.saved.tokens >= *b) {
                 return End::Failed(format!(
                     "spent {} tokens, at the spec's budget.tokens_per_task of {b}",
                     self.saved.tokens
@@ -319,7 +311,7 @@ impl Agent<'_> {
     fn bench(&self) -> Bench<'_> {
         Bench {
             root: &self.root,
-            attempt_dir: &self.dir,
+            attempt_dir: &self.attempt.dir,
             config: self.config,
             req: self.req,
             allowed: &self.allowed,
@@ -330,7 +322,7 @@ impl Agent<'_> {
     /// Commits the work in progress, pushes it to the checkpoint ref, and reports the
     /// transcript (old tool results cut down if it would not fit).
     async fn checkpoint(&mut self, events: &mpsc::Sender<ExecEvent>) {
-        if let Some(w) = &self.workspace {
+        if let Some(w) = &self.attempt.workspace {
             let saved = async {
                 w.commit(&format!("qm: work in progress of task {} (turn {})", self.req.task, self.saved.turns))
                     .await?;
@@ -393,16 +385,9 @@ impl Agent<'_> {
     /// Commits and pushes the workspace's changes (with a `branch`) and adds the branch,
     /// commit and diff to `out`.
     async fn deliver(&self, out: &mut Value) -> Result<(), String> {
-        let Some(w) = &self.workspace else { return Ok(()) };
+        let Some(w) = &self.attempt.workspace else { return Ok(()) };
         let summary = out["summary"].as_str().unwrap_or_default().to_string();
         w.deliver(self.req.task, &summary, self.t.branch.as_deref(), DIFF_BYTES_MAX, out).await
-    }
-
-    async fn cleanup(&mut self) {
-        if let Some(w) = self.workspace.take() {
-            w.close().await;
-        }
-        let _ = tokio::fs::remove_dir_all(&self.dir).await;
     }
 }
 
