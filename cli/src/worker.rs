@@ -97,7 +97,9 @@ pub struct WorkerArgs {
     /// This worker's node id, unique among workers [default: the host name]
     #[arg(long)]
     pub node_id: Option<String>,
-    /// Agent slots as ROLE=N; repeat per role [default: implementer=1, verifier=1]
+    /// Agent slots as ROLE=N; repeat per role. ROLE is a built-in role or one a spec of
+    /// --agents declares [default: the `slots:` of each spec; the shipped specs give
+    /// implementer=1, verifier=1]
     #[arg(long = "slots")]
     pub slots: Vec<String>,
     /// A label as KEY=VALUE; repeat
@@ -343,7 +345,7 @@ fn specs(dir: Option<&std::path::Path>) -> Result<BTreeMap<Role, std::sync::Arc<
     }
     let mut by_role = BTreeMap::new();
     for s in loaded {
-        let Some(role) = s.role.or_else(|| s.name.parse().ok()) else { continue };
+        let Some(role) = s.role else { continue };
         if let Some(first) = by_role.insert(role, std::sync::Arc::new(s)) {
             let second = &by_role[&role];
             return Err(Failure::usage(format!(
@@ -445,8 +447,7 @@ fn providers(
 /// The worker's configuration from its flags (defaults filled in, values checked).
 fn config(a: WorkerArgs) -> Result<WorkerConfig, Failure> {
     let mut slots = BTreeMap::new();
-    let given = if a.slots.is_empty() { vec!["implementer=1".to_string(), "verifier=1".to_string()] } else { a.slots };
-    for s in given {
+    for s in &a.slots {
         let (role, n) = s.split_once('=').ok_or_else(|| Failure::usage(format!("--slots {s:?}: expected ROLE=N")))?;
         let role: Role =
             role.parse().map_err(|e: qm_shared::agent::UnknownName| Failure::usage(format!("--slots: {e}")))?;
@@ -477,6 +478,28 @@ fn config(a: WorkerArgs) -> Result<WorkerConfig, Failure> {
     }
     let (providers, reached) = providers(&a.providers, &a.provider_keys)?;
     let exec = exec_config(a.exec, &node_id, reached)?;
+    if slots.is_empty() {
+        slots = exec.specs.iter().filter_map(|(role, spec)| Some((*role, spec.slots?))).collect();
+    }
+    if slots.is_empty() {
+        return Err(Failure::usage(
+            "no agent slots: give --slots ROLE=N, or `slots:` in a spec of --agents".to_string(),
+        ));
+    }
+    if let Some(role) = exec.role_limits.keys().find(|r| !slots.contains_key(r)) {
+        let hosted: Vec<String> = slots.keys().map(|r| r.to_string()).collect();
+        return Err(Failure::usage(format!(
+            "--role-limit {role}: this worker hosts no {role} agents (its slots: {})",
+            hosted.join(", ")
+        )));
+    }
+    if slots.len() > qm_shared::limits::WORKER_ROLES_MAX {
+        return Err(Failure::usage(format!(
+            "--slots: {} roles, at most {}",
+            slots.len(),
+            qm_shared::limits::WORKER_ROLES_MAX
+        )));
+    }
     Ok(WorkerConfig {
         node_id,
         slots,

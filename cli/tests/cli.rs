@@ -219,7 +219,10 @@ fn agent_validate_names_file_line_and_field_and_exits_1() {
     let out = qm(&["agent", "validate", &dir]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("bad.md:4: field `role`: unknown role \"implementor\""), "{stderr}");
+    assert!(
+        stderr.contains("bad.md:4: field `role`: unknown role \"implementor\": did you mean implementer?"),
+        "{stderr}"
+    );
     assert!(text(&out.stdout).contains("reviewer.md (code-reviewer) (no role"), "{}", text(&out.stdout));
     std::fs::remove_dir_all(&dir).unwrap();
 }

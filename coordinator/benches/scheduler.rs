@@ -117,6 +117,7 @@ impl Bench {
                 gpus: Vec::new(),
                 providers: Vec::new(),
                 container: false,
+                tiers: BTreeMap::new(),
             };
             let (_, e) = b.apply(Command::RegisterWorker(spec));
             b.note(&e);
@@ -265,6 +266,7 @@ fn scheduler(c: &mut Criterion) {
                     gpus: Vec::new(),
                     providers: Vec::new(),
                     container: false,
+                    tiers: BTreeMap::new(),
                 };
                 let (_, e) = state.apply(fresh.index + 2, fresh.now + 2, Command::RegisterWorker(spec));
                 let assigned = e.iter().filter(|e| matches!(e, Effect::TaskAssigned { .. })).count();

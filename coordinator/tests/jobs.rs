@@ -119,6 +119,35 @@ fn a_failed_gate_escalates_a_tier_or_sends_back() {
 }
 
 #[test]
+fn a_roles_agent_spec_gives_its_passes_their_starting_tier_and_caps_their_escalation() {
+    let mut c = Core::new().project(demo_project());
+    // The implementer's spec: start cheap, escalate no higher than standard.
+    c.join(worker("w1", &ALL_ROLES).spec_tiers(Role::Implementer, Tier::Cheap, Tier::Standard));
+    let passes = [
+        pass("generate", Role::Implementer).gate(Reviewer::Agent, Role::Verifier, OnFail::Escalate),
+        pass("pinned", Role::Implementer).tier(Tier::Frontier).after("generate"),
+        pass("check", Role::Verifier).after("generate"),
+    ];
+    let j = c.submit_job(job("x", passes));
+    let tiers = |c: &Core| ["generate", "pinned", "check"].map(|p| c.pass(j, p).tier);
+    // The spec's tier where the workflow sets none; the workflow's where it does; the
+    // role's default where no spec says.
+    assert_eq!(tiers(&c), [Tier::Cheap, Tier::Frontier, Tier::Standard]);
+    c.finish(c.pass(j, "generate").task.unwrap(), "code", (1, 1));
+    c.finish(c.pass(j, "generate").review.unwrap(), "FAIL: no tests", (1, 1));
+    assert_eq!(c.pass(j, "generate").tier, Tier::Standard, "escalated one tier");
+    c.finish(c.pass(j, "generate").task.unwrap(), "code", (1, 1));
+    c.finish(c.pass(j, "generate").review.unwrap(), "FAIL: still no tests", (1, 1));
+    let g = c.pass(j, "generate");
+    assert_eq!((g.tier, g.gate_failures), (Tier::Standard, 2), "capped at the spec's max_tier");
+    let events: Vec<&str> = c.job(j).events.iter().map(|e| e.message.as_str()).collect();
+    assert!(
+        events.iter().any(|e| e.contains("runs again at standard, the highest tier its agent spec allows")),
+        "{events:?}"
+    );
+}
+
+#[test]
 fn a_failed_gate_with_on_fail_stop_fails_the_work_item_and_runs_nothing_after_it() {
     let mut c = Core::new().project(demo_project());
     c.worker("w1", &ALL_ROLES);

@@ -5,9 +5,16 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// What an agent does. The orchestrator is the coordinator itself and never a worker role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+use crate::limits::ROLE_NAME_LEN_MAX_BYTES;
+
+/// What an agent does: one of the nine built-in roles, or a role an agent spec declares
+/// (`role: security-reviewer`), which workflows may name once a worker offers it. The
+/// orchestrator is the coordinator itself and never a worker role.
+///
+/// A role is `Copy`: a declared role's name is kept inline, bounded by
+/// [`ROLE_NAME_LEN_MAX_BYTES`]. Roles order by their names' bytes after the built-in ones, and
+/// serialize as their names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
     Analyst,
     Architect,
@@ -18,9 +25,32 @@ pub enum Role {
     Monitor,
     Documenter,
     Diagnostician,
+    /// A role declared by an agent spec.
+    Declared(RoleName),
+}
+
+/// The name of a declared role: `[a-z][a-z0-9-]*`, at most [`ROLE_NAME_LEN_MAX_BYTES`]
+/// bytes, not a built-in role's name and not `orchestrator`. Zero-padded, so the derived
+/// order is the order of the names.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RoleName([u8; ROLE_NAME_LEN_MAX_BYTES]);
+
+impl RoleName {
+    pub fn as_str(&self) -> &str {
+        let len = self.0.iter().position(|b| *b == 0).unwrap_or(ROLE_NAME_LEN_MAX_BYTES);
+        // Only ASCII is ever stored (checked in `Role::from_str`).
+        std::str::from_utf8(&self.0[..len]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
 }
 
 impl Role {
+    /// The built-in roles.
     pub const ALL: [Role; 9] = [
         Role::Analyst,
         Role::Architect,
@@ -33,7 +63,7 @@ impl Role {
         Role::Diagnostician,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             Role::Analyst => "analyst",
             Role::Architect => "architect",
@@ -44,6 +74,7 @@ impl Role {
             Role::Monitor => "monitor",
             Role::Documenter => "documenter",
             Role::Diagnostician => "diagnostician",
+            Role::Declared(name) => name.as_str(),
         }
     }
 
@@ -55,11 +86,29 @@ impl Role {
             _ => Tier::Standard,
         }
     }
+
+    /// Whether this is one of the nine built-in roles.
+    pub fn is_built_in(self) -> bool {
+        !matches!(self, Role::Declared(_))
+    }
 }
 
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -74,12 +123,28 @@ pub struct UnknownName {
 
 impl FromStr for Role {
     type Err = UnknownName;
+    /// A built-in role by name, else a declared one if the name is well formed.
     fn from_str(s: &str) -> Result<Role, UnknownName> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| UnknownName {
-            what: "role",
-            given: s.to_string(),
-            expected: Role::ALL.map(Role::as_str).join(", "),
-        })
+        if let Some(r) = Role::ALL.into_iter().find(|r| r.as_str() == s) {
+            return Ok(r);
+        }
+        let well_formed = s.len() <= ROLE_NAME_LEN_MAX_BYTES
+            && s.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && s != "orchestrator";
+        if !well_formed {
+            return Err(UnknownName {
+                what: "role",
+                given: s.to_string(),
+                expected: format!(
+                    "{}, or a role an agent spec declares ([a-z][a-z0-9-]*, at most {ROLE_NAME_LEN_MAX_BYTES} bytes)",
+                    Role::ALL.map(|r| r.as_str().to_string()).join(", ")
+                ),
+            });
+        }
+        let mut name = [0u8; ROLE_NAME_LEN_MAX_BYTES];
+        name[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(Role::Declared(RoleName(name)))
     }
 }
 
@@ -160,8 +225,23 @@ mod tests {
         for t in Tier::ALL {
             assert_eq!(t.as_str().parse::<Tier>(), Ok(t));
         }
-        let e = "orchestrator".parse::<Role>().unwrap_err();
-        assert!(e.to_string().contains("analyst, architect"), "{e}");
+        for bad in ["orchestrator", "", "Reviewer", "9lives", "a b", &"x".repeat(ROLE_NAME_LEN_MAX_BYTES + 1)] {
+            let e = bad.parse::<Role>().unwrap_err();
+            assert!(e.to_string().contains("analyst, architect"), "{e}");
+        }
+        let declared: Role = "security-reviewer".parse().unwrap();
+        assert!(!declared.is_built_in());
+        assert_eq!(declared.as_str(), "security-reviewer");
+        assert_eq!(declared.default_tier(), Tier::Standard);
+        let longest = "y".repeat(ROLE_NAME_LEN_MAX_BYTES);
+        assert_eq!(longest.parse::<Role>().unwrap().as_str(), longest);
+        // Declared roles follow the built-in ones and order by name; the name is what goes
+        // on the wire and into snapshots.
+        let (a, b): (Role, Role) = ("aa".parse().unwrap(), "ab".parse().unwrap());
+        assert!(Role::Diagnostician < a && a < b);
+        assert_eq!(serde_json::to_string(&declared).unwrap(), "\"security-reviewer\"");
+        assert_eq!(serde_json::from_str::<Role>("\"verifier\"").unwrap(), Role::Verifier);
+        assert!(serde_json::from_str::<Role>("\"Bad Name\"").is_err());
         assert_eq!(Tier::Cheap.escalated().escalated().escalated(), Tier::Frontier);
         assert_eq!(owner_task(&task_owner(42)), Some(42));
         assert_eq!(owner_task("implementer/WI-1"), None);

@@ -185,6 +185,10 @@ pub const WORKER_NODE_ID_LEN_MAX_BYTES: usize = 256;
 pub const WORKER_LABELS_MAX: usize = 64;
 /// Most agent slots per role on one worker.
 pub const WORKER_SLOTS_PER_ROLE_MAX: u32 = 256;
+/// Most roles one worker hosts (the nine built-in ones and those its specs declare).
+pub const WORKER_ROLES_MAX: usize = 64;
+/// Longest role name (`[a-z][a-z0-9-]*`); a spec may declare a role of its own.
+pub const ROLE_NAME_LEN_MAX_BYTES: usize = 32;
 
 /// Largest amount of money anywhere (budgets, prices, ledger), in micro-dollars ($1e9).
 pub const MONEY_MICROS_MAX: u64 = 1_000_000_000_000_000;
@@ -316,7 +320,9 @@ const fn snapshot_bytes_max() -> u64 {
     let task = (TASK_PAYLOAD_BYTES_MAX + TASK_CHECKPOINT_BYTES_MAX) as u64
         + SET_SIZE_MAX as u64 * path
         + (TASK_ATTEMPTS_MAX as u64 + 1) * attempt;
-    let worker = (WORKER_LABELS_MAX as u64 * 2 + 1) * WORKER_NODE_ID_LEN_MAX_BYTES as u64 + O;
+    let worker = (WORKER_LABELS_MAX as u64 * 2 + 1) * WORKER_NODE_ID_LEN_MAX_BYTES as u64
+        + WORKER_ROLES_MAX as u64 * (ROLE_NAME_LEN_MAX_BYTES as u64 + O)
+        + O;
     let pass = 2 * TASK_PAYLOAD_BYTES_MAX as u64
         + 2 * TEXT_LEN_MAX_BYTES as u64
         + 2 * JOB_INPUTS_MAX as u64 * NAME_LEN_MAX_BYTES as u64

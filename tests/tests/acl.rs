@@ -284,7 +284,7 @@ fn register(node_id: &str, session_id: u64) -> pb::WorkerMessage {
     pb::WorkerMessage {
         msg: Some(pb::worker_message::Msg::Register(pb::worker_message::Register {
             node_id: node_id.into(),
-            roles: vec![pb::RoleSlots { role: "implementer".into(), slots: 1 }],
+            roles: vec![pb::RoleSlots { role: "implementer".into(), slots: 1, ..Default::default() }],
             session_ttl_ms: 30_000,
             session_id,
             ..Default::default()

@@ -526,3 +526,65 @@ run = { executor = "agent", prompt = "do b" }
     assert_eq!(providers, ["cloud", "gpu-box"], "{report:#}");
     c.kill_worker("w1");
 }
+
+/// A role no built-in spec has: its spec declares it, with its slots, tools and prompt.
+const SECURITY_REVIEWER: &str = "---\nname: security-reviewer\ndescription: Reads a change for security holes.\n\
+tools: Read, Grep\nrole: security-reviewer\nslots: 1\ntier: cheap\n---\n\nYou are the security reviewer. Read; never write.\n";
+
+const AUDIT: &str = r#"name = "audit"
+description = "A security reviewer reads the repository."
+
+[[pass]]
+name = "audit"
+role = "security-reviewer"
+inputs = ["ticket"]
+outputs = ["findings"]
+run = { executor = "agent", prompt = "{{input.ticket}}", repo = "app", start = "{{commit}}", max_turns = 5 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_declared_only_in_a_spec_runs_the_pass_of_a_workflow_that_names_it_once_a_worker_offers_it() {
+    let model = FakeModel::start(vec![
+        call("read_file", json!({"path": "calc.sh"})),
+        call("finish", json!({"summary": "no shell injection: add only does arithmetic"})),
+    ])
+    .await;
+    let (mut c, dir, remote, base) = calc_cluster(&model.url);
+    // The workflow names a role no worker offers yet: refused at submit, naming the field,
+    // and nothing is made.
+    let workflow = write(&dir, "audit.toml", AUDIT);
+    let args = ["job", "submit", "--title", "audit", "--team", "platform", "--project", "calc", "--workflow"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.extend([workflow.as_str(), "--input", "ticket=audit calc.sh", "--commit", &base]);
+    let (code, _, err) = c.qm(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("workflow.pass[0].role") && err.contains("no connected worker offers it"), "{err}");
+    assert_eq!(c.qm_json(&["job", "list"])["jobs"], json!([]));
+
+    // A worker whose only spec declares the role; its slots come from the spec.
+    let agents = dir.join("agents");
+    std::fs::create_dir_all(&agents).expect("mkdir");
+    write(&agents, "security-reviewer.md", SECURITY_REVIEWER);
+    let flags = agent_flags(&remote, &model.url, &["--agents", agents.to_str().unwrap()]);
+    worker(&mut c, "w1", &[], &flags, 1).await;
+    let listed = c.qm_json(&["worker", "list"]);
+    assert_eq!(listed["workers"][0]["slots"], json!({"security-reviewer": 1}), "{listed:#}");
+
+    let id = submit(&c, &workflow, Some(&base), "audit calc.sh");
+    let j = ended(&c, &id).await;
+    assert_eq!(j["status"], "succeeded", "{j:#}");
+    let reqs = model.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:#?}");
+    assert_eq!(reqs[0]["model"], "m-cheap", "the spec's tier routes the pass");
+    let system = reqs[0]["messages"][0]["content"].as_str().unwrap();
+    assert!(system.starts_with("You are the security reviewer."), "{system}");
+    // Its tools are the spec's: reading and searching, not writing or running.
+    let offered: Vec<&str> =
+        reqs[0]["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+    assert_eq!(offered, ["read_file", "search", "finish"], "{offered:?}");
+    let report = c.qm_json(&["cost", "report", "--by", "pass", "-o", "json"]);
+    let entry = &report["entries"][0];
+    assert!(entry["spec"].as_str().unwrap().starts_with("security-reviewer@"), "{report:#}");
+    assert_eq!(entry["role"], "security-reviewer", "{entry}");
+    c.kill_worker("w1");
+}

@@ -119,7 +119,11 @@ fn a_negative_number_or_a_misspelt_mode_is_named_with_what_is_allowed() {
 
     for (limit, said) in [
         ("implementer:open-files=3", "--role-limit implementer:open-files: 3 is below 8"),
-        ("reviewr:cpu-secs=3", "unknown role \"reviewr\""),
+        (
+            "reviewr:cpu-secs=3",
+            "--role-limit reviewr: this worker hosts no reviewr agents (its slots: implementer, verifier)",
+        ),
+        ("Reviewer:cpu-secs=3", "unknown role \"Reviewer\""),
         ("implementer:cpu=3", "\"cpu\" is not a limit: cpu-secs, memory-bytes, open-files or output-bytes"),
     ] {
         let (code, _, err) = qm_alone(&["worker", "run", "--role-limit", limit, "--endpoint", "127.0.0.1:1"]);

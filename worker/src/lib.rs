@@ -5,3 +5,4 @@ pub mod executor;
 pub mod gpu;
 pub mod runtime;
 pub mod spec;
+pub mod supervisor;

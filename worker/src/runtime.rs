@@ -1,14 +1,16 @@
-//! The worker process: one gRPC stream to the coordinators, a ractor supervisor, one agent
-//! actor per slot.
+//! The worker process: one gRPC stream to the coordinators, a ractor supervisor actor, one
+//! agent actor per slot.
 //!
 //! ```text
-//!   connection task ──Down(msg)──▶ WorkerSupervisor ──Event──▶ AgentActor "<node>/<role>-<i>"
-//!        ▲  reconnects with backoff,        │ restarts failed agents with backoff,     │
-//!        │  resends unacknowledged results  │ releases what a crashed agent held       │
-//!        └────────────── up: WorkerMessage (progress, checkpoints, results) ◀──────────┘
+//!   connection task ──Down(msg)──▶ SupervisorActor ──Event──▶ AgentActor "<node>/<role>-<i>"
+//!        ▲  reconnects with backoff,        │ performs the pure Supervisor's     │
+//!        │  resends unacknowledged results  │ actions (assign, park, resume,     │
+//!        │                                  │ restart with backoff, release)     │
+//!        └────────────── up: WorkerMessage (progress, checkpoints, results) ◀────┘
 //! ```
 //!
-//! Each agent keeps the pure [`Agent`] logic and performs its actions: acquire (an atomic
+//! The supervisor actor keeps the pure [`supervisor::Supervisor`] (the simulator's studies
+//! drive the same one). Each agent keeps the pure [`Agent`] logic and performs its actions: acquire (an atomic
 //! set, waiting, owner `task-<id>`, kept alive by extends while held), run the executor,
 //! release, report. The worker's session belongs to the stream: it survives reconnects
 //! (Register names it again), and if the worker dies it expires and the coordinator
@@ -32,15 +34,11 @@ use tokio::sync::mpsc;
 
 use crate::agent::{Action, Agent, Assignment, Event, Lease, Outcome, Report};
 use crate::executor::{self, Control, ExecConfig, ExecEvent, ExecRequest, ExecResult, Usage};
+pub use crate::supervisor::AcquireError;
+use crate::supervisor::{self, SupAction, SupEvent};
 
 /// Lease asked for each task resource; extended every third of it while held.
 pub const TASK_LEASE_MS: u64 = 60_000;
-/// Restarts of one slot within `RESTART_WINDOW` before it is left down.
-pub const RESTARTS_MAX: u32 = 10;
-pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
-/// Backoff of a slot restart: doubles from the first, capped.
-pub const RESTART_BACKOFF_FIRST: Duration = Duration::from_millis(100);
-pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Reconnect backoff.
 pub const RECONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -149,6 +147,8 @@ pub enum AgentMsg {
 struct AgentActor;
 
 struct AgentState {
+    /// Its slot's index in the supervisor, and its name (`<node>/<role>-<i>`).
+    index: usize,
     slot: String,
     /// Its spec as `name@version` (empty: none).
     spec: String,
@@ -162,15 +162,15 @@ struct AgentState {
 impl Actor for AgentActor {
     type Msg = AgentMsg;
     type State = AgentState;
-    type Arguments = (String, Role, Shared, ActorRef<SupMsg>);
+    type Arguments = (usize, String, Role, Shared, ActorRef<SupMsg>);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<AgentMsg>,
-        (slot, role, shared, supervisor): Self::Arguments,
+        (index, slot, role, shared, supervisor): Self::Arguments,
     ) -> Result<AgentState, ActorProcessingErr> {
         let spec = shared.specs.get(&role).cloned().unwrap_or_default();
-        Ok(AgentState { slot, spec, logic: Agent::new(), shared, supervisor, control: None, extender: None })
+        Ok(AgentState { index, slot, spec, logic: Agent::new(), shared, supervisor, control: None, extender: None })
     }
 
     async fn handle(
@@ -180,6 +180,11 @@ impl Actor for AgentActor {
         st: &mut AgentState,
     ) -> Result<(), ActorProcessingErr> {
         let AgentMsg::Event(event) = msg;
+        // The task this event is about, for telling the supervisor when it is done with it.
+        let task = match &event {
+            Event::Assigned(a) | Event::Resume(a, _) => Some(a.task),
+            _ => st.logic.current().map(|(task, _)| task),
+        };
         let granted = match &event {
             Event::Granted(leases) => st.logic.current().map(|(task, _)| (task, leases.clone())),
             Event::Resume(a, leases) => Some((a.task, leases.clone())),
@@ -209,7 +214,9 @@ impl Actor for AgentActor {
             }
             st.control = None;
             st.shared.book.lock().expect("book").running.retain(|_, (slot, _, _)| *slot != st.slot);
-            let _ = st.supervisor.cast(SupMsg::Idle(st.slot.clone()));
+            if let Some(task) = task {
+                let _ = st.supervisor.cast(SupMsg::Idle { slot: st.index, task });
+            }
         }
         Ok(())
     }
@@ -233,7 +240,7 @@ async fn perform(myself: &ActorRef<AgentMsg>, st: &mut AgentState, action: Actio
                 entry.0 = PARKED.to_string();
                 entry.2.clear();
             }
-            let _ = st.supervisor.cast(SupMsg::Parked { slot: st.slot.clone(), a, retry });
+            let _ = st.supervisor.cast(SupMsg::Parked { slot: st.index, a, retry });
         }
         Action::CancelAcquire { task } => {
             let pending = shared.book.lock().expect("book").pending.remove(&task);
@@ -295,26 +302,6 @@ async fn keep_leases(shared: Shared, ids: Vec<u64>) {
         }
     }
 }
-
-/// Why an acquire did not end in a grant.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AcquireError {
-    /// Aborted (or refused) to break a wait-for cycle.
-    Deadlock(String),
-    Failed(String),
-}
-
-impl std::fmt::Display for AcquireError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AcquireError::Deadlock(why) => write!(f, "deadlock victim: {why}"),
-            AcquireError::Failed(e) => f.write_str(e),
-        }
-    }
-}
-
-/// Pause before a deadlock victim's parked task acquires again.
-const PARK_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// Acquires `resources` as one atomic set, waiting until granted.
 async fn acquire(
@@ -487,66 +474,119 @@ pub enum SupMsg {
     Down(pb::CoordinatorMessage),
     /// Tasks the coordinator says are no longer ours.
     Abandon(Vec<u64>),
-    Idle(String),
-    Restart(String),
+    /// The agent of `slot` is done with `task`.
+    Idle { slot: usize, task: u64 },
+    /// Start the agent of `slot` again (after its backoff).
+    Restart(usize),
     /// An agent handed over a task whose acquire waits (or, `retry`, must be made again).
-    Parked {
-        slot: String,
-        a: Assignment,
-        retry: bool,
-    },
+    Parked { slot: usize, a: Assignment, retry: bool },
     /// An acquire finished (for an agent's task or a parked one).
-    AcquireDone {
-        task: u64,
-        result: Result<Vec<Lease>, AcquireError>,
-    },
+    AcquireDone { task: u64, result: Result<Vec<Lease>, AcquireError> },
+    /// A parked task's retry pause is over.
+    RetryDue(u64),
 }
 
-struct Supervisor;
-
-struct Slot {
-    role: Role,
-    agent: Option<ActorRef<AgentMsg>>,
-    idle: bool,
-    restarts: Vec<Instant>,
-    /// Priority of the task it works on.
-    priority: u32,
-    /// Asked to hand the slot back to a parked task whose resources arrived.
-    yielding: bool,
-}
+/// The actor around the pure [`supervisor::Supervisor`]: it turns messages into its events
+/// and performs its actions (agent messages, gRPC calls, timers).
+struct SupervisorActor;
 
 struct SupState {
     shared: Shared,
-    slots: BTreeMap<String, Slot>,
-    /// Assignments that found no idle slot of their role yet.
-    backlog: Vec<Assignment>,
-    /// Tasks waiting for resources without an agent (their acquire keeps its place).
-    parked: BTreeMap<u64, (Role, Assignment)>,
-    /// Parked tasks granted their resources, waiting for an idle agent.
-    ready: Vec<(Role, Assignment, Vec<Lease>)>,
+    logic: supervisor::Supervisor,
+    /// Each slot's agent name, `<node>/<role>-<i>`.
+    names: Vec<String>,
+    /// Each slot's agent while it runs.
+    agents: Vec<Option<ActorRef<AgentMsg>>>,
 }
 
-impl Supervisor {
-    async fn spawn_agent(myself: &ActorRef<SupMsg>, st: &mut SupState, name: &str) {
-        let role = st.slots.get(name).expect("slot").role;
-        let args = (name.to_string(), role, st.shared.clone(), myself.clone());
-        match Actor::spawn_linked(Some(name.to_string()), AgentActor, args, myself.get_cell()).await {
+impl SupervisorActor {
+    /// Starts the agent of `slot`; `false` if it could not start.
+    async fn spawn_agent(myself: &ActorRef<SupMsg>, st: &mut SupState, slot: usize) -> bool {
+        let name = st.names[slot].clone();
+        let role = st.logic.slots()[slot].role;
+        let args = (slot, name.clone(), role, st.shared.clone(), myself.clone());
+        match Actor::spawn_linked(Some(name.clone()), AgentActor, args, myself.get_cell()).await {
             Ok((agent, _)) => {
-                let slot = st.slots.get_mut(name).expect("slot");
-                slot.agent = Some(agent);
-                slot.idle = true;
+                st.agents[slot] = Some(agent);
+                true
             }
-            Err(e) => tracing::error!(slot = name, error = %e, "agent failed to start"),
+            Err(e) => {
+                tracing::error!(slot = %name, error = %e, "agent failed to start");
+                false
+            }
         }
     }
 
-    fn agent_of_task(st: &SupState, task: u64) -> Option<ActorRef<AgentMsg>> {
-        let slot = st.shared.book.lock().expect("book").running.get(&task).map(|(s, _, _)| s.clone())?;
-        st.slots.get(&slot)?.agent.clone()
+    /// Feeds `event` to the supervisor logic and performs what it asks.
+    async fn step(myself: &ActorRef<SupMsg>, st: &mut SupState, event: SupEvent) {
+        let now = st.shared.now_ms();
+        for action in st.logic.on_event(event, now) {
+            SupervisorActor::perform(myself, st, action).await;
+        }
+    }
+
+    async fn perform(myself: &ActorRef<SupMsg>, st: &mut SupState, action: SupAction) {
+        match action {
+            SupAction::Agent { slot, event } => {
+                match &event {
+                    Event::Assigned(a) => {
+                        tracing::info!(task = a.task, attempt = a.attempt, slot = %st.names[slot], "assigned")
+                    }
+                    Event::Resume(a, _) => {
+                        tracing::info!(task = a.task, slot = %st.names[slot], "resources granted: resuming the parked task")
+                    }
+                    _ => {}
+                }
+                if let Some(agent) = &st.agents[slot] {
+                    let _ = agent.cast(AgentMsg::Event(event));
+                }
+            }
+            SupAction::Acquire { task, resources, priority } => {
+                let (shared, me) = (st.shared.clone(), myself.clone());
+                tokio::spawn(async move {
+                    let result = acquire(&shared, task, resources, priority).await;
+                    let _ = me.cast(SupMsg::AcquireDone { task, result });
+                });
+            }
+            SupAction::RetryAfter { task, after_ms } => {
+                myself.send_after(Duration::from_millis(after_ms), move || SupMsg::RetryDue(task));
+            }
+            SupAction::CancelAcquire { task } => {
+                let pending = st.shared.book.lock().expect("book").pending.remove(&task);
+                if let Some(request) = pending {
+                    let target = Some(pb::release_request::Target::RequestId(request));
+                    let req = pb::ReleaseRequest { session_id: st.shared.session(), target };
+                    let _ = st.shared.client.release(req).await;
+                }
+            }
+            SupAction::Release(ids) => release_all(&st.shared, ids).await,
+            SupAction::Forget { task } => {
+                st.shared.book.lock().expect("book").running.remove(&task);
+            }
+            SupAction::Report { task, attempt, report } => {
+                let _ = st.shared.up.send(report_msg(("", ""), task, attempt, report)).await;
+            }
+            SupAction::Lost { slot, task, attempt, why } => {
+                let leases = st.shared.book.lock().expect("book").running.remove(&task).map(|(_, _, l)| l);
+                release_all(&st.shared, leases.unwrap_or_default()).await;
+                let name = &st.names[slot];
+                let report = Report::Result {
+                    outcome: Outcome::Failed,
+                    output: Vec::new(),
+                    error: format!("agent {name} failed: {why}"),
+                    usage: Usage::default(),
+                    wall_ms: 0,
+                };
+                let _ = st.shared.up.send(report_msg((name, ""), task, attempt, report)).await;
+            }
+            SupAction::Restart { slot, after_ms } => {
+                myself.send_after(Duration::from_millis(after_ms), move || SupMsg::Restart(slot));
+            }
+        }
     }
 }
 
-impl Actor for Supervisor {
+impl Actor for SupervisorActor {
     type Msg = SupMsg;
     type State = SupState;
     type Arguments = (WorkerConfig, Shared);
@@ -556,21 +596,15 @@ impl Actor for Supervisor {
         myself: ActorRef<SupMsg>,
         (config, shared): Self::Arguments,
     ) -> Result<SupState, ActorProcessingErr> {
-        let mut st = SupState {
-            shared,
-            slots: BTreeMap::new(),
-            backlog: Vec::new(),
-            parked: BTreeMap::new(),
-            ready: Vec::new(),
-        };
-        for (role, n) in &config.slots {
-            for i in 0..*n {
-                let name = format!("{}/{}-{}", config.node_id, role, i);
-                st.slots.insert(
-                    name.clone(),
-                    Slot { role: *role, agent: None, idle: false, restarts: Vec::new(), priority: 0, yielding: false },
-                );
-                Supervisor::spawn_agent(&myself, &mut st, &name).await;
+        let logic = supervisor::Supervisor::new(&config.slots, supervisor::Policy::default());
+        let names: Vec<String> =
+            logic.slots().iter().map(|s| format!("{}/{}-{}", config.node_id, s.role, s.index)).collect();
+        let agents = vec![None; names.len()];
+        let mut st = SupState { shared, logic, names, agents };
+        for slot in 0..st.names.len() {
+            if !SupervisorActor::spawn_agent(&myself, &mut st, slot).await {
+                let why = "failed to start".to_string();
+                SupervisorActor::step(&myself, &mut st, SupEvent::Down { slot, why }).await;
             }
         }
         Ok(st)
@@ -578,14 +612,14 @@ impl Actor for Supervisor {
 
     async fn handle(&self, myself: ActorRef<SupMsg>, msg: SupMsg, st: &mut SupState) -> Result<(), ActorProcessingErr> {
         use pb::coordinator_message::Msg;
-        match msg {
+        let event = match msg {
             SupMsg::Down(m) => match m.msg {
                 Some(Msg::Assignment(a)) => {
                     let Ok(role) = a.role.parse::<Role>() else {
-                        tracing::warn!(role = %a.role, task = a.task_id, "assignment for a role this worker does not know");
+                        tracing::warn!(role = %a.role, task = a.task_id, "assignment with a malformed role");
                         return Ok(());
                     };
-                    let assignment = Assignment {
+                    SupEvent::Assigned(Assignment {
                         task: a.task_id,
                         role,
                         attempt: a.attempt,
@@ -601,122 +635,32 @@ impl Actor for Supervisor {
                         incremental: a.incremental,
                         provider: a.provider,
                         model: a.model,
-                    };
-                    if st.shared.book.lock().expect("book").running.contains_key(&assignment.task) {
-                        return Ok(()); // already running here (a resend after a reconnect)
-                    }
-                    assign(st, role, assignment);
+                    })
                 }
                 Some(Msg::PreemptNotice(p)) => {
-                    if let Some(agent) = Supervisor::agent_of_task(st, p.task_id) {
-                        tracing::info!(task = p.task_id, grace_ms = p.grace_ms, "preemption notice: checkpointing");
-                        let _ = agent.cast(AgentMsg::Event(Event::Preempt));
-                    }
+                    tracing::info!(task = p.task_id, grace_ms = p.grace_ms, "preemption notice: checkpointing");
+                    SupEvent::Preempt(p.task_id)
                 }
-                Some(Msg::Cancel(c)) => {
-                    if let Some((_, a)) = st.parked.remove(&c.task_id) {
-                        let pending = st.shared.book.lock().expect("book").pending.remove(&a.task);
-                        if let Some(request) = pending {
-                            let target = Some(pb::release_request::Target::RequestId(request));
-                            let req = pb::ReleaseRequest { session_id: st.shared.session(), target };
-                            let _ = st.shared.client.release(req).await;
-                        }
-                        st.shared.book.lock().expect("book").running.remove(&a.task);
-                        let report = Report::Result {
-                            outcome: Outcome::Cancelled,
-                            output: Vec::new(),
-                            error: String::new(),
-                            usage: Usage::default(),
-                            wall_ms: 0,
-                        };
-                        let _ = st.shared.up.send(report_msg(("", ""), a.task, a.attempt, report)).await;
-                    } else if let Some(agent) = Supervisor::agent_of_task(st, c.task_id) {
-                        let _ = agent.cast(AgentMsg::Event(Event::Cancel));
-                    }
-                }
-                _ => {}
+                Some(Msg::Cancel(c)) => SupEvent::Cancel(c.task_id),
+                _ => return Ok(()),
             },
-            SupMsg::Abandon(tasks) => {
-                for t in tasks {
-                    if let Some(agent) = Supervisor::agent_of_task(st, t) {
-                        let _ = agent.cast(AgentMsg::Event(Event::Abandon));
-                    }
-                }
-            }
+            SupMsg::Abandon(tasks) => SupEvent::Abandon(tasks),
             SupMsg::Parked { slot, a, retry } => {
                 tracing::info!(task = a.task, retry, "blocked on resources: parked; the agent takes other work");
-                if retry {
-                    // Acquire the whole set again, atomically, after a short pause.
-                    let (shared, me) = (st.shared.clone(), myself.clone());
-                    let (task, resources, priority) = (a.task, a.resources.clone(), a.priority);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(PARK_RETRY_DELAY).await;
-                        let result = acquire(&shared, task, resources, priority).await;
-                        let _ = me.cast(SupMsg::AcquireDone { task, result });
-                    });
-                }
-                if let Some(role) = st.slots.get(&slot).map(|s| s.role) {
-                    st.parked.insert(a.task, (role, a));
-                }
+                SupEvent::Parked { slot, a, retry }
             }
-            SupMsg::AcquireDone { task, result } => match st.parked.remove(&task) {
-                Some((role, a)) => match result {
-                    Ok(leases) => {
-                        let ids = leases.iter().map(|l| l.id).collect();
-                        if let Some(entry) = st.shared.book.lock().expect("book").running.get_mut(&task) {
-                            entry.2 = ids;
-                        }
-                        st.ready.push((role, a, leases));
-                        resume_ready(st);
-                    }
-                    Err(e) => {
-                        st.shared.book.lock().expect("book").running.remove(&task);
-                        let e = e.to_string();
-                        let report = Report::Result {
-                            outcome: Outcome::Failed,
-                            output: Vec::new(),
-                            error: format!("acquiring the task's resources: {e}"),
-                            usage: Usage::default(),
-                            wall_ms: 0,
-                        };
-                        let _ = st.shared.up.send(report_msg(("", ""), a.task, a.attempt, report)).await;
-                    }
-                },
-                None => {
-                    if let Some(agent) = Supervisor::agent_of_task(st, task) {
-                        let event = match result {
-                            Ok(leases) => Event::Granted(leases),
-                            Err(AcquireError::Deadlock(why)) => Event::DeadlockVictim(why),
-                            Err(AcquireError::Failed(e)) => Event::AcquireFailed(e),
-                        };
-                        let _ = agent.cast(AgentMsg::Event(event));
-                    } else if let Ok(leases) = result {
-                        // Nobody wants it any more (cancelled or abandoned meanwhile).
-                        release_all(&st.shared, leases.iter().map(|l| l.id).collect()).await;
-                    }
-                }
-            },
-            SupMsg::Idle(slot) => {
-                if let Some(s) = st.slots.get_mut(&slot) {
-                    s.idle = true;
-                    s.yielding = false;
-                }
-                // Granted parked tasks first: they hold leases while they wait.
-                resume_ready(st);
-                let backlog = std::mem::take(&mut st.backlog);
-                for a in backlog {
-                    let role = st.slots.get(&slot).map(|s| s.role);
-                    match role {
-                        Some(r) => assign(st, r, a),
-                        None => st.backlog.push(a),
-                    }
-                }
-            }
+            SupMsg::AcquireDone { task, result } => SupEvent::AcquireDone { task, result },
+            SupMsg::RetryDue(task) => SupEvent::RetryDue(task),
+            SupMsg::Idle { slot, task } => SupEvent::Idle { slot, task },
             SupMsg::Restart(slot) => {
-                Supervisor::spawn_agent(&myself, st, &slot).await;
-                let _ = myself.cast(SupMsg::Idle(slot));
+                if !SupervisorActor::spawn_agent(&myself, st, slot).await {
+                    SupEvent::Down { slot, why: "failed to start".into() }
+                } else {
+                    SupEvent::Up(slot)
+                }
             }
-        }
+        };
+        SupervisorActor::step(&myself, st, event).await;
         Ok(())
     }
 
@@ -727,112 +671,41 @@ impl Actor for Supervisor {
         st: &mut SupState,
     ) -> Result<(), ActorProcessingErr> {
         // Explicit policy (ractor's default would stop this supervisor): a failed agent's
-        // task is reported failed and its leases released, then the slot restarts after a
-        // backoff that doubles with each restart in the window; past RESTARTS_MAX the slot
-        // stays down.
+        // task is reported failed and its leases released, then the slot restarts after the
+        // supervisor logic's backoff, or stays down after too many restarts.
         let (cell, why) = match event {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
             SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
             _ => return Ok(()),
         };
-        let Some(name) = st
-            .slots
-            .iter()
-            .find(|(_, s)| s.agent.as_ref().is_some_and(|a| a.get_id() == cell.get_id()))
-            .map(|(n, _)| n.clone())
-        else {
+        let Some(slot) = st.agents.iter().position(|a| a.as_ref().is_some_and(|a| a.get_id() == cell.get_id())) else {
             return Ok(());
         };
-        tracing::warn!(slot = %name, reason = %why, "agent stopped; restarting with backoff");
-        let lost: Vec<(u64, u32, Vec<u64>)> = {
-            let mut book = st.shared.book.lock().expect("book");
-            let tasks: Vec<u64> = book.running.iter().filter(|(_, (s, _, _))| *s == name).map(|(t, _)| *t).collect();
-            tasks.into_iter().filter_map(|t| book.running.remove(&t).map(|(_, a, l)| (t, a, l))).collect()
-        };
-        for (task, attempt, leases) in lost {
-            release_all(&st.shared, leases).await;
-            let report = Report::Result {
-                outcome: Outcome::Failed,
-                output: Vec::new(),
-                error: format!("agent {name} failed: {why}"),
-                usage: Usage::default(),
-                wall_ms: 0,
-            };
-            let _ = st.shared.up.send(report_msg((&name, ""), task, attempt, report)).await;
-        }
-        let slot = st.slots.get_mut(&name).expect("slot");
-        slot.agent = None;
-        slot.idle = false;
-        let now = Instant::now();
-        slot.restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
-        if slot.restarts.len() as u32 >= RESTARTS_MAX {
-            tracing::error!(slot = %name, "agent failed {RESTARTS_MAX} times within {RESTART_WINDOW:?}; leaving the slot down");
-            return Ok(());
-        }
-        let delay = RESTART_BACKOFF_FIRST.saturating_mul(1 << slot.restarts.len().min(10)).min(RESTART_BACKOFF_MAX);
-        slot.restarts.push(now);
-        myself.send_after(delay, move || SupMsg::Restart(name));
+        tracing::warn!(slot = %st.names[slot], reason = %why, "agent stopped; restarting with backoff");
+        st.agents[slot] = None;
+        SupervisorActor::step(&myself, st, SupEvent::Down { slot, why }).await;
         Ok(())
     }
 }
 
-/// Starts granted parked tasks on idle agents of their role.
-fn resume_ready(st: &mut SupState) {
-    let ready = std::mem::take(&mut st.ready);
-    for (role, a, leases) in ready {
-        if !st.shared.book.lock().expect("book").running.contains_key(&a.task) {
-            continue; // abandoned meanwhile
-        }
-        let slot = st.slots.iter_mut().find(|(_, s)| s.idle && s.agent.is_some() && s.role == role);
-        match slot {
-            Some((name, s)) => {
-                s.idle = false;
-                s.priority = a.priority;
-                tracing::info!(task = a.task, slot = %name, "resources granted: resuming the parked task");
-                if let Some(entry) = st.shared.book.lock().expect("book").running.get_mut(&a.task) {
-                    entry.0 = name.clone();
-                }
-                let _ = s.agent.as_ref().expect("agent").cast(AgentMsg::Event(Event::Resume(a, leases)));
-            }
-            None => {
-                reclaim_slot(st, role, a.priority);
-                st.ready.push((role, a, leases));
-            }
-        }
-    }
-}
-
-/// A parked task's resources arrived but every agent of its role is busy with work it took
-/// while the task waited: take a slot back rather than hold the leases idle. The agent with
-/// the lowest-priority work (never above the parked task's) checkpoints and stops; its task
-/// is requeued and resumes from the checkpoint.
-fn reclaim_slot(st: &mut SupState, role: Role, priority: u32) {
-    let victim = st
-        .slots
-        .iter_mut()
-        .filter(|(_, s)| s.role == role && !s.idle && !s.yielding && s.agent.is_some() && s.priority <= priority)
-        .min_by_key(|(_, s)| s.priority);
-    if let Some((name, s)) = victim {
-        s.yielding = true;
-        tracing::info!(slot = %name, "taking the slot back for a parked task whose resources arrived");
-        let _ = s.agent.as_ref().expect("agent").cast(AgentMsg::Event(Event::Preempt));
-    }
-}
-
-fn assign(st: &mut SupState, role: Role, a: Assignment) {
-    let slot = st.slots.iter_mut().find(|(_, s)| s.role == role && s.idle && s.agent.is_some());
-    match slot {
-        Some((name, s)) => {
-            s.idle = false;
-            s.priority = a.priority;
-            tracing::info!(task = a.task, attempt = a.attempt, slot = %name, "assigned");
-            let _ = s.agent.as_ref().expect("agent").cast(AgentMsg::Event(Event::Assigned(a)));
-        }
-        None => st.backlog.push(a),
-    }
-}
-
 // ------------------------------------------------------------------ connection
+
+/// The slots per role a worker registers, with the tiers each role's agent spec gives.
+fn role_slots(config: &WorkerConfig) -> Vec<pb::RoleSlots> {
+    config
+        .slots
+        .iter()
+        .map(|(role, n)| {
+            let spec = config.exec.specs.get(role);
+            pb::RoleSlots {
+                role: role.to_string(),
+                slots: *n,
+                tier: spec.map(|s| s.tier.to_string()).unwrap_or_default(),
+                max_tier: spec.map(|s| s.escalation.max_tier.to_string()).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
 
 /// Runs the worker until `shutdown` resolves: connects, registers, serves assignments, and
 /// on shutdown closes its session so its tasks are requeued at once.
@@ -864,7 +737,7 @@ pub async fn run_with(
         specs: Arc::new(config.exec.specs.iter().map(|(r, s)| (*r, format!("{}@{}", s.name, s.version))).collect()),
     };
     let (supervisor, handle) =
-        Actor::spawn(Some(format!("{}/supervisor", config.node_id)), Supervisor, (config.clone(), shared.clone()))
+        Actor::spawn(Some(format!("{}/supervisor", config.node_id)), SupervisorActor, (config.clone(), shared.clone()))
             .await
             .map_err(|e| format!("starting the supervisor: {e}"))?;
     let connection = connect_loop(client.clone(), config.clone(), shared.clone(), supervisor.clone(), &mut up_rx);
@@ -897,7 +770,7 @@ async fn connect_loop(
             pb::WorkerMessage {
                 msg: Some(pb::worker_message::Msg::Register(pb::worker_message::Register {
                     node_id: config.node_id.clone(),
-                    roles: config.slots.iter().map(|(r, n)| pb::RoleSlots { role: r.to_string(), slots: *n }).collect(),
+                    roles: role_slots(&config),
                     labels: config.labels.clone().into_iter().collect(),
                     model_providers: config.providers.clone(),
                     gpus: config.gpus.clone(),

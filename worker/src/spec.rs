@@ -6,7 +6,9 @@
 //! description: Writes the code   # required
 //! tools: Read, Edit, Bash        # a comma-separated string or a list
 //! model: sonnet                  # as in .claude/agents: sonnet | opus | haiku | inherit | a model id
-//! role: implementer              # one of the nine roles; absent: the worker does not host it
+//! role: implementer              # a built-in role, or one this spec declares ([a-z][a-z0-9-]*);
+//!                                #   absent: the name if it is a built-in role, else not hosted
+//! slots: 2                       # agents of the role a worker hosts at once (unless --slots)
 //! tier: standard                 # cheap | standard | frontier (default: from model, else the role's)
 //! capabilities: [shell, gpu]     # what a worker slot must offer
 //! context_scopes: ["src/**"]     # what the agent may read into its context
@@ -30,6 +32,7 @@ use std::path::{Path, PathBuf};
 use qm_shared::limits::{
     AGENT_DESCRIPTION_LEN_MAX_BYTES, AGENT_ITEM_LEN_MAX_BYTES, AGENT_LIST_LEN_MAX, AGENT_NAME_LEN_MAX_BYTES,
     AGENT_SPECS_MAX, AGENT_SPEC_BYTES_MAX, AGENT_TASK_MONEY_MICROS_MAX, AGENT_TASK_TOKENS_MAX,
+    WORKER_SLOTS_PER_ROLE_MAX,
 };
 use qm_shared::workflow::{dollars, parse_dollars};
 use qm_shared::{Mode, ResourcePath, Role, Tier};
@@ -44,6 +47,8 @@ pub struct AgentSpec {
     /// The `.claude/agents` model field, verbatim.
     pub model: Option<String>,
     pub role: Option<Role>,
+    /// Agents of the role a worker hosts at once, unless its `--slots` says.
+    pub slots: Option<u32>,
     /// The tier used unless a pass overrides it.
     pub tier: Tier,
     pub capabilities: Vec<String>,
@@ -181,6 +186,7 @@ struct Raw {
     tools: Option<StringOrList>,
     model: Option<String>,
     role: Option<String>,
+    slots: Option<u32>,
     tier: Option<String>,
     #[serde(default)]
     capabilities: Vec<String>,
@@ -192,12 +198,13 @@ struct Raw {
     budget: Option<RawBudget>,
 }
 
-const KNOWN_KEYS: [&str; 11] = [
+const KNOWN_KEYS: [&str; 12] = [
     "name",
     "description",
     "tools",
     "model",
     "role",
+    "slots",
     "tier",
     "capabilities",
     "context_scopes",
@@ -205,6 +212,38 @@ const KNOWN_KEYS: [&str; 11] = [
     "escalation",
     "budget",
 ];
+
+/// A declared role two edits or fewer from a built-in one is a typo far more often than a
+/// new role: refused, naming the built-in one.
+fn near_built_in(role: Role) -> Result<(), String> {
+    if role.is_built_in() {
+        return Ok(());
+    }
+    let given = role.as_str();
+    match Role::ALL.into_iter().find(|b| edit_distance(given, b.as_str()) <= 2) {
+        Some(b) => Err(format!(
+            "unknown role {given:?}: did you mean {b}? (a role a spec declares must differ from every \
+             built-in role's name by more than two letters)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Levenshtein distance of two short ASCII names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
 
 /// A short digest of a spec's text (FNV-1a, 64 bits; 12 hex digits): stable across runs,
 /// builds and machines.
@@ -244,7 +283,20 @@ pub fn parse(file: &Path, text: &str) -> Result<AgentSpec, Vec<SpecError>> {
     check(front.list("context_scopes", raw.context_scopes).map(|v| context_scopes = v));
     let mut role = None;
     if let Some(r) = raw.role {
-        check(r.parse::<Role>().map(|v| role = Some(v)).map_err(|e| front.at("role", "role", e.to_string())));
+        check(r.parse::<Role>().map_err(|e| front.at("role", "role", e.to_string())).and_then(|v| {
+            near_built_in(v).map_err(|m| front.at("role", "role", m))?;
+            role = Some(v);
+            Ok(())
+        }));
+    } else {
+        role = Role::ALL.into_iter().find(|r| r.as_str() == name);
+    }
+    if let Some(n) = raw.slots {
+        if !(1..=WORKER_SLOTS_PER_ROLE_MAX).contains(&n) {
+            check(Err(front.at("slots", "slots", format!("{n} is outside 1..={WORKER_SLOTS_PER_ROLE_MAX}"))));
+        } else if role.is_none() {
+            check(Err(front.at("slots", "slots", "needs a role: add `role:` naming what these agents do".into())));
+        }
     }
     let mut tier =
         raw.model.as_deref().and_then(claude_model_tier).or(role.map(Role::default_tier)).unwrap_or(Tier::Standard);
@@ -266,6 +318,7 @@ pub fn parse(file: &Path, text: &str) -> Result<AgentSpec, Vec<SpecError>> {
         tools,
         model: raw.model,
         role,
+        slots: raw.slots,
         tier,
         capabilities,
         context_scopes,
@@ -647,7 +700,7 @@ mod tests {
     #[test]
     fn every_error_in_a_spec_is_reported_not_only_the_first() {
         let text =
-            "---\nname: A b\ndescription: d\ntier: fronteir\nrole: reviewr\nbudget:\n  usd_per_task: lots\n---\n";
+            "---\nname: A b\ndescription: d\ntier: fronteir\nrole: Reviewer\nbudget:\n  usd_per_task: lots\n---\n";
         let errors = parse(Path::new("agents/x.md"), text).unwrap_err();
         let fields: Vec<&str> = errors.iter().filter_map(|e| e.field.as_deref()).collect();
         assert_eq!(fields.len(), 4, "{errors:?}");
@@ -655,6 +708,23 @@ mod tests {
             assert!(fields.contains(&field), "{field}: {errors:?}");
         }
         assert!(fields.iter().any(|f| f.starts_with("budget")), "{errors:?}");
+    }
+
+    #[test]
+    fn a_spec_may_declare_a_role_of_its_own_with_its_slots() {
+        let spec = p("---\nname: sec\ndescription: d\nrole: security-reviewer\nslots: 3\n---\nbody").expect("loads");
+        assert_eq!(spec.role.map(|r| r.to_string()).as_deref(), Some("security-reviewer"));
+        assert_eq!(spec.slots, Some(3));
+        // A built-in role's name is its role; any other name hosts nothing.
+        assert_eq!(p("---\nname: verifier\ndescription: d\n---\n").unwrap().role, Some(Role::Verifier));
+        let e = p("---\nname: helper\ndescription: d\nslots: 2\n---\n").unwrap_err();
+        assert_eq!((e.field.as_deref(), e.line), (Some("slots"), Some(4)), "{e}");
+        assert!(e.to_string().contains("needs a role"), "{e}");
+        let e = p("---\nname: x\ndescription: d\nrole: implementor\n---\n").unwrap_err();
+        assert!(e.to_string().contains("did you mean implementer?"), "{e}");
+        assert_eq!(edit_distance("verifyer", "verifier"), 1);
+        let e = p("---\nname: sec\ndescription: d\nrole: sec\nslots: 0\n---\n").unwrap_err();
+        assert!(e.to_string().contains("0 is outside 1..=256"), "{e}");
     }
 
     #[test]
@@ -682,6 +752,7 @@ mod tests {
         assert_eq!(spec.resources[0].path.to_string(), "pg:staging");
         assert_eq!(spec.escalation, Escalation { max_tier: Tier::Standard, after_failed_gates: 2 });
         assert_eq!(spec.budget.tokens_per_task, Some(1000));
+        assert_eq!(spec.slots, None);
         assert_eq!(spec.budget.money_per_task_micros, Some(1_500_000), "$1.5 exactly");
     }
 

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use futures::Stream;
 use qm_shared::agent::owner_task;
-use qm_shared::limits::{SESSION_TTL_MS_DEFAULT, WORKER_NODE_ID_LEN_MAX_BYTES};
+use qm_shared::limits::{SESSION_TTL_MS_DEFAULT, WORKER_NODE_ID_LEN_MAX_BYTES, WORKER_ROLES_MAX};
 use qm_shared::pb::v1 as pb;
-use qm_shared::{validate, Invalid, Role};
+use qm_shared::{validate, Invalid, Role, Tier};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as GrpcResponse, Status, Streaming};
@@ -33,7 +33,7 @@ use crate::error::ApiError;
 use crate::node::Node;
 use crate::raft::state_machine::Subscription;
 use crate::state::{Command, Effect, Refusal, Response, SessionId, TaskId};
-use crate::state::{GpuInfo, ProviderInfo, TaskReport, TaskStatus, WorkerSpec};
+use crate::state::{GpuInfo, ProviderInfo, RoleTiers, TaskReport, TaskStatus, WorkerSpec};
 
 /// Messages queued toward one worker before the stream applies backpressure.
 const OUTBOUND_BUFFER_LEN: usize = 256;
@@ -79,9 +79,19 @@ fn pending_assignments(
 }
 
 /// The slots per role and the session TTL a worker's `Register` asks for, checked.
-fn checked_registration(reg: &pb::worker_message::Register) -> Result<(BTreeMap<Role, u32>, u64), Status> {
+#[allow(clippy::type_complexity)]
+fn checked_registration(
+    reg: &pb::worker_message::Register,
+) -> Result<(BTreeMap<Role, u32>, BTreeMap<Role, RoleTiers>, u64), Status> {
     validate::check_name("register.node_id", &reg.node_id, WORKER_NODE_ID_LEN_MAX_BYTES).map_err(ApiError::from)?;
-    let mut slots = BTreeMap::new();
+    if reg.roles.len() > WORKER_ROLES_MAX {
+        return Err(ApiError::Invalid(Invalid::new(
+            "register.roles",
+            format!("has {} roles, at most {WORKER_ROLES_MAX}", reg.roles.len()),
+        ))
+        .into());
+    }
+    let (mut slots, mut tiers) = (BTreeMap::new(), BTreeMap::new());
     for (i, r) in reg.roles.iter().enumerate() {
         let role: Role = r
             .role
@@ -91,11 +101,23 @@ fn checked_registration(reg: &pb::worker_message::Register) -> Result<(BTreeMap<
             })
             .map_err(ApiError::from)?;
         slots.insert(role, r.slots);
+        let tier = |field: &str, text: &str| -> Result<Option<Tier>, Status> {
+            if text.is_empty() {
+                return Ok(None);
+            }
+            text.parse().map(Some).map_err(|e: qm_shared::agent::UnknownName| {
+                ApiError::Invalid(Invalid::new(format!("register.roles[{i}].{field}"), e.to_string())).into()
+            })
+        };
+        if let Some(start) = tier("tier", &r.tier)? {
+            let max = tier("max_tier", &r.max_tier)?.unwrap_or(Tier::Frontier);
+            tiers.insert(role, RoleTiers { start, max });
+        }
     }
     let ttl_ms = if reg.session_ttl_ms == 0 { SESSION_TTL_MS_DEFAULT } else { reg.session_ttl_ms };
     validate::check_session_ttl_ms(ttl_ms)
         .map_err(|e| ApiError::Invalid(Invalid::new("register.session_ttl_ms", e.message)))?;
-    Ok((slots, ttl_ms))
+    Ok((slots, tiers, ttl_ms))
 }
 
 /// The worker's session: the one it names if that is still alive, else a new one.
@@ -132,13 +154,14 @@ async fn open_session(
 fn worker_spec(
     reg: &pb::worker_message::Register,
     session: SessionId,
-    slots: BTreeMap<Role, u32>,
+    (slots, tiers): (BTreeMap<Role, u32>, BTreeMap<Role, RoleTiers>),
     listed: &BTreeSet<TaskId>,
 ) -> WorkerSpec {
     WorkerSpec {
         session,
         node_id: reg.node_id.clone(),
         slots,
+        tiers,
         labels: reg.labels.clone().into_iter().collect(),
         running: listed.iter().copied().collect(),
         gpus: reg
@@ -188,7 +211,7 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
         let Some(pb::worker_message::Msg::Register(reg)) = first.msg else {
             return Err(ApiError::Invalid(Invalid::new("msg", "the first message must be `register`")).into());
         };
-        let (slots, ttl_ms) = checked_registration(&reg)?;
+        let (slots, tiers, ttl_ms) = checked_registration(&reg)?;
         principal.check_node("register.node_id", &reg.node_id)?;
 
         // Subscribe before registering: nothing assigned from here on is missed.
@@ -196,7 +219,7 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
         let node = self.node.clone();
         let session = open_session(&node, &principal, &reg, ttl_ms).await?;
         let listed: BTreeSet<TaskId> = reg.running_task_ids.iter().map(|id| TaskId(*id)).collect();
-        let abandon = register_worker(&node, worker_spec(&reg, session, slots, &listed)).await?;
+        let abandon = register_worker(&node, worker_spec(&reg, session, (slots, tiers), &listed)).await?;
         tracing::info!(node_id = %reg.node_id, %session, "worker registered");
 
         let (tx, rx) = mpsc::channel::<Out>(OUTBOUND_BUFFER_LEN);

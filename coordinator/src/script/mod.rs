@@ -379,7 +379,7 @@ mod tests {
 
     #[test]
     fn errors_in_inline_files_name_the_script_line_and_the_field() {
-        let script = "# a workflow with a bad role\nworkflow <<END\nname = \"w\"\n[[pass]]\nname = \"a\"\nrole = \"wizard\"\nEND\n";
+        let script = "# a workflow with a bad role\nworkflow <<END\nname = \"w\"\n[[pass]]\nname = \"a\"\nrole = \"Wizard\"\nEND\n";
         let err = run(script).unwrap_err();
         assert_eq!(err.line, 6, "{err}");
         assert!(err.message.starts_with("pass[0].role: "), "{err}");

@@ -16,7 +16,8 @@ use super::State;
 
 const MAGIC: &[u8; 8] = b"QMSTATE\0";
 /// Bump on any change to the encoded layout; restore refuses versions it does not know.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 7;
+/// 8: a role is encoded by its name (roles are open: a spec may declare one).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use qm_coordinator::state::{Acquire, Command, Config, Effect, GpuInfo, Item, Job, JobId, JobSpec, JobStatus};
 use qm_coordinator::state::{Outcome, PassState, PassStatus, ProviderInfo, Response, SessionId, State, Task};
-use qm_coordinator::state::{Period, Scope, TaskId, TaskReport, TaskSpec, Usage, Wait, WorkerSpec};
+use qm_coordinator::state::{Period, RoleTiers, Scope, TaskId, TaskReport, TaskSpec, Usage, Wait, WorkerSpec};
 use qm_shared::workflow::{Capability, Gate, Need, OnFail, Pass, Price, Project, ProjectResource, Provider};
 use qm_shared::workflow::{Reviewer, Workflow};
 use qm_shared::{Mode, ResourcePath, Role, Tier};
@@ -345,6 +345,7 @@ pub fn worker(node: &str, slots: &[(Role, u32)]) -> WorkerBuilder {
         gpus: Vec::new(),
         providers: Vec::new(),
         container: false,
+        tiers: BTreeMap::new(),
     })
 }
 
@@ -361,6 +362,12 @@ impl WorkerBuilder {
     pub fn gpu(mut self, model: &str, memory_bytes: u64) -> Self {
         let index = self.0.gpus.len() as u32;
         self.0.gpus.push(GpuInfo { index, model: model.into(), memory_bytes });
+        self
+    }
+
+    /// Its agent spec of `role` gives these tiers.
+    pub fn spec_tiers(mut self, role: Role, start: Tier, max: Tier) -> Self {
+        self.0.tiers.insert(role, RoleTiers { start, max });
         self
     }
 

@@ -233,7 +233,7 @@ fn parse_gate(cx: &mut Ctx<'_>, g: &Table<'_, '_>, role: Option<Role>) -> (Gate,
                     format!(
                         "missing (required when reviewer is {:?}): the role of the reviewing agent, one of: {}",
                         reviewer.as_str(),
-                        Role::ALL.map(Role::as_str).join(", ")
+                        Role::ALL.map(|r| r.as_str().to_string()).join(", ")
                     ),
                 );
             }

@@ -119,7 +119,7 @@ pub(crate) async fn run(c: CliTask, config: &ExecConfig, req: &ExecRequest, time
             let mut out: Value = serde_json::from_slice(&result.output).unwrap_or_else(|_| json!({}));
             let summary = out["summary"].as_str().unwrap_or_default().to_string();
             match w.deliver(req.task, &summary, c.branch.as_deref(), DIFF_BYTES_MAX, &mut out).await {
-                Ok(()) => result.output = serde_json::to_vec(&out).expect("json"),
+                Ok(()) => result.output = super::agent::bounded(out, qm_shared::limits::TASK_OUTPUT_BYTES_MAX),
                 Err(e) => {
                     result = ExecResult { outcome: ExecOutcome::Failed, output: Vec::new(), error: e, ..result };
                 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use qm_shared::workflow::{dollars, OnFail};
-use qm_shared::{Invalid, Role};
+use qm_shared::{Invalid, Role, Tier};
 
 use crate::state::types::TaskSpec;
 use crate::state::types::{JobId, Refusal, Response, TaskId};
@@ -209,6 +209,9 @@ impl State {
     }
 
     pub(in crate::state) fn gate_failed(&mut self, job_id: JobId, i: usize, ctx: &mut Ctx) {
+        // The highest tier the role's agent spec lets a failed gate escalate to.
+        let role = self.jobs.jobs.get(&job_id).map(|j| j.spec.workflow.passes[i].role);
+        let cap = role.and_then(|r| self.spec_tiers(r)).map_or(Tier::Frontier, |t| t.max);
         let j = self.jobs.jobs.get_mut(&job_id).expect("job exists");
         let gate = j.spec.workflow.passes[i].gate.clone().expect("failed gates exist");
         let p = &mut j.passes[i];
@@ -227,10 +230,15 @@ impl State {
             }
             OnFail::Escalate => {
                 let from = p.tier;
-                p.tier = p.tier.escalated();
+                p.tier = p.tier.escalated().min(cap).max(from);
                 p.status = PassStatus::Pending;
                 let to = p.tier;
-                self.jobs.event(job_id, &name, format!("gate failed: runs again, escalated {from} → {to}"), ctx);
+                let what = if to == from {
+                    format!("gate failed: runs again at {from}, the highest tier its agent spec allows")
+                } else {
+                    format!("gate failed: runs again, escalated {from} → {to}")
+                };
+                self.jobs.event(job_id, &name, what, ctx);
             }
             OnFail::SendBack(to) => {
                 let (from, _) = j.spec.workflow.pass(to).expect("validated");

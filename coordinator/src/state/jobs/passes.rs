@@ -25,6 +25,15 @@ impl State {
             return Response::Refused(Refusal::ProjectUnknown { project: spec.project });
         };
         for (i, p) in spec.workflow.passes.iter().enumerate() {
+            if let Err(r) = self.check_role_offered(&format!("workflow.pass[{i}].role"), p.role) {
+                return Response::Refused(r);
+            }
+            if let Some(g) = p.gate.as_ref().filter(|g| g.reviewer != qm_shared::workflow::Reviewer::Human) {
+                if let Err(r) = self.check_role_offered(&format!("workflow.pass[{i}].gate.review_role"), g.review_role)
+                {
+                    return Response::Refused(r);
+                }
+            }
             for (j, n) in p.needs.iter().enumerate() {
                 if !project.covers(&n.path) {
                     return Response::Refused(Refusal::Invalid(Invalid::new(
@@ -43,7 +52,11 @@ impl State {
             .workflow
             .passes
             .iter()
-            .map(|p| PassState::new(&p.name, spec.complexity.tier(p.start_tier())))
+            .map(|p| {
+                // The workflow's tier, else the role's agent spec's, else the role's default.
+                let start = p.tier.or_else(|| self.spec_tiers(p.role).map(|t| t.start)).unwrap_or(p.start_tier());
+                PassState::new(&p.name, spec.complexity.tier(start))
+            })
             .collect();
         let complexity = match spec.complexity {
             Complexity::Normal => String::new(),

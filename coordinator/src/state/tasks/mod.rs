@@ -359,6 +359,9 @@ impl State {
         if let Err(r) = self.work_quota(&spec.principal, Work::Task, spec.payload.len() as u64) {
             return Response::Refused(r);
         }
+        if let Err(r) = self.check_role_offered("role", spec.role) {
+            return Response::Refused(r);
+        }
         match self.new_task(spec, ctx) {
             Ok(id) => {
                 self.dispatch_tasks(ctx);

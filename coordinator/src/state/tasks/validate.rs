@@ -3,9 +3,9 @@
 use qm_shared::limits::{
     TASK_ATTEMPTS_MAX, TASK_CHECKPOINT_BYTES_MAX, TASK_ERROR_LEN_MAX_BYTES, TASK_OUTPUT_BYTES_MAX,
     TASK_PAYLOAD_BYTES_MAX, TASK_STAGE_LEN_MAX_BYTES, WORKER_LABELS_MAX, WORKER_NODE_ID_LEN_MAX_BYTES,
-    WORKER_SLOTS_PER_ROLE_MAX, WORK_ITEM_LEN_MAX_BYTES,
+    WORKER_ROLES_MAX, WORKER_SLOTS_PER_ROLE_MAX, WORK_ITEM_LEN_MAX_BYTES,
 };
-use qm_shared::{validate, Invalid, Role};
+use qm_shared::{validate, Invalid};
 
 use crate::state::types::Command;
 use crate::state::types::TaskReport;
@@ -34,6 +34,12 @@ pub fn validate_task_command(cmd: &Command) -> Result<(), Invalid> {
                 return Err(Invalid::new("node_id", "is empty"));
             }
             len("node_id", w.node_id.len(), WORKER_NODE_ID_LEN_MAX_BYTES)?;
+            if w.slots.len() > WORKER_ROLES_MAX {
+                return Err(Invalid::new("slots", format!("has {} roles, at most {WORKER_ROLES_MAX}", w.slots.len())));
+            }
+            if let Some(role) = w.tiers.keys().find(|r| !w.slots.contains_key(r)) {
+                return Err(Invalid::new(format!("tiers[{role}]"), "names a role the worker has no slots for"));
+            }
             for (role, n) in &w.slots {
                 validate::check_range(&format!("slots[{role}]"), (*n).into(), 0, WORKER_SLOTS_PER_ROLE_MAX.into())?;
             }
@@ -58,7 +64,7 @@ pub fn validate_task_command(cmd: &Command) -> Result<(), Invalid> {
             for (i, g) in w.gpus.iter().enumerate() {
                 len(&format!("gpus[{i}].model"), g.model.len(), WORKER_NODE_ID_LEN_MAX_BYTES)?;
             }
-            if w.running.len() > WORKER_SLOTS_PER_ROLE_MAX as usize * Role::ALL.len() {
+            if w.running.len() > WORKER_SLOTS_PER_ROLE_MAX as usize * WORKER_ROLES_MAX {
                 return Err(Invalid::new("running_task_ids", "lists more tasks than a worker can run"));
             }
             Ok(())

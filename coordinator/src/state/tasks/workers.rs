@@ -7,7 +7,7 @@ use qm_shared::workflow::Capability;
 use qm_shared::Role;
 use serde::{Deserialize, Serialize};
 
-use crate::state::types::{GpuInfo, ProviderInfo, TaskStatus, Usage, WorkerSpec};
+use crate::state::types::{GpuInfo, ProviderInfo, RoleTiers, TaskStatus, Usage, WorkerSpec};
 use crate::state::types::{Refusal, Response, SessionId, TaskId};
 use crate::state::{Ctx, State};
 
@@ -25,6 +25,8 @@ pub struct Worker {
     pub providers: Vec<ProviderInfo>,
     /// It offers the container engine.
     pub container: bool,
+    /// The tiers its agent specs give, per role.
+    pub tiers: BTreeMap<Role, RoleTiers>,
     /// Free slots per role as last indexed.
     pub(in crate::state) free_now: BTreeMap<Role, u32>,
 }
@@ -46,6 +48,28 @@ impl Worker {
 }
 
 impl State {
+    /// Refuses a role no connected worker offers, unless it is built in: a role a spec
+    /// declares is usable once a worker hosts it, and a misspelt role is caught at submit
+    /// instead of waiting forever. `field` names where the role was given.
+    pub(in crate::state) fn check_role_offered(&self, field: &str, role: Role) -> Result<(), Refusal> {
+        if role.is_built_in() || self.tasks.workers.values().any(|w| w.slots.contains_key(&role)) {
+            return Ok(());
+        }
+        Err(Refusal::Invalid(qm_shared::Invalid::new(
+            field,
+            format!(
+                "{role} is not a built-in role and no connected worker offers it; a worker offers it \
+                 once a spec of its --agents declares it (role: {role}, slots: N) or --slots {role}=N names it"
+            ),
+        )))
+    }
+
+    /// A role's tiers as an agent spec gives them: the first connected worker's (in session
+    /// order) that has a spec for it.
+    pub(in crate::state) fn spec_tiers(&self, role: Role) -> Option<RoleTiers> {
+        self.tasks.workers.values().find_map(|w| w.tiers.get(&role).copied())
+    }
+
     pub(in crate::state) fn apply_register_worker(&mut self, w: WorkerSpec, ctx: &mut Ctx) -> Response {
         if !self.sessions.contains_key(&w.session) {
             return Response::Refused(Refusal::SessionUnknown { session: w.session });
@@ -77,6 +101,7 @@ impl State {
                 gpus: w.gpus,
                 providers: w.providers,
                 container: w.container,
+                tiers: w.tiers,
                 free_now,
             },
         );

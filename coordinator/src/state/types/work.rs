@@ -78,6 +78,16 @@ pub struct WorkerSpec {
     pub providers: Vec<ProviderInfo>,
     /// It offers the container engine.
     pub container: bool,
+    /// The tiers its agent specs give, per role: where a pass of the role starts when its
+    /// workflow sets no tier, and the highest a failed gate escalates it to.
+    pub tiers: BTreeMap<Role, RoleTiers>,
+}
+
+/// A role's tiers as its agent spec gives them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleTiers {
+    pub start: Tier,
+    pub max: Tier,
 }
 
 /// A GPU on a worker's box.

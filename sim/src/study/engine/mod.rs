@@ -4,9 +4,9 @@
 //!   events (arrivals, ticks, agents finishing, humans deciding) ordered by (time, seq)
 //!        │
 //!        ▼
-//!   modelled workers: the worker's own pure agent logic (`qm_worker::agent::Agent`) per slot,
-//!   and a supervisor that mirrors the worker runtime (park a blocked task, resume it when
-//!   granted, backlog assignments until a slot is idle)
+//!   modelled workers: the worker's own pure supervisor (`qm_worker::supervisor`: park a
+//!   blocked task, resume it when granted, backlog assignments until a slot is idle) and its
+//!   pure agent logic (`qm_worker::agent::Agent`) per slot — the code a worker runs
 //!        │ commands                         ▲ effects (assignments, grants, preemptions…)
 //!        ▼                                  │
 //!   qm_coordinator::state::State::apply(index, now, command)  — the same code a coordinator runs
@@ -31,8 +31,9 @@ use qm_shared::agent::{owner_task, task_owner};
 use qm_shared::limits::{LEASE_MS_MAX, SESSION_TTL_MS_MAX};
 use qm_shared::workflow::Need;
 use qm_shared::{Mode, ResourcePath, Role};
-use qm_worker::agent::{Action, Agent, Assignment, Event, Lease, Outcome as AgentOutcome, Report as AgentReport};
+use qm_worker::agent::{Action, Agent, Assignment, Event, Lease, Report as AgentReport};
 use qm_worker::executor::{ExecEvent, ExecOutcome, ExecRequest, ExecResult, Usage as ExecUsage};
+use qm_worker::supervisor::{AcquireError, Policy as SupPolicy, SupAction, SupEvent, Supervisor};
 
 use super::report::{percentile, BudgetEvent, Gauge, LongestWait, Report, ResourceUse, RoleUse, WaitStats};
 use super::rng::{hash_str, Rng};
@@ -97,18 +98,11 @@ enum Ev {
     },
 }
 
-/// What the supervisor of a worker is told.
+/// A message to an agent of a worker, or to its supervisor.
 #[derive(Debug)]
 enum Msg {
     Agent { w: usize, s: usize, event: Event },
-    AcquireDone { w: usize, task: u64, result: Result<Vec<Lease>, AcqErr> },
-    Idle { w: usize, s: usize },
-}
-
-#[derive(Debug)]
-enum AcqErr {
-    Deadlock(String),
-    Failed(String),
+    Sup { w: usize, event: SupEvent },
 }
 
 #[derive(Debug)]
@@ -133,27 +127,21 @@ struct Exec {
     stopping: bool,
 }
 
+/// A slot's agent and what it runs (its role and state are the supervisor's).
 #[derive(Debug)]
 struct Slot {
-    role: Role,
     agent: Agent,
-    idle: bool,
     exec: Option<Exec>,
     leases: Vec<u64>,
-    /// Priority of the task it works on.
-    priority: u32,
-    /// Asked to hand its slot back to a granted parked task.
-    yielding: bool,
 }
 
 #[derive(Debug)]
 struct SimWorker {
     session: SessionId,
     node: String,
+    /// One per slot of `sup`, in its order.
     slots: Vec<Slot>,
-    backlog: VecDeque<(Role, Assignment)>,
-    parked: BTreeMap<u64, (Role, Assignment)>,
-    ready: Vec<(Role, Assignment, Vec<Lease>)>,
+    sup: Supervisor,
 }
 
 /// Per-task facts the study keeps to measure.
@@ -337,7 +325,7 @@ impl<'a> Run<'a> {
             self.m.request_done(request, self.now);
             if let Some((w, task)) = self.requests.remove(&request) {
                 self.pending.remove(&task);
-                self.inbox.push_back(Msg::AcquireDone { w, task, result: Ok(leases) });
+                self.inbox.push_back(Msg::Sup { w, event: SupEvent::AcquireDone { task, result: Ok(leases) } });
             }
         }
         resp
@@ -393,28 +381,13 @@ impl<'a> Run<'a> {
                     .map(|k| qm_coordinator::state::GpuInfo { index: k, model: "sim".into(), memory_bytes: 0 })
                     .collect();
                 let w = self.workers.len();
-                let mut slots = Vec::new();
-                for (role, n) in &g.slots {
-                    for _ in 0..*n {
-                        slots.push(Slot {
-                            role: *role,
-                            agent: Agent::new(),
-                            idle: true,
-                            exec: None,
-                            leases: Vec::new(),
-                            priority: 0,
-                            yielding: false,
-                        });
-                    }
-                }
-                self.workers.push(SimWorker {
-                    session,
-                    node: node.clone(),
-                    slots,
-                    backlog: VecDeque::new(),
-                    parked: BTreeMap::new(),
-                    ready: Vec::new(),
-                });
+                let policy =
+                    SupPolicy { reclaim: self.pol.reclaim, park_retry_ms: PARK_RETRY_MS, ..SupPolicy::default() };
+                let sup = Supervisor::new(&g.slots, policy);
+                let slots = (0..sup.slots().len())
+                    .map(|_| Slot { agent: Agent::new(), exec: None, leases: Vec::new() })
+                    .collect();
+                self.workers.push(SimWorker { session, node: node.clone(), slots, sup });
                 self.by_session.insert(session, w);
                 self.apply(Command::RegisterWorker(WorkerSpec {
                     session,
@@ -425,6 +398,7 @@ impl<'a> Run<'a> {
                     gpus,
                     providers,
                     container: false,
+                    tiers: BTreeMap::new(),
                 }));
                 self.drain();
             }
@@ -493,7 +467,7 @@ impl<'a> Run<'a> {
                 let done = x.done_before + self.now.saturating_sub(x.started);
                 let data = format!("done={done};total={}", x.total).into_bytes();
                 let usage = self.usage(self.now.saturating_sub(x.started));
-                let role = slot.role;
+                let role = self.workers[w].sup.slots()[s].role;
                 self.m.running(role, self.now, -1.0);
                 self.workers[w].slots[s].exec = None;
                 self.inbox.push_back(Msg::Agent { w, s, event: Event::Exec(ExecEvent::Checkpoint(data)) });
@@ -504,12 +478,7 @@ impl<'a> Run<'a> {
             Ev::Blocked { w, s, task } => {
                 self.inbox.push_back(Msg::Agent { w, s, event: Event::BlockedTimeout(task) });
             }
-            Ev::ParkRetry { w, task } => {
-                if let Some((_, a)) = self.workers[w].parked.get(&task) {
-                    let (resources, priority) = (a.resources.clone(), a.priority);
-                    self.acquire(w, None, task, resources, priority);
-                }
-            }
+            Ev::ParkRetry { w, task } => self.sup_event(w, SupEvent::RetryDue(task)),
             Ev::Extend { w, s, gen } => {
                 let slot = &self.workers[w].slots[s];
                 if slot.exec.as_ref().is_some_and(|x| x.gen == gen) {
@@ -691,8 +660,7 @@ impl<'a> Run<'a> {
                     provider: t.route.as_ref().map(|r| r.provider.clone()).unwrap_or_default(),
                     model: t.route.as_ref().map(|r| r.model.clone()).unwrap_or_default(),
                 };
-                let role = t.spec.role;
-                self.assign(w, role, a);
+                self.sup_event(w, SupEvent::Assigned(a));
             }
             Effect::Granted { grant, request } => {
                 let row = self.m.row(grant.resource.as_str());
@@ -719,45 +687,28 @@ impl<'a> Run<'a> {
             Effect::PreemptRequested { owner, session, .. } => {
                 self.m.r.preemptions += 1;
                 let (Some(task), Some(&w)) = (owner_task(&owner), self.by_session.get(&session)) else { return };
-                if let Some(s) = self.agent_of_task(w, task) {
-                    self.inbox.push_back(Msg::Agent { w, s, event: Event::Preempt });
-                }
+                self.sup_event(w, SupEvent::Preempt(task));
             }
             Effect::DeadlockVictim { request, .. } => {
                 self.m.r.deadlocks += 1;
                 self.m.request_done(request, now);
                 if let Some((w, task)) = self.requests.remove(&request) {
                     self.pending.remove(&task);
-                    let why = "cycle".to_string();
-                    self.inbox.push_back(Msg::AcquireDone { w, task, result: Err(AcqErr::Deadlock(why)) });
+                    let result = Err(AcquireError::Deadlock("cycle".into()));
+                    self.inbox.push_back(Msg::Sup { w, event: SupEvent::AcquireDone { task, result } });
                 }
             }
             Effect::TimedOut { request, .. } | Effect::Cancelled { request, .. } => {
                 self.m.request_done(request, now);
                 if let Some((w, task)) = self.requests.remove(&request) {
                     self.pending.remove(&task);
-                    let err = AcqErr::Failed("the wait ended".into());
-                    self.inbox.push_back(Msg::AcquireDone { w, task, result: Err(err) });
+                    let result = Err(AcquireError::Failed("the wait ended".into()));
+                    self.inbox.push_back(Msg::Sup { w, event: SupEvent::AcquireDone { task, result } });
                 }
             }
             Effect::TaskCancelRequested { task, session, .. } => {
                 let Some(&w) = self.by_session.get(&session) else { return };
-                if let Some((_, a)) = self.workers[w].parked.remove(&task.0) {
-                    if let Some(r) = self.pending.remove(&a.task) {
-                        self.requests.remove(&r);
-                        self.apply(Command::Cancel { session, request: r });
-                    }
-                    let report = AgentReport::Result {
-                        outcome: AgentOutcome::Cancelled,
-                        output: Vec::new(),
-                        error: String::new(),
-                        usage: ExecUsage::default(),
-                        wall_ms: 0,
-                    };
-                    self.report(w, None, a.task, a.attempt, report);
-                } else if let Some(s) = self.agent_of_task(w, task.0) {
-                    self.inbox.push_back(Msg::Agent { w, s, event: Event::Cancel });
-                }
+                self.sup_event(w, SupEvent::Cancel(task.0));
             }
             Effect::TaskEnded { task, .. } => {
                 if let Some(info) = self.tasks.remove(&task.0) {

@@ -1,28 +1,49 @@
-//! The modelled worker of a study: its supervisor (slots, a backlog of assignments, parked
-//! tasks resumed when granted), each slot's real agent logic (`qm_worker::agent::Agent`),
-//! the leases agents ask for, and the executors as drawn times, failures and checkpoints.
+//! The modelled worker of a study: the worker's own pure supervisor
+//! (`qm_worker::supervisor::Supervisor`: slots, a backlog of assignments, parked tasks
+//! resumed when granted) and each slot's real agent logic (`qm_worker::agent::Agent`), driven
+//! from the event loop; the leases agents ask for; and the executors as drawn times, failures
+//! and checkpoints.
 
 use super::*;
 
 impl Run<'_> {
-    pub(super) fn agent_of_task(&self, w: usize, task: u64) -> Option<usize> {
-        self.workers[w].slots.iter().position(|s| s.agent.current().is_some_and(|(t, _)| t == task))
-    }
-
-    /// An idle slot of `role` on worker `w`, now taken for work of `priority`.
-    pub(super) fn take_idle(&mut self, w: usize, role: Role, priority: u32) -> Option<usize> {
-        let slots = &mut self.workers[w].slots;
-        let s = slots.iter().position(|s| s.role == role && s.idle)?;
-        slots[s].idle = false;
-        slots[s].priority = priority;
-        self.m.occupied(role, self.now, 1.0);
-        Some(s)
-    }
-
-    pub(super) fn assign(&mut self, w: usize, role: Role, a: Assignment) {
-        match self.take_idle(w, role, a.priority) {
-            Some(s) => self.inbox.push_back(Msg::Agent { w, s, event: Event::Assigned(a) }),
-            None => self.workers[w].backlog.push_back((role, a)),
+    /// Feeds `event` to worker `w`'s supervisor (the worker's own pure logic) and performs
+    /// what it asks; slot occupancy and reclaims are measured from its state.
+    pub(super) fn sup_event(&mut self, w: usize, event: SupEvent) {
+        let busy_before: Vec<bool> = self.workers[w].sup.slots().iter().map(|x| !x.idle).collect();
+        let reclaims_before = self.workers[w].sup.reclaims();
+        let actions = self.workers[w].sup.on_event(event, EPOCH_MS + self.now);
+        self.m.r.reclaims += self.workers[w].sup.reclaims() - reclaims_before;
+        for (s, before) in busy_before.into_iter().enumerate() {
+            let slot = &self.workers[w].sup.slots()[s];
+            if before == slot.idle {
+                // Busy before and idle now, or the other way round.
+                let role = slot.role;
+                self.m.occupied(role, self.now, if before { -1.0 } else { 1.0 });
+            }
+        }
+        let session = self.workers[w].session;
+        for action in actions {
+            match action {
+                SupAction::Agent { slot, event } => self.inbox.push_back(Msg::Agent { w, s: slot, event }),
+                SupAction::Acquire { task, resources, priority } => self.acquire(w, None, task, resources, priority),
+                SupAction::RetryAfter { task, after_ms } => self.at(self.now + after_ms, Ev::ParkRetry { w, task }),
+                SupAction::CancelAcquire { task } => {
+                    if let Some(r) = self.pending.remove(&task) {
+                        self.requests.remove(&r);
+                        self.apply(Command::Cancel { session, request: r });
+                    }
+                }
+                SupAction::Release(ids) => {
+                    for id in ids {
+                        self.apply(Command::Release { session, reservation: qm_coordinator::state::ReservationId(id) });
+                    }
+                }
+                SupAction::Report { task, attempt, report } => self.report(w, None, task, attempt, report),
+                // A study keeps nothing else about a waiting task, and its agents never stop
+                // (no `Down` is ever sent), so nothing is lost or restarted.
+                SupAction::Forget { .. } | SupAction::Lost { .. } | SupAction::Restart { .. } => {}
+            }
         }
     }
 
@@ -33,8 +54,7 @@ impl Run<'_> {
             assert!(guard < 10_000_000, "a message loop did not settle");
             match msg {
                 Msg::Agent { w, s, event } => self.agent_event(w, s, event),
-                Msg::AcquireDone { w, task, result } => self.acquire_done(w, task, result),
-                Msg::Idle { w, s } => self.slot_idle(w, s),
+                Msg::Sup { w, event } => self.sup_event(w, event),
             }
         }
     }
@@ -47,18 +67,17 @@ impl Run<'_> {
         if let Some(ids) = granted {
             self.workers[w].slots[s].leases.extend(ids);
         }
+        let task = match &event {
+            Event::Assigned(a) | Event::Resume(a, _) => Some(a.task),
+            _ => self.workers[w].slots[s].agent.current().map(|(t, _)| t),
+        };
         let actions = self.workers[w].slots[s].agent.on_event(event, EPOCH_MS + self.now);
         for action in actions {
             self.perform(w, s, action);
         }
-        let slot = &mut self.workers[w].slots[s];
-        if slot.agent.is_idle() && !slot.idle {
-            slot.idle = true;
-            slot.yielding = false;
-            slot.leases.clear();
-            let role = slot.role;
-            self.m.occupied(role, self.now, -1.0);
-            self.inbox.push_back(Msg::Idle { w, s });
+        if let (true, Some(task)) = (self.workers[w].slots[s].agent.is_idle(), task) {
+            self.workers[w].slots[s].leases.clear();
+            self.sup_event(w, SupEvent::Idle { slot: s, task });
         }
     }
 
@@ -93,13 +112,8 @@ impl Run<'_> {
             Action::Report { task, attempt, report } => self.report(w, Some(s), task, attempt, report),
             Action::Park { a, retry } => {
                 self.m.r.replans += 1;
-                let task = a.task;
-                let role = self.workers[w].slots[s].role;
                 self.workers[w].slots[s].leases.clear();
-                self.workers[w].parked.insert(task, (role, a));
-                if retry {
-                    self.at(self.now + PARK_RETRY_MS, Ev::ParkRetry { w, task });
-                }
+                self.sup_event(w, SupEvent::Parked { slot: s, a, retry });
             }
         }
     }
@@ -139,7 +153,7 @@ impl Run<'_> {
         match self.apply(cmd) {
             Response::Granted { grants } => {
                 let leases = grants.iter().map(|g| Lease { id: g.id.0, fencing_token: g.fencing_token }).collect();
-                self.inbox.push_back(Msg::AcquireDone { w, task, result: Ok(leases) });
+                self.inbox.push_back(Msg::Sup { w, event: SupEvent::AcquireDone { task, result: Ok(leases) } });
             }
             Response::Queued { request, .. } => {
                 self.pending.insert(task, request);
@@ -151,108 +165,27 @@ impl Run<'_> {
             }
             Response::Refused(Refusal::Deadlock { .. }) => {
                 self.m.r.deadlocks += 1;
-                let err = AcqErr::Deadlock("refused as closing a cycle".into());
-                self.inbox.push_back(Msg::AcquireDone { w, task, result: Err(err) });
+                let result = Err(AcquireError::Deadlock("refused as closing a cycle".into()));
+                self.inbox.push_back(Msg::Sup { w, event: SupEvent::AcquireDone { task, result } });
             }
             Response::Refused(r) => {
                 if matches!(r, Refusal::QueueFull { .. }) {
                     self.m.r.queue_full += 1;
                 }
-                let err = AcqErr::Failed(format!("refused: {r:?}"));
-                self.inbox.push_back(Msg::AcquireDone { w, task, result: Err(err) });
+                let result = Err(AcquireError::Failed(format!("refused: {r:?}")));
+                self.inbox.push_back(Msg::Sup { w, event: SupEvent::AcquireDone { task, result } });
             }
             other => panic!("unexpected answer to an acquire: {other:?}"),
-        }
-    }
-
-    pub(super) fn acquire_done(&mut self, w: usize, task: u64, result: Result<Vec<Lease>, AcqErr>) {
-        match self.workers[w].parked.remove(&task) {
-            Some((role, a)) => match result {
-                Ok(leases) => {
-                    self.workers[w].ready.push((role, a, leases));
-                    self.resume_ready(w);
-                }
-                Err(e) => {
-                    let error = match e {
-                        AcqErr::Deadlock(why) => format!("acquiring the task's resources: deadlock: {why}"),
-                        AcqErr::Failed(why) => format!("acquiring the task's resources: {why}"),
-                    };
-                    let report = AgentReport::Result {
-                        outcome: AgentOutcome::Failed,
-                        output: Vec::new(),
-                        error,
-                        usage: ExecUsage::default(),
-                        wall_ms: 0,
-                    };
-                    self.report(w, None, a.task, a.attempt, report);
-                }
-            },
-            None => match self.agent_of_task(w, task) {
-                Some(s) => {
-                    let event = match result {
-                        Ok(leases) => Event::Granted(leases),
-                        Err(AcqErr::Deadlock(why)) => Event::DeadlockVictim(why),
-                        Err(AcqErr::Failed(e)) => Event::AcquireFailed(e),
-                    };
-                    self.agent_event(w, s, event);
-                }
-                None => {
-                    if let Ok(leases) = result {
-                        let session = self.workers[w].session;
-                        for l in leases {
-                            self.apply(Command::Release {
-                                session,
-                                reservation: qm_coordinator::state::ReservationId(l.id),
-                            });
-                        }
-                    }
-                }
-            },
-        }
-    }
-
-    pub(super) fn slot_idle(&mut self, w: usize, _s: usize) {
-        self.resume_ready(w);
-        let backlog = std::mem::take(&mut self.workers[w].backlog);
-        for (role, a) in backlog {
-            self.assign(w, role, a);
-        }
-    }
-
-    pub(super) fn resume_ready(&mut self, w: usize) {
-        let ready = std::mem::take(&mut self.workers[w].ready);
-        for (role, a, leases) in ready {
-            match self.take_idle(w, role, a.priority) {
-                Some(s) => self.inbox.push_back(Msg::Agent { w, s, event: Event::Resume(a, leases) }),
-                None => {
-                    let worker = &mut self.workers[w];
-                    // The slot it lent is busy with other work: take it back (the other work
-                    // checkpoints and is requeued), rather than hold the leases idle.
-                    if self.pol.reclaim {
-                        let victim = worker
-                            .slots
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, x)| x.role == role && !x.idle && !x.yielding && x.exec.is_some())
-                            .filter(|(_, x)| x.priority <= a.priority)
-                            .min_by_key(|(i, x)| (x.priority, *i))
-                            .map(|(i, _)| i);
-                        if let Some(v) = victim {
-                            worker.slots[v].yielding = true;
-                            self.m.r.reclaims += 1;
-                            self.inbox.push_back(Msg::Agent { w, s: v, event: Event::Preempt });
-                        }
-                    }
-                    worker.ready.push((role, a, leases));
-                }
-            }
         }
     }
 
     pub(super) fn report(&mut self, w: usize, s: Option<usize>, task: u64, attempt: u32, report: AgentReport) {
         let session = self.workers[w].session;
         let agent = match s {
-            Some(s) => format!("{}/{}-{s}", self.workers[w].node, self.workers[w].slots[s].role.as_str()),
+            Some(s) => {
+                let slot = &self.workers[w].sup.slots()[s];
+                format!("{}/{}-{}", self.workers[w].node, slot.role, slot.index)
+            }
             None => String::new(),
         };
         let report = match report {
@@ -288,7 +221,7 @@ impl Run<'_> {
         let job =
             payload["j"].as_str().and_then(|j| j.strip_prefix('j')).and_then(|j| j.parse::<u64>().ok()).unwrap_or(0);
         let review = payload["review"].as_bool().unwrap_or(false);
-        let role = self.workers[w].slots[s].role;
+        let role = self.workers[w].sup.slots()[s].role;
 
         // Waits: queued → assigned → resources granted (now).
         if let Some(info) = self.tasks.get(&req.task) {
@@ -309,7 +242,7 @@ impl Run<'_> {
             }
         }
         self.m.r.attempts_started += 1;
-        if !self.workers[w].parked.is_empty() {
+        if self.workers[w].sup.parked() > 0 {
             self.m.r.replan_starts += 1;
         }
 
@@ -384,7 +317,7 @@ impl Run<'_> {
             return;
         }
         let x = slot.exec.take().expect("present");
-        let role = slot.role;
+        let role = self.workers[w].sup.slots()[s].role;
         self.m.running(role, now, -1.0);
         let worked = now.saturating_sub(x.started);
         let finished = x.done_before + worked >= x.total;

@@ -473,10 +473,7 @@ impl Cx<'_> {
                 Ok(r) => {
                     slots.insert(r, *n);
                 }
-                Err(_) => self.err(
-                    format!("{f}.slots.{role}"),
-                    format!("unknown role; one of {}", Role::ALL.map(|r| r.as_str()).join(", ")),
-                ),
+                Err(e) => self.err(format!("{f}.slots.{role}"), e.to_string()),
             }
             if *n > qm_shared::limits::WORKER_SLOTS_PER_ROLE_MAX {
                 self.err(
@@ -790,10 +787,7 @@ impl Cx<'_> {
                 Ok(r) => {
                     role.insert(r, self.dist(&format!("durations.role.{k}"), v));
                 }
-                Err(_) => self.err(
-                    format!("durations.role.{k}"),
-                    format!("unknown role; one of {}", Role::ALL.map(|r| r.as_str()).join(", ")),
-                ),
+                Err(e) => self.err(format!("durations.role.{k}"), e.to_string()),
             }
         }
         let mut pass = BTreeMap::new();

@@ -44,6 +44,10 @@ pub const AGENT_CALL_TOKENS_MAX: u32 = 200_000;
 pub(crate) const DIFF_BYTES_MAX: usize = 24 * 1024;
 /// Bytes of the summary or the reasons the output carries.
 pub(crate) const SUMMARY_BYTES_MAX: usize = 8 * 1024;
+/// Refused tool calls an attempt lists (later ones are logged only), each cut to
+/// `REFUSAL_BYTES_MAX`.
+const REFUSALS_LISTED_MAX: usize = 32;
+const REFUSAL_BYTES_MAX: usize = 512;
 
 /// The agent executor's parameters.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -210,7 +214,7 @@ pub(crate) async fn run(
         saved.base = w.base.clone();
     }
     if saved.messages.is_empty() {
-        let role = req.role.map_or("agent", |r| r.as_str());
+        let role = req.role.as_ref().map_or("agent", |r| r.as_str());
         let system = system_prompt(spec.map(|s| s.prompt.as_str()), role, t.review);
         saved.messages =
             vec![json!({"role": "system", "content": system}), json!({"role": "user", "content": t.prompt})];
@@ -292,9 +296,12 @@ impl Agent<'_> {
                     finished = Some(c.args.clone());
                 }
                 let (answer, refused) = self.bench().call(&c.name, &c.args).await;
-                if let Some(why) = refused {
+                if let Some(mut why) = refused {
                     tracing::warn!(task = self.req.task, "{why}");
-                    self.saved.refused.push(why);
+                    if self.saved.refused.len() < REFUSALS_LISTED_MAX {
+                        truncate_at_char(&mut why, REFUSAL_BYTES_MAX);
+                        self.saved.refused.push(why);
+                    }
                 }
                 let answer = if c.name == Tool::Finish.name() { "done".to_string() } else { answer };
                 self.saved.messages.push(json!({"role": "tool", "tool_call_id": c.id, "content": answer}));
@@ -377,8 +384,7 @@ impl Agent<'_> {
             r.usage = self.usage;
             return r;
         }
-        let mut output = serde_json::to_vec(&out).expect("json");
-        output.truncate(TASK_OUTPUT_BYTES_MAX);
+        let output = bounded(out, TASK_OUTPUT_BYTES_MAX);
         ExecResult { outcome: ExecOutcome::Succeeded, output, error: String::new(), usage: self.usage }
     }
 
@@ -389,6 +395,36 @@ impl Agent<'_> {
         let summary = out["summary"].as_str().unwrap_or_default().to_string();
         w.deliver(self.req.task, &summary, self.t.branch.as_deref(), DIFF_BYTES_MAX, out).await
     }
+}
+
+/// The output's JSON within `max` bytes, still JSON: while it is over, the longest of its
+/// texts (the diff, the diff summary, the reasons, the summary) is cut by half, with a note,
+/// and listed under `cut`. (The branch holds the whole change.)
+pub(crate) fn bounded(mut out: Value, max: usize) -> Vec<u8> {
+    const TEXTS: [&str; 4] = ["diff", "diffstat", "reasons", "summary"];
+    const NOTE: &str = "\n… (cut to fit the output bound)";
+    for _ in 0..64 {
+        let bytes = serde_json::to_vec(&out).expect("json");
+        if bytes.len() <= max {
+            return bytes;
+        }
+        let longest = TEXTS.into_iter().max_by_key(|k| out[*k].as_str().map_or(0, str::len)).unwrap_or("diff");
+        let mut text = out[longest].as_str().unwrap_or_default().to_string();
+        if text.len() <= NOTE.len() {
+            break;
+        }
+        let half = text.len() / 2;
+        truncate_at_char(&mut text, half);
+        text.push_str(NOTE);
+        out[longest] = json!(text);
+        match out["cut"].as_array_mut() {
+            Some(cut) if !cut.iter().any(|c| c == longest) => cut.push(json!(longest)),
+            Some(_) => {}
+            None => out["cut"] = json!([longest]),
+        }
+    }
+    // Unreachable with the bounds above (every other field is small); still JSON if it were.
+    serde_json::to_vec(&json!({"summary": "the output did not fit its bound", "cut": TEXTS})).expect("json")
 }
 
 /// The checkpoint's bytes, within `TASK_CHECKPOINT_BYTES_MAX`: the oldest tool results are
@@ -428,6 +464,21 @@ mod tests {
         assert_eq!(back.messages[0]["content"], ELIDED);
         assert_eq!(back.messages[1]["content"], ELIDED);
         assert_eq!(back.messages[3]["content"], big.as_str());
+    }
+
+    #[test]
+    fn an_output_over_its_bound_is_cut_field_by_field_and_stays_json() {
+        let stat: String = (0..20_000).map(|i| format!(" src/file{i}.rs | 1 +\n")).collect();
+        let out = json!({"summary": "s", "diff": "d".repeat(DIFF_BYTES_MAX), "diffstat": stat, "turns": 3});
+        let bytes = bounded(out, TASK_OUTPUT_BYTES_MAX);
+        assert!(bytes.len() <= TASK_OUTPUT_BYTES_MAX, "{}", bytes.len());
+        let back: Value = serde_json::from_slice(&bytes).expect("still JSON");
+        assert_eq!(back["cut"], json!(["diffstat"]));
+        assert!(back["diffstat"].as_str().unwrap().ends_with("(cut to fit the output bound)"));
+        assert_eq!((back["summary"].as_str(), back["turns"].as_u64()), (Some("s"), Some(3)));
+        // Within the bound: untouched.
+        let small = json!({"summary": "s", "diff": "d"});
+        assert_eq!(bounded(small.clone(), TASK_OUTPUT_BYTES_MAX), serde_json::to_vec(&small).unwrap());
     }
 
     #[test]
