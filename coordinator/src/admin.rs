@@ -124,6 +124,12 @@ async fn metrics(AxumState(node): AxumState<Arc<Node>>) -> impl IntoResponse {
     gauge("qm_waiters", "Requests waiting in queues.", "gauge", waiters as u64);
     gauge("qm_grants_total", "Reservations granted.", "counter", stats.grants_total);
     gauge("qm_releases_total", "Reservations released.", "counter", stats.releases_total);
+    gauge(
+        "qm_session_releases_total",
+        "Reservations freed because their session ended (closed, or expired without keepalives).",
+        "counter",
+        stats.session_releases_total,
+    );
     gauge("qm_expirations_total", "Leases that ran out.", "counter", stats.expirations_total);
     gauge("qm_deadlocks_total", "Wait-for cycles broken.", "counter", stats.deadlocks_total);
     gauge("qm_preemptions_total", "Preemptions requested.", "counter", stats.preemptions_total);

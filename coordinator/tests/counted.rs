@@ -33,3 +33,23 @@ fn a_newcomer_takes_idle_units_behind_any_number_of_waiters_held_up_elsewhere() 
     assert!(matches!(r, Response::Queued { .. }), "after: {r:?}");
     core.state.check_invariants();
 }
+
+#[test]
+fn reservations_freed_because_their_session_ended_are_counted() {
+    use qm_coordinator::state::Command;
+    let mut core = Core::new();
+    let closed = core.open_session("closed");
+    let lapsed = core.open_session("lapsed");
+    for (s, owner, p) in [(closed, "a", "pg:a"), (closed, "b", "pg:b"), (lapsed, "c", "pg:c")] {
+        assert!(matches!(core.apply(acquire(s, owner).exclusive(p)).0, Response::Granted { .. }));
+    }
+    let (_, _) = core.apply(acquire(closed, "d").exclusive("pg:c"));
+    core.apply(Command::CloseSession { session: closed });
+    assert_eq!(core.state.stats().session_releases_total, 2, "the queued request is cancelled, not counted");
+    // The other session lapses: its lease goes the same way.
+    let mut core = core.clock_step(support::TTL_MS + 1);
+    core.apply(Command::Tick);
+    let stats = core.state.stats();
+    assert_eq!((stats.session_releases_total, stats.releases_total), (3, 0), "{stats:?}");
+    core.state.check_invariants();
+}

@@ -41,3 +41,16 @@ pub fn show(repo: &Path, rev: &str, path: &str) -> Option<String> {
     let out = Command::new("git").arg("-C").arg(repo).args(["show", &format!("{rev}:{path}")]).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Commits `files` (path, content) on `main` of the remote [`remote_with`] made under `dir`,
+/// pushes it, and returns the new commit.
+pub fn push_change(dir: &Path, files: &[(&str, &str)]) -> String {
+    let (seed, remote) = (dir.join("seed"), dir.join("remote.git"));
+    for (path, content) in files {
+        std::fs::write(seed.join(path), content).expect("write");
+    }
+    git(&seed, &["add", "-A"]);
+    git(&seed, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "change"]);
+    git(&seed, &["push", "-q", remote.to_str().expect("utf-8 path"), "main"]);
+    git(&seed, &["rev-parse", "HEAD"]).trim().to_string()
+}

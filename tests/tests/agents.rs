@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use qm_tests::git::{git, remote_with, show};
+use qm_tests::git::{git, push_change, remote_with, show};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -586,5 +586,56 @@ async fn a_role_declared_only_in_a_spec_runs_the_pass_of_a_workflow_that_names_i
     let entry = &report["entries"][0];
     assert!(entry["spec"].as_str().unwrap().starts_with("security-reviewer@"), "{report:#}");
     assert_eq!(entry["role"], "security-reviewer", "{entry}");
+    c.kill_worker("w1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_commit_that_changed_only_what_verify_reads_replays_the_implementer_and_reruns_verify() {
+    let fix = || {
+        vec![
+            call("read_file", json!({"path": "calc.sh"})),
+            call("edit_file", json!({"path": "calc.sh", "old_text": "$1 - $2", "new_text": "$1 + $2"})),
+            call("finish", json!({"summary": "add adds its arguments"})),
+        ]
+    };
+    let model = FakeModel::start(fix()).await;
+    let (mut c, dir, remote, base) = calc_cluster(&model.url);
+    let flags = agent_flags(&remote, &model.url, &[]);
+    worker(&mut c, "w1", &["implementer=1", "verifier=1"], &flags, 1).await;
+    let workflow = write(&dir, "ticket.toml", PREEMPTIBLE);
+    let first = submit(&c, &workflow, Some(&base), "add 2 3 gives -1");
+    assert_eq!(ended(&c, &first).await["status"], "succeeded");
+    assert_eq!(model.requests().len(), 3);
+
+    // Upstream, only the test changes: a stricter one, which the implementer never read.
+    let stricter = format!("{TEST}[ \"$(add 10 5)\" = 15 ] || exit 1\n");
+    let moved = push_change(&dir, &[("test.sh", &stricter)]);
+    let second = submit(&c, &workflow, Some(&moved), "add 2 3 gives -1");
+    let j = ended(&c, &second).await;
+    assert_eq!(j["status"], "succeeded", "{j:#}");
+    assert_eq!(model.requests().len(), 3, "the implementer's model was not asked again");
+    // The cached change was replayed onto the new commit: the branch has the fix and the
+    // stricter test, and verify ran on it (its output is new, not reused).
+    let branch = format!("qm/{second}/implement");
+    assert_eq!(show(&remote, &branch, "calc.sh").as_deref(), Some(FIXED));
+    assert_eq!(show(&remote, &branch, "test.sh").as_deref(), Some(stricter.as_str()));
+    let pass = |name: &str| j["passes"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone();
+    assert_eq!(
+        (pass("implement")["status"].as_str(), pass("verify")["status"].as_str()),
+        (Some("passed"), Some("passed"))
+    );
+    let events: Vec<&str> = j["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
+    assert!(events.iter().any(|e| e.starts_with("replayed a cached result")), "{events:#?}");
+    assert!(j["saved_micros"].as_u64().unwrap() > 0, "{j:#}");
+    let art = c.qm_json(&["artifact", "get", &second, "implement"]);
+    assert_eq!(art["content"]["replayed"], true, "{art:#}");
+    assert_eq!(art["content"]["reads"], json!(["calc.sh"]), "{art:#}");
+
+    // A change to the file the implementer read: it runs again.
+    model.give(fix());
+    let moved = push_change(&dir, &[("calc.sh", &format!("# arithmetic\n{CALC}"))]);
+    let third = submit(&c, &workflow, Some(&moved), "add 2 3 gives -1");
+    assert_eq!(ended(&c, &third).await["status"], "succeeded");
+    assert_eq!(model.requests().len(), 6, "the implementer's model was asked again");
     c.kill_worker("w1");
 }

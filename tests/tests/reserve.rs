@@ -149,3 +149,36 @@ async fn sigterm_on_a_running_reserve_run_stops_its_command_then_releases() {
     assert_eq!(code, 143, "the command was stopped by the SIGTERM passed on to it");
     assert!(holders_of(&c, "pg:reports").is_empty(), "released once the command exited");
 }
+
+/// An owner that already waits gets ALREADY_WAITING with the request it waits in as a field,
+/// not only in the message, so a client can wait on it or withdraw it.
+#[tokio::test]
+async fn a_second_wait_by_the_same_owner_names_the_request_it_already_waits_in() {
+    use qm_shared::pb::v1 as pb;
+    let c = cluster().await;
+    let client = c.client();
+    let session = client.open_session("api", 10_000).await.expect("session").session_id;
+    let acquire = |owner: &str, path: &str| pb::AcquireRequest {
+        session_id: session,
+        owner: owner.to_string(),
+        resources: vec![pb::ResourceRequest { path: path.to_string(), mode: pb::Mode::Exclusive as i32, units: 0 }],
+        kind: pb::AcquireKind::Wait as i32,
+        priority: 500,
+        lease_ms: 20_000,
+        wait_timeout_ms: Some(20_000),
+    };
+    use pb::acquire_response::Outcome;
+    let held = client.acquire(acquire("a", "pg:x")).await.expect("acquire").outcome;
+    assert!(matches!(held, Some(Outcome::Granted(_))), "{held:?}");
+    let Some(Outcome::Queued(q)) = client.acquire(acquire("b", "pg:x")).await.expect("acquire").outcome else {
+        panic!("b queues behind a")
+    };
+    let again = client.acquire(acquire("b", "pg:y")).await.expect("acquire").outcome;
+    let Some(Outcome::Refused(r)) = again else { panic!("{again:?}") };
+    assert_eq!(r.reason, pb::RefusalReason::AlreadyWaiting as i32, "{r:?}");
+    assert_eq!(r.request_id, q.request_id, "{r:?}");
+    assert!(r.message.contains(&format!("q{}", q.request_id)), "{r:?}");
+    // Nothing changed: pg:y is free.
+    let y = client.acquire(acquire("c", "pg:y")).await.expect("acquire").outcome;
+    assert!(matches!(y, Some(Outcome::Granted(_))), "{y:?}");
+}

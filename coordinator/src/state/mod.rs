@@ -157,6 +157,8 @@ pub struct ResourceConfig {
 pub struct Stats {
     pub grants_total: u64,
     pub releases_total: u64,
+    /// Reservations freed because their session ended (closed, or expired without keepalives).
+    pub session_releases_total: u64,
     pub expirations_total: u64,
     pub deadlocks_total: u64,
     pub preemptions_total: u64,

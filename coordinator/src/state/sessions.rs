@@ -136,6 +136,7 @@ impl State {
             for g in grants {
                 let grant = self.remove_grant(g, ctx);
                 ctx.effects.push(Effect::Released { reservation: g, resource: grant.path, reason });
+                self.stats.session_releases_total += 1;
                 released += 1;
             }
             ctx.gc.push(*owner);

@@ -146,6 +146,55 @@ impl Workspace {
         self.head().await.map(Some)
     }
 
+    /// A digest of what `paths` hold at the base commit: each one's object id there (`-`
+    /// where it does not exist; `.` is the whole tree), in path order. Two bases give the same
+    /// digest exactly when those paths hold the same content.
+    pub async fn read_digest(&self, paths: &[String]) -> Result<String, String> {
+        use sha2::{Digest, Sha256};
+        let mut ids: BTreeMap<&str, String> = paths.iter().map(|p| (p.as_str(), "-".to_string())).collect();
+        if ids.contains_key(".") {
+            let tree = git(&self.dir, &["rev-parse", &format!("{}^{{tree}}", self.base)]).await?;
+            ids.insert(".", tree.trim().to_string());
+        }
+        let named: Vec<&str> = ids.keys().copied().filter(|p| *p != ".").collect();
+        if !named.is_empty() {
+            let mut args = vec!["ls-tree", "--full-tree", self.base.as_str(), "--"];
+            args.extend(named.iter().copied());
+            for line in git(&self.dir, &args).await?.lines() {
+                // "<mode> <type> <id>\t<path>"
+                let Some((meta, path)) = line.split_once('\t') else { continue };
+                if let (Some(id), Some(slot)) = (meta.split(' ').nth(2), ids.get_mut(path)) {
+                    *slot = id.to_string();
+                }
+            }
+        }
+        let mut h = Sha256::new();
+        for (path, id) in &ids {
+            h.update(format!("{path} {id}\n"));
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Applies the change `old_base..commit` (an earlier attempt's, on the remote) here: the
+    /// commit itself when this base is `old_base`, else its commits picked onto this base.
+    /// On a conflict nothing is left applied.
+    pub async fn replay(&self, old_base: &str, commit: &str) -> Result<(), String> {
+        check_rev("cached.base", old_base)?;
+        check_rev("cached.commit", commit)?;
+        if old_base == self.base {
+            return git(&self.dir, &["reset", "-q", "--hard", commit]).await.map(|_| ());
+        }
+        let (name, email) = (format!("user.name={AUTHOR_NAME}"), format!("user.email={AUTHOR_EMAIL}"));
+        let range = format!("{old_base}..{commit}");
+        let picked = git(&self.dir, &["-c", &name, "-c", &email, "cherry-pick", "--allow-empty", &range]).await;
+        if let Err(e) = picked {
+            let _ = git(&self.dir, &["cherry-pick", "--abort"]).await;
+            let _ = git(&self.dir, &["reset", "-q", "--hard", &self.base]).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Pushes the head to `refname` on the remote (forced: an attempt owns its refs).
     pub async fn push(&self, refname: &str) -> Result<(), String> {
         git(&self.dir, &["push", "-q", "--force", &self.url, &format!("HEAD:{refname}")])

@@ -299,6 +299,7 @@ pub fn acquire_refused(r: Refusal, state: &State) -> Result<pb::acquire_response
             estimated_wait_ms,
             retry_after_ms: estimated_wait_ms.clamp(100, 5_000),
             message: "held by others (or others queued ahead)".into(),
+            request_id: 0,
         },
         Refusal::QueueFull { resource, queue_len, retry_after_ms } => ar::Refused {
             reason,
@@ -309,6 +310,12 @@ pub fn acquire_refused(r: Refusal, state: &State) -> Result<pb::acquire_response
         Refusal::Deadlock { cycle, cycle_len } => ar::Refused {
             reason,
             message: format!("would deadlock: cycle of {cycle_len}: {}", cycle.join(" -> ")),
+            ..Default::default()
+        },
+        Refusal::AlreadyWaiting { request } => ar::Refused {
+            reason,
+            request_id: request.0,
+            message: Refusal::AlreadyWaiting { request }.to_string(),
             ..Default::default()
         },
         other => ar::Refused { reason, message: other.to_string(), ..Default::default() },

@@ -99,6 +99,30 @@ impl Jobs {
     }
 }
 
+/// `payload` with `cached` set to `artifact`, if the payload is an agent's (a JSON object
+/// with `executor = "agent"`), the artifact records the files it read (`reads` and `tree`),
+/// and the two fit in `max` bytes; else `None`.
+pub(in crate::state) fn with_cached(payload: &[u8], artifact: &[u8], max: usize) -> Option<Vec<u8>> {
+    let mut p: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    if p.get("executor").and_then(|e| e.as_str()) != Some("agent") || p.get("review").is_some_and(|r| r == true) {
+        return None;
+    }
+    let a: serde_json::Value = serde_json::from_slice(artifact).ok()?;
+    if !(a.get("tree").is_some_and(|t| t.is_string()) && a.get("reads").is_some_and(|r| r.is_array())) {
+        return None;
+    }
+    p.as_object_mut()?.insert("cached".into(), a);
+    let bytes = serde_json::to_vec(&p).ok()?;
+    (bytes.len() <= max).then_some(bytes)
+}
+
+/// What an artifact says of itself: (it records the files it read, it was replayed from
+/// the cache).
+pub(in crate::state) fn replay_facts(artifact: &[u8]) -> (bool, bool) {
+    let Ok(a) = serde_json::from_slice::<serde_json::Value>(artifact) else { return (false, false) };
+    (a.get("tree").is_some_and(|t| t.is_string()), a.get("replayed").is_some_and(|r| r == true))
+}
+
 /// Hex SHA-256.
 pub(in crate::state) fn sha256_hex(parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();
@@ -117,17 +141,30 @@ pub(in crate::state) fn sha256_hex(parts: &[&[u8]]) -> String {
 
 /// The cache key of pass `i`: the workflow and pass, its role, the repo commit, the digests
 /// of the inputs it names (work-item inputs or upstream outputs) and of the passes it
-/// comes after.
+/// comes after. A hit reuses the artifact without running anything.
 pub(in crate::state) fn cache_key(job: &Job, i: usize) -> String {
+    key(job, i, Some(&job.spec.commit))
+}
+
+/// The key of pass `i` without the commit: results kept under it are offered to the worker
+/// (`with_cached`), which replays one only if the files it read are unchanged at the new
+/// commit.
+pub(in crate::state) fn tree_key(job: &Job, i: usize) -> String {
+    format!("tree:{}", key(job, i, None))
+}
+
+fn key(job: &Job, i: usize, commit: Option<&str>) -> String {
     let w = &job.spec.workflow;
     let pass = &w.passes[i];
     let mut parts: Vec<Vec<u8>> = vec![
-        b"qm-cache-v1".to_vec(),
+        if commit.is_some() { b"qm-cache-v1".to_vec() } else { b"qm-cache-tree-v1".to_vec() },
         w.name.clone().into_bytes(),
         pass.name.clone().into_bytes(),
         pass.role.as_str().as_bytes().to_vec(),
-        job.spec.commit.clone().into_bytes(),
     ];
+    if let Some(c) = commit {
+        parts.push(c.as_bytes().to_vec());
+    }
     let mut inputs: Vec<&String> = pass.inputs.iter().collect();
     inputs.sort();
     for name in inputs {
@@ -149,4 +186,26 @@ pub(in crate::state) fn cache_key(job: &Job, i: usize) -> String {
     }
     let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
     sha256_hex(&refs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_agent_pass_is_offered_a_result_that_records_its_reads_and_only_within_the_bound() {
+        let agent = br#"{"executor":"agent","prompt":"p"}"#;
+        let art = br#"{"summary":"s","reads":["calc.sh"],"tree":"ab12"}"#;
+        let with: serde_json::Value = serde_json::from_slice(&with_cached(agent, art, 1_024).unwrap()).unwrap();
+        assert_eq!(with["cached"]["reads"], serde_json::json!(["calc.sh"]));
+        assert_eq!(with["prompt"], "p");
+        assert_eq!(with_cached(br#"{"executor":"command","cmd":"true"}"#, art, 1_024), None, "not an agent");
+        assert_eq!(with_cached(br#"{"executor":"agent","review":true}"#, art, 1_024), None, "a review");
+        assert_eq!(with_cached(agent, br#"{"summary":"s"}"#, 1_024), None, "no reads recorded");
+        assert_eq!(with_cached(agent, b"not json", 1_024), None);
+        assert_eq!(with_cached(agent, art, 40), None, "over the payload bound");
+        assert_eq!(replay_facts(art), (true, false));
+        assert_eq!(replay_facts(br#"{"replayed":true,"tree":"x"}"#), (true, true));
+        assert_eq!(replay_facts(b"ok\n"), (false, false));
+    }
 }

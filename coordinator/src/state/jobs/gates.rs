@@ -195,17 +195,36 @@ impl State {
     }
 
     pub(in crate::state) fn pass_passed(&mut self, job_id: JobId, i: usize, ctx: &mut Ctx) {
+        let tree_key = self.jobs.jobs.get(&job_id).map(|j| super::tree_key(j, i)).unwrap_or_default();
         let j = self.jobs.jobs.get_mut(&job_id).expect("job exists");
         let p = &mut j.passes[i];
         p.status = PassStatus::Passed;
         p.wait = None;
-        let (name, key, digest, cost) = (p.name.clone(), p.cache_key.clone(), p.artifact.clone(), p.run_cost_micros);
+        let (name, key, digest, mut cost) =
+            (p.name.clone(), p.cache_key.clone(), p.artifact.clone(), p.run_cost_micros);
+        let facts =
+            digest.as_ref().and_then(|d| self.jobs.artifacts.get(d)).map(|(_, a)| super::cache::replay_facts(a));
+        let (records_reads, replayed) = facts.unwrap_or_default();
+        if replayed {
+            // The worker applied the offered result instead of running: what that result
+            // cost is saved, and stays its cost in the cache.
+            let saved = p.offered_micros;
+            p.saved_micros += saved;
+            j.saved_micros += saved;
+            cost = saved;
+            let what = format!("replayed a cached result: the files it read are unchanged (saved {})", dollars(saved));
+            self.jobs.event(job_id, &name, what, ctx);
+        }
         if let Some(d) = digest {
             if !key.is_empty() {
-                self.jobs.remember(key, d, cost);
+                self.jobs.remember(key, d.clone(), cost);
+            }
+            if records_reads && !replayed {
+                self.jobs.remember(tree_key, d, cost);
             }
         }
-        self.jobs.event(job_id, &name, format!("passed ({} this run)", dollars(cost)), ctx);
+        let this_run = if replayed { 0 } else { cost };
+        self.jobs.event(job_id, &name, format!("passed ({} this run)", dollars(this_run)), ctx);
     }
 
     pub(in crate::state) fn gate_failed(&mut self, job_id: JobId, i: usize, ctx: &mut Ctx) {

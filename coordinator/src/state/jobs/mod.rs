@@ -21,7 +21,7 @@ pub use budgets::Budget;
 pub use ledger::LedgerEntry;
 pub use validate::validate_job_command;
 
-use cache::{cache_key, sha256_hex, CacheEntry};
+use cache::{cache_key, sha256_hex, tree_key, with_cached, CacheEntry};
 use gates::{fill, verdict};
 use ledger::ledger_pass;
 
@@ -133,6 +133,9 @@ pub struct PassState {
     /// A spend approval is wanted before dispatch (budget at its `at` threshold).
     pub approval_wanted: bool,
     pub spend_approved: bool,
+    /// This run was offered a cached result to replay (see `cache::with_cached`): what that
+    /// result cost when it was made, saved if the worker replays it.
+    pub offered_micros: u64,
 }
 
 impl PassState {
@@ -157,6 +160,7 @@ impl PassState {
             wall_ms: 0,
             approval_wanted: false,
             spend_approved: false,
+            offered_micros: 0,
         }
     }
 }

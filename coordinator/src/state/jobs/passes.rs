@@ -2,7 +2,7 @@
 //! passes its gate, retrying, cancelling and ending the item, and routing a pass to a model
 //! provider.
 
-use qm_shared::limits::{BUDGETS_MAX, JOBS_ENDED_RETAINED_MAX, JOBS_MAX};
+use qm_shared::limits::{BUDGETS_MAX, JOBS_ENDED_RETAINED_MAX, JOBS_MAX, TASK_PAYLOAD_BYTES_MAX};
 use qm_shared::workflow::{dollars, Complexity, Reviewer};
 use qm_shared::{Invalid, Mode, Tier};
 
@@ -365,7 +365,7 @@ impl State {
         let job = &self.jobs.jobs[&job_id];
         let pass = &job.spec.workflow.passes[i];
         let template = if pass.run.is_empty() { &job.spec.run } else { &pass.run };
-        let spec = TaskSpec {
+        let mut spec = TaskSpec {
             role: pass.role,
             items: needs_to_items(&job.spec.workflow, i),
             payload: fill(
@@ -386,10 +386,22 @@ impl State {
             requires: pass.requires.clone(),
             principal: String::new(),
         };
+        // An earlier result of this pass on the same inputs at another commit: offered to the
+        // agent, which replays it if the files it read are unchanged.
+        let mut offered = 0;
+        let earlier = self.jobs.cache.get(&tree_key(job, i)).and_then(|e| {
+            let (_, artifact) = self.jobs.artifacts.get(&e.digest)?;
+            Some((with_cached(&spec.payload, artifact, TASK_PAYLOAD_BYTES_MAX)?, e.cost_micros))
+        });
+        if let Some((payload, cost)) = earlier {
+            spec.payload = payload;
+            offered = cost;
+        }
         match self.new_task(spec, ctx) {
             Ok(task) => {
                 self.jobs.by_task.insert(task, (job_id, i, Kind::Work));
                 let p = &mut self.jobs.jobs.get_mut(&job_id).expect("job").passes[i];
+                p.offered_micros = offered;
                 p.status = PassStatus::Queued;
                 p.task = Some(task);
                 p.review = None;

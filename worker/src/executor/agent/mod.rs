@@ -88,6 +88,11 @@ pub struct AgentTask {
     /// Output tokens per model call.
     #[serde(default = "AgentTask::default_max_tokens")]
     pub max_tokens: u32,
+    /// Set by the coordinator: an earlier result of the same pass on the same inputs, with
+    /// the files it read (`reads`) and their digest (`tree`). If those files are unchanged
+    /// at this base, its change is applied here instead of asking the model.
+    #[serde(default)]
+    pub cached: Option<Value>,
 }
 
 impl AgentTask {
@@ -124,9 +129,35 @@ struct Saved {
     /// The work-in-progress commit, pushed to the task's checkpoint ref.
     wip: Option<String>,
     refused: Vec<String>,
+    /// The paths the agent looked at (read, edited, listed or searched; `.` for the whole
+    /// tree), for the cache: a later run whose base holds the same content there may reuse
+    /// this result.
+    #[serde(default)]
+    reads: BTreeSet<String>,
 }
 
-/// How a run ended before its result is written.
+/// Paths an attempt records as read before it counts as having read the whole tree.
+const READS_LISTED_MAX: usize = 256;
+
+/// The path a tool call looks at, normalized (`.` for the whole tree); `None` for a call
+/// that reads nothing.
+fn read_by(tool: &str, args: &Value) -> Option<String> {
+    let path = args.get("path").and_then(Value::as_str).unwrap_or_default();
+    let whole = || Some(".".to_string());
+    match Tool::parse(tool)? {
+        Tool::ReadFile | Tool::EditFile | Tool::ListFiles | Tool::Search => {
+            let p = path.trim_start_matches("./").trim_end_matches('/');
+            if p.is_empty() || p == "." || p.len() > 1_024 || p.contains(['\n', '\t']) {
+                whole()
+            } else {
+                Some(p.to_string())
+            }
+        }
+        // A command may read anything.
+        Tool::RunCommand => whole(),
+        Tool::WriteFile | Tool::Finish => None,
+    }
+}
 enum End {
     Finished(Value),
     Failed(String),
@@ -236,6 +267,12 @@ pub(crate) async fn run(
         attempt,
         root,
     };
+    if agent.saved.turns == 0 {
+        if let Some(result) = agent.replay().await {
+            agent.attempt.remove().await;
+            return result;
+        }
+    }
     let end = match timeout {
         Some(limit) => tokio::time::timeout(limit, agent.converse(&events, control)).await.map_err(|_| limit),
         None => Ok(agent.converse(&events, control).await),
@@ -294,6 +331,13 @@ impl Agent<'_> {
                 stage.push(c.name.clone());
                 if c.name == Tool::Finish.name() {
                     finished = Some(c.args.clone());
+                }
+                if let Some(path) = read_by(&c.name, &c.args) {
+                    if self.saved.reads.len() >= READS_LISTED_MAX {
+                        self.saved.reads = BTreeSet::from([".".to_string()]);
+                    } else if !self.saved.reads.contains(".") {
+                        self.saved.reads.insert(path);
+                    }
                 }
                 let (answer, refused) = self.bench().call(&c.name, &c.args).await;
                 if let Some(mut why) = refused {
@@ -374,6 +418,16 @@ impl Agent<'_> {
             "turns": self.saved.turns,
             "refused": self.saved.refused,
         });
+        if let Some(w) = &self.attempt.workspace {
+            let reads: Vec<String> = self.saved.reads.iter().cloned().collect();
+            match w.read_digest(&reads).await {
+                Ok(tree) => {
+                    out["reads"] = json!(reads);
+                    out["tree"] = json!(tree);
+                }
+                Err(e) => tracing::warn!(task = self.req.task, "the files read are not recorded for the cache: {e}"),
+            }
+        }
         if self.t.review {
             let verdict = text("verdict").to_ascii_lowercase();
             out["verdict"] = json!(if verdict == "pass" { "pass" } else { "fail" });
@@ -386,6 +440,54 @@ impl Agent<'_> {
         }
         let output = bounded(out, TASK_OUTPUT_BYTES_MAX);
         ExecResult { outcome: ExecOutcome::Succeeded, output, error: String::new(), usage: self.usage }
+    }
+
+    /// The coordinator's cached result of this pass, if the files it read hold the same
+    /// content at this base: its change applied here (picked onto this base when the base
+    /// moved), committed, pushed and described like a fresh one, with no model called.
+    /// `None` when there is none, the files differ, or the change does not apply.
+    async fn replay(&mut self) -> Option<ExecResult> {
+        let cached = self.t.cached.as_ref()?;
+        let w = self.attempt.workspace.as_ref()?;
+        let reads: Vec<String> =
+            cached["reads"].as_array()?.iter().filter_map(|v| v.as_str().map(String::from)).collect();
+        let tree = cached["tree"].as_str()?;
+        match w.read_digest(&reads).await {
+            Ok(now) if now == tree => {}
+            Ok(_) => {
+                tracing::info!(task = self.req.task, "cache: the files the cached result read changed; running");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(task = self.req.task, "cache: {e}; running");
+                return None;
+            }
+        }
+        let from = cached["commit"].as_str().map(String::from);
+        if let (Some(commit), Some(old_base)) = (&from, cached["base"].as_str()) {
+            if let Err(e) = w.replay(old_base, commit).await {
+                tracing::info!(task = self.req.task, "cache: the cached change does not apply here ({e}); running");
+                return None;
+            }
+        }
+        let mut out = json!({});
+        for k in
+            ["summary", "verdict", "reasons", "spec", "spec_version", "provider", "model", "turns", "reads", "tree"]
+        {
+            if let Some(v) = cached.get(k) {
+                out[k] = v.clone();
+            }
+        }
+        out["refused"] = json!([]);
+        out["replayed"] = json!(true);
+        out["replayed_from"] = json!(from);
+        if let Err(e) = self.deliver(&mut out).await {
+            tracing::warn!(task = self.req.task, "cache: delivering the replayed change: {e}; running");
+            return None;
+        }
+        tracing::info!(task = self.req.task, "cache: the files it read are unchanged; the cached change is replayed");
+        let output = bounded(out, TASK_OUTPUT_BYTES_MAX);
+        Some(ExecResult { outcome: ExecOutcome::Succeeded, output, error: String::new(), usage: Usage::default() })
     }
 
     /// Commits and pushes the workspace's changes (with a `branch`) and adds the branch,
@@ -496,6 +598,7 @@ mod tests {
             image: None,
             max_turns: turns,
             max_tokens: 100,
+            cached: None,
         };
         assert!(t(0, None).check().unwrap_err().starts_with("payload.max_turns: 0 is outside 1..=200"));
         assert!(t(5, Some("main")).check().unwrap_err().starts_with("payload.branch:"));
