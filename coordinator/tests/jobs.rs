@@ -148,6 +148,50 @@ fn a_roles_agent_spec_gives_its_passes_their_starting_tier_and_caps_their_escala
 }
 
 #[test]
+fn an_agent_result_that_records_its_reads_is_offered_at_a_new_commit_but_never_to_a_run_sent_back() {
+    let mut c = Core::new().project(demo_project());
+    c.worker("w1", &ALL_ROLES);
+    let passes = || {
+        [
+            pass("implement", Role::Implementer).run(r#"{"executor":"agent","prompt":"fix","repo":"app"}"#),
+            pass("check", Role::Verifier).after("implement").gate(
+                Reviewer::Human,
+                Role::Analyst,
+                OnFail::SendBack("implement".into()),
+            ),
+        ]
+    };
+    let payload = |c: &Core, j| -> serde_json::Value {
+        serde_json::from_slice(&c.task(c.pass(j, "implement").task.unwrap()).spec.payload).unwrap()
+    };
+    let art = r#"{"summary":"fixed","commit":"c1","base":"b1","reads":["calc.sh"],"tree":"t1"}"#;
+    let first = c.submit_job(job("a", passes()).commit("b1"));
+    assert!(payload(&c, first).get("cached").is_none(), "nothing to offer yet");
+    c.finish(c.pass(first, "implement").task.unwrap(), art, (1_000, 100));
+    c.finish(c.pass(first, "check").task.unwrap(), "ok", (1, 1));
+    c.decide(first, "check", true, "ana");
+
+    // Another work item, same inputs, another commit: the result rides along.
+    let second = c.submit_job(job("a", passes()).commit("b2"));
+    assert_eq!(payload(&c, second)["cached"]["tree"], "t1");
+    // The worker replays it: no cost, the first run's cost saved.
+    let replayed = r#"{"summary":"fixed","commit":"c2","base":"b2","reads":["calc.sh"],"tree":"t1","replayed":true}"#;
+    c.finish(c.pass(second, "implement").task.unwrap(), replayed, (0, 0));
+    let p = c.pass(second, "implement");
+    assert!(p.saved_micros > 0 && p.run_cost_micros == 0, "{p:?}");
+    assert!(c.job(second).events.iter().any(|e| e.message.starts_with("replayed a cached result")));
+    // A human sends it back: the rerun gets no cached result, whatever the key says.
+    c.finish(c.pass(second, "check").task.unwrap(), "ok", (1, 1));
+    c.decide(second, "check", false, "ana");
+    assert_eq!(c.pass(second, "implement").runs, 2);
+    assert!(payload(&c, second).get("cached").is_none(), "a run sent back is not offered the same change");
+    // And a third item at yet another commit is not offered what the gate rejected.
+    let third = c.submit_job(job("a", passes()).commit("b3"));
+    assert!(payload(&c, third).get("cached").is_none());
+    c.state.check_invariants();
+}
+
+#[test]
 fn a_failed_gate_with_on_fail_stop_fails_the_work_item_and_runs_nothing_after_it() {
     let mut c = Core::new().project(demo_project());
     c.worker("w1", &ALL_ROLES);

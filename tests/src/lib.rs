@@ -603,6 +603,19 @@ impl Fence {
     }
 }
 
+/// An acquire of `resource`, exclusive, waiting (up to 20 s), with a 20 s lease.
+pub fn exclusive_wait(session: u64, owner: &str, resource: &str) -> pb::AcquireRequest {
+    pb::AcquireRequest {
+        session_id: session,
+        owner: owner.to_string(),
+        resources: vec![pb::ResourceRequest { path: resource.to_string(), mode: pb::Mode::Exclusive as i32, units: 0 }],
+        kind: pb::AcquireKind::Wait as i32,
+        priority: 500,
+        lease_ms: 20_000,
+        wait_timeout_ms: Some(20_000),
+    }
+}
+
 /// Acquires `resource` exclusively under `session`, waiting; returns the reservation.
 pub async fn acquire_wait(
     client: &Client,
@@ -615,16 +628,7 @@ pub async fn acquire_wait(
         .watch(pb::WatchRequest { session_id: Some(session), ..Default::default() })
         .await
         .map_err(|s| s.to_string())?;
-    let req = pb::AcquireRequest {
-        session_id: session,
-        owner: owner.to_string(),
-        resources: vec![pb::ResourceRequest { path: resource.to_string(), mode: pb::Mode::Exclusive as i32, units: 0 }],
-        kind: pb::AcquireKind::Wait as i32,
-        priority: 500,
-        lease_ms: 20_000,
-        wait_timeout_ms: Some(20_000),
-    };
-    match client.acquire(req).await.map_err(|s| s.to_string())?.outcome {
+    match client.acquire(exclusive_wait(session, owner, resource)).await.map_err(|s| s.to_string())?.outcome {
         Some(pb::acquire_response::Outcome::Granted(g)) => Ok(g.reservations[0].clone()),
         Some(pb::acquire_response::Outcome::Queued(q)) => {
             while let Some(ev) = events.next().await {

@@ -158,15 +158,7 @@ async fn a_second_wait_by_the_same_owner_names_the_request_it_already_waits_in()
     let c = cluster().await;
     let client = c.client();
     let session = client.open_session("api", 10_000).await.expect("session").session_id;
-    let acquire = |owner: &str, path: &str| pb::AcquireRequest {
-        session_id: session,
-        owner: owner.to_string(),
-        resources: vec![pb::ResourceRequest { path: path.to_string(), mode: pb::Mode::Exclusive as i32, units: 0 }],
-        kind: pb::AcquireKind::Wait as i32,
-        priority: 500,
-        lease_ms: 20_000,
-        wait_timeout_ms: Some(20_000),
-    };
+    let acquire = |owner: &str, path: &str| qm_tests::exclusive_wait(session, owner, path);
     use pb::acquire_response::Outcome;
     let held = client.acquire(acquire("a", "pg:x")).await.expect("acquire").outcome;
     assert!(matches!(held, Some(Outcome::Granted(_))), "{held:?}");

@@ -469,6 +469,12 @@ impl PassBuilder {
         self
     }
 
+    /// Its payload template (the workflow's `run`).
+    pub fn run(mut self, run: &str) -> Self {
+        self.0.run = run.as_bytes().to_vec();
+        self
+    }
+
     pub fn tier(mut self, tier: Tier) -> Self {
         self.0.tier = Some(tier);
         self

@@ -270,7 +270,7 @@ impl State {
                     }
                 }
                 let mut stop = Vec::new();
-                let mut stale = Vec::new();
+                let mut stale: Vec<String> = again.iter().map(|k| super::tree_key(j, *k)).collect();
                 for k in again {
                     let q = &mut j.passes[k];
                     if q.status.active() {

@@ -387,9 +387,11 @@ impl State {
             principal: String::new(),
         };
         // An earlier result of this pass on the same inputs at another commit: offered to the
-        // agent, which replays it if the files it read are unchanged.
+        // agent, which replays it if the files it read are unchanged. Only on the pass's first
+        // run here: a run after a failed gate wants new work, not the same change again.
         let mut offered = 0;
-        let earlier = self.jobs.cache.get(&tree_key(job, i)).and_then(|e| {
+        let first_run = job.passes[i].runs == 0;
+        let earlier = self.jobs.cache.get(&tree_key(job, i)).filter(|_| first_run).and_then(|e| {
             let (_, artifact) = self.jobs.artifacts.get(&e.digest)?;
             Some((with_cached(&spec.payload, artifact, TASK_PAYLOAD_BYTES_MAX)?, e.cost_micros))
         });
