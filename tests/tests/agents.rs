@@ -639,3 +639,42 @@ async fn a_new_commit_that_changed_only_what_verify_reads_replays_the_implemente
     assert_eq!(model.requests().len(), 6, "the implementer's model was asked again");
     c.kill_worker("w1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_sent_back_by_its_reviewer_goes_on_from_its_own_branch_with_the_reasons() {
+    let model = FakeModel::start(vec![
+        // The implementer's first run fixes add, clumsily; the test passes.
+        call("read_file", json!({"path": "calc.sh"})),
+        call("edit_file", json!({"path": "calc.sh", "old_text": "$1 - $2", "new_text": "$1 + $2 + 0"})),
+        call("finish", json!({"summary": "add adds"})),
+        call("finish", json!({"verdict": "fail", "reasons": "drop the + 0"})),
+        // Sent back: it reads its own change, and tidies it.
+        call("read_file", json!({"path": "calc.sh"})),
+        call("edit_file", json!({"path": "calc.sh", "old_text": "$1 + $2 + 0", "new_text": "$1 + $2"})),
+        call("finish", json!({"summary": "add adds, plainly"})),
+        call("finish", json!({"verdict": "pass", "reasons": "plain and tested"})),
+    ])
+    .await;
+    let (mut c, _dir, remote, base) = calc_cluster(&model.url);
+    let flags = agent_flags(&remote, &model.url, &[]);
+    worker(&mut c, "w1", &["implementer=1", "verifier=1", "analyst=1"], &flags, 1).await;
+    let args = ["job", "submit", "--title", "add", "--team", "platform", "--project", "calc", "--workflow", "ticket"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.extend(["--input", "ticket=add 2 3 gives -1", "--input", "test=sh test.sh", "--commit", &base]);
+    let id = c.qm_json(&args)["id"].as_str().expect("id").to_string();
+    let j = ended(&c, &id).await;
+    assert_eq!(j["status"], "succeeded", "{j:#}");
+    let reqs = model.requests();
+    assert_eq!(reqs.len(), 8, "{reqs:#?}");
+    // The second run was told why, and started from the branch its first run pushed.
+    let prompt = reqs[4]["messages"][1]["content"].as_str().unwrap();
+    assert!(prompt.contains("The last review failed") && prompt.contains("drop the + 0"), "{prompt}");
+    let read = tool_results(&reqs[5]);
+    assert!(read.last().unwrap().contains("$(($1 + $2 + 0))"), "{read:?}");
+    // The branch holds the tidy fix, and the diff is still against the work item's base.
+    assert_eq!(show(&remote, &format!("qm/{id}/implement"), "calc.sh").as_deref(), Some(FIXED));
+    let art = c.qm_json(&["artifact", "get", &id, "implement"]);
+    assert_eq!(art["content"]["base"], base.as_str(), "{art:#}");
+    assert!(art["content"]["diff"].as_str().unwrap().contains("-add() { echo $(($1 - $2)); }"), "{art:#}");
+    c.kill_worker("w1");
+}

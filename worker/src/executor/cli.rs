@@ -98,7 +98,7 @@ pub(crate) async fn run(c: CliTask, config: &ExecConfig, req: &ExecRequest, time
             return ExecResult::failed(e);
         }
     }
-    let dirs = match super::AttemptDirs::prepare(config, req, c.repo.as_deref(), &c.start, &c.base).await {
+    let dirs = match super::AttemptDirs::prepare(config, req, c.repo.as_deref(), (&c.start, None), &c.base).await {
         Ok(d) => d,
         Err(e) => return ExecResult::failed(e),
     };

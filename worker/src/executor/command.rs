@@ -97,7 +97,7 @@ pub(crate) async fn run(
     events: mpsc::Sender<ExecEvent>,
     control: mpsc::Receiver<Control>,
 ) -> ExecResult {
-    let dirs = match super::AttemptDirs::prepare(config, req, c.repo.as_deref(), &c.start, "").await {
+    let dirs = match super::AttemptDirs::prepare(config, req, c.repo.as_deref(), (&c.start, None), "").await {
         Ok(d) => d,
         Err(e) => return ExecResult::failed(e),
     };

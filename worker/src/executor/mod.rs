@@ -201,13 +201,14 @@ pub(crate) struct AttemptDirs {
 
 impl AttemptDirs {
     /// The directory, and a worktree of this worker's repository `repo` (if named) from
-    /// `start`, diffs against `base`; an error naming the payload field when the worker has
-    /// no such repository. Nothing is left behind on an error.
+    /// `start` (or from the branch `prefer`, if the remote has it), diffs against `base`; an
+    /// error naming the payload field when the worker has no such repository. Nothing is
+    /// left behind on an error.
     pub(crate) async fn prepare(
         config: &ExecConfig,
         req: &ExecRequest,
         repo: Option<&str>,
-        start: &str,
+        (start, prefer): (&str, Option<&str>),
         base: &str,
     ) -> Result<AttemptDirs, String> {
         let dir = attempt_dir(config, req);
@@ -225,7 +226,8 @@ impl AttemptDirs {
                 if known.is_empty() { "none".to_string() } else { known.join(", ") }
             ));
         };
-        match workspace::Workspace::open(&config.work_root, repo, url, &dir.join("repo"), start, base).await {
+        match workspace::Workspace::open(&config.work_root, (repo, url), &dir.join("repo"), (start, prefer), base).await
+        {
             Ok(w) => {
                 let setup_ms = w.setup.as_millis() as u64;
                 tracing::debug!(task = req.task, attempt = req.attempt, repo, setup_ms, "workspace ready");

@@ -74,19 +74,22 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// Fetches the mirror of `repo` (made on first use) and adds a worktree at `dir`, detached
-    /// at `start` (a commit or branch; empty: the remote's default branch). `base` is the
-    /// commit diffs are taken against; empty: where it starts.
+    /// Fetches the mirror of `repo` at `url` (made on first use) and adds a worktree at
+    /// `dir`, detached at `start` (a commit or branch; empty: the remote's default branch), or
+    /// at the branch `prefer` when the remote has it. `base` is the commit diffs are taken
+    /// against; empty: where it starts.
     pub async fn open(
         work_root: &Path,
-        repo: &str,
-        url: &str,
+        (repo, url): (&str, &str),
         dir: &Path,
-        start: &str,
+        (start, prefer): (&str, Option<&str>),
         base: &str,
     ) -> Result<Workspace, String> {
         check_rev("payload.start", start)?;
         check_rev("payload.base", base)?;
+        if let Some(p) = prefer {
+            check_rev("payload.branch", p)?;
+        }
         let began = Instant::now();
         let mirror = work_root.join("mirrors").join(format!("{repo}.git"));
         let lock = mirror_lock(&mirror);
@@ -99,18 +102,23 @@ impl Workspace {
         fetch.extend(FETCH_REFSPECS);
         git(&mirror, &fetch).await.map_err(|e| format!("repo {repo:?}: {e}"))?;
         let start = if start.is_empty() { default_branch(&mirror, url).await? } else { start.to_string() };
-        let commit = git(&mirror, &["rev-parse", "--verify", "-q", &format!("{start}^{{commit}}")])
+        let given = git(&mirror, &["rev-parse", "--verify", "-q", &format!("{start}^{{commit}}")])
             .await
             .map_err(|_| format!("repo {repo:?}: {start:?} is neither a branch nor a commit of {url}"))?
             .trim()
             .to_string();
+        let preferred = match prefer {
+            Some(p) => git(&mirror, &["rev-parse", "--verify", "-q", &format!("refs/heads/{p}^{{commit}}")]).await.ok(),
+            None => None,
+        };
+        let commit = preferred.map(|c| c.trim().to_string()).unwrap_or_else(|| given.clone());
         // A worktree a crashed attempt left behind is pruned before this one is added.
         let _ = git(&mirror, &["worktree", "prune"]).await;
         let _ = tokio::fs::remove_dir_all(dir).await;
         let path = dir.to_string_lossy().into_owned();
         git(&mirror, &["worktree", "add", "-q", "--detach", "-f", &path, &commit]).await?;
         let base = if base.is_empty() {
-            commit
+            given
         } else {
             git(&mirror, &["rev-parse", "--verify", "-q", &format!("{base}^{{commit}}")])
                 .await

@@ -230,7 +230,11 @@ pub(crate) async fn run(
     // A resumed attempt starts from its work-in-progress commit, diffing against the first base.
     let start = saved.wip.clone().unwrap_or_else(|| t.start.clone());
     let base = if saved.base.is_empty() { t.base.clone() } else { saved.base.clone() };
-    let attempt = match AttemptDirs::prepare(config, req, t.repo.as_deref(), &start, &base).await {
+    // A run of the pass after a gate sent it back (or escalated it) goes on from the branch
+    // the last one pushed, so the reviewer's reasons apply to that work; the diff stays
+    // against the first base.
+    let prefer = t.branch.as_deref().filter(|_| saved.wip.is_none());
+    let attempt = match AttemptDirs::prepare(config, req, t.repo.as_deref(), (&start, prefer), &base).await {
         Ok(a) => a,
         Err(e) => return ExecResult::failed(e),
     };
