@@ -52,8 +52,8 @@ pub async fn dispatch(command: WorkerCommand, client: &Client, output: Output) -
 async fn list(client: &Client, output: Output) -> Result<(), Failure> {
     let resp = client.list_workers().await.map_err(status_failure)?;
     let mut text = format!(
-        "{:<20} {:<8} {:<36} {:<5} {:<24} {:<10} {}\n",
-        "NODE", "SESSION", "SLOTS", "GPUS", "PROVIDERS", "ENGINES", "RUNNING"
+        "{:<20} {:<8} {:<36} {:<5} {:<24} {:<10} {:<16} {}\n",
+        "NODE", "SESSION", "SLOTS", "GPUS", "PROVIDERS", "ENGINES", "REPOS", "RUNNING"
     );
     for w in &resp.workers {
         let slots: Vec<String> = w.slots.iter().map(|(r, n)| format!("{r}={n}")).collect();
@@ -61,14 +61,16 @@ async fn list(client: &Client, output: Output) -> Result<(), Failure> {
         let providers: Vec<String> =
             w.model_providers.iter().map(|p| format!("{}{}", p.name, if p.local { " (local)" } else { "" })).collect();
         let engines: Vec<&str> = std::iter::once("local").chain(w.engines.iter().map(String::as_str)).collect();
+        let repos = if w.repos.is_empty() { "-".to_string() } else { w.repos.join(",") };
         text.push_str(&format!(
-            "{:<20} {:<8} {:<36} {:<5} {:<24} {:<10} {}\n",
+            "{:<20} {:<8} {:<36} {:<5} {:<24} {:<10} {:<16} {}\n",
             w.node_id,
             w.session_id,
             slots.join(","),
             w.gpus.len(),
             providers.join(","),
             engines.join(","),
+            repos,
             running.join(",")
         ));
     }
@@ -77,7 +79,7 @@ async fn list(client: &Client, output: Output) -> Result<(), Failure> {
         .iter()
         .map(|w| json!({
             "node_id": w.node_id, "session_id": w.session_id, "slots": w.slots, "running": w.running_task_ids,
-            "labels": w.labels,
+            "labels": w.labels, "repos": w.repos, "clis": w.clis,
             "engines": std::iter::once("local").chain(w.engines.iter().map(String::as_str)).collect::<Vec<_>>(),
             "gpus": w.gpus.iter().map(|g| json!({"index": g.index, "model": g.model, "memory_bytes": g.memory_bytes})).collect::<Vec<_>>(),
             "model_providers": w.model_providers.iter().map(|p| json!({

@@ -118,6 +118,8 @@ impl Bench {
                 providers: Vec::new(),
                 container: false,
                 tiers: BTreeMap::new(),
+                repos: Default::default(),
+                clis: Default::default(),
             };
             let (_, e) = b.apply(Command::RegisterWorker(spec));
             b.note(&e);
@@ -267,6 +269,8 @@ fn scheduler(c: &mut Criterion) {
                     providers: Vec::new(),
                     container: false,
                     tiers: BTreeMap::new(),
+                    repos: Default::default(),
+                    clis: Default::default(),
                 };
                 let (_, e) = state.apply(fresh.index + 2, fresh.now + 2, Command::RegisterWorker(spec));
                 let assigned = e.iter().filter(|e| matches!(e, Effect::TaskAssigned { .. })).count();

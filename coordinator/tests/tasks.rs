@@ -5,7 +5,7 @@ mod support;
 
 use qm_coordinator::state::{Command, Effect, Outcome, Response, TaskReport, TaskStatus, Usage};
 use qm_shared::Role;
-use support::{assigned, finished, task, Core};
+use support::{assigned, finished, task, worker, Core};
 
 #[test]
 fn queued_tasks_go_to_free_slots_of_their_role_by_priority() {
@@ -89,4 +89,26 @@ fn a_blocked_agent_lends_its_slot_to_work_that_needs_none_of_its_resources() {
     let progress = TaskReport::Progress { percent: 5, stage: "running".into(), usage: Usage::default() };
     let (_, e) = c.report(w, blocked, 1, progress);
     assert!(assigned(&e).is_empty());
+}
+
+#[test]
+fn a_task_whose_payload_names_a_repository_or_a_cli_goes_only_to_a_worker_that_has_it() {
+    let mut c = Core::new();
+    let plain = c.join(worker("plain", &[(Role::Implementer, 2)]));
+    let agent = br#"{"executor":"agent","prompt":"fix","repo":"app"}"#.to_vec();
+    let (t, _) = c.submit(task(Role::Implementer).payload(agent));
+    let t = c.task(t);
+    assert_eq!(t.status, TaskStatus::Queued, "the free slot's worker has no repository app");
+    assert_eq!(t.wait.as_deref(), Some("no free implementer slot on a worker with repo app"));
+    let id = t.id;
+    let cli = br#"{"executor":"cli","tool":"claude","prompt":"fix"}"#.to_vec();
+    let (by_cli, _) = c.submit(task(Role::Implementer).payload(cli));
+    assert_eq!(c.task(by_cli).wait.as_deref(), Some("no free implementer slot on a worker with cli claude"));
+    // A payload naming neither runs on the plain worker.
+    let (any, _) = c.submit(task(Role::Implementer));
+    assert_eq!(c.task(any).session, Some(plain));
+    // A worker granted app (and running claude) takes both.
+    let granted = c.join(worker("granted", &[(Role::Implementer, 2)]).repo("app").cli("claude"));
+    assert_eq!((c.task(id).session, c.task(by_cli).session), (Some(granted), Some(granted)));
+    c.state.check_invariants();
 }

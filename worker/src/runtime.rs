@@ -771,6 +771,8 @@ async fn connect_loop(
                 msg: Some(pb::worker_message::Msg::Register(pb::worker_message::Register {
                     node_id: config.node_id.clone(),
                     roles: role_slots(&config),
+                    repos: config.exec.repos.keys().cloned().collect(),
+                    clis: config.exec.clis.keys().cloned().collect(),
                     labels: config.labels.clone().into_iter().collect(),
                     model_providers: config.providers.clone(),
                     gpus: config.gpus.clone(),

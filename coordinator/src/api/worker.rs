@@ -170,6 +170,8 @@ fn worker_spec(
             .map(|g| GpuInfo { index: g.index, model: g.model.clone(), memory_bytes: g.memory_bytes })
             .collect(),
         container: reg.engines.iter().any(|e| e == "container"),
+        repos: reg.repos.iter().cloned().collect(),
+        clis: reg.clis.iter().cloned().collect(),
         providers: reg
             .model_providers
             .iter()

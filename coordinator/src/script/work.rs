@@ -140,6 +140,8 @@ impl Runner {
             providers,
             container: opts.text("engines").is_some_and(|e| e.split(',').any(|e| e == "container")),
             tiers: BTreeMap::new(),
+            repos: Default::default(),
+            clis: Default::default(),
         };
         self.apply(Command::RegisterWorker(spec));
         Ok(())

@@ -60,7 +60,7 @@ pub use acl::Acl;
 pub use jobs::{Budget, GateResult, Job, JobEvent, JobStatus, Jobs, LedgerEntry, PassState, PassStatus};
 pub use reads::{OwnerRef, WaiterInfo};
 pub use snapshot::{SnapshotError, SNAPSHOT_FORMAT_VERSION};
-pub use tasks::{Attempt, Checkpoint, Route, Task, Tasks, Worker};
+pub use tasks::{Attempt, Checkpoint, Named, Route, Task, Tasks, Worker};
 pub use types::*;
 pub use validate::validate_command;
 use validate::validate_items;

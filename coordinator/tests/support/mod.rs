@@ -346,6 +346,8 @@ pub fn worker(node: &str, slots: &[(Role, u32)]) -> WorkerBuilder {
         providers: Vec::new(),
         container: false,
         tiers: BTreeMap::new(),
+        repos: Default::default(),
+        clis: Default::default(),
     })
 }
 
@@ -362,6 +364,18 @@ impl WorkerBuilder {
     pub fn gpu(mut self, model: &str, memory_bytes: u64) -> Self {
         let index = self.0.gpus.len() as u32;
         self.0.gpus.push(GpuInfo { index, model: model.into(), memory_bytes });
+        self
+    }
+
+    /// It is granted repository `name`.
+    pub fn repo(mut self, name: &str) -> Self {
+        self.0.repos.insert(name.into());
+        self
+    }
+
+    /// It runs the coding-agent CLI `name`.
+    pub fn cli(mut self, name: &str) -> Self {
+        self.0.clis.insert(name.into());
         self
     }
 

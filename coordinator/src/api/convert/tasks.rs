@@ -90,6 +90,8 @@ pub fn worker_info(w: &Worker) -> pb::WorkerInfo {
         slots: w.slots.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
         running_task_ids: w.running.keys().map(|t| t.0).collect(),
         engines: if w.container { vec!["container".to_string()] } else { Vec::new() },
+        repos: w.repos.iter().cloned().collect(),
+        clis: w.clis.iter().cloned().collect(),
         labels: w.labels.clone().into_iter().collect(),
         gpus: w
             .gpus

@@ -35,12 +35,12 @@ impl State {
     }
 
     /// The worker for a task of `role` needing `requires`: most free slots, lowest session.
-    pub(in crate::state) fn slot_for(&self, role: Role, requires: &[Capability]) -> Option<SessionId> {
+    pub(in crate::state) fn slot_for(&self, role: Role, requires: &[Capability], named: &Named) -> Option<SessionId> {
         let free = self.tasks.free.get(&role)?;
-        if requires.is_empty() {
+        if requires.is_empty() && *named == Named::default() {
             return free.first().map(|(_, s)| *s);
         }
-        free.iter().map(|(_, s)| *s).find(|s| self.tasks.workers[s].capable(requires))
+        free.iter().map(|(_, s)| *s).find(|s| self.tasks.workers[s].capable(requires, named))
     }
 
     /// The next dispatch decision for `role`, if any.
@@ -69,8 +69,9 @@ impl State {
             let set = &self.tasks.queue[&role][*team];
             for (_, id) in set.iter().take(DISPATCH_SCAN_MAX) {
                 let t = &self.tasks.tasks[id];
-                let Some(session) = self.slot_for(role, &t.spec.requires) else {
-                    let needs: Vec<&str> = t.spec.requires.iter().map(|c| c.as_str()).collect();
+                let Some(session) = self.slot_for(role, &t.spec.requires, &t.named) else {
+                    let mut needs: Vec<String> = t.spec.requires.iter().map(|c| c.as_str().to_string()).collect();
+                    needs.extend(t.named.wanted());
                     waits.push((*id, format!("no free {role} slot on a worker with {}", needs.join(", "))));
                     continue;
                 };

@@ -86,6 +86,34 @@ pub struct Task {
     pub agent: String,
     /// Its spec as `name@version` (empty: none).
     pub agent_spec: String,
+    /// What its payload names that a worker must have.
+    pub named: Named,
+}
+
+/// The repository (`repo`) and coding-agent CLI (`tool` of a `cli` payload) a task's payload
+/// names: only a worker granted them runs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Named {
+    pub repo: Option<String>,
+    pub cli: Option<String>,
+}
+
+impl Named {
+    /// Read from a JSON payload; nothing for any other.
+    pub fn of(payload: &[u8]) -> Named {
+        let Ok(serde_json::Value::Object(p)) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            return Named::default();
+        };
+        let text = |k: &str| p.get(k).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(String::from);
+        let cli = if p.get("executor").and_then(|e| e.as_str()) == Some("cli") { text("tool") } else { None };
+        Named { repo: text("repo"), cli }
+    }
+
+    /// What a worker must have for it, for a wait reason: `repo app`, `cli claude`.
+    pub fn wanted(&self) -> Vec<String> {
+        let repo = self.repo.iter().map(|r| format!("repo {r}"));
+        repo.chain(self.cli.iter().map(|c| format!("cli {c}"))).collect()
+    }
 }
 
 /// Where a task's model calls go: chosen at dispatch from its project's providers.
@@ -323,6 +351,7 @@ impl State {
         }
         self.tasks.next_task += 1;
         let id = TaskId(self.tasks.next_task);
+        let named = Named::of(&spec.payload);
         self.tasks.tasks.insert(
             id,
             Task {
@@ -348,6 +377,7 @@ impl State {
                 wait: None,
                 agent: String::new(),
                 agent_spec: String::new(),
+                named,
             },
         );
         self.tasks.enqueue(&self.config, id);

@@ -37,6 +37,17 @@ pub fn validate_task_command(cmd: &Command) -> Result<(), Invalid> {
             if w.slots.len() > WORKER_ROLES_MAX {
                 return Err(Invalid::new("slots", format!("has {} roles, at most {WORKER_ROLES_MAX}", w.slots.len())));
             }
+            for (field, names) in [("repos", &w.repos), ("clis", &w.clis)] {
+                if names.len() > WORKER_LABELS_MAX {
+                    return Err(Invalid::new(
+                        field,
+                        format!("has {} entries, at most {WORKER_LABELS_MAX}", names.len()),
+                    ));
+                }
+                for n in names {
+                    len(&format!("{field}[{n}]"), n.len(), WORKER_NODE_ID_LEN_MAX_BYTES)?;
+                }
+            }
             if let Some(role) = w.tiers.keys().find(|r| !w.slots.contains_key(r)) {
                 return Err(Invalid::new(format!("tiers[{role}]"), "names a role the worker has no slots for"));
             }

@@ -11,6 +11,8 @@ use crate::state::types::{GpuInfo, ProviderInfo, RoleTiers, TaskStatus, Usage, W
 use crate::state::types::{Refusal, Response, SessionId, TaskId};
 use crate::state::{Ctx, State};
 
+use super::Named;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Worker {
     pub session: SessionId,
@@ -27,18 +29,23 @@ pub struct Worker {
     pub container: bool,
     /// The tiers its agent specs give, per role.
     pub tiers: BTreeMap<Role, RoleTiers>,
+    /// Repositories it is granted and coding-agent CLIs it runs, by name.
+    pub repos: BTreeSet<String>,
+    pub clis: BTreeSet<String>,
     /// Free slots per role as last indexed.
     pub(in crate::state) free_now: BTreeMap<Role, u32>,
 }
 
 impl Worker {
-    /// Whether the worker's box has what a task requires.
-    pub fn capable(&self, requires: &[Capability]) -> bool {
+    /// Whether the worker's box has what a task requires, and the repository and CLI its
+    /// payload names.
+    pub fn capable(&self, requires: &[Capability], named: &Named) -> bool {
         requires.iter().all(|c| match c {
             Capability::Gpu => !self.gpus.is_empty(),
             Capability::LocalModel => self.providers.iter().any(|p| p.local),
             Capability::Container => self.container,
-        })
+        }) && named.repo.as_ref().is_none_or(|r| self.repos.contains(r))
+            && named.cli.as_ref().is_none_or(|c| self.clis.contains(c))
     }
 
     pub(in crate::state) fn free(&self, role: Role) -> u32 {
@@ -102,6 +109,8 @@ impl State {
                 providers: w.providers,
                 container: w.container,
                 tiers: w.tiers,
+                repos: w.repos,
+                clis: w.clis,
                 free_now,
             },
         );

@@ -1,7 +1,7 @@
 //! Work vocabulary: what a task asks (`TaskSpec`), what a worker offers (`WorkerSpec`), what
 //! a worker reports about an attempt (`TaskReport`), and a work item's spec (`JobSpec`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use qm_shared::workflow::{Capability, Complexity, Workflow};
 use qm_shared::{Role, Tier};
@@ -81,6 +81,9 @@ pub struct WorkerSpec {
     /// The tiers its agent specs give, per role: where a pass of the role starts when its
     /// workflow sets no tier, and the highest a failed gate escalates it to.
     pub tiers: BTreeMap<Role, RoleTiers>,
+    /// Repositories it is granted and coding-agent CLIs it runs, by name.
+    pub repos: BTreeSet<String>,
+    pub clis: BTreeSet<String>,
 }
 
 /// A role's tiers as its agent spec gives them.

@@ -399,6 +399,8 @@ impl<'a> Run<'a> {
                     providers,
                     container: false,
                     tiers: BTreeMap::new(),
+                    repos: Default::default(),
+                    clis: Default::default(),
                 }));
                 self.drain();
             }
