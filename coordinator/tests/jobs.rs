@@ -150,7 +150,7 @@ fn a_roles_agent_spec_gives_its_passes_their_starting_tier_and_caps_their_escala
 #[test]
 fn an_agent_result_that_records_its_reads_is_offered_at_a_new_commit_but_never_to_a_run_sent_back() {
     let mut c = Core::new().project(demo_project());
-    c.worker("w1", &ALL_ROLES);
+    c.join(worker("w1", &ALL_ROLES).repo("app"));
     let passes = || {
         [
             pass("implement", Role::Implementer).run(r#"{"executor":"agent","prompt":"fix","repo":"app"}"#),
