@@ -36,18 +36,26 @@ pub(in crate::state) fn verdict(output: &[u8]) -> (bool, String) {
     if let Ok(serde_json::Value::Object(v)) = serde_json::from_slice::<serde_json::Value>(output) {
         if let Some(verdict) = v.get("verdict").and_then(|x| x.as_str()) {
             let reasons = v.get("reasons").and_then(|x| x.as_str()).unwrap_or_default();
-            let note: String = reasons.trim().chars().take(NOTE_CHARS_MAX).collect();
-            return (verdict.eq_ignore_ascii_case("pass"), note);
+            return (verdict.eq_ignore_ascii_case("pass"), note_of(reasons.trim()));
         }
     }
     let text = String::from_utf8_lossy(output);
-    let first = text.trim().lines().next().unwrap_or("").chars().take(NOTE_CHARS_MAX).collect::<String>();
+    let first = note_of(text.trim().lines().next().unwrap_or(""));
     let upper = first.to_ascii_uppercase();
     (!(upper.starts_with("FAIL") || upper.starts_with("REJECT")), first)
 }
 
-/// Characters of a verdict kept as the gate's note.
-const NOTE_CHARS_MAX: usize = 200;
+/// Bytes of a verdict's reasons kept as the gate's note (and given back in `{{feedback}}`).
+const NOTE_BYTES_MAX: usize = 1_000;
+
+/// The first [`NOTE_BYTES_MAX`] bytes of `text`, cut at a character.
+fn note_of(text: &str) -> String {
+    let mut end = text.len().min(NOTE_BYTES_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
 
 /// Bytes of one artifact a payload placeholder (`{{output}}`, `{{artifact.<pass>}}`) carries.
 pub(in crate::state) const ARTIFACT_FILL_BYTES_MAX: usize = 24 * 1024;
@@ -422,6 +430,17 @@ mod tests {
         assert_eq!(verdict(br#"{"verdict":"fail","reasons":"no test for 0"}"#), (false, "no test for 0".into()));
         assert_eq!(verdict(br#"{"verdict":"PASS","reasons":"FAIL-safe"}"#), (true, "FAIL-safe".into()));
         assert_eq!(verdict(br#"{"summary":"x"}"#), (true, r#"{"summary":"x"}"#.into()), "no verdict: read as text");
+    }
+
+    #[test]
+    fn a_verdict_keeps_a_bounded_note_cut_at_a_character() {
+        let reasons = "é".repeat(800); // 1,600 bytes
+        let out = serde_json::to_vec(&serde_json::json!({"verdict": "fail", "reasons": reasons})).unwrap();
+        let (passed, note) = verdict(&out);
+        assert!(!passed);
+        assert_eq!(note.len(), NOTE_BYTES_MAX, "500 two-byte characters");
+        assert_eq!(verdict(b"PASS: fine\nmore"), (true, "PASS: fine".to_string()));
+        assert!(!verdict(b"REJECT it").0);
     }
 
     #[test]
