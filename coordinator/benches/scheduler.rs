@@ -117,7 +117,7 @@ impl Bench {
                 gpus: Vec::new(),
                 providers: Vec::new(),
                 container: false,
-                tiers: BTreeMap::new(),
+                specs: BTreeMap::new(),
                 repos: Default::default(),
                 clis: Default::default(),
             };
@@ -268,7 +268,7 @@ fn scheduler(c: &mut Criterion) {
                     gpus: Vec::new(),
                     providers: Vec::new(),
                     container: false,
-                    tiers: BTreeMap::new(),
+                    specs: BTreeMap::new(),
                     repos: Default::default(),
                     clis: Default::default(),
                 };

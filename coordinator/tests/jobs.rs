@@ -3,7 +3,9 @@
 
 mod support;
 
-use qm_coordinator::state::{Command, Config, JobId, JobStatus, PassStatus, Period, Response, Scope, TaskStatus};
+use qm_coordinator::state::{
+    Command, Config, JobId, JobStatus, PassStatus, Period, Response, RoleSpec, Scope, TaskStatus,
+};
 use qm_shared::workflow::{Capability, OnFail, Reviewer};
 use qm_shared::{Mode, Role, Tier};
 use support::{acquire, demo_project, job, pass, worker, Core, PassBuilder};
@@ -145,6 +147,39 @@ fn a_roles_agent_spec_gives_its_passes_their_starting_tier_and_caps_their_escala
         events.iter().any(|e| e.contains("runs again at standard, the highest tier its agent spec allows")),
         "{events:?}"
     );
+}
+
+#[test]
+fn a_roles_spec_escalates_after_its_count_of_failed_gates_and_wants_approval_over_its_usd_per_task() {
+    let mut c = Core::new().project(demo_project());
+    let patient =
+        RoleSpec { start: Tier::Cheap, max: Tier::Frontier, after_failed_gates: 2, money_per_task_micros: None };
+    let thrifty = RoleSpec {
+        start: Tier::Standard,
+        max: Tier::Standard,
+        after_failed_gates: 1,
+        money_per_task_micros: Some(50_000),
+    };
+    c.join(worker("w1", &ALL_ROLES).spec(Role::Implementer, patient).spec(Role::Architect, thrifty));
+    let passes = [
+        pass("generate", Role::Implementer).gate(Reviewer::Agent, Role::Verifier, OnFail::Escalate),
+        pass("design", Role::Architect).after("generate"),
+    ];
+    let j = c.submit_job(job("x", passes));
+    for (round, tier) in [(1, Tier::Cheap), (2, Tier::Standard)] {
+        c.finish(c.pass(j, "generate").task.unwrap(), "code", (1, 1));
+        c.finish(c.pass(j, "generate").review.unwrap(), "FAIL: not yet", (1, 1));
+        assert_eq!(c.pass(j, "generate").tier, tier, "after {round} failed gates");
+    }
+    c.finish(c.pass(j, "generate").task.unwrap(), "code", (1, 1));
+    c.finish(c.pass(j, "generate").review.unwrap(), "PASS", (1, 1));
+    // The architect's spec allows $0.05 per task, under the $0.10 forecast: its pass waits for a spend approval.
+    let d = c.pass(j, "design");
+    assert_eq!(d.status, PassStatus::Queued, "{d:?}");
+    assert!(d.wait.as_deref().is_some_and(|w| w.contains("over its agent spec's usd_per_task $0.05")), "{d:?}");
+    c.decide(j, "design", true, "ana");
+    assert_eq!(c.pass(j, "design").status, PassStatus::Running);
+    c.state.check_invariants();
 }
 
 #[test]

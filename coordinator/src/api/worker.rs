@@ -33,7 +33,7 @@ use crate::error::ApiError;
 use crate::node::Node;
 use crate::raft::state_machine::Subscription;
 use crate::state::{Command, Effect, Refusal, Response, SessionId, TaskId};
-use crate::state::{GpuInfo, ProviderInfo, RoleTiers, TaskReport, TaskStatus, WorkerSpec};
+use crate::state::{GpuInfo, ProviderInfo, RoleSpec, TaskReport, TaskStatus, WorkerSpec};
 
 /// Messages queued toward one worker before the stream applies backpressure.
 const OUTBOUND_BUFFER_LEN: usize = 256;
@@ -82,7 +82,7 @@ fn pending_assignments(
 #[allow(clippy::type_complexity)]
 fn checked_registration(
     reg: &pb::worker_message::Register,
-) -> Result<(BTreeMap<Role, u32>, BTreeMap<Role, RoleTiers>, u64), Status> {
+) -> Result<(BTreeMap<Role, u32>, BTreeMap<Role, RoleSpec>, u64), Status> {
     validate::check_name("register.node_id", &reg.node_id, WORKER_NODE_ID_LEN_MAX_BYTES).map_err(ApiError::from)?;
     if reg.roles.len() > WORKER_ROLES_MAX {
         return Err(ApiError::Invalid(Invalid::new(
@@ -91,7 +91,7 @@ fn checked_registration(
         ))
         .into());
     }
-    let (mut slots, mut tiers) = (BTreeMap::new(), BTreeMap::new());
+    let (mut slots, mut specs) = (BTreeMap::new(), BTreeMap::new());
     for (i, r) in reg.roles.iter().enumerate() {
         let role: Role = r
             .role
@@ -111,13 +111,15 @@ fn checked_registration(
         };
         if let Some(start) = tier("tier", &r.tier)? {
             let max = tier("max_tier", &r.max_tier)?.unwrap_or(Tier::Frontier);
-            tiers.insert(role, RoleTiers { start, max });
+            let after_failed_gates = r.escalate_after_failed_gates.max(1);
+            let money_per_task_micros = (r.money_per_task_micros > 0).then_some(r.money_per_task_micros);
+            specs.insert(role, RoleSpec { start, max, after_failed_gates, money_per_task_micros });
         }
     }
     let ttl_ms = if reg.session_ttl_ms == 0 { SESSION_TTL_MS_DEFAULT } else { reg.session_ttl_ms };
     validate::check_session_ttl_ms(ttl_ms)
         .map_err(|e| ApiError::Invalid(Invalid::new("register.session_ttl_ms", e.message)))?;
-    Ok((slots, tiers, ttl_ms))
+    Ok((slots, specs, ttl_ms))
 }
 
 /// The worker's session: the one it names if that is still alive, else a new one.
@@ -154,14 +156,14 @@ async fn open_session(
 fn worker_spec(
     reg: &pb::worker_message::Register,
     session: SessionId,
-    (slots, tiers): (BTreeMap<Role, u32>, BTreeMap<Role, RoleTiers>),
+    (slots, specs): (BTreeMap<Role, u32>, BTreeMap<Role, RoleSpec>),
     listed: &BTreeSet<TaskId>,
 ) -> WorkerSpec {
     WorkerSpec {
         session,
         node_id: reg.node_id.clone(),
         slots,
-        tiers,
+        specs,
         labels: reg.labels.clone().into_iter().collect(),
         running: listed.iter().copied().collect(),
         gpus: reg
@@ -213,7 +215,7 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
         let Some(pb::worker_message::Msg::Register(reg)) = first.msg else {
             return Err(ApiError::Invalid(Invalid::new("msg", "the first message must be `register`")).into());
         };
-        let (slots, tiers, ttl_ms) = checked_registration(&reg)?;
+        let (slots, specs, ttl_ms) = checked_registration(&reg)?;
         principal.check_node("register.node_id", &reg.node_id)?;
 
         // Subscribe before registering: nothing assigned from here on is missed.
@@ -221,7 +223,7 @@ impl pb::worker_gateway_server::WorkerGateway for GatewayApi {
         let node = self.node.clone();
         let session = open_session(&node, &principal, &reg, ttl_ms).await?;
         let listed: BTreeSet<TaskId> = reg.running_task_ids.iter().map(|id| TaskId(*id)).collect();
-        let abandon = register_worker(&node, worker_spec(&reg, session, (slots, tiers), &listed)).await?;
+        let abandon = register_worker(&node, worker_spec(&reg, session, (slots, specs), &listed)).await?;
         tracing::info!(node_id = %reg.node_id, %session, "worker registered");
 
         let (tx, rx) = mpsc::channel::<Out>(OUTBOUND_BUFFER_LEN);

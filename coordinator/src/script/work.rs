@@ -139,7 +139,7 @@ impl Runner {
             gpus,
             providers,
             container: opts.text("engines").is_some_and(|e| e.split(',').any(|e| e == "container")),
-            tiers: BTreeMap::new(),
+            specs: BTreeMap::new(),
             repos: Default::default(),
             clis: Default::default(),
         };

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use qm_coordinator::state::{Acquire, Command, Config, Effect, GpuInfo, Item, Job, JobId, JobSpec, JobStatus};
 use qm_coordinator::state::{Outcome, PassState, PassStatus, ProviderInfo, Response, SessionId, State, Task};
-use qm_coordinator::state::{Period, RoleTiers, Scope, TaskId, TaskReport, TaskSpec, Usage, Wait, WorkerSpec};
+use qm_coordinator::state::{Period, RoleSpec, Scope, TaskId, TaskReport, TaskSpec, Usage, Wait, WorkerSpec};
 use qm_shared::workflow::{Capability, Gate, Need, OnFail, Pass, Price, Project, ProjectResource, Provider};
 use qm_shared::workflow::{Reviewer, Workflow};
 use qm_shared::{Mode, ResourcePath, Role, Tier};
@@ -345,7 +345,7 @@ pub fn worker(node: &str, slots: &[(Role, u32)]) -> WorkerBuilder {
         gpus: Vec::new(),
         providers: Vec::new(),
         container: false,
-        tiers: BTreeMap::new(),
+        specs: BTreeMap::new(),
         repos: Default::default(),
         clis: Default::default(),
     })
@@ -380,8 +380,13 @@ impl WorkerBuilder {
     }
 
     /// Its agent spec of `role` gives these tiers.
-    pub fn spec_tiers(mut self, role: Role, start: Tier, max: Tier) -> Self {
-        self.0.tiers.insert(role, RoleTiers { start, max });
+    pub fn spec_tiers(self, role: Role, start: Tier, max: Tier) -> Self {
+        self.spec(role, RoleSpec { start, max, after_failed_gates: 1, money_per_task_micros: None })
+    }
+
+    /// Its agent spec of `role`: every field.
+    pub fn spec(mut self, role: Role, spec: RoleSpec) -> Self {
+        self.0.specs.insert(role, spec);
         self
     }
 

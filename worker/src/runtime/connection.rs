@@ -15,6 +15,8 @@ pub(super) fn role_slots(config: &WorkerConfig) -> Vec<pb::RoleSlots> {
                 slots: *n,
                 tier: spec.map(|s| s.tier.to_string()).unwrap_or_default(),
                 max_tier: spec.map(|s| s.escalation.max_tier.to_string()).unwrap_or_default(),
+                escalate_after_failed_gates: spec.map_or(0, |s| s.escalation.after_failed_gates),
+                money_per_task_micros: spec.and_then(|s| s.budget.money_per_task_micros).unwrap_or(0),
             }
         })
         .collect()

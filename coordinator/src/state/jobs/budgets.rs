@@ -201,6 +201,18 @@ impl State {
         let tier = t.spec.tier.unwrap_or(pass.tier);
         let (forecast, _) =
             self.jobs.forecast(&self.config, &job.spec.workflow.name, &ledger_pass(&pass.name, kind), tier);
+        if let Some(cap) = self.role_spec(t.spec.role).and_then(|s| s.money_per_task_micros) {
+            if forecast > cap && !pass.spend_approved {
+                return Admission::Approval(format!(
+                    "the forecast {} for {} ({tier}) is over its agent spec's usd_per_task {}: needs approval \
+                     (qm gate approve {job_id} {})",
+                    dollars(forecast),
+                    ledger_pass(&pass.name, kind),
+                    dollars(cap),
+                    pass.name
+                ));
+            }
+        }
         let low = t.spec.priority < self.config.high_priority_min;
         let item = if self.jobs.budgets.get(&Scope::Item).is_some_and(|m| !m.is_empty()) {
             job_id.to_string()

@@ -238,7 +238,9 @@ impl State {
     pub(in crate::state) fn gate_failed(&mut self, job_id: JobId, i: usize, ctx: &mut Ctx) {
         // The highest tier the role's agent spec lets a failed gate escalate to.
         let role = self.jobs.jobs.get(&job_id).map(|j| j.spec.workflow.passes[i].role);
-        let cap = role.and_then(|r| self.spec_tiers(r)).map_or(Tier::Frontier, |t| t.max);
+        let spec = role.and_then(|r| self.role_spec(r));
+        let cap = spec.map_or(Tier::Frontier, |t| t.max);
+        let every = spec.map_or(1, |t| t.after_failed_gates.max(1));
         let j = self.jobs.jobs.get_mut(&job_id).expect("job exists");
         let gate = j.spec.workflow.passes[i].gate.clone().expect("failed gates exist");
         let p = &mut j.passes[i];
@@ -257,10 +259,15 @@ impl State {
             }
             OnFail::Escalate => {
                 let from = p.tier;
-                p.tier = p.tier.escalated().min(cap).max(from);
+                let due = p.gate_failures % every == 0;
+                if due {
+                    p.tier = p.tier.escalated().min(cap).max(from);
+                }
                 p.status = PassStatus::Pending;
                 let to = p.tier;
-                let what = if to == from {
+                let what = if !due {
+                    format!("gate failed: runs again at {from} (its agent spec escalates after {every} failed gates)")
+                } else if to == from {
                     format!("gate failed: runs again at {from}, the highest tier its agent spec allows")
                 } else {
                     format!("gate failed: runs again, escalated {from} → {to}")

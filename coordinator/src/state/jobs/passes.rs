@@ -54,7 +54,7 @@ impl State {
             .iter()
             .map(|p| {
                 // The workflow's tier, else the role's agent spec's, else the role's default.
-                let start = p.tier.or_else(|| self.spec_tiers(p.role).map(|t| t.start)).unwrap_or(p.start_tier());
+                let start = p.tier.or_else(|| self.role_spec(p.role).map(|t| t.start)).unwrap_or(p.start_tier());
                 PassState::new(&p.name, spec.complexity.tier(start))
             })
             .collect();

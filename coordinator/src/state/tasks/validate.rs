@@ -48,8 +48,8 @@ pub fn validate_task_command(cmd: &Command) -> Result<(), Invalid> {
                     len(&format!("{field}[{n}]"), n.len(), WORKER_NODE_ID_LEN_MAX_BYTES)?;
                 }
             }
-            if let Some(role) = w.tiers.keys().find(|r| !w.slots.contains_key(r)) {
-                return Err(Invalid::new(format!("tiers[{role}]"), "names a role the worker has no slots for"));
+            if let Some(role) = w.specs.keys().find(|r| !w.slots.contains_key(r)) {
+                return Err(Invalid::new(format!("specs[{role}]"), "names a role the worker has no slots for"));
             }
             for (role, n) in &w.slots {
                 validate::check_range(&format!("slots[{role}]"), (*n).into(), 0, WORKER_SLOTS_PER_ROLE_MAX.into())?;

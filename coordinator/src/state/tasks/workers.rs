@@ -7,7 +7,7 @@ use qm_shared::workflow::Capability;
 use qm_shared::Role;
 use serde::{Deserialize, Serialize};
 
-use crate::state::types::{GpuInfo, ProviderInfo, RoleTiers, TaskStatus, Usage, WorkerSpec};
+use crate::state::types::{GpuInfo, ProviderInfo, RoleSpec, TaskStatus, Usage, WorkerSpec};
 use crate::state::types::{Refusal, Response, SessionId, TaskId};
 use crate::state::{Ctx, State};
 
@@ -28,7 +28,7 @@ pub struct Worker {
     /// It offers the container engine.
     pub container: bool,
     /// The tiers its agent specs give, per role.
-    pub tiers: BTreeMap<Role, RoleTiers>,
+    pub specs: BTreeMap<Role, RoleSpec>,
     /// Repositories it is granted and coding-agent CLIs it runs, by name.
     pub repos: BTreeSet<String>,
     pub clis: BTreeSet<String>,
@@ -73,8 +73,8 @@ impl State {
 
     /// A role's tiers as an agent spec gives them: the first connected worker's (in session
     /// order) that has a spec for it.
-    pub(in crate::state) fn spec_tiers(&self, role: Role) -> Option<RoleTiers> {
-        self.tasks.workers.values().find_map(|w| w.tiers.get(&role).copied())
+    pub(in crate::state) fn role_spec(&self, role: Role) -> Option<RoleSpec> {
+        self.tasks.workers.values().find_map(|w| w.specs.get(&role).copied())
     }
 
     pub(in crate::state) fn apply_register_worker(&mut self, w: WorkerSpec, ctx: &mut Ctx) -> Response {
@@ -108,7 +108,7 @@ impl State {
                 gpus: w.gpus,
                 providers: w.providers,
                 container: w.container,
-                tiers: w.tiers,
+                specs: w.specs,
                 repos: w.repos,
                 clis: w.clis,
                 free_now,

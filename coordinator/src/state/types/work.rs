@@ -80,17 +80,23 @@ pub struct WorkerSpec {
     pub container: bool,
     /// The tiers its agent specs give, per role: where a pass of the role starts when its
     /// workflow sets no tier, and the highest a failed gate escalates it to.
-    pub tiers: BTreeMap<Role, RoleTiers>,
+    pub specs: BTreeMap<Role, RoleSpec>,
     /// Repositories it is granted and coding-agent CLIs it runs, by name.
     pub repos: BTreeSet<String>,
     pub clis: BTreeSet<String>,
 }
 
-/// A role's tiers as its agent spec gives them.
+/// What a role's agent spec says that the coordinator acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoleTiers {
+pub struct RoleSpec {
+    /// The tier a pass of the role starts at when its workflow sets none.
     pub start: Tier,
+    /// The highest tier a failed gate escalates it to.
     pub max: Tier,
+    /// Failed gates before each escalation (at least 1).
+    pub after_failed_gates: u32,
+    /// The most one task of the role may be forecast to cost without a spend approval.
+    pub money_per_task_micros: Option<u64>,
 }
 
 /// A GPU on a worker's box.

@@ -398,7 +398,7 @@ impl<'a> Run<'a> {
                     gpus,
                     providers,
                     container: false,
-                    tiers: BTreeMap::new(),
+                    specs: BTreeMap::new(),
                     repos: Default::default(),
                     clis: Default::default(),
                 }));
