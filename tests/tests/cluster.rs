@@ -380,3 +380,30 @@ async fn a_node_that_never_catches_up_is_left_a_learner_and_writes_go_on() {
     let granted = c.qm_json(&["reserve", "acquire", "pg:after-add"]);
     assert_eq!(granted["status"], "granted", "{granted:#}");
 }
+
+/// A paused node that a client's calls timed out against (each one reset by the client while
+/// the node could not read) answers again on the same connection once it resumes: the resets
+/// it finds queued are not taken for an attack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_timed_out_against_a_paused_node_do_not_cost_the_connection() {
+    use qm_shared::client::{Bearer, Connector, Transport};
+    let c = Cluster::start(1, 10_000);
+    c.leader(&[1]).await;
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addrs[&1])).expect("endpoint");
+    let transport = Transport::new(Connector::tcp().connect(ep), Bearer::new(&c.token).expect("token"));
+    let status = || {
+        let mut cluster = Client::cluster(transport.clone());
+        async move { cluster.status(pb::StatusRequest {}).await }
+    };
+    status().await.expect("answers before the pause");
+    c.pause(1);
+    let calls: Vec<_> = (0..64).map(|_| tokio::time::timeout(Duration::from_millis(200), status())).collect();
+    for answer in futures::future::join_all(calls).await {
+        assert!(answer.is_err(), "a paused node answers nothing: {answer:?}");
+    }
+    c.resume(1);
+    for i in 0..5 {
+        let answer = status().await;
+        assert!(answer.is_ok(), "call {i} on the same connection after the resume: {answer:?}");
+    }
+}

@@ -104,14 +104,28 @@ where
 {
     let recorder = audit::AuditLayer { node: node.clone() };
     let auth = auth::AuthLayer { node: node.clone(), port: Port::Peer };
-    Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .concurrency_limit_per_connection(256)
+    server()
         .layer(recorder)
         .layer(auth)
         .add_service(peer_service(node))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+/// Streams a client may reset before the server has read them, per connection, before the
+/// server answers GOAWAY (HTTP/2's defence against rapid-reset floods). h2's default of 20 is
+/// far too low for a node that was paused or stalled: every call that hit its deadline
+/// meanwhile is a reset waiting to be read, and the GOAWAY would fail every call on the
+/// connection after it resumes.
+const RESET_STREAMS_PENDING_MAX: usize = 1_024;
+
+/// The server both ports use: keepalives, a concurrency limit per connection, and the reset
+/// bound above.
+fn server() -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .concurrency_limit_per_connection(256)
+        .http2_max_pending_accept_reset_streams(Some(RESET_STREAMS_PENDING_MAX))
 }
 
 /// Serves every gRPC service of `node` on a stream of accepted connections (the transport
@@ -165,9 +179,7 @@ where
     // Served here also when there is a peer port, so that every call of it is answered by
     // the auth layer's PERMISSION_DENIED naming the rule, never UNIMPLEMENTED.
     let peer = peer_service(node);
-    Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .concurrency_limit_per_connection(256)
+    server()
         // The recorder goes outside auth, so that it sees the denials auth answers with.
         .layer(recorder)
         .layer(auth)
