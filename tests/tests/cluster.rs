@@ -2,6 +2,7 @@
 //! killed with SIGKILL, restarted from their sled directories, with a fenced checker that
 //! records any overlap of exclusive holders and any token going backwards.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -406,4 +407,29 @@ async fn calls_that_timed_out_against_a_paused_node_do_not_cost_the_connection()
         let answer = status().await;
         assert!(answer.is_ok(), "call {i} on the same connection after the resume: {answer:?}");
     }
+}
+
+/// Removing a voter is refused when the voters it would leave have no majority that answers,
+/// and the cluster is as before; removing the unreachable one instead goes through, and the
+/// two left keep writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_voter_that_would_leave_no_answering_quorum_is_refused() {
+    let mut cluster = Cluster::start(3, 10_000);
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    let (live, dead) = (followers[0], followers[1]);
+    cluster.kill(dead);
+    let (code, _, err) = cluster.qm(&["cluster", "remove", &live.to_string()]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains(&format!("removing node {live} would leave voters")), "{err}");
+    assert!(err.contains(&format!("of which only [{leader}] answer")), "{err}");
+    let status = cluster.client().status().await.expect("status");
+    assert_eq!(status.members.len(), 3, "nothing changed: {status:?}");
+
+    let (code, out, err) = cluster.qm(&["cluster", "remove", &dead.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let status = cluster.client().status().await.expect("status");
+    let ids: BTreeSet<u64> = status.members.iter().map(|m| m.node_id).collect();
+    assert_eq!(ids, BTreeSet::from([leader, live]), "{status:?}");
+    cluster.client().open_session("after", 10_000).await.expect("the two left keep writing");
 }

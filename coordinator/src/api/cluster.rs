@@ -21,6 +21,10 @@ const ADDRESS_LEN_MAX: usize = 256;
 /// Longest a `wait` snapshot request or a caught-up learner add waits.
 const ADMIN_WAIT_MS_MAX: u64 = 60_000;
 
+/// How long the voters a removal would leave have to replicate a fresh entry to count as
+/// answering.
+const QUORUM_PROBE_MS: u64 = 2_000;
+
 #[derive(Debug)]
 pub struct ClusterApi {
     pub node: Arc<Node>,
@@ -75,6 +79,49 @@ impl ClusterApi {
             .await
             .map_err(|abandoned| ApiError::Unavailable(format!("membership change: {abandoned}")))?
             .map_err(|e| self.write_err(e))
+    }
+
+    /// Refuses to remove voter `id` when the voters left would not hold a majority that
+    /// answers now: the leader proposes a fresh entry, and a voter counts as answering if its
+    /// replication reaches that entry within [`QUORUM_PROBE_MS`] (the leader always does).
+    /// Otherwise the removal would commit with the old majority and leave a cluster that
+    /// cannot elect or write.
+    async fn check_quorum_without(&self, id: u64, voters: &BTreeSet<u64>) -> Result<(), ApiError> {
+        let rest: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+        let need = rest.len() / 2 + 1;
+        let (index, _) = self.node.propose_local(crate::state::Command::Tick).await.map_err(|e| match e {
+            ApiError::NotLeader { leader_id, leader_address } => {
+                ApiError::NotLeaderForAdmin { leader_id, leader_address }
+            }
+            other => other,
+        })?;
+        let mut rx = self.node.raft.metrics();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(QUORUM_PROBE_MS);
+        loop {
+            let answering: BTreeSet<u64> = {
+                let m = rx.borrow();
+                let replication = m.replication.clone().unwrap_or_default();
+                rest.iter()
+                    .copied()
+                    .filter(|v| {
+                        *v == self.node.id || replication.get(v).copied().flatten().is_some_and(|l| l.index >= index)
+                    })
+                    .collect()
+            };
+            if answering.len() >= need {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.map_or(true, |r| r.is_err()) {
+                let list = |s: &BTreeSet<u64>| s.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ");
+                return Err(ApiError::FailedPrecondition(format!(
+                    "removing node {id} would leave voters [{}], of which only [{}] answer (replicated index \
+                     {index} within {QUORUM_PROBE_MS} ms); {need} of them must: bring the others back, or remove \
+                     an unreachable node first",
+                    list(&rest),
+                    list(&answering)
+                )));
+            }
+        }
     }
 
     fn check_node_id(id: u64) -> Result<(), ApiError> {
@@ -153,6 +200,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let (voters, nodes) = self.node.members();
         if !nodes.contains_key(&id) {
             return Err(ApiError::NotFound(format!("node {id} is not a member")).into());
+        }
+        if voters.contains(&id) {
+            self.check_quorum_without(id, &voters).await?;
         }
         let change = if voters.contains(&id) {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
