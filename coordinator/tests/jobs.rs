@@ -4,7 +4,8 @@
 mod support;
 
 use qm_coordinator::state::{
-    Command, Config, JobId, JobStatus, PassStatus, Period, Response, RoleSpec, Scope, TaskStatus,
+    Command, Config, Effect, JobId, JobStatus, PassStatus, Period, Response, RoleSpec, Scope, TaskReport, TaskStatus,
+    Usage,
 };
 use qm_shared::workflow::{Capability, OnFail, Reviewer};
 use qm_shared::{Mode, Role, Tier};
@@ -179,6 +180,41 @@ fn a_roles_spec_escalates_after_its_count_of_failed_gates_and_wants_approval_ove
     assert!(d.wait.as_deref().is_some_and(|w| w.contains("over its agent spec's usd_per_task $0.05")), "{d:?}");
     c.decide(j, "design", true, "ana");
     assert_eq!(c.pass(j, "design").status, PassStatus::Running);
+    c.state.check_invariants();
+}
+
+#[test]
+fn a_running_pass_that_spends_past_its_roles_usd_per_task_is_stopped_and_says_why() {
+    let mut c = Core::new().project(demo_project());
+    let spec = RoleSpec {
+        start: Tier::Standard,
+        max: Tier::Standard,
+        after_failed_gates: 1,
+        money_per_task_micros: Some(150_000),
+    };
+    let w = c.join(worker("w1", &ALL_ROLES).spec(Role::Implementer, spec));
+    let j = c.submit_job(job("x", [pass("generate", Role::Implementer)]));
+    let t = c.pass(j, "generate").task.unwrap();
+    assert_eq!(c.task(t).status, TaskStatus::Running, "the $0.10 forecast is under the $0.15 cap");
+    let progress = |output_tokens| TaskReport::Progress {
+        percent: 10,
+        stage: "turn".into(),
+        usage: Usage { output_tokens, ..Usage::default() },
+    };
+    // $0.075 so far: goes on.
+    let (_, e) = c.report(w, t, 1, progress(5_000));
+    assert!(!e.iter().any(|e| matches!(e, Effect::TaskCancelRequested { .. })), "{e:?}");
+    // $0.30: over the cap, stopped once, and the work item says why.
+    let (_, e) = c.report(w, t, 1, progress(15_000));
+    assert!(e.iter().any(|e| matches!(e, Effect::TaskCancelRequested { task, .. } if *task == t)), "{e:?}");
+    let said = c
+        .job(j)
+        .events
+        .iter()
+        .any(|e| e.message == "spent $0.30 so far, over its agent spec's usd_per_task $0.15: stopped");
+    assert!(said, "{:?}", c.job(j).events);
+    let (_, e) = c.report(w, t, 1, progress(1_000));
+    assert!(!e.iter().any(|e| matches!(e, Effect::TaskCancelRequested { .. })), "asked once: {e:?}");
     c.state.check_invariants();
 }
 

@@ -265,6 +265,34 @@ impl State {
         }
         Admission::Go
     }
+
+    /// A running task whose usage so far (priced as the ledger would) has just crossed its
+    /// role's agent spec's `usd_per_task` is stopped, unless a human approved its spend; the
+    /// work item says why. (A local provider's hourly cost counts only at the end.)
+    pub(in crate::state) fn stop_over_spec_budget(
+        &mut self,
+        id: TaskId,
+        before: &crate::state::types::Usage,
+        ctx: &mut Ctx,
+    ) {
+        let Some(t) = self.tasks.get(id) else { return };
+        let Some(cap) = self.role_spec(t.spec.role).and_then(|s| s.money_per_task_micros) else { return };
+        let (was, now) = (self.price(t, before, 0), self.price(t, &t.usage, 0));
+        if was > cap || now <= cap {
+            return;
+        }
+        if let Some((job, i, kind)) = self.jobs.link(id) {
+            let Some(p) = self.jobs.jobs.get(&job).map(|j| &j.passes[i]) else { return };
+            if p.spend_approved {
+                return;
+            }
+            let name = ledger_pass(&p.name, kind).into_owned();
+            let why =
+                format!("spent {} so far, over its agent spec's usd_per_task {}: stopped", dollars(now), dollars(cap));
+            self.jobs.event(job, &name, why, ctx);
+        }
+        self.stop_task(id, ctx);
+    }
 }
 
 pub(in crate::state) fn in_scope(scope: Scope, name: &str, team: &str, project: &str, job: Option<JobId>) -> bool {

@@ -449,10 +449,12 @@ impl State {
         if t.status != TaskStatus::Running || t.session != Some(session) || t.attempt != attempt {
             return Response::Refused(Refusal::StaleAttempt { task: id, attempt, current: t.attempt });
         }
+        let mut spent_before = None;
         match report {
             TaskReport::Progress { percent, stage, usage } => {
                 t.percent = percent;
                 t.stage = stage;
+                spent_before = Some(t.usage);
                 t.usage.add(&usage);
                 t.blocked = None;
                 ctx.effects.push(Effect::TaskProgress { task: id, attempt, percent });
@@ -502,6 +504,9 @@ impl State {
                 }
                 self.dispatch_tasks(ctx);
             }
+        }
+        if let Some(before) = spent_before {
+            self.stop_over_spec_budget(id, &before, ctx);
         }
         let status = self.tasks.tasks[&id].status;
         Response::TaskReported { task: id, status }
