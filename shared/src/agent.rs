@@ -91,6 +91,23 @@ impl Role {
     pub fn is_built_in(self) -> bool {
         !matches!(self, Role::Declared(_))
     }
+
+    /// A declared role two edits or fewer from a built-in one is a typo far more often than a
+    /// new role: refused, naming the built-in one. Files that name roles (specs, workflows,
+    /// scenarios) check with it.
+    pub fn check_not_misspelt(self) -> Result<Role, String> {
+        if self.is_built_in() {
+            return Ok(self);
+        }
+        let given = self.as_str();
+        match Role::ALL.into_iter().find(|b| edit_distance(given, b.as_str()) <= 2) {
+            Some(b) => Err(format!(
+                "unknown role {given:?}: did you mean {b}? (a role of your own must differ from every built-in \
+                 role's name by more than two letters)"
+            )),
+            None => Ok(self),
+        }
+    }
 }
 
 impl fmt::Display for Role {
@@ -110,6 +127,22 @@ impl<'de> Deserialize<'de> for Role {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// Levenshtein distance of two short ASCII names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// An unknown role or tier name, with the accepted ones.
@@ -229,7 +262,11 @@ mod tests {
             let e = bad.parse::<Role>().unwrap_err();
             assert!(e.to_string().contains("analyst, architect"), "{e}");
         }
+        assert_eq!(edit_distance("verifyer", "verifier"), 1);
+        let typo: Role = "specifer".parse().unwrap();
+        assert!(typo.check_not_misspelt().unwrap_err().contains("did you mean specifier?"));
         let declared: Role = "security-reviewer".parse().unwrap();
+        assert_eq!(declared.check_not_misspelt(), Ok(declared));
         assert!(!declared.is_built_in());
         assert_eq!(declared.as_str(), "security-reviewer");
         assert_eq!(declared.default_tier(), Tier::Standard);

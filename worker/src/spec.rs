@@ -213,38 +213,6 @@ const KNOWN_KEYS: [&str; 12] = [
     "budget",
 ];
 
-/// A declared role two edits or fewer from a built-in one is a typo far more often than a
-/// new role: refused, naming the built-in one.
-fn near_built_in(role: Role) -> Result<(), String> {
-    if role.is_built_in() {
-        return Ok(());
-    }
-    let given = role.as_str();
-    match Role::ALL.into_iter().find(|b| edit_distance(given, b.as_str()) <= 2) {
-        Some(b) => Err(format!(
-            "unknown role {given:?}: did you mean {b}? (a role a spec declares must differ from every \
-             built-in role's name by more than two letters)"
-        )),
-        None => Ok(()),
-    }
-}
-
-/// Levenshtein distance of two short ASCII names.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b = b.as_bytes();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.bytes().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let next = (diagonal + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
-            diagonal = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
-}
-
 /// A short digest of a spec's text (FNV-1a, 64 bits; 12 hex digits): stable across runs,
 /// builds and machines.
 pub fn version_of(text: &str) -> String {
@@ -284,7 +252,7 @@ pub fn parse(file: &Path, text: &str) -> Result<AgentSpec, Vec<SpecError>> {
     let mut role = None;
     if let Some(r) = raw.role {
         check(r.parse::<Role>().map_err(|e| front.at("role", "role", e.to_string())).and_then(|v| {
-            near_built_in(v).map_err(|m| front.at("role", "role", m))?;
+            v.check_not_misspelt().map_err(|m| front.at("role", "role", m))?;
             role = Some(v);
             Ok(())
         }));
@@ -722,7 +690,6 @@ mod tests {
         assert!(e.to_string().contains("needs a role"), "{e}");
         let e = p("---\nname: x\ndescription: d\nrole: implementor\n---\n").unwrap_err();
         assert!(e.to_string().contains("did you mean implementer?"), "{e}");
-        assert_eq!(edit_distance("verifyer", "verifier"), 1);
         let e = p("---\nname: sec\ndescription: d\nrole: sec\nslots: 0\n---\n").unwrap_err();
         assert!(e.to_string().contains("0 is outside 1..=256"), "{e}");
     }

@@ -86,7 +86,7 @@ fn parse_pass(cx: &mut Ctx<'_>, t: &Table<'_, '_>) -> RawPass {
         name_span = Some(span);
     }
     let role = match t.string(cx, "role", true) {
-        Some((r, span)) => match r.parse::<Role>() {
+        Some((r, span)) => match r.parse::<Role>().map_err(|e| e.to_string()).and_then(Role::check_not_misspelt) {
             Ok(role) => Some(role),
             Err(e) => {
                 cx.at(Some(&span), &t.field("role"), e.to_string());
@@ -210,7 +210,7 @@ fn parse_gate(cx: &mut Ctx<'_>, g: &Table<'_, '_>, role: Option<Role>) -> (Gate,
         _ => Reviewer::Agent,
     };
     let review_role = match g.string(cx, "review_role", false) {
-        Some((r, span)) => match r.parse::<Role>() {
+        Some((r, span)) => match r.parse::<Role>().map_err(|e| e.to_string()).and_then(Role::check_not_misspelt) {
             Ok(r) if reviewer != Reviewer::Human && Some(r) == role => {
                 cx.at(
                     Some(&span),

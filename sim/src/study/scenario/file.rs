@@ -469,7 +469,7 @@ impl Cx<'_> {
     fn slots(&mut self, f: &str, raw: &BTreeMap<String, u32>) -> BTreeMap<Role, u32> {
         let mut slots = BTreeMap::new();
         for (role, n) in raw {
-            match role.parse::<Role>() {
+            match role.parse::<Role>().map_err(|e| e.to_string()).and_then(Role::check_not_misspelt) {
                 Ok(r) => {
                     slots.insert(r, *n);
                 }
@@ -783,7 +783,7 @@ impl Cx<'_> {
             .map_or(Dist::LogNormal { median: 120_000, p90: 480_000 }, |r| self.dist("durations.review", r));
         let mut role = BTreeMap::new();
         for (k, v) in &d.role {
-            match k.parse::<Role>() {
+            match k.parse::<Role>().map_err(|e| e.to_string()).and_then(Role::check_not_misspelt) {
                 Ok(r) => {
                     role.insert(r, self.dist(&format!("durations.role.{k}"), v));
                 }
