@@ -98,17 +98,11 @@ pub(crate) async fn run(c: CliTask, config: &ExecConfig, req: &ExecRequest, time
             return ExecResult::failed(e);
         }
     }
-    let dirs = match super::AttemptDirs::prepare(config, req, c.repo.as_deref(), (&c.start, None), &c.base).await {
-        Ok(d) => d,
-        Err(e) => return ExecResult::failed(e),
-    };
-    let cwd = match dirs.files().await {
-        Ok(cwd) => cwd,
-        Err(e) => {
-            dirs.remove().await;
-            return ExecResult::failed(e);
-        }
-    };
+    let (dirs, cwd) =
+        match super::AttemptDirs::prepare_files(config, req, c.repo.as_deref(), (&c.start, None), &c.base).await {
+            Ok(ready) => ready,
+            Err(e) => return ExecResult::failed(e),
+        };
     let mut with_prompt = req.clone();
     with_prompt.env.push(("QM_PROMPT".to_string(), c.prompt.clone()));
     let limit = timeout.unwrap_or(CLI_TIMEOUT_DEFAULT);

@@ -240,6 +240,25 @@ impl AttemptDirs {
         }
     }
 
+    /// [`AttemptDirs::prepare`], and where the attempt's files are ([`AttemptDirs::files`]);
+    /// nothing is left behind on an error.
+    pub(crate) async fn prepare_files(
+        config: &ExecConfig,
+        req: &ExecRequest,
+        repo: Option<&str>,
+        start: (&str, Option<&str>),
+        base: &str,
+    ) -> Result<(AttemptDirs, std::path::PathBuf), String> {
+        let dirs = AttemptDirs::prepare(config, req, repo, start, base).await?;
+        match dirs.files().await {
+            Ok(files) => Ok((dirs, files)),
+            Err(e) => {
+                dirs.remove().await;
+                Err(e)
+            }
+        }
+    }
+
     /// Where the attempt's files are: the worktree, else `<dir>/work` (made here).
     pub(crate) async fn files(&self) -> Result<std::path::PathBuf, String> {
         if let Some(w) = &self.workspace {

@@ -234,17 +234,11 @@ pub(crate) async fn run(
     // the last one pushed, so the reviewer's reasons apply to that work; the diff stays
     // against the first base.
     let prefer = t.branch.as_deref().filter(|_| saved.wip.is_none());
-    let attempt = match AttemptDirs::prepare(config, req, t.repo.as_deref(), (&start, prefer), &base).await {
-        Ok(a) => a,
-        Err(e) => return ExecResult::failed(e),
-    };
-    let root = match attempt.files().await {
-        Ok(root) => root,
-        Err(e) => {
-            attempt.remove().await;
-            return ExecResult::failed(e);
-        }
-    };
+    let (attempt, root) =
+        match AttemptDirs::prepare_files(config, req, t.repo.as_deref(), (&start, prefer), &base).await {
+            Ok(ready) => ready,
+            Err(e) => return ExecResult::failed(e),
+        };
     if let Some(w) = &attempt.workspace {
         saved.base = w.base.clone();
     }
